@@ -1,0 +1,92 @@
+# qkscope build.  `make` builds bin/qkscope (CPU backend, plus the CUDA backend when nvcc is on
+# PATH); `make CUDA=0` builds CPU only; `make test` runs the Criterion suites; `make reference`
+# regenerates the committed reference values from the real Python libraries.
+
+CC      ?= gcc
+ARCH    ?= -march=native
+CFLAGS  ?= -O3 $(ARCH)
+CFLAGS  += -std=c11 -Wall -Wextra -fopenmp -D_GNU_SOURCE -Ihost -MMD -MP
+LDFLAGS += -fopenmp
+
+# OpenBLAS: the OpenMP build, so a GEMM called inside an OpenMP region runs on the calling thread
+# (the bilinear top-k relies on that) and a GEMM outside uses all OMP_NUM_THREADS.
+OPENBLAS_LIB ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+OPENBLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
+PKGS    := hdf5 libcjson zlib libzstd inih
+CFLAGS  += $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
+LIBS    := $(shell pkg-config --libs $(PKGS)) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lm -lpthread
+
+# CUDA: on when nvcc is found, unless CUDA=0.
+NVCC      ?= $(shell command -v nvcc 2>/dev/null)
+CUDA      ?= $(if $(NVCC),1,0)
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
+NVCCFLAGS ?= -O3 -std=c++17 -Ihost -Xcompiler -Wall,-Wextra \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+
+BUILD ?= build
+BIN   ?= bin
+
+HOST_SRC := $(filter-out host/main.c,$(wildcard host/*.c))
+HOST_OBJ := $(HOST_SRC:host/%.c=$(BUILD)/host/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_OBJ := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
+ifeq ($(CUDA),1)
+CU_SRC   := $(wildcard kernels/*.cu)
+CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
+CFLAGS   += -DQK_HAVE_CUDA=1
+LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
+
+.PHONY: all test test-gpu reference bench-forward bench-topk bench-tokenize clean
+all: $(BIN)/qkscope
+
+$(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/libqkscope.a: $(HOST_OBJ) $(CU_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/host/%.o: host/%.c | $(BUILD)/host
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%.o: tests/%.c | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags criterion) -c -o $@ $<
+
+$(BUILD)/kernels/%.o: kernels/%.cu | $(BUILD)/kernels
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS)
+
+$(BIN) $(BUILD)/host $(BUILD)/tests $(BUILD)/kernels:
+	mkdir -p $@
+
+# The README's test command.  Suites that need a GPU skip themselves, saying why.
+test: $(BIN)/test_qkscope $(BIN)/qkscope
+	QK_BACKEND=cpu $(BIN)/test_qkscope --jobs 1
+
+test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
+	QK_BACKEND=cuda $(BIN)/test_qkscope --jobs 1
+
+# Reference values from Hugging Face transformers, TransformerLens, SAELens and tiktoken.
+VENV ?= .venv-ref
+$(VENV)/.ok: tests/reference/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/reference/requirements.txt
+	touch $@
+reference: $(VENV)/.ok
+	$(VENV)/bin/python tests/reference/make_all.py
+
+BENCH_THREADS ?= $(shell nproc)
+bench-forward: $(BIN)/qkscope $(VENV)/.ok
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
+bench-topk: $(BIN)/qkscope $(VENV)/.ok
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_topk.py --threads $(BENCH_THREADS)
+bench-tokenize: $(BIN)/qkscope $(VENV)/.ok
+	$(VENV)/bin/python bench/bench_tokenize.py
+
+clean:
+	rm -rf $(BUILD) $(BIN)
+
+-include $(HOST_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/host/main.d

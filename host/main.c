@@ -1,0 +1,37 @@
+// main.c: `qkscope COMMAND [options]`: dispatches to the commands of commands.h.
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int, char **);
+    const char *summary;
+} Command;
+
+static const Command k_commands[] = {
+    {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
+    {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
+    {"info", cmd_info, "describe a model folder, an SAE folder or a qkscope HDF5 file"},
+};
+#define N_COMMANDS (int)(sizeof k_commands / sizeof k_commands[0])
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "qkscope: which SAE features at the query look for which features at the key, for every\n"
+            "attention head of GPT-2.\n\n"
+            "usage: qkscope COMMAND [options]      (qkscope COMMAND --help for its options)\n\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? QK_EXIT_USAGE : QK_EXIT_OK;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], k_commands[i].name)) return k_commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "qkscope: unknown command '%s' (qkscope --help lists them)\n", argv[1]);
+    return QK_EXIT_USAGE;
+}
