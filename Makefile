@@ -45,15 +45,21 @@ $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
 
 $(BUILD)/libqkscope.a: $(HOST_OBJ) $(CU_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(filter %.o,$^)
 
-$(BUILD)/host/%.o: host/%.c | $(BUILD)/host
+# Objects depend on the flags they were built with: switching CUDA=0/1 or CFLAGS rebuilds.
+FLAGS_STAMP := $(BUILD)/flags.$(shell echo '$(CC) $(CFLAGS) $(CUDA) $(NVCCFLAGS)' | md5sum | cut -c1-12)
+$(FLAGS_STAMP): | $(BUILD)/host
+	rm -f $(BUILD)/flags.*
+	touch $@
+
+$(BUILD)/host/%.o: host/%.c $(FLAGS_STAMP) | $(BUILD)/host
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%.o: tests/%.c | $(BUILD)/tests
+$(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(shell pkg-config --cflags criterion) -c -o $@ $<
 
-$(BUILD)/kernels/%.o: kernels/%.cu | $(BUILD)/kernels
+$(BUILD)/kernels/%.o: kernels/%.cu $(FLAGS_STAMP) | $(BUILD)/kernels
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)

@@ -1,8 +1,217 @@
-// cmd_cache.c: placeholder until the command lands.
+// cmd_cache.c: `qkscope cache`: run_with_cache for C users.  Runs GPT-2 over token windows and
+// writes each requested TransformerLens hook as an HDF5 dataset of TransformerLens's name and
+// shape ([batch, pos, ...]), so anyone can check qkscope against TransformerLens.
+#include <fnmatch.h>
+#include <getopt.h>
+#include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
 #include "commands.h"
+#include "gpt2.h"
+#include "h5out.h"
+#include "token_file.h"
+#include "util.h"
+
+typedef enum { HK_RESID_PRE, HK_RESID_POST, HK_LN1_SCALE, HK_Q, HK_K, HK_SCORES, HK_PATTERN, HK_LOGITS } HookKind;
+
+static const char *k_hook_suffix[] = {"hook_resid_pre", "hook_resid_post", "ln1.hook_scale", "attn.hook_q",
+                                      "attn.hook_k", "attn.hook_attn_scores", "attn.hook_pattern"};
+#define N_LAYER_HOOKS 7
+
+typedef struct {
+    char name[64];
+    HookKind kind;
+    int layer;
+    hid_t dset;
+} Hook;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: qkscope cache --model DIR --tokens FILE -o OUT.h5 [options]\n\n"
+            "Runs GPT-2 on token windows and writes TransformerLens hooks to HDF5, one dataset per hook,\n"
+            "named and shaped as TransformerLens's run_with_cache ([batch, pos, ...]).\n\n"
+            "  --model DIR        Hugging Face GPT-2 folder (config.json, model.safetensors)\n"
+            "  --tokens FILE      token ids: text (whitespace separated, one sequence per line, equal\n"
+            "                     lengths) or .npy ([batch, pos] or [pos], integer dtype)\n"
+            "  --hooks LIST       comma-separated hook names or globs (default: every per-layer hook):\n"
+            "                     blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.ln1.hook_scale,\n"
+            "                     blocks.L.attn.hook_q, blocks.L.attn.hook_k, blocks.L.attn.hook_attn_scores,\n"
+            "                     blocks.L.attn.hook_pattern, logits\n"
+            "  --batch N          windows per forward pass (default 8)\n"
+            "  --backend KIND     auto (default), cpu or cuda\n"
+            "  --device N         CUDA device ordinal (default 0)\n"
+            "  --threads N        CPU threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  -o, --output FILE  the HDF5 file to write (written as FILE.tmp, renamed when complete)\n"
+            "  -q, --quiet        no notices\n"
+            "  -h, --help         this text\n");
+}
+
+// Every hook the model has, in TransformerLens order, filtered by the patterns in `list`.
+static int select_hooks(const GPT2Config *c, const char *list, Hook **out, int *n_out) {
+    int cap = c->n_layer * N_LAYER_HOOKS + 1, n = 0;
+    Hook *all = qk_calloc(cap, sizeof(Hook));
+    for (int l = 0; l < c->n_layer; l++)
+        for (int h = 0; h < N_LAYER_HOOKS; h++) {
+            snprintf(all[n].name, sizeof all[n].name, "blocks.%d.%s", l, k_hook_suffix[h]);
+            all[n].kind = (HookKind)h;
+            all[n++].layer = l;
+        }
+    snprintf(all[n].name, sizeof all[n].name, "logits");
+    all[n++].kind = HK_LOGITS;
+    char *pats = qk_strdup(list ? list : "blocks.*");
+    int *chosen = qk_calloc(n, sizeof(int)), rc = 0;
+    for (char *save = NULL, *p = strtok_r(pats, ",", &save); p && !rc; p = strtok_r(NULL, ",", &save)) {
+        int hit = 0;
+        for (int i = 0; i < n; i++)
+            if (!fnmatch(p, all[i].name, 0)) chosen[i] = hit = 1;
+        if (!hit) rc = qk_err("--hooks: '%s' matches no hook of this %d-layer model", p, c->n_layer);
+    }
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (chosen[i]) all[m++] = all[i];
+    free(pats);
+    free(chosen);
+    if (rc) {
+        free(all);
+        return -1;
+    }
+    *out = all;
+    *n_out = m;
+    return 0;
+}
+
+// TransformerLens's shape of a hook for `rows` windows of length T.
+static int hook_dims(const Hook *h, const GPT2Config *c, hsize_t rows, int T, hsize_t *d) {
+    d[0] = rows;
+    d[1] = T;
+    switch (h->kind) {
+    case HK_RESID_PRE: case HK_RESID_POST: d[2] = c->d_model; return 3;
+    case HK_LN1_SCALE: d[2] = 1; return 3;
+    case HK_Q: case HK_K: d[2] = c->n_head; d[3] = c->d_head; return 4;
+    case HK_SCORES: case HK_PATTERN: d[1] = c->n_head; d[2] = T; d[3] = T; return 4;
+    case HK_LOGITS: d[2] = c->vocab_size; return 3;
+    }
+    return 0;
+}
+
+// The activation-cache buffer holding hook h for the current batch, C-order in TL's layout.
+static const float *hook_data(const Hook *h, const GPT2Config *c, const GPT2Acts *a) {
+    size_t BT = (size_t)a->B * a->T;
+    switch (h->kind) {
+    case HK_RESID_PRE: return acts_resid(a, c, h->layer);
+    case HK_RESID_POST: return acts_resid(a, c, h->layer + 1);
+    case HK_LN1_SCALE: return a->ln1_scale + h->layer * BT;
+    case HK_Q: return a->q + h->layer * BT * c->d_model;
+    case HK_K: return a->k + h->layer * BT * c->d_model;
+    case HK_SCORES: return acts_scores(a, c, h->layer);
+    case HK_PATTERN: return acts_pattern(a, c, h->layer);
+    case HK_LOGITS: return a->logits;
+    }
+    return NULL;
+}
+
+typedef struct {
+    const char *model_dir, *tokens_path, *hooks, *out_path;
+    int batch, device, threads, quiet;
+    QkBackendKind backend;
+} CacheArgs;
+
+static int parse_args(int argc, char **argv, CacheArgs *a) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
+        {"hooks", required_argument, 0, 'k'},  {"batch", required_argument, 0, 'b'},
+        {"backend", required_argument, 0, 'B'}, {"device", required_argument, 0, 'd'},
+        {"threads", required_argument, 0, 'j'}, {"output", required_argument, 0, 'o'},
+        {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    *a = (CacheArgs){.batch = 8};
+    optind = 1;
+    opterr = 0;
+    for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
+        switch (ch) {
+        case 'm': a->model_dir = optarg; break;
+        case 't': a->tokens_path = optarg; break;
+        case 'k': a->hooks = optarg; break;
+        case 'o': a->out_path = optarg; break;
+        case 'q': a->quiet = 1; break;
+        case 'b': if ((a->batch = atoi(optarg)) < 1) return qk_err("--batch: '%s' is not a positive integer", optarg); break;
+        case 'd': if ((a->device = atoi(optarg)) < 0) return qk_err("--device: '%s' is not a device ordinal", optarg); break;
+        case 'j': if ((a->threads = atoi(optarg)) < 1) return qk_err("--threads: '%s' is not a positive integer", optarg); break;
+        case 'B': if (qk_backend_parse(optarg, &a->backend)) return -1; break;
+        case 'h': usage(stdout); exit(QK_EXIT_OK);
+        default: return qk_err("unknown or incomplete option '%s' (qkscope cache --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return qk_err("unexpected argument '%s'", argv[optind]);
+    if (!a->model_dir || !a->tokens_path || !a->out_path) return qk_err("--model, --tokens and -o are required");
+    return 0;
+}
+
+static int run(const CacheArgs *args) {
+    GPT2Model m;
+    int *tokens = NULL, B = 0, T = 0, n_hooks = 0, rc = -1;
+    Hook *hooks = NULL;
+    QkBackend *be = NULL;
+    QkH5Out out = {0};
+    GPT2Acts acts = {0};
+    if (gpt2_load(&m, args->model_dir)) return -1;
+    if (qk_token_file_read(args->tokens_path, &tokens, &B, &T) ||
+        gpt2_check_tokens(&m.cfg, tokens, B, T, args->tokens_path) ||
+        select_hooks(&m.cfg, args->hooks, &hooks, &n_hooks) ||
+        qk_backend_open(&be, args->backend, args->device, args->quiet) || qk_h5_create(&out, args->out_path))
+        goto done;
+    int keep_attn = 0, want_logits = 0;
+    for (int i = 0; i < n_hooks; i++) {
+        keep_attn |= hooks[i].kind == HK_SCORES || hooks[i].kind == HK_PATTERN;
+        want_logits |= hooks[i].kind == HK_LOGITS;
+        hsize_t dims[4];
+        int nd = hook_dims(&hooks[i], &m.cfg, B, T, dims);
+        if ((hooks[i].dset = qk_h5_dataset(&out, hooks[i].name, H5T_NATIVE_FLOAT, nd, dims)) < 0) goto done;
+    }
+    int bs = args->batch < B ? args->batch : B;
+    gpt2_acts_alloc(&acts, &m.cfg, bs, T, keep_attn, want_logits);
+    for (int b0 = 0; b0 < B; b0 += bs) {
+        int nb = B - b0 < bs ? B - b0 : bs;
+        if (nb != acts.B) {  // the last, shorter batch
+            gpt2_acts_free(&acts);
+            gpt2_acts_alloc(&acts, &m.cfg, nb, T, keep_attn, want_logits);
+        }
+        if (be->forward(be, &m, tokens + (size_t)b0 * T, &acts)) goto done;
+        for (int i = 0; i < n_hooks; i++)
+            if (qk_h5_write_rows(hooks[i].dset, H5T_NATIVE_FLOAT, b0, nb, hook_data(&hooks[i], &m.cfg, &acts))) goto done;
+    }
+    for (int i = 0; i < n_hooks; i++) H5Dclose(hooks[i].dset), hooks[i].dset = 0;
+    if (qk_h5_attr_str(out.file, "model", args->model_dir) || qk_h5_attr_str(out.file, "tokens", args->tokens_path) ||
+        qk_h5_attr_str(out.file, "backend", be->name) || qk_h5_attr_str(out.file, "generator", "qkscope cache"))
+        goto done;
+    rc = qk_h5_finish(&out);
+done:
+    if (rc) {
+        for (int i = 0; i < n_hooks; i++)
+            if (hooks[i].dset > 0) H5Dclose(hooks[i].dset);
+        if (out.file) qk_h5_abort(&out);
+    }
+    gpt2_acts_free(&acts);
+    qk_backend_close(be);
+    free(hooks);
+    free(tokens);
+    gpt2_free(&m);
+    return rc;
+}
+
 int cmd_cache(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "qkscope cache: not built yet\n");
-    return QK_EXIT_FAIL;
+    CacheArgs args;
+    if (parse_args(argc, argv, &args)) {
+        fprintf(stderr, "qkscope cache: %s\n", qk_errmsg());
+        return QK_EXIT_USAGE;
+    }
+    if (args.threads) omp_set_num_threads(args.threads);
+    if (run(&args)) {
+        fprintf(stderr, "qkscope cache: %s\n", qk_errmsg());
+        return QK_EXIT_FAIL;
+    }
+    return QK_EXIT_OK;
 }

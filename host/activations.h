@@ -1,0 +1,37 @@
+// activations.h: the forward pass's activation cache (what TransformerLens's run_with_cache keeps
+// and the analysis reads), allocated once per batch shape and reused for every batch.
+#pragma once
+#include "gpt2.h"
+
+typedef struct {
+    int B, T;          // batch shape the buffers were allocated for
+    int keep_attn;     // keep scores and pattern of every layer (else only the current layer's)
+    int want_logits;
+    // Kept (TransformerLens hook -> buffer):
+    float *resid;      // (L+1, B, T, C): [l] = blocks.l.hook_resid_pre; [l+1] = blocks.l.hook_resid_post
+    float *ln1_scale;  // (L, B, T): blocks.l.ln1.hook_scale
+    float *q, *k;      // (L, B, T, H, dh): blocks.l.attn.hook_q / hook_k
+    float *scores;     // (L or 1, B, H, T, T): blocks.l.attn.hook_attn_scores, -inf above the diagonal
+    float *pattern;    // (L or 1, B, H, T, T): blocks.l.attn.hook_pattern, 0 above the diagonal
+    float *logits;     // (B, T, V) when want_logits
+    // Scratch for one layer:
+    float *ln;         // (B, T, C) LayerNorm output
+    float *qkv;        // (B, T, 3C)
+    float *z;          // (B, T, C) heads' weighted values, concatenated
+    float *fc;         // (B, T, d_mlp)
+    float *lnf_scale;  // (B, T) final LayerNorm scale
+} GPT2Acts;
+
+void gpt2_acts_alloc(GPT2Acts *a, const GPT2Config *c, int B, int T, int keep_attn, int want_logits);
+void gpt2_acts_free(GPT2Acts *a);
+
+// Index helpers: the start of layer l's block in each kept buffer.
+static inline float *acts_resid(const GPT2Acts *a, const GPT2Config *c, int l) {
+    return a->resid + (size_t)l * a->B * a->T * c->d_model;
+}
+static inline float *acts_scores(const GPT2Acts *a, const GPT2Config *c, int l) {
+    return a->scores + (size_t)(a->keep_attn ? l : 0) * a->B * c->n_head * a->T * a->T;
+}
+static inline float *acts_pattern(const GPT2Acts *a, const GPT2Config *c, int l) {
+    return a->pattern + (size_t)(a->keep_attn ? l : 0) * a->B * c->n_head * a->T * a->T;
+}

@@ -1,0 +1,69 @@
+// backend.c: backend selection (see backend.h) and the CPU backend.
+#include "backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward_cpu.h"
+#include "util.h"
+
+int qk_backend_parse(const char *s, QkBackendKind *kind) {
+    if (!strcmp(s, "auto")) *kind = QK_BACKEND_AUTO;
+    else if (!strcmp(s, "cpu")) *kind = QK_BACKEND_CPU;
+    else if (!strcmp(s, "cuda")) *kind = QK_BACKEND_CUDA;
+    else return qk_err("--backend: '%s' is not one of auto, cpu, cuda", s);
+    return 0;
+}
+
+static int cpu_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *a) {
+    (void)be;
+    return gpt2_forward_cpu(m, tokens, a);
+}
+
+static void cpu_destroy(QkBackend *be) { free(be); }
+
+QkBackend *qk_backend_cpu_new(void) {
+    QkBackend *be = qk_calloc(1, sizeof *be);
+    be->name = "cpu";
+    be->forward = cpu_forward;
+    be->destroy = cpu_destroy;
+    return be;
+}
+
+int qk_backend_open(QkBackend **out, QkBackendKind kind, int device, int quiet) {
+    *out = NULL;
+    if (kind == QK_BACKEND_CPU) {
+        *out = qk_backend_cpu_new();
+        return 0;
+    }
+    char why[256] = "";
+    int n = qk_cuda_probe(why, sizeof why);
+    if (n > 0 && device >= n) {
+        if (kind == QK_BACKEND_CUDA) return qk_err("--device %d: only %d CUDA device(s) visible", device, n);
+        snprintf(why, sizeof why, "--device %d but only %d CUDA device(s) visible", device, n);
+        n = 0;
+    }
+    if (n > 0 && qk_backend_cuda_new(out, device) == 0) return 0;
+    if (n > 0) snprintf(why, sizeof why, "%s", qk_errmsg());
+    if (kind == QK_BACKEND_CUDA) return qk_err("--backend cuda: %s", why);
+    if (!quiet) fprintf(stderr, "qkscope: no usable CUDA device (%s); using the CPU backend\n", why);
+    *out = qk_backend_cpu_new();
+    return 0;
+}
+
+void qk_backend_close(QkBackend *be) {
+    if (be) be->destroy(be);
+}
+
+#ifndef QK_HAVE_CUDA
+int qk_cuda_probe(char *why, int why_len) {
+    snprintf(why, why_len, "this build has no CUDA backend (built with CUDA=0)");
+    return 0;
+}
+int qk_backend_cuda_new(QkBackend **out, int device) {
+    (void)device;
+    *out = NULL;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+#endif

@@ -1,0 +1,33 @@
+// backend.h: the compute backend interface.  As in ggml, a backend is a struct of function
+// pointers; the pipeline, the CLI and the tests call through it and never know whether the CPU
+// or CUDA runs.  The CPU backend (backend_cpu.c) is the reference and the fallback.
+#pragma once
+#include "activations.h"
+#include "gpt2.h"
+
+typedef struct QkBackend QkBackend;
+struct QkBackend {
+    const char *name;  // "cpu" or "cuda"
+    void *ctx;         // backend-private state
+    // Runs GPT-2 on tokens (a->B, a->T) and fills the host-side activation cache *a.
+    int (*forward)(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *a);
+    void (*destroy)(QkBackend *be);
+};
+
+typedef enum { QK_BACKEND_AUTO, QK_BACKEND_CPU, QK_BACKEND_CUDA } QkBackendKind;
+
+// Parses "auto", "cpu" or "cuda".
+int qk_backend_parse(const char *s, QkBackendKind *kind);
+
+// Opens a backend.  AUTO takes CUDA when a usable device exists, otherwise the CPU with a
+// one-line notice on stderr (unless quiet).  CUDA without a device, or in a build without CUDA,
+// is an error naming why.  device: the CUDA ordinal (ignored by the CPU backend).
+int qk_backend_open(QkBackend **out, QkBackendKind kind, int device, int quiet);
+void qk_backend_close(QkBackend *be);
+
+QkBackend *qk_backend_cpu_new(void);
+
+// Implemented in kernels/backend_cuda.cu when built with CUDA; stubs otherwise.
+// qk_cuda_probe: number of usable devices (0 when none), and a reason in `why` when 0.
+int qk_cuda_probe(char *why, int why_len);
+int qk_backend_cuda_new(QkBackend **out, int device);

@@ -1,0 +1,178 @@
+// gpt2.c: see gpt2.h.
+#include "gpt2.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+#include "util.h"
+
+// Reads integer key `key` of the config object; `def` < 0 means the key is required.
+static int cfg_int(const cJSON *root, const char *path, const char *key, int def, int *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) {
+        if (def < 0) return qk_err("%s: field '%s' is missing", path, key);
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < 1 ||
+        j->valuedouble > 1e9)
+        return qk_err("%s: field '%s' must be a positive integer", path, key);
+    *out = (int)j->valuedouble;
+    return 0;
+}
+
+int gpt2_config_load(GPT2Config *cfg, const char *path) {
+    memset(cfg, 0, sizeof *cfg);
+    size_t len;
+    char *text = qk_read_file(path, &len);
+    if (!text) return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return qk_err("%s: not a JSON object", path);
+    }
+    int rc = 0, n_pos = 0;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_by_inverse_layer_idx");
+    const cJSON *scl = cJSON_GetObjectItemCaseSensitive(root, "scale_attn_weights");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2")))
+        rc = qk_err("%s: field 'model_type' must be \"gpt2\"", path);
+    else if (cfg_int(root, path, "n_layer", -1, &cfg->n_layer) || cfg_int(root, path, "n_head", -1, &cfg->n_head) ||
+             cfg_int(root, path, "n_embd", -1, &cfg->d_model) || cfg_int(root, path, "vocab_size", -1, &cfg->vocab_size) ||
+             cfg_int(root, path, "n_positions", -1, &n_pos))
+        rc = -1;
+    else if (cfg_int(root, path, "n_inner", 4 * cfg->d_model, &cfg->d_mlp))
+        rc = -1;
+    else if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "gelu_new")))
+        rc = qk_err("%s: field 'activation_function' is \"%s\"; only gelu_new (GPT-2) is supported", path,
+                    cJSON_IsString(act) ? act->valuestring : "?");
+    else if (eps && !cJSON_IsNumber(eps))
+        rc = qk_err("%s: field 'layer_norm_epsilon' must be a number", path);
+    else if (cJSON_IsTrue(inv))
+        rc = qk_err("%s: field 'scale_attn_by_inverse_layer_idx' true is not supported", path);
+    else if (cJSON_IsFalse(scl))
+        rc = qk_err("%s: field 'scale_attn_weights' false is not supported", path);
+    else if (cfg->d_model % cfg->n_head)
+        rc = qk_err("%s: field 'n_embd' (%d) is not a multiple of 'n_head' (%d)", path, cfg->d_model, cfg->n_head);
+    if (!rc) {
+        cfg->n_ctx = n_pos;
+        cfg->d_head = cfg->d_model / cfg->n_head;
+        cfg->ln_eps = eps ? (float)eps->valuedouble : 1e-5f;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+// Tensor names are "<prefix>h.N.attn.c_attn.weight" etc., prefix "" or "transformer.".
+static float *load(const QkSafetensors *st, const char *prefix, const char *name, int ndim, int64_t d0, int64_t d1) {
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    int64_t shape[2] = {d0, d1};
+    return qk_st_load_f32(st, full, ndim, shape);
+}
+
+static int load_layer(GPT2Layer *ly, const QkSafetensors *st, const char *pre, int l, const GPT2Config *c) {
+    char n[128];
+    const int C = c->d_model, F = c->d_mlp;
+#define LOAD(dst, suffix, nd, a, b)                           \
+    snprintf(n, sizeof n, "h.%d.%s", l, suffix);              \
+    if (!(ly->dst = load(st, pre, n, nd, a, b))) return -1;
+    LOAD(ln1_w, "ln_1.weight", 1, C, 0);
+    LOAD(ln1_b, "ln_1.bias", 1, C, 0);
+    LOAD(attn_w, "attn.c_attn.weight", 2, C, 3 * C);
+    LOAD(attn_b, "attn.c_attn.bias", 1, 3 * C, 0);
+    LOAD(proj_w, "attn.c_proj.weight", 2, C, C);
+    LOAD(proj_b, "attn.c_proj.bias", 1, C, 0);
+    LOAD(ln2_w, "ln_2.weight", 1, C, 0);
+    LOAD(ln2_b, "ln_2.bias", 1, C, 0);
+    LOAD(fc_w, "mlp.c_fc.weight", 2, C, F);
+    LOAD(fc_b, "mlp.c_fc.bias", 1, F, 0);
+    LOAD(fcproj_w, "mlp.c_proj.weight", 2, F, C);
+    LOAD(fcproj_b, "mlp.c_proj.bias", 1, C, 0);
+#undef LOAD
+    return 0;
+}
+
+int gpt2_load(GPT2Model *m, const char *dir) {
+    memset(m, 0, sizeof *m);
+    char *cfg_path = qk_path_join(dir, "config.json");
+    char *st_path = qk_path_join(dir, "model.safetensors");
+    int rc = gpt2_config_load(&m->cfg, cfg_path);
+    QkSafetensors st = {0};
+    if (!rc) rc = qk_st_open(&st, st_path);
+    if (!rc) {
+        const GPT2Config *c = &m->cfg;
+        const char *pre = qk_st_find(&st, "transformer.wte.weight") ? "transformer." : "";
+        m->layers = qk_calloc(c->n_layer, sizeof(GPT2Layer));
+        if (!(m->wte = load(&st, pre, "wte.weight", 2, c->vocab_size, c->d_model)) ||
+            !(m->wpe = load(&st, pre, "wpe.weight", 2, c->n_ctx, c->d_model)) ||
+            !(m->lnf_w = load(&st, pre, "ln_f.weight", 1, c->d_model, 0)) ||
+            !(m->lnf_b = load(&st, pre, "ln_f.bias", 1, c->d_model, 0)))
+            rc = -1;
+        for (int l = 0; !rc && l < c->n_layer; l++) rc = load_layer(&m->layers[l], &st, pre, l, c);
+        // A present lm_head must be the tied embedding: qkscope computes logits with wte.
+        const QkTensorInfo *lm = qk_st_find(&st, "lm_head.weight");
+        if (!rc && lm) {
+            int64_t shape[2] = {c->vocab_size, c->d_model};
+            float *w = qk_st_load_f32(&st, "lm_head.weight", 2, shape);
+            if (!w) rc = -1;
+            else if (memcmp(w, m->wte, sizeof(float) * c->vocab_size * c->d_model))
+                rc = qk_err("%s: tensor 'lm_head.weight' differs from 'wte.weight'; only tied GPT-2 heads are supported",
+                            st_path);
+            free(w);
+        }
+        // Tensors of more layers than the config declares mean the config and weights disagree.
+        char extra[64];
+        snprintf(extra, sizeof extra, "%sh.%d.ln_1.weight", pre, c->n_layer);
+        if (!rc && qk_st_find(&st, extra))
+            rc = qk_err("%s: tensor '%s' exists but config.json says n_layer = %d", st_path, extra, c->n_layer);
+        qk_st_close(&st);
+    }
+    free(cfg_path);
+    free(st_path);
+    if (rc) {
+        char keep[1024];
+        snprintf(keep, sizeof keep, "%s", qk_errmsg());
+        gpt2_free(m);
+        return qk_err("%s", keep);
+    }
+    m->dir = qk_strdup(dir);
+    return 0;
+}
+
+void gpt2_free(GPT2Model *m) {
+    if (m->layers)
+        for (int l = 0; l < m->cfg.n_layer; l++) {
+            GPT2Layer *ly = &m->layers[l];
+            float *p[] = {ly->ln1_w, ly->ln1_b, ly->attn_w, ly->attn_b, ly->proj_w, ly->proj_b,
+                          ly->ln2_w, ly->ln2_b, ly->fc_w,   ly->fc_b,   ly->fcproj_w, ly->fcproj_b};
+            for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+        }
+    free(m->layers);
+    free(m->wte);
+    free(m->wpe);
+    free(m->lnf_w);
+    free(m->lnf_b);
+    free(m->dir);
+    memset(m, 0, sizeof *m);
+}
+
+int gpt2_check_tokens(const GPT2Config *cfg, const int *tokens, int B, int T, const char *what) {
+    if (T < 1) return qk_err("%s: empty sequence", what);
+    if (T > cfg->n_ctx)
+        return qk_err("%s: sequence length %d exceeds the model's n_ctx %d", what, T, cfg->n_ctx);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int id = tokens[(size_t)b * T + t];
+            if (id < 0 || id >= cfg->vocab_size)
+                return qk_err("%s: sequence %d position %d: token id %d is outside the vocabulary [0, %d)", what, b, t,
+                              id, cfg->vocab_size);
+        }
+    return 0;
+}

@@ -1,0 +1,121 @@
+// h5out.c: see h5out.h.
+#include "h5out.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+int qk_h5_create(QkH5Out *o, const char *path) {
+    memset(o, 0, sizeof *o);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);  // errors are reported as one line by the caller
+    o->path = qk_strdup(path);
+    o->tmp_path = qk_malloc(strlen(path) + 5);
+    sprintf(o->tmp_path, "%s.tmp", path);
+    o->file = H5Fcreate(o->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (o->file < 0) {
+        qk_err("%s: cannot create HDF5 file", o->tmp_path);
+        free(o->path);
+        free(o->tmp_path);
+        memset(o, 0, sizeof *o);
+        return -1;
+    }
+    return 0;
+}
+
+void qk_h5_abort(QkH5Out *o) {
+    if (o->file > 0) H5Fclose(o->file);
+    if (o->tmp_path) remove(o->tmp_path);
+    free(o->path);
+    free(o->tmp_path);
+    memset(o, 0, sizeof *o);
+}
+
+int qk_h5_finish(QkH5Out *o) {
+    int rc = qk_h5_attr_int(o->file, "complete", 1);
+    if (!rc && H5Fclose(o->file) < 0) rc = qk_err("%s: closing the HDF5 file failed", o->tmp_path);
+    o->file = 0;
+    if (!rc && rename(o->tmp_path, o->path)) rc = qk_err("%s: rename to %s failed: %s", o->tmp_path, o->path, strerror(errno));
+    if (rc) {
+        qk_h5_abort(o);
+        return -1;
+    }
+    free(o->path);
+    free(o->tmp_path);
+    memset(o, 0, sizeof *o);
+    return 0;
+}
+
+hid_t qk_h5_dataset(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims) {
+    hsize_t chunk[8];
+    size_t elem = H5Tget_size(type), bytes = elem;
+    for (int d = 0; d < ndim; d++) chunk[d] = dims[d] ? dims[d] : 1;
+    // Chunks of one row (batch element), halved along the largest dims until <= 1 MiB.
+    chunk[0] = 1;
+    for (int d = 0; d < ndim; d++) bytes *= chunk[d];
+    while (bytes > (1u << 20)) {
+        int big = 1;
+        for (int d = 1; d < ndim; d++)
+            if (chunk[d] > chunk[big]) big = d;
+        if (chunk[big] <= 1) break;
+        bytes = bytes / chunk[big] * ((chunk[big] + 1) / 2);
+        chunk[big] = (chunk[big] + 1) / 2;
+    }
+    hid_t space = H5Screate_simple(ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_shuffle(dcpl);
+    H5Pset_deflate(dcpl, 4);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t ds = H5Dcreate2(o->file, name, type, space, lcpl, dcpl, H5P_DEFAULT);
+    H5Pclose(lcpl);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    if (ds < 0) qk_err("%s: cannot create dataset '%s'", o->tmp_path, name);
+    return ds;
+}
+
+int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const void *buf) {
+    hid_t fspace = H5Dget_space(dset);
+    int ndim = H5Sget_simple_extent_ndims(fspace);
+    hsize_t dims[8], start[8] = {0}, count[8];
+    H5Sget_simple_extent_dims(fspace, dims, NULL);
+    for (int d = 0; d < ndim; d++) count[d] = dims[d];
+    start[0] = row0;
+    count[0] = nrows;
+    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL);
+    hid_t mspace = H5Screate_simple(ndim, count, NULL);
+    herr_t e = H5Dwrite(dset, type, mspace, fspace, H5P_DEFAULT, buf);
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+    if (e < 0) {
+        char name[256] = "?";
+        H5Iget_name(dset, name, sizeof name);
+        return qk_err("HDF5 write of dataset '%s' rows %llu..%llu failed (disk full?)", name,
+                      (unsigned long long)row0, (unsigned long long)(row0 + nrows));
+    }
+    return 0;
+}
+
+int qk_h5_attr_str(hid_t obj, const char *name, const char *value) {
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, strlen(value) + 1);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t e = a < 0 ? -1 : H5Awrite(a, type, value);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(space);
+    H5Tclose(type);
+    return e < 0 ? qk_err("HDF5: cannot write attribute '%s'", name) : 0;
+}
+
+int qk_h5_attr_int(hid_t obj, const char *name, int64_t value) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t e = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &value);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(space);
+    return e < 0 ? qk_err("HDF5: cannot write attribute '%s'", name) : 0;
+}

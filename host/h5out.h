@@ -1,0 +1,26 @@
+// h5out.h: HDF5 output files that never look complete unless they are: written as NAME.tmp,
+// root attribute `complete = 1` set last, then renamed to NAME.  A failed run removes NAME.tmp.
+#pragma once
+#include <hdf5.h>
+#include <stdint.h>
+
+typedef struct {
+    hid_t file;
+    char *path;      // final name
+    char *tmp_path;  // NAME.tmp while writing
+} QkH5Out;
+
+int qk_h5_create(QkH5Out *o, const char *path);
+// Sets complete = 1, closes and renames.  On failure removes the temporary file.
+int qk_h5_finish(QkH5Out *o);
+// Closes and removes the temporary file (after an error).
+void qk_h5_abort(QkH5Out *o);
+
+// A chunked, shuffle+gzip dataset of `type` (H5T_NATIVE_FLOAT, H5T_NATIVE_UINT16, ...) whose
+// first dimension is the row (batch) index.  Returns the dataset id or -1.
+hid_t qk_h5_dataset(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims);
+// Writes rows [row0, row0 + nrows) of a dataset created above from a C-order buffer.
+int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const void *buf);
+
+int qk_h5_attr_str(hid_t obj, const char *name, const char *value);
+int qk_h5_attr_int(hid_t obj, const char *name, int64_t value);

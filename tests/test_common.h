@@ -1,0 +1,73 @@
+// test_common.h: helpers shared by the Criterion suites.  Tests run from the repository root.
+#pragma once
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "safetensors.h"
+#include "util.h"
+
+#define REF_DIR "tests/reference/data"
+
+// The backend under test: QK_BACKEND=cpu (default) or cuda.  A CUDA suite on a machine without
+// a usable device is skipped, saying why.
+static inline QkBackend *test_backend(void) {
+    const char *s = getenv("QK_BACKEND");
+    QkBackendKind kind = QK_BACKEND_CPU;
+    if (s && qk_backend_parse(s, &kind)) cr_assert_fail("QK_BACKEND: %s", qk_errmsg());
+    QkBackend *be = NULL;
+    if (qk_backend_open(&be, kind, 0, 1)) cr_skip_test("QK_BACKEND=%s unavailable: %s", s, qk_errmsg());
+    return be;
+}
+
+// Relative error of x against reference r, elementwise with a floor of 1% of the reference's
+// largest magnitude (so values near zero do not divide by ~0): |x - r| / (|r| + 0.01 max|r|).
+// Non-finite reference values (masked scores, -inf) must match exactly.  Returns the worst.
+static inline double rel_err(const float *x, const float *r, size_t n, size_t *worst_at) {
+    double maxr = 0, worst = 0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(r[i]) && fabs(r[i]) > maxr) maxr = fabs(r[i]);
+    for (size_t i = 0; i < n; i++) {
+        double e;
+        if (!isfinite(r[i])) e = (x[i] == r[i]) ? 0 : INFINITY;
+        else e = fabs((double)x[i] - r[i]) / (fabs(r[i]) + 0.01 * maxr + 1e-30);
+        if (!(e <= worst)) {
+            worst = e;
+            if (worst_at) *worst_at = i;
+        }
+    }
+    return worst;
+}
+
+// A float32 copy of a reference tensor (any float dtype), with its element count.
+static inline float *ref_tensor(const QkSafetensors *st, const char *name, size_t *numel) {
+    const QkTensorInfo *t = qk_st_find(st, name);
+    cr_assert_not_null(t, "reference tensor '%s' missing from %s", name, st->path);
+    float *out = qk_malloc(t->numel * sizeof(float) + 1);
+    cr_assert_eq(qk_st_read_f32(st, t, out), 0, "%s", qk_errmsg());
+    if (numel) *numel = t->numel;
+    return out;
+}
+
+// A fresh temporary directory for a test's files (removed by the caller with rm_rf).
+static inline char *make_tmpdir(void) {
+    char *d = qk_strdup("/tmp/qkscope-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(d));
+    return d;
+}
+
+static inline void rm_rf(const char *dir) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static inline void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "cannot write %s", path);
+    cr_assert_eq(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
