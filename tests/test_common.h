@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hdf5.h>
+
 #include "backend.h"
 #include "safetensors.h"
 #include "util.h"
