@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages qkscope builds and tests with.  As root it runs apt-get; otherwise
+# it names the missing packages and exits non-zero.
+set -euo pipefail
+PKGS=(build-essential pkg-config libhdf5-dev hdf5-tools libcriterion-dev libopenblas-openmp-dev
+      libcjson-dev zlib1g-dev libzstd-dev libinih-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && { echo "install-deps: all packages present"; exit 0; }
+if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}"
+else
+    echo "install-deps: missing Debian packages (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+fi
