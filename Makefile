@@ -85,7 +85,10 @@ reference: $(VENV)/.ok
 	$(VENV)/bin/python tests/reference/make_all.py
 
 BENCH_THREADS ?= $(shell nproc)
-bench-forward: $(BIN)/qkscope $(VENV)/.ok
+$(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
+
+bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
 bench-topk: $(BIN)/qkscope $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_topk.py --threads $(BENCH_THREADS)
