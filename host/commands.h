@@ -4,7 +4,6 @@
 
 int cmd_cache(int argc, char **argv);     // run_with_cache for C users (cmd_cache.c)
 int cmd_tokenize(int argc, char **argv);  // GPT-2 BPE encode / decode (cmd_tokenize.c)
-int cmd_info(int argc, char **argv);      // describe a model, SAE or output file (cmd_info.c)
 
 // Exit statuses shared by every command.
 enum { QK_EXIT_OK = 0, QK_EXIT_FAIL = 1, QK_EXIT_USAGE = 2 };

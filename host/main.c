@@ -13,7 +13,6 @@ typedef struct {
 static const Command k_commands[] = {
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
-    {"info", cmd_info, "describe a model folder, an SAE folder or a qkscope HDF5 file"},
 };
 #define N_COMMANDS (int)(sizeof k_commands / sizeof k_commands[0])
 
