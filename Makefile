@@ -20,8 +20,8 @@ LIBS    := $(shell pkg-config --libs $(PKGS)) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPE
 NVCC      ?= $(shell command -v nvcc 2>/dev/null)
 CUDA      ?= $(if $(NVCC),1,0)
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
-NVCCFLAGS ?= -O3 -std=c++17 -Ihost -Xcompiler -Wall,-Wextra \
-             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCCFLAGS_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCCFLAGS ?= -O3 -std=c++17 -Ihost -Xcompiler -Wall,-Wextra $(NVCCFLAGS_ARCH)
 
 BUILD ?= build
 BIN   ?= bin

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# GPU checks in one device call.
+#   scripts/gpu.sh bundle   (here, no GPU needed) builds for sm_90 and packs the binaries with the
+#                           non-CUDA shared libraries they need into build/gpu-bundle.tar.gz
+#   scripts/gpu.sh run      (on the GPU machine, from the repo root) unpacks it and runs the GPU
+#                           test suites, compute-sanitizer and the GPU benchmarks, writing every
+#                           log and result under $OUT (default ./gpu-out)
+# The GPU machine's own CUDA runtime, cuBLAS and NCCL are used, never the bundled ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+BUNDLE=build/gpu-bundle.tar.gz
+
+bundle() {
+    # x86-64-v3 (AVX2), not -march=native: the GPU machine's CPU may differ from this one.
+    make -j"$(nproc)" BUILD=build/gpu BIN=build/gpu/bin ARCH=-march=x86-64-v3 NVCCFLAGS_ARCH="-gencode arch=compute_90,code=sm_90" \
+        build/gpu/bin/qkscope build/gpu/bin/test_qkscope
+    rm -rf build/gpu/pkg && mkdir -p build/gpu/pkg/bin build/gpu/pkg/lib
+    cp build/gpu/bin/qkscope build/gpu/bin/test_qkscope build/gpu/pkg/bin/
+    # Shared libraries except the C runtime and CUDA's own (taken from the GPU machine).
+    ldd build/gpu/bin/test_qkscope build/gpu/bin/qkscope | awk '/=> \//{print $3}' | sort -u |
+        grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcud|libcublas|libnccl' |
+        xargs -r -I{} cp -L {} build/gpu/pkg/lib/
+    tar -C build/gpu/pkg -czf "$BUNDLE" bin lib
+    echo "gpu.sh: $(du -h "$BUNDLE" | cut -f1) in $BUNDLE (carry it: run carry=[\"$BUNDLE\"])"
+}
+
+run() {
+    OUT=${OUT:-$PWD/gpu-out}
+    mkdir -p "$OUT" build/gpu/run
+    tar -C build/gpu/run -xzf "$BUNDLE"
+    cuda_libs=$(dirname "$(ldconfig -p | awk '/libcublas\.so/{print $NF; exit}')" 2>/dev/null || true)
+    export LD_LIBRARY_PATH="$PWD/build/gpu/run/lib:${cuda_libs:-/usr/local/cuda/lib64}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    B=build/gpu/run/bin
+    mkdir -p bin && cp $B/qkscope bin/qkscope   # the CLI tests run ./bin/qkscope
+    { nvidia-smi; date -u; uname -a; } > "$OUT/machine.txt" 2>&1 || true
+    echo "== GPU suites (QK_BACKEND=cuda)"
+    QK_BACKEND=cuda $B/test_qkscope --jobs 1 2>&1 | tee "$OUT/test-gpu.txt" | tail -n 30 || true
+    echo "== CPU suites on the GPU machine"
+    QK_BACKEND=cpu $B/test_qkscope --jobs 1 > "$OUT/test-cpu.txt" 2>&1 || true
+    tail -n 2 "$OUT/test-cpu.txt"
+    if command -v compute-sanitizer >/dev/null; then
+        for tool in memcheck racecheck synccheck; do
+            echo "== compute-sanitizer $tool"
+            QK_BACKEND=cuda compute-sanitizer --tool $tool --error-exitcode 9 $B/test_qkscope --jobs 1 --filter 'forward/*' \
+                > "$OUT/sanitizer-$tool.txt" 2>&1 && echo "$tool clean" || echo "$tool: see $OUT/sanitizer-$tool.txt"
+        done
+    else
+        echo "compute-sanitizer not found" | tee "$OUT/sanitizer.txt"
+    fi
+}
+
+case "$mode" in
+bundle) bundle ;;
+run) run ;;
+*) echo "usage: scripts/gpu.sh bundle|run" >&2; exit 2 ;;
+esac
