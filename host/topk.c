@@ -16,50 +16,58 @@
 
 #define SCAN_CHUNK 64  // columns tested per vector pass before any scalar insert
 
-typedef struct {
+// An entry packed in one integer key whose unsigned order IS the total order of topk.h: the high
+// word maps the float order-preservingly (-0 folded into +0), the low word is ~index, so a larger
+// key means a larger value, then a lower index.
+static inline uint64_t pack(float v, int32_t j) {
+    v += 0.0f;  // -0 -> +0: they compare equal, so the index must decide
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)j;
+}
+static inline float unpack_v(uint64_t key) {
+    uint32_t u = (uint32_t)(key >> 32);
+    u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
     float v;
-    int32_t i;
-} Entry;
+    memcpy(&v, &u, 4);
+    return v;
+}
+static inline int32_t unpack_i(uint64_t key) { return (int32_t)~(uint32_t)key; }
 
-// A running k-best set: a binary heap whose root is the WORST entry kept.
+// A running k-best set: a binary min-heap of keys (the root is the WORST entry kept).
 typedef struct {
-    float *v;    // [k]
-    int32_t *i;  // [k]
+    uint64_t *key;  // [k]
     int n, k;
+    float thr;      // root's value once full, else -inf: a score must beat it to enter
 } Heap;
 
-// The total order of topk.h: a before b.
-static inline int better(float va, int32_t ia, float vb, int32_t ib) {
-    return va > vb || (va == vb && ia < ib);
-}
-
-static void heap_push(Heap *h, float v, int32_t j) {
+static void heap_push(Heap *h, uint64_t x) {
     int p = h->n++;
     while (p > 0) {
         int up = (p - 1) / 2;
-        if (!better(h->v[up], h->i[up], v, j)) break;
-        h->v[p] = h->v[up];
-        h->i[p] = h->i[up];
+        if (h->key[up] <= x) break;
+        h->key[p] = h->key[up];
         p = up;
     }
-    h->v[p] = v;
-    h->i[p] = j;
+    h->key[p] = x;
+    if (h->n == h->k) h->thr = unpack_v(h->key[0]);
 }
 
-// Replaces the root (worst) with (v, j) and restores the heap.
-static void heap_replace_root(Heap *h, float v, int32_t j) {
-    int p = 0;
+// Replaces the root (worst) with x and restores the heap.
+static void heap_replace_root(Heap *h, uint64_t x) {
+    int p = 0, n = h->n;
+    uint64_t *key = h->key;
     for (;;) {
-        int l = 2 * p + 1, w = l;
-        if (l >= h->n) break;
-        if (l + 1 < h->n && better(h->v[l], h->i[l], h->v[l + 1], h->i[l + 1])) w = l + 1;
-        if (!better(v, j, h->v[w], h->i[w])) break;
-        h->v[p] = h->v[w];
-        h->i[p] = h->i[w];
+        int l = 2 * p + 1;
+        if (l >= n) break;
+        int w = (l + 1 < n && key[l + 1] < key[l]) ? l + 1 : l;
+        if (x <= key[w]) break;
+        key[p] = key[w];
         p = w;
     }
-    h->v[p] = v;
-    h->i[p] = j;
+    key[p] = x;
+    h->thr = unpack_v(key[0]);
 }
 
 // Offers column j with score v.  Within one heap columns arrive in increasing j, so an equal
@@ -67,55 +75,86 @@ static void heap_replace_root(Heap *h, float v, int32_t j) {
 static inline void heap_offer(Heap *h, float v, int32_t j) {
     if (isnan(v)) return;
     if (h->n < h->k)
-        heap_push(h, v, j);
-    else if (v > h->v[0])
-        heap_replace_root(h, v, j);
+        heap_push(h, pack(v, j));
+    else if (v > h->thr)
+        heap_replace_root(h, pack(v, j));
 }
+
+// Offers g[t0..te) (already scored) that pass the gate, one by one.
+static void offer_range(const float *g, int t0, int te, int j0, int gated, const float *gates, float gate,
+                        Heap *h) {
+    for (int t = t0; t < te; t++) {
+        float v = g[t];
+        if (gated && !(v > (gates ? gates[t] : gate))) continue;
+        heap_offer(h, v, j0 + t);
+    }
+}
+
+// Portable scan of g[t0..te): score in place, count the active, offer any chunk with a hit.
+static int64_t scan_generic(float *restrict g, int t0, int cb, int j0, float ai, const float *restrict c,
+                            int gated, const float *restrict gates, float gate, Heap *h) {
+    int64_t act = 0;
+    for (; t0 < cb; t0 += SCAN_CHUNK) {
+        int te = t0 + SCAN_CHUNK < cb ? t0 + SCAN_CHUNK : cb;
+        float thr = h->thr;
+        int hit = 0;
+#pragma omp simd reduction(+ : hit, act)
+        for (int t = t0; t < te; t++) {
+            float v = ai * g[t] + c[t];
+            g[t] = v;
+            int on = !gated || v > (gates ? gates[t] : gate);
+            act += on;
+            hit += on & (v > thr);
+        }
+        if (hit || h->n < h->k) offer_range(g, t0, te, j0, gated, gates, gate, h);
+    }
+    return act;
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// AVX-512 scan of whole 16-lane groups; returns how many columns it covered.  A group's hits are
+// a bit mask; each insert raises the threshold, so the mask is re-tested against it.
+static int scan_avx512(float *restrict g, int cb, int j0, float ai, const float *restrict c, int gated,
+                       const float *restrict gates, float gate, Heap *h, int64_t *act) {
+    const __m512 va = _mm512_set1_ps(ai), vgate = _mm512_set1_ps(gate);
+    int t = 0;
+    int64_t on_total = 0;
+    for (; t + 16 <= cb; t += 16) {
+        __m512 v = _mm512_add_ps(_mm512_mul_ps(va, _mm512_loadu_ps(g + t)), _mm512_loadu_ps(c + t));
+        _mm512_storeu_ps(g + t, v);
+        __mmask16 on = 0xFFFF;
+        if (gated) {
+            on = _mm512_cmp_ps_mask(v, gates ? _mm512_loadu_ps(gates + t) : vgate, _CMP_GT_OQ);
+            on_total += __builtin_popcount(on);
+        }
+        if (h->n < h->k) {
+            offer_range(g, t, t + 16, j0, gated, gates, gate, h);
+            continue;
+        }
+        __mmask16 m = on & _mm512_cmp_ps_mask(v, _mm512_set1_ps(h->thr), _CMP_GT_OQ);
+        while (m) {
+            int b = __builtin_ctz(m);
+            heap_offer(h, g[t + b], j0 + t + b);
+            m &= (__mmask16)(m - 1);
+            m &= _mm512_cmp_ps_mask(v, _mm512_set1_ps(h->thr), _CMP_GT_OQ);
+        }
+    }
+    *act += on_total;
+    return t;
+}
+#endif
 
 // Scores one tile row in place (g[t] = ai * g[t] + c[t], t < cb, columns j0 + t) and offers the
 // ones that pass.  gated: only scores above their gate count and are offered; *active counts them.
-static void scan_row(float *restrict g, int cb, int j0, float ai, const float *restrict c,
-                     int gated, const float *restrict gates, float gate, Heap *h,
-                     int64_t *active) {
-    int64_t act = 0;
-    for (int t0 = 0; t0 < cb; t0 += SCAN_CHUNK) {
-        int te = t0 + SCAN_CHUNK < cb ? t0 + SCAN_CHUNK : cb;
-        float thr = h->n < h->k ? -INFINITY : h->v[0];
-        int hit = 0;
-        if (!gated) {
-#pragma omp simd reduction(+ : hit)
-            for (int t = t0; t < te; t++) {
-                float v = ai * g[t] + c[t];
-                g[t] = v;
-                hit += v > thr;
-            }
-        } else if (gates) {
-#pragma omp simd reduction(+ : hit, act)
-            for (int t = t0; t < te; t++) {
-                float v = ai * g[t] + c[t];
-                g[t] = v;
-                int on = v > gates[t];
-                act += on;
-                hit += on & (v > thr);
-            }
-        } else {
-#pragma omp simd reduction(+ : hit, act)
-            for (int t = t0; t < te; t++) {
-                float v = ai * g[t] + c[t];
-                g[t] = v;
-                int on = v > gate;
-                act += on;
-                hit += on & (v > thr);
-            }
-        }
-        if (!hit && h->n == h->k) continue;
-        for (int t = t0; t < te; t++) {
-            float v = g[t];
-            if (gated && !(v > (gates ? gates[t] : gate))) continue;
-            heap_offer(h, v, j0 + t);
-        }
-    }
-    *active += act;
+static void scan_row(float *restrict g, int cb, int j0, float ai, const float *restrict c, int gated,
+                     const float *restrict gates, float gate, Heap *h, int64_t *active) {
+    int t0 = 0;
+#if defined(__AVX512F__)
+    t0 = scan_avx512(g, cb, j0, ai, c, gated, gates, gate, h, active);
+#endif
+    int64_t act = scan_generic(g, t0, cb, j0, ai, c, gated, gates, gate, h);
+    *active += gated ? act : 0;
 }
 
 void qk_topk_default_blocks(int r, int *row_block, int *col_block) {
@@ -124,11 +163,9 @@ void qk_topk_default_blocks(int r, int *row_block, int *col_block) {
     *col_block = r <= 128 ? 512 : 1024;
 }
 
-static int cmp_entry(const void *pa, const void *pb) {
-    const Entry *a = pa, *b = pb;
-    if (better(a->v, a->i, b->v, b->i)) return -1;
-    if (better(b->v, b->i, a->v, a->i)) return 1;
-    return 0;
+static int cmp_key_desc(const void *pa, const void *pb) {
+    uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+    return (a < b) - (a > b);
 }
 
 static int check_args(int n, int M, int r, const float *U, int ldu, const float *V,
@@ -167,8 +204,7 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
     float *ce = qk_malloc_aligned((size_t)M * sizeof(float));  // [M] sign * c
     for (int j = 0; j < M; j++) ce[j] = c ? sign * c[j] : 0.0f;
     size_t nh = (size_t)n * S;                                   // heaps, one per (row, segment)
-    float *hv = qk_malloc(nh * k * sizeof(float));               // [n x S x k]
-    int32_t *hi = qk_malloc(nh * k * sizeof(int32_t));           // [n x S x k]
+    uint64_t *hk = qk_malloc(nh * k * sizeof(uint64_t));         // [n x S x k] heap keys
     int *hn = qk_calloc(nh, sizeof(int));                        // [n x S] entries held
     int64_t *hact = qk_calloc(nh, sizeof(int64_t));              // [n x S] gated: active count
 
@@ -187,7 +223,8 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
                 for (int ii = 0; ii < rows; ii++) {
                     int i = r0 + ii;
                     size_t hx = (size_t)i * S + sg;
-                    Heap h = {hv + hx * k, hi + hx * k, hn[hx], k};
+                    Heap h = {hk + hx * k, hn[hx], k, -INFINITY};
+                    if (h.n == k) h.thr = unpack_v(h.key[0]);
                     float ai = sign * (a ? a[i] : 1.0f);
                     scan_row(buf + (size_t)ii * cols, cols, j0, ai, ce + j0, gated,
                              o->gates ? o->gates + j0 : NULL, o->gate, &h, &hact[hx]);
@@ -200,24 +237,24 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
 
 #pragma omp parallel
     {
-        Entry *tmp = qk_malloc((size_t)S * k * sizeof(Entry));  // [S x k]
+        uint64_t *tmp = qk_malloc((size_t)S * k * sizeof(uint64_t));  // [S x k]
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) {
             int m = 0;
             int64_t act = 0;
             for (int sg = 0; sg < S; sg++) {
                 size_t hx = (size_t)i * S + sg;
-                for (int t = 0; t < hn[hx]; t++) tmp[m++] = (Entry){hv[hx * k + t], hi[hx * k + t]};
+                for (int t = 0; t < hn[hx]; t++) tmp[m++] = hk[hx * k + t];
                 act += hact[hx];
             }
-            qsort(tmp, m, sizeof(Entry), cmp_entry);
+            qsort(tmp, m, sizeof(uint64_t), cmp_key_desc);
             if (m > k) m = k;
             int32_t *oi = idx + (size_t)i * k;
             float *ov = val + (size_t)i * k;
             int positive = 0;
             for (int t = 0; t < k; t++) {
-                oi[t] = t < m ? tmp[t].i : -1;
-                ov[t] = t < m ? sign * tmp[t].v : 0.0f;
+                oi[t] = t < m ? unpack_i(tmp[t]) : -1;
+                ov[t] = t < m ? sign * unpack_v(tmp[t]) : 0.0f;
                 if (o->act == QK_TOPK_RELU) {
                     if (ov[t] > 0.0f) positive++;
                     else ov[t] = 0.0f;
@@ -232,8 +269,7 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
         free(tmp);
     }
     free(ce);
-    free(hv);
-    free(hi);
+    free(hk);
     free(hn);
     free(hact);
     return 0;
