@@ -90,14 +90,7 @@ $(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
-$(BIN)/bench_topk: $(BUILD)/bench/bench_topk.o $(BUILD)/libqkscope.a | $(BIN)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
-
-$(BUILD)/bench/%.o: bench/%.c
-	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -c -o $@ $<
-
-bench-topk: $(BIN)/qkscope $(BIN)/bench_topk $(VENV)/.ok
+bench-topk: $(BIN)/bench_topk $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_topk.py --threads $(BENCH_THREADS)
 bench-tokenize: $(BIN)/qkscope $(VENV)/.ok
 	$(VENV)/bin/python bench/bench_tokenize.py
