@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "gpt2.h"
 #include "h5out.h"
+#include "sae.h"
 #include "token_file.h"
 #include "util.h"
 
@@ -44,6 +45,13 @@ static void usage(FILE *f) {
             "  --backend KIND     auto (default), cpu or cuda\n"
             "  --device N         CUDA device ordinal (default 0)\n"
             "  --threads N        CPU threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --sae LAYER=DIR[,center]\n"
+            "                     (repeatable) also write the SAELens SAE code of blocks.LAYER.hook_resid_pre\n"
+            "                     under sae/blocks.LAYER.hook_resid_pre/: sae_idx [batch, pos, slots] (uint16 when\n"
+            "                     d_sae <= 65536, else uint32), sae_val, sae_n_active (true active count) and\n"
+            "                     sae_err_norm (|x - xhat|); ',center' subtracts mean(x) first (jb SAEs)\n"
+            "  --sae-max-active N slots stored for ReLU / JumpReLU SAEs (default 64; top-k SAEs store k);\n"
+            "                     sae_n_active shows any token with more active features\n"
             "  -o, --output FILE  the HDF5 file to write (written as FILE.tmp, renamed when complete)\n"
             "  -q, --quiet        no notices\n"
             "  -h, --help         this text\n");
@@ -113,11 +121,47 @@ static const float *hook_data(const Hook *h, const GPT2Config *c, const GPT2Acts
     return NULL;
 }
 
+#define MAX_SAES 64
+
+// One --sae LAYER=DIR[,center]: the SAE coding blocks.LAYER.hook_resid_pre.
+typedef struct {
+    int layer, center;
+    const char *dir;
+    QkSae sae;
+    QkSaeCode code;
+    float *xhat, *err;     // (B*T, C), (B*T) scratch
+    hid_t idx, val, n_active, err_norm;
+    hid_t idx_type;        // uint16 when d_sae <= 65536, else uint32
+    void *idx_buf;         // (B*T, slots) in idx_type
+} SaeSpec;
+
 typedef struct {
     const char *model_dir, *tokens_path, *hooks, *out_path;
-    int batch, device, threads, quiet;
+    int batch, device, threads, quiet, max_active;
     QkBackendKind backend;
+    int n_sae;
+    SaeSpec sae[MAX_SAES];
 } CacheArgs;
+
+// LAYER=DIR[,center]
+static int parse_sae_arg(char *arg, CacheArgs *a) {
+    char *eq = strchr(arg, '='), *end;
+    if (!eq) return qk_err("--sae: '%s' is not LAYER=DIR", arg);
+    long layer = strtol(arg, &end, 10);
+    if (end != eq || layer < 0) return qk_err("--sae: '%s': LAYER must be a layer number", arg);
+    if (a->n_sae == MAX_SAES) return qk_err("--sae: at most %d SAEs", MAX_SAES);
+    SaeSpec *s = &a->sae[a->n_sae++];
+    s->layer = (int)layer;
+    s->dir = eq + 1;
+    char *comma = strrchr(eq + 1, ',');
+    if (comma && !strcmp(comma, ",center")) {
+        *comma = 0;
+        s->center = 1;
+    }
+    for (int i = 0; i < a->n_sae - 1; i++)
+        if (a->sae[i].layer == s->layer) return qk_err("--sae: layer %d given twice", s->layer);
+    return 0;
+}
 
 static int parse_args(int argc, char **argv, CacheArgs *a) {
     static const struct option opts[] = {
@@ -126,8 +170,11 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
         {"backend", required_argument, 0, 'B'}, {"device", required_argument, 0, 'd'},
         {"threads", required_argument, 0, 'j'}, {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
+        {"sae", required_argument, 0, 'S'},    {"sae-max-active", required_argument, 0, 'A'},
         {0, 0, 0, 0}};
-    *a = (CacheArgs){.batch = 8};
+    memset(a, 0, sizeof *a);
+    a->batch = 8;
+    a->max_active = 64;
     optind = 1;
     opterr = 0;
     for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
@@ -141,6 +188,8 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
         case 'd': if ((a->device = atoi(optarg)) < 0) return qk_err("--device: '%s' is not a device ordinal", optarg); break;
         case 'j': if ((a->threads = atoi(optarg)) < 1) return qk_err("--threads: '%s' is not a positive integer", optarg); break;
         case 'B': if (qk_backend_parse(optarg, &a->backend)) return -1; break;
+        case 'A': if ((a->max_active = atoi(optarg)) < 1) return qk_err("--sae-max-active: '%s' is not a positive integer", optarg); break;
+        case 'S': if (parse_sae_arg(optarg, a)) return -1; break;
         case 'h': usage(stdout); exit(QK_EXIT_OK);
         default: return qk_err("unknown or incomplete option '%s' (qkscope cache --help)", argv[optind - 1]);
         }
@@ -150,7 +199,76 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
     return 0;
 }
 
-static int run(const CacheArgs *args) {
+// Loads each SAE, checks it codes the stream it is attached to, and creates its datasets.
+static int sae_setup(SaeSpec *s, const GPT2Config *c, QkH5Out *out, int B, int T, int bs, int max_active) {
+    if (s->layer >= c->n_layer) return qk_err("--sae %d=%s: the model has layers 0..%d", s->layer, s->dir, c->n_layer - 1);
+    if (qk_sae_load(&s->sae, s->dir, c->d_model, s->center)) return -1;
+    // resid_pre of layer L is resid_post of layer L-1: an SAE may name either spelling.
+    char pre[64], post[64];
+    snprintf(pre, sizeof pre, "blocks.%d.hook_resid_pre", s->layer);
+    snprintf(post, sizeof post, "blocks.%d.hook_resid_post", s->layer - 1);
+    const char *hn = s->sae.hook_name;
+    if (hn[0] && strcmp(hn, pre) && (s->layer == 0 || strcmp(hn, post)))
+        return qk_err("--sae %d=%s: the SAE was trained on '%s', not on %s", s->layer, s->dir, hn, pre);
+    if (qk_sae_code_alloc(&s->code, &s->sae, bs * T, max_active)) return -1;
+    int slots = s->code.slots;
+    s->xhat = qk_malloc(sizeof(float) * bs * T * c->d_model);
+    s->err = qk_malloc(sizeof(float) * bs * T);
+    s->idx_type = s->sae.d_sae <= 65536 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32;
+    s->idx_buf = qk_malloc((size_t)bs * T * slots * 4);
+    char name[128];
+    hsize_t d3[3] = {(hsize_t)B, (hsize_t)T, (hsize_t)slots};
+#define DSET(field, suffix, type, nd)                                                                \
+    snprintf(name, sizeof name, "sae/%s/%s", pre, suffix);                                        \
+    if ((s->field = qk_h5_dataset(out, name, type, nd, d3)) < 0) return -1;
+    DSET(idx, "sae_idx", s->idx_type, 3);
+    DSET(val, "sae_val", H5T_NATIVE_FLOAT, 3);
+    DSET(n_active, "sae_n_active", H5T_NATIVE_INT32, 2);
+    DSET(err_norm, "sae_err_norm", H5T_NATIVE_FLOAT, 2);
+#undef DSET
+    snprintf(name, sizeof name, "sae/%s", pre);
+    hid_t g = H5Gopen2(out->file, name, H5P_DEFAULT);
+    int rc = qk_h5_attr_str(g, "sae_dir", s->dir) || qk_h5_attr_str(g, "architecture", qk_sae_arch_name(s->sae.arch)) ||
+             qk_h5_attr_int(g, "d_sae", s->sae.d_sae) || qk_h5_attr_int(g, "slots", slots) ||
+             qk_h5_attr_int(g, "center_input", s->center) ||
+             qk_h5_attr_str(g, "note", "sae_idx entries past sae_n_active (or past slots) are not active features");
+    H5Gclose(g);
+    return rc ? -1 : 0;
+}
+
+// Encodes rows [b0, b0 + nb) of the batch's resid_pre and writes them.
+static int sae_write(SaeSpec *s, const GPT2Config *c, const GPT2Acts *a, int b0, int nb) {
+    int n = nb * a->T, slots = s->code.slots;
+    const float *x = acts_resid(a, c, s->layer);
+    if (qk_sae_encode(&s->sae, x, c->d_model, n, &s->code)) return -1;
+    qk_sae_decode(&s->sae, &s->code, n, s->xhat);
+    qk_sae_recon_error(n, c->d_model, x, c->d_model, s->xhat, s->err);
+    // Unused slots hold index -1: stored as 0 with value 0 (inactive either way).
+    size_t ne = (size_t)n * slots;
+    if (s->idx_type == H5T_NATIVE_UINT16)
+        for (size_t i = 0; i < ne; i++) ((uint16_t *)s->idx_buf)[i] = s->code.idx[i] < 0 ? 0 : (uint16_t)s->code.idx[i];
+    else
+        for (size_t i = 0; i < ne; i++) ((uint32_t *)s->idx_buf)[i] = s->code.idx[i] < 0 ? 0 : (uint32_t)s->code.idx[i];
+    if (qk_h5_write_rows(s->idx, s->idx_type, b0, nb, s->idx_buf) ||
+        qk_h5_write_rows(s->val, H5T_NATIVE_FLOAT, b0, nb, s->code.val) ||
+        qk_h5_write_rows(s->n_active, H5T_NATIVE_INT32, b0, nb, s->code.n_active) ||
+        qk_h5_write_rows(s->err_norm, H5T_NATIVE_FLOAT, b0, nb, s->err))
+        return -1;
+    return 0;
+}
+
+static void sae_cleanup(SaeSpec *s) {
+    hid_t ids[] = {s->idx, s->val, s->n_active, s->err_norm};
+    for (int i = 0; i < 4; i++)
+        if (ids[i] > 0) H5Dclose(ids[i]);
+    qk_sae_code_free(&s->code);
+    qk_sae_free(&s->sae);
+    free(s->xhat);
+    free(s->err);
+    free(s->idx_buf);
+}
+
+static int run(CacheArgs *args) {
     GPT2Model m;
     int *tokens = NULL, B = 0, T = 0, n_hooks = 0, rc = -1;
     Hook *hooks = NULL;
@@ -172,6 +290,8 @@ static int run(const CacheArgs *args) {
         if ((hooks[i].dset = qk_h5_dataset(&out, hooks[i].name, H5T_NATIVE_FLOAT, nd, dims)) < 0) goto done;
     }
     int bs = args->batch < B ? args->batch : B;
+    for (int i = 0; i < args->n_sae; i++)
+        if (sae_setup(&args->sae[i], &m.cfg, &out, B, T, bs, args->max_active)) goto done;
     gpt2_acts_alloc(&acts, &m.cfg, bs, T, keep_attn, want_logits);
     for (int b0 = 0; b0 < B; b0 += bs) {
         int nb = B - b0 < bs ? B - b0 : bs;
@@ -182,13 +302,17 @@ static int run(const CacheArgs *args) {
         if (be->forward(be, &m, tokens + (size_t)b0 * T, &acts)) goto done;
         for (int i = 0; i < n_hooks; i++)
             if (qk_h5_write_rows(hooks[i].dset, H5T_NATIVE_FLOAT, b0, nb, hook_data(&hooks[i], &m.cfg, &acts))) goto done;
+        for (int i = 0; i < args->n_sae; i++)
+            if (sae_write(&args->sae[i], &m.cfg, &acts, b0, nb)) goto done;
     }
+    for (int i = 0; i < args->n_sae; i++) sae_cleanup(&args->sae[i]), memset(&args->sae[i], 0, sizeof(SaeSpec));
     for (int i = 0; i < n_hooks; i++) H5Dclose(hooks[i].dset), hooks[i].dset = 0;
     if (qk_h5_attr_str(out.file, "model", args->model_dir) || qk_h5_attr_str(out.file, "tokens", args->tokens_path) ||
         qk_h5_attr_str(out.file, "backend", be->name) || qk_h5_attr_str(out.file, "generator", "qkscope cache"))
         goto done;
     rc = qk_h5_finish(&out);
 done:
+    for (int i = 0; i < args->n_sae; i++) sae_cleanup(&args->sae[i]);
     if (rc) {
         for (int i = 0; i < n_hooks; i++)
             if (hooks[i].dset > 0) H5Dclose(hooks[i].dset);

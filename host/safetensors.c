@@ -333,19 +333,15 @@ int qk_st_read_f32(const QkSafetensors *st, const QkTensorInfo *t, float *out) {
     switch (t->dtype) {
     case QK_DT_F32: memcpy(out, src, t->numel * 4); return 0;
     case QK_DT_F16:
+    case QK_DT_BF16: {
+        float (*conv)(uint16_t) = t->dtype == QK_DT_F16 ? qk_f16_to_f32 : qk_bf16_to_f32;
         for (size_t i = 0; i < t->numel; i++) {
             uint16_t h;
             memcpy(&h, src + 2 * i, 2);
-            out[i] = qk_f16_to_f32(h);
+            out[i] = conv(h);
         }
         return 0;
-    case QK_DT_BF16:
-        for (size_t i = 0; i < t->numel; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            out[i] = qk_bf16_to_f32(h);
-        }
-        return 0;
+    }
     case QK_DT_F64:
         for (size_t i = 0; i < t->numel; i++) {
             double d;
