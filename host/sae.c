@@ -311,6 +311,14 @@ static void normalise(const QkSae *s, const float *x, float *z, float *scale, fl
     *shift = (float)(mc + mu);
 }
 
+// The primitive's options that apply this SAE's activation with `slots` outputs per token.
+static QkTopkOpts sae_topk_opts(const QkSae *s, int slots) {
+    QkTopkOpts o = {.k = slots};
+    if (s->arch == QK_SAE_TOPK) o.act = QK_TOPK_RELU;
+    else o.act = QK_TOPK_GATED, o.gates = s->gates, o.gate = 0.0f;  // standard: relu, gate 0
+    return o;
+}
+
 int qk_sae_encode(const QkSae *s, const float *x, int ldx, int n, QkSaeCode *code) {
     if (n < 0 || n > code->n) return qk_err("qk_sae_encode: n=%d: code holds %d tokens", n, code->n);
     if (ldx < s->d_in) return qk_err("qk_sae_encode: ldx=%d: less than d_in=%d", ldx, s->d_in);
@@ -319,12 +327,29 @@ int qk_sae_encode(const QkSae *s, const float *x, int ldx, int n, QkSaeCode *cod
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++)
         normalise(s, x + (size_t)i * ldx, z + (size_t)i * s->d_in, &code->scale[i], &code->shift[i]);
-    QkTopkOpts o = {.k = code->slots};
-    if (s->arch == QK_SAE_TOPK) o.act = QK_TOPK_RELU;
-    else o.act = QK_TOPK_GATED, o.gates = s->gates, o.gate = 0.0f;  // standard: relu, gate 0
-    int rc = qk_topk(n, s->d_sae, s->d_in, z, s->d_in, NULL, s->W_encT, s->c_enc, &o, code->idx, code->val,
+    QkTopkOpts o_act = sae_topk_opts(s, code->slots);
+    int rc = qk_topk(n, s->d_sae, s->d_in, z, s->d_in, NULL, s->W_encT, s->c_enc, &o_act, code->idx, code->val,
                      code->n_active);
     free(z);
+    return rc;
+}
+
+int qk_sae_encode_projected(const QkSae *s, int n, int r, const float *U, int ldu, const float *norm2,
+                            const float *E, QkSaeCode *code) {
+    if (n < 0 || n > code->n) return qk_err("qk_sae_encode_projected: n=%d: code holds %d tokens", n, code->n);
+    if (n == 0) return 0;
+    float *a = qk_malloc((size_t)n * sizeof(float));  // [n] per-row scale 1 / (std + eps), or 1
+    for (int i = 0; i < n; i++) {
+        // mean(v_i) = 0 by contract, so the unbiased std is |v_i| / sqrt(d - 1).
+        double sd = s->d_in > 1 ? sqrt((double)norm2[i] / (s->d_in - 1)) : 0.0;
+        int ln = s->norm == QK_SAE_NORM_LAYER_NORM;
+        a[i] = ln ? (float)(1.0 / (sd + LN_EPS)) : 1.0f;
+        code->scale[i] = ln ? (float)sd : 1.0f;
+        code->shift[i] = 0.0f;
+    }
+    QkTopkOpts o = sae_topk_opts(s, code->slots);
+    int rc = qk_topk(n, s->d_sae, r, U, ldu, a, E, s->c_enc, &o, code->idx, code->val, code->n_active);
+    free(a);
     return rc;
 }
 

@@ -70,6 +70,13 @@ void qk_sae_code_free(QkSaeCode *code);
 // Encodes x [n x d_in] (row stride ldx >= d_in) into code (allocated for >= n tokens).
 int qk_sae_encode(const QkSae *sae, const float *x, int ldx, int n, QkSaeCode *code);
 
+// Encodes n inputs v_i given only through a projection (the encoder-projection look-for of
+// docs/ANALYSIS.md §3): v_i W_enc = U_i E^T, |v_i|^2 = norm2[i], and mean(v_i) = 0 (the caller
+// guarantees it).  U [n x r] (row stride ldu), E [d_sae x r].  The SAE's normalisation, b_dec and
+// activation apply as in qk_sae_encode; code->scale gets std(v_i) (layer_norm) or 1, shift 0.
+int qk_sae_encode_projected(const QkSae *sae, int n, int r, const float *U, int ldu, const float *norm2,
+                            const float *E, QkSaeCode *code);
+
 // xhat [n x d_in] = decode(code) in raw residual space.
 void qk_sae_decode(const QkSae *sae, const QkSaeCode *code, int n, float *xhat);
 
