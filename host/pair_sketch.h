@@ -1,0 +1,32 @@
+// pair_sketch.h: heavy-hitter feature pairs with the space-saving sketch (Metwally et al. 2005).
+// Keeps at most `capacity` (f, g) pairs.  Each update adds a non-negative weight (|term value|);
+// a pair not kept replaces the lightest one and inherits its weight as an over-estimate
+// (`err`).  Every pair whose true total weight exceeds (total weight / capacity) is kept, and a
+// kept pair's true weight lies in [weight - err, weight].  The signed sum and the count are exact
+// from the moment the pair entered.  Deterministic: the same updates give the same table.
+#pragma once
+#include <stdint.h>
+
+typedef struct {
+    int32_t f, g;
+    double weight;  // summed |value| (+ err inherited at entry)
+    double err;     // over-estimate inherited at entry
+    double sum;     // summed signed value since entry
+    int64_t count;  // updates since entry
+} PairEntry;
+
+typedef struct {
+    int capacity, size;
+    PairEntry *heap;  // (capacity) min-heap on (weight, f, g)
+    int32_t *slot;    // (table_size) hash table: heap position or -1
+    int table_size;   // power of two >= 2 * capacity
+    double total;     // total weight of all updates
+} PairSketch;
+
+void pair_sketch_init(PairSketch *s, int capacity);
+void pair_sketch_free(PairSketch *s);
+void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value);
+// Adds every entry of `other` (used to combine shards or threads; order-dependent only through ties).
+void pair_sketch_merge(PairSketch *s, const PairSketch *other);
+// The kept entries sorted by weight descending (ties: lower f, then g); returns the count.
+int pair_sketch_sorted(const PairSketch *s, PairEntry *out);
