@@ -175,7 +175,11 @@ static int decode_inputs(const Args *a, QkBpe *bpe, FILE *out) {
             rc = text ? parse_text_ids(name, text, &ids) : -1;
             free(text);
         }
-        if (!rc && qk_bpe_decode(bpe, ids.ids, ids.n, &bytes)) rc = qk_err("%s: %s", name, qk_errmsg());
+        if (!rc && qk_bpe_decode(bpe, ids.ids, ids.n, &bytes)) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", qk_errmsg());  // qk_err reuses the buffer qk_errmsg returns
+            rc = qk_err("%s: %s", name, msg);
+        }
         if (!rc) fwrite(bytes.data, 1, bytes.n, out);
         qk_ids_free(&ids);
         qk_bytes_free(&bytes);

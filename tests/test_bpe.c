@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "bpe.h"
 #include "util.h"
@@ -168,4 +169,56 @@ Test(bpe, decode_rejects_out_of_range) {
 Test(bpe, missing_vocabulary_is_an_error) {
     cr_assert_null(qk_bpe_load("/nonexistent-dir"));
     cr_assert(strstr(qk_errmsg(), "/nonexistent-dir/encoder.json"), "%s", qk_errmsg());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI (bin/qkscope, built by `make test`).
+
+static int sh(const char *fmt, const char *dir) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, fmt, dir, dir, dir, dir);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(bpe, cli_encode_npy_decode_roundtrip_and_clean_failure) {
+    char dir[] = "/tmp/qk_tok_cli_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    // uint16 .npy of tinyshakespeare: the data equals tiktoken's reference ids byte for byte.
+    cr_assert_eq(sh("bin/qkscope tokenize --vocab " VOCAB " --npy --dtype uint16 -o %s/ts.npy "
+                    "../shared/data/text/tinyshakespeare.txt", dir), 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s/ts.npy", dir);
+    size_t n, nref;
+    char *npy = qk_read_file(path, &n);
+    char *ref = qk_read_file(REF "tinyshakespeare.u16", &nref);
+    cr_assert(npy && ref);
+    size_t hl = 10 + ((uint8_t)npy[8] | (uint8_t)npy[9] << 8);
+    cr_assert(n - hl == nref && memcmp(npy + hl, ref, nref) == 0, "npy data differs from the reference ids");
+    // Text ids, decoded back (from the text ids and from the .npy): the original bytes.
+    cr_assert_eq(sh("bin/qkscope tokenize --vocab " VOCAB " ../shared/data/text/utf8-demo.txt > %s/ids.txt && "
+                    "bin/qkscope tokenize --vocab " VOCAB " --decode -o %s/back.txt %s/ids.txt && "
+                    "cmp -s %s/back.txt ../shared/data/text/utf8-demo.txt", dir), 0);
+    cr_assert_eq(sh("bin/qkscope tokenize --vocab " VOCAB " --decode %s/ts.npy > %s/ts.txt && "
+                    "cmp -s %s/ts.txt ../shared/data/text/tinyshakespeare.txt%.0s", dir), 0);
+    // Bad input: non-zero exit, one line on stderr naming the input and line, no output file.
+    cr_assert_neq(sh("printf '1 2\\n3 banana\\n' | bin/qkscope tokenize --vocab " VOCAB " --decode -o %s/bad.txt "
+                     "2> %s/err.txt", dir), 0);
+    snprintf(path, sizeof path, "%s/bad.txt", dir);
+    cr_assert(!qk_file_exists(path));
+    snprintf(path, sizeof path, "%s/bad.txt.tmp", dir);
+    cr_assert(!qk_file_exists(path));
+    snprintf(path, sizeof path, "%s/err.txt", dir);
+    char *err = qk_read_file(path, &n);
+    cr_assert(err && strstr(err, "stdin: line 2: 'banana") && strchr(err, '\n') == err + n - 1, "stderr: %s", err);
+    cr_assert_eq(sh("echo 50257 | bin/qkscope tokenize --vocab " VOCAB " --decode -o %s/big.txt 2> %s/err2.txt; "
+                    "test $? = 1 && grep -q 'outside the vocabulary' %s/err2.txt && test ! -e %s/big.txt", dir), 0);
+    // --help names every option.
+    cr_assert_eq(sh("bin/qkscope tokenize --help > %s/help.txt", dir), 0);
+    snprintf(path, sizeof path, "%s/help.txt", dir);
+    char *help = qk_read_file(path, &n);
+    const char *opts[] = {"--vocab", "--decode", "--allow-special", "--npy", "--dtype", "-o FILE", "--help"};
+    for (int i = 0; i < 7; i++) cr_assert(help && strstr(help, opts[i]), "--help lacks %s", opts[i]);
+    sh("rm -rf %s", dir);
+    free(npy), free(ref), free(err), free(help);
 }
