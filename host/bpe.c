@@ -28,6 +28,7 @@ void qk_ids_free(QkIds *v) {
 }
 
 void qk_bytes_append(QkBytes *b, const void *p, size_t n) {
+    if (n == 0) return;
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n) cap *= 2;

@@ -142,7 +142,7 @@ typedef struct {
 // Returns 1 (a piece), 0 (end), -1 (error).
 static int next_piece(LineReader *r, int by_line, size_t max_frag, const uint8_t **p, size_t *n, int *complete) {
     for (;;) {
-        if (by_line) {
+        if (by_line && r->hi > r->lo) {
             uint8_t *nl = memchr(r->buf + r->lo, '\n', r->hi - r->lo);
             if (nl) {
                 *p = r->buf + r->lo;

@@ -35,7 +35,7 @@ static void check_case(const uint8_t *text, size_t n, int allow, const uint16_t 
               first_diff < n_want ? want[first_diff] : -1);
     QkBytes back = {0};
     cr_assert_eq(qk_bpe_decode(g_bpe, ids.ids, ids.n, &back), 0, "%s", qk_errmsg());
-    cr_assert(back.n == n && memcmp(back.data, text, n) == 0, "%s: decode(encode(x)) != x", what);
+    cr_assert(back.n == n && (n == 0 || memcmp(back.data, text, n) == 0), "%s: decode(encode(x)) != x", what);
     qk_bytes_free(&back);
     qk_ids_free(&ids);
 }

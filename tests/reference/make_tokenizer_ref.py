@@ -79,11 +79,14 @@ EDGE = [
     "\ufeffbom", "x\r\n\r\ny", "\x00a\x00", "emoji 😀🤖 👨‍👩‍👧", "中文字符 日本語 한국어", "Ελληνικά Русский עברית العربية",
     "<|endoftext|>", "hello<|endoftext|>world ", "a <|endoftext|> b<|endoftext|><|endoftext|>", "<|endoftext",
     "    def f(x):\n        return x  # comment\n", "$100,000.00!!! ... ---- ====",
+    # pieces longer than 64 bytes (qkscope's heap merge path)
+    "=-" * 200, "".join(random.Random(7).choice("etaoinshrdlucmfwyp") for _ in range(3000)),
+    "abc" * 100, "ééàü" * 40, "1234567890" * 50 + "x", "1" * 301, "=" * 99, "a" * 129, " " + "!" * 77,
 ]
 EDGE_BYTES = [
     b"\xff", b"abc\x80def", b"\xe2\x82", b"\xe2\x82 x", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
     b"\xf8\x88\x80\x80\x80", b" \xff\xfe", b"hello \xc3(", b"x\xc3", b"\x80\x80\x80 abc", b"1\xff2", b"a\xffb",
-    b"  \xff", b"\xff   ", b"'\xffs", b"\xc3\xa9\xc3", "naïve".encode() + b"\xe9",
+    b"  \xff", b"\xff   ", b"'\xffs", b"\xc3\xa9\xc3", "naïve".encode() + b"\xe9", b"!\xff" * 100,
 ]
 
 # Pools for random strings (characters whose classes agree across the Unicode versions involved).
