@@ -6,7 +6,9 @@
 //   .jsonl .ndjson .json   one JSON object per line; its string field `jsonl_field` ("text") is a
 //                          document.  Empty lines are ignored.  A line that is not JSON or lacks
 //                          the field is an error "FILE: line N: ..." unless skip_bad_records,
-//                          which counts it in QkCorpusStats.skipped_records instead.
+//                          which counts it in QkCorpusStats.skipped_records instead.  A line
+//                          holding the escape \u0000 is treated as bad (cJSON strings end at NUL,
+//                          so the document could not be read whole).
 //   .bin                   llm.c token shard: 256 x int32 header (magic 20240520, version 1,
 //                          header[2] = token count), then uint16 tokens.
 //   .npy                   1-D or 2-D C-order array of <u2 or <i4 token ids.
@@ -70,7 +72,7 @@ typedef struct {
     int32_t *tokens;     // [n][n_ctx], row-major
     int32_t *length;     // [n] valid tokens of each row (BOS included)
     QkProvenance *prov;  // [n]
-    int cap;
+    int cap;             // rows allocated
 } QkWindowBatch;
 void qk_window_batch_free(QkWindowBatch *b);
 
