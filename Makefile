@@ -92,8 +92,11 @@ bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
 bench-topk: $(BIN)/bench_topk $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_topk.py --threads $(BENCH_THREADS)
-bench-tokenize: $(BIN)/qkscope $(VENV)/.ok
+bench-tokenize: $(BIN)/qkscope $(BIN)/bench_tokenize $(VENV)/.ok
 	$(VENV)/bin/python bench/bench_tokenize.py
+
+$(BIN)/bench_tokenize: bench/bench_tokenize.c $(BUILD)/libqkscope.a | $(BIN)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 clean:
 	rm -rf $(BUILD) $(BIN)

@@ -39,5 +39,9 @@ char *qk_read_file(const char *path, size_t *len);
 char *qk_path_join(const char *dir, const char *name);
 int qk_file_exists(const char *path);
 
+// Decodes the UTF-8 sequence at s[i] (i < n) strictly (shortest form, no surrogates, at most
+// U+10FFFF): returns its byte length and sets *cp, or returns 0 if the bytes there are invalid.
+size_t qk_utf8_decode(const uint8_t *s, size_t n, size_t i, uint32_t *cp);
+
 // Seconds from a monotonic clock.
 double qk_now(void);
