@@ -13,6 +13,7 @@ typedef struct {
 static const Command k_commands[] = {
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
+    {"planted", cmd_planted, "write a tiny synthetic GPT-2 + SAEs with planted circuits (offline demo, checks)"},
 };
 #define N_COMMANDS (int)(sizeof k_commands / sizeof k_commands[0])
 
