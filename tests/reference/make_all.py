@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ["make_tokenizer_ref.py"]
+SCRIPTS = ["make_gpt2_ref.py", "make_sae_ref.py", "make_analysis_ref.py", "make_tokenizer_ref.py"]
 
 for s in SCRIPTS:
     print("==", s, flush=True)
