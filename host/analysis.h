@@ -1,0 +1,86 @@
+// analysis.h: feature-space attention of one head over a batch of windows (docs/ANALYSIS.md):
+// look-for features, attended keys, the exact decomposition of their scores into feature pairs,
+// the fidelity metrics, and the corpus aggregates they feed.
+#pragma once
+#include <stdint.h>
+
+#include "activations.h"
+#include "head_tables.h"
+#include "pair_sketch.h"
+#include "sae.h"
+
+// Metrics of ANALYSIS.md §4: the first N_BASE_METRICS over keys 0..i, then the same over keys
+// 1..i (suffix _nosink).
+enum {
+    MET_KL_BOTH, MET_KL_QUERY, MET_KL_KEY, MET_TOP1, MET_R2, MET_ERROR_SHARE, MET_OVERLAP, MET_OVERLAP_CHANCE,
+    N_BASE_METRICS
+};
+#define N_METRICS (2 * N_BASE_METRICS)
+#define N_HIST_BINS 50
+extern const char *const qk_metric_names[N_METRICS];
+// Histogram range of a metric: values below lo / above hi fall in the first / last bin.
+void qk_metric_range(int metric, float *lo, float *hi);
+
+// Component groups of the decomposition (ANALYSIS.md §2), on both axes of the 4x4 totals.
+enum { GRP_FEATURE, GRP_DEC_BIAS, GRP_ERROR, GRP_ATTN_BIAS, N_GROUPS };
+
+typedef struct {
+    int k;                // look-for top-k and bottom-k (also overlap@k)
+    int a;                // attended keys per query
+    int p;                // feature pairs recorded per (query, attended key)
+    int enc_slots;        // slots of the encoder-projection code (ReLU / JumpReLU SAEs; top-k: k)
+    int sketch_pairs;     // pairs per query fed to the heavy-hitter sketch (largest |value| at j*)
+    int sketch_capacity;  // heavy-hitter pairs kept per head
+} AnalysisOpts;
+
+// The SAE code of one layer's resid_pre for a batch of n tokens, and the SAE error vectors.
+typedef struct {
+    int n, C;
+    QkSaeCode code;  // (n, slots)
+    int32_t *live;   // (n): stored active features of token i: the first live[i] slots
+    float *err;      // (n, C): e = x - xhat
+} LayerCode;
+
+int layer_code_compute(LayerCode *lc, const QkSae *sae, const float *x, int n, int C, int max_active);
+void layer_code_free(LayerCode *lc);
+
+// Per-token records of one head for a batch of n = B*T tokens.  Unused slots: index -1, value 0.
+typedef struct {
+    int n, k, a, p, sp, enc;  // sp: sketch pairs per query; enc: encoder projection computed
+    int32_t *top_idx, *bot_idx;   // (n, k) look-for (decoder projection), top and bottom
+    float *top_val, *bot_val;     // (n, k)
+    QkSaeCode enc_code;           // (n, slots) encoder projection, when enc
+    int32_t *att_idx;             // (n, a) attended key positions (in the window)
+    float *att_w;                 // (n, a) their attention weights
+    int32_t *pair_f, *pair_g;     // (n, a, p)
+    float *pair_val;              // (n, a, p)
+    float *groups;                // (n, a, 4, 4) group totals, ANALYSIS.md §2 order
+    float *metrics;               // (n, N_METRICS), NaN where undefined
+    // What the aggregates need, at j* = the most attended key:
+    float *qmarg, *kmarg;         // (n, slots): each active query / key feature's contribution
+    int32_t *sk_f, *sk_g;         // (n, sp) the largest-|value| pairs, for the sketch
+    float *sk_val;                // (n, sp)
+} HeadRecords;
+
+void head_records_alloc(HeadRecords *r, const AnalysisOpts *o, int n, int slots, const QkSae *sae, int encoder);
+void head_records_free(HeadRecords *r);
+
+typedef struct {
+    int m;
+    int64_t queries;
+    double sum[N_METRICS];
+    int64_t count[N_METRICS];
+    int64_t hist[N_METRICS][N_HIST_BINS];
+    double *query_marginal, *key_marginal;  // (m)
+    int64_t *query_count, *key_count;       // (m)
+    PairSketch sketch;
+} HeadAggregates;
+
+void head_agg_init(HeadAggregates *g, int m, int sketch_capacity);
+void head_agg_free(HeadAggregates *g);
+
+// Analyses head (layer, head) over the batch in `acts` (B windows of T tokens, hook_q / hook_k /
+// ln1 scales of every layer kept) with the layer's SAE code `lc`.  Fills `rec` for every token
+// and adds the batch to `agg` (in token order: deterministic for any thread count).
+int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, const LayerCode *lc,
+                 const GPT2Acts *acts, const GPT2Config *c, HeadRecords *rec, HeadAggregates *agg);
