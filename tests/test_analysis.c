@@ -3,6 +3,7 @@
 // the exact invariant: the decomposition terms sum to the model's own score.
 #include "analysis.h"
 #include "head_tables.h"
+#include "static_maps.h"
 #include "test_common.h"
 #include "token_file.h"
 
@@ -201,4 +202,50 @@ Test(analysis, every_head_matches_float64_reference) {
     for (int l = 0; l < 2; l++)
         for (int h = 0; h < 4; h++) check_head(&fx, l, h);
     fixture_close(&fx);
+}
+
+// Weights-only maps (ANALYSIS.md §6) against the float64 reference, for every head.
+Test(analysis, static_maps_match_float64_reference) {
+    GPT2Model m;
+    cr_assert_eq(gpt2_load(&m, MODEL), 0, "%s", qk_errmsg());
+    QkSafetensors ref;
+    cr_assert_eq(qk_st_open(&ref, REF), 0);
+    Fixture fx = {.ref = ref};
+    for (int l = 0; l < 2; l++) {
+        QkSae sae;
+        cr_assert_eq(qk_sae_load(&sae, k_sae[l], 80, 0), 0, "%s", qk_errmsg());
+        for (int h = 0; h < 4; h++) {
+            HeadTables t;
+            head_tables_build(&t, &m, l, h, &sae, 0);
+            StaticMaps s;
+            cr_assert_eq(static_maps_compute(&s, &t, 8), 0, "%s", qk_errmsg());
+            const char *maps[2] = {"q2k", "k2q"};
+            for (int which = 0; which < 2; which++) {
+                char q[64], what[64];
+                snprintf(q, sizeof q, "%s_idx", maps[which]);
+                int32_t *ri = ref_i(&fx, l, h, q, NULL);
+                snprintf(q, sizeof q, "%s_val", maps[which]);
+                float *rv = ref_f(&fx, l, h, q, NULL);
+                snprintf(q, sizeof q, "%s_gap", maps[which]);
+                float *gap = ref_f(&fx, l, h, q, NULL);
+                snprintf(what, sizeof what, "%d.%d %s", l, h, maps[which]);
+                int excused = compare_lists(what, t.m, 8, which ? s.k2q_idx : s.q2k_idx, which ? s.k2q_val : s.q2k_val,
+                                            ri, rv, gap, NULL);
+                cr_expect_leq(excused, 10, "%s: %d near-tie rows", what, excused);
+                free(ri), free(rv), free(gap);
+            }
+            float *prior = ref_f(&fx, l, h, "key_prior", NULL);
+            size_t at;
+            cr_expect_leq(rel_err(s.key_prior, prior, t.m, &at), TOL, "%d.%d key prior", l, h);
+            int32_t *pi = ref_i(&fx, l, h, "key_prior_top_idx", NULL);
+            float *pv = ref_f(&fx, l, h, "key_prior_top_val", NULL), *pg = ref_f(&fx, l, h, "key_prior_top_gap", NULL);
+            compare_lists("key prior top", 1, 8, s.prior_idx, s.prior_val, pi, pv, pg, NULL);
+            free(prior), free(pi), free(pv), free(pg);
+            static_maps_free(&s);
+            head_tables_free(&t);
+        }
+        qk_sae_free(&sae);
+    }
+    qk_st_close(&ref);
+    gpt2_free(&m);
 }
