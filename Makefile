@@ -14,7 +14,7 @@ OPENBLAS_LIB ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 OPENBLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
 PKGS    := hdf5 libcjson zlib libzstd inih
 CFLAGS  += $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
-LIBS    := $(shell pkg-config --libs $(PKGS)) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lm -lpthread
+LIBS    := $(shell pkg-config --libs $(PKGS)) -lhdf5_hl -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lm -lpthread
 
 # CUDA: on when nvcc is found, unless CUDA=0.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null)

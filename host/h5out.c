@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hdf5_hl.h>
+
 #include "util.h"
 
 int qk_h5_create(QkH5Out *o, const char *path) {
@@ -48,22 +50,31 @@ int qk_h5_finish(QkH5Out *o) {
     return 0;
 }
 
-hid_t qk_h5_dataset(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims) {
-    hsize_t chunk[8];
-    size_t elem = H5Tget_size(type), bytes = elem;
+// Chunks of one row along dim 0, halved along the largest other dims until <= 1 MiB.
+static void chunk_shape(hid_t type, int ndim, const hsize_t *dims, hsize_t *chunk) {
+    size_t bytes = H5Tget_size(type);
     for (int d = 0; d < ndim; d++) chunk[d] = dims[d] ? dims[d] : 1;
-    // Chunks of one row (batch element), halved along the largest dims until <= 1 MiB.
     chunk[0] = 1;
     for (int d = 0; d < ndim; d++) bytes *= chunk[d];
     while (bytes > (1u << 20)) {
         int big = 1;
         for (int d = 1; d < ndim; d++)
             if (chunk[d] > chunk[big]) big = d;
-        if (chunk[big] <= 1) break;
+        if (ndim < 2 || chunk[big] <= 1) break;
         bytes = bytes / chunk[big] * ((chunk[big] + 1) / 2);
         chunk[big] = (chunk[big] + 1) / 2;
     }
-    hid_t space = H5Screate_simple(ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    // Rows of small records: several per chunk, still <= 1 MiB.
+    while (bytes * 2 <= (1u << 16) && chunk[0] < (1u << 16)) chunk[0] *= 2, bytes *= 2;
+}
+
+static hid_t create(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims, int extendible) {
+    hsize_t chunk[8], maxdims[8], start[8];
+    for (int d = 0; d < ndim; d++) maxdims[d] = dims[d], start[d] = dims[d];
+    if (extendible) maxdims[0] = H5S_UNLIMITED, start[0] = 0;
+    chunk_shape(type, ndim, dims, chunk);
+    if (!extendible && chunk[0] > dims[0] && dims[0] > 0) chunk[0] = dims[0];
+    hid_t space = H5Screate_simple(ndim, start, maxdims), dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, ndim, chunk);
     H5Pset_shuffle(dcpl);
     H5Pset_deflate(dcpl, 4);
@@ -75,6 +86,38 @@ hid_t qk_h5_dataset(QkH5Out *o, const char *name, hid_t type, int ndim, const hs
     H5Sclose(space);
     if (ds < 0) qk_err("%s: cannot create dataset '%s'", o->tmp_path, name);
     return ds;
+}
+
+hid_t qk_h5_dataset(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims) {
+    return create(o, name, type, ndim, dims, 0);
+}
+
+hid_t qk_h5_dataset_ext(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims,
+                        const char *const *labels) {
+    hid_t ds = create(o, name, type, ndim, dims, 1);
+    if (ds >= 0 && labels && qk_h5_label(ds, ndim, labels)) {
+        H5Dclose(ds);
+        return -1;
+    }
+    return ds;
+}
+
+int qk_h5_label(hid_t dset, int ndim, const char *const *labels) {
+    for (int d = 0; d < ndim; d++)
+        if (H5DSset_label(dset, (unsigned)d, labels[d]) < 0) return qk_err("HDF5: cannot label dimension %d", d);
+    return 0;
+}
+
+int qk_h5_append_rows(hid_t dset, hid_t type, hsize_t nrows, const void *buf) {
+    hid_t space = H5Dget_space(dset);
+    hsize_t dims[8];
+    int ndim = H5Sget_simple_extent_dims(space, dims, NULL);
+    H5Sclose(space);
+    hsize_t row0 = dims[0];
+    dims[0] += nrows;
+    (void)ndim;
+    if (H5Dset_extent(dset, dims) < 0) return qk_err("HDF5: cannot extend a dataset to %llu rows", (unsigned long long)dims[0]);
+    return qk_h5_write_rows(dset, type, row0, nrows, buf);
 }
 
 int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const void *buf) {

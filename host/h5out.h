@@ -19,6 +19,12 @@ void qk_h5_abort(QkH5Out *o);
 // A chunked, shuffle+gzip dataset of `type` (H5T_NATIVE_FLOAT, H5T_NATIVE_UINT16, ...) whose
 // first dimension is the row (batch) index.  Returns the dataset id or -1.
 hid_t qk_h5_dataset(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims);
+// The same with dims[0] = 0 rows at first and no limit, grown by qk_h5_append_rows, and with
+// dimension names (HDF5 dimension-scale labels; h5py: dset.dims[i].label), labels[ndim] or NULL.
+hid_t qk_h5_dataset_ext(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims,
+                        const char *const *labels);
+int qk_h5_label(hid_t dset, int ndim, const char *const *labels);
+int qk_h5_append_rows(hid_t dset, hid_t type, hsize_t nrows, const void *buf);
 // Writes rows [row0, row0 + nrows) of a dataset created above from a C-order buffer.
 int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const void *buf);
 

@@ -1,0 +1,46 @@
+// run_config.h: the INI configuration of `qkscope run` and `qkscope static` (configs/*.ini).
+// Every key is documented in configs/README.md.  Unknown sections or keys and bad values are
+// errors "FILE:LINE: ..."; `--set section.key=value` overrides are applied after the file and
+// reported as "--set section.key: ...".
+#pragma once
+#include <stdint.h>
+
+#include "corpus.h"
+
+#define QK_MAX_LAYERS 64
+
+typedef struct {
+    char *path;      // the config file
+    char *text;      // its full text plus the --set overrides (stored in every output file)
+    // [model]
+    char *model_dir;
+    // [sae]
+    char *sae_dir[QK_MAX_LAYERS];  // NULL: no SAE for that layer's resid_pre
+    int sae_center[QK_MAX_LAYERS]; // ",center": the SAE expects x - mean(x) (jb release)
+    int sae_max_active;            // stored features per token for ReLU / JumpReLU SAEs
+    // [corpus]
+    char **paths;
+    int n_paths;
+    char *vocab;         // tokenizer folder (encoder.json + vocab.bpe), for text and JSONL corpora
+    QkDocSplit split;
+    char *jsonl_field;
+    int skip_bad_records, allow_special;
+    int n_ctx, bos, pack, stride, batch, tokenizer_threads;
+    int64_t max_tokens;  // 0: the whole corpus
+    // [analysis]
+    char *heads;         // "all", or a list "L.H,L.*": heads analysed (aggregates)
+    char *record_heads;  // heads with per-token records ("none" allowed)
+    int k, a, p, encoder, enc_slots, sketch_pairs, sketch_capacity;
+    int static_k;        // top-k of the weights-only maps
+    // [run]
+    char *backend;
+    int device, threads;
+    char *precision;     // fp32 | tf32 | bf16
+} RunConfig;
+
+int run_config_load(RunConfig *c, const char *path, char *const *sets, int n_sets);
+void run_config_free(RunConfig *c);
+
+// Parses a head list ("all", "none", "5.1,5.5,9.*") against L layers x H heads into
+// chosen[L*H] (1 = chosen).  `what` names the key in errors.
+int run_config_heads(const char *spec, int L, int H, uint8_t *chosen, const char *what);
