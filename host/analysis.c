@@ -371,10 +371,11 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
 }
 
 // Adds the batch to the aggregates, in token order.
-static void aggregate(const HeadBatch *hb, const HeadRecords *r, HeadAggregates *g) {
+static void aggregate(const HeadBatch *hb, const HeadRecords *r, const int32_t *valid_len, HeadAggregates *g) {
     const int S = hb->slots;
     const QkSaeCode *cd = &hb->lc->code;
     for (int n = 0; n < hb->N; n++) {
+        if (valid_len && n % hb->T >= valid_len[n / hb->T]) continue;  // padding after a short window
         g->queries++;
         for (int m = 0; m < N_METRICS; m++) {
             float v = r->metrics[(size_t)n * N_METRICS + m], lo, hi;
@@ -404,7 +405,8 @@ static void aggregate(const HeadBatch *hb, const HeadRecords *r, HeadAggregates 
 }
 
 int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, const LayerCode *lc,
-                 const GPT2Acts *acts, const GPT2Config *c, HeadRecords *r, HeadAggregates *agg) {
+                 const GPT2Acts *acts, const GPT2Config *c, const int32_t *valid_len, HeadRecords *r,
+                 HeadAggregates *agg) {
     const int layer = t->qk.layer, head = t->qk.head, C = c->d_model, dh = c->d_head;
     if (dh > 64) return qk_err("analysis: d_head %d > 64 is not supported", dh);
     HeadBatch hb = {.B = acts->B, .T = acts->T, .N = acts->B * acts->T, .C = C, .dh = dh, .m = t->m,
@@ -472,7 +474,7 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
             for (int b = 0; b < hb.B; b++) analyse_window(o, &hb, &w, b, r);
             free(w.S), free(w.Qh), free(w.W), free(w.pt.f), free(w.pt.g), free(w.pt.v);
         }
-        if (agg) aggregate(&hb, r, agg);
+        if (agg) aggregate(&hb, r, valid_len, agg);
     }
     free(buf);
     return rc ? -1 : 0;

@@ -81,6 +81,8 @@ void head_agg_free(HeadAggregates *g);
 
 // Analyses head (layer, head) over the batch in `acts` (B windows of T tokens, hook_q / hook_k /
 // ln1 scales of every layer kept) with the layer's SAE code `lc`.  Fills `rec` for every token
-// and adds the batch to `agg` (in token order: deterministic for any thread count).
+// and adds the batch to `agg` (in token order: deterministic for any thread count), counting
+// only the first valid_len[b] positions of window b (NULL: all; the rest is padding).
 int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, const LayerCode *lc,
-                 const GPT2Acts *acts, const GPT2Config *c, HeadRecords *rec, HeadAggregates *agg);
+                 const GPT2Acts *acts, const GPT2Config *c, const int32_t *valid_len, HeadRecords *rec,
+                 HeadAggregates *agg);

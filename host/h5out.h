@@ -30,3 +30,9 @@ int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const 
 
 int qk_h5_attr_str(hid_t obj, const char *name, const char *value);
 int qk_h5_attr_int(hid_t obj, const char *name, int64_t value);
+
+// Feature indices: uint16 when d_sae <= 65536, else uint32 (SPEC; docs/FORMAT.md).  Unused
+// slots (index -1 in memory) are stored as the type's maximum (65535 or 4294967295).
+hid_t qk_h5_feature_type(int d_sae);
+// Converts n indices to the file type into a scratch buffer owned by the caller (n * 4 bytes).
+void qk_h5_feature_convert(const int32_t *idx, size_t n, int d_sae, void *out);

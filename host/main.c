@@ -1,5 +1,6 @@
 // main.c: `qkscope COMMAND [options]`: dispatches to the commands of commands.h.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
@@ -11,6 +12,8 @@ typedef struct {
 } Command;
 
 static const Command k_commands[] = {
+    {"run", cmd_run, "the feature-space attention analysis of a corpus, for every head (config: configs/)"},
+    {"static", cmd_static, "weights-only feature-to-feature maps (q2k, k2q, key prior) for every head"},
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
     {"planted", cmd_planted, "write a tiny synthetic GPT-2 + SAEs with planted circuits (offline demo, checks)"},
@@ -26,6 +29,10 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    // Idle OpenMP threads sleep instead of spinning: the pipeline has serial stretches (HDF5
+    // writes, the tokenizer's threads) that spinning threads would slow down.  A user's own
+    // OMP_WAIT_POLICY wins.
+    setenv("OMP_WAIT_POLICY", "passive", 0);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? QK_EXIT_USAGE : QK_EXIT_OK;

@@ -97,7 +97,7 @@ static void check_head(Fixture *fx, int l, int h) {
     head_records_alloc(&r, &fx->o, N, fx->lc[l].code.slots, &fx->sae[l], 1);
     HeadAggregates agg;
     head_agg_init(&agg, t.m, 64);
-    cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], &fx->lc[l], &fx->acts, c, &r, &agg), 0, "%s", qk_errmsg());
+    cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], &fx->lc[l], &fx->acts, c, NULL, &r, &agg), 0, "%s", qk_errmsg());
     size_t n;
     char what[64];
     // Look-for, decoder projection.

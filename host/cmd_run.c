@@ -1,0 +1,460 @@
+// cmd_run.c: `qkscope run CONFIG -o OUT.h5`: streams a corpus through GPT-2, encodes the residual
+// stream of every analysed layer with its SAE, and for every analysed head computes the
+// feature-space attention of docs/ANALYSIS.md: per-token records for the recorded heads and
+// corpus aggregates for all of them.  The file layout is docs/FORMAT.md.
+#include <getopt.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis.h"
+#include "backend.h"
+#include "bpe.h"
+#include "commands.h"
+#include "corpus.h"
+#include "h5out.h"
+#include "head_tables.h"
+#include "run_setup.h"
+#include "util.h"
+
+#define MAX_SETS 256
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: qkscope run CONFIG -o OUT.h5 [--set section.key=value ...]\n\n"
+            "The feature-space attention analysis of a corpus (docs/ANALYSIS.md): for every analysed head,\n"
+            "corpus aggregates (metric means and histograms, heavy-hitter feature pairs, per-feature\n"
+            "marginals); for the recorded heads, per-token records (look-for features, attended keys,\n"
+            "the decomposition of their scores into feature pairs, fidelity metrics).  CONFIG is an INI\n"
+            "file (configs/README.md documents every key); the output layout is docs/FORMAT.md.\n\n"
+            "  --set S.K=V        override a config key, e.g. --set analysis.k=16 (repeatable)\n"
+            "  -o, --output FILE  the HDF5 file (written as FILE.tmp, renamed when complete)\n"
+            "  -q, --quiet        no progress, notices or summary\n"
+            "  -h, --help         this text\n");
+}
+
+// The per-token datasets of one recorded head.
+typedef struct {
+    hid_t top_idx, top_val, bot_idx, bot_val, enc_idx, enc_val, enc_n, att_idx, att_w, pair_f, pair_g, pair_val,
+        groups, metrics;
+} RecordSets;
+
+typedef struct {
+    RunSetup s;
+    QkH5Out out;
+    QkBackend *be;
+    QkBpe *bpe;
+    QkCorpus *corpus;
+    AnalysisOpts o;
+    int L, H, T;
+    HeadTables *tables;     // (L*H) built for analysed heads
+    HeadAggregates *agg;    // (L*H)
+    RecordSets *rs;         // (L*H)
+    HeadRecords *rec;       // (L) per-layer scratch, reused by the layer's heads
+    hid_t tokens, length, prov;
+    void *idx_buf;          // feature-index conversion scratch
+    int64_t tokens_done, windows_done;
+} Run;
+
+static const char *const k_lbl_wtk[3] = {"window", "pos", "rank"};
+static const char *const k_lbl_wta[3] = {"window", "pos", "attended"};
+static const char *const k_lbl_wtap[4] = {"window", "pos", "attended", "rank"};
+static const char *const k_lbl_groups[5] = {"window", "pos", "attended", "query_group", "key_group"};
+static const char *const k_lbl_wtm[3] = {"window", "pos", "metric"};
+static const char *const k_lbl_wt[2] = {"window", "pos"};
+
+static int create_records(Run *r, int l, int h) {
+    RecordSets *d = &r->rs[l * r->H + h];
+    const AnalysisOpts *o = &r->o;
+    const QkSae *sae = r->s.sae[l];
+    hid_t ft = qk_h5_feature_type(sae->d_sae);
+    char n[160];
+    hsize_t wtk[3] = {0, r->T, o->k}, wta[3] = {0, r->T, o->a}, wtap[4] = {0, r->T, o->a, o->p};
+    hsize_t wtg[5] = {0, r->T, o->a, N_GROUPS, N_GROUPS}, wtm[3] = {0, r->T, N_METRICS}, wt[2] = {0, r->T};
+    int enc_slots = sae->arch == QK_SAE_TOPK ? sae->k : o->enc_slots;
+    hsize_t wte[3] = {0, r->T, enc_slots};
+#define DS(field, name, type, nd, dims, labels) \
+    (snprintf(n, sizeof n, "heads/%d.%d/" name, l, h), (d->field = qk_h5_dataset_ext(&r->out, n, type, nd, dims, labels)) < 0)
+    if (DS(top_idx, "lookfor_top_idx", ft, 3, wtk, k_lbl_wtk) || DS(top_val, "lookfor_top_val", H5T_NATIVE_FLOAT, 3, wtk, k_lbl_wtk) ||
+        DS(bot_idx, "lookfor_bottom_idx", ft, 3, wtk, k_lbl_wtk) ||
+        DS(bot_val, "lookfor_bottom_val", H5T_NATIVE_FLOAT, 3, wtk, k_lbl_wtk) ||
+        DS(att_idx, "attended_pos", H5T_NATIVE_INT32, 3, wta, k_lbl_wta) ||
+        DS(att_w, "attended_weight", H5T_NATIVE_FLOAT, 3, wta, k_lbl_wta) ||
+        DS(pair_f, "pair_query_feature", ft, 4, wtap, k_lbl_wtap) || DS(pair_g, "pair_key_feature", ft, 4, wtap, k_lbl_wtap) ||
+        DS(pair_val, "pair_value", H5T_NATIVE_FLOAT, 4, wtap, k_lbl_wtap) ||
+        DS(groups, "group_totals", H5T_NATIVE_FLOAT, 5, wtg, k_lbl_groups) ||
+        DS(metrics, "metrics", H5T_NATIVE_FLOAT, 3, wtm, k_lbl_wtm))
+        return -1;
+    if (r->s.cfg.encoder && (DS(enc_idx, "lookfor_encoder_idx", ft, 3, wte, k_lbl_wtk) ||
+                             DS(enc_val, "lookfor_encoder_val", H5T_NATIVE_FLOAT, 3, wte, k_lbl_wtk) ||
+                             DS(enc_n, "lookfor_encoder_n_active", H5T_NATIVE_INT32, 2, wt, k_lbl_wt)))
+        return -1;
+#undef DS
+    snprintf(n, sizeof n, "heads/%d.%d", l, h);
+    hid_t g = H5Gopen2(r->out.file, n, H5P_DEFAULT);
+    size_t cap = 32 * N_METRICS, off = 0;
+    char *names = qk_malloc(cap);
+    for (int m = 0; m < N_METRICS; m++) off += snprintf(names + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
+    int rc = qk_h5_attr_str(g, "metric_names", names) || qk_h5_attr_str(g, "groups", "feature,decoder_bias,error,attention_bias") ||
+             qk_h5_attr_str(g, "note",
+                            "group_totals[..., key_group=attention_bias] is q_i . bk' / sqrt(d_head), the same for every key: "
+                            "softmax ignores it");
+    free(names);
+    H5Gclose(g);
+    return rc ? -1 : 0;
+}
+
+// Appends B windows of feature indices, `per_token` of them per token.
+static int append_features(Run *r, hid_t ds, const int32_t *idx, int B, size_t per_token, int d_sae) {
+    qk_h5_feature_convert(idx, (size_t)B * r->T * per_token, d_sae, r->idx_buf);
+    return qk_h5_append_rows(ds, qk_h5_feature_type(d_sae), B, r->idx_buf);
+}
+
+// Appends the batch's records of head (l, h): B windows.
+static int append_records(Run *r, int l, int h, const HeadRecords *rec, int B) {
+    const RecordSets *d = &r->rs[l * r->H + h];
+    const int m = r->s.sae[l]->d_sae;
+    const AnalysisOpts *o = &r->o;
+    if (append_features(r, d->top_idx, rec->top_idx, B, o->k, m) || qk_h5_append_rows(d->top_val, H5T_NATIVE_FLOAT, B, rec->top_val) ||
+        append_features(r, d->bot_idx, rec->bot_idx, B, o->k, m) || qk_h5_append_rows(d->bot_val, H5T_NATIVE_FLOAT, B, rec->bot_val) ||
+        qk_h5_append_rows(d->att_idx, H5T_NATIVE_INT32, B, rec->att_idx) ||
+        qk_h5_append_rows(d->att_w, H5T_NATIVE_FLOAT, B, rec->att_w) ||
+        append_features(r, d->pair_f, rec->pair_f, B, (size_t)o->a * o->p, m) ||
+        append_features(r, d->pair_g, rec->pair_g, B, (size_t)o->a * o->p, m) ||
+        qk_h5_append_rows(d->pair_val, H5T_NATIVE_FLOAT, B, rec->pair_val) ||
+        qk_h5_append_rows(d->groups, H5T_NATIVE_FLOAT, B, rec->groups) ||
+        qk_h5_append_rows(d->metrics, H5T_NATIVE_FLOAT, B, rec->metrics))
+        return -1;
+    if (rec->enc) {
+        const QkSaeCode *e = &rec->enc_code;
+        // enc_code slots are padded with index -1 / value 0 past n_active (or hold zeroed top-k picks).
+        if (append_features(r, d->enc_idx, e->idx, B, e->slots, m) || qk_h5_append_rows(d->enc_val, H5T_NATIVE_FLOAT, B, e->val) ||
+            qk_h5_append_rows(d->enc_n, H5T_NATIVE_INT32, B, e->n_active))
+            return -1;
+    }
+    return 0;
+}
+
+static int open_run(Run *r, const char *out_path, int quiet) {
+    RunConfig *c = &r->s.cfg;
+    const GPT2Config *mc = &r->s.model.cfg;
+    r->L = mc->n_layer, r->H = mc->n_head, r->T = c->n_ctx;
+    if (c->n_ctx > mc->n_ctx) return qk_err("%s: [corpus] n_ctx = %d exceeds the model's n_ctx %d", c->path, c->n_ctx, mc->n_ctx);
+    if (c->threads) omp_set_num_threads(c->threads);
+    if (strcmp(c->precision, "fp32"))
+        return qk_err("%s: [run] precision = %s needs the CUDA analysis, which this version does not have; use fp32",
+                      c->path, c->precision);
+    QkBackendKind kind;
+    if (qk_backend_parse(c->backend, &kind) || qk_backend_open(&r->be, kind, c->device, quiet)) return -1;
+    r->o = (AnalysisOpts){.k = c->k, .a = c->a, .p = c->p, .enc_slots = c->enc_slots,
+                          .sketch_pairs = c->sketch_pairs, .sketch_capacity = c->sketch_capacity};
+    // Corpus: text and JSONL need the tokenizer.
+    if (c->vocab && !(r->bpe = qk_bpe_load(c->vocab))) return -1;
+    if (!c->n_paths) return qk_err("%s: [corpus] paths is required", c->path);
+    QkCorpusOptions co = {.inputs = (const char *const *)c->paths, .n_inputs = c->n_paths, .bpe = r->bpe,
+                          .split = c->split, .jsonl_field = c->jsonl_field, .skip_bad_records = c->skip_bad_records,
+                          .allow_special = c->allow_special, .n_ctx = c->n_ctx, .bos = c->bos, .pack = c->pack,
+                          .stride = c->stride, .batch_size = c->batch, .n_threads = c->tokenizer_threads};
+    if (!(r->corpus = qk_corpus_open(&co))) return -1;
+    if (qk_h5_create(&r->out, out_path) || run_setup_write_identity(&r->s, r->out.file, "qkscope-run")) return -1;
+    hsize_t wt[2] = {0, r->T}, w1[1] = {0}, w3[2] = {0, 3};
+    static const char *const lw[1] = {"window"}, *const lprov[2] = {"window", "file_doc_offset"};
+    if ((r->tokens = qk_h5_dataset_ext(&r->out, "tokens", H5T_NATIVE_INT32, 2, wt, k_lbl_wt)) < 0 ||
+        (r->length = qk_h5_dataset_ext(&r->out, "length", H5T_NATIVE_INT32, 1, w1, lw)) < 0 ||
+        (r->prov = qk_h5_dataset_ext(&r->out, "provenance", H5T_NATIVE_INT64, 2, w3, lprov)) < 0)
+        return -1;
+    // Per-head state.
+    const int LH = r->L * r->H;
+    r->tables = qk_calloc(LH, sizeof(HeadTables));
+    r->agg = qk_calloc(LH, sizeof(HeadAggregates));
+    r->rs = qk_calloc(LH, sizeof(RecordSets));
+    r->rec = qk_calloc(r->L, sizeof(HeadRecords));
+    size_t max_row = 0;
+    for (int l = 0; l < r->L; l++) {
+        if (!r->s.sae[l]) continue;
+        const QkSae *sae = r->s.sae[l];
+        int slots = sae->arch == QK_SAE_TOPK ? sae->k : c->sae_max_active, any_rec = 0;
+        for (int h = 0; h < r->H; h++) {
+            int i = l * r->H + h;
+            if (!r->s.analysed[i]) continue;
+            any_rec |= r->s.recorded[i];
+            head_tables_build(&r->tables[i], &r->s.model, l, h, sae, c->encoder && r->s.recorded[i]);
+            head_agg_init(&r->agg[i], sae->d_sae, c->sketch_capacity);
+            if (r->s.recorded[i] && create_records(r, l, h)) return -1;
+        }
+        head_records_alloc(&r->rec[l], &r->o, c->batch * r->T, slots, sae, c->encoder && any_rec);
+        size_t row = (size_t)c->batch * r->T * (size_t)(c->k > c->a * c->p ? c->k : c->a * c->p);
+        if (c->encoder) row = row > (size_t)c->batch * r->T * r->rec[l].enc_code.slots ? row : (size_t)c->batch * r->T * r->rec[l].enc_code.slots;
+        max_row = row > max_row ? row : max_row;
+    }
+    r->idx_buf = qk_malloc(max_row * 4 + 4);
+    return 0;
+}
+
+// One batch of windows through the model and every analysed head.
+static int process_batch(Run *r, const QkWindowBatch *wb, GPT2Acts *acts) {
+    const GPT2Config *mc = &r->s.model.cfg;
+    const int B = wb->n, T = r->T, C = mc->d_model;
+    if (gpt2_check_tokens(mc, wb->tokens, B, T, "corpus window")) return -1;
+    if (acts->B != B) {
+        gpt2_acts_free(acts);
+        gpt2_acts_alloc(acts, mc, B, T, 0, 0);
+    }
+    if (r->be->forward(r->be, &r->s.model, wb->tokens, acts)) return -1;
+    for (int l = 0; l < r->L; l++) {
+        if (!r->s.sae[l]) continue;
+        LayerCode lc;
+        if (layer_code_compute(&lc, r->s.sae[l], acts_resid(acts, mc, l), B * T, C, r->s.cfg.sae_max_active)) return -1;
+        int rc = 0, enc_alloc = r->rec[l].enc;
+        for (int h = 0; h < r->H && !rc; h++) {
+            int i = l * r->H + h;
+            if (!r->s.analysed[i]) continue;
+            r->rec[l].enc = enc_alloc && r->s.recorded[i];  // the encoder projection only where it is written
+            rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, wb->length, &r->rec[l], &r->agg[i]);
+            if (!rc && r->s.recorded[i]) rc = append_records(r, l, h, &r->rec[l], B);
+        }
+        r->rec[l].enc = enc_alloc;
+        layer_code_free(&lc);
+        if (rc) return -1;
+    }
+    int64_t *prov = qk_malloc(sizeof(int64_t) * 3 * B);
+    for (int b = 0; b < B; b++) {
+        prov[3 * b] = wb->prov[b].file, prov[3 * b + 1] = wb->prov[b].doc, prov[3 * b + 2] = wb->prov[b].offset;
+        r->tokens_done += wb->length[b];
+    }
+    int rc = qk_h5_append_rows(r->tokens, H5T_NATIVE_INT32, B, wb->tokens) ||
+             qk_h5_append_rows(r->length, H5T_NATIVE_INT32, B, wb->length) ||
+             qk_h5_append_rows(r->prov, H5T_NATIVE_INT64, B, prov);
+    free(prov);
+    r->windows_done += B;
+    return rc ? -1 : 0;
+}
+
+static hid_t fixed(Run *r, const char *name, hid_t type, int nd, const hsize_t *dims, const char *const *labels, const void *data) {
+    hid_t ds = qk_h5_dataset(&r->out, name, type, nd, dims);
+    if (ds < 0) return -1;
+    int rc = qk_h5_write_rows(ds, type, 0, dims[0], data) || (labels && qk_h5_label(ds, nd, labels));
+    H5Dclose(ds);
+    return rc ? -1 : 0;
+}
+
+// The corpus aggregates of every analysed head, and the per-head summary table.
+static int write_aggregates(Run *r) {
+    char n[160];
+    static const char *const lm[1] = {"metric"}, *const lmb[2] = {"metric", "bin"}, *const lf[1] = {"feature"};
+    static const char *const lp[1] = {"rank"}, *const lhm[2] = {"head", "metric"}, *const lh[1] = {"head"};
+    hsize_t nm[1] = {N_METRICS}, nmb[2] = {N_METRICS, N_HIST_BINS};
+    int n_heads = 0, rc = 0;
+    double *table = qk_malloc(sizeof(double) * r->L * r->H * N_METRICS);
+    int32_t *hl = qk_malloc(sizeof(int32_t) * r->L * r->H), *hh = qk_malloc(sizeof(int32_t) * r->L * r->H);
+    for (int i = 0; i < r->L * r->H && !rc; i++) {
+        if (!r->s.analysed[i]) continue;
+        const HeadAggregates *g = &r->agg[i];
+        int l = i / r->H, h = i % r->H;
+        double mean[N_METRICS];
+        for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? g->sum[m] / g->count[m] : NAN;
+        memcpy(table + (size_t)n_heads * N_METRICS, mean, sizeof mean);
+        hl[n_heads] = l, hh[n_heads++] = h;
+        hsize_t m1[1] = {(hsize_t)g->m};
+        PairEntry *pe = qk_malloc(sizeof(PairEntry) * (g->sketch.size ? g->sketch.size : 1));
+        int np = pair_sketch_sorted(&g->sketch, pe);
+        hsize_t p1[1] = {(hsize_t)(np ? np : 0)};
+        int32_t *pf = qk_malloc(sizeof(int32_t) * (np + 1)), *pg = qk_malloc(sizeof(int32_t) * (np + 1));
+        double *pw = qk_malloc(sizeof(double) * (np + 1)), *perr = qk_malloc(sizeof(double) * (np + 1)),
+               *ps = qk_malloc(sizeof(double) * (np + 1));
+        int64_t *pc = qk_malloc(sizeof(int64_t) * (np + 1));
+        for (int q = 0; q < np; q++)
+            pf[q] = pe[q].f, pg[q] = pe[q].g, pw[q] = pe[q].weight, perr[q] = pe[q].err, ps[q] = pe[q].sum, pc[q] = pe[q].count;
+        void *fbuf = qk_malloc(4 * (size_t)(np + 1) * 2);
+        hid_t ft = qk_h5_feature_type(g->m);
+#define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
+        rc = fixed(r, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, g->sum) ||
+             fixed(r, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
+             fixed(r, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
+             fixed(r, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
+             fixed(r, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->query_marginal) ||
+             fixed(r, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
+             fixed(r, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
+             fixed(r, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
+        if (!rc && np) {
+            qk_h5_feature_convert(pf, np, g->m, fbuf);
+            rc = fixed(r, AGG("pairs_query_feature"), ft, 1, p1, lp, fbuf);
+            qk_h5_feature_convert(pg, np, g->m, fbuf);
+            rc = rc || fixed(r, AGG("pairs_key_feature"), ft, 1, p1, lp, fbuf) ||
+                 fixed(r, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 1, p1, lp, pw) ||
+                 fixed(r, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, 1, p1, lp, perr) ||
+                 fixed(r, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 1, p1, lp, ps) ||
+                 fixed(r, AGG("pairs_count"), H5T_NATIVE_INT64, 1, p1, lp, pc);
+        }
+        if (!rc) {
+            snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
+            hid_t grp = H5Gopen2(r->out.file, n, H5P_DEFAULT);
+            rc = qk_h5_attr_int(grp, "queries", g->queries) || qk_h5_attr_int(grp, "sketch_capacity", g->sketch.capacity) ||
+                 qk_h5_attr_str(grp, "sketch_total_weight_note",
+                                "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; "
+                                "every pair heavier than sketch_total_weight / sketch_capacity is kept");
+            char tw[64];
+            snprintf(tw, sizeof tw, "%.17g", g->sketch.total);
+            rc = rc || qk_h5_attr_str(grp, "sketch_total_weight", tw);
+            H5Gclose(grp);
+        }
+#undef AGG
+        free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc), free(fbuf);
+    }
+    float lo[N_METRICS], hi[N_METRICS];
+    for (int m = 0; m < N_METRICS; m++) qk_metric_range(m, &lo[m], &hi[m]);
+    hsize_t hm[2] = {(hsize_t)n_heads, N_METRICS}, h1[1] = {(hsize_t)n_heads};
+    rc = rc || fixed(r, "summary/metric_mean", H5T_NATIVE_DOUBLE, 2, hm, lhm, table) ||
+         fixed(r, "summary/head_layer", H5T_NATIVE_INT32, 1, h1, lh, hl) ||
+         fixed(r, "summary/head_index", H5T_NATIVE_INT32, 1, h1, lh, hh) ||
+         fixed(r, "aggregates/hist_lo", H5T_NATIVE_FLOAT, 1, nm, lm, lo) ||
+         fixed(r, "aggregates/hist_hi", H5T_NATIVE_FLOAT, 1, nm, lm, hi);
+    if (!rc) {
+        size_t cap = 32 * N_METRICS, off = 0;
+        char *names = qk_malloc(cap);
+        for (int m = 0; m < N_METRICS; m++) off += snprintf(names + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
+        hid_t g = H5Gopen2(r->out.file, "aggregates", H5P_DEFAULT), s = H5Gopen2(r->out.file, "summary", H5P_DEFAULT);
+        rc = qk_h5_attr_str(g, "metric_names", names) || qk_h5_attr_str(s, "metric_names", names);
+        H5Gclose(g), H5Gclose(s);
+        free(names);
+    }
+    free(table), free(hl), free(hh);
+    return rc ? -1 : 0;
+}
+
+// The per-head summary on stdout: metric means and the heaviest feature pair.
+static void print_summary(const Run *r) {
+    printf("%-6s %8s %8s %8s %8s %8s %8s  %s\n", "head", "queries", "top1", "kl_both", "err_sh", "overlap", "chance",
+           "heaviest pair (query f -> key g: summed term, count)");
+    for (int i = 0; i < r->L * r->H; i++) {
+        if (!r->s.analysed[i]) continue;
+        const HeadAggregates *g = &r->agg[i];
+        double m[N_METRICS];
+        for (int q = 0; q < N_METRICS; q++) m[q] = g->count[q] ? g->sum[q] / g->count[q] : NAN;
+        char head[32], pair[96] = "-";
+        snprintf(head, sizeof head, "%d.%d", i / r->H, i % r->H);
+        if (g->sketch.size) {
+            PairEntry *pe = qk_malloc(sizeof(PairEntry) * g->sketch.size);
+            pair_sketch_sorted(&g->sketch, pe);
+            snprintf(pair, sizeof pair, "%d -> %d: %.3g, %lld", pe[0].f, pe[0].g, pe[0].sum, (long long)pe[0].count);
+            free(pe);
+        }
+        printf("%-6s %8lld %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1], m[MET_KL_BOTH],
+               m[MET_ERROR_SHARE], m[MET_OVERLAP], m[MET_OVERLAP_CHANCE], pair);
+    }
+}
+
+static void close_run(Run *r) {
+    for (int i = 0; r->tables && i < r->L * r->H; i++) {
+        if (!r->s.analysed[i]) continue;
+        head_tables_free(&r->tables[i]);
+        head_agg_free(&r->agg[i]);
+        hid_t *ids = (hid_t *)&r->rs[i];
+        for (size_t q = 0; q < sizeof(RecordSets) / sizeof(hid_t); q++)
+            if (ids[q] > 0) H5Dclose(ids[q]);
+    }
+    for (int l = 0; r->rec && l < r->L; l++)
+        if (r->rec[l].n) head_records_free(&r->rec[l]);
+    hid_t top[3] = {r->tokens, r->length, r->prov};
+    for (int q = 0; q < 3; q++)
+        if (top[q] > 0) H5Dclose(top[q]);
+    free(r->tables), free(r->agg), free(r->rs), free(r->rec), free(r->idx_buf);
+    if (r->corpus) qk_corpus_close(r->corpus);
+    if (r->bpe) qk_bpe_free(r->bpe);
+    qk_backend_close(r->be);
+}
+
+static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet) {
+    Run r;
+    memset(&r, 0, sizeof r);
+    GPT2Acts acts = {0};
+    QkWindowBatch wb = {0};
+    double t0 = qk_now();
+    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet) || open_run(&r, out_path, quiet);
+    while (!rc) {
+        if (r.s.cfg.max_tokens && r.tokens_done >= r.s.cfg.max_tokens) break;
+        int got = qk_corpus_next_batch(r.corpus, &wb);
+        if (got < 0) rc = -1;
+        if (got <= 0) break;
+        rc = process_batch(&r, &wb, &acts);
+        if (!quiet && !rc)
+            fprintf(stderr, "\rqkscope run: %lld tokens, %lld windows, %.0f tokens/s ", (long long)r.tokens_done,
+                    (long long)r.windows_done, r.tokens_done / (qk_now() - t0));
+    }
+    if (!quiet && !rc) fprintf(stderr, "\n");
+    if (!rc && r.windows_done == 0) rc = qk_err("%s: the corpus gave no windows", config);
+    if (!rc) rc = write_aggregates(&r) || qk_h5_attr_int(r.out.file, "tokens_processed", r.tokens_done) ||
+                  qk_h5_attr_int(r.out.file, "windows", r.windows_done) ||
+                  qk_h5_attr_str(r.out.file, "backend", r.be->name);
+    if (!rc) {
+        // Corpus files, in provenance order.
+        size_t cap = 1, off = 0;
+        for (int i = 0; i < qk_corpus_n_files(r.corpus); i++) cap += strlen(qk_corpus_file(r.corpus, i)) + 1;
+        char *files = qk_malloc(cap);
+        files[0] = 0;
+        for (int i = 0; i < qk_corpus_n_files(r.corpus); i++)
+            off += snprintf(files + off, cap - off, "%s%s", i ? "\n" : "", qk_corpus_file(r.corpus, i));
+        rc = qk_h5_attr_str(r.out.file, "corpus_files", files);
+        free(files);
+    }
+    if (!rc) {
+        for (int q = 0; q < 3; q++) {
+            hid_t *id = q == 0 ? &r.tokens : q == 1 ? &r.length : &r.prov;
+            H5Dclose(*id), *id = 0;
+        }
+        for (int i = 0; i < r.L * r.H; i++) {
+            hid_t *ids = (hid_t *)&r.rs[i];
+            for (size_t q = 0; q < sizeof(RecordSets) / sizeof(hid_t); q++)
+                if (ids[q] > 0) H5Dclose(ids[q]), ids[q] = 0;
+        }
+        rc = qk_h5_finish(&r.out);
+    }
+    if (!rc && !quiet) {
+        print_summary(&r);
+        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s\n", (long long)r.tokens_done,
+                qk_now() - t0, r.tokens_done / (qk_now() - t0), out_path);
+    }
+    if (rc) {
+        char keep[1024];
+        snprintf(keep, sizeof keep, "%s", qk_errmsg());
+        close_run(&r);
+        if (r.out.file) qk_h5_abort(&r.out);
+        qk_err("%s", keep);
+    } else
+        close_run(&r);
+    qk_window_batch_free(&wb);
+    gpt2_acts_free(&acts);
+    run_setup_close(&r.s);
+    return rc ? -1 : 0;
+}
+
+int cmd_run(int argc, char **argv) {
+    static const struct option opts[] = {{"set", required_argument, 0, 's'},
+                                         {"output", required_argument, 0, 'o'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    char *sets[MAX_SETS];
+    int n_sets = 0, quiet = 0;
+    const char *out = NULL;
+    optind = 1;
+    opterr = 0;
+    for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
+        if (ch == 's' && n_sets < MAX_SETS) sets[n_sets++] = optarg;
+        else if (ch == 'o') out = optarg;
+        else if (ch == 'q') quiet = 1;
+        else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
+        else return fprintf(stderr, "qkscope run: unknown or incomplete option '%s' (--help)\n", argv[optind - 1]), QK_EXIT_USAGE;
+    }
+    if (optind != argc - 1 || !out) {
+        fprintf(stderr, "qkscope run: expected CONFIG and -o OUT.h5 (--help)\n");
+        return QK_EXIT_USAGE;
+    }
+    if (run(argv[optind], sets, n_sets, out, quiet)) {
+        fprintf(stderr, "qkscope run: %s\n", qk_errmsg());
+        return QK_EXIT_FAIL;
+    }
+    return QK_EXIT_OK;
+}

@@ -1,0 +1,127 @@
+// cmd_static.c: `qkscope static CONFIG -o OUT.h5`: the weights-only feature-to-feature maps of
+// every analysed head (docs/ANALYSIS.md §6): q2k, k2q and the key prior.
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "h5out.h"
+#include "head_tables.h"
+#include "run_setup.h"
+#include "static_maps.h"
+#include "util.h"
+
+#define MAX_SETS 256
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: qkscope static CONFIG -o OUT.h5 [--set section.key=value ...]\n\n"
+            "Weights-only maps for every analysed head of CONFIG ([model], [sae], [analysis] heads and\n"
+            "static_k): S[f,g] = Qd[f].Kd[g]/sqrt(d_head); for every query feature f its top static_k key\n"
+            "features (q2k), for every key feature g its top query features (k2q), and the key prior\n"
+            "bq'.Kd[g]/sqrt(d_head).  Streams through the bilinear top-k primitive: the d_sae x d_sae\n"
+            "matrix is never materialised.  Output layout: docs/FORMAT.md.\n\n"
+            "  --set S.K=V        override a config key (repeatable)\n"
+            "  -o, --output FILE  the HDF5 file (written as FILE.tmp, renamed when complete)\n"
+            "  -q, --quiet        no notices\n"
+            "  -h, --help         this text\n");
+}
+
+// One fixed-size dataset of feature indices (converted to the file type).
+static int write_features(QkH5Out *o, const char *name, int ndim, const hsize_t *dims, const char *const *labels,
+                          const int32_t *idx, int d_sae) {
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= dims[d];
+    hid_t type = qk_h5_feature_type(d_sae), ds = qk_h5_dataset(o, name, type, ndim, dims);
+    if (ds < 0) return -1;
+    void *buf = qk_malloc(n * 4);
+    qk_h5_feature_convert(idx, n, d_sae, buf);
+    int rc = qk_h5_write_rows(ds, type, 0, dims[0], buf) || qk_h5_label(ds, ndim, labels);
+    free(buf);
+    H5Dclose(ds);
+    return rc ? -1 : 0;
+}
+
+static int write_floats(QkH5Out *o, const char *name, int ndim, const hsize_t *dims, const char *const *labels,
+                        const float *v) {
+    hid_t ds = qk_h5_dataset(o, name, H5T_NATIVE_FLOAT, ndim, dims);
+    if (ds < 0) return -1;
+    int rc = qk_h5_write_rows(ds, H5T_NATIVE_FLOAT, 0, dims[0], v) || qk_h5_label(ds, ndim, labels);
+    H5Dclose(ds);
+    return rc ? -1 : 0;
+}
+
+static int write_head(QkH5Out *o, int l, int h, const StaticMaps *s) {
+    char name[128];
+    hsize_t mk[2] = {(hsize_t)s->m, (hsize_t)s->k}, m1[1] = {(hsize_t)s->m}, k1[1] = {(hsize_t)s->k};
+    static const char *const q2k[2] = {"query_feature", "rank"}, *const k2q[2] = {"key_feature", "rank"};
+    static const char *const keyf[1] = {"key_feature"}, *const rank[1] = {"rank"};
+#define PATH(x) (snprintf(name, sizeof name, "static/%d.%d/" x, l, h), name)
+    if (write_features(o, PATH("q2k_idx"), 2, mk, q2k, s->q2k_idx, s->m) ||
+        write_floats(o, PATH("q2k_val"), 2, mk, q2k, s->q2k_val) ||
+        write_features(o, PATH("k2q_idx"), 2, mk, k2q, s->k2q_idx, s->m) ||
+        write_floats(o, PATH("k2q_val"), 2, mk, k2q, s->k2q_val) ||
+        write_floats(o, PATH("key_prior"), 1, m1, keyf, s->key_prior) ||
+        write_features(o, PATH("key_prior_top_idx"), 1, k1, rank, s->prior_idx, s->m) ||
+        write_floats(o, PATH("key_prior_top_val"), 1, k1, rank, s->prior_val))
+        return -1;
+#undef PATH
+    return 0;
+}
+
+static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet) {
+    RunSetup s;
+    QkH5Out out = {0};
+    int rc = run_setup_open(&s, config, sets, n_sets, quiet);
+    if (!rc && s.cfg.threads) omp_set_num_threads(s.cfg.threads);
+    if (!rc) rc = qk_h5_create(&out, out_path);
+    if (!rc) rc = run_setup_write_identity(&s, out.file, "qkscope-static");
+    const int L = s.model.cfg.n_layer, H = s.model.cfg.n_head;
+    for (int i = 0; !rc && i < L * H; i++) {
+        if (!s.analysed[i]) continue;
+        HeadTables t;
+        head_tables_build(&t, &s.model, i / H, i % H, s.sae[i / H], 0);
+        StaticMaps maps;
+        int k = s.cfg.static_k < t.m ? s.cfg.static_k : t.m;
+        rc = static_maps_compute(&maps, &t, k) || write_head(&out, i / H, i % H, &maps);
+        if (!rc) static_maps_free(&maps);
+        head_tables_free(&t);
+        if (!quiet && !rc) fprintf(stderr, "\rqkscope static: head %d.%d done", i / H, i % H);
+    }
+    if (!quiet && !rc) fprintf(stderr, "\n");
+    if (!rc) rc = qk_h5_finish(&out);
+    else if (out.file) qk_h5_abort(&out);
+    run_setup_close(&s);
+    return rc;
+}
+
+int cmd_static(int argc, char **argv) {
+    static const struct option opts[] = {{"set", required_argument, 0, 's'},
+                                         {"output", required_argument, 0, 'o'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    char *sets[MAX_SETS];
+    int n_sets = 0, quiet = 0;
+    const char *out = NULL;
+    optind = 1;
+    opterr = 0;
+    for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
+        if (ch == 's' && n_sets < MAX_SETS) sets[n_sets++] = optarg;
+        else if (ch == 'o') out = optarg;
+        else if (ch == 'q') quiet = 1;
+        else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
+        else return fprintf(stderr, "qkscope static: unknown or incomplete option '%s' (--help)\n", argv[optind - 1]), QK_EXIT_USAGE;
+    }
+    if (optind != argc - 1 || !out) {
+        fprintf(stderr, "qkscope static: expected CONFIG and -o OUT.h5 (--help)\n");
+        return QK_EXIT_USAGE;
+    }
+    if (run(argv[optind], sets, n_sets, out, quiet)) {
+        fprintf(stderr, "qkscope static: %s\n", qk_errmsg());
+        return QK_EXIT_FAIL;
+    }
+    return QK_EXIT_OK;
+}

@@ -1,0 +1,112 @@
+// run_setup.c: see run_setup.h.
+#include "run_setup.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h5out.h"
+#include "sha256.h"
+#include "util.h"
+
+int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet) {
+    memset(s, 0, sizeof *s);
+    if (run_config_load(&s->cfg, config, sets, n_sets)) return -1;
+    const RunConfig *c = &s->cfg;
+    if (gpt2_load(&s->model, c->model_dir)) return -1;
+    const int L = s->model.cfg.n_layer, H = s->model.cfg.n_head;
+    if (L > QK_MAX_LAYERS) return qk_err("%s: %d layers (at most %d)", c->model_dir, L, QK_MAX_LAYERS);
+    for (int l = L; l < QK_MAX_LAYERS; l++)
+        if (c->sae_dir[l]) return qk_err("%s: [sae] layer.%d: the model has layers 0..%d", c->path, l, L - 1);
+    s->analysed = qk_calloc((size_t)L * H, 1);
+    s->recorded = qk_calloc((size_t)L * H, 1);
+    if (run_config_heads(c->heads, L, H, s->analysed, "[analysis] heads") ||
+        run_config_heads(c->record_heads, L, H, s->recorded, "[analysis] record_heads"))
+        return -1;
+    int all = !strcmp(c->heads, "all");
+    for (int l = 0; l < L; l++) {
+        int wanted = 0;
+        for (int h = 0; h < H; h++) wanted |= s->analysed[l * H + h] | s->recorded[l * H + h];
+        if (!wanted) continue;
+        if (!c->sae_dir[l]) {
+            if (!all) return qk_err("%s: head %d.x is analysed but [sae] has no layer.%d (the SAE of blocks.%d.hook_resid_pre)",
+                                    c->path, l, l, l);
+            if (!quiet)
+                fprintf(stderr, "qkscope: layer %d skipped: no SAE for blocks.%d.hook_resid_pre in %s (SPEC §3)\n", l, l,
+                        c->path);
+            memset(s->analysed + l * H, 0, H);
+            continue;
+        }
+        s->sae[l] = qk_calloc(1, sizeof(QkSae));
+        if (qk_sae_load(s->sae[l], c->sae_dir[l], s->model.cfg.d_model, c->sae_center[l])) return -1;
+        // The SAE must code the stream the heads read: resid_pre of l = resid_post of l - 1.
+        char pre[64], post[64];
+        snprintf(pre, sizeof pre, "blocks.%d.hook_resid_pre", l);
+        snprintf(post, sizeof post, "blocks.%d.hook_resid_post", l - 1);
+        const char *hn = s->sae[l]->hook_name;
+        if (hn[0] && strcmp(hn, pre) && (l == 0 || strcmp(hn, post)))
+            return qk_err("%s: [sae] layer.%d = %s was trained on '%s', not on %s", c->path, l, c->sae_dir[l], hn, pre);
+    }
+    for (int i = 0; i < L * H; i++) {
+        if (s->recorded[i] && !s->analysed[i] && s->sae[i / H]) s->analysed[i] = 1;  // records imply analysis
+        s->n_analysed += s->analysed[i];
+        s->n_recorded += s->recorded[i] && s->analysed[i];
+        s->recorded[i] &= s->analysed[i];
+    }
+    if (!s->n_analysed) return qk_err("%s: no head to analyse (is [sae] empty?)", c->path);
+    return 0;
+}
+
+void run_setup_close(RunSetup *s) {
+    for (int l = 0; l < QK_MAX_LAYERS; l++)
+        if (s->sae[l]) qk_sae_free(s->sae[l]), free(s->sae[l]);
+    free(s->analysed);
+    free(s->recorded);
+    gpt2_free(&s->model);
+    run_config_free(&s->cfg);
+    memset(s, 0, sizeof *s);
+}
+
+static int attr_file_hash(hid_t obj, const char *name, const char *dir, const char *file) {
+    char *path = qk_path_join(dir, file), hex[65];
+    int rc = qk_sha256_file(path, hex) || qk_h5_attr_str(obj, name, hex);
+    free(path);
+    return rc ? -1 : 0;
+}
+
+int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) {
+    const RunConfig *c = &s->cfg;
+    const int L = s->model.cfg.n_layer, H = s->model.cfg.n_head;
+    if (qk_h5_attr_str(file, "format", format) || qk_h5_attr_int(file, "format_version", QK_FORMAT_VERSION) ||
+        qk_h5_attr_str(file, "qkscope_version", QK_VERSION) || qk_h5_attr_str(file, "config", c->text) ||
+        qk_h5_attr_str(file, "config_path", c->path) || qk_h5_attr_str(file, "model_dir", c->model_dir) ||
+        attr_file_hash(file, "model_sha256", c->model_dir, "model.safetensors") ||
+        qk_h5_attr_str(file, "precision", c->precision))
+        return -1;
+    // Head labels "L.H" of the analysed heads, in layer-major order.
+    size_t cap = (size_t)L * H * 8 + 1, o = 0;
+    char *labels = qk_malloc(cap);
+    labels[0] = 0;
+    for (int i = 0; i < L * H; i++)
+        if (s->analysed[i]) o += snprintf(labels + o, cap - o, "%s%d.%d", o ? "," : "", i / H, i % H);
+    int rc = qk_h5_attr_str(file, "heads", labels);
+    free(labels);
+    for (int l = 0; !rc && l < L; l++) {
+        if (!s->sae[l]) continue;
+        char g[64];
+        snprintf(g, sizeof g, "sae/blocks.%d.hook_resid_pre", l);
+        hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+        H5Pset_create_intermediate_group(lcpl, 1);
+        hid_t grp = H5Gcreate2(file, g, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+        H5Pclose(lcpl);
+        if (grp < 0) return qk_err("HDF5: cannot create group %s", g);
+        const QkSae *sae = s->sae[l];
+        rc = qk_h5_attr_str(grp, "dir", c->sae_dir[l]) || attr_file_hash(grp, "sha256", c->sae_dir[l], "sae_weights.safetensors") ||
+             qk_h5_attr_str(grp, "architecture", qk_sae_arch_name(sae->arch)) ||
+             qk_h5_attr_str(grp, "normalize_activations", sae->norm == QK_SAE_NORM_LAYER_NORM ? "layer_norm" : "none") ||
+             qk_h5_attr_int(grp, "d_sae", sae->d_sae) || qk_h5_attr_int(grp, "k", sae->k) ||
+             qk_h5_attr_int(grp, "center_input", sae->center_input) || qk_h5_attr_str(grp, "hook_name", sae->hook_name);
+        H5Gclose(grp);
+    }
+    return rc ? -1 : 0;
+}

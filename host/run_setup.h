@@ -1,0 +1,32 @@
+// run_setup.h: what `qkscope run` and `qkscope static` share: the config, the model, the SAE of
+// every analysed layer, the heads analysed and recorded, and the identity attributes written to
+// every output file.
+#pragma once
+#include <hdf5.h>
+#include <stdint.h>
+
+#include "gpt2.h"
+#include "run_config.h"
+#include "sae.h"
+
+#define QK_FORMAT_VERSION 1
+#define QK_VERSION "0.1.0"
+
+typedef struct {
+    RunConfig cfg;
+    GPT2Model model;
+    QkSae *sae[QK_MAX_LAYERS];  // SAE coding blocks.L.hook_resid_pre, or NULL
+    uint8_t *analysed;          // (L*H): heads with aggregates (every head whose layer has an SAE)
+    uint8_t *recorded;          // (L*H): heads with per-token records
+    int n_analysed, n_recorded;
+} RunSetup;
+
+// Loads the config (with --set overrides), the model and the SAEs, and resolves the head lists.
+// A head asked for explicitly whose layer has no SAE is an error; with heads = all, such layers
+// are skipped with a notice (layer 0 with resid_post SAEs, SPEC §3), unless quiet.
+int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet);
+void run_setup_close(RunSetup *s);
+
+// Root attributes: format, versions, the config text, model and SAE paths with SHA-256 of their
+// weight files, and the analysed head labels.
+int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format);

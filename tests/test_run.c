@@ -1,0 +1,193 @@
+// test_run.c: `qkscope run` and `qkscope static` end to end on the planted-circuit model: both
+// rank every planted (query feature, key feature) pair first for its head, the metrics show it,
+// the file is complete and self-describing, and bad configs fail cleanly with no output.
+#include <hdf5_hl.h>
+#include <stdarg.h>
+#include <sys/wait.h>
+
+#include "planted.h"
+#include "test_common.h"
+
+static char *g_dir;
+static QkPlanted g_info;
+
+static void setup(void) {
+    g_dir = make_tmpdir();
+    QkPlantedOpts o;
+    qk_planted_default_opts(&o);
+    cr_assert_eq(qk_planted_write(g_dir, &o, &g_info), 0, "%s", qk_errmsg());
+}
+static void teardown(void) { rm_rf(g_dir); free(g_dir); }
+TestSuite(run, .init = setup, .fini = teardown);
+
+// Writes DIR/NAME.ini for the planted model with `extra` appended (INI text); returns the path.
+static char *write_config(const char *name, const char *extra) {
+    char text[4096], *path = qk_malloc(600);
+    snprintf(path, 600, "%s/%s.ini", g_dir, name);
+    snprintf(text, sizeof text,
+             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
+             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n"
+             "[analysis]\nheads = all\nrecord_heads = 0.1,1.2\nk = 8\na = 2\np = 4\nencoder = true\nstatic_k = 4\n"
+             "[run]\nbackend = cpu\n%s",
+             g_dir, g_dir, g_dir, g_dir, extra);
+    write_bytes(path, text, strlen(text));
+    return path;
+}
+
+static int sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void *read_all(hid_t f, const char *name, hid_t type, size_t elem, size_t *n) {
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    cr_assert(d >= 0, "dataset %s missing", name);
+    hid_t sp = H5Dget_space(d);
+    *n = (size_t)H5Sget_simple_extent_npoints(sp);
+    void *buf = qk_malloc(*n * elem + 1);
+    cr_assert(H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0);
+    H5Sclose(sp), H5Dclose(d);
+    return buf;
+}
+
+static int64_t attr_int(hid_t obj, const char *name) {
+    int64_t v = -1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    cr_assert(a >= 0, "attribute %s missing", name);
+    H5Aread(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    return v;
+}
+
+static int is_planted(int l, int h) {
+    for (int c = 0; c < g_info.n_circuits; c++)
+        if (g_info.circuits[c].layer == l && g_info.circuits[c].head == h) return 1;
+    return 0;
+}
+
+Test(run, planted_circuits_found_by_run_and_static) {
+    char *cfg = write_config("run", "");
+    cr_assert_eq(sh("./bin/qkscope run -q %s -o %s/run.h5", cfg, g_dir), 0);
+    cr_assert_eq(sh("./bin/qkscope static -q %s -o %s/static.h5", cfg, g_dir), 0);
+    char path[700];
+    snprintf(path, sizeof path, "%s/run.h5", g_dir);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    snprintf(path, sizeof path, "%s/static.h5", g_dir);
+    hid_t fs = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    cr_assert(f >= 0 && fs >= 0);
+    cr_expect_eq(attr_int(f, "complete"), 1);
+    cr_expect_eq(attr_int(f, "format_version"), 1);
+    cr_expect_eq(attr_int(f, "tokens_processed"), (int64_t)g_info.n_windows * g_info.n_ctx);
+    cr_expect_eq(attr_int(fs, "complete"), 1);
+    double planted_weight_min = INFINITY, null_weight_max = 0;
+    for (int l = 0; l < g_info.n_layer; l++)
+        for (int h = 0; h < g_info.n_head; h++) {
+            char name[128];
+            size_t n;
+            snprintf(name, sizeof name, "aggregates/%d.%d/pairs_weight", l, h);
+            double *w = read_all(f, name, H5T_NATIVE_DOUBLE, 8, &n);
+            snprintf(name, sizeof name, "aggregates/%d.%d/metric_mean", l, h);
+            double *mean = read_all(f, name, H5T_NATIVE_DOUBLE, 8, &n);
+            if (is_planted(l, h)) {
+                planted_weight_min = fmin(planted_weight_min, w[0]);
+                cr_expect_geq(mean[3], 0.9, "head %d.%d top1 %g", l, h, mean[3]);      // top1
+                cr_expect_leq(mean[5], 0.1, "head %d.%d error share %g", l, h, mean[5]);  // error_share
+            } else
+                null_weight_max = fmax(null_weight_max, w[0]);
+            free(w), free(mean);
+        }
+    // The planted heads' heaviest pairs carry far more than anything a null head has.
+    cr_expect_gt(planted_weight_min, 10 * null_weight_max, "planted %g vs null %g", planted_weight_min, null_weight_max);
+    for (int c = 0; c < g_info.n_circuits; c++) {
+        const QkPlantedCircuit *pc = &g_info.circuits[c];
+        char name[128];
+        size_t n;
+        snprintf(name, sizeof name, "aggregates/%d.%d/pairs_query_feature", pc->layer, pc->head);
+        uint32_t *pf = read_all(f, name, H5T_NATIVE_UINT32, 4, &n);
+        snprintf(name, sizeof name, "aggregates/%d.%d/pairs_key_feature", pc->layer, pc->head);
+        uint32_t *pg = read_all(f, name, H5T_NATIVE_UINT32, 4, &n);
+        cr_expect(pf[0] == (uint32_t)pc->query_feature && pg[0] == (uint32_t)pc->key_feature,
+                  "run: head %d.%d heaviest pair %u -> %u, planted %d -> %d", pc->layer, pc->head, pf[0], pg[0],
+                  pc->query_feature, pc->key_feature);
+        snprintf(name, sizeof name, "static/%d.%d/q2k_idx", pc->layer, pc->head);
+        uint32_t *q2k = read_all(fs, name, H5T_NATIVE_UINT32, 4, &n);
+        snprintf(name, sizeof name, "static/%d.%d/k2q_idx", pc->layer, pc->head);
+        uint32_t *k2q = read_all(fs, name, H5T_NATIVE_UINT32, 4, &n);
+        cr_expect_eq(q2k[(size_t)pc->query_feature * 4], (uint32_t)pc->key_feature, "static q2k of %d.%d", pc->layer, pc->head);
+        cr_expect_eq(k2q[(size_t)pc->key_feature * 4], (uint32_t)pc->query_feature, "static k2q of %d.%d", pc->layer, pc->head);
+        free(pf), free(pg), free(q2k), free(k2q);
+    }
+    // Records exist only for the recorded heads, with labelled dimensions.
+    cr_expect(H5Lexists(f, "heads/0.1", H5P_DEFAULT) > 0 && H5Lexists(f, "heads/1.2", H5P_DEFAULT) > 0);
+    cr_expect(H5Lexists(f, "heads/1.0", H5P_DEFAULT) == 0);
+    hid_t d = H5Dopen2(f, "heads/0.1/pair_value", H5P_DEFAULT);
+    char label[32] = "";
+    H5DSget_label(d, 2, label, sizeof label);
+    cr_expect_str_eq(label, "attended");
+    H5Dclose(d);
+    H5Fclose(f), H5Fclose(fs);
+    free(cfg);
+}
+
+// Same config at 1 and 2 threads and batch 4 vs 8: bit-identical records and aggregates.
+Test(run, deterministic_across_threads_and_batches) {
+    char *a = write_config("a", "threads = 1\n"), *b = write_config("b", "threads = 2\n");
+    cr_assert_eq(sh("./bin/qkscope run -q %s -o %s/a.h5", a, g_dir), 0);
+    cr_assert_eq(sh("./bin/qkscope run -q %s --set corpus.batch=8 -o %s/b.h5", b, g_dir), 0);
+    const char *objs[] = {"/heads", "/aggregates", "/summary", "/tokens", "/provenance"};
+    for (int i = 0; i < 5; i++)
+        cr_expect_eq(sh("h5diff -q %s/a.h5 %s/b.h5 %s %s", g_dir, g_dir, objs[i], objs[i]), 0, "%s differs", objs[i]);
+    free(a), free(b);
+}
+
+// A bad config: one line naming the file, line and key; exit 1; nothing left that looks complete.
+static void expect_failure(const char *cfg, const char *sets, const char *out, const char *what) {
+    int rc = sh("./bin/qkscope run -q %s %s -o %s 2> %s/err.txt", cfg, sets, out, g_dir);
+    cr_expect_eq(rc, 1, "%s", what);
+    char p[700];
+    snprintf(p, sizeof p, "%s/err.txt", g_dir);
+    char *err = qk_read_file(p, NULL);
+    cr_expect(strstr(err, what) != NULL, "stderr lacks '%s': %s", what, err);
+    free(err);
+    cr_expect(!qk_file_exists(out), "%s exists", out);
+    snprintf(p, sizeof p, "%s.tmp", out);
+    cr_expect(!qk_file_exists(p), "%s exists", p);
+}
+
+Test(run, bad_configs_fail_cleanly) {
+    char out[600];
+    snprintf(out, sizeof out, "%s/bad.h5", g_dir);
+    char *c1 = write_config("unknown", "colour = blue\n");
+    expect_failure(c1, "", out, "unknown.ini:21: unknown key 'colour' in section [run]");
+    char *c2 = write_config("badval", "");
+    expect_failure(c2, "--set analysis.k=zero", out, "--set analysis.k: [analysis] k = 'zero': expected an integer");
+    expect_failure(c2, "--set sae.layer.1=none --set analysis.heads=1.2", out, "head 1.x is analysed but [sae] has no layer.1");
+    expect_failure(c2, "--set sae.layer.1=tests/reference/data/sae/topk_ln_bdec", out,
+                   "key 'd_in': 80 does not match the model's d_model 64");
+    expect_failure(c2, "--set analysis.heads=7.1", out, "'7.1' is not a head");
+    expect_failure(c2, "", "/nonexistent-dir/out.h5", "cannot create HDF5 file");
+    free(c1), free(c2);
+}
+
+// With heads = all and no SAE for layer 0, layer 0 is skipped with a notice (SPEC §3).
+Test(run, layer_without_sae_is_skipped_when_all_heads) {
+    char *c = write_config("skip", "");
+    cr_assert_eq(sh("./bin/qkscope run %s --set sae.layer.0=none --set analysis.record_heads=1.0 -o %s/s.h5 > /dev/null 2> %s/err.txt",
+                    c, g_dir, g_dir),
+                 0);
+    char p[700];
+    snprintf(p, sizeof p, "%s/err.txt", g_dir);
+    char *err = qk_read_file(p, NULL);
+    cr_expect(strstr(err, "layer 0 skipped: no SAE for blocks.0.hook_resid_pre") != NULL, "%s", err);
+    free(err);
+    snprintf(p, sizeof p, "%s/s.h5", g_dir);
+    hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    cr_expect(H5Lexists(f, "aggregates/0.1", H5P_DEFAULT) == 0 && H5Lexists(f, "aggregates/1.1", H5P_DEFAULT) > 0);
+    H5Fclose(f);
+    free(c);
+}
