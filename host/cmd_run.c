@@ -56,7 +56,11 @@ typedef struct {
     hid_t tokens, length, prov;
     void *idx_buf;          // feature-index conversion scratch
     int64_t tokens_done, windows_done;
+    double t_stage[5];      // seconds per stage, STAGE_*
 } Run;
+
+enum { STAGE_READ, STAGE_FORWARD, STAGE_SAE, STAGE_ANALYSIS, STAGE_WRITE, N_STAGES };
+static const char *const k_stage_names[N_STAGES] = {"read", "forward", "sae_encode", "analysis", "write"};
 
 static const char *const k_lbl_wtk[3] = {"window", "pos", "rank"};
 static const char *const k_lbl_wta[3] = {"window", "pos", "attended"};
@@ -202,23 +206,32 @@ static int process_batch(Run *r, const QkWindowBatch *wb, GPT2Acts *acts) {
         gpt2_acts_free(acts);
         gpt2_acts_alloc(acts, mc, B, T, 0, 0);
     }
+    double t = qk_now();
     if (r->be->forward(r->be, &r->s.model, wb->tokens, acts)) return -1;
+    r->t_stage[STAGE_FORWARD] += qk_now() - t;
     for (int l = 0; l < r->L; l++) {
         if (!r->s.sae[l]) continue;
         LayerCode lc;
+        t = qk_now();
         if (layer_code_compute(&lc, r->s.sae[l], acts_resid(acts, mc, l), B * T, C, r->s.cfg.sae_max_active)) return -1;
+        r->t_stage[STAGE_SAE] += qk_now() - t;
         int rc = 0, enc_alloc = r->rec[l].enc;
         for (int h = 0; h < r->H && !rc; h++) {
             int i = l * r->H + h;
             if (!r->s.analysed[i]) continue;
             r->rec[l].enc = enc_alloc && r->s.recorded[i];  // the encoder projection only where it is written
+            t = qk_now();
             rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, wb->length, &r->rec[l], &r->agg[i]);
+            r->t_stage[STAGE_ANALYSIS] += qk_now() - t;
+            t = qk_now();
             if (!rc && r->s.recorded[i]) rc = append_records(r, l, h, &r->rec[l], B);
+            r->t_stage[STAGE_WRITE] += qk_now() - t;
         }
         r->rec[l].enc = enc_alloc;
         layer_code_free(&lc);
         if (rc) return -1;
     }
+    t = qk_now();
     int64_t *prov = qk_malloc(sizeof(int64_t) * 3 * B);
     for (int b = 0; b < B; b++) {
         prov[3 * b] = wb->prov[b].file, prov[3 * b + 1] = wb->prov[b].doc, prov[3 * b + 2] = wb->prov[b].offset;
@@ -228,6 +241,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, GPT2Acts *acts) {
              qk_h5_append_rows(r->length, H5T_NATIVE_INT32, B, wb->length) ||
              qk_h5_append_rows(r->prov, H5T_NATIVE_INT64, B, prov);
     free(prov);
+    r->t_stage[STAGE_WRITE] += qk_now() - t;
     r->windows_done += B;
     return rc ? -1 : 0;
 }
@@ -375,7 +389,9 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     int rc = run_setup_open(&r.s, config, sets, n_sets, quiet) || open_run(&r, out_path, quiet);
     while (!rc) {
         if (r.s.cfg.max_tokens && r.tokens_done >= r.s.cfg.max_tokens) break;
+        double t = qk_now();
         int got = qk_corpus_next_batch(r.corpus, &wb);
+        r.t_stage[STAGE_READ] += qk_now() - t;
         if (got < 0) rc = -1;
         if (got <= 0) break;
         rc = process_batch(&r, &wb, &acts);
@@ -385,7 +401,17 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     }
     if (!quiet && !rc) fprintf(stderr, "\n");
     if (!rc && r.windows_done == 0) rc = qk_err("%s: the corpus gave no windows", config);
-    if (!rc) rc = write_aggregates(&r) || qk_h5_attr_int(r.out.file, "tokens_processed", r.tokens_done) ||
+    double t_agg = qk_now();
+    if (!rc) rc = write_aggregates(&r);
+    r.t_stage[STAGE_WRITE] += qk_now() - t_agg;
+    // Stage times (seconds), for the benchmark and the final summary.
+    for (int q = 0; !rc && q < N_STAGES; q++) {
+        char name[64], v[64];
+        snprintf(name, sizeof name, "time_%s_s", k_stage_names[q]);
+        snprintf(v, sizeof v, "%.6f", r.t_stage[q]);
+        rc = qk_h5_attr_str(r.out.file, name, v);
+    }
+    if (!rc) rc = qk_h5_attr_int(r.out.file, "tokens_processed", r.tokens_done) ||
                   qk_h5_attr_int(r.out.file, "windows", r.windows_done) ||
                   qk_h5_attr_str(r.out.file, "backend", r.be->name);
     if (!rc) {
@@ -413,8 +439,11 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     }
     if (!rc && !quiet) {
         print_summary(&r);
-        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s\n", (long long)r.tokens_done,
-                qk_now() - t0, r.tokens_done / (qk_now() - t0), out_path);
+        double total = qk_now() - t0;
+        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s\nqkscope run: time per stage:",
+                (long long)r.tokens_done, total, r.tokens_done / total, out_path);
+        for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
+        fprintf(stderr, "\n");
     }
     if (rc) {
         char keep[1024];
