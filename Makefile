@@ -37,7 +37,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all test test-gpu reference bench-forward bench-topk bench-tokenize clean
+.PHONY: all demo test test-gpu reference bench-forward bench-topk bench-tokenize clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -67,6 +67,21 @@ $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 
 $(BIN) $(BUILD)/host $(BUILD)/tests $(BUILD)/kernels:
 	mkdir -p $@
+
+# The README's main command: offline, on a SYNTHETIC model with planted circuits.  Writes the
+# model, SAEs and corpus, runs the analysis and the weights-only maps, prints the per-head
+# summary, and checks that every planted circuit is ranked first.
+DEMO ?= build/demo
+demo: $(BIN)/qkscope
+	@echo "== qkscope demo: the model below is SYNTHETIC (qkscope planted), not GPT-2; it has planted circuits"
+	$(BIN)/qkscope planted --out $(DEMO)
+	$(BIN)/qkscope run configs/demo.ini --set model.dir=$(DEMO)/model --set sae.layer.0=$(DEMO)/sae/layer_0 \
+	    --set sae.layer.1=$(DEMO)/sae/layer_1 --set corpus.paths=$(DEMO)/corpus.npy -o $(DEMO)/run.h5
+	$(BIN)/qkscope static -q configs/demo.ini --set model.dir=$(DEMO)/model --set sae.layer.0=$(DEMO)/sae/layer_0 \
+	    --set sae.layer.1=$(DEMO)/sae/layer_1 -o $(DEMO)/static.h5
+	@echo "== were the planted circuits found?"
+	$(BIN)/qkscope planted --out $(DEMO) --check-run $(DEMO)/run.h5 --check-static $(DEMO)/static.h5
+	@echo "== outputs: $(DEMO)/run.h5 $(DEMO)/static.h5 (layout: docs/FORMAT.md; notebooks/explore.ipynb opens them)"
 
 # The README's test command.  Suites that need a GPU skip themselves, saying why.
 test: $(BIN)/test_qkscope $(BIN)/qkscope

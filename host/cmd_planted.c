@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hdf5.h>
+#include <math.h>
+
+#include "analysis.h"
 #include "commands.h"
 #include "planted.h"
 #include "util.h"
@@ -25,6 +29,9 @@ static void usage(FILE *f) {
             "  --out DIR      folder to write (created if missing; files of the same names are replaced)\n"
             "  --seed N       RNG seed, 0 <= N < 2^53 (default 1): the same seed writes the same files\n"
             "  --tokens N     corpus size in tokens, rounded up to whole windows of 64 (default 4096)\n"
+            "  --check-run FILE     instead of writing: read DIR/planted.json and check that `qkscope run`'s\n"
+            "                       FILE ranks every planted pair first for its head (exit 1 if not)\n"
+            "  --check-static FILE  the same for `qkscope static`'s q2k and k2q maps\n"
             "  -q, --quiet    print nothing\n"
             "  -h, --help     this text\n");
 }
@@ -39,10 +46,80 @@ static int parse_u64(const char *s, uint64_t *out) {
     return 0;
 }
 
+// Reads element `at` of an integer dataset (any integer type) as uint32; -1 on failure.
+static int64_t read_u32_at(hid_t f, const char *name, hsize_t at) {
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    hid_t space = H5Dget_space(d);
+    int ndim = H5Sget_simple_extent_ndims(space);
+    hsize_t dims[8], start[8] = {0}, count[8];
+    H5Sget_simple_extent_dims(space, dims, NULL);
+    // `at` is a flat C-order index.
+    for (int i = ndim - 1; i >= 0; i--) start[i] = at % dims[i], at /= dims[i], count[i] = 1;
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
+    hsize_t one = 1;
+    hid_t mem = H5Screate_simple(1, &one, NULL);
+    uint32_t v = 0;
+    herr_t e = H5Dread(d, H5T_NATIVE_UINT32, mem, space, H5P_DEFAULT, &v);
+    H5Sclose(mem), H5Sclose(space), H5Dclose(d);
+    return e < 0 ? -1 : (int64_t)v;
+}
+
+// Checks a run or static file against the planted circuits; prints one line per circuit.
+static int check(const char *dir, const char *run_path, const char *static_path, int quiet) {
+    QkPlanted info;
+    if (qk_planted_read(dir, &info)) return -1;
+    int missed = 0;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    const char *paths[2] = {run_path, static_path};
+    for (int which = 0; which < 2; which++) {
+        if (!paths[which]) continue;
+        hid_t f = H5Fopen(paths[which], H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (f < 0) return qk_err("%s: cannot open", paths[which]);
+        for (int c = 0; c < info.n_circuits; c++) {
+            const QkPlantedCircuit *pc = &info.circuits[c];
+            char a[128], b[128];
+            int64_t got_f, got_g;
+            if (which == 0) {  // the heaviest pair of the run's sketch
+                snprintf(a, sizeof a, "aggregates/%d.%d/pairs_query_feature", pc->layer, pc->head);
+                snprintf(b, sizeof b, "aggregates/%d.%d/pairs_key_feature", pc->layer, pc->head);
+                got_f = read_u32_at(f, a, 0), got_g = read_u32_at(f, b, 0);
+            } else {  // q2k's first key feature for f, k2q's first query feature for g
+                snprintf(a, sizeof a, "static/%d.%d/q2k_idx", pc->layer, pc->head);
+                snprintf(b, sizeof b, "static/%d.%d/k2q_idx", pc->layer, pc->head);
+                hid_t d = H5Dopen2(f, a, H5P_DEFAULT);
+                hsize_t dims[2] = {0, 0};
+                if (d >= 0) {
+                    hid_t sp = H5Dget_space(d);
+                    H5Sget_simple_extent_dims(sp, dims, NULL);
+                    H5Sclose(sp), H5Dclose(d);
+                }
+                got_g = read_u32_at(f, a, (hsize_t)pc->query_feature * dims[1]);
+                got_f = read_u32_at(f, b, (hsize_t)pc->key_feature * dims[1]);
+            }
+            if (got_f < 0 || got_g < 0) {
+                H5Fclose(f);
+                return qk_err("%s: head %d.%d is missing (%s)", paths[which], pc->layer, pc->head, a);
+            }
+            int ok = got_f == pc->query_feature && got_g == pc->key_feature;
+            missed += !ok;
+            if (!quiet)
+                printf("%-6s head %d.%d: planted %d -> %d, %s first: %lld -> %lld  %s\n", which ? "static" : "run",
+                       pc->layer, pc->head, pc->query_feature, pc->key_feature, which ? "q2k/k2q rank" : "heaviest pair",
+                       (long long)got_f, (long long)got_g, ok ? "FOUND" : "MISSED");
+        }
+        H5Fclose(f);
+    }
+    if (missed) return qk_err("%d planted circuit(s) not ranked first", missed);
+    return 0;
+}
+
 int cmd_planted(int argc, char **argv) {
     static const struct option opts[] = {{"out", required_argument, 0, 'o'},  {"seed", required_argument, 0, 's'},
                                          {"tokens", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+                                         {"help", no_argument, 0, 'h'},        {"check-run", required_argument, 0, 'R'},
+                                         {"check-static", required_argument, 0, 'S'}, {0, 0, 0, 0}};
+    const char *check_run = NULL, *check_static = NULL;
     QkPlantedOpts po;
     qk_planted_default_opts(&po);
     const char *out = NULL;
@@ -64,6 +141,8 @@ int cmd_planted(int argc, char **argv) {
             else po.n_tokens = (int)v;
             break;
         case 'h': usage(stdout); return QK_EXIT_OK;
+        case 'R': check_run = optarg; break;
+        case 'S': check_static = optarg; break;
         default: rc = qk_err("unknown or incomplete option '%s' (qkscope planted --help)", argv[optind - 1]);
         }
     }
@@ -72,6 +151,13 @@ int cmd_planted(int argc, char **argv) {
     if (rc) {
         fprintf(stderr, "qkscope planted: %s\n", qk_errmsg());
         return QK_EXIT_USAGE;
+    }
+    if (check_run || check_static) {
+        if (check(out, check_run, check_static, quiet)) {
+            fprintf(stderr, "qkscope planted: %s\n", qk_errmsg());
+            return QK_EXIT_FAIL;
+        }
+        return QK_EXIT_OK;
     }
     QkPlanted info;
     if (qk_planted_write(out, &po, &info)) {
