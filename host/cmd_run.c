@@ -2,7 +2,11 @@
 // stream of every analysed layer with its SAE, and for every analysed head computes the
 // feature-space attention of docs/ANALYSIS.md: per-token records for the recorded heads and
 // corpus aggregates for all of them.  The file layout is docs/FORMAT.md.
+#include <errno.h>
 #include <getopt.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -30,8 +34,14 @@ static void usage(FILE *f) {
             "the decomposition of their scores into feature pairs, fidelity metrics).  CONFIG is an INI\n"
             "file (configs/README.md documents every key); the output layout is docs/FORMAT.md.\n\n"
             "  --set S.K=V        override a config key, e.g. --set analysis.k=16 (repeatable)\n"
-            "  -o, --output FILE  the HDF5 file (written as FILE.tmp, renamed when complete)\n"
+            "  -o, --output PATH  the HDF5 file (written as PATH.tmp, renamed when complete); with\n"
+            "                     [output] shard_tokens > 0, a folder of shards PATH/shard-NNNNNN.h5 (each\n"
+            "                     complete on its own) and PATH/manifest.json\n"
+            "  --resume           continue a sharded run after its last complete shard (the config must\n"
+            "                     give the same analysis: config_hash is checked)\n"
             "  -q, --quiet        no progress, notices or summary\n"
+            "\nExit status: 0 done; 1 error; 2 usage; 75 stopped by SIGTERM/SIGINT/SIGUSR1 after\n"
+            "writing the complete shards (requeue with --resume); a second signal exits at once.\n"
             "  -h, --help         this text\n");
 }
 
@@ -55,8 +65,16 @@ typedef struct {
     HeadRecords *rec;       // (L) per-layer scratch, reused by the layer's heads
     hid_t tokens, length, prov;
     void *idx_buf;          // feature-index conversion scratch
-    int64_t tokens_done, windows_done;
+    int64_t tokens_done, windows_done;  // this invocation
     double t_stage[5];      // seconds per stage, STAGE_*
+    // Output: one file, or (shard_tokens > 0) a folder of shards with a manifest.
+    const char *out_path;
+    int sharded, shard, shard_open, quiet;
+    int64_t shard_windows;        // windows per shard
+    int64_t shard_first_window;   // corpus window index of the open shard's first window
+    int64_t shard_windows_done, shard_tokens_done;
+    int64_t window_index;         // corpus windows seen (skipped on resume included)
+    char config_hash[65];
 } Run;
 
 enum { STAGE_READ, STAGE_FORWARD, STAGE_SAE, STAGE_ANALYSIS, STAGE_WRITE, N_STAGES };
@@ -141,7 +159,8 @@ static int append_records(Run *r, int l, int h, const HeadRecords *rec, int B) {
     return 0;
 }
 
-static int open_run(Run *r, const char *out_path, int quiet) {
+// Everything but the output file: backend, corpus, per-head tables, aggregates and scratch.
+static int open_run(Run *r, int quiet) {
     RunConfig *c = &r->s.cfg;
     const GPT2Config *mc = &r->s.model.cfg;
     r->L = mc->n_layer, r->H = mc->n_head, r->T = c->n_ctx;
@@ -162,13 +181,7 @@ static int open_run(Run *r, const char *out_path, int quiet) {
                           .allow_special = c->allow_special, .n_ctx = c->n_ctx, .bos = c->bos, .pack = c->pack,
                           .stride = c->stride, .batch_size = c->batch, .n_threads = c->tokenizer_threads};
     if (!(r->corpus = qk_corpus_open(&co))) return -1;
-    if (qk_h5_create(&r->out, out_path) || run_setup_write_identity(&r->s, r->out.file, "qkscope-run")) return -1;
-    hsize_t wt[2] = {0, r->T}, w1[1] = {0}, w3[2] = {0, 3};
-    static const char *const lw[1] = {"window"}, *const lprov[2] = {"window", "file_doc_offset"};
-    if ((r->tokens = qk_h5_dataset_ext(&r->out, "tokens", H5T_NATIVE_INT32, 2, wt, k_lbl_wt)) < 0 ||
-        (r->length = qk_h5_dataset_ext(&r->out, "length", H5T_NATIVE_INT32, 1, w1, lw)) < 0 ||
-        (r->prov = qk_h5_dataset_ext(&r->out, "provenance", H5T_NATIVE_INT64, 2, w3, lprov)) < 0)
-        return -1;
+    run_config_hash(c, r->config_hash);
     // Per-head state.
     const int LH = r->L * r->H;
     r->tables = qk_calloc(LH, sizeof(HeadTables));
@@ -186,28 +199,58 @@ static int open_run(Run *r, const char *out_path, int quiet) {
             any_rec |= r->s.recorded[i];
             head_tables_build(&r->tables[i], &r->s.model, l, h, sae, c->encoder && r->s.recorded[i]);
             head_agg_init(&r->agg[i], sae->d_sae, c->sketch_capacity);
-            if (r->s.recorded[i] && create_records(r, l, h)) return -1;
         }
         head_records_alloc(&r->rec[l], &r->o, c->batch * r->T, slots, sae, c->encoder && any_rec);
-        size_t row = (size_t)c->batch * r->T * (size_t)(c->k > c->a * c->p ? c->k : c->a * c->p);
-        if (c->encoder) row = row > (size_t)c->batch * r->T * r->rec[l].enc_code.slots ? row : (size_t)c->batch * r->T * r->rec[l].enc_code.slots;
+        size_t per_token = (size_t)(c->k > c->a * c->p ? c->k : c->a * c->p);
+        if (c->encoder && (size_t)r->rec[l].enc_code.slots > per_token) per_token = r->rec[l].enc_code.slots;
+        size_t row = (size_t)c->batch * r->T * per_token;
         max_row = row > max_row ? row : max_row;
     }
     r->idx_buf = qk_malloc(max_row * 4 + 4);
     return 0;
 }
 
+static void shard_path(const Run *r, int shard, char *buf, size_t n) {
+    snprintf(buf, n, "%s/shard-%06d.h5", r->out_path, shard);
+}
+
+// Opens the output file (the single file, or the next shard) with its per-window datasets.
+static int open_output(Run *r) {
+    char path[4096];
+    if (r->sharded) shard_path(r, r->shard, path, sizeof path);
+    else snprintf(path, sizeof path, "%s", r->out_path);
+    if (qk_h5_create(&r->out, path) || run_setup_write_identity(&r->s, r->out.file, "qkscope-run") ||
+        qk_h5_attr_str(r->out.file, "config_hash", r->config_hash) ||
+        qk_h5_attr_int(r->out.file, "shard", r->sharded ? r->shard : -1) ||
+        qk_h5_attr_int(r->out.file, "first_window", r->window_index))
+        return -1;
+    hsize_t wt[2] = {0, r->T}, w1[1] = {0}, w3[2] = {0, 3};
+    static const char *const lw[1] = {"window"}, *const lprov[2] = {"window", "file_doc_offset"};
+    if ((r->tokens = qk_h5_dataset_ext(&r->out, "tokens", H5T_NATIVE_INT32, 2, wt, k_lbl_wt)) < 0 ||
+        (r->length = qk_h5_dataset_ext(&r->out, "length", H5T_NATIVE_INT32, 1, w1, lw)) < 0 ||
+        (r->prov = qk_h5_dataset_ext(&r->out, "provenance", H5T_NATIVE_INT64, 2, w3, lprov)) < 0)
+        return -1;
+    for (int i = 0; i < r->L * r->H; i++)
+        if (r->s.recorded[i] && create_records(r, i / r->H, i % r->H)) return -1;
+    r->shard_open = 1;
+    r->shard_first_window = r->window_index;
+    r->shard_windows_done = r->shard_tokens_done = 0;
+    return 0;
+}
+
 // One batch of windows through the model and every analysed head.
-static int process_batch(Run *r, const QkWindowBatch *wb, GPT2Acts *acts) {
+// Windows [first, first + B) of the batch through the model and every analysed head.
+static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2Acts *acts) {
     const GPT2Config *mc = &r->s.model.cfg;
-    const int B = wb->n, T = r->T, C = mc->d_model;
-    if (gpt2_check_tokens(mc, wb->tokens, B, T, "corpus window")) return -1;
+    const int T = r->T, C = mc->d_model;
+    const int32_t *tokens = wb->tokens + (size_t)first * T, *length = wb->length + first;
+    if (gpt2_check_tokens(mc, tokens, B, T, "corpus window")) return -1;
     if (acts->B != B) {
         gpt2_acts_free(acts);
         gpt2_acts_alloc(acts, mc, B, T, 0, 0);
     }
     double t = qk_now();
-    if (r->be->forward(r->be, &r->s.model, wb->tokens, acts)) return -1;
+    if (r->be->forward(r->be, &r->s.model, tokens, acts)) return -1;
     r->t_stage[STAGE_FORWARD] += qk_now() - t;
     for (int l = 0; l < r->L; l++) {
         if (!r->s.sae[l]) continue;
@@ -221,7 +264,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, GPT2Acts *acts) {
             if (!r->s.analysed[i]) continue;
             r->rec[l].enc = enc_alloc && r->s.recorded[i];  // the encoder projection only where it is written
             t = qk_now();
-            rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, wb->length, &r->rec[l], &r->agg[i]);
+            rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, length, &r->rec[l], &r->agg[i]);
             r->t_stage[STAGE_ANALYSIS] += qk_now() - t;
             t = qk_now();
             if (!rc && r->s.recorded[i]) rc = append_records(r, l, h, &r->rec[l], B);
@@ -234,15 +277,19 @@ static int process_batch(Run *r, const QkWindowBatch *wb, GPT2Acts *acts) {
     t = qk_now();
     int64_t *prov = qk_malloc(sizeof(int64_t) * 3 * B);
     for (int b = 0; b < B; b++) {
-        prov[3 * b] = wb->prov[b].file, prov[3 * b + 1] = wb->prov[b].doc, prov[3 * b + 2] = wb->prov[b].offset;
-        r->tokens_done += wb->length[b];
+        const QkProvenance *pv = &wb->prov[first + b];
+        prov[3 * b] = pv->file, prov[3 * b + 1] = pv->doc, prov[3 * b + 2] = pv->offset;
+        r->tokens_done += length[b];
+        r->shard_tokens_done += length[b];
     }
-    int rc = qk_h5_append_rows(r->tokens, H5T_NATIVE_INT32, B, wb->tokens) ||
-             qk_h5_append_rows(r->length, H5T_NATIVE_INT32, B, wb->length) ||
+    int rc = qk_h5_append_rows(r->tokens, H5T_NATIVE_INT32, B, tokens) ||
+             qk_h5_append_rows(r->length, H5T_NATIVE_INT32, B, length) ||
              qk_h5_append_rows(r->prov, H5T_NATIVE_INT64, B, prov);
     free(prov);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     r->windows_done += B;
+    r->shard_windows_done += B;
+    r->window_index += B;
     return rc ? -1 : 0;
 }
 
@@ -360,113 +407,285 @@ static void print_summary(const Run *r) {
     }
 }
 
+// Closes the datasets of the open output file (records and per-window datasets).
+static void close_datasets(Run *r) {
+    hid_t *top[3] = {&r->tokens, &r->length, &r->prov};
+    for (int q = 0; q < 3; q++)
+        if (*top[q] > 0) H5Dclose(*top[q]), *top[q] = 0;
+    for (int i = 0; r->rs && i < r->L * r->H; i++) {
+        hid_t *ids = (hid_t *)&r->rs[i];
+        for (size_t q = 0; q < sizeof(RecordSets) / sizeof(hid_t); q++)
+            if (ids[q] > 0) H5Dclose(ids[q]), ids[q] = 0;
+    }
+}
+
 static void close_run(Run *r) {
+    close_datasets(r);
     for (int i = 0; r->tables && i < r->L * r->H; i++) {
         if (!r->s.analysed[i]) continue;
         head_tables_free(&r->tables[i]);
         head_agg_free(&r->agg[i]);
-        hid_t *ids = (hid_t *)&r->rs[i];
-        for (size_t q = 0; q < sizeof(RecordSets) / sizeof(hid_t); q++)
-            if (ids[q] > 0) H5Dclose(ids[q]);
     }
     for (int l = 0; r->rec && l < r->L; l++)
         if (r->rec[l].n) head_records_free(&r->rec[l]);
-    hid_t top[3] = {r->tokens, r->length, r->prov};
-    for (int q = 0; q < 3; q++)
-        if (top[q] > 0) H5Dclose(top[q]);
     free(r->tables), free(r->agg), free(r->rs), free(r->rec), free(r->idx_buf);
     if (r->corpus) qk_corpus_close(r->corpus);
     if (r->bpe) qk_bpe_free(r->bpe);
     qk_backend_close(r->be);
 }
 
-static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet) {
+// Writes the aggregates and the closing attributes, and renames the file into place.  The
+// aggregates start again from zero for the next shard.
+static int close_output(Run *r) {
+    double t = qk_now();
+    int rc = write_aggregates(r);
+    r->t_stage[STAGE_WRITE] += qk_now() - t;
+    for (int q = 0; !rc && q < N_STAGES; q++) {  // stage times (seconds) for the benchmark
+        char name[64], v[64];
+        snprintf(name, sizeof name, "time_%s_s", k_stage_names[q]);
+        snprintf(v, sizeof v, "%.6f", r->t_stage[q]);
+        rc = qk_h5_attr_str(r->out.file, name, v);
+    }
+    if (!rc) rc = qk_h5_attr_int(r->out.file, "tokens_processed", r->shard_tokens_done) ||
+                  qk_h5_attr_int(r->out.file, "windows", r->shard_windows_done) ||
+                  qk_h5_attr_str(r->out.file, "backend", r->be->name);
+    if (!rc) {  // corpus files, indexed by provenance[:, 0]
+        size_t cap = 1, off = 0;
+        for (int i = 0; i < qk_corpus_n_files(r->corpus); i++) cap += strlen(qk_corpus_file(r->corpus, i)) + 1;
+        char *files = qk_malloc(cap);
+        files[0] = 0;
+        for (int i = 0; i < qk_corpus_n_files(r->corpus); i++)
+            off += snprintf(files + off, cap - off, "%s%s", i ? "\n" : "", qk_corpus_file(r->corpus, i));
+        rc = qk_h5_attr_str(r->out.file, "corpus_files", files);
+        free(files);
+    }
+    close_datasets(r);
+    if (!rc) rc = qk_h5_finish(&r->out);
+    r->shard_open = 0;
+    if (r->sharded)
+        for (int i = 0; i < r->L * r->H; i++)
+            if (r->s.analysed[i]) {
+                int m = r->agg[i].m;
+                head_agg_free(&r->agg[i]);
+                head_agg_init(&r->agg[i], m, r->s.cfg.sketch_capacity);
+            }
+    return rc ? -1 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards: OUT/shard-NNNNNN.h5 and OUT/manifest.json; resume.
+
+// manifest.json, written atomically (tmp + rename) after every shard and at the end.
+static int write_manifest(const Run *r, int n_shards, int done) {
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/manifest.json", r->out_path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return qk_err("%s: cannot create", tmp);
+    fprintf(f, "{\n  \"format\": \"qkscope-run-shards\",\n  \"format_version\": %d,\n  \"config\": \"%s\",\n",
+            QK_FORMAT_VERSION, r->s.cfg.path);
+    fprintf(f, "  \"config_hash\": \"%s\",\n  \"n_ctx\": %d,\n  \"shard_windows\": %lld,\n  \"complete\": %s,\n",
+            r->config_hash, r->T, (long long)r->shard_windows, done ? "true" : "false");
+    fprintf(f, "  \"shards\": [");
+    for (int i = 0; i < n_shards; i++) fprintf(f, "%s\"shard-%06d.h5\"", i ? ", " : "", i);
+    fprintf(f, "]\n}\n");
+    if (fclose(f)) return qk_err("%s: write failed", tmp);
+    if (rename(tmp, path)) return qk_err("%s: rename failed", tmp);
+    return 0;
+}
+
+static int64_t h5_attr_i64(hid_t f, const char *name) {
+    int64_t v = -1;
+    if (H5Aexists(f, name) <= 0) return -1;
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    return v;
+}
+
+static int h5_attr_str_eq(hid_t f, const char *name, const char *want) {
+    if (H5Aexists(f, name) <= 0) return 0;
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT), t = H5Aget_type(a);
+    size_t n = H5Tget_size(t);
+    char *buf = qk_calloc(n + 1, 1);
+    H5Aread(a, t, buf);
+    int eq = !strcmp(buf, want);
+    free(buf);
+    H5Tclose(t), H5Aclose(a);
+    return eq;
+}
+
+// Prepares OUT for a sharded run: a fresh folder, or (resume) the completed shards to skip.
+static int prepare_shards(Run *r, int resume, int64_t *skip_windows) {
+    *skip_windows = 0;
+    if (mkdir(r->out_path, 0777) && errno != EEXIST) return qk_err("%s: cannot create folder: %s", r->out_path, strerror(errno));
+    char path[4096];
+    shard_path(r, 0, path, sizeof path);
+    if (!resume) {
+        if (qk_file_exists(path)) return qk_err("%s: holds shards already; use --resume to continue, or another -o", r->out_path);
+        return 0;
+    }
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    for (r->shard = 0;; r->shard++) {
+        shard_path(r, r->shard, path, sizeof path);
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        remove(tmp);  // an interrupted shard: redone
+        if (!qk_file_exists(path)) break;
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (f < 0) return qk_err("%s: not a readable HDF5 file", path);
+        int complete = h5_attr_i64(f, "complete") == 1, same = h5_attr_str_eq(f, "config_hash", r->config_hash);
+        int64_t first = h5_attr_i64(f, "first_window"), windows = h5_attr_i64(f, "windows");
+        H5Fclose(f);
+        if (!complete) return qk_err("%s: incomplete shard under its final name", path);
+        if (!same)
+            return qk_err("%s: made with another configuration (config_hash differs); resuming would mix two analyses", path);
+        if (first != *skip_windows) return qk_err("%s: first_window %lld, expected %lld", path, (long long)first, (long long)*skip_windows);
+        *skip_windows += windows;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals: SIGTERM / SIGINT / SIGUSR1 (Slurm's warning before pre-emption or the time limit).
+// The first finishes the batch in flight, closes completed shards and exits QK_EXIT_INTERRUPTED;
+// a second exits at once (no file is renamed into place, so the output stays consistent).
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+    if (g_stop) _exit(QK_EXIT_INTERRUPTED);
+    g_stop = sig;
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    int sigs[3] = {SIGTERM, SIGINT, SIGUSR1};
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+// Progress on stderr: every batch on a terminal (one rewritten line), else every N seconds.
+static void progress(Run *r, double t0, double *last, int final) {
+    if (r->quiet) return;
+    int tty = isatty(2);
+    double now = qk_now(), el = now - t0;
+    if (!final && !tty && now - *last < r->s.cfg.progress_seconds) return;
+    *last = now;
+    char eta[64] = "";
+    if (r->s.cfg.max_tokens && r->tokens_done > 0)
+        snprintf(eta, sizeof eta, ", ETA %.0f s", (r->s.cfg.max_tokens - r->tokens_done) * el / r->tokens_done);
+    double busy = 0;
+    for (int q = 0; q < N_STAGES; q++) busy += r->t_stage[q];
+    fprintf(stderr, "%sqkscope run: %lld tokens, %.0f tokens/s%s; forward %.0f%% sae %.0f%% analysis %.0f%% write %.0f%% read %.0f%%%s",
+            tty ? "\r" : "", (long long)r->tokens_done, el > 0 ? r->tokens_done / el : 0.0, eta,
+            100 * r->t_stage[STAGE_FORWARD] / fmax(busy, 1e-9), 100 * r->t_stage[STAGE_SAE] / fmax(busy, 1e-9),
+            100 * r->t_stage[STAGE_ANALYSIS] / fmax(busy, 1e-9), 100 * r->t_stage[STAGE_WRITE] / fmax(busy, 1e-9),
+            100 * r->t_stage[STAGE_READ] / fmax(busy, 1e-9), tty && !final ? "   " : "\n");
+}
+
+static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet, int resume) {
     Run r;
     memset(&r, 0, sizeof r);
+    r.out_path = out_path;
+    r.quiet = quiet;
     GPT2Acts acts = {0};
     QkWindowBatch wb = {0};
-    double t0 = qk_now();
-    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet) || open_run(&r, out_path, quiet);
-    while (!rc) {
-        if (r.s.cfg.max_tokens && r.tokens_done >= r.s.cfg.max_tokens) break;
+    double t0 = qk_now(), last = t0;
+    int64_t skip = 0;
+    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet) || open_run(&r, quiet);
+    if (!rc) {
+        r.sharded = r.s.cfg.shard_tokens > 0;
+        r.shard_windows = r.sharded ? (r.s.cfg.shard_tokens + r.T - 1) / r.T : 0;
+        if (r.sharded) rc = prepare_shards(&r, resume, &skip);
+        else if (resume) rc = qk_err("--resume needs a sharded run ([output] shard_tokens > 0)");
+    }
+    if (!rc && r.sharded && skip && !quiet)
+        fprintf(stderr, "qkscope run: resuming after %d complete shard(s), %lld windows\n", r.shard, (long long)skip);
+    install_signals();
+    int done = 0;
+    while (!rc && !done && !g_stop) {
         double t = qk_now();
         int got = qk_corpus_next_batch(r.corpus, &wb);
         r.t_stage[STAGE_READ] += qk_now() - t;
         if (got < 0) rc = -1;
         if (got <= 0) break;
-        rc = process_batch(&r, &wb, &acts);
-        if (!quiet && !rc)
-            fprintf(stderr, "\rqkscope run: %lld tokens, %lld windows, %.0f tokens/s ", (long long)r.tokens_done,
-                    (long long)r.windows_done, r.tokens_done / (qk_now() - t0));
-    }
-    if (!quiet && !rc) fprintf(stderr, "\n");
-    if (!rc && r.windows_done == 0) rc = qk_err("%s: the corpus gave no windows", config);
-    double t_agg = qk_now();
-    if (!rc) rc = write_aggregates(&r);
-    r.t_stage[STAGE_WRITE] += qk_now() - t_agg;
-    // Stage times (seconds), for the benchmark and the final summary.
-    for (int q = 0; !rc && q < N_STAGES; q++) {
-        char name[64], v[64];
-        snprintf(name, sizeof name, "time_%s_s", k_stage_names[q]);
-        snprintf(v, sizeof v, "%.6f", r.t_stage[q]);
-        rc = qk_h5_attr_str(r.out.file, name, v);
-    }
-    if (!rc) rc = qk_h5_attr_int(r.out.file, "tokens_processed", r.tokens_done) ||
-                  qk_h5_attr_int(r.out.file, "windows", r.windows_done) ||
-                  qk_h5_attr_str(r.out.file, "backend", r.be->name);
-    if (!rc) {
-        // Corpus files, in provenance order.
-        size_t cap = 1, off = 0;
-        for (int i = 0; i < qk_corpus_n_files(r.corpus); i++) cap += strlen(qk_corpus_file(r.corpus, i)) + 1;
-        char *files = qk_malloc(cap);
-        files[0] = 0;
-        for (int i = 0; i < qk_corpus_n_files(r.corpus); i++)
-            off += snprintf(files + off, cap - off, "%s%s", i ? "\n" : "", qk_corpus_file(r.corpus, i));
-        rc = qk_h5_attr_str(r.out.file, "corpus_files", files);
-        free(files);
-    }
-    if (!rc) {
-        for (int q = 0; q < 3; q++) {
-            hid_t *id = q == 0 ? &r.tokens : q == 1 ? &r.length : &r.prov;
-            H5Dclose(*id), *id = 0;
+        for (int off = 0; off < wb.n && !rc && !g_stop;) {
+            if (skip > 0) {  // windows of completed shards (resume)
+                int take = (int)(skip < wb.n - off ? skip : wb.n - off);
+                skip -= take, off += take, r.window_index += take;
+                continue;
+            }
+            if (r.s.cfg.max_tokens && r.tokens_done >= r.s.cfg.max_tokens) {
+                done = 1;
+                break;
+            }
+            if (!r.shard_open && (rc = open_output(&r))) break;
+            int take = wb.n - off;
+            if (r.sharded && take > r.shard_windows - r.shard_windows_done) take = (int)(r.shard_windows - r.shard_windows_done);
+            rc = process_batch(&r, &wb, off, take, &acts);
+            off += take;
+            if (!rc && r.sharded && r.shard_windows_done == r.shard_windows) {
+                rc = close_output(&r);
+                r.shard++;
+                if (!rc) rc = write_manifest(&r, r.shard, 0);
+            }
         }
-        for (int i = 0; i < r.L * r.H; i++) {
-            hid_t *ids = (hid_t *)&r.rs[i];
-            for (size_t q = 0; q < sizeof(RecordSets) / sizeof(hid_t); q++)
-                if (ids[q] > 0) H5Dclose(ids[q]), ids[q] = 0;
-        }
-        rc = qk_h5_finish(&r.out);
+        if (!rc) progress(&r, t0, &last, 0);
     }
-    if (!rc && !quiet) {
-        print_summary(&r);
+    if (!rc && !g_stop) {
+        if (r.shard_open) {
+            rc = close_output(&r);
+            if (r.sharded) r.shard++;
+        }
+        if (!rc && r.sharded) rc = write_manifest(&r, r.shard, 1);
+        if (!rc && !r.sharded && r.windows_done == 0) rc = qk_err("%s: the corpus gave no windows", config);
+    }
+    if (!rc && !quiet) progress(&r, t0, &last, 1);
+    int interrupted = !rc && g_stop;
+    if (interrupted) {  // abandon the open shard; completed shards and the manifest are the checkpoint
+        if (r.shard_open) close_datasets(&r), qk_h5_abort(&r.out);
+        if (r.sharded) rc = write_manifest(&r, r.shard, 0);
+        if (!quiet)
+            fprintf(stderr, "qkscope run: signal %d: stopped after %d complete shard(s)%s; exit %d (requeue and --resume)\n",
+                    (int)g_stop, r.shard, r.sharded ? "" : " (a single-file run keeps nothing: set [output] shard_tokens)",
+                    QK_EXIT_INTERRUPTED);
+    }
+    if (!rc && !interrupted && !quiet) {
+        if (!r.sharded) print_summary(&r);
         double total = qk_now() - t0;
-        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s\nqkscope run: time per stage:",
-                (long long)r.tokens_done, total, r.tokens_done / total, out_path);
+        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s%s\nqkscope run: time per stage:",
+                (long long)r.tokens_done, total, r.tokens_done / total, out_path,
+                r.sharded ? " (shards; `qkscope merge` combines them)" : "");
         for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
         fprintf(stderr, "\n");
     }
     if (rc) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
-        close_run(&r);
+        close_datasets(&r);
         if (r.out.file) qk_h5_abort(&r.out);
+        close_run(&r);
         qk_err("%s", keep);
     } else
         close_run(&r);
     qk_window_batch_free(&wb);
     gpt2_acts_free(&acts);
     run_setup_close(&r.s);
-    return rc ? -1 : 0;
+    return rc ? -1 : interrupted ? 1 : 0;
 }
 
 int cmd_run(int argc, char **argv) {
     static const struct option opts[] = {{"set", required_argument, 0, 's'},
                                          {"output", required_argument, 0, 'o'},
+                                         {"resume", no_argument, 0, 'r'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     char *sets[MAX_SETS];
-    int n_sets = 0, quiet = 0;
+    int n_sets = 0, quiet = 0, resume = 0;
     const char *out = NULL;
     optind = 1;
     opterr = 0;
@@ -474,6 +693,7 @@ int cmd_run(int argc, char **argv) {
         if (ch == 's' && n_sets < MAX_SETS) sets[n_sets++] = optarg;
         else if (ch == 'o') out = optarg;
         else if (ch == 'q') quiet = 1;
+        else if (ch == 'r') resume = 1;
         else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
         else return fprintf(stderr, "qkscope run: unknown or incomplete option '%s' (--help)\n", argv[optind - 1]), QK_EXIT_USAGE;
     }
@@ -481,9 +701,10 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "qkscope run: expected CONFIG and -o OUT.h5 (--help)\n");
         return QK_EXIT_USAGE;
     }
-    if (run(argv[optind], sets, n_sets, out, quiet)) {
+    int rc = run(argv[optind], sets, n_sets, out, quiet, resume);
+    if (rc < 0) {
         fprintf(stderr, "qkscope run: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }
-    return QK_EXIT_OK;
+    return rc ? QK_EXIT_INTERRUPTED : QK_EXIT_OK;
 }

@@ -9,4 +9,5 @@ int cmd_run(int argc, char **argv);       // the corpus analysis (cmd_run.c)
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
 
 // Exit statuses shared by every command.
-enum { QK_EXIT_OK = 0, QK_EXIT_FAIL = 1, QK_EXIT_USAGE = 2 };
+// QK_EXIT_INTERRUPTED (EX_TEMPFAIL): stopped by a signal after a checkpoint; requeue and --resume.
+enum { QK_EXIT_OK = 0, QK_EXIT_FAIL = 1, QK_EXIT_USAGE = 2, QK_EXIT_INTERRUPTED = 75 };

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sha256.h"
 #include "util.h"
 
 typedef struct {
@@ -91,6 +92,8 @@ static const Key k_keys[] = {
     {"analysis", "sketch_pairs", K_INT, OFF(sketch_pairs), 1, 4096},
     {"analysis", "sketch_capacity", K_INT, OFF(sketch_capacity), 1, 1 << 24},
     {"analysis", "static_k", K_INT, OFF(static_k), 1, 1 << 20},
+    {"output", "shard_tokens", K_I64, OFF(shard_tokens), 0, 0},
+    {"output", "progress_seconds", K_INT, OFF(progress_seconds), 1, 1 << 20},
     {"run", "backend", K_STR, OFF(backend), 0, 0},
     {"run", "device", K_INT, OFF(device), 0, 1024},
     {"run", "threads", K_INT, OFF(threads), 0, 4096},
@@ -166,6 +169,7 @@ static void defaults(RunConfig *c) {
     c->record_heads = qk_strdup("none");
     c->k = 32, c->a = 2, c->p = 8, c->enc_slots = 32, c->sketch_pairs = 16, c->sketch_capacity = 4096;
     c->static_k = 32;
+    c->progress_seconds = 30;
     c->backend = qk_strdup("auto");
     c->precision = qk_strdup("fp32");
 }
@@ -254,4 +258,26 @@ int run_config_heads(const char *spec, int L, int H, uint8_t *chosen, const char
     }
     free(copy);
     return rc;
+}
+
+void run_config_hash(const RunConfig *c, char hex[65]) {
+    QkSha256 h;
+    qk_sha256_init(&h);
+    char buf[4096];
+#define ADD(...) qk_sha256_update(&h, buf, (size_t)snprintf(buf, sizeof buf, __VA_ARGS__))
+    ADD("model=%s\n", c->model_dir);
+    for (int l = 0; l < QK_MAX_LAYERS; l++)
+        if (c->sae_dir[l]) ADD("sae.%d=%s,%d\n", l, c->sae_dir[l], c->sae_center[l]);
+    ADD("max_active=%d\n", c->sae_max_active);
+    for (int i = 0; i < c->n_paths; i++) ADD("path=%s\n", c->paths[i]);
+    ADD("vocab=%s split=%d field=%s skip=%d special=%d n_ctx=%d bos=%d pack=%d stride=%d max_tokens=%lld\n",
+        c->vocab ? c->vocab : "", (int)c->split, c->jsonl_field, c->skip_bad_records, c->allow_special, c->n_ctx, c->bos,
+        c->pack, c->stride, (long long)c->max_tokens);
+    ADD("heads=%s record=%s k=%d a=%d p=%d enc=%d enc_slots=%d sketch=%d,%d static_k=%d\n", c->heads, c->record_heads,
+        c->k, c->a, c->p, c->encoder, c->enc_slots, c->sketch_pairs, c->sketch_capacity, c->static_k);
+    ADD("precision=%s shard_tokens=%lld\n", c->precision, (long long)c->shard_tokens);
+#undef ADD
+    uint8_t d[32];
+    qk_sha256_final(&h, d);
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
 }

@@ -32,6 +32,9 @@ typedef struct {
     char *record_heads;  // heads with per-token records ("none" allowed)
     int k, a, p, encoder, enc_slots, sketch_pairs, sketch_capacity;
     int static_k;        // top-k of the weights-only maps
+    // [output]
+    int64_t shard_tokens;  // 0: one file; else OUT is a folder of shards of about this many tokens
+    int progress_seconds;  // progress line period when stderr is not a terminal
     // [run]
     char *backend;
     int device, threads;
@@ -40,6 +43,10 @@ typedef struct {
 
 int run_config_load(RunConfig *c, const char *path, char *const *sets, int n_sets);
 void run_config_free(RunConfig *c);
+
+// hex[65]: SHA-256 of every setting that changes the output (not [run] threads, backend, device
+// or [output] progress_seconds), so a resumed run can check it continues the same analysis.
+void run_config_hash(const RunConfig *c, char hex[65]);
 
 // Parses a head list ("all", "none", "5.1,5.5,9.*") against L layers x H heads into
 // chosen[L*H] (1 = chosen).  `what` names the key in errors.

@@ -1,0 +1,79 @@
+// test_shards.c: sharded output, interruption by a signal, and --resume giving output identical
+// to an uninterrupted run; a resume with another configuration is refused.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "planted.h"
+#include "test_common.h"
+
+static char *g_dir, *g_cfg;
+
+static void setup(void) {
+    g_dir = make_tmpdir();
+    QkPlantedOpts o;
+    qk_planted_default_opts(&o);
+    o.n_tokens = 64 * 160;  // 160 windows: long enough to interrupt mid-run
+    cr_assert_eq(qk_planted_write(g_dir, &o, NULL), 0, "%s", qk_errmsg());
+    char text[2048];
+    g_cfg = qk_malloc(600);
+    snprintf(g_cfg, 600, "%s/shards.ini", g_dir);
+    snprintf(text, sizeof text,
+             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
+             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n"
+             "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[output]\nshard_tokens = 1280\n[run]\nbackend = cpu\nthreads = 1\n",
+             g_dir, g_dir, g_dir, g_dir);
+    write_bytes(g_cfg, text, strlen(text));
+}
+static void teardown(void) { rm_rf(g_dir); free(g_dir); free(g_cfg); }
+TestSuite(shards, .init = setup, .fini = teardown);
+
+static int sh(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(shards, interrupted_then_resumed_equals_uninterrupted, .timeout = 120) {
+    char cmd[8192], out_a[600], out_b[600], probe[700];
+    snprintf(out_a, sizeof out_a, "%s/a", g_dir);
+    snprintf(out_b, sizeof out_b, "%s/b", g_dir);
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s", g_cfg, out_a);
+    cr_assert_eq(sh(cmd), 0);
+    // Interrupted run: SIGUSR1 (Slurm's warning) once the second shard is complete.
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("./bin/qkscope", "qkscope", "run", "-q", g_cfg, "-o", out_b, (char *)NULL);
+        _exit(127);
+    }
+    snprintf(probe, sizeof probe, "%s/shard-000001.h5", out_b);
+    for (int i = 0; i < 6000 && !qk_file_exists(probe); i++) usleep(5000);
+    kill(pid, SIGUSR1);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st));
+    int code = WEXITSTATUS(st);
+    snprintf(probe, sizeof probe, "%s/shard-000007.h5", out_b);
+    cr_assert(code == 75 && !qk_file_exists(probe), "exit %d: the signal came too late to test an interruption", code);
+    snprintf(probe, sizeof probe, "%s/manifest.json", out_b);
+    char *manifest = qk_read_file(probe, NULL);
+    cr_expect(strstr(manifest, "\"complete\": false") != NULL, "%s", manifest);
+    free(manifest);
+    // Resume, then every shard equals the uninterrupted run's.
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q --resume %s -o %s", g_cfg, out_b);
+    cr_assert_eq(sh(cmd), 0);
+    manifest = qk_read_file(probe, NULL);
+    cr_expect(strstr(manifest, "\"complete\": true") != NULL, "%s", manifest);
+    free(manifest);
+    for (int s = 0; s < 8; s++) {
+        snprintf(cmd, sizeof cmd, "h5diff -q %s/shard-%06d.h5 %s/shard-%06d.h5 /heads /heads && "
+                 "h5diff -q %s/shard-%06d.h5 %s/shard-%06d.h5 /aggregates /aggregates && "
+                 "h5diff -q %s/shard-%06d.h5 %s/shard-%06d.h5 /tokens /tokens",
+                 out_a, s, out_b, s, out_a, s, out_b, s, out_a, s, out_b, s);
+        cr_expect_eq(sh(cmd), 0, "shard %d differs after resume", s);
+    }
+    // A resume with another analysis is refused, and a fresh run into used shards too.
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q --resume %s --set analysis.k=4 -o %s 2>/dev/null", g_cfg, out_b);
+    cr_expect_eq(sh(cmd), 1);
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s 2>/dev/null", g_cfg, out_b);
+    cr_expect_eq(sh(cmd), 1);
+}
