@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agg_io.h"
 #include "analysis.h"
 #include "backend.h"
 #include "bpe.h"
@@ -293,121 +294,24 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
     return rc ? -1 : 0;
 }
 
-static hid_t fixed(Run *r, const char *name, hid_t type, int nd, const hsize_t *dims, const char *const *labels, const void *data) {
-    hid_t ds = qk_h5_dataset(&r->out, name, type, nd, dims);
-    if (ds < 0) return -1;
-    int rc = qk_h5_write_rows(ds, type, 0, dims[0], data) || (labels && qk_h5_label(ds, nd, labels));
-    H5Dclose(ds);
-    return rc ? -1 : 0;
-}
-
 // The corpus aggregates of every analysed head, and the per-head summary table.
 static int write_aggregates(Run *r) {
-    char n[160];
-    static const char *const lm[1] = {"metric"}, *const lmb[2] = {"metric", "bin"}, *const lf[1] = {"feature"};
-    static const char *const lp[1] = {"rank"}, *const lhm[2] = {"head", "metric"}, *const lh[1] = {"head"};
-    hsize_t nm[1] = {N_METRICS}, nmb[2] = {N_METRICS, N_HIST_BINS};
-    int n_heads = 0, rc = 0;
-    double *table = qk_malloc(sizeof(double) * r->L * r->H * N_METRICS);
-    int32_t *hl = qk_malloc(sizeof(int32_t) * r->L * r->H), *hh = qk_malloc(sizeof(int32_t) * r->L * r->H);
-    for (int i = 0; i < r->L * r->H && !rc; i++) {
-        if (!r->s.analysed[i]) continue;
-        const HeadAggregates *g = &r->agg[i];
-        int l = i / r->H, h = i % r->H;
-        double mean[N_METRICS];
-        for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? g->sum[m] / g->count[m] : NAN;
-        memcpy(table + (size_t)n_heads * N_METRICS, mean, sizeof mean);
-        hl[n_heads] = l, hh[n_heads++] = h;
-        hsize_t m1[1] = {(hsize_t)g->m};
-        PairEntry *pe = qk_malloc(sizeof(PairEntry) * (g->sketch.size ? g->sketch.size : 1));
-        int np = pair_sketch_sorted(&g->sketch, pe);
-        hsize_t p1[1] = {(hsize_t)(np ? np : 0)};
-        int32_t *pf = qk_malloc(sizeof(int32_t) * (np + 1)), *pg = qk_malloc(sizeof(int32_t) * (np + 1));
-        double *pw = qk_malloc(sizeof(double) * (np + 1)), *perr = qk_malloc(sizeof(double) * (np + 1)),
-               *ps = qk_malloc(sizeof(double) * (np + 1));
-        int64_t *pc = qk_malloc(sizeof(int64_t) * (np + 1));
-        for (int q = 0; q < np; q++)
-            pf[q] = pe[q].f, pg[q] = pe[q].g, pw[q] = pe[q].weight, perr[q] = pe[q].err, ps[q] = pe[q].sum, pc[q] = pe[q].count;
-        void *fbuf = qk_malloc(4 * (size_t)(np + 1) * 2);
-        hid_t ft = qk_h5_feature_type(g->m);
-#define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
-        rc = fixed(r, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, g->sum) ||
-             fixed(r, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
-             fixed(r, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
-             fixed(r, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
-             fixed(r, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->query_marginal) ||
-             fixed(r, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
-             fixed(r, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
-             fixed(r, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
-        if (!rc && np) {
-            qk_h5_feature_convert(pf, np, g->m, fbuf);
-            rc = fixed(r, AGG("pairs_query_feature"), ft, 1, p1, lp, fbuf);
-            qk_h5_feature_convert(pg, np, g->m, fbuf);
-            rc = rc || fixed(r, AGG("pairs_key_feature"), ft, 1, p1, lp, fbuf) ||
-                 fixed(r, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 1, p1, lp, pw) ||
-                 fixed(r, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, 1, p1, lp, perr) ||
-                 fixed(r, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 1, p1, lp, ps) ||
-                 fixed(r, AGG("pairs_count"), H5T_NATIVE_INT64, 1, p1, lp, pc);
-        }
-        if (!rc) {
-            snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
-            hid_t grp = H5Gopen2(r->out.file, n, H5P_DEFAULT);
-            rc = qk_h5_attr_int(grp, "queries", g->queries) || qk_h5_attr_int(grp, "sketch_capacity", g->sketch.capacity) ||
-                 qk_h5_attr_str(grp, "sketch_total_weight_note",
-                                "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; "
-                                "every pair heavier than sketch_total_weight / sketch_capacity is kept");
-            char tw[64];
-            snprintf(tw, sizeof tw, "%.17g", g->sketch.total);
-            rc = rc || qk_h5_attr_str(grp, "sketch_total_weight", tw);
-            H5Gclose(grp);
-        }
-#undef AGG
-        free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc), free(fbuf);
-    }
-    float lo[N_METRICS], hi[N_METRICS];
-    for (int m = 0; m < N_METRICS; m++) qk_metric_range(m, &lo[m], &hi[m]);
-    hsize_t hm[2] = {(hsize_t)n_heads, N_METRICS}, h1[1] = {(hsize_t)n_heads};
-    rc = rc || fixed(r, "summary/metric_mean", H5T_NATIVE_DOUBLE, 2, hm, lhm, table) ||
-         fixed(r, "summary/head_layer", H5T_NATIVE_INT32, 1, h1, lh, hl) ||
-         fixed(r, "summary/head_index", H5T_NATIVE_INT32, 1, h1, lh, hh) ||
-         fixed(r, "aggregates/hist_lo", H5T_NATIVE_FLOAT, 1, nm, lm, lo) ||
-         fixed(r, "aggregates/hist_hi", H5T_NATIVE_FLOAT, 1, nm, lm, hi);
-    if (!rc) {
-        size_t cap = 32 * N_METRICS, off = 0;
-        char *names = qk_malloc(cap);
-        for (int m = 0; m < N_METRICS; m++) off += snprintf(names + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
-        hid_t g = H5Gopen2(r->out.file, "aggregates", H5P_DEFAULT), s = H5Gopen2(r->out.file, "summary", H5P_DEFAULT);
-        rc = qk_h5_attr_str(g, "metric_names", names) || qk_h5_attr_str(s, "metric_names", names);
-        H5Gclose(g), H5Gclose(s);
-        free(names);
-    }
-    free(table), free(hl), free(hh);
-    return rc ? -1 : 0;
+    const HeadAggregates **aggs = qk_calloc(r->L * r->H, sizeof(HeadAggregates *));
+    for (int i = 0; i < r->L * r->H; i++)
+        if (r->s.analysed[i]) aggs[i] = &r->agg[i];
+    int rc = agg_write_all(&r->out, r->L, r->H, aggs);
+    free(aggs);
+    return rc;
 }
 
-// The per-head summary on stdout: metric means and the heaviest feature pair.
 static void print_summary(const Run *r) {
-    printf("%-6s %8s %8s %8s %8s %8s %8s  %s\n", "head", "queries", "top1", "kl_both", "err_sh", "overlap", "chance",
-           "heaviest pair (query f -> key g: summed term, count)");
-    for (int i = 0; i < r->L * r->H; i++) {
-        if (!r->s.analysed[i]) continue;
-        const HeadAggregates *g = &r->agg[i];
-        double m[N_METRICS];
-        for (int q = 0; q < N_METRICS; q++) m[q] = g->count[q] ? g->sum[q] / g->count[q] : NAN;
-        char head[32], pair[96] = "-";
-        snprintf(head, sizeof head, "%d.%d", i / r->H, i % r->H);
-        if (g->sketch.size) {
-            PairEntry *pe = qk_malloc(sizeof(PairEntry) * g->sketch.size);
-            pair_sketch_sorted(&g->sketch, pe);
-            snprintf(pair, sizeof pair, "%d -> %d: %.3g, %lld", pe[0].f, pe[0].g, pe[0].sum, (long long)pe[0].count);
-            free(pe);
-        }
-        printf("%-6s %8lld %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1], m[MET_KL_BOTH],
-               m[MET_ERROR_SHARE], m[MET_OVERLAP], m[MET_OVERLAP_CHANCE], pair);
-    }
+    const HeadAggregates **aggs = qk_calloc(r->L * r->H, sizeof(HeadAggregates *));
+    for (int i = 0; i < r->L * r->H; i++)
+        if (r->s.analysed[i]) aggs[i] = &r->agg[i];
+    agg_print_summary(stdout, r->L, r->H, aggs);
+    free(aggs);
 }
 
-// Closes the datasets of the open output file (records and per-window datasets).
 static void close_datasets(Run *r) {
     hid_t *top[3] = {&r->tokens, &r->length, &r->prov};
     for (int q = 0; q < 3; q++)

@@ -91,19 +91,20 @@ static void sift_up(PairSketch *s, int i) {
     }
 }
 
-static void add_weighted(PairSketch *s, int32_t f, int32_t g, double w, double value, int64_t count) {
+void pair_sketch_add_entry(PairSketch *s, int32_t f, int32_t g, double w, double err, double value, int64_t count) {
     s->total += w;
     int p = find(s, f, g);
     if (s->slot[p] >= 0) {
         PairEntry *e = &s->heap[s->slot[p]];
         e->weight += w;
+        e->err += err;
         e->sum += value;
         e->count += count;
         sift_down(s, s->slot[p]);  // heavier: moves away from the root
         return;
     }
     if (s->size < s->capacity) {
-        s->heap[s->size] = (PairEntry){f, g, w, 0, value, count};
+        s->heap[s->size] = (PairEntry){f, g, w, err, value, count};
         s->slot[p] = s->size++;
         sift_up(s, s->size - 1);
         return;
@@ -111,17 +112,19 @@ static void add_weighted(PairSketch *s, int32_t f, int32_t g, double w, double v
     // Replace the lightest entry: the newcomer inherits its weight as the error bound.
     double floor_w = s->heap[0].weight;
     unhash(s, find(s, s->heap[0].f, s->heap[0].g));
-    s->heap[0] = (PairEntry){f, g, floor_w + w, floor_w, value, count};
+    s->heap[0] = (PairEntry){f, g, floor_w + w, floor_w + err, value, count};
     s->slot[find(s, f, g)] = 0;
     sift_down(s, 0);
 }
 
-void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value) { add_weighted(s, f, g, fabs(value), value, 1); }
+void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value) {
+    pair_sketch_add_entry(s, f, g, fabs(value), 0, value, 1);
+}
 
 void pair_sketch_merge(PairSketch *s, const PairSketch *o) {
     PairEntry *e = qk_malloc(sizeof(PairEntry) * (o->size ? o->size : 1));
     int n = pair_sketch_sorted(o, e);
-    for (int i = 0; i < n; i++) add_weighted(s, e[i].f, e[i].g, e[i].weight, e[i].sum, e[i].count);
+    for (int i = 0; i < n; i++) pair_sketch_add_entry(s, e[i].f, e[i].g, e[i].weight, e[i].err, e[i].sum, e[i].count);
     free(e);
 }
 

@@ -26,6 +26,9 @@ typedef struct {
 void pair_sketch_init(PairSketch *s, int capacity);
 void pair_sketch_free(PairSketch *s);
 void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value);
+// Adds a summarised entry (another sketch's): weight w of which err is over-estimate, signed sum
+// and count.  The merged table keeps the guarantees with err bounds summed.
+void pair_sketch_add_entry(PairSketch *s, int32_t f, int32_t g, double w, double err, double value, int64_t count);
 // Adds every entry of `other` (used to combine shards or threads; order-dependent only through ties).
 void pair_sketch_merge(PairSketch *s, const PairSketch *other);
 // The kept entries sorted by weight descending (ties: lower f, then g); returns the count.

@@ -1,0 +1,204 @@
+// agg_io.c: see agg_io.h.
+#include "agg_io.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static int fixed(QkH5Out *o, const char *name, hid_t type, int nd, const hsize_t *dims, const char *const *labels,
+                 const void *data) {
+    hid_t ds = qk_h5_dataset(o, name, type, nd, dims);
+    if (ds < 0) return -1;
+    int rc = (dims[0] && qk_h5_write_rows(ds, type, 0, dims[0], data)) || (labels && qk_h5_label(ds, nd, labels));
+    H5Dclose(ds);
+    return rc ? -1 : 0;
+}
+
+static void metric_names(char *buf, size_t cap) {
+    size_t off = 0;
+    for (int m = 0; m < N_METRICS; m++) off += snprintf(buf + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
+}
+
+static void means(const HeadAggregates *g, double *mean) {
+    for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? g->sum[m] / g->count[m] : NAN;
+}
+
+static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
+    static const char *const lm[1] = {"metric"}, *const lmb[2] = {"metric", "bin"}, *const lf[1] = {"feature"};
+    static const char *const lp[1] = {"rank"};
+    hsize_t nm[1] = {N_METRICS}, nmb[2] = {N_METRICS, N_HIST_BINS}, m1[1] = {(hsize_t)g->m};
+    double mean[N_METRICS];
+    means(g, mean);
+    PairEntry *pe = qk_malloc(sizeof(PairEntry) * (g->sketch.size + 1));
+    int np = pair_sketch_sorted(&g->sketch, pe);
+    hsize_t p1[1] = {(hsize_t)np};
+    int32_t *pf = qk_malloc(sizeof(int32_t) * (np + 1)), *pg = qk_malloc(sizeof(int32_t) * (np + 1));
+    double *pw = qk_malloc(sizeof(double) * (np + 1)), *perr = qk_malloc(sizeof(double) * (np + 1)),
+           *ps = qk_malloc(sizeof(double) * (np + 1));
+    int64_t *pc = qk_malloc(sizeof(int64_t) * (np + 1));
+    for (int q = 0; q < np; q++)
+        pf[q] = pe[q].f, pg[q] = pe[q].g, pw[q] = pe[q].weight, perr[q] = pe[q].err, ps[q] = pe[q].sum, pc[q] = pe[q].count;
+    void *fbuf = qk_malloc(4 * (size_t)(np + 1));
+    hid_t ft = qk_h5_feature_type(g->m);
+    char n[160];
+#define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
+    int rc = fixed(o, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, g->sum) ||
+             fixed(o, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
+             fixed(o, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
+             fixed(o, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
+             fixed(o, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->query_marginal) ||
+             fixed(o, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
+             fixed(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
+             fixed(o, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
+    if (!rc) {
+        qk_h5_feature_convert(pf, np, g->m, fbuf);
+        rc = fixed(o, AGG("pairs_query_feature"), ft, 1, p1, lp, fbuf);
+        qk_h5_feature_convert(pg, np, g->m, fbuf);
+        rc = rc || fixed(o, AGG("pairs_key_feature"), ft, 1, p1, lp, fbuf) ||
+             fixed(o, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 1, p1, lp, pw) ||
+             fixed(o, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, 1, p1, lp, perr) ||
+             fixed(o, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 1, p1, lp, ps) ||
+             fixed(o, AGG("pairs_count"), H5T_NATIVE_INT64, 1, p1, lp, pc);
+    }
+#undef AGG
+    if (!rc) {
+        snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
+        hid_t grp = H5Gopen2(o->file, n, H5P_DEFAULT);
+        char tw[64];
+        snprintf(tw, sizeof tw, "%.17g", g->sketch.total);
+        rc = qk_h5_attr_int(grp, "queries", g->queries) || qk_h5_attr_int(grp, "sketch_capacity", g->sketch.capacity) ||
+             qk_h5_attr_str(grp, "sketch_total_weight", tw) ||
+             qk_h5_attr_str(grp, "sketch_note",
+                            "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; every pair heavier "
+                            "than sketch_total_weight / sketch_capacity is kept");
+        H5Gclose(grp);
+    }
+    free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc), free(fbuf);
+    return rc ? -1 : 0;
+}
+
+int agg_write_all(QkH5Out *o, int L, int H, const HeadAggregates *const *aggs) {
+    static const char *const lm[1] = {"metric"}, *const lhm[2] = {"head", "metric"}, *const lh[1] = {"head"};
+    int n_heads = 0, rc = 0;
+    double *table = qk_malloc(sizeof(double) * L * H * N_METRICS);
+    int32_t *hl = qk_malloc(sizeof(int32_t) * L * H), *hh = qk_malloc(sizeof(int32_t) * L * H);
+    for (int i = 0; i < L * H && !rc; i++) {
+        if (!aggs[i]) continue;
+        means(aggs[i], table + (size_t)n_heads * N_METRICS);
+        hl[n_heads] = i / H, hh[n_heads++] = i % H;
+        rc = write_head(o, i / H, i % H, aggs[i]);
+    }
+    float lo[N_METRICS], hi[N_METRICS];
+    for (int m = 0; m < N_METRICS; m++) qk_metric_range(m, &lo[m], &hi[m]);
+    hsize_t nm[1] = {N_METRICS}, hm[2] = {(hsize_t)n_heads, N_METRICS}, h1[1] = {(hsize_t)n_heads};
+    rc = rc || fixed(o, "summary/metric_mean", H5T_NATIVE_DOUBLE, 2, hm, lhm, table) ||
+         fixed(o, "summary/head_layer", H5T_NATIVE_INT32, 1, h1, lh, hl) ||
+         fixed(o, "summary/head_index", H5T_NATIVE_INT32, 1, h1, lh, hh) ||
+         fixed(o, "aggregates/hist_lo", H5T_NATIVE_FLOAT, 1, nm, lm, lo) ||
+         fixed(o, "aggregates/hist_hi", H5T_NATIVE_FLOAT, 1, nm, lm, hi);
+    if (!rc) {
+        char names[32 * N_METRICS];
+        metric_names(names, sizeof names);
+        hid_t g = H5Gopen2(o->file, "aggregates", H5P_DEFAULT), s = H5Gopen2(o->file, "summary", H5P_DEFAULT);
+        rc = qk_h5_attr_str(g, "metric_names", names) || qk_h5_attr_str(s, "metric_names", names);
+        H5Gclose(g), H5Gclose(s);
+    }
+    free(table), free(hl), free(hh);
+    return rc ? -1 : 0;
+}
+
+// Reads a whole dataset of n elements of `type` into buf; the element count must be n.
+static int read_exact(hid_t f, const char *path, const char *name, hid_t type, size_t n, void *buf) {
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return qk_err("%s: dataset '%s' is missing", path, name);
+    hid_t sp = H5Dget_space(d);
+    size_t have = (size_t)H5Sget_simple_extent_npoints(sp);
+    herr_t e = have == n ? H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
+    H5Sclose(sp), H5Dclose(d);
+    if (have != n) return qk_err("%s: dataset '%s' has %zu elements, expected %zu", path, name, have, n);
+    return e < 0 ? qk_err("%s: cannot read '%s'", path, name) : 0;
+}
+
+static size_t n_elements(hid_t f, const char *name) {
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return 0;
+    hid_t sp = H5Dget_space(d);
+    size_t n = (size_t)H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp), H5Dclose(d);
+    return n;
+}
+
+int agg_read_add(hid_t f, const char *path, int l, int h, HeadAggregates *acc) {
+    char n[160];
+    const size_t m = acc->m;
+    double sum[N_METRICS], *dm = qk_malloc(sizeof(double) * 2 * m);
+    int64_t count[N_METRICS], hist[N_METRICS][N_HIST_BINS], *cm = qk_malloc(sizeof(int64_t) * 2 * m);
+#define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
+    int rc = read_exact(f, path, AGG("metric_sum"), H5T_NATIVE_DOUBLE, N_METRICS, sum) ||
+             read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, count) ||
+             read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, hist) ||
+             read_exact(f, path, AGG("query_marginal"), H5T_NATIVE_DOUBLE, m, dm) ||
+             read_exact(f, path, AGG("key_marginal"), H5T_NATIVE_DOUBLE, m, dm + m) ||
+             read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, cm) ||
+             read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, cm + m);
+    if (!rc) {
+        for (int q = 0; q < N_METRICS; q++) {
+            acc->sum[q] += sum[q];
+            acc->count[q] += count[q];
+            for (int b = 0; b < N_HIST_BINS; b++) acc->hist[q][b] += hist[q][b];
+        }
+        for (size_t i = 0; i < m; i++) {
+            acc->query_marginal[i] += dm[i], acc->key_marginal[i] += dm[m + i];
+            acc->query_count[i] += cm[i], acc->key_count[i] += cm[m + i];
+        }
+        snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
+        hid_t g = H5Gopen2(f, n, H5P_DEFAULT);
+        int64_t queries = 0;
+        hid_t a = H5Aopen(g, "queries", H5P_DEFAULT);
+        H5Aread(a, H5T_NATIVE_INT64, &queries);
+        H5Aclose(a), H5Gclose(g);
+        acc->queries += queries;
+    }
+    // The heavy-hitter pairs: each shard's entries re-enter the merged sketch with their weight.
+    size_t np = rc ? 0 : n_elements(f, AGG("pairs_weight"));
+    if (np) {
+        uint32_t *pf = qk_malloc(4 * np), *pg = qk_malloc(4 * np);
+        double *pw = qk_malloc(8 * np), *pe = qk_malloc(8 * np), *ps = qk_malloc(8 * np);
+        int64_t *pc = qk_malloc(8 * np);
+        rc = read_exact(f, path, AGG("pairs_query_feature"), H5T_NATIVE_UINT32, np, pf) ||
+             read_exact(f, path, AGG("pairs_key_feature"), H5T_NATIVE_UINT32, np, pg) ||
+             read_exact(f, path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, np, pw) ||
+             read_exact(f, path, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, np, pe) ||
+             read_exact(f, path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, np, ps) ||
+             read_exact(f, path, AGG("pairs_count"), H5T_NATIVE_INT64, np, pc);
+        for (size_t q = 0; !rc && q < np; q++)
+            pair_sketch_add_entry(&acc->sketch, (int32_t)pf[q], (int32_t)pg[q], pw[q], pe[q], ps[q], pc[q]);
+        free(pf), free(pg), free(pw), free(pe), free(ps), free(pc);
+    }
+#undef AGG
+    free(dm), free(cm);
+    return rc ? -1 : 0;
+}
+
+void agg_print_summary(FILE *f, int L, int H, const HeadAggregates *const *aggs) {
+    fprintf(f, "%-6s %8s %8s %8s %8s %8s %8s  %s\n", "head", "queries", "top1", "kl_both", "err_sh", "overlap", "chance",
+            "heaviest pair (query f -> key g: summed term, count)");
+    for (int i = 0; i < L * H; i++) {
+        const HeadAggregates *g = aggs[i];
+        if (!g) continue;
+        double m[N_METRICS];
+        means(g, m);
+        char head[32], pair[96] = "-";
+        snprintf(head, sizeof head, "%d.%d", i / H, i % H);
+        if (g->sketch.size) {
+            PairEntry *pe = qk_malloc(sizeof(PairEntry) * g->sketch.size);
+            pair_sketch_sorted(&g->sketch, pe);
+            snprintf(pair, sizeof pair, "%d -> %d: %.3g, %lld", pe[0].f, pe[0].g, pe[0].sum, (long long)pe[0].count);
+            free(pe);
+        }
+        fprintf(f, "%-6s %8lld %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1],
+                m[MET_KL_BOTH], m[MET_ERROR_SHARE], m[MET_OVERLAP], m[MET_OVERLAP_CHANCE], pair);
+    }
+}
