@@ -37,7 +37,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-gpu reference bench-forward bench-topk bench-tokenize clean
+.PHONY: all demo test test-gpu test-scripts reference bench-forward bench-topk bench-tokenize clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -89,6 +89,10 @@ test: $(BIN)/test_qkscope $(BIN)/qkscope
 
 test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cuda $(BIN)/test_qkscope --jobs 1
+
+# scripts/download_gpt2.sh against a local http.server (offline; ~5 s, so not part of `test`).
+test-scripts:
+	bash tests/test_download.sh
 
 # Reference values from Hugging Face transformers, TransformerLens, SAELens and tiktoken.
 VENV ?= .venv-ref
