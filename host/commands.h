@@ -6,6 +6,7 @@ int cmd_cache(int argc, char **argv);     // run_with_cache for C users (cmd_cac
 int cmd_tokenize(int argc, char **argv);  // GPT-2 BPE encode / decode (cmd_tokenize.c)
 int cmd_static(int argc, char **argv);    // weights-only feature maps (cmd_static.c)
 int cmd_run(int argc, char **argv);       // the corpus analysis (cmd_run.c)
+int cmd_merge(int argc, char **argv);     // one file over the shards of a run (cmd_merge.c)
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
 
 // Exit statuses shared by every command.

@@ -77,3 +77,42 @@ Test(shards, interrupted_then_resumed_equals_uninterrupted, .timeout = 120) {
     snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s 2>/dev/null", g_cfg, out_b);
     cr_expect_eq(sh(cmd), 1);
 }
+
+// merge: per-window datasets bit-identical to a single-file run, aggregates equal to float
+// rounding; a missing shard or an unfinished run is refused with no output.
+Test(shards, merge_equals_single_file_and_refuses_holes, .timeout = 120) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "./bin/qkscope run -q %s -o %s/sh && ./bin/qkscope run -q %s --set output.shard_tokens=0 -o %s/single.h5 && "
+             "./bin/qkscope merge %s/sh -o %s/merged.h5 > /dev/null",
+             g_cfg, g_dir, g_cfg, g_dir, g_dir, g_dir);
+    cr_assert_eq(sh(cmd), 0);
+    const char *exact[] = {"/heads", "/tokens", "/length", "/provenance"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(cmd, sizeof cmd, "h5diff -q %s/single.h5 %s/merged.h5 %s %s", g_dir, g_dir, exact[i], exact[i]);
+        cr_expect_eq(sh(cmd), 0, "%s differs", exact[i]);
+    }
+    for (int l = 0; l < 2; l++)
+        for (int h = 0; h < 4; h++) {
+            const char *sets[] = {"metric_count", "metric_hist", "query_count", "key_count"};
+            for (int q = 0; q < 4; q++) {
+                snprintf(cmd, sizeof cmd, "h5diff -q %s/single.h5 %s/merged.h5 /aggregates/%d.%d/%s /aggregates/%d.%d/%s",
+                         g_dir, g_dir, l, h, sets[q], l, h, sets[q]);
+                cr_expect_eq(sh(cmd), 0, "%d.%d %s", l, h, sets[q]);
+            }
+            snprintf(cmd, sizeof cmd, "h5diff -q -p 1e-9 %s/single.h5 %s/merged.h5 /aggregates/%d.%d/metric_sum /aggregates/%d.%d/metric_sum",
+                     g_dir, g_dir, l, h, l, h);
+            cr_expect_eq(sh(cmd), 0, "%d.%d metric_sum beyond rounding", l, h);
+        }
+    // A missing shard: refused, nothing written.
+    snprintf(cmd, sizeof cmd, "mv %s/sh/shard-000003.h5 %s/away.h5 && ! ./bin/qkscope merge %s/sh -o %s/bad.h5 2> %s/err.txt",
+             g_dir, g_dir, g_dir, g_dir, g_dir);
+    cr_expect_eq(sh(cmd), 0);
+    char p[700];
+    snprintf(p, sizeof p, "%s/err.txt", g_dir);
+    char *err = qk_read_file(p, NULL);
+    cr_expect(strstr(err, "shard-000003.h5: shard missing or unreadable; refusing to merge") != NULL, "%s", err);
+    free(err);
+    snprintf(p, sizeof p, "%s/bad.h5", g_dir);
+    cr_expect(!qk_file_exists(p));
+}

@@ -1,0 +1,306 @@
+// cmd_merge.c: `qkscope merge OUT -o all.h5`: one file over all shards of a sharded run.
+// Per-window datasets become virtual datasets (HDF5 VDS) over the shards, so nothing is copied;
+// the corpus aggregates are summed over the shards (heavy-hitter sketches merged).  A VDS reads
+// fill values where a source is missing, so merge refuses while any shard is missing or
+// incomplete, or the run is not finished.
+#include <cJSON.h>
+#include <getopt.h>
+#include <hdf5_hl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agg_io.h"
+#include "commands.h"
+#include "h5out.h"
+#include "util.h"
+
+typedef struct {
+    char **path;       // (n) shard files
+    hid_t *file;       // (n) open read-only
+    int64_t *windows;  // (n)
+    int n;
+    int64_t total_windows, total_tokens;
+} Shards;
+
+static int64_t attr_i64(hid_t obj, const char *name) {
+    int64_t v = -1;
+    if (H5Aexists(obj, name) <= 0) return -1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    return v;
+}
+
+static char *attr_str(hid_t obj, const char *name) {
+    if (H5Aexists(obj, name) <= 0) return NULL;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = H5Aget_type(a);
+    char *buf = qk_calloc(H5Tget_size(t) + 1, 1);
+    H5Aread(a, t, buf);
+    H5Tclose(t), H5Aclose(a);
+    return buf;
+}
+
+// Reads OUT/manifest.json and opens every shard it lists, checking each is complete and from
+// the same configuration.
+static int open_shards(const char *dir, Shards *s) {
+    memset(s, 0, sizeof *s);
+    char *mpath = qk_path_join(dir, "manifest.json");
+    size_t len;
+    char *text = qk_read_file(mpath, &len);
+    if (!text) return free(mpath), -1;
+    cJSON *m = cJSON_ParseWithLength(text, len);
+    free(text);
+    int rc = 0;
+    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
+    const cJSON *hash = cJSON_GetObjectItemCaseSensitive(m, "config_hash");
+    if (!cJSON_IsObject(m) || !cJSON_IsArray(shards) || !cJSON_IsString(hash))
+        rc = qk_err("%s: not a qkscope shard manifest (fields 'shards', 'config_hash')", mpath);
+    else if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete")))
+        rc = qk_err("%s: the run is not complete (resume it with qkscope run --resume); merging now would hide the rest",
+                    mpath);
+    int n = rc ? 0 : cJSON_GetArraySize(shards);
+    if (!rc && n == 0) rc = qk_err("%s: no shards", mpath);
+    s->path = qk_calloc(n + 1, sizeof(char *));
+    s->file = qk_calloc(n + 1, sizeof(hid_t));
+    s->windows = qk_calloc(n + 1, sizeof(int64_t));
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    for (int i = 0; !rc && i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(shards, i);
+        if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
+            rc = qk_err("%s: shards[%d] is not a file name", mpath, i);
+            break;
+        }
+        s->path[i] = qk_path_join(dir, e->valuestring);
+        s->n = i + 1;
+        if ((s->file[i] = H5Fopen(s->path[i], H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
+            rc = qk_err("%s: shard missing or unreadable; refusing to merge (a virtual dataset would fill it silently)",
+                        s->path[i]);
+            break;
+        }
+        char *h = attr_str(s->file[i], "config_hash");
+        int same = h && !strcmp(h, hash->valuestring);
+        free(h);
+        int64_t first = attr_i64(s->file[i], "first_window");
+        s->windows[i] = attr_i64(s->file[i], "windows");
+        if (attr_i64(s->file[i], "complete") != 1) rc = qk_err("%s: shard incomplete; refusing to merge", s->path[i]);
+        else if (!same) rc = qk_err("%s: config_hash differs from the manifest's", s->path[i]);
+        else if (first != s->total_windows)
+            rc = qk_err("%s: first_window %lld, expected %lld (shards out of order?)", s->path[i], (long long)first,
+                        (long long)s->total_windows);
+        s->total_windows += s->windows[i];
+        s->total_tokens += attr_i64(s->file[i], "tokens_processed");
+    }
+    cJSON_Delete(m);
+    free(mpath);
+    return rc;
+}
+
+static void close_shards(Shards *s) {
+    for (int i = 0; i < s->n; i++) {
+        if (s->file[i] > 0) H5Fclose(s->file[i]);
+        free(s->path[i]);
+    }
+    free(s->path), free(s->file), free(s->windows);
+    memset(s, 0, sizeof *s);
+}
+
+// The shard path as the VDS stores it: relative to the merged file's folder when the shards lie
+// below it (the pair can then move together), else absolute.
+static char *source_name(const char *shard, const char *out_path) {
+    char abs_shard[PATH_MAX], abs_dir[PATH_MAX], *copy = qk_strdup(out_path);
+    const char *dir = dirname(copy);
+    if (!realpath(shard, abs_shard) || !realpath(dir, abs_dir)) {
+        free(copy);
+        return qk_strdup(shard);
+    }
+    free(copy);
+    size_t n = strlen(abs_dir);
+    if (!strncmp(abs_shard, abs_dir, n) && abs_shard[n] == '/') return qk_strdup(abs_shard + n + 1);
+    return qk_strdup(abs_shard);
+}
+
+typedef struct {
+    const Shards *s;
+    QkH5Out *out;
+    char **src;  // (n) source file names for the VDS
+    int rc;
+} VisitCtx;
+
+// One virtual dataset over the same dataset of every shard, stacked along dim 0 (windows).
+static int make_vds(VisitCtx *v, const char *name) {
+    const Shards *s = v->s;
+    hid_t d0 = H5Dopen2(s->file[0], name, H5P_DEFAULT), sp0 = H5Dget_space(d0), type = H5Dget_type(d0);
+    hsize_t dims[8], maxd[8];
+    int nd = H5Sget_simple_extent_dims(sp0, dims, maxd);
+    if (maxd[0] != H5S_UNLIMITED) {  // not per-window data
+        H5Tclose(type), H5Sclose(sp0), H5Dclose(d0);
+        return 0;
+    }
+    dims[0] = (hsize_t)s->total_windows;
+    hid_t vspace = H5Screate_simple(nd, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t start[8] = {0}, count[8];
+    for (int i = 0; i < s->n; i++) {
+        hid_t di = H5Dopen2(s->file[i], name, H5P_DEFAULT);
+        if (di < 0) return qk_err("%s: dataset '%s' missing", s->path[i], name);
+        hid_t spi = H5Dget_space(di);
+        hsize_t di_dims[8];
+        H5Sget_simple_extent_dims(spi, di_dims, NULL);
+        for (int k = 0; k < nd; k++) count[k] = k ? dims[k] : di_dims[0];
+        H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start, NULL, count, NULL);
+        hid_t src = H5Screate_simple(nd, count, NULL);
+        if (H5Pset_virtual(dcpl, vspace, v->src[i], name, src) < 0) return qk_err("HDF5: cannot map %s of %s", name, s->path[i]);
+        H5Sclose(src), H5Sclose(spi), H5Dclose(di);
+        start[0] += count[0];
+    }
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t vd = H5Dcreate2(v->out->file, name, type, vspace, lcpl, dcpl, H5P_DEFAULT);
+    int rc = vd < 0 ? qk_err("HDF5: cannot create virtual dataset %s", name) : 0;
+    for (int k = 0; !rc && k < nd; k++) {  // the same dimension names
+        char label[64] = "";
+        if (H5DSget_label(d0, (unsigned)k, label, sizeof label) > 0) H5DSset_label(vd, (unsigned)k, label);
+    }
+    if (vd >= 0) H5Dclose(vd);
+    H5Pclose(lcpl), H5Pclose(dcpl), H5Sclose(vspace), H5Tclose(type), H5Sclose(sp0), H5Dclose(d0);
+    return rc;
+}
+
+static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, void *op);
+
+static herr_t visit(hid_t obj, const char *name, const H5O_info_t *info, void *op) {
+    VisitCtx *v = op;
+    if (!strncmp(name, "aggregates", 10) || !strncmp(name, "summary", 7)) return 0;
+    if (info->type == H5O_TYPE_GROUP && strcmp(name, ".")) {  // a record group: its attributes too
+        hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+        H5Pset_create_intermediate_group(lcpl, 1);
+        hid_t dst = H5Gcreate2(v->out->file, name, lcpl, H5P_DEFAULT, H5P_DEFAULT), src = H5Gopen2(obj, name, H5P_DEFAULT);
+        herr_t e = dst < 0 || src < 0 ? -1 : H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, NULL, copy_attr, &dst);
+        if (dst >= 0) H5Gclose(dst);
+        if (src >= 0) H5Gclose(src);
+        H5Pclose(lcpl);
+        if (e < 0) return v->rc = qk_err("HDF5: cannot copy group %s", name), -1;
+        return 0;
+    }
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    char path[512];
+    snprintf(path, sizeof path, "/%s", name);
+    if ((v->rc = make_vds(v, path))) return -1;
+    return 0;
+}
+
+// Root attributes of shard 0, except those that describe one shard.
+static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, void *op) {
+    (void)info;
+    static const char *const skip[] = {"complete", "shard", "first_window", "windows", "tokens_processed"};
+    for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
+        if (!strcmp(name, skip[i]) || !strncmp(name, "time_", 5)) return 0;
+    hid_t dst = *(hid_t *)op, a = H5Aopen(loc, name, H5P_DEFAULT), t = H5Aget_type(a), sp = H5Aget_space(a);
+    size_t n = H5Tget_size(t) * (size_t)H5Sget_simple_extent_npoints(sp);
+    void *buf = qk_malloc(n + 1);
+    H5Aread(a, t, buf);
+    hid_t b = H5Acreate2(dst, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t e = b < 0 ? -1 : H5Awrite(b, t, buf);
+    if (b >= 0) H5Aclose(b);
+    free(buf);
+    H5Sclose(sp), H5Tclose(t), H5Aclose(a);
+    return e < 0 ? -1 : 0;
+}
+
+// The aggregates of every head, summed over shards.
+static int merge_aggregates(const Shards *s, QkH5Out *out) {
+    hid_t f0 = s->file[0];
+    int L = 0, H = 0, rc = 0;
+    {  // the heads: summary/head_layer and head_index of shard 0
+        hid_t dl = H5Dopen2(f0, "summary/head_layer", H5P_DEFAULT);
+        if (dl < 0) return qk_err("%s: summary/head_layer missing", s->path[0]);
+        hid_t sp = H5Dget_space(dl);
+        int nh = (int)H5Sget_simple_extent_npoints(sp);
+        H5Sclose(sp);
+        int32_t *hl = qk_malloc(4 * (nh + 1)), *hh = qk_malloc(4 * (nh + 1));
+        H5Dread(dl, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, hl);
+        H5Dclose(dl);
+        hid_t dh = H5Dopen2(f0, "summary/head_index", H5P_DEFAULT);
+        H5Dread(dh, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, hh);
+        H5Dclose(dh);
+        for (int i = 0; i < nh; i++) L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
+        HeadAggregates *agg = qk_calloc((size_t)L * H, sizeof(HeadAggregates));
+        const HeadAggregates **ptr = qk_calloc((size_t)L * H, sizeof(HeadAggregates *));
+        for (int i = 0; i < nh && !rc; i++) {
+            char g[64];
+            snprintf(g, sizeof g, "aggregates/%d.%d", hl[i], hh[i]);
+            hid_t grp = H5Gopen2(f0, g, H5P_DEFAULT), dm = H5Dopen2(grp, "query_marginal", H5P_DEFAULT);
+            hid_t msp = H5Dget_space(dm);
+            int m = (int)H5Sget_simple_extent_npoints(msp);
+            int cap = (int)attr_i64(grp, "sketch_capacity");
+            H5Sclose(msp), H5Dclose(dm), H5Gclose(grp);
+            HeadAggregates *a = &agg[hl[i] * H + hh[i]];
+            head_agg_init(a, m, cap > 0 ? cap : 1);
+            ptr[hl[i] * H + hh[i]] = a;
+            for (int k = 0; k < s->n && !rc; k++) rc = agg_read_add(s->file[k], s->path[k], hl[i], hh[i], a);
+        }
+        if (!rc) rc = agg_write_all(out, L, H, ptr);
+        if (!rc) agg_print_summary(stdout, L, H, ptr);
+        for (int i = 0; i < L * H; i++)
+            if (ptr[i]) head_agg_free(&agg[i]);
+        free(agg), free(ptr), free(hl), free(hh);
+    }
+    return rc;
+}
+
+static int merge(const char *dir, const char *out_path) {
+    Shards s;
+    QkH5Out out = {0};
+    int rc = open_shards(dir, &s) || qk_h5_create(&out, out_path);
+    VisitCtx v = {.s = &s, .out = &out};
+    if (!rc) {
+        v.src = qk_calloc(s.n, sizeof(char *));
+        for (int i = 0; i < s.n; i++) v.src[i] = source_name(s.path[i], out_path);
+        if (H5Aiterate2(s.file[0], H5_INDEX_NAME, H5_ITER_INC, NULL, copy_attr, &out.file) < 0)
+            rc = qk_err("%s: cannot copy the root attributes", s.path[0]);
+    }
+    if (!rc && H5Ovisit2(s.file[0], H5_INDEX_NAME, H5_ITER_INC, visit, &v, H5O_INFO_BASIC) < 0)
+        rc = v.rc ? -1 : qk_err("%s: cannot walk the shard", s.path[0]);
+    if (!rc) rc = merge_aggregates(&s, &out);
+    if (!rc) rc = qk_h5_attr_int(out.file, "tokens_processed", s.total_tokens) ||
+                  qk_h5_attr_int(out.file, "windows", s.total_windows) || qk_h5_attr_int(out.file, "shards", s.n) ||
+                  qk_h5_attr_str(out.file, "merged_from", dir);
+    if (!rc) rc = qk_h5_finish(&out);
+    else if (out.file) qk_h5_abort(&out);
+    for (int i = 0; v.src && i < s.n; i++) free(v.src[i]);
+    free(v.src);
+    close_shards(&s);
+    return rc;
+}
+
+int cmd_merge(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *out = NULL;
+    optind = 1;
+    opterr = 0;
+    for (int ch; (ch = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        if (ch == 'o') out = optarg;
+        else if (ch == 'h') {
+            printf("usage: qkscope merge OUT -o all.h5\n\n"
+                   "One file over every shard of a sharded `qkscope run` (OUT/manifest.json): per-window datasets\n"
+                   "as HDF5 virtual datasets over the shards (keep the shards; they are read through it), the\n"
+                   "corpus aggregates summed over shards, and the per-head summary printed.  Refuses while any\n"
+                   "shard is missing or incomplete or the run is unfinished.\n\n"
+                   "  -o, --output FILE  the merged file (written as FILE.tmp, renamed when complete)\n");
+            return QK_EXIT_OK;
+        } else
+            return fprintf(stderr, "qkscope merge: unknown or incomplete option '%s' (--help)\n", argv[optind - 1]), QK_EXIT_USAGE;
+    }
+    if (optind != argc - 1 || !out) {
+        fprintf(stderr, "qkscope merge: expected OUT and -o all.h5 (--help)\n");
+        return QK_EXIT_USAGE;
+    }
+    if (merge(argv[optind], out)) {
+        fprintf(stderr, "qkscope merge: %s\n", qk_errmsg());
+        return QK_EXIT_FAIL;
+    }
+    return QK_EXIT_OK;
+}
