@@ -1,6 +1,7 @@
 # qkscope build.  `make` builds bin/qkscope (CPU backend, plus the CUDA backend when nvcc is on
-# PATH); `make CUDA=0` builds CPU only; `make test` runs the Criterion suites; `make reference`
-# regenerates the committed reference values from the real Python libraries.
+# PATH); `make CUDA=0` builds CPU only; `make test` runs the Criterion suites, then executes the
+# notebook against the demo's output (`make test-notebook`); `make reference` regenerates the
+# committed reference values from the real Python libraries.
 
 CC      ?= gcc
 ARCH    ?= -march=native
@@ -37,7 +38,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-gpu test-scripts reference bench-forward bench-topk bench-tokenize clean
+.PHONY: all demo test test-notebook test-gpu test-scripts reference bench-forward bench-topk bench-tokenize clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -83,9 +84,30 @@ demo: $(BIN)/qkscope
 	$(BIN)/qkscope planted --out $(DEMO) --check-run $(DEMO)/run.h5 --check-static $(DEMO)/static.h5
 	@echo "== outputs: $(DEMO)/run.h5 $(DEMO)/static.h5 (layout: docs/FORMAT.md; notebooks/explore.ipynb opens them)"
 
-# The README's test command.  Suites that need a GPU skip themselves, saying why.
+# The README's test command.  Suites that need a GPU skip themselves, saying why.  The notebook
+# runs after the suites (a sub-make, so -j does not interleave them).
 test: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cpu $(BIN)/test_qkscope --jobs 1
+	$(MAKE) --no-print-directory test-notebook
+
+# notebooks/explore.ipynb executed headless (nbconvert) against a small synthetic demo run; its
+# asserts fail the target on a broken file.  The virtualenv comes from PyPI, pinned in
+# notebooks/requirements.txt; JUPYTER_PATH makes its own python3 kernel the one that runs.
+NB_VENV ?= .venv-nb
+NB_DEMO := $(BUILD)/demo-test
+NB_SETS := --set model.dir=$(NB_DEMO)/model --set sae.layer.0=$(NB_DEMO)/sae/layer_0 \
+           --set sae.layer.1=$(NB_DEMO)/sae/layer_1 --set corpus.paths=$(NB_DEMO)/corpus.npy
+$(NB_VENV)/.ok: notebooks/requirements.txt
+	python3 -m venv $(NB_VENV)
+	$(NB_VENV)/bin/pip install -q -r notebooks/requirements.txt
+	touch $@
+test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok
+	$(BIN)/qkscope planted --out $(NB_DEMO) --tokens 1024 -q
+	$(BIN)/qkscope run configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/run.h5
+	$(BIN)/qkscope static configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/static.h5
+	QK_RUN=$(abspath $(NB_DEMO)/run.h5) QK_STATIC=$(abspath $(NB_DEMO)/static.h5) \
+	JUPYTER_PATH=$(abspath $(NB_VENV))/share/jupyter $(NB_VENV)/bin/jupyter nbconvert --to notebook --execute \
+	    --ExecutePreprocessor.timeout=60 --output $(abspath $(BUILD)/explore.executed.ipynb) notebooks/explore.ipynb
 
 test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cuda $(BIN)/test_qkscope --jobs 1
