@@ -52,7 +52,7 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
              fixed(o, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
              fixed(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
              fixed(o, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
-    if (!rc) {
+    if (!rc) {  // written even when empty (0 rows), so readers find every name
         qk_h5_feature_convert(pf, np, g->m, fbuf);
         rc = fixed(o, AGG("pairs_query_feature"), ft, 1, p1, lp, fbuf);
         qk_h5_feature_convert(pg, np, g->m, fbuf);
@@ -66,10 +66,8 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
     if (!rc) {
         snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
         hid_t grp = H5Gopen2(o->file, n, H5P_DEFAULT);
-        char tw[64];
-        snprintf(tw, sizeof tw, "%.17g", g->sketch.total);
         rc = qk_h5_attr_int(grp, "queries", g->queries) || qk_h5_attr_int(grp, "sketch_capacity", g->sketch.capacity) ||
-             qk_h5_attr_str(grp, "sketch_total_weight", tw) ||
+             qk_h5_attr_double(grp, "sketch_total_weight", g->sketch.total) ||
              qk_h5_attr_str(grp, "sketch_note",
                             "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; every pair heavier "
                             "than sketch_total_weight / sketch_capacity is kept");

@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "gpt2.h"
 #include "h5out.h"
+#include "run_setup.h"
 #include "sae.h"
 #include "token_file.h"
 #include "util.h"
@@ -103,6 +104,21 @@ static int hook_dims(const Hook *h, const GPT2Config *c, hsize_t rows, int T, hs
     case HK_LOGITS: d[2] = c->vocab_size; return 3;
     }
     return 0;
+}
+
+// Dimension names of hook h, TransformerLens's axes.
+static const char *const *hook_labels(const Hook *h) {
+    static const char *const resid[3] = {"batch", "pos", "d_model"}, *const scale[3] = {"batch", "pos", "one"};
+    static const char *const qk[4] = {"batch", "pos", "head_index", "d_head"};
+    static const char *const attn[4] = {"batch", "head_index", "query_pos", "key_pos"};
+    static const char *const logits[3] = {"batch", "pos", "d_vocab"};
+    switch (h->kind) {
+    case HK_LN1_SCALE: return scale;
+    case HK_Q: case HK_K: return qk;
+    case HK_SCORES: case HK_PATTERN: return attn;
+    case HK_LOGITS: return logits;
+    default: return resid;
+    }
 }
 
 // The activation-cache buffer holding hook h for the current batch, C-order in TL's layout.
@@ -214,13 +230,14 @@ static int sae_setup(SaeSpec *s, const GPT2Config *c, QkH5Out *out, int B, int T
     int slots = s->code.slots;
     s->xhat = qk_malloc(sizeof(float) * bs * T * c->d_model);
     s->err = qk_malloc(sizeof(float) * bs * T);
-    s->idx_type = s->sae.d_sae <= 65536 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32;
+    s->idx_type = qk_h5_feature_type(s->sae.d_sae);
     s->idx_buf = qk_malloc((size_t)bs * T * slots * 4);
     char name[128];
     hsize_t d3[3] = {(hsize_t)B, (hsize_t)T, (hsize_t)slots};
+    static const char *const labels[3] = {"batch", "pos", "slot"};
 #define DSET(field, suffix, type, nd)                                                                \
     snprintf(name, sizeof name, "sae/%s/%s", pre, suffix);                                        \
-    if ((s->field = qk_h5_dataset(out, name, type, nd, d3)) < 0) return -1;
+    if ((s->field = qk_h5_dataset(out, name, type, nd, d3)) < 0 || qk_h5_label(s->field, nd, labels)) return -1;
     DSET(idx, "sae_idx", s->idx_type, 3);
     DSET(val, "sae_val", H5T_NATIVE_FLOAT, 3);
     DSET(n_active, "sae_n_active", H5T_NATIVE_INT32, 2);
@@ -228,10 +245,11 @@ static int sae_setup(SaeSpec *s, const GPT2Config *c, QkH5Out *out, int B, int T
 #undef DSET
     snprintf(name, sizeof name, "sae/%s", pre);
     hid_t g = H5Gopen2(out->file, name, H5P_DEFAULT);
-    int rc = qk_h5_attr_str(g, "sae_dir", s->dir) || qk_h5_attr_str(g, "architecture", qk_sae_arch_name(s->sae.arch)) ||
-             qk_h5_attr_int(g, "d_sae", s->sae.d_sae) || qk_h5_attr_int(g, "slots", slots) ||
-             qk_h5_attr_int(g, "center_input", s->center) ||
-             qk_h5_attr_str(g, "note", "sae_idx entries past sae_n_active (or past slots) are not active features");
+    int rc = qk_h5_attr_str(g, "dir", s->dir) || qk_h5_attr_str(g, "architecture", qk_sae_arch_name(s->sae.arch)) ||
+             qk_h5_attr_int(g, "d_sae", s->sae.d_sae) || qk_h5_attr_int(g, "k", s->sae.k) ||
+             qk_h5_attr_int(g, "slots", slots) || qk_h5_attr_int(g, "center_input", s->center) ||
+             qk_h5_attr_str(g, "hook_name", s->sae.hook_name) ||
+             qk_h5_attr_str(g, "note", "unused sae_idx slots (past sae_n_active) hold the index type's maximum and value 0");
     H5Gclose(g);
     return rc ? -1 : 0;
 }
@@ -243,12 +261,10 @@ static int sae_write(SaeSpec *s, const GPT2Config *c, const GPT2Acts *a, int b0,
     if (qk_sae_encode(&s->sae, x, c->d_model, n, &s->code)) return -1;
     qk_sae_decode(&s->sae, &s->code, n, s->xhat);
     qk_sae_recon_error(n, c->d_model, x, c->d_model, s->xhat, s->err);
-    // Unused slots hold index -1: stored as 0 with value 0 (inactive either way).
-    size_t ne = (size_t)n * slots;
-    if (s->idx_type == H5T_NATIVE_UINT16)
-        for (size_t i = 0; i < ne; i++) ((uint16_t *)s->idx_buf)[i] = s->code.idx[i] < 0 ? 0 : (uint16_t)s->code.idx[i];
-    else
-        for (size_t i = 0; i < ne; i++) ((uint32_t *)s->idx_buf)[i] = s->code.idx[i] < 0 ? 0 : (uint32_t)s->code.idx[i];
+    // Slots past the active features are unused (a top-k SAE's zeroed picks included).
+    for (int i = 0; i < n; i++)
+        for (int q = s->code.n_active[i] < 0 ? 0 : s->code.n_active[i]; q < slots; q++) s->code.idx[(size_t)i * slots + q] = -1;
+    qk_h5_feature_convert(s->code.idx, (size_t)n * slots, s->sae.d_sae, s->idx_buf);
     if (qk_h5_write_rows(s->idx, s->idx_type, b0, nb, s->idx_buf) ||
         qk_h5_write_rows(s->val, H5T_NATIVE_FLOAT, b0, nb, s->code.val) ||
         qk_h5_write_rows(s->n_active, H5T_NATIVE_INT32, b0, nb, s->code.n_active) ||
@@ -287,7 +303,9 @@ static int run(CacheArgs *args) {
         want_logits |= hooks[i].kind == HK_LOGITS;
         hsize_t dims[4];
         int nd = hook_dims(&hooks[i], &m.cfg, B, T, dims);
-        if ((hooks[i].dset = qk_h5_dataset(&out, hooks[i].name, H5T_NATIVE_FLOAT, nd, dims)) < 0) goto done;
+        if ((hooks[i].dset = qk_h5_dataset(&out, hooks[i].name, H5T_NATIVE_FLOAT, nd, dims)) < 0 ||
+            qk_h5_label(hooks[i].dset, nd, hook_labels(&hooks[i])))
+            goto done;
     }
     int bs = args->batch < B ? args->batch : B;
     for (int i = 0; i < args->n_sae; i++)
@@ -307,8 +325,9 @@ static int run(CacheArgs *args) {
     }
     for (int i = 0; i < args->n_sae; i++) sae_cleanup(&args->sae[i]), memset(&args->sae[i], 0, sizeof(SaeSpec));
     for (int i = 0; i < n_hooks; i++) H5Dclose(hooks[i].dset), hooks[i].dset = 0;
-    if (qk_h5_attr_str(out.file, "model", args->model_dir) || qk_h5_attr_str(out.file, "tokens", args->tokens_path) ||
-        qk_h5_attr_str(out.file, "backend", be->name) || qk_h5_attr_str(out.file, "generator", "qkscope cache"))
+    if (qk_h5_attr_str(out.file, "format", "qkscope-cache") || qk_h5_attr_int(out.file, "format_version", QK_FORMAT_VERSION) ||
+        qk_h5_attr_str(out.file, "qkscope_version", QK_VERSION) || qk_h5_attr_str(out.file, "model", args->model_dir) ||
+        qk_h5_attr_str(out.file, "tokens", args->tokens_path) || qk_h5_attr_str(out.file, "backend", be->name))
         goto done;
     rc = qk_h5_finish(&out);
 done:

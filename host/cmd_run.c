@@ -151,8 +151,10 @@ static int append_records(Run *r, int l, int h, const HeadRecords *rec, int B) {
         qk_h5_append_rows(d->metrics, H5T_NATIVE_FLOAT, B, rec->metrics))
         return -1;
     if (rec->enc) {
-        const QkSaeCode *e = &rec->enc_code;
-        // enc_code slots are padded with index -1 / value 0 past n_active (or hold zeroed top-k picks).
+        QkSaeCode *e = (QkSaeCode *)&rec->enc_code;
+        // Slots past the active features are unused (a top-k SAE's zeroed picks included).
+        for (size_t n = 0; n < (size_t)B * r->T; n++)
+            for (int q = e->n_active[n] < 0 ? 0 : e->n_active[n]; q < e->slots; q++) e->idx[n * e->slots + q] = -1;
         if (append_features(r, d->enc_idx, e->idx, B, e->slots, m) || qk_h5_append_rows(d->enc_val, H5T_NATIVE_FLOAT, B, e->val) ||
             qk_h5_append_rows(d->enc_n, H5T_NATIVE_INT32, B, e->n_active))
             return -1;
@@ -345,10 +347,9 @@ static int close_output(Run *r) {
     int rc = write_aggregates(r);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     for (int q = 0; !rc && q < N_STAGES; q++) {  // stage times (seconds) for the benchmark
-        char name[64], v[64];
+        char name[64];
         snprintf(name, sizeof name, "time_%s_s", k_stage_names[q]);
-        snprintf(v, sizeof v, "%.6f", r->t_stage[q]);
-        rc = qk_h5_attr_str(r->out.file, name, v);
+        rc = qk_h5_attr_double(r->out.file, name, r->t_stage[q]);
     }
     if (!rc) rc = qk_h5_attr_int(r->out.file, "tokens_processed", r->shard_tokens_done) ||
                   qk_h5_attr_int(r->out.file, "windows", r->shard_windows_done) ||

@@ -74,10 +74,14 @@ static hid_t create(QkH5Out *o, const char *name, hid_t type, int ndim, const hs
     if (extendible) maxdims[0] = H5S_UNLIMITED, start[0] = 0;
     chunk_shape(type, ndim, dims, chunk);
     if (!extendible && chunk[0] > dims[0] && dims[0] > 0) chunk[0] = dims[0];
+    int empty = 0;
+    for (int d = 0; d < ndim; d++) empty |= !extendible && dims[d] == 0;
     hid_t space = H5Screate_simple(ndim, start, maxdims), dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_chunk(dcpl, ndim, chunk);
-    H5Pset_shuffle(dcpl);
-    H5Pset_deflate(dcpl, 1);  // level 1: most of the ratio at a fraction of level 4's time
+    if (!empty) {  // an empty fixed-size dataset cannot be chunked: it stays contiguous
+        H5Pset_chunk(dcpl, ndim, chunk);
+        H5Pset_shuffle(dcpl);
+        H5Pset_deflate(dcpl, 1);  // level 1: most of the ratio at a fraction of level 4's time
+    }
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
     hid_t ds = H5Dcreate2(o->file, name, type, space, lcpl, dcpl, H5P_DEFAULT);
@@ -154,13 +158,19 @@ int qk_h5_attr_str(hid_t obj, const char *name, const char *value) {
     return e < 0 ? qk_err("HDF5: cannot write attribute '%s'", name) : 0;
 }
 
-int qk_h5_attr_int(hid_t obj, const char *name, int64_t value) {
+static int attr_scalar(hid_t obj, const char *name, hid_t type, const void *value) {
     hid_t space = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t e = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &value);
+    hid_t a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t e = a < 0 ? -1 : H5Awrite(a, type, value);
     if (a >= 0) H5Aclose(a);
     H5Sclose(space);
     return e < 0 ? qk_err("HDF5: cannot write attribute '%s'", name) : 0;
+}
+
+int qk_h5_attr_int(hid_t obj, const char *name, int64_t value) { return attr_scalar(obj, name, H5T_NATIVE_INT64, &value); }
+
+int qk_h5_attr_double(hid_t obj, const char *name, double value) {
+    return attr_scalar(obj, name, H5T_NATIVE_DOUBLE, &value);
 }
 
 hid_t qk_h5_feature_type(int d_sae) { return d_sae <= 65536 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32; }

@@ -30,6 +30,7 @@ int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const 
 
 int qk_h5_attr_str(hid_t obj, const char *name, const char *value);
 int qk_h5_attr_int(hid_t obj, const char *name, int64_t value);
+int qk_h5_attr_double(hid_t obj, const char *name, double value);
 
 // Feature indices: uint16 when d_sae <= 65536, else uint32 (SPEC; docs/FORMAT.md).  Unused
 // slots (index -1 in memory) are stored as the type's maximum (65535 or 4294967295).

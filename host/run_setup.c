@@ -90,6 +90,11 @@ int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) 
     for (int i = 0; i < L * H; i++)
         if (s->analysed[i]) o += snprintf(labels + o, cap - o, "%s%d.%d", o ? "," : "", i / H, i % H);
     int rc = qk_h5_attr_str(file, "heads", labels);
+    o = 0;
+    labels[0] = 0;
+    for (int i = 0; i < L * H; i++)
+        if (s->recorded[i]) o += snprintf(labels + o, cap - o, "%s%d.%d", o ? "," : "", i / H, i % H);
+    rc = rc || qk_h5_attr_str(file, "recorded_heads", labels);
     free(labels);
     for (int l = 0; !rc && l < L; l++) {
         if (!s->sae[l]) continue;
