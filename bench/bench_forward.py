@@ -2,28 +2,15 @@
 tokens and thread count, in one run.  GPT-2-small-shaped random weights made on the fly (fixed
 seed).  Prints tokens/s for both and the ratio; appends a row to results/bench_forward.md."""
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import time
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from benchlib import ROOT, append_row, gpt2_small_random, machine, today
 
 
 def main():
@@ -34,14 +21,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    work = os.path.join(ROOT, "build", "bench", "gpt2-small-random")
-    hf = GPT2LMHeadModel(GPT2Config(attn_implementation="sdpa")).eval()  # GPT-2 small shape
-    if not os.path.exists(os.path.join(work, "model.safetensors")):
-        hf.save_pretrained(work)
-    else:
-        from safetensors.torch import load_file
-        hf.load_state_dict(load_file(os.path.join(work, "model.safetensors")), strict=False)
+    hf, work = gpt2_small_random()  # GPT-2 small shape
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50257, size=(args.batch, args.pos), dtype=np.int32)
     np.save(os.path.join(work, "tokens.npy"), tokens)
@@ -65,16 +45,12 @@ def main():
     print(f"  qkscope CPU (fp32, OpenBLAS)     {qk['tokens_per_s']:10.1f} tokens/s")
     print(f"  HF transformers {torch.__version__:<14} {hf_tps:10.1f} tokens/s")
     print(f"  ratio qkscope / transformers     {ratio:10.2f}x")
-    res = os.path.join(ROOT, "results", "bench_forward.md")
-    new = not os.path.exists(res)
-    with open(res, "a") as f:
-        if new:
-            f.write("# make bench-forward: CPU forward pass, qkscope vs Hugging Face transformers\n\n"
-                    "| date | machine | threads | batch x pos | qkscope tok/s | transformers tok/s | ratio | command |\n"
-                    "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-        f.write(f"| {datetime.date.today()} | {cpu_name()}, {os.cpu_count()} cores | {args.threads} | "
-                f"{args.batch} x {args.pos} | {qk['tokens_per_s']:.1f} | {hf_tps:.1f} | {ratio:.2f} | "
-                f"`make bench-forward` |\n")
+    append_row("results/bench_forward.md",
+               "# make bench-forward: CPU forward pass, qkscope vs Hugging Face transformers\n\n"
+               "| date | machine | threads | batch x pos | qkscope tok/s | transformers tok/s | ratio | command |\n"
+               "| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+               f"| {today()} | {machine()} | {args.threads} | {args.batch} x {args.pos} | {qk['tokens_per_s']:.1f} | "
+               f"{hf_tps:.1f} | {ratio:.2f} | `make bench-forward` |\n")
 
 
 if __name__ == "__main__":

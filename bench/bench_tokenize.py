@@ -8,10 +8,8 @@ threads + windower) for N in --threads.  Prints MB/s (1 MB = 10^6 bytes of UTF-8
 ratio, and appends a row to results/bench_tokenize.md.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,18 +18,11 @@ import time
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, append_row, machine, today
+
 VOCAB = os.path.join(ROOT, "..", "shared", "data", "gpt2")
 TEXT = os.path.join(ROOT, "..", "shared", "data", "text", "tinyshakespeare.txt")
 R50K_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main():
@@ -85,18 +76,15 @@ def main():
 
     if args.no_record:
         return
-    res = os.path.join(ROOT, "results", "bench_tokenize.md")
-    os.makedirs(os.path.dirname(res), exist_ok=True)
-    new = not os.path.exists(res)
-    with open(res, "a") as f:
-        if new:
-            f.write("# bench-tokenize: GPT-2 BPE encode throughput\n\n"
-                    "MB = 10^6 bytes of input; single thread = qk_bpe_encode vs tiktoken encode_ordinary on one "
-                    "string; pipeline = qkscope corpus reader (reader + N tokenizer threads + windower, n_ctx 1024).\n\n"
-                    "| date | machine | command | corpus | qkscope 1T MB/s | tiktoken 1T MB/s | ratio | "
-                    "qkscope pipeline MB/s by threads |\n|---|---|---|---|---|---|---|---|\n")
-        f.write("| %s | %s, %d cores | `make bench-tokenize` (%s) | tinyshakespeare x%d, %.1f MB | %.1f | %.1f | %.2fx | %s |\n" % (
-            datetime.date.today().isoformat(), cpu_model(), os.cpu_count(), " ".join(sys.argv[1:]) or "defaults",
+    res = append_row(
+        "results/bench_tokenize.md",
+        "# bench-tokenize: GPT-2 BPE encode throughput\n\n"
+        "MB = 10^6 bytes of input; single thread = qk_bpe_encode vs tiktoken encode_ordinary on one "
+        "string; pipeline = qkscope corpus reader (reader + N tokenizer threads + windower, n_ctx 1024).\n\n"
+        "| date | machine | command | corpus | qkscope 1T MB/s | tiktoken 1T MB/s | ratio | "
+        "qkscope pipeline MB/s by threads |\n|---|---|---|---|---|---|---|---|\n",
+        "| %s | %s | `make bench-tokenize` (%s) | tinyshakespeare x%d, %.1f MB | %.1f | %.1f | %.2fx | %s |\n" % (
+            today(), machine(), " ".join(sys.argv[1:]) or "defaults",
             reps, mb, qk_mbs, tk_mbs, qk_mbs / tk_mbs, ", ".join(scaling)))
     print("appended a row to", os.path.relpath(res, ROOT))
 

@@ -7,25 +7,14 @@ Prints the times and ratios and appends one row per r to results/bench_topk.md.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import time
 
 import torch
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from benchlib import append_row, machine, today
 
 
 def torch_time(n, M, r, k, reps):
@@ -56,30 +45,25 @@ def main():
     cmd = ["bin/bench_topk", "--n", str(a.n), "--M", str(a.M), "--k", str(a.k), "--r", a.r, "--reps", str(a.reps)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    machine = f"{cpu_model()}, {os.cpu_count()} cores"
-    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    date = today(minutes=True)
     command = os.environ.get("QK_BENCH_COMMAND", f"make bench-topk BENCH_THREADS={a.threads}")
-    new_file = not os.path.exists(a.out)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "a") as f:
-        if new_file:
-            f.write("# bench_topk: bilinear top-k (n x M scores, top-k per row)\n\n"
-                    "topk = qk_topk; gemm tiled = the same tile sgemm calls into the same per-thread "
-                    "buffers, no selection; gemm full = one sgemm into an n x M buffer; torch = "
-                    "torch.topk(torch.matmul(U, V.T) + c, k). Best of reps, seconds.\n\n"
-                    "| date | machine | command | threads | n | M | k | r | tiles | topk s | gemm tiled s "
-                    "| gemm full s | torch s | topk/gemm tiled | topk/gemm full | torch/topk |\n"
-                    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-        for d in rows:
-            tt = torch_time(a.n, a.M, d["r"], a.k, a.reps)
-            r1, r2, r3 = d["topk_s"] / d["gemm_tiled_s"], d["topk_s"] / d["gemm_full_s"], tt / d["topk_s"]
-            print(f"r={d['r']:4d} threads={d['threads']}: topk {d['topk_s']:.4f} s, gemm tiled {d['gemm_tiled_s']:.4f} s, "
-                  f"gemm full {d['gemm_full_s']:.4f} s, torch {tt:.4f} s | topk/gemm tiled {r1:.2f}x, "
-                  f"topk/gemm full {r2:.2f}x, torch/topk {r3:.2f}x")
-            f.write(f"| {date} | {machine} | `{command}` | {d['threads']} | {a.n} | {a.M} | {a.k} | {d['r']} | "
-                    f"{d['row_block']}x{d['col_block']} | {d['topk_s']:.4f} | {d['gemm_tiled_s']:.4f} | "
-                    f"{d['gemm_full_s']:.4f} | {tt:.4f} | {r1:.2f} | {r2:.2f} | {r3:.2f} |\n")
-
+    header = ("# bench_topk: bilinear top-k (n x M scores, top-k per row)\n\n"
+              "topk = qk_topk; gemm tiled = the same tile sgemm calls into the same per-thread "
+              "buffers, no selection; gemm full = one sgemm into an n x M buffer; torch = "
+              "torch.topk(torch.matmul(U, V.T) + c, k). Best of reps, seconds.\n\n"
+              "| date | machine | command | threads | n | M | k | r | tiles | topk s | gemm tiled s "
+              "| gemm full s | torch s | topk/gemm tiled | topk/gemm full | torch/topk |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for d in rows:
+        tt = torch_time(a.n, a.M, d["r"], a.k, a.reps)
+        r1, r2, r3 = d["topk_s"] / d["gemm_tiled_s"], d["topk_s"] / d["gemm_full_s"], tt / d["topk_s"]
+        print(f"r={d['r']:4d} threads={d['threads']}: topk {d['topk_s']:.4f} s, gemm tiled {d['gemm_tiled_s']:.4f} s, "
+              f"gemm full {d['gemm_full_s']:.4f} s, torch {tt:.4f} s | topk/gemm tiled {r1:.2f}x, "
+              f"topk/gemm full {r2:.2f}x, torch/topk {r3:.2f}x")
+        append_row(a.out, header,
+                   f"| {date} | {machine()} | `{command}` | {d['threads']} | {a.n} | {a.M} | {a.k} | {d['r']} | "
+                   f"{d['row_block']}x{d['col_block']} | {d['topk_s']:.4f} | {d['gemm_tiled_s']:.4f} | "
+                   f"{d['gemm_full_s']:.4f} | {tt:.4f} | {r1:.2f} | {r2:.2f} | {r3:.2f} |\n")
 
 if __name__ == "__main__":
     main()
