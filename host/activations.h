@@ -7,6 +7,7 @@ typedef struct {
     int B, T;          // batch shape the buffers were allocated for
     int keep_attn;     // keep scores and pattern of every layer (else only the current layer's)
     int want_logits;
+    int n_run;         // layers to compute, 0 = all (the analysis stops after its last layer)
     // Kept (TransformerLens hook -> buffer):
     float *resid;      // (L+1, B, T, C): [l] = blocks.l.hook_resid_pre; [l+1] = blocks.l.hook_resid_post
     float *ln1_scale;  // (L, B, T): blocks.l.ln1.hook_scale

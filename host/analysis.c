@@ -114,6 +114,7 @@ typedef struct {
 
 static float dotf(const float *a, const float *b, int n) {
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
@@ -443,9 +444,9 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
     // Look-for features: u_i = q_i Kd^T / sqrt(dh), top-k and bottom-k; encoder projection.
     float *scale = qk_malloc(sizeof(float) * N);
     for (int n = 0; n < N; n++) scale[n] = hb.inv;
-    QkTopkOpts top = {.k = o->k}, bot = {.k = o->k, .bottom = 1};
-    int rc = qk_topk(N, t->m, dh, hb.Qm, dh, scale, t->Kd, NULL, &top, r->top_idx, r->top_val, NULL) ||
-             qk_topk(N, t->m, dh, hb.Qm, dh, scale, t->Kd, NULL, &bot, r->bot_idx, r->bot_val, NULL);
+    // Top-k and bottom-k from one pass over the same GEMM tiles.
+    QkTopkOpts top = {.k = o->k, .bottom_idx = r->bot_idx, .bottom_val = r->bot_val};
+    int rc = qk_topk(N, t->m, dh, hb.Qm, dh, scale, t->Kd, NULL, &top, r->top_idx, r->top_val, NULL);
     if (!rc && r->enc) {
         // v_i W_enc = (q_i / sqrt(dh)) E^T and |v_i|^2 = (q_i / sqrt(dh)) G (q_i / sqrt(dh))^T.
         float *U = qk_malloc(sizeof(float) * (size_t)N * dh), *norm2 = qk_malloc(sizeof(float) * N);

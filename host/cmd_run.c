@@ -251,6 +251,8 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
     if (acts->B != B) {
         gpt2_acts_free(acts);
         gpt2_acts_alloc(acts, mc, B, T, 0, 0);
+        for (int l = 0; l < r->L; l++)  // no layer after the last analysed one is needed
+            if (r->s.sae[l]) acts->n_run = l + 1;
     }
     double t = qk_now();
     if (r->be->forward(r->be, &r->s.model, tokens, acts)) return -1;

@@ -90,7 +90,8 @@ int gpt2_forward_cpu(const GPT2Model *m, const int *tokens, GPT2Acts *a) {
         float *o = x + (size_t)n * C;
         for (int i = 0; i < C; i++) o[i] = te[i] + pe[i];
     }
-    for (int l = 0; l < c->n_layer; l++) {
+    const int n_run = a->n_run && !a->want_logits ? a->n_run : c->n_layer;
+    for (int l = 0; l < n_run; l++) {
         const GPT2Layer *ly = &m->layers[l];
         float *in = acts_resid(a, c, l), *out = acts_resid(a, c, l + 1);
         float *hq = a->q + (size_t)l * N * C, *hk = a->k + (size_t)l * N * C;

@@ -9,6 +9,13 @@
 #include "sha256.h"
 #include "util.h"
 
+static int hash_file(const char *dir, const char *file, char hex[65]) {
+    char *path = qk_path_join(dir, file);
+    int rc = qk_sha256_file(path, hex);
+    free(path);
+    return rc;
+}
+
 int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet) {
     memset(s, 0, sizeof *s);
     if (run_config_load(&s->cfg, config, sets, n_sets)) return -1;
@@ -54,6 +61,10 @@ int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_set
         s->recorded[i] &= s->analysed[i];
     }
     if (!s->n_analysed) return qk_err("%s: no head to analyse (is [sae] empty?)", c->path);
+    // Identity of the weights, hashed once (every output file and shard records it).
+    if (hash_file(c->model_dir, "model.safetensors", s->model_sha256)) return -1;
+    for (int l = 0; l < L; l++)
+        if (s->sae[l] && hash_file(c->sae_dir[l], "sae_weights.safetensors", s->sae_sha256[l])) return -1;
     return 0;
 }
 
@@ -67,20 +78,13 @@ void run_setup_close(RunSetup *s) {
     memset(s, 0, sizeof *s);
 }
 
-static int attr_file_hash(hid_t obj, const char *name, const char *dir, const char *file) {
-    char *path = qk_path_join(dir, file), hex[65];
-    int rc = qk_sha256_file(path, hex) || qk_h5_attr_str(obj, name, hex);
-    free(path);
-    return rc ? -1 : 0;
-}
-
 int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) {
     const RunConfig *c = &s->cfg;
     const int L = s->model.cfg.n_layer, H = s->model.cfg.n_head;
     if (qk_h5_attr_str(file, "format", format) || qk_h5_attr_int(file, "format_version", QK_FORMAT_VERSION) ||
         qk_h5_attr_str(file, "qkscope_version", QK_VERSION) || qk_h5_attr_str(file, "config", c->text) ||
         qk_h5_attr_str(file, "config_path", c->path) || qk_h5_attr_str(file, "model_dir", c->model_dir) ||
-        attr_file_hash(file, "model_sha256", c->model_dir, "model.safetensors") ||
+        qk_h5_attr_str(file, "model_sha256", s->model_sha256) ||
         qk_h5_attr_str(file, "precision", c->precision))
         return -1;
     // Head labels "L.H" of the analysed heads, in layer-major order.
@@ -106,7 +110,7 @@ int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) 
         H5Pclose(lcpl);
         if (grp < 0) return qk_err("HDF5: cannot create group %s", g);
         const QkSae *sae = s->sae[l];
-        rc = qk_h5_attr_str(grp, "dir", c->sae_dir[l]) || attr_file_hash(grp, "sha256", c->sae_dir[l], "sae_weights.safetensors") ||
+        rc = qk_h5_attr_str(grp, "dir", c->sae_dir[l]) || qk_h5_attr_str(grp, "sha256", s->sae_sha256[l]) ||
              qk_h5_attr_str(grp, "architecture", qk_sae_arch_name(sae->arch)) ||
              qk_h5_attr_str(grp, "normalize_activations", sae->norm == QK_SAE_NORM_LAYER_NORM ? "layer_norm" : "none") ||
              qk_h5_attr_int(grp, "d_sae", sae->d_sae) || qk_h5_attr_int(grp, "k", sae->k) ||

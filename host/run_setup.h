@@ -19,6 +19,8 @@ typedef struct {
     uint8_t *analysed;          // (L*H): heads with aggregates (every head whose layer has an SAE)
     uint8_t *recorded;          // (L*H): heads with per-token records
     int n_analysed, n_recorded;
+    char model_sha256[65];                  // of model.safetensors, hashed once per run
+    char sae_sha256[QK_MAX_LAYERS][65];     // of each SAE's sae_weights.safetensors
 } RunSetup;
 
 // Loads the config (with --set overrides), the model and the SAEs, and resolves the head lists.

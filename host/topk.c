@@ -184,9 +184,41 @@ static int check_args(int n, int M, int r, const float *U, int ldu, const float 
     return 0;
 }
 
+// Row i's result from its S segment heaps: the best k by the heap order, values times sign.
+static void finalize_row(const QkTopkOpts *o, int i, int S, int k, float sign, const uint64_t *hk, const int *hn,
+                         const int64_t *hact, uint64_t *tmp, int32_t *oi, float *ov, int32_t *count) {
+    const int gated = o->act == QK_TOPK_GATED;
+    int m = 0;
+    int64_t act = 0;
+    for (int sg = 0; sg < S; sg++) {
+        size_t hx = (size_t)i * S + sg;
+        for (int t = 0; t < hn[hx]; t++) tmp[m++] = hk[hx * k + t];
+        act += hact[hx];
+    }
+    qsort(tmp, m, sizeof(uint64_t), cmp_key_desc);
+    if (m > k) m = k;
+    int positive = 0;
+    for (int t = 0; t < k; t++) {
+        oi[t] = t < m ? unpack_i(tmp[t]) : -1;
+        ov[t] = t < m ? sign * unpack_v(tmp[t]) : 0.0f;
+        if (o->act == QK_TOPK_RELU) {
+            if (ov[t] > 0.0f) positive++;
+            else ov[t] = 0.0f;
+        }
+    }
+    if (count) {
+        if (o->act == QK_TOPK_RELU) *count = positive;
+        else if (gated) *count = act > INT32_MAX ? INT32_MAX : (int32_t)act;
+        else *count = m;
+    }
+}
+
 int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const float *V,
             const float *c, const QkTopkOpts *o, int32_t *idx, float *val, int32_t *count) {
     if (check_args(n, M, r, U, ldu, V, o, idx, val)) return -1;
+    const int both = o->bottom_idx != NULL;
+    if (both && (o->bottom || o->act != QK_TOPK_PLAIN || !o->bottom_val))
+        return qk_err("qk_topk: bottom_idx/bottom_val need act PLAIN, bottom 0 and both arrays");
     if (n == 0) return 0;
     const int k = o->k, gated = o->act == QK_TOPK_GATED;
     const float sign = o->bottom ? -1.0f : 1.0f;
@@ -207,6 +239,11 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
     uint64_t *hk = qk_malloc(nh * k * sizeof(uint64_t));         // [n x S x k] heap keys
     int *hn = qk_calloc(nh, sizeof(int));                        // [n x S] entries held
     int64_t *hact = qk_calloc(nh, sizeof(int64_t));              // [n x S] gated: active count
+    // The bottom-k heaps (both): the tile row, already scored as v in place, is rescored as -v.
+    uint64_t *bk = both ? qk_malloc(nh * k * sizeof(uint64_t)) : NULL;  // [n x S x k]
+    int *bn = both ? qk_calloc(nh, sizeof(int)) : NULL;                  // [n x S]
+    int64_t *bact = both ? qk_calloc(nh, sizeof(int64_t)) : NULL;        // [n x S] unused (plain)
+    float *zeros = both ? qk_calloc(CB, sizeof(float)) : NULL;          // [CB]
 
 #pragma omp parallel
     {
@@ -229,6 +266,12 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
                     scan_row(buf + (size_t)ii * cols, cols, j0, ai, ce + j0, gated,
                              o->gates ? o->gates + j0 : NULL, o->gate, &h, &hact[hx]);
                     hn[hx] = h.n;
+                    if (both) {  // -(a U.V + c): bit-identical to a separate bottom = 1 call
+                        Heap hb = {bk + hx * k, bn[hx], k, -INFINITY};
+                        if (hb.n == k) hb.thr = unpack_v(hb.key[0]);
+                        scan_row(buf + (size_t)ii * cols, cols, j0, -1.0f, zeros, 0, NULL, 0.0f, &hb, &bact[hx]);
+                        bn[hx] = hb.n;
+                    }
                 }
             }
         }
@@ -240,35 +283,16 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
         uint64_t *tmp = qk_malloc((size_t)S * k * sizeof(uint64_t));  // [S x k]
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) {
-            int m = 0;
-            int64_t act = 0;
-            for (int sg = 0; sg < S; sg++) {
-                size_t hx = (size_t)i * S + sg;
-                for (int t = 0; t < hn[hx]; t++) tmp[m++] = hk[hx * k + t];
-                act += hact[hx];
-            }
-            qsort(tmp, m, sizeof(uint64_t), cmp_key_desc);
-            if (m > k) m = k;
-            int32_t *oi = idx + (size_t)i * k;
-            float *ov = val + (size_t)i * k;
-            int positive = 0;
-            for (int t = 0; t < k; t++) {
-                oi[t] = t < m ? unpack_i(tmp[t]) : -1;
-                ov[t] = t < m ? sign * unpack_v(tmp[t]) : 0.0f;
-                if (o->act == QK_TOPK_RELU) {
-                    if (ov[t] > 0.0f) positive++;
-                    else ov[t] = 0.0f;
-                }
-            }
-            if (count) {
-                if (o->act == QK_TOPK_RELU) count[i] = positive;
-                else if (gated) count[i] = act > INT32_MAX ? INT32_MAX : (int32_t)act;
-                else count[i] = m;
-            }
+            finalize_row(o, i, S, k, sign, hk, hn, hact, tmp, idx + (size_t)i * k, val + (size_t)i * k,
+                         count ? count + i : NULL);
+            if (both)
+                finalize_row(o, i, S, k, -1.0f, bk, bn, bact, tmp, o->bottom_idx + (size_t)i * k,
+                             o->bottom_val + (size_t)i * k, NULL);
         }
         free(tmp);
     }
     free(ce);
+    free(bk), free(bn), free(bact), free(zeros);
     free(hk);
     free(hn);
     free(hact);

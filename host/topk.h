@@ -34,6 +34,10 @@ typedef struct {
     QkTopkAct act;
     float gate;          // QK_TOPK_GATED with gates == NULL: one gate for every column
     const float *gates;  // [M] or NULL: per-column gates for QK_TOPK_GATED
+    // QK_TOPK_PLAIN with bottom = 0 only: also the k smallest, from the same GEMM tiles (value
+    // ascending, index ascending), into bottom_idx / bottom_val [n x k]; NULL: not asked.
+    int32_t *bottom_idx;
+    float *bottom_val;
     int row_block;       // rows per GEMM tile; 0 = default
     int col_block;       // columns per GEMM tile; 0 = default
 } QkTopkOpts;

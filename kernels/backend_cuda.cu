@@ -62,7 +62,7 @@ typedef struct {
 
 // Device mirror of GPT2Acts for one batch shape.
 typedef struct {
-    int B, T, keep_attn, want_logits;
+    int B, T, keep_attn, want_logits, n_run;
     int *tokens;                                   // (B, T)
     float *resid, *ln1_scale, *q, *k, *scores, *pattern, *logits;  // as GPT2Acts
     float *ln, *qkv, *z, *fc, *lnf_scale;
@@ -258,7 +258,8 @@ static int forward_device(CudaCtx *ctx, const GPT2Config *c, DevActs *a) {
     const unsigned TB = 256;
     embed_kernel<<<blocks_for(NC, TB), TB>>>(a->resid, a->tokens, w->wte, w->wpe, N, T, C);
     KERNEL_TRY(embed_kernel);
-    for (int l = 0; l < c->n_layer; l++) {
+    const int n_run = a->n_run && !a->want_logits ? a->n_run : c->n_layer;
+    for (int l = 0; l < n_run; l++) {
         const DevLayer *ly = &w->layers[l];
         float *in = a->resid + l * NC, *out = a->resid + (l + 1) * NC;
         float *S = a->scores + (a->keep_attn ? l * layer_attn : 0), *P = a->pattern + (a->keep_attn ? l * layer_attn : 0);
@@ -314,6 +315,7 @@ static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GP
     size_t BT = (size_t)h->B * h->T, L = c->n_layer, C = c->d_model;
     size_t attn = (h->keep_attn ? L : 1) * h->B * c->n_head * (size_t)h->T * h->T;
     CUDA_TRY(cudaMemcpy(a->tokens, tokens, BT * sizeof(int), cudaMemcpyHostToDevice));
+    a->n_run = h->n_run;
     if (forward_device(ctx, c, a)) return -1;
     CUDA_TRY(cudaDeviceSynchronize());
     if (download(h->resid, a->resid, (L + 1) * BT * C) || download(h->ln1_scale, a->ln1_scale, L * BT) ||

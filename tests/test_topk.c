@@ -299,3 +299,29 @@ Test(topk, bad_arguments) {
     }
     prob_free(&p);
 }
+
+// Top-k and bottom-k from one pass equal two separate calls bit for bit.
+Test(topk, top_and_bottom_in_one_pass_equal_separate_calls) {
+    TRng g = {77};
+    const int n = 37, M = 1001, r = 20, k = 9;
+    float *U = qk_malloc(sizeof(float) * n * r), *V = qk_malloc(sizeof(float) * M * r), *a = qk_malloc(sizeof(float) * n),
+          *c = qk_malloc(sizeof(float) * M);
+    trng_fill_normal(&g, U, (size_t)n * r, 0, 1);
+    trng_fill_normal(&g, V, (size_t)M * r, 0, 1);
+    trng_fill_normal(&g, a, n, 1, 0.3);
+    trng_fill_normal(&g, c, M, 0, 0.5);
+    int32_t *i1 = qk_malloc(4 * n * k), *i2 = qk_malloc(4 * n * k), *j1 = qk_malloc(4 * n * k), *j2 = qk_malloc(4 * n * k);
+    float *v1 = qk_malloc(4 * n * k), *v2 = qk_malloc(4 * n * k), *w1 = qk_malloc(4 * n * k), *w2 = qk_malloc(4 * n * k);
+    QkTopkOpts top = {.k = k, .col_block = 96}, bot = {.k = k, .bottom = 1, .col_block = 96};
+    cr_assert_eq(qk_topk(n, M, r, U, r, a, V, c, &top, i1, v1, NULL), 0);
+    cr_assert_eq(qk_topk(n, M, r, U, r, a, V, c, &bot, j1, w1, NULL), 0);
+    QkTopkOpts both = {.k = k, .col_block = 96, .bottom_idx = j2, .bottom_val = w2};
+    cr_assert_eq(qk_topk(n, M, r, U, r, a, V, c, &both, i2, v2, NULL), 0, "%s", qk_errmsg());
+    cr_expect_eq(memcmp(i1, i2, 4 * n * k), 0);
+    cr_expect_eq(memcmp(v1, v2, 4 * n * k), 0);
+    cr_expect_eq(memcmp(j1, j2, 4 * n * k), 0);
+    cr_expect_eq(memcmp(w1, w2, 4 * n * k), 0);
+    QkTopkOpts bad = {.k = k, .act = QK_TOPK_RELU, .bottom_idx = j2, .bottom_val = w2};
+    cr_expect_eq(qk_topk(n, M, r, U, r, a, V, c, &bad, i2, v2, NULL), -1);
+    free(U), free(V), free(a), free(c), free(i1), free(i2), free(j1), free(j2), free(v1), free(v2), free(w1), free(w2);
+}
