@@ -60,7 +60,7 @@ void layer_code_free(LayerCode *lc) {
 
 void head_records_alloc(HeadRecords *r, const AnalysisOpts *o, int n, int slots, const QkSae *sae, int encoder) {
     memset(r, 0, sizeof *r);
-    r->n = n, r->k = o->k, r->a = o->a, r->p = o->p, r->sp = o->sketch_pairs, r->enc = encoder;
+    r->n = n, r->k = o->k, r->a = o->a, r->p = o->p, r->sp = o->sketch_pairs, r->enc = encoder, r->bottom = 1;
     size_t nk = (size_t)n * o->k, na = (size_t)n * o->a, nap = na * o->p;
     r->top_idx = qk_malloc(sizeof(int32_t) * nk), r->bot_idx = qk_malloc(sizeof(int32_t) * nk);
     r->top_val = qk_malloc(sizeof(float) * nk), r->bot_val = qk_malloc(sizeof(float) * nk);
@@ -444,8 +444,8 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
     // Look-for features: u_i = q_i Kd^T / sqrt(dh), top-k and bottom-k; encoder projection.
     float *scale = qk_malloc(sizeof(float) * N);
     for (int n = 0; n < N; n++) scale[n] = hb.inv;
-    // Top-k and bottom-k from one pass over the same GEMM tiles.
-    QkTopkOpts top = {.k = o->k, .bottom_idx = r->bot_idx, .bottom_val = r->bot_val};
+    // Top-k and (for records) bottom-k from one pass over the same GEMM tiles.
+    QkTopkOpts top = {.k = o->k, .bottom_idx = r->bottom ? r->bot_idx : NULL, .bottom_val = r->bottom ? r->bot_val : NULL};
     int rc = qk_topk(N, t->m, dh, hb.Qm, dh, scale, t->Kd, NULL, &top, r->top_idx, r->top_val, NULL);
     if (!rc && r->enc) {
         // v_i W_enc = (q_i / sqrt(dh)) E^T and |v_i|^2 = (q_i / sqrt(dh)) G (q_i / sqrt(dh))^T.

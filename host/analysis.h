@@ -47,6 +47,7 @@ void layer_code_free(LayerCode *lc);
 // Per-token records of one head for a batch of n = B*T tokens.  Unused slots: index -1, value 0.
 typedef struct {
     int n, k, a, p, sp, enc;  // sp: sketch pairs per query; enc: encoder projection computed
+    int bottom;               // bottom-k look-for computed (records only: the aggregates need top-k)
     int32_t *top_idx, *bot_idx;   // (n, k) look-for (decoder projection), top and bottom
     float *top_val, *bot_val;     // (n, k)
     QkSaeCode enc_code;           // (n, slots) encoder projection, when enc

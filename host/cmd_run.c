@@ -268,6 +268,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
             int i = l * r->H + h;
             if (!r->s.analysed[i]) continue;
             r->rec[l].enc = enc_alloc && r->s.recorded[i];  // the encoder projection only where it is written
+            r->rec[l].bottom = r->s.recorded[i];             // and the bottom-k look-for
             t = qk_now();
             rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, length, &r->rec[l], &r->agg[i]);
             r->t_stage[STAGE_ANALYSIS] += qk_now() - t;
