@@ -7,6 +7,7 @@ int cmd_tokenize(int argc, char **argv);  // GPT-2 BPE encode / decode (cmd_toke
 int cmd_static(int argc, char **argv);    // weights-only feature maps (cmd_static.c)
 int cmd_run(int argc, char **argv);       // the corpus analysis (cmd_run.c)
 int cmd_merge(int argc, char **argv);     // one file over the shards of a run (cmd_merge.c)
+int cmd_info(int argc, char **argv);      // describe a file or folder (cmd_info.c)
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
 
 // Exit statuses shared by every command.

@@ -15,6 +15,7 @@ static const Command k_commands[] = {
     {"run", cmd_run, "the feature-space attention analysis of a corpus, for every head (config: configs/)"},
     {"static", cmd_static, "weights-only feature-to-feature maps (q2k, k2q, key prior) for every head"},
     {"merge", cmd_merge, "one file over all shards of a sharded run (virtual datasets, summed aggregates)"},
+    {"info", cmd_info, "describe a run file, a sharded run folder, a model folder or an SAE folder"},
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
     {"planted", cmd_planted, "write a tiny synthetic GPT-2 + SAEs with planted circuits (offline demo, checks)"},

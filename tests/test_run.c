@@ -191,3 +191,22 @@ Test(run, layer_without_sae_is_skipped_when_all_heads) {
     H5Fclose(f);
     free(c);
 }
+
+// qkscope info describes a run file, a model folder and an SAE folder; a bad path is an error.
+Test(run, info_describes_files_and_folders) {
+    char *cfg = write_config("info", "");
+    cr_assert_eq(sh("./bin/qkscope run -q %s -o %s/info.h5", cfg, g_dir), 0);
+    cr_expect_eq(sh("./bin/qkscope info %s/info.h5 > %s/i1.txt && ./bin/qkscope info %s/model > %s/i2.txt && "
+                    "./bin/qkscope info %s/sae/layer_1 > %s/i3.txt", g_dir, g_dir, g_dir, g_dir, g_dir, g_dir), 0);
+    const char *want[3][2] = {{"i1.txt", "qkscope-run"}, {"i2.txt", "GPT-2 model, 2 layers x 4 heads"},
+                              {"i3.txt", "hook blocks.1.hook_resid_pre"}};
+    for (int i = 0; i < 3; i++) {
+        char p[700];
+        snprintf(p, sizeof p, "%s/%s", g_dir, want[i][0]);
+        char *t = qk_read_file(p, NULL);
+        cr_expect(t && strstr(t, want[i][1]), "%s lacks '%s': %s", want[i][0], want[i][1], t ? t : "");
+        free(t);
+    }
+    cr_expect_eq(sh("./bin/qkscope info %s/nothing-here 2>/dev/null", g_dir), 1);
+    free(cfg);
+}
