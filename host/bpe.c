@@ -166,15 +166,8 @@ static uint32_t pow2_above(size_t n) {
 
 // Parses the token -> id JSON into b->tok_* (ids must be exactly 0..n-1, each once).
 static int load_vocab_json(QkBpe *b, const char *path, const int16_t *cp_to_byte) {
-    size_t len;
-    char *text = qk_read_file(path, &len);
-    if (!text) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return qk_err("%s: not a JSON object mapping token strings to ids", path);
-    }
+    cJSON *root = qk_json_load(path);  // token string -> id
+    if (!root) return -1;
     int n = cJSON_GetArraySize(root), rc = 0;
     QkBytes *tb = qk_calloc(n ? n : 1, sizeof(QkBytes));
     const cJSON *e;

@@ -55,12 +55,9 @@ static int info_h5(const char *path) {
 
 static int info_shards(const char *dir) {
     char *mpath = qk_path_join(dir, "manifest.json");
-    size_t len;
-    char *text = qk_read_file(mpath, &len);
+    cJSON *m = qk_json_load(mpath);
     free(mpath);
-    if (!text) return -1;
-    cJSON *m = cJSON_ParseWithLength(text, len);
-    free(text);
+    if (!m) return -1;
     const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
     if (!cJSON_IsArray(shards)) {
         cJSON_Delete(m);

@@ -25,34 +25,13 @@ typedef struct {
     int64_t total_windows, total_tokens;
 } Shards;
 
-static int64_t attr_i64(hid_t obj, const char *name) {
-    int64_t v = -1;
-    if (H5Aexists(obj, name) <= 0) return -1;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_INT64, &v);
-    H5Aclose(a);
-    return v;
-}
-
-static char *attr_str(hid_t obj, const char *name) {
-    if (H5Aexists(obj, name) <= 0) return NULL;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = H5Aget_type(a);
-    char *buf = qk_calloc(H5Tget_size(t) + 1, 1);
-    H5Aread(a, t, buf);
-    H5Tclose(t), H5Aclose(a);
-    return buf;
-}
-
 // Reads OUT/manifest.json and opens every shard it lists, checking each is complete and from
 // the same configuration.
 static int open_shards(const char *dir, Shards *s) {
     memset(s, 0, sizeof *s);
     char *mpath = qk_path_join(dir, "manifest.json");
-    size_t len;
-    char *text = qk_read_file(mpath, &len);
-    if (!text) return free(mpath), -1;
-    cJSON *m = cJSON_ParseWithLength(text, len);
-    free(text);
+    cJSON *m = qk_json_load(mpath);
+    if (!m) return free(mpath), -1;
     int rc = 0;
     const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
     const cJSON *hash = cJSON_GetObjectItemCaseSensitive(m, "config_hash");
@@ -80,18 +59,18 @@ static int open_shards(const char *dir, Shards *s) {
                         s->path[i]);
             break;
         }
-        char *h = attr_str(s->file[i], "config_hash");
+        char *h = qk_h5_attr_read_str(s->file[i], "config_hash");
         int same = h && !strcmp(h, hash->valuestring);
         free(h);
-        int64_t first = attr_i64(s->file[i], "first_window");
-        s->windows[i] = attr_i64(s->file[i], "windows");
-        if (attr_i64(s->file[i], "complete") != 1) rc = qk_err("%s: shard incomplete; refusing to merge", s->path[i]);
+        int64_t first = qk_h5_attr_read_int(s->file[i], "first_window");
+        s->windows[i] = qk_h5_attr_read_int(s->file[i], "windows");
+        if (qk_h5_attr_read_int(s->file[i], "complete") != 1) rc = qk_err("%s: shard incomplete; refusing to merge", s->path[i]);
         else if (!same) rc = qk_err("%s: config_hash differs from the manifest's", s->path[i]);
         else if (first != s->total_windows)
             rc = qk_err("%s: first_window %lld, expected %lld (shards out of order?)", s->path[i], (long long)first,
                         (long long)s->total_windows);
         s->total_windows += s->windows[i];
-        s->total_tokens += attr_i64(s->file[i], "tokens_processed");
+        s->total_tokens += qk_h5_attr_read_int(s->file[i], "tokens_processed");
     }
     cJSON_Delete(m);
     free(mpath);
@@ -234,7 +213,7 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
             hid_t grp = H5Gopen2(f0, g, H5P_DEFAULT), dm = H5Dopen2(grp, "query_marginal", H5P_DEFAULT);
             hid_t msp = H5Dget_space(dm);
             int m = (int)H5Sget_simple_extent_npoints(msp);
-            int cap = (int)attr_i64(grp, "sketch_capacity");
+            int cap = (int)qk_h5_attr_read_int(grp, "sketch_capacity");
             H5Sclose(msp), H5Dclose(dm), H5Gclose(grp);
             HeadAggregates *a = &agg[hl[i] * H + hh[i]];
             head_agg_init(a, m, cap > 0 ? cap : 1);

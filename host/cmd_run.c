@@ -24,7 +24,6 @@
 #include "run_setup.h"
 #include "util.h"
 
-#define MAX_SETS 256
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -402,27 +401,6 @@ static int write_manifest(const Run *r, int n_shards, int done) {
     return 0;
 }
 
-static int64_t h5_attr_i64(hid_t f, const char *name) {
-    int64_t v = -1;
-    if (H5Aexists(f, name) <= 0) return -1;
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_INT64, &v);
-    H5Aclose(a);
-    return v;
-}
-
-static int h5_attr_str_eq(hid_t f, const char *name, const char *want) {
-    if (H5Aexists(f, name) <= 0) return 0;
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT), t = H5Aget_type(a);
-    size_t n = H5Tget_size(t);
-    char *buf = qk_calloc(n + 1, 1);
-    H5Aread(a, t, buf);
-    int eq = !strcmp(buf, want);
-    free(buf);
-    H5Tclose(t), H5Aclose(a);
-    return eq;
-}
-
 // Prepares OUT for a sharded run: a fresh folder, or (resume) the completed shards to skip.
 static int prepare_shards(Run *r, int resume, int64_t *skip_windows) {
     *skip_windows = 0;
@@ -442,8 +420,10 @@ static int prepare_shards(Run *r, int resume, int64_t *skip_windows) {
         if (!qk_file_exists(path)) break;
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) return qk_err("%s: not a readable HDF5 file", path);
-        int complete = h5_attr_i64(f, "complete") == 1, same = h5_attr_str_eq(f, "config_hash", r->config_hash);
-        int64_t first = h5_attr_i64(f, "first_window"), windows = h5_attr_i64(f, "windows");
+        char *hash = qk_h5_attr_read_str(f, "config_hash");
+        int complete = qk_h5_attr_read_int(f, "complete") == 1, same = hash && !strcmp(hash, r->config_hash);
+        free(hash);
+        int64_t first = qk_h5_attr_read_int(f, "first_window"), windows = qk_h5_attr_read_int(f, "windows");
         H5Fclose(f);
         if (!complete) return qk_err("%s: incomplete shard under its final name", path);
         if (!same)
@@ -586,30 +566,10 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
 }
 
 int cmd_run(int argc, char **argv) {
-    static const struct option opts[] = {{"set", required_argument, 0, 's'},
-                                         {"output", required_argument, 0, 'o'},
-                                         {"resume", no_argument, 0, 'r'},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    char *sets[MAX_SETS];
-    int n_sets = 0, quiet = 0, resume = 0;
-    const char *out = NULL;
-    optind = 1;
-    opterr = 0;
-    for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
-        if (ch == 's' && n_sets < MAX_SETS) sets[n_sets++] = optarg;
-        else if (ch == 'o') out = optarg;
-        else if (ch == 'q') quiet = 1;
-        else if (ch == 'r') resume = 1;
-        else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
-        else return fprintf(stderr, "qkscope run: unknown or incomplete option '%s' (--help)\n", argv[optind - 1]), QK_EXIT_USAGE;
-    }
-    if (optind != argc - 1 || !out) {
-        fprintf(stderr, "qkscope run: expected CONFIG and -o OUT.h5 (--help)\n");
-        return QK_EXIT_USAGE;
-    }
-    int rc = run(argv[optind], sets, n_sets, out, quiet, resume);
+    RunArgs a;
+    int st = run_args_parse(argc, argv, "run", 1, usage, &a);
+    if (st >= 0) return st;
+    int rc = run(a.config, a.sets, a.n_sets, a.out, a.quiet, a.resume);
     if (rc < 0) {
         fprintf(stderr, "qkscope run: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;

@@ -13,7 +13,6 @@
 #include "static_maps.h"
 #include "util.h"
 
-#define MAX_SETS 256
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -98,28 +97,10 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
 }
 
 int cmd_static(int argc, char **argv) {
-    static const struct option opts[] = {{"set", required_argument, 0, 's'},
-                                         {"output", required_argument, 0, 'o'},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    char *sets[MAX_SETS];
-    int n_sets = 0, quiet = 0;
-    const char *out = NULL;
-    optind = 1;
-    opterr = 0;
-    for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
-        if (ch == 's' && n_sets < MAX_SETS) sets[n_sets++] = optarg;
-        else if (ch == 'o') out = optarg;
-        else if (ch == 'q') quiet = 1;
-        else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
-        else return fprintf(stderr, "qkscope static: unknown or incomplete option '%s' (--help)\n", argv[optind - 1]), QK_EXIT_USAGE;
-    }
-    if (optind != argc - 1 || !out) {
-        fprintf(stderr, "qkscope static: expected CONFIG and -o OUT.h5 (--help)\n");
-        return QK_EXIT_USAGE;
-    }
-    if (run(argv[optind], sets, n_sets, out, quiet)) {
+    RunArgs a;
+    int st = run_args_parse(argc, argv, "static", 0, usage, &a);
+    if (st >= 0) return st;
+    if (run(a.config, a.sets, a.n_sets, a.out, a.quiet)) {
         fprintf(stderr, "qkscope static: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }

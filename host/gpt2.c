@@ -26,15 +26,8 @@ static int cfg_int(const cJSON *root, const char *path, const char *key, int def
 
 int gpt2_config_load(GPT2Config *cfg, const char *path) {
     memset(cfg, 0, sizeof *cfg);
-    size_t len;
-    char *text = qk_read_file(path, &len);
-    if (!text) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return qk_err("%s: not a JSON object", path);
-    }
+    cJSON *root = qk_json_load(path);
+    if (!root) return -1;
     int rc = 0, n_pos = 0;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");

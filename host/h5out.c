@@ -181,3 +181,24 @@ void qk_h5_feature_convert(const int32_t *idx, size_t n, int d_sae, void *out) {
     else
         for (size_t i = 0; i < n; i++) ((uint32_t *)out)[i] = idx[i] < 0 ? UINT32_MAX : (uint32_t)idx[i];
 }
+
+int64_t qk_h5_attr_read_int(hid_t obj, const char *name) {
+    int64_t v = -1;
+    if (H5Aexists(obj, name) <= 0) return -1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    return v;
+}
+
+char *qk_h5_attr_read_str(hid_t obj, const char *name) {
+    if (H5Aexists(obj, name) <= 0) return NULL;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = H5Aget_type(a);
+    char *buf = NULL;
+    if (H5Tget_class(t) == H5T_STRING) {
+        buf = qk_calloc(H5Tget_size(t) + 1, 1);
+        H5Aread(a, t, buf);
+    }
+    H5Tclose(t), H5Aclose(a);
+    return buf;
+}

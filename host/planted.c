@@ -607,15 +607,12 @@ static int get_int(const cJSON *o, const char *key, const char *path, int *out) 
 int qk_planted_read(const char *dir, QkPlanted *info) {
     memset(info, 0, sizeof *info);
     char *path = qk_path_join(dir, "planted.json");
-    size_t len;
-    char *text = qk_read_file(path, &len);
-    if (!text) {
+    cJSON *r = qk_json_load(path);
+    if (!r) {
         free(path);
         return -1;
     }
-    cJSON *r = cJSON_ParseWithLength(text, len);
-    free(text);
-    int rc = cJSON_IsObject(r) ? 0 : qk_err("%s: not a JSON object", path);
+    int rc = 0;
     const struct { const char *key; int *v; } ints[] = {
         {"n_layer", &info->n_layer}, {"n_head", &info->n_head}, {"d_model", &info->d_model},
         {"d_head", &info->d_head},   {"n_ctx", &info->n_ctx},   {"vocab_size", &info->vocab_size},

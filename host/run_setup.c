@@ -1,10 +1,12 @@
 // run_setup.c: see run_setup.h.
 #include "run_setup.h"
 
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "commands.h"
 #include "h5out.h"
 #include "sha256.h"
 #include "util.h"
@@ -118,4 +120,30 @@ int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) 
         H5Gclose(grp);
     }
     return rc ? -1 : 0;
+}
+
+int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, void (*usage)(FILE *), RunArgs *a) {
+    static const struct option opts[] = {{"set", required_argument, 0, 's'}, {"output", required_argument, 0, 'o'},
+                                         {"resume", no_argument, 0, 'r'},    {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},      {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    optind = 1;
+    opterr = 0;
+    for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
+        if (ch == 's' && a->n_sets < QK_MAX_SETS) a->sets[a->n_sets++] = optarg;
+        else if (ch == 'o') a->out = optarg;
+        else if (ch == 'q') a->quiet = 1;
+        else if (ch == 'r' && allow_resume) a->resume = 1;
+        else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
+        else {
+            fprintf(stderr, "qkscope %s: unknown or incomplete option '%s' (--help)\n", cmd, argv[optind - 1]);
+            return QK_EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1 || !a->out) {
+        fprintf(stderr, "qkscope %s: expected CONFIG and -o OUTPUT (--help)\n", cmd);
+        return QK_EXIT_USAGE;
+    }
+    a->config = argv[optind];
+    return -1;
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <hdf5.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "gpt2.h"
 #include "run_config.h"
@@ -22,6 +23,19 @@ typedef struct {
     char model_sha256[65];                  // of model.safetensors, hashed once per run
     char sae_sha256[QK_MAX_LAYERS][65];     // of each SAE's sae_weights.safetensors
 } RunSetup;
+
+// The command line shared by `run` and `static`: CONFIG -o OUT [--set S.K=V ...] [-q]
+// [--resume (run only)].
+#define QK_MAX_SETS 256
+typedef struct {
+    const char *config, *out;
+    char *sets[QK_MAX_SETS];
+    int n_sets, quiet, resume;
+} RunArgs;
+
+// Returns -1 to go on, or the exit status (--help prints usage and gives 0; bad usage 2, with a
+// line on stderr naming `cmd`).
+int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, void (*usage)(FILE *), RunArgs *a);
 
 // Loads the config (with --set overrides), the model and the SAEs, and resolves the head lists.
 // A head asked for explicitly whose layer has no SAE is an error; with heads = all, such layers

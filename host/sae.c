@@ -182,15 +182,9 @@ static int parse_cfg(QkSae *sae, const char *path, const cJSON *root, int d_mode
 
 static int load_cfg(QkSae *sae, const char *dir, int d_model) {
     char *path = qk_path_join(dir, "cfg.json");
-    char *text = qk_read_file(path, NULL);
-    int rc = -1;
-    if (text) {
-        cJSON *root = cJSON_Parse(text);
-        if (!root) qk_err("%s: not valid JSON near byte %td", path, cJSON_GetErrorPtr() - text);
-        else rc = parse_cfg(sae, path, root, d_model);
-        cJSON_Delete(root);
-    }
-    free(text);
+    cJSON *root = qk_json_load(path);
+    int rc = root ? parse_cfg(sae, path, root, d_model) : -1;
+    cJSON_Delete(root);
     free(path);
     return rc;
 }

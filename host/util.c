@@ -1,6 +1,8 @@
 // util.c: see util.h.
 #include "util.h"
 
+#include <cJSON.h>
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -96,6 +98,22 @@ char *qk_read_file(const char *path, size_t *len) {
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+cJSON *qk_json_load(const char *path) {
+    size_t len;
+    char *text = qk_read_file(path, &len);
+    if (!text) return NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!cJSON_IsObject(root)) {
+        if (root) qk_err("%s: not a JSON object", path);
+        else qk_err("%s: not valid JSON near byte %td", path, end ? end - text : 0);
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    free(text);
+    return root;
 }
 
 char *qk_path_join(const char *dir, const char *name) {

@@ -35,6 +35,11 @@ int qk_add_size(size_t a, size_t b, size_t *out);
 // Reads a whole file into a NUL-terminated buffer; *len gets the byte count (without the NUL).
 char *qk_read_file(const char *path, size_t *len);
 
+// Reads and parses a JSON file whose top level must be an object (cJSON; free with cJSON_Delete).
+// NULL with one line naming the file and the byte offset of a parse error.
+struct cJSON;
+struct cJSON *qk_json_load(const char *path);
+
 // "dir/name" in a fresh buffer.
 char *qk_path_join(const char *dir, const char *name);
 int qk_file_exists(const char *path);
