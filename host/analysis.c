@@ -76,7 +76,13 @@ void head_records_alloc(HeadRecords *r, const AnalysisOpts *o, int n, int slots,
     r->sk_val = qk_malloc(sizeof(float) * (size_t)n * o->sketch_pairs);
 }
 
+void head_records_alloc_patterns(HeadRecords *r, int T) {
+    r->pattern = qk_malloc(sizeof(float) * (size_t)r->n * T);
+    r->pattern_hat = qk_malloc(sizeof(float) * (size_t)r->n * T);
+}
+
 void head_records_free(HeadRecords *r) {
+    free(r->pattern), free(r->pattern_hat);
     free(r->top_idx), free(r->bot_idx), free(r->top_val), free(r->bot_val);
     if (r->enc) qk_sae_code_free(&r->enc_code);
     free(r->att_idx), free(r->att_w), free(r->pair_f), free(r->pair_g), free(r->pair_val), free(r->groups);
@@ -310,6 +316,14 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
         // Attended keys: the a largest A_ij (= largest s_ij), ties to the lower j.
         const float *s = w->S + (size_t)i * T;
         double ls = lse(s, 0, i);
+        if (r->patterns) {  // the full rows, real and reconstructed (both sides)
+            const float *sb = w->Sb + (size_t)i * T;
+            double lb = lse(sb, 0, i);
+            for (int j = 0; j < T; j++) {
+                r->pattern[(size_t)n * T + j] = j <= i ? (float)exp(s[j] - ls) : 0.0f;
+                r->pattern_hat[(size_t)n * T + j] = j <= i ? (float)exp(sb[j] - lb) : 0.0f;
+            }
+        }
         int32_t *att = r->att_idx + (size_t)n * a;
         float *attw = r->att_w + (size_t)n * a;
         for (int q = 0; q < a; q++) att[q] = -1, attw[q] = 0;

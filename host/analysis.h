@@ -48,6 +48,8 @@ void layer_code_free(LayerCode *lc);
 typedef struct {
     int n, k, a, p, sp, enc;  // sp: sketch pairs per query; enc: encoder projection computed
     int bottom;               // bottom-k look-for computed (records only: the aggregates need top-k)
+    int patterns;             // full attention rows kept (records with [analysis] record_patterns)
+    float *pattern, *pattern_hat;  // (n, T) when patterns: A_i and Ahat_i (both sides), 0 for j > i
     int32_t *top_idx, *bot_idx;   // (n, k) look-for (decoder projection), top and bottom
     float *top_val, *bot_val;     // (n, k)
     QkSaeCode enc_code;           // (n, slots) encoder projection, when enc
@@ -64,6 +66,8 @@ typedef struct {
 } HeadRecords;
 
 void head_records_alloc(HeadRecords *r, const AnalysisOpts *o, int n, int slots, const QkSae *sae, int encoder);
+// Adds the (n, T) pattern rows (for recorded heads with record_patterns).
+void head_records_alloc_patterns(HeadRecords *r, int T);
 void head_records_free(HeadRecords *r);
 
 typedef struct {

@@ -48,7 +48,7 @@ static void usage(FILE *f) {
 // The per-token datasets of one recorded head.
 typedef struct {
     hid_t top_idx, top_val, bot_idx, bot_val, enc_idx, enc_val, enc_n, att_idx, att_w, pair_f, pair_g, pair_val,
-        groups, metrics;
+        groups, metrics, pattern, pattern_hat;
 } RecordSets;
 
 typedef struct {
@@ -86,6 +86,7 @@ static const char *const k_lbl_wtap[4] = {"window", "pos", "attended", "rank"};
 static const char *const k_lbl_groups[5] = {"window", "pos", "attended", "query_group", "key_group"};
 static const char *const k_lbl_wtm[3] = {"window", "pos", "metric"};
 static const char *const k_lbl_wt[2] = {"window", "pos"};
+static const char *const k_lbl_wqk[3] = {"window", "query_pos", "key_pos"};
 
 static int create_records(Run *r, int l, int h) {
     RecordSets *d = &r->rs[l * r->H + h];
@@ -108,6 +109,10 @@ static int create_records(Run *r, int l, int h) {
         DS(pair_val, "pair_value", H5T_NATIVE_FLOAT, 4, wtap, k_lbl_wtap) ||
         DS(groups, "group_totals", H5T_NATIVE_FLOAT, 5, wtg, k_lbl_groups) ||
         DS(metrics, "metrics", H5T_NATIVE_FLOAT, 3, wtm, k_lbl_wtm))
+        return -1;
+    hsize_t wtt[3] = {0, r->T, r->T};
+    if (r->s.cfg.record_patterns && (DS(pattern, "pattern", H5T_NATIVE_FLOAT, 3, wtt, k_lbl_wqk) ||
+                                     DS(pattern_hat, "pattern_reconstructed", H5T_NATIVE_FLOAT, 3, wtt, k_lbl_wqk)))
         return -1;
     if (r->s.cfg.encoder && (DS(enc_idx, "lookfor_encoder_idx", ft, 3, wte, k_lbl_wtk) ||
                              DS(enc_val, "lookfor_encoder_val", H5T_NATIVE_FLOAT, 3, wte, k_lbl_wtk) ||
@@ -148,6 +153,9 @@ static int append_records(Run *r, int l, int h, const HeadRecords *rec, int B) {
         qk_h5_append_rows(d->pair_val, H5T_NATIVE_FLOAT, B, rec->pair_val) ||
         qk_h5_append_rows(d->groups, H5T_NATIVE_FLOAT, B, rec->groups) ||
         qk_h5_append_rows(d->metrics, H5T_NATIVE_FLOAT, B, rec->metrics))
+        return -1;
+    if (rec->patterns && (qk_h5_append_rows(d->pattern, H5T_NATIVE_FLOAT, B, rec->pattern) ||
+                          qk_h5_append_rows(d->pattern_hat, H5T_NATIVE_FLOAT, B, rec->pattern_hat)))
         return -1;
     if (rec->enc) {
         QkSaeCode *e = (QkSaeCode *)&rec->enc_code;
@@ -203,6 +211,7 @@ static int open_run(Run *r, int quiet) {
             head_agg_init(&r->agg[i], sae->d_sae, c->sketch_capacity);
         }
         head_records_alloc(&r->rec[l], &r->o, c->batch * r->T, slots, sae, c->encoder && any_rec);
+        if (c->record_patterns && any_rec) head_records_alloc_patterns(&r->rec[l], r->T);
         size_t per_token = (size_t)(c->k > c->a * c->p ? c->k : c->a * c->p);
         if (c->encoder && (size_t)r->rec[l].enc_code.slots > per_token) per_token = r->rec[l].enc_code.slots;
         size_t row = (size_t)c->batch * r->T * per_token;
@@ -268,6 +277,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
             if (!r->s.analysed[i]) continue;
             r->rec[l].enc = enc_alloc && r->s.recorded[i];  // the encoder projection only where it is written
             r->rec[l].bottom = r->s.recorded[i];             // and the bottom-k look-for
+            r->rec[l].patterns = r->rec[l].pattern && r->s.recorded[i];
             t = qk_now();
             rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, length, &r->rec[l], &r->agg[i]);
             r->t_stage[STAGE_ANALYSIS] += qk_now() - t;

@@ -88,6 +88,7 @@ static const Key k_keys[] = {
     {"analysis", "a", K_INT, OFF(a), 1, 64},
     {"analysis", "p", K_INT, OFF(p), 1, 1024},
     {"analysis", "encoder", K_BOOL, OFF(encoder), 0, 0},
+    {"analysis", "record_patterns", K_BOOL, OFF(record_patterns), 0, 0},
     {"analysis", "enc_slots", K_INT, OFF(enc_slots), 1, 1 << 20},
     {"analysis", "sketch_pairs", K_INT, OFF(sketch_pairs), 1, 4096},
     {"analysis", "sketch_capacity", K_INT, OFF(sketch_capacity), 1, 1 << 24},
@@ -275,6 +276,7 @@ void run_config_hash(const RunConfig *c, char hex[65]) {
         c->pack, c->stride, (long long)c->max_tokens);
     ADD("heads=%s record=%s k=%d a=%d p=%d enc=%d enc_slots=%d sketch=%d,%d static_k=%d\n", c->heads, c->record_heads,
         c->k, c->a, c->p, c->encoder, c->enc_slots, c->sketch_pairs, c->sketch_capacity, c->static_k);
+    ADD("record_patterns=%d\n", c->record_patterns);
     ADD("precision=%s shard_tokens=%lld\n", c->precision, (long long)c->shard_tokens);
 #undef ADD
     uint8_t d[32];

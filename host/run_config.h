@@ -31,6 +31,7 @@ typedef struct {
     char *heads;         // "all", or a list "L.H,L.*": heads analysed (aggregates)
     char *record_heads;  // heads with per-token records ("none" allowed)
     int k, a, p, encoder, enc_slots, sketch_pairs, sketch_capacity;
+    int record_patterns;  // recorded heads also get full attention rows, real and reconstructed
     int static_k;        // top-k of the weights-only maps
     // [output]
     int64_t shard_tokens;  // 0: one file; else OUT is a folder of shards of about this many tokens

@@ -95,6 +95,8 @@ static void check_head(Fixture *fx, int l, int h) {
     head_tables_build(&t, &fx->m, l, h, &fx->sae[l], 1);
     HeadRecords r;
     head_records_alloc(&r, &fx->o, N, fx->lc[l].code.slots, &fx->sae[l], 1);
+    head_records_alloc_patterns(&r, T);
+    r.patterns = 1;
     HeadAggregates agg;
     head_agg_init(&agg, t.m, 64);
     cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], &fx->lc[l], &fx->acts, c, NULL, &r, &agg), 0, "%s", qk_errmsg());
@@ -165,6 +167,15 @@ static void check_head(Fixture *fx, int l, int h) {
         }
     cr_expect(worst_inv < 1e-5, "%d.%d: decomposition terms differ from the score by %.3g of their magnitude", l, h,
               worst_inv);
+    // The recorded full rows equal the forward pass's hook_pattern.
+    const float *pat = acts_pattern(&fx->acts, c, l);
+    double worst_pat = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < T; j++) {
+            int b = i / T, qi = i % T;
+            worst_pat = fmax(worst_pat, fabs(r.pattern[(size_t)i * T + j] - pat[(((size_t)b * c->n_head + h) * T + qi) * T + j]));
+        }
+    cr_expect(worst_pat < 1e-5, "%d.%d: pattern rows differ from hook_pattern by %g", l, h, worst_pat);
     free(rf), free(rg), free(rpv), free(rpgap), free(rG);
     // Metrics, per query and as means.
     for (int m = 0; m < N_METRICS; m++) {
