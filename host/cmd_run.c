@@ -17,6 +17,7 @@
 #include "analysis.h"
 #include "backend.h"
 #include "bpe.h"
+#include "chunk_writer.h"
 #include "commands.h"
 #include "corpus.h"
 #include "h5out.h"
@@ -75,7 +76,28 @@ typedef struct {
     int64_t shard_windows_done, shard_tokens_done;
     int64_t window_index;         // corpus windows seen (skipped on resume included)
     char config_hash[65];
+    // Per-window datasets go through the chunk writer (parallel compression, direct chunk writes).
+    ChunkWriter *cw;
+    hid_t *sink_ds;         // (n_sinks) dataset of each chunk-writer handle
+    int n_sinks;
 } Run;
+
+// Registers a freshly created per-window dataset with the chunk writer.
+static int reg(Run *r, hid_t ds, hid_t type) {
+    int h = cw_add(r->cw, ds, type);
+    if (h < 0) return -1;
+    r->sink_ds = qk_realloc(r->sink_ds, sizeof(hid_t) * (h + 1));
+    r->sink_ds[h] = ds;
+    r->n_sinks = h + 1;
+    return 0;
+}
+
+// Appends B windows of rows to a per-window dataset.
+static int append(Run *r, hid_t ds, const void *rows, int B) {
+    for (int h = 0; h < r->n_sinks; h++)
+        if (r->sink_ds[h] == ds) return cw_append(r->cw, h, rows, B);
+    return qk_err("internal: dataset not registered with the chunk writer");
+}
 
 enum { STAGE_READ, STAGE_FORWARD, STAGE_SAE, STAGE_ANALYSIS, STAGE_WRITE, N_STAGES };
 static const char *const k_stage_names[N_STAGES] = {"read", "forward", "sae_encode", "analysis", "write"};
@@ -98,8 +120,9 @@ static int create_records(Run *r, int l, int h) {
     hsize_t wtg[5] = {0, r->T, o->a, N_GROUPS, N_GROUPS}, wtm[3] = {0, r->T, N_METRICS}, wt[2] = {0, r->T};
     int enc_slots = sae->arch == QK_SAE_TOPK ? sae->k : o->enc_slots;
     hsize_t wte[3] = {0, r->T, enc_slots};
-#define DS(field, name, type, nd, dims, labels) \
-    (snprintf(n, sizeof n, "heads/%d.%d/" name, l, h), (d->field = qk_h5_dataset_ext(&r->out, n, type, nd, dims, labels)) < 0)
+#define DS(field, name, type, nd, dims, labels)                                                          \
+    (snprintf(n, sizeof n, "heads/%d.%d/" name, l, h),                                                   \
+     (d->field = qk_h5_dataset_ext(&r->out, n, type, nd, dims, labels)) < 0 || reg(r, d->field, type))
     if (DS(top_idx, "lookfor_top_idx", ft, 3, wtk, k_lbl_wtk) || DS(top_val, "lookfor_top_val", H5T_NATIVE_FLOAT, 3, wtk, k_lbl_wtk) ||
         DS(bot_idx, "lookfor_bottom_idx", ft, 3, wtk, k_lbl_wtk) ||
         DS(bot_val, "lookfor_bottom_val", H5T_NATIVE_FLOAT, 3, wtk, k_lbl_wtk) ||
@@ -136,7 +159,7 @@ static int create_records(Run *r, int l, int h) {
 // Appends B windows of feature indices, `per_token` of them per token.
 static int append_features(Run *r, hid_t ds, const int32_t *idx, int B, size_t per_token, int d_sae) {
     qk_h5_feature_convert(idx, (size_t)B * r->T * per_token, d_sae, r->idx_buf);
-    return qk_h5_append_rows(ds, qk_h5_feature_type(d_sae), B, r->idx_buf);
+    return append(r, ds, r->idx_buf, B);
 }
 
 // Appends the batch's records of head (l, h): B windows.
@@ -144,26 +167,26 @@ static int append_records(Run *r, int l, int h, const HeadRecords *rec, int B) {
     const RecordSets *d = &r->rs[l * r->H + h];
     const int m = r->s.sae[l]->d_sae;
     const AnalysisOpts *o = &r->o;
-    if (append_features(r, d->top_idx, rec->top_idx, B, o->k, m) || qk_h5_append_rows(d->top_val, H5T_NATIVE_FLOAT, B, rec->top_val) ||
-        append_features(r, d->bot_idx, rec->bot_idx, B, o->k, m) || qk_h5_append_rows(d->bot_val, H5T_NATIVE_FLOAT, B, rec->bot_val) ||
-        qk_h5_append_rows(d->att_idx, H5T_NATIVE_INT32, B, rec->att_idx) ||
-        qk_h5_append_rows(d->att_w, H5T_NATIVE_FLOAT, B, rec->att_w) ||
+    if (append_features(r, d->top_idx, rec->top_idx, B, o->k, m) || append(r, d->top_val, rec->top_val, B) ||
+        append_features(r, d->bot_idx, rec->bot_idx, B, o->k, m) || append(r, d->bot_val, rec->bot_val, B) ||
+        append(r, d->att_idx, rec->att_idx, B) ||
+        append(r, d->att_w, rec->att_w, B) ||
         append_features(r, d->pair_f, rec->pair_f, B, (size_t)o->a * o->p, m) ||
         append_features(r, d->pair_g, rec->pair_g, B, (size_t)o->a * o->p, m) ||
-        qk_h5_append_rows(d->pair_val, H5T_NATIVE_FLOAT, B, rec->pair_val) ||
-        qk_h5_append_rows(d->groups, H5T_NATIVE_FLOAT, B, rec->groups) ||
-        qk_h5_append_rows(d->metrics, H5T_NATIVE_FLOAT, B, rec->metrics))
+        append(r, d->pair_val, rec->pair_val, B) ||
+        append(r, d->groups, rec->groups, B) ||
+        append(r, d->metrics, rec->metrics, B))
         return -1;
-    if (rec->patterns && (qk_h5_append_rows(d->pattern, H5T_NATIVE_FLOAT, B, rec->pattern) ||
-                          qk_h5_append_rows(d->pattern_hat, H5T_NATIVE_FLOAT, B, rec->pattern_hat)))
+    if (rec->patterns && (append(r, d->pattern, rec->pattern, B) ||
+                          append(r, d->pattern_hat, rec->pattern_hat, B)))
         return -1;
     if (rec->enc) {
         QkSaeCode *e = (QkSaeCode *)&rec->enc_code;
         // Slots past the active features are unused (a top-k SAE's zeroed picks included).
         for (size_t n = 0; n < (size_t)B * r->T; n++)
             for (int q = e->n_active[n] < 0 ? 0 : e->n_active[n]; q < e->slots; q++) e->idx[n * e->slots + q] = -1;
-        if (append_features(r, d->enc_idx, e->idx, B, e->slots, m) || qk_h5_append_rows(d->enc_val, H5T_NATIVE_FLOAT, B, e->val) ||
-            qk_h5_append_rows(d->enc_n, H5T_NATIVE_INT32, B, e->n_active))
+        if (append_features(r, d->enc_idx, e->idx, B, e->slots, m) || append(r, d->enc_val, e->val, B) ||
+            append(r, d->enc_n, e->n_active, B))
             return -1;
     }
     return 0;
@@ -192,6 +215,7 @@ static int open_run(Run *r, int quiet) {
                           .stride = c->stride, .batch_size = c->batch, .n_threads = c->tokenizer_threads};
     if (!(r->corpus = qk_corpus_open(&co))) return -1;
     run_config_hash(c, r->config_hash);
+    r->cw = cw_open(omp_get_max_threads());
     // Per-head state.
     const int LH = r->L * r->H;
     r->tables = qk_calloc(LH, sizeof(HeadTables));
@@ -238,8 +262,11 @@ static int open_output(Run *r) {
     hsize_t wt[2] = {0, r->T}, w1[1] = {0}, w3[2] = {0, 3};
     static const char *const lw[1] = {"window"}, *const lprov[2] = {"window", "file_doc_offset"};
     if ((r->tokens = qk_h5_dataset_ext(&r->out, "tokens", H5T_NATIVE_INT32, 2, wt, k_lbl_wt)) < 0 ||
+        reg(r, r->tokens, H5T_NATIVE_INT32) ||
         (r->length = qk_h5_dataset_ext(&r->out, "length", H5T_NATIVE_INT32, 1, w1, lw)) < 0 ||
-        (r->prov = qk_h5_dataset_ext(&r->out, "provenance", H5T_NATIVE_INT64, 2, w3, lprov)) < 0)
+        reg(r, r->length, H5T_NATIVE_INT32) ||
+        (r->prov = qk_h5_dataset_ext(&r->out, "provenance", H5T_NATIVE_INT64, 2, w3, lprov)) < 0 ||
+        reg(r, r->prov, H5T_NATIVE_INT64))
         return -1;
     for (int i = 0; i < r->L * r->H; i++)
         if (r->s.recorded[i] && create_records(r, i / r->H, i % r->H)) return -1;
@@ -297,9 +324,9 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
         r->tokens_done += length[b];
         r->shard_tokens_done += length[b];
     }
-    int rc = qk_h5_append_rows(r->tokens, H5T_NATIVE_INT32, B, tokens) ||
-             qk_h5_append_rows(r->length, H5T_NATIVE_INT32, B, length) ||
-             qk_h5_append_rows(r->prov, H5T_NATIVE_INT64, B, prov);
+    int rc = append(r, r->tokens, tokens, B) ||
+             append(r, r->length, length, B) ||
+             append(r, r->prov, prov, B);
     free(prov);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     r->windows_done += B;
@@ -346,6 +373,8 @@ static void close_run(Run *r) {
     }
     for (int l = 0; r->rec && l < r->L; l++)
         if (r->rec[l].n) head_records_free(&r->rec[l]);
+    cw_close(r->cw);
+    free(r->sink_ds);
     free(r->tables), free(r->agg), free(r->rs), free(r->rec), free(r->idx_buf);
     if (r->corpus) qk_corpus_close(r->corpus);
     if (r->bpe) qk_bpe_free(r->bpe);
@@ -376,6 +405,8 @@ static int close_output(Run *r) {
         rc = qk_h5_attr_str(r->out.file, "corpus_files", files);
         free(files);
     }
+    if (cw_flush(r->cw)) rc = -1;  // every buffered chunk written before the file closes
+    r->n_sinks = 0;
     close_datasets(r);
     if (!rc) rc = qk_h5_finish(&r->out);
     r->shard_open = 0;

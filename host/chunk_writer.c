@@ -1,0 +1,217 @@
+// chunk_writer.c: see chunk_writer.h.
+#include "chunk_writer.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "h5out.h"
+#include "util.h"
+
+#define DEFLATE_LEVEL 1  // as qk_h5_dataset's filters
+
+typedef struct {
+    hid_t dset, type;
+    int direct;          // chunks span whole rows: compressed here
+    size_t row_bytes;    // bytes of one row (product of dims 1.. x element size)
+    size_t elem;         // element size (the shuffle's stride)
+    hsize_t chunk_rows;  // rows per chunk
+    hsize_t rows;        // rows appended so far (the dataset's extent once flushed)
+    uint8_t *buf;        // (chunk_rows x row_bytes) the chunk being filled
+    hsize_t buf_rows;    // rows in buf
+} Sink;
+
+typedef struct {
+    int sink;
+    hsize_t chunk_index;
+    uint8_t *raw;        // chunk bytes, owned
+    size_t raw_bytes, elem;
+    uint8_t *out;        // compressed, owned
+    uLongf out_bytes;
+    int done, failed;
+} Job;
+
+struct ChunkWriter {
+    Sink *sinks;
+    int n_sinks;
+    Job *jobs;           // ring of submitted jobs, written in order
+    int cap, head, tail; // jobs[head..tail) are pending, in submission order
+    int next_job;        // next job index to hand to a worker
+    pthread_mutex_t mu;
+    pthread_cond_t work, finished;
+    pthread_t *threads;
+    int n_threads, stop;
+};
+
+// HDF5's shuffle filter: byte b of element i goes to position b * n + i.
+static void shuffle(const uint8_t *in, uint8_t *out, size_t bytes, size_t elem) {
+    size_t n = bytes / elem;
+    for (size_t b = 0; b < elem; b++)
+        for (size_t i = 0; i < n; i++) out[b * n + i] = in[i * elem + b];
+}
+
+static void run_job(Job *j) {
+    uint8_t *sh = qk_malloc(j->raw_bytes);
+    if (j->elem > 1) shuffle(j->raw, sh, j->raw_bytes, j->elem);
+    else memcpy(sh, j->raw, j->raw_bytes);
+    j->out_bytes = compressBound(j->raw_bytes);
+    j->out = qk_malloc(j->out_bytes);
+    j->failed = compress2(j->out, &j->out_bytes, sh, j->raw_bytes, DEFLATE_LEVEL) != Z_OK;
+    free(sh);
+}
+
+static void *worker(void *arg) {
+    ChunkWriter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->stop && w->next_job == w->tail) pthread_cond_wait(&w->work, &w->mu);
+        if (w->stop && w->next_job == w->tail) break;
+        Job *j = &w->jobs[w->next_job % w->cap];
+        w->next_job++;
+        pthread_mutex_unlock(&w->mu);
+        run_job(j);
+        pthread_mutex_lock(&w->mu);
+        j->done = 1;
+        pthread_cond_broadcast(&w->finished);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+ChunkWriter *cw_open(int n_threads) {
+    ChunkWriter *w = qk_calloc(1, sizeof *w);
+    w->n_threads = n_threads < 1 ? 1 : n_threads;
+    w->cap = 4 * w->n_threads + 4;  // bounded: memory does not grow with the output
+    w->jobs = qk_calloc(w->cap, sizeof(Job));
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->work, NULL);
+    pthread_cond_init(&w->finished, NULL);
+    w->threads = qk_calloc(w->n_threads, sizeof(pthread_t));
+    for (int i = 0; i < w->n_threads; i++) pthread_create(&w->threads[i], NULL, worker, w);
+    return w;
+}
+
+int cw_add(ChunkWriter *w, hid_t dset, hid_t mem_type) {
+    hid_t space = H5Dget_space(dset), dcpl = H5Dget_create_plist(dset);
+    hsize_t dims[8], chunk[8];
+    int nd = H5Sget_simple_extent_dims(space, dims, NULL);
+    int nc = H5Pget_chunk(dcpl, 8, chunk);
+    H5Sclose(space), H5Pclose(dcpl);
+    if (nd < 1 || nc != nd) return qk_err("chunk writer: dataset is not chunked");
+    Sink s = {.dset = dset, .type = mem_type, .elem = H5Tget_size(mem_type), .chunk_rows = chunk[0], .rows = dims[0]};
+    s.row_bytes = s.elem;
+    s.direct = 1;
+    for (int d = 1; d < nd; d++) {
+        s.row_bytes *= dims[d];
+        s.direct &= chunk[d] == dims[d];
+    }
+    if (s.direct) s.buf = qk_calloc(s.chunk_rows, s.row_bytes);
+    w->sinks = qk_realloc(w->sinks, sizeof(Sink) * (w->n_sinks + 1));
+    w->sinks[w->n_sinks] = s;
+    return w->n_sinks++;
+}
+
+// Writes finished jobs at the head of the ring, in order; with `all`, waits for every job.
+static int drain(ChunkWriter *w, int all) {
+    int rc = 0;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (w->head != w->tail && !w->jobs[w->head % w->cap].done && (all || w->tail - w->head == w->cap))
+            pthread_cond_wait(&w->finished, &w->mu);
+        int ready = w->head != w->tail && w->jobs[w->head % w->cap].done;
+        pthread_mutex_unlock(&w->mu);
+        if (!ready) break;
+        Job *j = &w->jobs[w->head % w->cap];
+        Sink *s = &w->sinks[j->sink];
+        hsize_t off[8] = {j->chunk_index * s->chunk_rows};  // other dims: 0 (whole rows)
+        if (!rc && j->failed) rc = qk_err("chunk writer: zlib compression failed");
+        if (!rc && H5Dwrite_chunk(s->dset, H5P_DEFAULT, 0, off, j->out_bytes, j->out) < 0)
+            rc = qk_err("HDF5: direct chunk write failed (disk full?)");
+        free(j->raw), free(j->out);
+        memset(j, 0, sizeof *j);
+        pthread_mutex_lock(&w->mu);
+        w->head++;
+        pthread_mutex_unlock(&w->mu);
+    }
+    return rc;
+}
+
+// Hands the sink's filled buffer (a whole chunk) to the workers.
+static int submit(ChunkWriter *w, int h) {
+    Sink *s = &w->sinks[h];
+    if (drain(w, 0)) return -1;  // makes room when the ring is full
+    hsize_t first_row = s->rows - s->buf_rows;
+    Job j = {.sink = h, .chunk_index = first_row / s->chunk_rows, .raw = s->buf, .raw_bytes = s->chunk_rows * s->row_bytes,
+             .elem = s->elem};
+    s->buf = qk_calloc(s->chunk_rows, s->row_bytes);
+    s->buf_rows = 0;
+    pthread_mutex_lock(&w->mu);
+    w->jobs[w->tail % w->cap] = j;
+    w->tail++;
+    pthread_cond_signal(&w->work);
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+static int set_extent(Sink *s) {
+    hid_t space = H5Dget_space(s->dset);
+    hsize_t dims[8];
+    H5Sget_simple_extent_dims(space, dims, NULL);
+    H5Sclose(space);
+    if (dims[0] >= s->rows) return 0;
+    dims[0] = s->rows;
+    return H5Dset_extent(s->dset, dims) < 0 ? qk_err("HDF5: cannot extend a dataset") : 0;
+}
+
+int cw_append(ChunkWriter *w, int h, const void *rows, size_t nrows) {
+    Sink *s = &w->sinks[h];
+    if (!s->direct) {
+        s->rows += nrows;
+        return qk_h5_append_rows(s->dset, s->type, nrows, rows);
+    }
+    const uint8_t *p = rows;
+    while (nrows) {
+        size_t take = s->chunk_rows - s->buf_rows < nrows ? s->chunk_rows - s->buf_rows : nrows;
+        memcpy(s->buf + s->buf_rows * s->row_bytes, p, take * s->row_bytes);
+        s->buf_rows += take, s->rows += take, p += take * s->row_bytes, nrows -= take;
+        // The extent covers every row before its chunk is written (H5Dwrite_chunk needs it).
+        if (s->buf_rows == s->chunk_rows && (set_extent(s) || submit(w, h))) return -1;
+    }
+    return 0;
+}
+
+int cw_flush(ChunkWriter *w) {
+    int rc = 0;
+    for (int h = 0; h < w->n_sinks && !rc; h++) {
+        Sink *s = &w->sinks[h];
+        if (!s->direct) continue;
+        rc = set_extent(s);
+        if (!rc && s->buf_rows) {  // the last, partial chunk: padded with zeros beyond the extent
+            memset(s->buf + s->buf_rows * s->row_bytes, 0, (s->chunk_rows - s->buf_rows) * s->row_bytes);
+            rc = submit(w, h);
+        }
+    }
+    if (drain(w, 1)) rc = -1;
+    for (int h = 0; h < w->n_sinks; h++) free(w->sinks[h].buf);
+    free(w->sinks);
+    w->sinks = NULL;
+    w->n_sinks = 0;
+    return rc;
+}
+
+void cw_close(ChunkWriter *w) {
+    if (!w) return;
+    if (w->n_sinks) cw_flush(w);
+    pthread_mutex_lock(&w->mu);
+    w->stop = 1;
+    pthread_cond_broadcast(&w->work);
+    pthread_mutex_unlock(&w->mu);
+    for (int i = 0; i < w->n_threads; i++) pthread_join(w->threads[i], NULL);
+    drain(w, 1);
+    free(w->threads), free(w->jobs);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->work);
+    pthread_cond_destroy(&w->finished);
+    free(w);
+}
