@@ -126,8 +126,11 @@ static int drain(ChunkWriter *w, int all) {
         Sink *s = &w->sinks[j->sink];
         hsize_t off[8] = {j->chunk_index * s->chunk_rows};  // other dims: 0 (whole rows)
         if (!rc && j->failed) rc = qk_err("chunk writer: zlib compression failed");
-        if (!rc && H5Dwrite_chunk(s->dset, H5P_DEFAULT, 0, off, j->out_bytes, j->out) < 0)
-            rc = qk_err("HDF5: direct chunk write failed (disk full?)");
+        if (!rc && H5Dwrite_chunk(s->dset, H5P_DEFAULT, 0, off, j->out_bytes, j->out) < 0) {
+            char file[1024] = "?";
+            H5Fget_name(s->dset, file, sizeof file);
+            rc = qk_err("%s: writing a chunk failed (disk full?)", file);
+        }
         free(j->raw), free(j->out);
         memset(j, 0, sizeof *j);
         pthread_mutex_lock(&w->mu);

@@ -37,7 +37,7 @@ void qk_h5_abort(QkH5Out *o) {
 
 int qk_h5_finish(QkH5Out *o) {
     int rc = qk_h5_attr_int(o->file, "complete", 1);
-    if (!rc && H5Fclose(o->file) < 0) rc = qk_err("%s: closing the HDF5 file failed", o->tmp_path);
+    if (!rc && H5Fclose(o->file) < 0) rc = qk_err("%s: closing the HDF5 file failed (disk full?)", o->tmp_path);
     o->file = 0;
     if (!rc && rename(o->tmp_path, o->path)) rc = qk_err("%s: rename to %s failed: %s", o->tmp_path, o->path, strerror(errno));
     if (rc) {
@@ -138,9 +138,10 @@ int qk_h5_write_rows(hid_t dset, hid_t type, hsize_t row0, hsize_t nrows, const 
     H5Sclose(mspace);
     H5Sclose(fspace);
     if (e < 0) {
-        char name[256] = "?";
+        char name[256] = "?", file[1024] = "?";
         H5Iget_name(dset, name, sizeof name);
-        return qk_err("HDF5 write of dataset '%s' rows %llu..%llu failed (disk full?)", name,
+        H5Fget_name(dset, file, sizeof file);
+        return qk_err("%s: writing dataset '%s' rows %llu..%llu failed (disk full?)", file, name,
                       (unsigned long long)row0, (unsigned long long)(row0 + nrows));
     }
     return 0;

@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hdf5.h>
+
 #include "commands.h"
 
 typedef struct {
@@ -35,6 +37,9 @@ int main(int argc, char **argv) {
     // writes, the tokenizer's threads) that spinning threads would slow down.  A user's own
     // OMP_WAIT_POLICY wins.
     setenv("OMP_WAIT_POLICY", "passive", 0);
+    // qkscope closes every HDF5 object itself.  Without this, HDF5's exit handler retries closing a
+    // file whose close already failed (a full disk) and crashes inside the library.
+    H5dont_atexit();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? QK_EXIT_USAGE : QK_EXIT_OK;

@@ -6,6 +6,7 @@
 
 #include "planted.h"
 #include "test_common.h"
+#include "testutil.h"
 
 static char *g_dir, *g_cfg;
 
@@ -115,4 +116,88 @@ Test(shards, merge_equals_single_file_and_refuses_holes, .timeout = 120) {
     free(err);
     snprintf(p, sizeof p, "%s/bad.h5", g_dir);
     cr_expect(!qk_file_exists(p));
+}
+
+// Kill tests: SIGKILL at 20 random points of a multi-shard run; each time --resume completes and
+// every shard equals the uninterrupted run's.
+Test(shards, sigkill_anywhere_then_resume_equals_uninterrupted, .timeout = 600) {
+    char cmd[8192], ref[600], out[600];
+    snprintf(ref, sizeof ref, "%s/ref", g_dir);
+    snprintf(out, sizeof out, "%s/killed", g_dir);
+    double t0 = qk_now();
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s", g_cfg, ref);
+    cr_assert_eq(sh(cmd), 0);
+    double full = qk_now() - t0;
+    TRng g = {2024};
+    for (int trial = 0; trial < 20; trial++) {
+        snprintf(cmd, sizeof cmd, "rm -rf %s", out);
+        cr_assert_eq(sh(cmd), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl("./bin/qkscope", "qkscope", "run", "-q", g_cfg, "-o", out, (char *)NULL);
+            _exit(127);
+        }
+        usleep((useconds_t)(trng_unif(&g) * full * 1e6));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        snprintf(cmd, sizeof cmd, "./bin/qkscope run -q --resume %s -o %s", g_cfg, out);
+        cr_assert_eq(sh(cmd), 0, "trial %d: resume failed", trial);
+        for (int s = 0; s < 8; s++) {
+            snprintf(cmd, sizeof cmd,
+                     "h5diff -q %s/shard-%06d.h5 %s/shard-%06d.h5 /heads /heads && "
+                     "h5diff -q %s/shard-%06d.h5 %s/shard-%06d.h5 /aggregates /aggregates && "
+                     "h5diff -q %s/shard-%06d.h5 %s/shard-%06d.h5 /tokens /tokens",
+                     ref, s, out, s, ref, s, out, s, ref, s, out, s);
+            cr_expect_eq(sh(cmd), 0, "trial %d: shard %d differs", trial, s);
+        }
+    }
+}
+
+// Merge refuses an unfinished run and a shard from another configuration.
+Test(shards, merge_refuses_unfinished_and_foreign_shards, .timeout = 120) {
+    char cmd[8192], p[700];
+    snprintf(cmd, sizeof cmd,
+             "./bin/qkscope run -q %s -o %s/a && ./bin/qkscope run -q %s --set analysis.k=4 -o %s/b && "
+             "cp %s/b/shard-000002.h5 %s/a/shard-000002.h5 && ! ./bin/qkscope merge %s/a -o %s/m.h5 2> %s/err.txt",
+             g_cfg, g_dir, g_cfg, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir);
+    cr_assert_eq(sh(cmd), 0);
+    snprintf(p, sizeof p, "%s/err.txt", g_dir);
+    char *err = qk_read_file(p, NULL);
+    cr_expect(strstr(err, "shard-000002.h5: config_hash differs from the manifest's") != NULL, "%s", err);
+    free(err);
+    // An unfinished run (the manifest says so) is refused.
+    snprintf(cmd, sizeof cmd,
+             "sed -i 's/\"complete\": true/\"complete\": false/' %s/b/manifest.json && "
+             "! ./bin/qkscope merge %s/b -o %s/m.h5 2> %s/err.txt",
+             g_dir, g_dir, g_dir, g_dir);
+    cr_assert_eq(sh(cmd), 0);
+    err = qk_read_file(p, NULL);
+    cr_expect(strstr(err, "the run is not complete") != NULL, "%s", err);
+    free(err);
+    snprintf(p, sizeof p, "%s/m.h5", g_dir);
+    cr_expect(!qk_file_exists(p));
+}
+
+// A full disk (a 1 MiB tmpfs): one clear line naming the file, exit 1, nothing that looks complete.
+Test(shards, disk_full_is_a_clear_error, .timeout = 120) {
+    char mnt[600], cmd[8192];
+    snprintf(mnt, sizeof mnt, "%s/full", g_dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && mount -t tmpfs -o size=1m tmpfs %s 2>/dev/null", mnt, mnt);
+    if (sh(cmd) != 0) cr_skip_test("cannot mount a small tmpfs here (needs root): disk-full test skipped");
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s --set output.shard_tokens=0 -o %s/out.h5 2> %s/err.txt", g_cfg, mnt,
+             g_dir);
+    int rc = sh(cmd);
+    char p[700];
+    snprintf(p, sizeof p, "%s/err.txt", g_dir);
+    char *err = qk_read_file(p, NULL);
+    snprintf(p, sizeof p, "%s/out.h5", mnt);
+    int out_exists = qk_file_exists(p);
+    snprintf(p, sizeof p, "%s/out.h5.tmp", mnt);
+    int tmp_exists = qk_file_exists(p);
+    snprintf(cmd, sizeof cmd, "umount %s", mnt);
+    sh(cmd);
+    cr_expect_eq(rc, 1);
+    cr_expect(strstr(err, "out.h5.tmp: writing") && strstr(err, "disk full"), "%s", err);
+    cr_expect(!out_exists && !tmp_exists, "an output file was left behind");
+    free(err);
 }
