@@ -38,7 +38,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts reference bench-forward bench-topk bench-tokenize bench-run clean
+.PHONY: all demo test test-notebook test-gpu test-scripts reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -136,6 +136,8 @@ bench-topk: $(BIN)/bench_topk $(VENV)/.ok
 # qkscope run (CPU) vs the seed's route in PyTorch; BENCH_RUN_ARGS="--layers all" for all 144 heads.
 bench-run: $(BIN)/qkscope $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_run.py --threads $(BENCH_THREADS) $(BENCH_RUN_ARGS)
+bench-pipeline: $(BIN)/qkscope
+	python3 bench/bench_pipeline.py --threads $(BENCH_THREADS)
 bench-tokenize: $(BIN)/qkscope $(BIN)/bench_tokenize $(VENV)/.ok
 	$(VENV)/bin/python bench/bench_tokenize.py
 

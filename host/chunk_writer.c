@@ -42,6 +42,7 @@ struct ChunkWriter {
     pthread_cond_t work, finished;
     pthread_t *threads;
     int n_threads, stop;
+    double raw_total, out_total, seconds;  // statistics (under mu)
 };
 
 // HDF5's shuffle filter: byte b of element i goes to position b * n + i.
@@ -70,8 +71,13 @@ static void *worker(void *arg) {
         Job *j = &w->jobs[w->next_job % w->cap];
         w->next_job++;
         pthread_mutex_unlock(&w->mu);
+        double t = qk_now();
         run_job(j);
+        t = qk_now() - t;
         pthread_mutex_lock(&w->mu);
+        w->seconds += t;
+        w->raw_total += j->raw_bytes;
+        w->out_total += j->out_bytes;
         j->done = 1;
         pthread_cond_broadcast(&w->finished);
     }
@@ -217,4 +223,10 @@ void cw_close(ChunkWriter *w) {
     pthread_cond_destroy(&w->work);
     pthread_cond_destroy(&w->finished);
     free(w);
+}
+
+void cw_stats(ChunkWriter *w, double *raw_bytes, double *compressed_bytes, double *worker_seconds) {
+    pthread_mutex_lock(&w->mu);
+    *raw_bytes = w->raw_total, *compressed_bytes = w->out_total, *worker_seconds = w->seconds;
+    pthread_mutex_unlock(&w->mu);
 }

@@ -251,6 +251,7 @@ static void shard_path(const Run *r, int shard, char *buf, size_t n) {
 
 // Opens the output file (the single file, or the next shard) with its per-window datasets.
 static int open_output(Run *r) {
+    if (!r->s.cfg.write) return r->shard_open = 1, 0;
     char path[4096];
     if (r->sharded) shard_path(r, r->shard, path, sizeof path);
     else snprintf(path, sizeof path, "%s", r->out_path);
@@ -309,7 +310,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
             rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, length, &r->rec[l], &r->agg[i]);
             r->t_stage[STAGE_ANALYSIS] += qk_now() - t;
             t = qk_now();
-            if (!rc && r->s.recorded[i]) rc = append_records(r, l, h, &r->rec[l], B);
+            if (!rc && r->s.recorded[i] && r->s.cfg.write) rc = append_records(r, l, h, &r->rec[l], B);
             r->t_stage[STAGE_WRITE] += qk_now() - t;
         }
         r->rec[l].enc = enc_alloc;
@@ -317,6 +318,11 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
         if (rc) return -1;
     }
     t = qk_now();
+    if (!r->s.cfg.write) {  // [output] write = false: the analysis alone
+        for (int b = 0; b < B; b++) r->tokens_done += length[b], r->shard_tokens_done += length[b];
+        r->windows_done += B, r->shard_windows_done += B, r->window_index += B;
+        return 0;
+    }
     int64_t *prov = qk_malloc(sizeof(int64_t) * 3 * B);
     for (int b = 0; b < B; b++) {
         const QkProvenance *pv = &wb->prov[first + b];
@@ -384,6 +390,7 @@ static void close_run(Run *r) {
 // Writes the aggregates and the closing attributes, and renames the file into place.  The
 // aggregates start again from zero for the next shard.
 static int close_output(Run *r) {
+    if (!r->s.cfg.write) return r->shard_open = 0, 0;
     double t = qk_now();
     int rc = write_aggregates(r);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
@@ -526,7 +533,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     int64_t skip = 0;
     int rc = run_setup_open(&r.s, config, sets, n_sets, quiet) || open_run(&r, quiet);
     if (!rc) {
-        r.sharded = r.s.cfg.shard_tokens > 0;
+        r.sharded = r.s.cfg.shard_tokens > 0 && r.s.cfg.write;
         r.shard_windows = r.sharded ? (r.s.cfg.shard_tokens + r.T - 1) / r.T : 0;
         if (r.sharded) rc = prepare_shards(&r, resume, &skip);
         else if (resume) rc = qk_err("--resume needs a sharded run ([output] shard_tokens > 0)");
@@ -589,7 +596,10 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
                 (long long)r.tokens_done, total, r.tokens_done / total, out_path,
                 r.sharded ? " (shards; `qkscope merge` combines them)" : "");
         for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
-        fprintf(stderr, "\n");
+        double raw, packed, secs;
+        cw_stats(r.cw, &raw, &packed, &secs);
+        fprintf(stderr, "\nqkscope run: wrote %.1f MB of records (%.1f MB before compression); writer %.0f MB/s per thread\n",
+                packed / 1e6, raw / 1e6, secs > 0 ? packed / 1e6 / secs : 0.0);
     }
     if (rc) {
         char keep[1024];

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <hdf5.h>
 
@@ -33,10 +34,14 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    // Idle OpenMP threads sleep instead of spinning: the pipeline has serial stretches (HDF5
-    // writes, the tokenizer's threads) that spinning threads would slow down.  A user's own
-    // OMP_WAIT_POLICY wins.
-    setenv("OMP_WAIT_POLICY", "passive", 0);
+    // Idle OpenMP threads sleep instead of spinning: the pipeline has serial stretches and its own
+    // threads (tokenizer, compression) that spinning threads would starve.  libgomp reads the
+    // variable when it loads, before main, so it is set and the program re-executed once.  A
+    // user's own OMP_WAIT_POLICY wins.
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
+    }
     // qkscope closes every HDF5 object itself.  Without this, HDF5's exit handler retries closing a
     // file whose close already failed (a full disk) and crashes inside the library.
     H5dont_atexit();

@@ -95,6 +95,7 @@ static const Key k_keys[] = {
     {"analysis", "static_k", K_INT, OFF(static_k), 1, 1 << 20},
     {"output", "shard_tokens", K_I64, OFF(shard_tokens), 0, 0},
     {"output", "progress_seconds", K_INT, OFF(progress_seconds), 1, 1 << 20},
+    {"output", "write", K_BOOL, OFF(write), 0, 0},
     {"run", "backend", K_STR, OFF(backend), 0, 0},
     {"run", "device", K_INT, OFF(device), 0, 1024},
     {"run", "threads", K_INT, OFF(threads), 0, 4096},
@@ -171,6 +172,7 @@ static void defaults(RunConfig *c) {
     c->k = 32, c->a = 2, c->p = 8, c->enc_slots = 32, c->sketch_pairs = 16, c->sketch_capacity = 4096;
     c->static_k = 32;
     c->progress_seconds = 30;
+    c->write = 1;
     c->backend = qk_strdup("auto");
     c->precision = qk_strdup("fp32");
 }

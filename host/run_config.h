@@ -36,6 +36,7 @@ typedef struct {
     // [output]
     int64_t shard_tokens;  // 0: one file; else OUT is a folder of shards of about this many tokens
     int progress_seconds;  // progress line period when stderr is not a terminal
+    int write;             // 0: analyse but write nothing (to measure the cost of writing)
     // [run]
     char *backend;
     int device, threads;
