@@ -56,9 +56,20 @@ static void run_job(Job *j) {
     uint8_t *sh = qk_malloc(j->raw_bytes);
     if (j->elem > 1) shuffle(j->raw, sh, j->raw_bytes, j->elem);
     else memcpy(sh, j->raw, j->raw_bytes);
+    // A zlib stream as HDF5's deflate filter writes it (any deflate stream inflates); run-length
+    // matching only (Z_RLE): the shuffled byte planes are mostly runs, and it is several times
+    // faster than the default match search at a small cost in size.
     j->out_bytes = compressBound(j->raw_bytes);
     j->out = qk_malloc(j->out_bytes);
-    j->failed = compress2(j->out, &j->out_bytes, sh, j->raw_bytes, DEFLATE_LEVEL) != Z_OK;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    j->failed = deflateInit2(&z, DEFLATE_LEVEL, Z_DEFLATED, 15, 8, Z_RLE) != Z_OK;
+    if (!j->failed) {
+        z.next_in = sh, z.avail_in = (uInt)j->raw_bytes, z.next_out = j->out, z.avail_out = (uInt)j->out_bytes;
+        j->failed = deflate(&z, Z_FINISH) != Z_STREAM_END;
+        j->out_bytes = z.total_out;
+        deflateEnd(&z);
+    }
     free(sh);
 }
 
