@@ -46,7 +46,7 @@ static void usage(FILE *f) {
             "  -h, --help         this text\n");
 }
 
-// The per-token datasets of one recorded head.
+// The per-token datasets of one recorded head.  Only hid_t fields: closed as an array.
 typedef struct {
     hid_t top_idx, top_val, bot_idx, bot_val, enc_idx, enc_val, enc_n, att_idx, att_w, pair_f, pair_g, pair_val,
         groups, metrics, pattern, pattern_hat;
