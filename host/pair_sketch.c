@@ -51,26 +51,25 @@ static void unhash(PairSketch *s, int p) {
     int mask = s->table_size - 1;
     s->slot[p] = -1;
     for (int q = (p + 1) & mask; s->slot[q] >= 0; q = (q + 1) & mask) {
-        const PairEntry *e = &s->heap[s->slot[q]];
+        PairEntry *e = &s->heap[s->slot[q]];
         int home = (int)(hash_pair(e->f, e->g) & mask);
         // The entry at q stays if its home lies cyclically in (p, q]; otherwise it moves to p.
         int stays = p <= q ? (p < home && home <= q) : (p < home || home <= q);
         if (!stays) {
             s->slot[p] = s->slot[q];
             s->slot[q] = -1;
+            e->hpos = p;
             p = q;
         }
     }
 }
 
 static void swap_heap(PairSketch *s, int a, int b) {
-    // Hash positions first, while the table still points at the entries' current places.
-    int pa = find(s, s->heap[a].f, s->heap[a].g), pb = find(s, s->heap[b].f, s->heap[b].g);
     PairEntry t = s->heap[a];
     s->heap[a] = s->heap[b];
     s->heap[b] = t;
-    s->slot[pa] = b;
-    s->slot[pb] = a;
+    s->slot[s->heap[a].hpos] = a;
+    s->slot[s->heap[b].hpos] = b;
 }
 
 static void sift_down(PairSketch *s, int i) {
@@ -104,16 +103,17 @@ void pair_sketch_add_entry(PairSketch *s, int32_t f, int32_t g, double w, double
         return;
     }
     if (s->size < s->capacity) {
-        s->heap[s->size] = (PairEntry){f, g, w, err, value, count};
+        s->heap[s->size] = (PairEntry){f, g, w, err, value, count, p};
         s->slot[p] = s->size++;
         sift_up(s, s->size - 1);
         return;
     }
     // Replace the lightest entry: the newcomer inherits its weight as the error bound.
     double floor_w = s->heap[0].weight;
-    unhash(s, find(s, s->heap[0].f, s->heap[0].g));
-    s->heap[0] = (PairEntry){f, g, floor_w + w, floor_w + err, value, count};
-    s->slot[find(s, f, g)] = 0;
+    unhash(s, s->heap[0].hpos);
+    p = find(s, f, g);  // after the removal: the probe run may have shifted
+    s->heap[0] = (PairEntry){f, g, floor_w + w, floor_w + err, value, count, p};
+    s->slot[p] = 0;
     sift_down(s, 0);
 }
 

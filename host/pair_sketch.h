@@ -13,6 +13,7 @@ typedef struct {
     double err;     // over-estimate inherited at entry
     double sum;     // summed signed value since entry
     int64_t count;  // updates since entry
+    int32_t hpos;   // internal: the entry's position in the hash table
 } PairEntry;
 
 typedef struct {
