@@ -27,33 +27,35 @@ typedef struct {
 
 // Reads OUT/manifest.json and opens every shard it lists, checking each is complete and from
 // the same configuration.
-static int open_shards(const char *dir, Shards *s) {
-    memset(s, 0, sizeof *s);
+// Appends the shards of one sharded run folder (its manifest.json) to *s, checking each is
+// complete, from that run's configuration and in window order.
+static int add_run(const char *dir, Shards *s) {
     char *mpath = qk_path_join(dir, "manifest.json");
     cJSON *m = qk_json_load(mpath);
     if (!m) return free(mpath), -1;
     int rc = 0;
     const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
     const cJSON *hash = cJSON_GetObjectItemCaseSensitive(m, "config_hash");
-    if (!cJSON_IsObject(m) || !cJSON_IsArray(shards) || !cJSON_IsString(hash))
+    if (!cJSON_IsArray(shards) || !cJSON_IsString(hash))
         rc = qk_err("%s: not a qkscope shard manifest (fields 'shards', 'config_hash')", mpath);
     else if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete")))
         rc = qk_err("%s: the run is not complete (resume it with qkscope run --resume); merging now would hide the rest",
                     mpath);
     int n = rc ? 0 : cJSON_GetArraySize(shards);
     if (!rc && n == 0) rc = qk_err("%s: no shards", mpath);
-    s->path = qk_calloc(n + 1, sizeof(char *));
-    s->file = qk_calloc(n + 1, sizeof(hid_t));
-    s->windows = qk_calloc(n + 1, sizeof(int64_t));
+    s->path = qk_realloc(s->path, sizeof(char *) * (s->n + n + 1));
+    s->file = qk_realloc(s->file, sizeof(hid_t) * (s->n + n + 1));
+    s->windows = qk_realloc(s->windows, sizeof(int64_t) * (s->n + n + 1));
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    for (int i = 0; !rc && i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(shards, i);
+    int64_t run_windows = 0;  // first_window counts from 0 in every run (every part of a sweep)
+    for (int k = 0; !rc && k < n; k++) {
+        const cJSON *e = cJSON_GetArrayItem(shards, k);
         if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
-            rc = qk_err("%s: shards[%d] is not a file name", mpath, i);
+            rc = qk_err("%s: shards[%d] is not a file name", mpath, k);
             break;
         }
+        int i = s->n++;
         s->path[i] = qk_path_join(dir, e->valuestring);
-        s->n = i + 1;
         if ((s->file[i] = H5Fopen(s->path[i], H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
             rc = qk_err("%s: shard missing or unreadable; refusing to merge (a virtual dataset would fill it silently)",
                         s->path[i]);
@@ -66,14 +68,40 @@ static int open_shards(const char *dir, Shards *s) {
         s->windows[i] = qk_h5_attr_read_int(s->file[i], "windows");
         if (qk_h5_attr_read_int(s->file[i], "complete") != 1) rc = qk_err("%s: shard incomplete; refusing to merge", s->path[i]);
         else if (!same) rc = qk_err("%s: config_hash differs from the manifest's", s->path[i]);
-        else if (first != s->total_windows)
+        else if (first != run_windows)
             rc = qk_err("%s: first_window %lld, expected %lld (shards out of order?)", s->path[i], (long long)first,
-                        (long long)s->total_windows);
+                        (long long)run_windows);
+        run_windows += s->windows[i];
         s->total_windows += s->windows[i];
         s->total_tokens += qk_h5_attr_read_int(s->file[i], "tokens_processed");
     }
     cJSON_Delete(m);
     free(mpath);
+    return rc;
+}
+
+// OUT is one sharded run (manifest.json) or a Slurm sweep (plan.json: parts OUT/part-NNN, each a
+// sharded run, merged in part order; every part must be there and complete).
+static int open_shards(const char *dir, Shards *s) {
+    memset(s, 0, sizeof *s);
+    char *ppath = qk_path_join(dir, "plan.json");
+    int rc;
+    if (!qk_file_exists(ppath)) rc = add_run(dir, s);
+    else {
+        cJSON *plan = qk_json_load(ppath);
+        const cJSON *t = plan ? cJSON_GetObjectItemCaseSensitive(plan, "tasks") : NULL;
+        rc = cJSON_IsNumber(t) ? 0 : plan ? qk_err("%s: field 'tasks' missing", ppath) : -1;
+        for (int p = 0; !rc && p < t->valueint; p++) {
+            char part[64];
+            snprintf(part, sizeof part, "part-%03d", p);
+            char *pdir = qk_path_join(dir, part);
+            if (!qk_file_exists(pdir)) rc = qk_err("%s: part missing (see qkscope status); refusing to merge", pdir);
+            else rc = add_run(pdir, s);
+            free(pdir);
+        }
+        cJSON_Delete(plan);
+    }
+    free(ppath);
     return rc;
 }
 

@@ -39,7 +39,9 @@ static void usage(FILE *f) {
             "                     [output] shard_tokens > 0, a folder of shards PATH/shard-NNNNNN.h5 (each\n"
             "                     complete on its own) and PATH/manifest.json\n"
             "  --resume           continue a sharded run after its last complete shard (the config must\n"
-            "                     give the same analysis: config_hash is checked)\n"
+            "                     give the same analysis: config_hash is checked); starts fresh if none\n"
+            "  --part P/N         analyse only part P (0-based) of the corpus split into N (qkscope plan;\n"
+            "                     the Slurm array task P)\n"
             "  -q, --quiet        no progress, notices or summary\n"
             "\nExit status: 0 done; 1 error; 2 usage; 75 stopped by SIGTERM/SIGINT/SIGUSR1 after\n"
             "writing the complete shards (requeue with --resume); a second signal exits at once.\n"
@@ -212,7 +214,8 @@ static int open_run(Run *r, int quiet) {
     QkCorpusOptions co = {.inputs = (const char *const *)c->paths, .n_inputs = c->n_paths, .bpe = r->bpe,
                           .split = c->split, .jsonl_field = c->jsonl_field, .skip_bad_records = c->skip_bad_records,
                           .allow_special = c->allow_special, .n_ctx = c->n_ctx, .bos = c->bos, .pack = c->pack,
-                          .stride = c->stride, .batch_size = c->batch, .n_threads = c->tokenizer_threads};
+                          .stride = c->stride, .batch_size = c->batch, .n_threads = c->tokenizer_threads,
+                          .part = c->part, .n_parts = c->n_parts};
     if (!(r->corpus = qk_corpus_open(&co))) return -1;
     run_config_hash(c, r->config_hash);
     r->cw = cw_open(omp_get_max_threads());
@@ -522,7 +525,8 @@ static void progress(Run *r, double t0, double *last, int final) {
             100 * r->t_stage[STAGE_READ] / fmax(busy, 1e-9), tty && !final ? "   " : "\n");
 }
 
-static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet, int resume) {
+static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet, int resume, int part,
+               int n_parts) {
     Run r;
     memset(&r, 0, sizeof r);
     r.out_path = out_path;
@@ -531,7 +535,9 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     QkWindowBatch wb = {0};
     double t0 = qk_now(), last = t0;
     int64_t skip = 0;
-    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet) || open_run(&r, quiet);
+    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet);
+    r.s.cfg.part = part, r.s.cfg.n_parts = n_parts;
+    rc = rc || open_run(&r, quiet);
     if (!rc) {
         r.sharded = r.s.cfg.shard_tokens > 0 && r.s.cfg.write;
         r.shard_windows = r.sharded ? (r.s.cfg.shard_tokens + r.T - 1) / r.T : 0;
@@ -620,7 +626,7 @@ int cmd_run(int argc, char **argv) {
     RunArgs a;
     int st = run_args_parse(argc, argv, "run", 1, usage, &a);
     if (st >= 0) return st;
-    int rc = run(a.config, a.sets, a.n_sets, a.out, a.quiet, a.resume);
+    int rc = run(a.config, a.sets, a.n_sets, a.out, a.quiet, a.resume, a.part, a.n_parts);
     if (rc < 0) {
         fprintf(stderr, "qkscope run: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;

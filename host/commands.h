@@ -8,6 +8,9 @@ int cmd_static(int argc, char **argv);    // weights-only feature maps (cmd_stat
 int cmd_run(int argc, char **argv);       // the corpus analysis (cmd_run.c)
 int cmd_merge(int argc, char **argv);     // one file over the shards of a run (cmd_merge.c)
 int cmd_info(int argc, char **argv);      // describe a file or folder (cmd_info.c)
+int cmd_plan(int argc, char **argv);      // split a corpus for Slurm tasks (cmd_slurm.c)
+int cmd_submit(int argc, char **argv);    // write and submit the sbatch scripts (cmd_slurm.c)
+int cmd_status(int argc, char **argv);    // progress of a submitted sweep (cmd_slurm.c)
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
 
 // Exit statuses shared by every command.

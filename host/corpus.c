@@ -227,6 +227,7 @@ struct QkCorpus {
     int W, stride, n_vocab;
     char **files;
     int n_files;
+    int first_file, end_file;  // the files this reader reads (a part of the plan, or all)
 
     pthread_mutex_t mu;
     pthread_cond_t cv_slot_free, cv_slot_filled, cv_slot_done, cv_batch_ready, cv_batch_space;
@@ -556,7 +557,7 @@ static void *reader_main(void *arg) {
     Builder *b = arg;
     QkCorpus *c = b->c;
     char *error = NULL;
-    for (int i = 0; i < c->n_files && !error; i++) {
+    for (int i = c->first_file; i < c->end_file && !error; i++) {
         b->file = i;
         b->doc = 0;
         b->doc_open = 0;
@@ -830,6 +831,50 @@ static int add_path(StrList *l, const char *path, int from_glob) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+int qk_corpus_plan(const char *const *inputs, int n_inputs, int n_parts, char ***files, int *n_files, int *first) {
+    if (n_inputs <= 0) return qk_err("corpus options: no inputs");
+    StrList l = {0};
+    for (int i = 0; i < n_inputs; i++)
+        if (add_path(&l, inputs[i], 0)) {
+            for (int k = 0; k < l.n; k++) free(l.v[k]);
+            free(l.v);
+            return -1;
+        }
+    qsort(l.v, l.n, sizeof(char *), cmp_str);
+    int n = 0;
+    for (int i = 0; i < l.n; i++) {
+        if (n && strcmp(l.v[n - 1], l.v[i]) == 0) free(l.v[i]);
+        else l.v[n++] = l.v[i];
+    }
+    if (n == 0) {
+        free(l.v);
+        return qk_err("%s: no files found", inputs[0]);
+    }
+    if (n < n_parts) {
+        for (int k = 0; k < n; k++) free(l.v[k]);
+        free(l.v);
+        return qk_err("%s: %d file(s) cannot make %d parts (a part is a range of whole files)", inputs[0], n, n_parts);
+    }
+    // Contiguous ranges of about total/n_parts bytes each, every part at least one file.
+    double total = 0, *size = qk_malloc(sizeof(double) * n);
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        size[i] = stat(l.v[i], &st) == 0 ? (double)st.st_size : 0;
+        total += size[i];
+    }
+    double acc = 0;
+    first[0] = 0;
+    for (int p = 1, i = 0; p < n_parts; p++) {
+        while (i < n - (n_parts - p) && (i < first[p - 1] + 1 || acc + size[i] / 2 < total * p / n_parts)) acc += size[i++];
+        first[p] = i;
+    }
+    first[n_parts] = n;
+    free(size);
+    *files = l.v;
+    *n_files = n;
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Public API.
 
@@ -858,30 +903,27 @@ QkCorpus *qk_corpus_open(const QkCorpusOptions *opt) {
     int W = o.n_ctx - o.bos, stride = o.stride ? o.stride : W;
     if (stride < 1 || stride > W) return qk_err("corpus options: stride %d must be in [1, %d]", o.stride, W), NULL;
     if (o.n_inputs <= 0) return qk_err("corpus options: no inputs"), NULL;
-    StrList l = {0};
-    for (int i = 0; i < o.n_inputs; i++)
-        if (add_path(&l, o.inputs[i], 0)) {
-            for (int k = 0; k < l.n; k++) free(l.v[k]);
-            free(l.v);
-            return NULL;
-        }
-    qsort(l.v, l.n, sizeof(char *), cmp_str);
-    int n = 0;
-    for (int i = 0; i < l.n; i++) {
-        if (n && strcmp(l.v[n - 1], l.v[i]) == 0) free(l.v[i]);
-        else l.v[n++] = l.v[i];
+    char **files;
+    int n, first[2] = {0, 0}, *bounds = o.n_parts > 0 ? qk_malloc(sizeof(int) * (o.n_parts + 1)) : first;
+    if (o.n_parts > 0 && (o.part < 0 || o.part >= o.n_parts)) {
+        free(bounds);
+        return qk_err("corpus options: part %d of %d", o.part, o.n_parts), NULL;
     }
-    if (n == 0) {
-        free(l.v);
-        return qk_err("%s: no files found", o.inputs[0]), NULL;
+    if (qk_corpus_plan(o.inputs, o.n_inputs, o.n_parts > 0 ? o.n_parts : 1, &files, &n, bounds)) {
+        if (bounds != first) free(bounds);
+        return NULL;
     }
+    int part = o.n_parts > 0 ? o.part : 0, first_file = bounds[part], end_file = bounds[part + 1];
+    if (bounds != first) free(bounds);
     QkCorpus *c = qk_calloc(1, sizeof *c);
     c->opt = o;
     c->W = W;
     c->stride = stride;
     c->n_vocab = o.bpe ? qk_bpe_vocab_size(o.bpe) : QK_GPT2_EOT + 1;
-    c->files = l.v;
+    c->files = files;
     c->n_files = n;
+    c->first_file = first_file;
+    c->end_file = end_file;
     c->queue = 2 * o.n_threads + 2;
     c->ring = qk_calloc(c->queue, sizeof(Chunk));
     pthread_mutex_init(&c->mu, NULL);

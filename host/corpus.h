@@ -57,6 +57,8 @@ typedef struct {
     int stride;                 // 0: W (= n_ctx - bos)
     int batch_size;             // windows per batch; 0: 8
     int n_threads;              // tokenizer threads; 0: 1
+    int part, n_parts;          // n_parts > 0: read only part `part` (0-based) of qk_corpus_plan's split;
+                                // provenance file indices stay those of the whole sorted list
 } QkCorpusOptions;
 
 typedef struct {
@@ -95,6 +97,12 @@ QkCorpus *qk_corpus_open(const QkCorpusOptions *opt);
 int qk_corpus_next_batch(QkCorpus *c, QkWindowBatch *out);
 // Stops the threads (also mid-corpus) and frees everything.
 void qk_corpus_close(QkCorpus *c);
+
+// The deterministic split of a corpus into n_parts for Slurm tasks: the sorted, de-duplicated file
+// list in contiguous ranges of about equal total bytes.  *files gets the whole list (free each and
+// the array), first[0..n_parts] the range bounds (part p reads files [first[p], first[p+1]).
+// Fewer files than parts is an error naming both counts.
+int qk_corpus_plan(const char *const *inputs, int n_inputs, int n_parts, char ***files, int *n_files, int *first);
 
 int qk_corpus_n_files(const QkCorpus *c);
 const char *qk_corpus_file(const QkCorpus *c, int i);

@@ -278,7 +278,7 @@ void run_config_hash(const RunConfig *c, char hex[65]) {
         c->pack, c->stride, (long long)c->max_tokens);
     ADD("heads=%s record=%s k=%d a=%d p=%d enc=%d enc_slots=%d sketch=%d,%d static_k=%d\n", c->heads, c->record_heads,
         c->k, c->a, c->p, c->encoder, c->enc_slots, c->sketch_pairs, c->sketch_capacity, c->static_k);
-    ADD("record_patterns=%d\n", c->record_patterns);
+    ADD("record_patterns=%d part=%d/%d\n", c->record_patterns, c->part, c->n_parts);
     ADD("precision=%s shard_tokens=%lld\n", c->precision, (long long)c->shard_tokens);
 #undef ADD
     uint8_t d[32];

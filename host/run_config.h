@@ -32,6 +32,7 @@ typedef struct {
     char *record_heads;  // heads with per-token records ("none" allowed)
     int k, a, p, encoder, enc_slots, sketch_pairs, sketch_capacity;
     int record_patterns;  // recorded heads also get full attention rows, real and reconstructed
+    int part, n_parts;    // `run --part P/N` (command line, not INI): this task's part of the corpus
     int static_k;        // top-k of the weights-only maps
     // [output]
     int64_t shard_tokens;  // 0: one file; else OUT is a folder of shards of about this many tokens

@@ -125,7 +125,8 @@ int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) 
 int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, void (*usage)(FILE *), RunArgs *a) {
     static const struct option opts[] = {{"set", required_argument, 0, 's'}, {"output", required_argument, 0, 'o'},
                                          {"resume", no_argument, 0, 'r'},    {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},      {0, 0, 0, 0}};
+                                         {"help", no_argument, 0, 'h'},      {"part", required_argument, 0, 'p'},
+                                         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     optind = 1;
     opterr = 0;
@@ -134,6 +135,15 @@ int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, voi
         else if (ch == 'o') a->out = optarg;
         else if (ch == 'q') a->quiet = 1;
         else if (ch == 'r' && allow_resume) a->resume = 1;
+        else if (ch == 'p' && allow_resume) {
+            char *slash;
+            a->part = (int)strtol(optarg, &slash, 10);
+            a->n_parts = *slash == '/' ? atoi(slash + 1) : 0;
+            if (a->n_parts < 1 || a->part < 0 || a->part >= a->n_parts) {
+                fprintf(stderr, "qkscope %s: --part '%s': expected P/N with 0 <= P < N\n", cmd, optarg);
+                return QK_EXIT_USAGE;
+            }
+        }
         else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
         else {
             fprintf(stderr, "qkscope %s: unknown or incomplete option '%s' (--help)\n", cmd, argv[optind - 1]);

@@ -31,6 +31,7 @@ typedef struct {
     const char *config, *out;
     char *sets[QK_MAX_SETS];
     int n_sets, quiet, resume;
+    int part, n_parts;  // --part P/N (run only)
 } RunArgs;
 
 // Returns -1 to go on, or the exit status (--help prints usage and gives 0; bad usage 2, with a

@@ -1,0 +1,101 @@
+// test_sweep.c: Slurm sweeps without Slurm: `plan` splits the corpus deterministically, `submit
+// --dry-run` writes the array and merge scripts, the array tasks are emulated by running each
+// part's command, `status` follows them, and `merge` over the parts equals one whole run.
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "npy.h"
+#include "planted.h"
+#include "test_common.h"
+
+static char *g_dir;
+
+static int sh(const char *fmt, const char *a, const char *b) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, fmt, a, b, a, b, a, b);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *slurp(const char *dir, const char *name) {
+    char *p = qk_path_join(dir, name), *t = qk_read_file(p, NULL);
+    free(p);
+    return t ? t : qk_strdup("");
+}
+
+Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
+    g_dir = make_tmpdir();
+    QkPlantedOpts o;
+    qk_planted_default_opts(&o);
+    o.n_tokens = 64 * 32;
+    cr_assert_eq(qk_planted_write(g_dir, &o, NULL), 0, "%s", qk_errmsg());
+    // The corpus as 4 files of 8 windows (one document each: pack = false, no separators).
+    QkNpy all;
+    char path[700];
+    snprintf(path, sizeof path, "%s/corpus.npy", g_dir);
+    cr_assert_eq(qk_npy_read(&all, path), 0);
+    snprintf(path, sizeof path, "%s/corpus", g_dir);
+    mkdir(path, 0777);
+    for (int f = 0; f < 4; f++) {
+        int64_t shape[2] = {8, 64};
+        snprintf(path, sizeof path, "%s/corpus/c%d.npy", g_dir, f);
+        cr_assert_eq(qk_npy_write(path, "<i4", 2, shape, (int32_t *)all.data + f * 8 * 64), 0);
+    }
+    qk_npy_free(&all);
+    char text[2048];
+    snprintf(text, sizeof text,
+             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
+             "[corpus]\npaths = %s/corpus\nn_ctx = 64\nbos = false\npack = false\nbatch = 4\n"
+             "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[run]\nbackend = cpu\n",
+             g_dir, g_dir, g_dir, g_dir);
+    snprintf(path, sizeof path, "%s/sweep.ini", g_dir);
+    write_bytes(path, text, strlen(text));
+
+    cr_assert_eq(sh("./bin/qkscope plan %s/sweep.ini --tasks 3 > %s/plan.txt", g_dir, g_dir), 0);
+    char *plan = slurp(g_dir, "plan.txt");
+    cr_expect(strstr(plan, "part 0/3: files 0..0") && strstr(plan, "part 2/3: files 3..3"), "%s", plan);
+    free(plan);
+    cr_expect_eq(sh("./bin/qkscope plan %s/sweep.ini --tasks 5 2> %s/err.txt", g_dir, g_dir), 1, "5 parts of 4 files");
+    char *err = slurp(g_dir, "err.txt");
+    cr_expect(strstr(err, "4 file(s) cannot make 5 parts") != NULL, "%s", err);
+    free(err);
+
+    cr_assert_eq(sh("./bin/qkscope submit %s/sweep.ini --tasks 3 --gpus-per-task 2 --partition gpu -o %s/out --dry-run > /dev/null",
+                    g_dir, g_dir), 0);
+    char out[700];
+    snprintf(out, sizeof out, "%s/out", g_dir);
+    char *sb = slurp(out, "qkscope.sbatch"), *mb = slurp(out, "merge.sbatch");
+    const char *want[] = {"#SBATCH --array=0-2", "#SBATCH --gres=gpu:2", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
+                          "#SBATCH --partition=gpu", "logs/%A_%a.out", "--part \"$SLURM_ARRAY_TASK_ID/3\" --resume",
+                          "trap 'kill -USR1", "scontrol requeue"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_expect(strstr(sb, want[i]) != NULL, "array script lacks %s", want[i]);
+    cr_expect(strstr(mb, " merge ") != NULL && strstr(mb, "all.h5") != NULL, "%s", mb);
+    free(sb), free(mb);
+    cr_expect_eq(sh("./bin/qkscope status %s/out > %s/st.txt", g_dir, g_dir), 0);
+    char *st = slurp(g_dir, "st.txt");
+    cr_expect(strstr(st, "0 of 3 part(s) done, 3 missing") != NULL, "%s", st);
+    free(st);
+    // Merging before the parts exist is refused.
+    cr_expect_eq(sh("./bin/qkscope merge %s/out -o %s/out/all.h5 2>/dev/null", g_dir, g_dir), 1);
+    // The array tasks, as Slurm would run them.
+    for (int p = 0; p < 3; p++) {
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s/sweep.ini --set output.shard_tokens=1000 --part %d/3 --resume -o %s/out/part-%03d",
+                 g_dir, p, g_dir, p);
+        cr_assert_eq(system(cmd), 0, "part %d", p);
+    }
+    cr_expect_eq(sh("./bin/qkscope status %s/out > %s/st.txt", g_dir, g_dir), 0);
+    st = slurp(g_dir, "st.txt");
+    cr_expect(strstr(st, "3 of 3 part(s) done, 0 missing") != NULL, "%s", st);
+    free(st);
+    cr_assert_eq(sh("./bin/qkscope merge %s/out -o %s/out/all.h5 > /dev/null", g_dir, g_dir), 0);
+    cr_assert_eq(sh("./bin/qkscope run -q %s/sweep.ini -o %s/whole.h5", g_dir, g_dir), 0);
+    const char *objs[] = {"/heads", "/tokens", "/length", "/provenance"};
+    for (int i = 0; i < 4; i++) {
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd, "h5diff -q %s/whole.h5 %s/out/all.h5 %s %s", g_dir, g_dir, objs[i], objs[i]);
+        cr_expect_eq(system(cmd), 0, "%s differs between the sweep and one run", objs[i]);
+    }
+    rm_rf(g_dir);
+    free(g_dir);
+}
