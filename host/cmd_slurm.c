@@ -185,8 +185,7 @@ int cmd_submit(int argc, char **argv) {
     free(first);
     RunConfig c;
     if (run_config_load(&c, config, sets, n_sets)) return fprintf(stderr, "qkscope submit: %s\n", qk_errmsg()), QK_EXIT_FAIL;
-    int sharded = c.shard_tokens > 0;
-    run_config_free(&c);
+    int sharded = c.shard_tokens > 0, n_settings = run_config_n_settings(&c);
     char abs_out[PATH_MAX], abs_cfg[PATH_MAX], exe[PATH_MAX], logs[PATH_MAX + 8], tdir[PATH_MAX + 16];
     mkdir(out, 0777);
     snprintf(logs, sizeof logs, "%s/logs", out);
@@ -208,15 +207,53 @@ int cmd_submit(int argc, char **argv) {
         o += snprintf(set_text + o, cap - o, "%s--set %s", o ? " " : "", q);
     }
     if (!sharded) snprintf(set_text + o, cap - o, "%s--set output.shard_tokens=1000000", o ? " " : "");
+    // One case per setting: its --set overrides and its output folder; every setting is checked now.
+    size_t ccap = 1024, co = 0, mcap = 1024, mo = 0;
+    char *cases = qk_malloc(ccap), *merges = qk_malloc(mcap);
+    cases[0] = merges[0] = 0;
+    for (int st = 0; st < n_settings && !rc; st++) {
+        char **ov = qk_calloc(c.n_sweep + 1, sizeof(char *)), sdir[PATH_MAX + 32];
+        run_config_setting(&c, st, ov);
+        if (n_settings > 1) snprintf(sdir, sizeof sdir, "%s/setting-%03d", abs_out, st);
+        else snprintf(sdir, sizeof sdir, "%s", abs_out);
+        char **all = qk_calloc(n_sets + c.n_sweep + 1, sizeof(char *));
+        for (int i = 0; i < n_sets; i++) all[i] = sets[i];
+        for (int i = 0; i < c.n_sweep; i++) all[n_sets + i] = ov[i];
+        RunConfig check;
+        if (run_config_load(&check, config, all, n_sets + c.n_sweep)) rc = -1;
+        else run_config_free(&check);
+        size_t need = strlen(sdir) * 3 + 256;
+        for (int i = 0; i < c.n_sweep; i++) need += 4 * strlen(ov[i]) + 16;
+        while (co + need >= ccap) cases = qk_realloc(cases, ccap *= 2);
+        while (mo + need >= mcap) merges = qk_realloc(merges, mcap *= 2);
+        co += snprintf(cases + co, ccap - co, "%d) setting=(", st);
+        for (int i = 0; i < c.n_sweep; i++) {
+            quote(ov[i], q, sizeof q);
+            co += snprintf(cases + co, ccap - co, "%s--set %s", i ? " " : "", q);
+        }
+        co += snprintf(cases + co, ccap - co, "); dir=\"%s\" ;;\n", sdir);
+        mo += snprintf(merges + mo, mcap - mo, "%s merge \"%s\" -o \"%s/all.h5\"\n", exe, sdir, sdir);
+        if (n_settings > 1) {  // the setting's own plan.json, for merge and status
+            mkdir(sdir, 0777);
+            char pj[PATH_MAX + 64], txt[256];
+            snprintf(pj, sizeof pj, "%s/plan.json", sdir);
+            snprintf(txt, sizeof txt, "{\"format\": \"qkscope-plan\", \"tasks\": %d}\n", tasks);
+            if (!rc) rc = write_text(pj, txt, 0);
+        }
+        for (int i = 0; i < c.n_sweep; i++) free(ov[i]);
+        free(ov), free(all);
+    }
+    if (co) cases[co - 1] = 0;  // no trailing newline before esac
+    if (mo) merges[mo - 1] = 0;
     char last[32], ntasks[32], part_line[256] = "", job[PATH_MAX + 16];
-    snprintf(last, sizeof last, "%d", tasks - 1);
+    snprintf(last, sizeof last, "%d", n_settings * tasks - 1);
     snprintf(ntasks, sizeof ntasks, "%d", tasks);
     if (partition) snprintf(part_line, sizeof part_line, "#SBATCH --partition=%s", partition);
     const char *base = strrchr(abs_out, '/');
     snprintf(job, sizeof job, "qkscope-%s", base ? base + 1 : abs_out);
     const char *kv[][2] = {{"JOB", job},       {"LAST", last},          {"GPUS", gpus},        {"TIME", time_limit},
                            {"OUT", abs_out},   {"PARTITION_LINE", part_line}, {"QKSCOPE", exe}, {"CONFIG", abs_cfg},
-                           {"SETS", set_text}, {"TASKS", ntasks}};
+                           {"SETS", set_text}, {"TASKS", ntasks},     {"CASES", cases},     {"MERGES", merges}};
     template_dir(tdir, sizeof tdir);
     char tpath[PATH_MAX + 64], spath[PATH_MAX + 64], mpath[PATH_MAX + 64], ppath[PATH_MAX + 64];
     snprintf(tpath, sizeof tpath, "%s/qkscope.sbatch", tdir);
@@ -227,8 +264,10 @@ int cmd_submit(int argc, char **argv) {
     snprintf(mpath, sizeof mpath, "%s/merge.sbatch", abs_out);
     snprintf(ppath, sizeof ppath, "%s/plan.json", abs_out);
     char plan[256];
-    snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d}\n", tasks);
-    if (!array || !merge || write_text(spath, array, 1) || write_text(mpath, merge, 1) || write_text(ppath, plan, 0))
+    if (n_settings > 1)
+        snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d, \"settings\": %d}\n", tasks, n_settings);
+    else snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d}\n", tasks);
+    if (rc || !array || !merge || write_text(spath, array, 1) || write_text(mpath, merge, 1) || write_text(ppath, plan, 0))
         rc = -1;
     if (!rc && dry) printf("%s\n# --- %s\n%s\n# --- %s\n%s\n# dry run: sbatch --parsable %s; sbatch --dependency=afterok:<id> %s\n",
                            spath, spath, array, mpath, merge, spath, mpath);
@@ -244,7 +283,8 @@ int cmd_submit(int argc, char **argv) {
             else printf("submitted array job %s (%d tasks) and its merge job; qkscope status %s\n", id, tasks, out);
         }
     }
-    free(array), free(merge), free(set_text);
+    free(array), free(merge), free(set_text), free(cases), free(merges);
+    run_config_free(&c);
     if (rc) {
         fprintf(stderr, "qkscope submit: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
@@ -252,38 +292,53 @@ int cmd_submit(int argc, char **argv) {
     return QK_EXIT_OK;
 }
 
+// Prints the state of parts OUT/part-000.. of one setting; returns how many are done.
+static int status_parts(const char *dir, int tasks, int *missing) {
+    char path[PATH_MAX + 64];
+    int done = 0;
+    for (int p = 0; p < tasks; p++) {
+        snprintf(path, sizeof path, "%s/part-%03d/manifest.json", dir, p);
+        cJSON *m = qk_file_exists(path) ? qk_json_load(path) : NULL;
+        const cJSON *sh = m ? cJSON_GetObjectItemCaseSensitive(m, "shards") : NULL;
+        int complete = m && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete"));
+        snprintf(path, sizeof path, "%s/part-%03d", dir, p);
+        int started = qk_file_exists(path);
+        const char *state = complete ? "done" : m ? "incomplete (running, or stopped: it resumes when requeued)"
+                            : started ? "started, no complete shard yet" : "missing (not started or failed)";
+        printf("%s/part-%03d: %-58s %d shard(s)\n", dir, p, state, cJSON_IsArray(sh) ? cJSON_GetArraySize(sh) : 0);
+        done += complete;
+        *missing += !m && !started;
+        cJSON_Delete(m);
+    }
+    snprintf(path, sizeof path, "%s/all.h5", dir);
+    printf("%s: merged file %s\n", dir, qk_file_exists(path) ? "written" : "not yet");
+    return done;
+}
+
 int cmd_status(int argc, char **argv) {
     if (argc != 2 || !strcmp(argv[1], "--help")) {
-        printf("usage: qkscope status OUT\n\nFor a sweep made by `qkscope submit ... -o OUT`: which parts are done,\n"
-               "incomplete (running, or stopped and waiting to resume) or missing, and whether OUT/all.h5 exists.\n");
+        printf("usage: qkscope status OUT\n\nFor a sweep made by `qkscope submit ... -o OUT`: which parts (of every setting) are\n"
+               "done, incomplete (running, or stopped and waiting to resume) or missing, and which merged files exist.\n");
         return argc == 2 ? QK_EXIT_OK : QK_EXIT_USAGE;
     }
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/plan.json", argv[1]);
     cJSON *plan = qk_json_load(path);
     const cJSON *t = plan ? cJSON_GetObjectItemCaseSensitive(plan, "tasks") : NULL;
+    const cJSON *ns = plan ? cJSON_GetObjectItemCaseSensitive(plan, "settings") : NULL;
     if (!cJSON_IsNumber(t)) {
         cJSON_Delete(plan);
         fprintf(stderr, "qkscope status: %s\n", plan ? "plan.json: field 'tasks' missing" : qk_errmsg());
         return QK_EXIT_FAIL;
     }
-    int tasks = t->valueint, done = 0, missing = 0;
-    for (int p = 0; p < tasks; p++) {
-        snprintf(path, sizeof path, "%s/part-%03d/manifest.json", argv[1], p);
-        cJSON *m = qk_file_exists(path) ? qk_json_load(path) : NULL;
-        const cJSON *sh = m ? cJSON_GetObjectItemCaseSensitive(m, "shards") : NULL;
-        int complete = m && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete"));
-        snprintf(path, sizeof path, "%s/part-%03d", argv[1], p);
-        const char *state = complete ? "done" : m ? "incomplete (running, or stopped: it resumes when requeued)"
-                            : qk_file_exists(path) ? "started, no complete shard yet" : "missing (not started or failed)";
-        printf("part %03d: %-58s %d shard(s)\n", p, state, cJSON_IsArray(sh) ? cJSON_GetArraySize(sh) : 0);
-        done += complete;
-        missing += !m && !qk_file_exists(path);
-        cJSON_Delete(m);
+    int tasks = t->valueint, settings = cJSON_IsNumber(ns) ? ns->valueint : 1, done = 0, missing = 0;
+    for (int st = 0; st < settings; st++) {
+        char dir[PATH_MAX + 32];
+        if (settings > 1) snprintf(dir, sizeof dir, "%s/setting-%03d", argv[1], st);
+        else snprintf(dir, sizeof dir, "%s", argv[1]);
+        done += status_parts(dir, tasks, &missing);
     }
-    snprintf(path, sizeof path, "%s/all.h5", argv[1]);
-    printf("%d of %d part(s) done, %d missing; merged file: %s\n", done, tasks, missing,
-           qk_file_exists(path) ? path : "not yet");
+    printf("%d of %d part(s) done, %d missing\n", done, tasks * settings, missing);
     cJSON_Delete(plan);
     return QK_EXIT_OK;
 }

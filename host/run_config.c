@@ -105,6 +105,14 @@ static const Key k_keys[] = {
 static int handler(void *user, const char *section, const char *name, const char *value) {
     ParseState *ps = user;
     RunConfig *c = ps->c;
+    if (!strcmp(section, "sweep")) {  // section.key = V1 | V2 | ...
+        if (!strchr(name, '.')) return fail(ps, "[%s] %s: expected section.key = V1 | V2 | ...%s", section, name, "");
+        c->sweep_key = qk_realloc(c->sweep_key, sizeof(char *) * (c->n_sweep + 1));
+        c->sweep_values = qk_realloc(c->sweep_values, sizeof(char *) * (c->n_sweep + 1));
+        c->sweep_key[c->n_sweep] = qk_strdup(name);
+        c->sweep_values[c->n_sweep++] = qk_strdup(value);
+        return 1;
+    }
     if (!strcmp(section, "sae") && !strncmp(name, "layer.", 6)) {  // layer.N = DIR[,center] | none
         long l;
         if (parse_int(name + 6, 0, QK_MAX_LAYERS - 1, &l)) return fail(ps, "[%s] %s: not layer.N%s", section, name, "");
@@ -235,6 +243,8 @@ void run_config_free(RunConfig *c) {
     for (int i = 0; i < c->n_paths; i++) free(c->paths[i]);
     free(c->paths), free(c->vocab), free(c->jsonl_field), free(c->heads), free(c->record_heads);
     free(c->backend), free(c->precision);
+    for (int i = 0; i < c->n_sweep; i++) free(c->sweep_key[i]), free(c->sweep_values[i]);
+    free(c->sweep_key), free(c->sweep_values);
     memset(c, 0, sizeof *c);
 }
 
@@ -284,4 +294,47 @@ void run_config_hash(const RunConfig *c, char hex[65]) {
     uint8_t d[32];
     qk_sha256_final(&h, d);
     for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+}
+
+// The v-th value of "V1 | V2 | ..." (trimmed) into a fresh string; *count gets the number of values.
+static char *sweep_value(const char *list, int v, int *count) {
+    int n = 0;
+    char *out = NULL;
+    for (const char *p = list;; n++) {
+        const char *bar = strchr(p, '|'), *end = bar ? bar : p + strlen(p);
+        if (n == v) {
+            while (p < end && (*p == ' ' || *p == '\t')) p++;
+            const char *e = end;
+            while (e > p && (e[-1] == ' ' || e[-1] == '\t')) e--;
+            out = qk_malloc(e - p + 1);
+            memcpy(out, p, e - p);
+            out[e - p] = 0;
+        }
+        if (!bar) break;
+        p = bar + 1;
+    }
+    *count = n + 1;
+    return out;
+}
+
+int run_config_n_settings(const RunConfig *c) {
+    int total = 1;
+    for (int i = 0; i < c->n_sweep; i++) {
+        int n;
+        free(sweep_value(c->sweep_values[i], -1, &n));
+        total *= n;
+    }
+    return total;
+}
+
+void run_config_setting(const RunConfig *c, int index, char **out) {
+    for (int i = c->n_sweep - 1; i >= 0; i--) {  // the last key varies fastest
+        int n;
+        free(sweep_value(c->sweep_values[i], -1, &n));
+        char *v = sweep_value(c->sweep_values[i], index % n, &n);
+        index /= n;
+        out[i] = qk_malloc(strlen(c->sweep_key[i]) + strlen(v) + 2);
+        sprintf(out[i], "%s=%s", c->sweep_key[i], v);
+        free(v);
+    }
 }

@@ -33,6 +33,10 @@ typedef struct {
     int k, a, p, encoder, enc_slots, sketch_pairs, sketch_capacity;
     int record_patterns;  // recorded heads also get full attention rows, real and reconstructed
     int part, n_parts;    // `run --part P/N` (command line, not INI): this task's part of the corpus
+    // [sweep] section.key = V1 | V2 | ...: the settings `qkscope submit` expands (run ignores it).
+    int n_sweep;
+    char **sweep_key;     // (n_sweep) "section.key"
+    char **sweep_values;  // (n_sweep) "V1 | V2 | ..." as written
     int static_k;        // top-k of the weights-only maps
     // [output]
     int64_t shard_tokens;  // 0: one file; else OUT is a folder of shards of about this many tokens
@@ -46,6 +50,12 @@ typedef struct {
 
 int run_config_load(RunConfig *c, const char *path, char *const *sets, int n_sets);
 void run_config_free(RunConfig *c);
+
+// The number of settings of the [sweep] (the product of the value counts; 1 without a sweep), and
+// the --set overrides "section.key=V" of setting `index` (mixed radix, first key slowest) into
+// out[n_sweep] (fresh strings).
+int run_config_n_settings(const RunConfig *c);
+void run_config_setting(const RunConfig *c, int index, char **out);
 
 // hex[65]: SHA-256 of every setting that changes the output (not [run] threads, backend, device
 // or [output] progress_seconds), so a resumed run can check it continues the same analysis.

@@ -66,7 +66,7 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
     snprintf(out, sizeof out, "%s/out", g_dir);
     char *sb = slurp(out, "qkscope.sbatch"), *mb = slurp(out, "merge.sbatch");
     const char *want[] = {"#SBATCH --array=0-2", "#SBATCH --gres=gpu:2", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
-                          "#SBATCH --partition=gpu", "logs/%A_%a.out", "--part \"$SLURM_ARRAY_TASK_ID/3\" --resume",
+                          "#SBATCH --partition=gpu", "logs/%A_%a.out", "--part \"$p/3\" --resume",
                           "trap 'kill -USR1", "scontrol requeue"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_expect(strstr(sb, want[i]) != NULL, "array script lacks %s", want[i]);
     cr_expect(strstr(mb, " merge ") != NULL && strstr(mb, "all.h5") != NULL, "%s", mb);
@@ -95,6 +95,62 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
         char cmd[4096];
         snprintf(cmd, sizeof cmd, "h5diff -q %s/whole.h5 %s/out/all.h5 %s %s", g_dir, g_dir, objs[i], objs[i]);
         cr_expect_eq(system(cmd), 0, "%s differs between the sweep and one run", objs[i]);
+    }
+    rm_rf(g_dir);
+    free(g_dir);
+}
+
+// A [sweep] over two k values: the generated scripts themselves run every (setting, part) task
+// (srun and scontrol stubbed), the merge script writes one file per setting, each with its k.
+Test(sweep, settings_run_through_the_generated_scripts, .timeout = 300) {
+    g_dir = make_tmpdir();
+    QkPlantedOpts o;
+    qk_planted_default_opts(&o);
+    o.n_tokens = 64 * 16;
+    cr_assert_eq(qk_planted_write(g_dir, &o, NULL), 0, "%s", qk_errmsg());
+    char text[2048], path[1024];
+    // The corpus twice, as two files: two parts.
+    snprintf(path, sizeof path, "%s/sweep.ini", g_dir);
+    snprintf(text, sizeof text,
+             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
+             "[corpus]\npaths = %s/c\nn_ctx = 64\nbos = false\npack = false\n"
+             "[analysis]\nrecord_heads = 0.1\np = 4\n[run]\nbackend = cpu\n[sweep]\nanalysis.k = 4 | 8\n",
+             g_dir, g_dir, g_dir, g_dir);
+    write_bytes(path, text, strlen(text));
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/c %s/stub && cp %s/corpus.npy %s/c/a.npy && cp %s/corpus.npy %s/c/b.npy && "
+             "printf '#!/bin/sh\\nexec \"$@\"\\n' > %s/stub/srun && printf '#!/bin/sh\\nexit 0\\n' > %s/stub/scontrol && "
+             "chmod +x %s/stub/srun %s/stub/scontrol",
+             g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "./bin/qkscope submit %s/sweep.ini --tasks 2 -o %s/out --dry-run > /dev/null", g_dir, g_dir);
+    cr_assert_eq(system(cmd), 0);
+    char out[700];
+    snprintf(out, sizeof out, "%s/out", g_dir);
+    char *sb = slurp(out, "qkscope.sbatch");
+    cr_expect(strstr(sb, "#SBATCH --array=0-3") && strstr(sb, "--set 'analysis.k=4'") && strstr(sb, "--set 'analysis.k=8'"),
+              "%s", sb);
+    free(sb);
+    for (int task = 0; task < 4; task++) {
+        snprintf(cmd, sizeof cmd, "cd %s && PATH=%s/stub:$PATH SLURM_ARRAY_TASK_ID=%d SLURM_JOB_ID=1 bash qkscope.sbatch", out,
+                 g_dir, task);
+        cr_assert_eq(system(cmd), 0, "array task %d", task);
+    }
+    snprintf(cmd, sizeof cmd, "./bin/qkscope status %s > %s/st.txt && bash %s/merge.sbatch > /dev/null", out, g_dir, out);
+    cr_assert_eq(system(cmd), 0);
+    char *st = slurp(g_dir, "st.txt");
+    cr_expect(strstr(st, "4 of 4 part(s) done, 0 missing") != NULL, "%s", st);
+    free(st);
+    for (int s = 0; s < 2; s++) {
+        snprintf(path, sizeof path, "%s/setting-%03d/all.h5", out, s);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        cr_assert(f >= 0, "%s missing", path);
+        hid_t d = H5Dopen2(f, "heads/0.1/lookfor_top_idx", H5P_DEFAULT), sp = H5Dget_space(d);
+        hsize_t dims[3];
+        H5Sget_simple_extent_dims(sp, dims, NULL);
+        cr_expect_eq(dims[2], (hsize_t)(s ? 8 : 4), "setting %d has k = %llu", s, (unsigned long long)dims[2]);
+        cr_expect_eq(dims[0], (hsize_t)32, "setting %d: %llu windows over both parts", s, (unsigned long long)dims[0]);
+        H5Sclose(sp), H5Dclose(d), H5Fclose(f);
     }
     rm_rf(g_dir);
     free(g_dir);
