@@ -207,6 +207,20 @@ int cmd_submit(int argc, char **argv) {
         o += snprintf(set_text + o, cap - o, "%s--set %s", o ? " " : "", q);
     }
     if (!sharded) snprintf(set_text + o, cap - o, "%s--set output.shard_tokens=1000000", o ? " " : "");
+    char ppath[PATH_MAX + 64];
+    snprintf(ppath, sizeof ppath, "%s/plan.json", abs_out);
+    // plan.json names the sweep (tasks, settings, the config's hash): an OUT holding another
+    // sweep is refused, so nothing of it is overwritten; the same sweep may be submitted again.
+    char plan[512], hash[65];
+    run_config_hash(&c, hash);
+    if (n_settings > 1)
+        snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d, \"settings\": %d, \"config_hash\": \"%s\"}\n",
+                 tasks, n_settings, hash);
+    else snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d, \"config_hash\": \"%s\"}\n", tasks, hash);
+    char *old = qk_file_exists(ppath) ? qk_read_file(ppath, NULL) : NULL;
+    if (old && strcmp(old, plan))
+        rc = qk_err("%s holds another sweep (%s differs: other config, tasks or settings); use another -o", out, ppath);
+    free(old);
     // One case per setting: its --set overrides and its output folder; every setting is checked now.
     size_t ccap = 1024, co = 0, mcap = 1024, mo = 0;
     char *cases = qk_malloc(ccap), *merges = qk_malloc(mcap);
@@ -255,18 +269,13 @@ int cmd_submit(int argc, char **argv) {
                            {"OUT", abs_out},   {"PARTITION_LINE", part_line}, {"QKSCOPE", exe}, {"CONFIG", abs_cfg},
                            {"SETS", set_text}, {"TASKS", ntasks},     {"CASES", cases},     {"MERGES", merges}};
     template_dir(tdir, sizeof tdir);
-    char tpath[PATH_MAX + 64], spath[PATH_MAX + 64], mpath[PATH_MAX + 64], ppath[PATH_MAX + 64];
+    char tpath[PATH_MAX + 64], spath[PATH_MAX + 64], mpath[PATH_MAX + 64];
     snprintf(tpath, sizeof tpath, "%s/qkscope.sbatch", tdir);
     char *array = fill(tpath, kv, sizeof kv / sizeof kv[0]);
     snprintf(tpath, sizeof tpath, "%s/qkscope-merge.sbatch", tdir);
     char *merge = array ? fill(tpath, kv, sizeof kv / sizeof kv[0]) : NULL;
     snprintf(spath, sizeof spath, "%s/qkscope.sbatch", abs_out);
     snprintf(mpath, sizeof mpath, "%s/merge.sbatch", abs_out);
-    snprintf(ppath, sizeof ppath, "%s/plan.json", abs_out);
-    char plan[256];
-    if (n_settings > 1)
-        snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d, \"settings\": %d}\n", tasks, n_settings);
-    else snprintf(plan, sizeof plan, "{\"format\": \"qkscope-plan\", \"tasks\": %d}\n", tasks);
     if (rc || !array || !merge || write_text(spath, array, 1) || write_text(mpath, merge, 1) || write_text(ppath, plan, 0))
         rc = -1;
     if (!rc && dry) printf("%s\n# --- %s\n%s\n# --- %s\n%s\n# dry run: sbatch --parsable %s; sbatch --dependency=afterok:<id> %s\n",

@@ -75,6 +75,9 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
     char *st = slurp(g_dir, "st.txt");
     cr_expect(strstr(st, "0 of 3 part(s) done, 3 missing") != NULL, "%s", st);
     free(st);
+    // Another sweep into the same folder is refused (nothing overwritten); a part out of range too.
+    cr_expect_eq(sh("./bin/qkscope submit %s/sweep.ini --tasks 2 -o %s/out --dry-run 2> /dev/null", g_dir, g_dir), 1);
+    cr_expect_eq(sh("./bin/qkscope run -q %s/sweep.ini --part 3/3 -o %s/p3 2> /dev/null", g_dir, g_dir), 2);
     // Merging before the parts exist is refused.
     cr_expect_eq(sh("./bin/qkscope merge %s/out -o %s/out/all.h5 2>/dev/null", g_dir, g_dir), 1);
     // The array tasks, as Slurm would run them.
