@@ -38,7 +38,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline clean
+.PHONY: all demo test test-notebook test-gpu test-scripts reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline fuzz clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -143,6 +143,18 @@ bench-tokenize: $(BIN)/qkscope $(BIN)/bench_tokenize $(VENV)/.ok
 
 $(BIN)/bench_tokenize: bench/bench_tokenize.c $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+# libFuzzer + ASan/UBSan on the untrusted-input parsers (clang); FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS := -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Ihost $(shell pkg-config --cflags libcjson)
+fuzz:
+	mkdir -p $(BUILD)/fuzz/corpus-loaders $(BUILD)/fuzz/corpus-bpe
+	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_loaders.c host/safetensors.c host/npy.c host/util.c -lcjson -o $(BUILD)/fuzz/loaders
+	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_bpe.c host/bpe.c host/unicode_classes.c host/util.c -lcjson -lpthread -o $(BUILD)/fuzz/bpe
+	cp tests/reference/data/gpt2_tiny_b/model.safetensors $(BUILD)/fuzz/corpus-loaders/
+	head -c 2000 ../shared/data/text/utf8-demo.txt > $(BUILD)/fuzz/corpus-bpe/utf8
+	$(BUILD)/fuzz/loaders -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/fuzz/corpus-loaders
+	$(BUILD)/fuzz/bpe -max_total_time=$(FUZZ_SECONDS) -max_len=2048 $(BUILD)/fuzz/corpus-bpe
 
 clean:
 	rm -rf $(BUILD) $(BIN)

@@ -1,0 +1,17 @@
+// Fuzz target (libFuzzer): GPT-2 BPE on arbitrary bytes; decode(encode(x)) must equal x.  `make fuzz`.
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "bpe.h"
+static QkBpe *bpe;
+static QkBpeEncoder *enc;
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (!bpe) { bpe = qk_bpe_load("../shared/data/gpt2"); enc = qk_bpe_encoder_new(bpe); }
+    QkIds ids = {0};
+    qk_bpe_encode(enc, data, size, size && data[0] == 'S', &ids);
+    QkBytes out = {0};
+    if (qk_bpe_decode(bpe, ids.ids, ids.n, &out)) abort();
+    if (out.n != size || (size && memcmp(out.data, data, size))) abort();  // decode(encode(x)) == x
+    qk_ids_free(&ids); qk_bytes_free(&out);
+    return 0;
+}
