@@ -263,9 +263,11 @@ int cmd_submit(int argc, char **argv) {
     snprintf(last, sizeof last, "%d", n_settings * tasks - 1);
     snprintf(ntasks, sizeof ntasks, "%d", tasks);
     if (partition) snprintf(part_line, sizeof part_line, "#SBATCH --partition=%s", partition);
+    char gres_line[128] = "";  // --gpus-per-task 0: a CPU sweep, no GPU requested
+    if (strcmp(gpus, "0")) snprintf(gres_line, sizeof gres_line, "#SBATCH --gres=gpu:%s", gpus);
     const char *base = strrchr(abs_out, '/');
     snprintf(job, sizeof job, "qkscope-%s", base ? base + 1 : abs_out);
-    const char *kv[][2] = {{"JOB", job},       {"LAST", last},          {"GPUS", gpus},        {"TIME", time_limit},
+    const char *kv[][2] = {{"JOB", job},       {"LAST", last},          {"GRES_LINE", gres_line}, {"TIME", time_limit},
                            {"OUT", abs_out},   {"PARTITION_LINE", part_line}, {"QKSCOPE", exe}, {"CONFIG", abs_cfg},
                            {"SETS", set_text}, {"TASKS", ntasks},     {"CASES", cases},     {"MERGES", merges}};
     template_dir(tdir, sizeof tdir);
