@@ -18,6 +18,17 @@ static int hash_file(const char *dir, const char *file, char hex[65]) {
     return rc;
 }
 
+static void *hash_all(void *arg) {
+    RunSetup *s = arg;
+    const RunConfig *c = &s->cfg;
+    int rc = hash_file(c->model_dir, "model.safetensors", s->model_sha256);
+    for (int l = 0; !rc && l < s->model.cfg.n_layer; l++)
+        if (s->sae[l]) rc = hash_file(c->sae_dir[l], "sae_weights.safetensors", s->sae_sha256[l]);
+    if (rc) snprintf(s->hash_err, sizeof s->hash_err, "%s", qk_errmsg());  // the error line is per thread
+    s->hash_rc = rc;
+    return NULL;
+}
+
 int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet) {
     memset(s, 0, sizeof *s);
     if (run_config_load(&s->cfg, config, sets, n_sets)) return -1;
@@ -63,14 +74,20 @@ int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_set
         s->recorded[i] &= s->analysed[i];
     }
     if (!s->n_analysed) return qk_err("%s: no head to analyse (is [sae] empty?)", c->path);
-    // Identity of the weights, hashed once (every output file and shard records it).
-    if (hash_file(c->model_dir, "model.safetensors", s->model_sha256)) return -1;
-    for (int l = 0; l < L; l++)
-        if (s->sae[l] && hash_file(c->sae_dir[l], "sae_weights.safetensors", s->sae_sha256[l])) return -1;
+    // Identity of the weights, hashed once (every output file and shard records it), in a thread.
+    s->hashing = pthread_create(&s->hasher, NULL, hash_all, s) == 0;
+    if (!s->hashing) hash_all(s);
     return 0;
 }
 
+// Waits for the hashes; -1 with the hasher's error line if a file could not be read.
+static int hashes_ready(RunSetup *s) {
+    if (s->hashing) pthread_join(s->hasher, NULL), s->hashing = 0;
+    return s->hash_rc ? qk_err("%s", s->hash_err) : 0;
+}
+
 void run_setup_close(RunSetup *s) {
+    if (s->hashing) pthread_join(s->hasher, NULL);
     for (int l = 0; l < QK_MAX_LAYERS; l++)
         if (s->sae[l]) qk_sae_free(s->sae[l]), free(s->sae[l]);
     free(s->analysed);
@@ -80,7 +97,8 @@ void run_setup_close(RunSetup *s) {
     memset(s, 0, sizeof *s);
 }
 
-int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format) {
+int run_setup_write_identity(RunSetup *s, hid_t file, const char *format) {
+    if (hashes_ready(s)) return -1;
     const RunConfig *c = &s->cfg;
     const int L = s->model.cfg.n_layer, H = s->model.cfg.n_head;
     if (qk_h5_attr_str(file, "format", format) || qk_h5_attr_int(file, "format_version", QK_FORMAT_VERSION) ||

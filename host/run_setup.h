@@ -3,6 +3,7 @@
 // every output file.
 #pragma once
 #include <hdf5.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -22,6 +23,11 @@ typedef struct {
     int n_analysed, n_recorded;
     char model_sha256[65];                  // of model.safetensors, hashed once per run
     char sae_sha256[QK_MAX_LAYERS][65];     // of each SAE's sae_weights.safetensors
+    // The hashes are computed by a thread while the run starts (they are needed only when the
+    // first output file is written): hasher joined once, its error line kept.
+    pthread_t hasher;
+    int hashing, hash_rc;
+    char hash_err[1024];
 } RunSetup;
 
 // The command line shared by `run` and `static`: CONFIG -o OUT [--set S.K=V ...] [-q]
@@ -46,4 +52,4 @@ void run_setup_close(RunSetup *s);
 
 // Root attributes: format, versions, the config text, model and SAE paths with SHA-256 of their
 // weight files, and the analysed head labels.
-int run_setup_write_identity(const RunSetup *s, hid_t file, const char *format);
+int run_setup_write_identity(RunSetup *s, hid_t file, const char *format);
