@@ -7,15 +7,6 @@
 
 #include "util.h"
 
-static int fixed(QkH5Out *o, const char *name, hid_t type, int nd, const hsize_t *dims, const char *const *labels,
-                 const void *data) {
-    hid_t ds = qk_h5_dataset(o, name, type, nd, dims);
-    if (ds < 0) return -1;
-    int rc = (dims[0] && qk_h5_write_rows(ds, type, 0, dims[0], data)) || (labels && qk_h5_label(ds, nd, labels));
-    H5Dclose(ds);
-    return rc ? -1 : 0;
-}
-
 static void metric_names(char *buf, size_t cap) {
     size_t off = 0;
     for (int m = 0; m < N_METRICS; m++) off += snprintf(buf + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
@@ -40,28 +31,23 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
     int64_t *pc = qk_malloc(sizeof(int64_t) * (np + 1));
     for (int q = 0; q < np; q++)
         pf[q] = pe[q].f, pg[q] = pe[q].g, pw[q] = pe[q].weight, perr[q] = pe[q].err, ps[q] = pe[q].sum, pc[q] = pe[q].count;
-    void *fbuf = qk_malloc(4 * (size_t)(np + 1));
-    hid_t ft = qk_h5_feature_type(g->m);
     char n[160];
 #define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
-    int rc = fixed(o, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, g->sum) ||
-             fixed(o, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
-             fixed(o, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
-             fixed(o, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
-             fixed(o, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->query_marginal) ||
-             fixed(o, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
-             fixed(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
-             fixed(o, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
-    if (!rc) {  // written even when empty (0 rows), so readers find every name
-        qk_h5_feature_convert(pf, np, g->m, fbuf);
-        rc = fixed(o, AGG("pairs_query_feature"), ft, 1, p1, lp, fbuf);
-        qk_h5_feature_convert(pg, np, g->m, fbuf);
-        rc = rc || fixed(o, AGG("pairs_key_feature"), ft, 1, p1, lp, fbuf) ||
-             fixed(o, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 1, p1, lp, pw) ||
-             fixed(o, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, 1, p1, lp, perr) ||
-             fixed(o, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 1, p1, lp, ps) ||
-             fixed(o, AGG("pairs_count"), H5T_NATIVE_INT64, 1, p1, lp, pc);
-    }
+    int rc = qk_h5_write(o, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, g->sum) ||
+             qk_h5_write(o, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
+             qk_h5_write(o, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
+             qk_h5_write(o, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
+             qk_h5_write(o, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->query_marginal) ||
+             qk_h5_write(o, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
+             qk_h5_write(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
+             qk_h5_write(o, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
+    if (!rc)  // written even when empty (0 rows), so readers find every name
+        rc = qk_h5_write_features(o, AGG("pairs_query_feature"), 1, p1, lp, pf, g->m) ||
+             qk_h5_write_features(o, AGG("pairs_key_feature"), 1, p1, lp, pg, g->m) ||
+             qk_h5_write(o, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 1, p1, lp, pw) ||
+             qk_h5_write(o, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, 1, p1, lp, perr) ||
+             qk_h5_write(o, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 1, p1, lp, ps) ||
+             qk_h5_write(o, AGG("pairs_count"), H5T_NATIVE_INT64, 1, p1, lp, pc);
 #undef AGG
     if (!rc) {
         snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
@@ -73,7 +59,7 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
                             "than sketch_total_weight / sketch_capacity is kept");
         H5Gclose(grp);
     }
-    free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc), free(fbuf);
+    free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc);
     return rc ? -1 : 0;
 }
 
@@ -91,11 +77,11 @@ int agg_write_all(QkH5Out *o, int L, int H, const HeadAggregates *const *aggs) {
     float lo[N_METRICS], hi[N_METRICS];
     for (int m = 0; m < N_METRICS; m++) qk_metric_range(m, &lo[m], &hi[m]);
     hsize_t nm[1] = {N_METRICS}, hm[2] = {(hsize_t)n_heads, N_METRICS}, h1[1] = {(hsize_t)n_heads};
-    rc = rc || fixed(o, "summary/metric_mean", H5T_NATIVE_DOUBLE, 2, hm, lhm, table) ||
-         fixed(o, "summary/head_layer", H5T_NATIVE_INT32, 1, h1, lh, hl) ||
-         fixed(o, "summary/head_index", H5T_NATIVE_INT32, 1, h1, lh, hh) ||
-         fixed(o, "aggregates/hist_lo", H5T_NATIVE_FLOAT, 1, nm, lm, lo) ||
-         fixed(o, "aggregates/hist_hi", H5T_NATIVE_FLOAT, 1, nm, lm, hi);
+    rc = rc || qk_h5_write(o, "summary/metric_mean", H5T_NATIVE_DOUBLE, 2, hm, lhm, table) ||
+         qk_h5_write(o, "summary/head_layer", H5T_NATIVE_INT32, 1, h1, lh, hl) ||
+         qk_h5_write(o, "summary/head_index", H5T_NATIVE_INT32, 1, h1, lh, hh) ||
+         qk_h5_write(o, "aggregates/hist_lo", H5T_NATIVE_FLOAT, 1, nm, lm, lo) ||
+         qk_h5_write(o, "aggregates/hist_hi", H5T_NATIVE_FLOAT, 1, nm, lm, hi);
     if (!rc) {
         char names[32 * N_METRICS];
         metric_names(names, sizeof names);

@@ -245,8 +245,10 @@ typedef struct {
 } WindowScratch;
 
 // The 8 metrics of query i over keys j0..i (j0 = 0, or 1 without the sink) into out[8].
+// G_top: the group totals at the most attended key when already computed (the sink variant:
+// j* is attended key 0), else NULL.
 static void metrics_range(const HeadBatch *hb, const WindowScratch *w, int b, int i, int j0, const int32_t *topk,
-                          int k, double chance_sum, int chance_n, float *out) {
+                          int k, double chance_sum, int chance_n, const float *G_top, float *out) {
     const int T = hb->T;
     const float *s = w->S + (size_t)i * T, *rows[3] = {w->Sb + (size_t)i * T, w->Sq + (size_t)i * T, w->Sk + (size_t)i * T};
     for (int m = 0; m < N_BASE_METRICS; m++) out[m] = NAN;
@@ -270,7 +272,8 @@ static void metrics_range(const HeadBatch *hb, const WindowScratch *w, int b, in
         out[MET_R2] = tot > 0 ? (float)(1.0 - res / tot) : NAN;
     }
     float G[N_GROUPS][N_GROUPS];
-    group_totals(hb, b * T + i, b * T + jstar, G);
+    if (G_top) memcpy(G, G_top, sizeof G);
+    else group_totals(hb, b * T + i, b * T + jstar, G);
     out[MET_ERROR_SHARE] = error_share(G);
     out[MET_OVERLAP] = overlap_at(hb, topk, k, b * T + jstar);
     out[MET_OVERLAP_CHANCE] = chance_n > 0 ? (float)(chance_sum / chance_n) : NAN;
@@ -379,8 +382,9 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
         const int32_t *topk = r->top_idx + (size_t)n * k;
         float *met = r->metrics + (size_t)n * N_METRICS;
         int n0 = b * T, n0_live = hb->lc->live[n0] > 0;
-        metrics_range(hb, w, b, i, 0, topk, k, chance_sum(hb, w->W, topk, k, -1), nonempty, met);
-        metrics_range(hb, w, b, i, 1, topk, k, chance_sum(hb, w->W, topk, k, n0), nonempty - n0_live,
+        metrics_range(hb, w, b, i, 0, topk, k, chance_sum(hb, w->W, topk, k, -1), nonempty,
+                      r->groups + (size_t)n * a * N_GROUPS * N_GROUPS, met);
+        metrics_range(hb, w, b, i, 1, topk, k, chance_sum(hb, w->W, topk, k, n0), nonempty - n0_live, NULL,
                       met + N_BASE_METRICS);
     }
 }

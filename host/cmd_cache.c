@@ -219,13 +219,10 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
 static int sae_setup(SaeSpec *s, const GPT2Config *c, QkH5Out *out, int B, int T, int bs, int max_active) {
     if (s->layer >= c->n_layer) return qk_err("--sae %d=%s: the model has layers 0..%d", s->layer, s->dir, c->n_layer - 1);
     if (qk_sae_load(&s->sae, s->dir, c->d_model, s->center)) return -1;
-    // resid_pre of layer L is resid_post of layer L-1: an SAE may name either spelling.
-    char pre[64], post[64];
+    char pre[64];
     snprintf(pre, sizeof pre, "blocks.%d.hook_resid_pre", s->layer);
-    snprintf(post, sizeof post, "blocks.%d.hook_resid_post", s->layer - 1);
-    const char *hn = s->sae.hook_name;
-    if (hn[0] && strcmp(hn, pre) && (s->layer == 0 || strcmp(hn, post)))
-        return qk_err("--sae %d=%s: the SAE was trained on '%s', not on %s", s->layer, s->dir, hn, pre);
+    if (!qk_sae_codes_resid_pre(&s->sae, s->layer))
+        return qk_err("--sae %d=%s: the SAE was trained on '%s', not on %s", s->layer, s->dir, s->sae.hook_name, pre);
     if (qk_sae_code_alloc(&s->code, &s->sae, bs * T, max_active)) return -1;
     int slots = s->code.slots;
     s->xhat = qk_malloc(sizeof(float) * bs * T * c->d_model);

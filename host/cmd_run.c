@@ -344,20 +344,24 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
     return rc ? -1 : 0;
 }
 
-// The corpus aggregates of every analysed head, and the per-head summary table.
-static int write_aggregates(Run *r) {
+// The aggregates of the analysed heads, indexed l * H + h (NULL elsewhere); free the array.
+static const HeadAggregates **analysed_aggs(const Run *r) {
     const HeadAggregates **aggs = qk_calloc(r->L * r->H, sizeof(HeadAggregates *));
     for (int i = 0; i < r->L * r->H; i++)
         if (r->s.analysed[i]) aggs[i] = &r->agg[i];
+    return aggs;
+}
+
+// The corpus aggregates of every analysed head, and the per-head summary table.
+static int write_aggregates(Run *r) {
+    const HeadAggregates **aggs = analysed_aggs(r);
     int rc = agg_write_all(&r->out, r->L, r->H, aggs);
     free(aggs);
     return rc;
 }
 
 static void print_summary(const Run *r) {
-    const HeadAggregates **aggs = qk_calloc(r->L * r->H, sizeof(HeadAggregates *));
-    for (int i = 0; i < r->L * r->H; i++)
-        if (r->s.analysed[i]) aggs[i] = &r->agg[i];
+    const HeadAggregates **aggs = analysed_aggs(r);
     agg_print_summary(stdout, r->L, r->H, aggs);
     free(aggs);
 }

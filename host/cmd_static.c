@@ -28,43 +28,19 @@ static void usage(FILE *f) {
             "  -h, --help         this text\n");
 }
 
-// One fixed-size dataset of feature indices (converted to the file type).
-static int write_features(QkH5Out *o, const char *name, int ndim, const hsize_t *dims, const char *const *labels,
-                          const int32_t *idx, int d_sae) {
-    size_t n = 1;
-    for (int d = 0; d < ndim; d++) n *= dims[d];
-    hid_t type = qk_h5_feature_type(d_sae), ds = qk_h5_dataset(o, name, type, ndim, dims);
-    if (ds < 0) return -1;
-    void *buf = qk_malloc(n * 4);
-    qk_h5_feature_convert(idx, n, d_sae, buf);
-    int rc = qk_h5_write_rows(ds, type, 0, dims[0], buf) || qk_h5_label(ds, ndim, labels);
-    free(buf);
-    H5Dclose(ds);
-    return rc ? -1 : 0;
-}
-
-static int write_floats(QkH5Out *o, const char *name, int ndim, const hsize_t *dims, const char *const *labels,
-                        const float *v) {
-    hid_t ds = qk_h5_dataset(o, name, H5T_NATIVE_FLOAT, ndim, dims);
-    if (ds < 0) return -1;
-    int rc = qk_h5_write_rows(ds, H5T_NATIVE_FLOAT, 0, dims[0], v) || qk_h5_label(ds, ndim, labels);
-    H5Dclose(ds);
-    return rc ? -1 : 0;
-}
-
 static int write_head(QkH5Out *o, int l, int h, const StaticMaps *s) {
     char name[128];
     hsize_t mk[2] = {(hsize_t)s->m, (hsize_t)s->k}, m1[1] = {(hsize_t)s->m}, k1[1] = {(hsize_t)s->k};
     static const char *const q2k[2] = {"query_feature", "rank"}, *const k2q[2] = {"key_feature", "rank"};
     static const char *const keyf[1] = {"key_feature"}, *const rank[1] = {"rank"};
 #define PATH(x) (snprintf(name, sizeof name, "static/%d.%d/" x, l, h), name)
-    if (write_features(o, PATH("q2k_idx"), 2, mk, q2k, s->q2k_idx, s->m) ||
-        write_floats(o, PATH("q2k_val"), 2, mk, q2k, s->q2k_val) ||
-        write_features(o, PATH("k2q_idx"), 2, mk, k2q, s->k2q_idx, s->m) ||
-        write_floats(o, PATH("k2q_val"), 2, mk, k2q, s->k2q_val) ||
-        write_floats(o, PATH("key_prior"), 1, m1, keyf, s->key_prior) ||
-        write_features(o, PATH("key_prior_top_idx"), 1, k1, rank, s->prior_idx, s->m) ||
-        write_floats(o, PATH("key_prior_top_val"), 1, k1, rank, s->prior_val))
+    if (qk_h5_write_features(o, PATH("q2k_idx"), 2, mk, q2k, s->q2k_idx, s->m) ||
+        qk_h5_write(o, PATH("q2k_val"), H5T_NATIVE_FLOAT, 2, mk, q2k, s->q2k_val) ||
+        qk_h5_write_features(o, PATH("k2q_idx"), 2, mk, k2q, s->k2q_idx, s->m) ||
+        qk_h5_write(o, PATH("k2q_val"), H5T_NATIVE_FLOAT, 2, mk, k2q, s->k2q_val) ||
+        qk_h5_write(o, PATH("key_prior"), H5T_NATIVE_FLOAT, 1, m1, keyf, s->key_prior) ||
+        qk_h5_write_features(o, PATH("key_prior_top_idx"), 1, k1, rank, s->prior_idx, s->m) ||
+        qk_h5_write(o, PATH("key_prior_top_val"), H5T_NATIVE_FLOAT, 1, k1, rank, s->prior_val))
         return -1;
 #undef PATH
     return 0;

@@ -203,3 +203,23 @@ char *qk_h5_attr_read_str(hid_t obj, const char *name) {
     H5Tclose(t), H5Aclose(a);
     return buf;
 }
+
+int qk_h5_write(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims, const char *const *labels,
+                const void *data) {
+    hid_t ds = qk_h5_dataset(o, name, type, ndim, dims);
+    if (ds < 0) return -1;
+    int rc = (dims[0] && qk_h5_write_rows(ds, type, 0, dims[0], data)) || (labels && qk_h5_label(ds, ndim, labels));
+    H5Dclose(ds);
+    return rc ? -1 : 0;
+}
+
+int qk_h5_write_features(QkH5Out *o, const char *name, int ndim, const hsize_t *dims, const char *const *labels,
+                         const int32_t *idx, int d_sae) {
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= dims[d];
+    void *buf = qk_malloc(n * 4 + 4);
+    qk_h5_feature_convert(idx, n, d_sae, buf);
+    int rc = qk_h5_write(o, name, qk_h5_feature_type(d_sae), ndim, dims, labels, buf);
+    free(buf);
+    return rc;
+}

@@ -32,6 +32,13 @@ int qk_h5_attr_str(hid_t obj, const char *name, const char *value);
 int qk_h5_attr_int(hid_t obj, const char *name, int64_t value);
 int qk_h5_attr_double(hid_t obj, const char *name, double value);
 
+// A whole fixed-size dataset (dims[0] may be 0) with dimension labels (or NULL), and the same for
+// feature indices converted to the file type (see below).
+int qk_h5_write(QkH5Out *o, const char *name, hid_t type, int ndim, const hsize_t *dims, const char *const *labels,
+                const void *data);
+int qk_h5_write_features(QkH5Out *o, const char *name, int ndim, const hsize_t *dims, const char *const *labels,
+                         const int32_t *idx, int d_sae);
+
 // Feature indices: uint16 when d_sae <= 65536, else uint32 (SPEC; docs/FORMAT.md).  Unused
 // slots (index -1 in memory) are stored as the type's maximum (65535 or 4294967295).
 hid_t qk_h5_feature_type(int d_sae);

@@ -59,13 +59,10 @@ int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_set
         }
         s->sae[l] = qk_calloc(1, sizeof(QkSae));
         if (qk_sae_load(s->sae[l], c->sae_dir[l], s->model.cfg.d_model, c->sae_center[l])) return -1;
-        // The SAE must code the stream the heads read: resid_pre of l = resid_post of l - 1.
-        char pre[64], post[64];
-        snprintf(pre, sizeof pre, "blocks.%d.hook_resid_pre", l);
-        snprintf(post, sizeof post, "blocks.%d.hook_resid_post", l - 1);
-        const char *hn = s->sae[l]->hook_name;
-        if (hn[0] && strcmp(hn, pre) && (l == 0 || strcmp(hn, post)))
-            return qk_err("%s: [sae] layer.%d = %s was trained on '%s', not on %s", c->path, l, c->sae_dir[l], hn, pre);
+        // The SAE must code the stream the heads read.
+        if (!qk_sae_codes_resid_pre(s->sae[l], l))
+            return qk_err("%s: [sae] layer.%d = %s was trained on '%s', not on blocks.%d.hook_resid_pre", c->path, l,
+                          c->sae_dir[l], s->sae[l]->hook_name, l);
     }
     for (int i = 0; i < L * H; i++) {
         if (s->recorded[i] && !s->analysed[i] && s->sae[i / H]) s->analysed[i] = 1;  // records imply analysis

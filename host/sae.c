@@ -379,3 +379,11 @@ void qk_sae_recon_error(int n, int d, const float *x, int ldx, const float *xhat
         err[i] = (float)sqrt(ss);
     }
 }
+
+int qk_sae_codes_resid_pre(const QkSae *sae, int layer) {
+    char pre[64], post[64];
+    snprintf(pre, sizeof pre, "blocks.%d.hook_resid_pre", layer);
+    snprintf(post, sizeof post, "blocks.%d.hook_resid_post", layer - 1);
+    const char *hn = sae->hook_name;
+    return !hn[0] || !strcmp(hn, pre) || (layer > 0 && !strcmp(hn, post));
+}

@@ -84,3 +84,7 @@ void qk_sae_decode(const QkSae *sae, const QkSaeCode *code, int n, float *xhat);
 void qk_sae_recon_error(int n, int d, const float *x, int ldx, const float *xhat, float *err);
 
 const char *qk_sae_arch_name(QkSaeArch a);
+
+// 1 if the SAE codes blocks.LAYER.hook_resid_pre: its hook_name is that stream, the same stream
+// spelled blocks.(LAYER-1).hook_resid_post, or unnamed.
+int qk_sae_codes_resid_pre(const QkSae *sae, int layer);
