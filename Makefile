@@ -13,7 +13,7 @@ LDFLAGS += -fopenmp
 # (the bilinear top-k relies on that) and a GEMM outside uses all OMP_NUM_THREADS.
 OPENBLAS_LIB ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 OPENBLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
-PKGS    := hdf5 libcjson zlib libzstd inih
+PKGS    := hdf5 libcjson zlib libzstd inih libdeflate
 CFLAGS  += $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
 LIBS    := $(shell pkg-config --libs $(PKGS)) -lhdf5_hl -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lm -lpthread
 

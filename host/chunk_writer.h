@@ -22,5 +22,5 @@ int cw_append(ChunkWriter *w, int h, const void *rows, size_t nrows);
 // forgets the datasets (the caller closes them).  Call before closing the file.
 int cw_flush(ChunkWriter *w);
 void cw_close(ChunkWriter *w);
-// Totals since cw_open: bytes before and after compression, and seconds the workers spent.
+// Totals since cw_open: bytes before and after compression, and CPU seconds the workers spent.
 void cw_stats(ChunkWriter *w, double *raw_bytes, double *compressed_bytes, double *worker_seconds);

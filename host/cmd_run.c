@@ -608,7 +608,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
         double raw, packed, secs;
         cw_stats(r.cw, &raw, &packed, &secs);
-        fprintf(stderr, "\nqkscope run: wrote %.1f MB of records (%.1f MB before compression); writer %.0f MB/s per thread\n",
+        fprintf(stderr, "\nqkscope run: wrote %.1f MB of records (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",
                 packed / 1e6, raw / 1e6, secs > 0 ? packed / 1e6 / secs : 0.0);
     }
     if (rc) {

@@ -3,7 +3,7 @@
 # it names the missing packages and exits non-zero.
 set -euo pipefail
 PKGS=(build-essential pkg-config libhdf5-dev hdf5-tools libcriterion-dev libopenblas-openmp-dev
-      libcjson-dev zlib1g-dev libzstd-dev libinih-dev python3-venv python3-pip)
+      libcjson-dev zlib1g-dev libdeflate-dev libzstd-dev libinih-dev python3-venv python3-pip)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
