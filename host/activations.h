@@ -3,8 +3,21 @@
 #pragma once
 #include "gpt2.h"
 
+// Where host buffers come from: a backend's allocator (QkBackend.host_mem: page-locked memory
+// for CUDA, so device-to-host copies run at full bus speed and can overlap with kernels), or
+// aligned malloc when alloc is NULL.
+typedef struct {
+    void *(*alloc)(void *ctx, size_t bytes);
+    void (*free)(void *ctx, void *p);
+    void *ctx;
+} QkHostMem;
+
+void *qk_host_alloc(const QkHostMem *mem, size_t bytes);
+void qk_host_free(const QkHostMem *mem, void *p);
+
 typedef struct {
     int B, T;          // batch shape the buffers were allocated for
+    QkHostMem mem;     // the allocator of every buffer below
     int keep_attn;     // keep scores and pattern of every layer (else only the current layer's)
     int want_logits;
     int n_run;         // layers to compute, 0 = all (the analysis stops after its last layer)
@@ -24,6 +37,9 @@ typedef struct {
 } GPT2Acts;
 
 void gpt2_acts_alloc(GPT2Acts *a, const GPT2Config *c, int B, int T, int keep_attn, int want_logits);
+// The same with the buffers from `mem` (NULL: aligned malloc), e.g. a backend's pinned memory.
+void gpt2_acts_alloc_in(GPT2Acts *a, const GPT2Config *c, int B, int T, int keep_attn, int want_logits,
+                        const QkHostMem *mem);
 void gpt2_acts_free(GPT2Acts *a);
 
 // Index helpers: the start of layer l's block in each kept buffer.

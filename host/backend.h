@@ -9,6 +9,7 @@ typedef struct QkBackend QkBackend;
 struct QkBackend {
     const char *name;  // "cpu" or "cuda"
     void *ctx;         // backend-private state
+    QkHostMem host_mem;  // host buffers the backend copies to and from (page-locked for CUDA)
     // Runs GPT-2 on tokens (a->B, a->T) and fills the host-side activation cache *a.
     int (*forward)(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *a);
     void (*destroy)(QkBackend *be);

@@ -289,7 +289,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
     if (gpt2_check_tokens(mc, tokens, B, T, "corpus window")) return -1;
     if (acts->B != B) {
         gpt2_acts_free(acts);
-        gpt2_acts_alloc(acts, mc, B, T, 0, 0);
+        gpt2_acts_alloc_in(acts, mc, B, T, 0, 0, &r->be->host_mem);  // pinned for the CUDA backend
         for (int l = 0; l < r->L; l++)  // no layer after the last analysed one is needed
             if (r->s.sae[l]) acts->n_run = l + 1;
     }
@@ -611,6 +611,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         fprintf(stderr, "\nqkscope run: wrote %.1f MB of records (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",
                 packed / 1e6, raw / 1e6, secs > 0 ? packed / 1e6 / secs : 0.0);
     }
+    gpt2_acts_free(&acts);  // before the backend that allocated it closes
     if (rc) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
@@ -621,7 +622,6 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     } else
         close_run(&r);
     qk_window_batch_free(&wb);
-    gpt2_acts_free(&acts);
     run_setup_close(&r.s);
     return rc ? -1 : interrupted ? 1 : 0;
 }

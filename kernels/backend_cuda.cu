@@ -340,6 +340,25 @@ extern "C" int qk_cuda_probe(char *why, int why_len) {
     return n;
 }
 
+// Page-locked host memory for the activation cache: device-to-host copies at full bus speed,
+// and asynchronous copies possible.  When the driver refuses (locked-memory limits), ordinary
+// memory still works, only slower; cudaPointerGetAttributes tells the two apart at free.
+static void *cuda_host_alloc(void *, size_t bytes) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess) return p;
+    (void)cudaGetLastError();
+    return qk_malloc_aligned(bytes);
+}
+
+static void cuda_host_free(void *, void *p) {
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, p) == cudaSuccess && at.type == cudaMemoryTypeHost) cudaFreeHost(p);
+    else {
+        (void)cudaGetLastError();
+        free(p);
+    }
+}
+
 static void cuda_destroy(QkBackend *be) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;
     if (ctx) {
@@ -368,6 +387,8 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->ctx = ctx;
     be->forward = cuda_forward;
     be->destroy = cuda_destroy;
+    be->host_mem.alloc = cuda_host_alloc;
+    be->host_mem.free = cuda_host_free;
     if (cuda_ctx_init(ctx, device)) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());

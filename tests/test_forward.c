@@ -95,3 +95,28 @@ Test(forward, keep_attn_off_same_residuals) {
     gpt2_free(&m);
     qk_backend_close(be);
 }
+
+// The backend's own host memory (page-locked for CUDA) holds the same values as plain memory.
+Test(forward, backend_host_memory_same_values) {
+    QkBackend *be = test_backend();
+    GPT2Model m;
+    cr_assert_eq(gpt2_load(&m, REF_DIR "/gpt2_tiny_a"), 0, "%s", qk_errmsg());
+    int *tokens, B, T;
+    cr_assert_eq(qk_token_file_read(REF_DIR "/gpt2_tiny_a/tokens.txt", &tokens, &B, &T), 0);
+    GPT2Acts a, b;
+    gpt2_acts_alloc(&a, &m.cfg, B, T, 1, 0);
+    gpt2_acts_alloc_in(&b, &m.cfg, B, T, 1, 0, &be->host_mem);
+    cr_assert_eq(be->forward(be, &m, tokens, &a), 0);
+    cr_assert_eq(be->forward(be, &m, tokens, &b), 0);
+    size_t L = m.cfg.n_layer, BT = (size_t)B * T, C = m.cfg.d_model, HTT = (size_t)B * m.cfg.n_head * T * T;
+    cr_expect_eq(memcmp(a.resid, b.resid, (L + 1) * BT * C * sizeof(float)), 0);
+    cr_expect_eq(memcmp(a.q, b.q, L * BT * C * sizeof(float)), 0);
+    cr_expect_eq(memcmp(a.k, b.k, L * BT * C * sizeof(float)), 0);
+    cr_expect_eq(memcmp(a.ln1_scale, b.ln1_scale, L * BT * sizeof(float)), 0);
+    cr_expect_eq(memcmp(a.pattern, b.pattern, L * HTT * sizeof(float)), 0);
+    gpt2_acts_free(&a);
+    gpt2_acts_free(&b);
+    free(tokens);
+    gpt2_free(&m);
+    qk_backend_close(be);
+}
