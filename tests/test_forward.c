@@ -75,13 +75,18 @@ Test(forward, tiny_c_prefixed_tied_bf16) { check_model(k_models[2], 8); }
 // Batch size must not change any value: one window per forward pass.
 Test(forward, tiny_a_batch_of_one) { check_model(k_models[0], 1); }
 
+// The first reference model and its token batch.
+static void load_tiny_a(GPT2Model *m, int **tokens, int *B, int *T) {
+    cr_assert_eq(gpt2_load(m, REF_DIR "/gpt2_tiny_a"), 0, "%s", qk_errmsg());
+    cr_assert_eq(qk_token_file_read(REF_DIR "/gpt2_tiny_a/tokens.txt", tokens, B, T), 0);
+}
+
 // With keep_attn off, only one layer's scores are held, but every other hook is unchanged.
 Test(forward, keep_attn_off_same_residuals) {
     QkBackend *be = test_backend();
     GPT2Model m;
-    cr_assert_eq(gpt2_load(&m, REF_DIR "/gpt2_tiny_a"), 0, "%s", qk_errmsg());
     int *tokens, B, T;
-    cr_assert_eq(qk_token_file_read(REF_DIR "/gpt2_tiny_a/tokens.txt", &tokens, &B, &T), 0);
+    load_tiny_a(&m, &tokens, &B, &T);
     GPT2Acts a, b;
     gpt2_acts_alloc(&a, &m.cfg, B, T, 1, 0);
     gpt2_acts_alloc(&b, &m.cfg, B, T, 0, 0);
@@ -100,9 +105,8 @@ Test(forward, keep_attn_off_same_residuals) {
 Test(forward, backend_host_memory_same_values) {
     QkBackend *be = test_backend();
     GPT2Model m;
-    cr_assert_eq(gpt2_load(&m, REF_DIR "/gpt2_tiny_a"), 0, "%s", qk_errmsg());
     int *tokens, B, T;
-    cr_assert_eq(qk_token_file_read(REF_DIR "/gpt2_tiny_a/tokens.txt", &tokens, &B, &T), 0);
+    load_tiny_a(&m, &tokens, &B, &T);
     GPT2Acts a, b;
     gpt2_acts_alloc(&a, &m.cfg, B, T, 1, 0);
     gpt2_acts_alloc_in(&b, &m.cfg, B, T, 1, 0, &be->host_mem);
