@@ -43,8 +43,9 @@ static void usage(FILE *f) {
             "  --part P/N         analyse only part P (0-based) of the corpus split into N (qkscope plan;\n"
             "                     the Slurm array task P)\n"
             "  -q, --quiet        no progress, notices or summary\n"
-            "\nExit status: 0 done; 1 error; 2 usage; 75 stopped by SIGTERM/SIGINT/SIGUSR1 after\n"
-            "writing the complete shards (requeue with --resume); a second signal exits at once.\n"
+            "\nExit status: 0 done; 1 error; 2 usage; 75 stopped by SIGTERM/SIGINT/SIGUSR1 after the\n"
+            "batch in flight, the open shard closed as a checkpoint (requeue with --resume); a second\n"
+            "signal exits at once (the open shard is lost, the output stays consistent).\n"
             "  -h, --help         this text\n");
 }
 
@@ -247,6 +248,11 @@ static int open_run(Run *r, int quiet) {
     r->idx_buf = qk_malloc(max_row * 4 + 4);
     return 0;
 }
+
+// The corpus window (of this run or part) where the open shard ends: shards end on multiples of
+// shard_windows, so a shard closed early by a signal is followed, after --resume, by one that
+// ends where the interrupted one would have, and the rest are as in an uninterrupted run.
+static int64_t shard_end(const Run *r) { return (r->shard_first_window / r->shard_windows + 1) * r->shard_windows; }
 
 static void shard_path(const Run *r, int shard, char *buf, size_t n) {
     snprintf(buf, n, "%s/shard-%06d.h5", r->out_path, shard);
@@ -570,10 +576,10 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
             }
             if (!r.shard_open && (rc = open_output(&r))) break;
             int take = wb.n - off;
-            if (r.sharded && take > r.shard_windows - r.shard_windows_done) take = (int)(r.shard_windows - r.shard_windows_done);
+            if (r.sharded && take > shard_end(&r) - r.window_index) take = (int)(shard_end(&r) - r.window_index);
             rc = process_batch(&r, &wb, off, take, &acts);
             off += take;
-            if (!rc && r.sharded && r.shard_windows_done == r.shard_windows) {
+            if (!rc && r.sharded && r.window_index == shard_end(&r)) {
                 rc = close_output(&r);
                 r.shard++;
                 if (!rc) rc = write_manifest(&r, r.shard, 0);
@@ -591,13 +597,22 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     }
     if (!rc && !quiet) progress(&r, t0, &last, 1);
     int interrupted = !rc && g_stop;
-    if (interrupted) {  // abandon the open shard; completed shards and the manifest are the checkpoint
-        if (r.shard_open) close_datasets(&r), qk_h5_abort(&r.out);
-        if (r.sharded) rc = write_manifest(&r, r.shard, 0);
-        if (!quiet)
-            fprintf(stderr, "qkscope run: signal %d: stopped after %d complete shard(s)%s; exit %d (requeue and --resume)\n",
-                    (int)g_stop, r.shard, r.sharded ? "" : " (a single-file run keeps nothing: set [output] shard_tokens)",
-                    QK_EXIT_INTERRUPTED);
+    if (interrupted) {
+        // The checkpoint: the open shard, holding every window analysed so far, is closed as a
+        // complete (shorter) shard; the completed shards and the manifest let --resume go on
+        // from there.  A single-file run keeps nothing.
+        if (r.sharded && r.shard_open && r.shard_windows_done > 0) {
+            rc = close_output(&r);
+            r.shard++;
+        } else if (r.shard_open && r.s.cfg.write) {
+            close_datasets(&r), qk_h5_abort(&r.out);
+            r.shard_open = 0;
+        }
+        if (r.sharded && !rc) rc = write_manifest(&r, r.shard, 0);
+        if (!quiet && !rc)
+            fprintf(stderr, "qkscope run: signal %d: stopped after %lld windows, in %d complete shard(s)%s; exit %d (requeue and --resume)\n",
+                    (int)g_stop, (long long)r.window_index, r.shard,
+                    r.sharded ? "" : " (a single-file run keeps nothing: set [output] shard_tokens)", QK_EXIT_INTERRUPTED);
     }
     if (!rc && !interrupted && !quiet) {
         if (!r.sharded) print_summary(&r);
