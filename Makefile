@@ -1,6 +1,7 @@
 # qkscope build.  `make` builds bin/qkscope (CPU backend, plus the CUDA backend when nvcc is on
 # PATH); `make CUDA=0` builds CPU only; `make test` runs the Criterion suites, then executes the
-# notebook against the demo's output (`make test-notebook`); `make reference` regenerates the
+# notebook against the demo's output (`make test-notebook`); `make test-slurm` runs a sweep on a
+# real single-node Slurm cluster (root, slurm-wlm + munge); `make reference` regenerates the
 # committed reference values from the real Python libraries.
 
 CC      ?= gcc
@@ -38,7 +39,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline fuzz clean
+.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline fuzz clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -115,6 +116,13 @@ test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
 # scripts/download_gpt2.sh against a local http.server (offline; ~5 s, so not part of `test`).
 test-scripts:
 	bash tests/test_download.sh
+
+# A real single-node Slurm cluster (munged, slurmctld, slurmd under a temporary SLURM_CONF): the
+# demo sweep through `qkscope submit`, one task pre-empted and requeued, the merged file compared
+# with one process.  Needs root and slurm-wlm + munge (scripts/install-deps.sh --slurm), else it
+# says SKIP; ~30-60 s.  .ci/run runs it after `test`.
+test-slurm: $(BIN)/qkscope
+	QKSCOPE=$(abspath $(BIN)/qkscope) bash tests/slurm/test_slurm.sh
 
 # Reference values from Hugging Face transformers, TransformerLens, SAELens and tiktoken.
 VENV ?= .venv-ref

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages qkscope builds and tests with.  As root it runs apt-get; otherwise
-# it names the missing packages and exits non-zero.
+# it names the missing packages and exits non-zero.  --slurm: also slurm-wlm and munge, for
+# `make test-slurm` (a real single-node cluster; .ci/run).
 set -euo pipefail
 PKGS=(build-essential pkg-config libhdf5-dev hdf5-tools libcriterion-dev libopenblas-openmp-dev
       libcjson-dev zlib1g-dev libdeflate-dev libzstd-dev libinih-dev python3-venv python3-pip)
+case "${1:-}" in
+    --slurm) PKGS+=(slurm-wlm munge) ;;
+    "") ;;
+    *) echo "usage: scripts/install-deps.sh [--slurm]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
