@@ -757,12 +757,17 @@ int run_rank_write_manifest(const RunRank *rr, int n_shards, int done, int ranks
     return write_manifest_ex(&rr->r, n_shards, done, extra);
 }
 
+int64_t run_rank_open_windows(const RunRank *rr, int *shard) {
+    *shard = rr->r.shard;
+    return rr->r.shard_open ? rr->r.shard_windows_done : -1;
+}
+
 void run_rank_close(RunRank *rr) {
     if (!rr) return;
     if (!rr->owns_corpus) rr->r.corpus = NULL;  // the owner closes it
     if (rr->r.shard_open) run_rank_abandon_shard(rr);
+    gpt2_acts_free(&rr->acts);  // before the backend that allocated it closes
     close_run(&rr->r);
-    gpt2_acts_free(&rr->acts);
     free(rr);
 }
 

@@ -129,13 +129,14 @@ static void add_piece(Shard *s, const QkWindowBatch *b, int off, int n) {
 }
 
 // Reads shard `index` (the reader only, outside f->mu): the same cuts, skips and max_tokens stop
-// as the loop of a one-rank run.  *out NULL when the corpus has no more windows; *end 1 when it
-// has none after this shard; -1 on a corpus error.
+// as the loop of a one-rank run, the shard ending at the next multiple of shard_windows (counted
+// from the run's first window, as a one-rank run's after a checkpoint).  *out NULL when the
+// corpus has no more windows; *end 1 when it has none after this shard; -1 on a corpus error.
 static int read_shard(Feed *f, int index, Shard **out, int *end) {
     Shard *s = qk_calloc(1, sizeof *s);
     s->index = index;
     *end = 0;
-    while (s->windows < f->shard_windows) {
+    for (int64_t last = -1; last < 0 || f->window < last;) {
         if (f->wb_off == f->wb.n) {
             int got = qk_corpus_next_batch(f->corpus, &f->wb);
             f->wb_off = 0;
@@ -159,8 +160,11 @@ static int read_shard(Feed *f, int index, Shard **out, int *end) {
             *end = 1;
             break;
         }
-        int take = (int)(avail < f->shard_windows - s->windows ? avail : f->shard_windows - s->windows);
-        if (!s->windows) s->first_window = f->window;
+        if (last < 0) {
+            s->first_window = f->window;
+            last = (f->window / f->shard_windows + 1) * f->shard_windows;
+        }
+        int take = (int)(avail < last - f->window ? avail : last - f->window);
         add_piece(s, &f->wb, f->wb_off, take);
         for (int b = 0; b < take; b++) f->tokens_read += f->wb.length[f->wb_off + b];
         f->wb_off += take, f->window += take;
@@ -289,7 +293,7 @@ static int rank_shards(Rank *k) {
             feed_add_tokens(k->feed, run_rank_tokens(k->rr) - before);
         }
         if (!rc && !k->stopped) rc = run_rank_close_shard(k->rr, k->totals);
-        else run_rank_abandon_shard(k->rr);
+        else if (rc) run_rank_abandon_shard(k->rr);  // (a stop leaves it open: checkpoint() decides)
         if (!rc && !k->stopped && k->write) rc = feed_shard_done(k->feed, k->rr, s->index);
         shard_free(s);
         if (rc) return -1;
@@ -343,6 +347,26 @@ typedef struct {
     int64_t skip_windows, skip_tokens;
     int first_shard;
 } Ranks;
+
+// After a stop (every rank joined): the first shard not complete, if a rank has it open with
+// windows analysed and no later shard is complete, is closed as a complete shorter shard, the
+// checkpoint of a one-rank run; every other open shard is abandoned (--resume redoes it).
+static int checkpoint(Ranks *g) {
+    Feed *f = &g->feed;
+    int first = f->complete, later = 0, rc = 0;
+    for (int j = first + 1; j < f->done_cap; j++) later |= f->done[j];
+    for (int r = 0; r < g->n; r++) {
+        RunRank *rr = g->rank[r].rr;
+        int s;
+        int64_t w = run_rank_open_windows(rr, &s);
+        if (w > 0 && s == first && !later && g->s.cfg.write && !rc) {
+            rc = run_rank_close_shard(rr, g->rank[r].totals);
+            if (!rc) rc = feed_shard_done(f, rr, s);
+        } else if (w >= 0)
+            run_rank_abandon_shard(rr);
+    }
+    return rc;
+}
 
 // OUT/aggregates.h5: the whole run's aggregates, written once (docs/FORMAT.md).
 static int write_aggregates(Ranks *g, const char *out_dir, int64_t windows, int64_t tokens, int shards) {
@@ -518,6 +542,7 @@ int cmd_run_ranks(const RunArgs *a) {
         rc = write_aggregates(g, a->out, windows + g->skip_windows, tokens + g->skip_tokens, shards) ||
              run_rank_write_manifest(g->rank[0].rr, shards, 1, g->n, "aggregates.h5");
     }
+    if (!rc && stopped) rc = checkpoint(g);
     if (!rc && stopped && write) rc = run_rank_write_manifest(g->rank[0].rr, g->feed.complete, 0, g->n, NULL);
     if (!rc && !stopped && !a->quiet) {
         agg_print_summary(stdout, g->L, g->H, (const HeadAggregates *const *)g->rank[0].analysed);

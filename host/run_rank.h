@@ -42,6 +42,8 @@ void run_rank_abandon_shard(RunRank *rr);
 void run_rank_finish(RunRank *rr, HeadAggregates *totals);
 int64_t run_rank_tokens(const RunRank *rr);   // processed by this rank
 int64_t run_rank_windows(const RunRank *rr);
+// The windows analysed in the open shard, whose index goes to *shard; -1 when none is open.
+int64_t run_rank_open_windows(const RunRank *rr, int *shard);
 
 // OUT/manifest.json listing shards 0..n_shards-1, with the rank count and the aggregates file
 // (NULL: none yet).
