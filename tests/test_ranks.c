@@ -271,7 +271,9 @@ Test(ranks, bad_rank_options_are_one_line, .timeout = 60, .fini = cleanup) {
 }
 
 // The GPU suite (make test-gpu): --gpus 1 (and every GPU when there are more) against a one-GPU
-// single-file run: per-window records identical, aggregates to rounding.
+// single-file run: per-window records identical, aggregates to rounding.  Shards of two batches,
+// so every window goes through the GPU in a batch of the same shape as in the one-file run
+// (cuBLAS may pick its kernels by shape).
 Test(ranks, gpus_merge_to_the_one_gpu_run, .timeout = 600, .fini = cleanup) {
     const char *be = getenv("QK_BACKEND");
     if (!be || strcmp(be, "cuda")) cr_skip_test("--gpus: runs with QK_BACKEND=cuda (make test-gpu)");
@@ -282,7 +284,7 @@ Test(ranks, gpus_merge_to_the_one_gpu_run, .timeout = 600, .fini = cleanup) {
     cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set run.backend=cuda -o %s/one.h5", g_sets, g_dir), 0);
     const char *specs[2] = {"1", "all"};
     for (int i = 0; i < (gpus > 1 ? 2 : 1); i++) {
-        cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set output.shard_tokens=640 --gpus %s -o %s/g%d && "
+        cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set output.shard_tokens=1024 --gpus %s -o %s/g%d && "
                         "./bin/qkscope merge %s/g%d -o %s/m%d.h5 > /dev/null",
                         g_sets, specs[i], g_dir, i, g_dir, i, g_dir, i),
                      0, "--gpus %s", specs[i]);
