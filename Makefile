@@ -32,11 +32,16 @@ HOST_SRC := $(filter-out host/main.c,$(wildcard host/*.c))
 HOST_OBJ := $(HOST_SRC:host/%.c=$(BUILD)/host/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_OBJ := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
+# NCCL (multi-GPU runs, kernels/comm_nccl.cu): with CUDA, when nccl.h is found; NCCL=0 leaves it out.
+NCCL      ?= $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
 ifeq ($(CUDA),1)
 CU_SRC   := $(wildcard kernels/*.cu)
+ifneq ($(NCCL),1)
+CU_SRC   := $(filter-out kernels/comm_nccl.cu,$(CU_SRC))
+endif
 CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
-CFLAGS   += -DQK_HAVE_CUDA=1
-LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
+LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
 .PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline fuzz clean
@@ -50,7 +55,7 @@ $(BUILD)/libqkscope.a: $(HOST_OBJ) $(CU_OBJ)
 	ar rcs $@ $(filter %.o,$^)
 
 # Objects depend on the flags they were built with: switching CUDA=0/1 or CFLAGS rebuilds.
-FLAGS_STAMP := $(BUILD)/flags.$(shell echo '$(CC) $(CFLAGS) $(CUDA) $(NVCCFLAGS)' | md5sum | cut -c1-12)
+FLAGS_STAMP := $(BUILD)/flags.$(shell echo '$(CC) $(CFLAGS) $(CUDA) $(NCCL) $(NVCCFLAGS)' | md5sum | cut -c1-12)
 $(FLAGS_STAMP): | $(BUILD)/host
 	rm -f $(BUILD)/flags.*
 	touch $@
@@ -61,7 +66,7 @@ $(BUILD)/host/%.o: host/%.c $(FLAGS_STAMP) | $(BUILD)/host
 $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(shell pkg-config --cflags criterion) -c -o $@ $<
 
-$(BUILD)/kernels/%.o: kernels/%.cu $(FLAGS_STAMP) | $(BUILD)/kernels
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)

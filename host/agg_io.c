@@ -114,40 +114,30 @@ static size_t n_elements(hid_t f, const char *name) {
     return n;
 }
 
-int agg_read_add(hid_t f, const char *path, int l, int h, HeadAggregates *acc) {
+// Reads the aggregates of head (l, h) in `file` into *x (initialised here for d_sae m).
+static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggregates *x) {
     char n[160];
-    const size_t m = acc->m;
-    double sum[N_METRICS], *dm = qk_malloc(sizeof(double) * 2 * m);
-    int64_t count[N_METRICS], hist[N_METRICS][N_HIST_BINS], *cm = qk_malloc(sizeof(int64_t) * 2 * m);
 #define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
-    int rc = read_exact(f, path, AGG("metric_sum"), H5T_NATIVE_DOUBLE, N_METRICS, sum) ||
-             read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, count) ||
-             read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, hist) ||
-             read_exact(f, path, AGG("query_marginal"), H5T_NATIVE_DOUBLE, m, dm) ||
-             read_exact(f, path, AGG("key_marginal"), H5T_NATIVE_DOUBLE, m, dm + m) ||
-             read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, cm) ||
-             read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, cm + m);
+    size_t np = n_elements(f, AGG("pairs_weight"));
+    head_agg_init(x, m, np ? (int)np : 1);  // room for every stored pair: nothing is evicted
+    int rc = read_exact(f, path, AGG("metric_sum"), H5T_NATIVE_DOUBLE, N_METRICS, x->sum) ||
+             read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, x->count) ||
+             read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, x->hist) ||
+             read_exact(f, path, AGG("query_marginal"), H5T_NATIVE_DOUBLE, m, x->query_marginal) ||
+             read_exact(f, path, AGG("key_marginal"), H5T_NATIVE_DOUBLE, m, x->key_marginal) ||
+             read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
+             read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
+    double total = NAN;
     if (!rc) {
-        for (int q = 0; q < N_METRICS; q++) {
-            acc->sum[q] += sum[q];
-            acc->count[q] += count[q];
-            for (int b = 0; b < N_HIST_BINS; b++) acc->hist[q][b] += hist[q][b];
-        }
-        for (size_t i = 0; i < m; i++) {
-            acc->query_marginal[i] += dm[i], acc->key_marginal[i] += dm[m + i];
-            acc->query_count[i] += cm[i], acc->key_count[i] += cm[m + i];
-        }
         snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
         hid_t g = H5Gopen2(f, n, H5P_DEFAULT);
-        int64_t queries = 0;
-        hid_t a = H5Aopen(g, "queries", H5P_DEFAULT);
-        H5Aread(a, H5T_NATIVE_INT64, &queries);
-        H5Aclose(a), H5Gclose(g);
-        acc->queries += queries;
+        x->queries = qk_h5_attr_read_int(g, "queries");
+        total = qk_h5_attr_read_double(g, "sketch_total_weight");
+        H5Gclose(g);
+        if (x->queries < 0) rc = qk_err("%s: attribute %s/queries is missing", path, n);
     }
-    // The heavy-hitter pairs: each shard's entries re-enter the merged sketch with their weight.
-    size_t np = rc ? 0 : n_elements(f, AGG("pairs_weight"));
-    if (np) {
+    // The heavy-hitter pairs, as stored (heaviest first).
+    if (np && !rc) {
         uint32_t *pf = qk_malloc(4 * np), *pg = qk_malloc(4 * np);
         double *pw = qk_malloc(8 * np), *pe = qk_malloc(8 * np), *ps = qk_malloc(8 * np);
         int64_t *pc = qk_malloc(8 * np);
@@ -158,12 +148,20 @@ int agg_read_add(hid_t f, const char *path, int l, int h, HeadAggregates *acc) {
              read_exact(f, path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, np, ps) ||
              read_exact(f, path, AGG("pairs_count"), H5T_NATIVE_INT64, np, pc);
         for (size_t q = 0; !rc && q < np; q++)
-            pair_sketch_add_entry(&acc->sketch, (int32_t)pf[q], (int32_t)pg[q], pw[q], pe[q], ps[q], pc[q]);
+            pair_sketch_add_entry(&x->sketch, (int32_t)pf[q], (int32_t)pg[q], pw[q], pe[q], ps[q], pc[q]);
         free(pf), free(pg), free(pw), free(pe), free(ps), free(pc);
     }
 #undef AGG
-    free(dm), free(cm);
+    if (isfinite(total)) x->sketch.total = total;  // every update the shard's sketch saw, not only those kept
     return rc ? -1 : 0;
+}
+
+int agg_read_add(hid_t f, const char *path, int l, int h, HeadAggregates *acc) {
+    HeadAggregates x;
+    int rc = read_head(f, path, l, h, acc->m, &x);
+    if (!rc) head_agg_add(acc, &x);
+    head_agg_free(&x);
+    return rc;
 }
 
 void agg_print_summary(FILE *f, int L, int H, const HeadAggregates *const *aggs) {

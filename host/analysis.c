@@ -104,6 +104,25 @@ void head_agg_free(HeadAggregates *g) {
     memset(g, 0, sizeof *g);
 }
 
+void head_agg_fields(HeadAggregates *g, HeadAggFields *f) {
+    const size_t m = (size_t)g->m;
+    *f = (HeadAggFields){.f64 = {g->sum, g->query_marginal, g->key_marginal},
+                         .n_f64 = {N_METRICS, m, m},
+                         .i64 = {&g->queries, g->count, &g->hist[0][0], g->query_count, g->key_count},
+                         .n_i64 = {1, N_METRICS, (size_t)N_METRICS * N_HIST_BINS, m, m}};
+}
+
+void head_agg_add(HeadAggregates *acc, const HeadAggregates *x) {
+    HeadAggFields a, b;
+    head_agg_fields(acc, &a);
+    head_agg_fields((HeadAggregates *)x, &b);  // read only
+    for (int q = 0; q < HEAD_AGG_F64; q++)
+        for (size_t i = 0; i < a.n_f64[q]; i++) a.f64[q][i] += b.f64[q][i];
+    for (int q = 0; q < HEAD_AGG_I64; q++)
+        for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] += b.i64[q][i];
+    pair_sketch_merge(&acc->sketch, &x->sketch);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-head batch state
 

@@ -84,6 +84,21 @@ typedef struct {
 void head_agg_init(HeadAggregates *g, int m, int sketch_capacity);
 void head_agg_free(HeadAggregates *g);
 
+// The dense parts of a HeadAggregates as flat arrays in a fixed order: what combining shards or
+// ranks adds element by element (the sketch is merged instead).  f64: sum, query_marginal,
+// key_marginal; i64: queries, count, hist, query_count, key_count.
+enum { HEAD_AGG_F64 = 3, HEAD_AGG_I64 = 5 };
+typedef struct {
+    double *f64[HEAD_AGG_F64];
+    size_t n_f64[HEAD_AGG_F64];
+    int64_t *i64[HEAD_AGG_I64];
+    size_t n_i64[HEAD_AGG_I64];
+} HeadAggFields;
+void head_agg_fields(HeadAggregates *g, HeadAggFields *f);
+// Adds x to acc (the same d_sae): the dense fields element by element, and x's heavy-hitter pairs
+// merged into acc's sketch (pair_sketch_merge).  Shards (qkscope merge) and ranks combine this way.
+void head_agg_add(HeadAggregates *acc, const HeadAggregates *x);
+
 // Analyses head (layer, head) over the batch in `acts` (B windows of T tokens, hook_q / hook_k /
 // ln1 scales of every layer kept) with the layer's SAE code `lc`.  Fills `rec` for every token
 // and adds the batch to `agg` (in token order: deterministic for any thread count), counting

@@ -5,6 +5,7 @@
 #include "activations.h"
 #include "gpt2.h"
 
+typedef struct QkComm QkComm;  // comm.h
 typedef struct QkBackend QkBackend;
 struct QkBackend {
     const char *name;  // "cpu" or "cuda"
@@ -12,6 +13,11 @@ struct QkBackend {
     QkHostMem host_mem;  // host buffers the backend copies to and from (page-locked for CUDA)
     // Runs GPT-2 on tokens (a->B, a->T) and fills the host-side activation cache *a.
     int (*forward)(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *a);
+    // Optional (NULL: nothing to do, forward reads the host model).  A multi-rank run: places m's
+    // weights on this backend's device, the root uploading them from the host and the other ranks
+    // receiving them over comm (the CUDA backend: an NCCL broadcast between GPUs).  A collective:
+    // every rank of comm calls it.
+    int (*share_weights)(QkBackend *be, const GPT2Model *m, QkComm *comm, int root);
     void (*destroy)(QkBackend *be);
 };
 

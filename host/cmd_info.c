@@ -66,6 +66,10 @@ static int info_shards(const char *dir) {
     printf("%s: sharded qkscope run, %d shard(s), %s\n", dir, cJSON_GetArraySize(shards),
            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete")) ? "complete (qkscope merge can combine them)"
                                                                           : "NOT complete (qkscope run --resume continues it)");
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(m, "ranks"), *agg = cJSON_GetObjectItemCaseSensitive(m, "aggregates");
+    if (cJSON_IsNumber(ranks))
+        printf("  written by %d ranks (shard s by rank s mod %d)%s%s\n", ranks->valueint, ranks->valueint,
+               cJSON_IsString(agg) ? "; the whole run's aggregates: " : "", cJSON_IsString(agg) ? agg->valuestring : "");
     const cJSON *e;
     cJSON_ArrayForEach(e, shards) {
         if (!cJSON_IsString(e)) continue;

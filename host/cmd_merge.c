@@ -23,7 +23,41 @@ typedef struct {
     int64_t *windows;  // (n)
     int n;
     int64_t total_windows, total_tokens;
+    // Where the aggregates are summed from: a run's aggregates.h5 when its manifest names one (a
+    // multi-rank run wrote its reduced aggregates there), otherwise its shards.
+    char **agg_path;   // (n_agg)
+    hid_t *agg_file;   // (n_agg) a shard's id (owned: 0) or an aggregates file's (owned: 1)
+    uint8_t *agg_owned;
+    int n_agg;
 } Shards;
+
+static void add_agg_source(Shards *s, char *path, hid_t file, int owned) {
+    s->agg_path = qk_realloc(s->agg_path, sizeof(char *) * (s->n_agg + 1));
+    s->agg_file = qk_realloc(s->agg_file, sizeof(hid_t) * (s->n_agg + 1));
+    s->agg_owned = qk_realloc(s->agg_owned, s->n_agg + 1);
+    s->agg_path[s->n_agg] = path, s->agg_file[s->n_agg] = file, s->agg_owned[s->n_agg++] = (uint8_t)owned;
+}
+
+// A multi-rank run's aggregates file: complete, from the run's configuration, over its windows.
+static int add_aggregates_file(const char *dir, const char *name, const char *hash, int64_t windows, Shards *s) {
+    if (strchr(name, '/')) return qk_err("%s/manifest.json: 'aggregates' is not a file name", dir);
+    char *path = qk_path_join(dir, name);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        int rc = qk_err("%s: aggregates missing or unreadable; refusing to merge", path);
+        free(path);
+        return rc;
+    }
+    add_agg_source(s, path, f, 1);
+    char *h = qk_h5_attr_read_str(f, "config_hash");
+    int same = h && !strcmp(h, hash);
+    free(h);
+    int64_t w = qk_h5_attr_read_int(f, "windows");
+    if (qk_h5_attr_read_int(f, "complete") != 1) return qk_err("%s: incomplete; refusing to merge", path);
+    if (!same) return qk_err("%s: config_hash differs from the manifest's", path);
+    if (w != windows) return qk_err("%s: covers %lld windows, the shards %lld", path, (long long)w, (long long)windows);
+    return 0;
+}
 
 // Reads OUT/manifest.json and opens every shard it lists, checking each is complete and from
 // the same configuration.
@@ -48,6 +82,7 @@ static int add_run(const char *dir, Shards *s) {
     s->windows = qk_realloc(s->windows, sizeof(int64_t) * (s->n + n + 1));
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     int64_t run_windows = 0;  // first_window counts from 0 in every run (every part of a sweep)
+    int first = s->n;
     for (int k = 0; !rc && k < n; k++) {
         const cJSON *e = cJSON_GetArrayItem(shards, k);
         if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
@@ -75,6 +110,10 @@ static int add_run(const char *dir, Shards *s) {
         s->total_windows += s->windows[i];
         s->total_tokens += qk_h5_attr_read_int(s->file[i], "tokens_processed");
     }
+    const cJSON *agg = cJSON_GetObjectItemCaseSensitive(m, "aggregates");
+    if (!rc && cJSON_IsString(agg)) rc = add_aggregates_file(dir, agg->valuestring, hash->valuestring, run_windows, s);
+    else
+        for (int i = first; !rc && i < s->n; i++) add_agg_source(s, qk_strdup(s->path[i]), s->file[i], 0);
     cJSON_Delete(m);
     free(mpath);
     return rc;
@@ -110,7 +149,11 @@ static void close_shards(Shards *s) {
         if (s->file[i] > 0) H5Fclose(s->file[i]);
         free(s->path[i]);
     }
-    free(s->path), free(s->file), free(s->windows);
+    for (int i = 0; i < s->n_agg; i++) {
+        if (s->agg_owned[i] && s->agg_file[i] > 0) H5Fclose(s->agg_file[i]);
+        free(s->agg_path[i]);
+    }
+    free(s->path), free(s->file), free(s->windows), free(s->agg_path), free(s->agg_file), free(s->agg_owned);
     memset(s, 0, sizeof *s);
 }
 
@@ -216,7 +259,7 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
     return e < 0 ? -1 : 0;
 }
 
-// The aggregates of every head, summed over shards.
+// The aggregates of every head, summed over the aggregate sources (shards or aggregates files).
 static int merge_aggregates(const Shards *s, QkH5Out *out) {
     hid_t f0 = s->file[0];
     int L = 0, H = 0, rc = 0;
@@ -246,7 +289,7 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
             HeadAggregates *a = &agg[hl[i] * H + hh[i]];
             head_agg_init(a, m, cap > 0 ? cap : 1);
             ptr[hl[i] * H + hh[i]] = a;
-            for (int k = 0; k < s->n && !rc; k++) rc = agg_read_add(s->file[k], s->path[k], hl[i], hh[i], a);
+            for (int k = 0; k < s->n_agg && !rc; k++) rc = agg_read_add(s->agg_file[k], s->agg_path[k], hl[i], hh[i], a);
         }
         if (!rc) rc = agg_write_all(out, L, H, ptr);
         if (!rc) agg_print_summary(stdout, L, H, ptr);
@@ -294,8 +337,9 @@ int cmd_merge(int argc, char **argv) {
             printf("usage: qkscope merge OUT -o all.h5\n\n"
                    "One file over every shard of a sharded `qkscope run` (OUT/manifest.json): per-window datasets\n"
                    "as HDF5 virtual datasets over the shards (keep the shards; they are read through it), the\n"
-                   "corpus aggregates summed over shards, and the per-head summary printed.  Refuses while any\n"
-                   "shard is missing or incomplete or the run is unfinished.\n\n"
+                   "corpus aggregates summed over shards (a multi-rank run's: its aggregates.h5, reduced over\n"
+                   "the ranks), and the per-head summary printed.  Refuses while any shard is missing or\n"
+                   "incomplete or the run is unfinished.\n\n"
                    "  -o, --output FILE  the merged file (written as FILE.tmp, renamed when complete)\n");
             return QK_EXIT_OK;
         } else

@@ -22,6 +22,7 @@
 #include "corpus.h"
 #include "h5out.h"
 #include "head_tables.h"
+#include "run_rank.h"
 #include "run_setup.h"
 #include "util.h"
 
@@ -42,6 +43,15 @@ static void usage(FILE *f) {
             "                     give the same analysis: config_hash is checked); starts fresh if none\n"
             "  --part P/N         analyse only part P (0-based) of the corpus split into N (qkscope plan;\n"
             "                     the Slurm array task P)\n"
+            "  --gpus all|N|LIST  one process, several GPUs: a rank per GPU (every visible one, the first N,\n"
+            "                     or a comma-separated list of device ordinals), each with a host thread and\n"
+            "                     a CUDA backend; weights broadcast and aggregates reduced with NCCL\n"
+            "  --ranks N          the same with N ranks on the CPU backend (threads; the OpenMP threads are\n"
+            "                     split between them): a machine without GPUs, and the tests\n"
+            "                     With either, PATH is a folder of shards as with shard_tokens > 0 (0 there\n"
+            "                     means 64 batches a shard): shard s is analysed by rank s mod R, and the\n"
+            "                     aggregates of the whole run, reduced over the ranks, go to PATH/aggregates.h5;\n"
+            "                     `qkscope merge PATH` gives what a one-rank run gives\n"
             "  -q, --quiet        no progress, notices or summary\n"
             "\nExit status: 0 done; 1 error; 2 usage; 75 stopped by SIGTERM/SIGINT/SIGUSR1 after the\n"
             "batch in flight, the open shard closed as a checkpoint (requeue with --resume); a second\n"
@@ -210,14 +220,14 @@ static int open_run(Run *r, int quiet) {
     r->o = (AnalysisOpts){.k = c->k, .a = c->a, .p = c->p, .enc_slots = c->enc_slots,
                           .sketch_pairs = c->sketch_pairs, .sketch_capacity = c->sketch_capacity};
     // Corpus: text and JSONL need the tokenizer.
-    if (c->vocab && !(r->bpe = qk_bpe_load(c->vocab))) return -1;
+    if (c->vocab && !r->corpus && !(r->bpe = qk_bpe_load(c->vocab))) return -1;  // (ranks share a corpus)
     if (!c->n_paths) return qk_err("%s: [corpus] paths is required", c->path);
     QkCorpusOptions co = {.inputs = (const char *const *)c->paths, .n_inputs = c->n_paths, .bpe = r->bpe,
                           .split = c->split, .jsonl_field = c->jsonl_field, .skip_bad_records = c->skip_bad_records,
                           .allow_special = c->allow_special, .n_ctx = c->n_ctx, .bos = c->bos, .pack = c->pack,
                           .stride = c->stride, .batch_size = c->batch, .n_threads = c->tokenizer_threads,
                           .part = c->part, .n_parts = c->n_parts};
-    if (!(r->corpus = qk_corpus_open(&co))) return -1;
+    if (!r->corpus && !(r->corpus = qk_corpus_open(&co))) return -1;
     run_config_hash(c, r->config_hash);
     r->cw = cw_open(omp_get_max_threads());
     // Per-head state.
@@ -443,8 +453,9 @@ static int close_output(Run *r) {
 // ---------------------------------------------------------------------------------------------
 // Shards: OUT/shard-NNNNNN.h5 and OUT/manifest.json; resume.
 
-// manifest.json, written atomically (tmp + rename) after every shard and at the end.
-static int write_manifest(const Run *r, int n_shards, int done) {
+// manifest.json, written atomically (tmp + rename) after every shard and at the end; `extra`:
+// more fields (JSON lines ending in ",\n"; a multi-rank run's), or "".
+static int write_manifest_ex(const Run *r, int n_shards, int done, const char *extra) {
     char path[4096], tmp[4200];
     snprintf(path, sizeof path, "%s/manifest.json", r->out_path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -454,6 +465,7 @@ static int write_manifest(const Run *r, int n_shards, int done) {
             QK_FORMAT_VERSION, r->s.cfg.path);
     fprintf(f, "  \"config_hash\": \"%s\",\n  \"n_ctx\": %d,\n  \"shard_windows\": %lld,\n  \"complete\": %s,\n",
             r->config_hash, r->T, (long long)r->shard_windows, done ? "true" : "false");
+    fputs(extra, f);
     fprintf(f, "  \"shards\": [");
     for (int i = 0; i < n_shards; i++) fprintf(f, "%s\"shard-%06d.h5\"", i ? ", " : "", i);
     fprintf(f, "]\n}\n");
@@ -461,6 +473,8 @@ static int write_manifest(const Run *r, int n_shards, int done) {
     if (rename(tmp, path)) return qk_err("%s: rename failed", tmp);
     return 0;
 }
+
+static int write_manifest(const Run *r, int n_shards, int done) { return write_manifest_ex(r, n_shards, done, ""); }
 
 // Prepares OUT for a sharded run: a fresh folder, or (resume) the completed shards to skip.
 static int prepare_shards(Run *r, int resume, int64_t *skip_windows) {
@@ -645,6 +659,7 @@ int cmd_run(int argc, char **argv) {
     RunArgs a;
     int st = run_args_parse(argc, argv, "run", 1, usage, &a);
     if (st >= 0) return st;
+    if (a.gpus || a.ranks) return cmd_run_ranks(&a);  // cmd_run_ranks.c
     int rc = run(a.config, a.sets, a.n_sets, a.out, a.quiet, a.resume, a.part, a.n_parts);
     if (rc < 0) {
         fprintf(stderr, "qkscope run: %s\n", qk_errmsg());
@@ -652,3 +667,109 @@ int cmd_run(int argc, char **argv) {
     }
     return rc ? QK_EXIT_INTERRUPTED : QK_EXIT_OK;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Multi-rank runs (run_rank.h): cmd_run_ranks.c hands each rank whole shards; a rank runs them
+// with the Run above, exactly as a single sharded run does.
+
+struct RunRank {
+    Run r;
+    GPT2Acts acts;
+    int owns_corpus;
+};
+
+RunRank *run_rank_open(const RunSetup *s, QkCorpus *corpus, const char *out_path) {
+    RunRank *rr = qk_calloc(1, sizeof *rr);
+    Run *r = &rr->r;
+    r->s = *s;  // shallow: the setup stays the caller's
+    r->s.hashing = 0;
+    r->out_path = out_path;
+    r->quiet = 1;
+    r->corpus = corpus;
+    rr->owns_corpus = !corpus;
+    if (open_run(r, 1)) {
+        char keep[1024];
+        snprintf(keep, sizeof keep, "%s", qk_errmsg());
+        run_rank_close(rr);
+        qk_err("%s", keep);
+        return NULL;
+    }
+    r->sharded = r->s.cfg.write;
+    r->shard_windows = (r->s.cfg.shard_tokens + r->T - 1) / r->T;
+    return rr;
+}
+
+QkCorpus *run_rank_corpus(RunRank *rr) { return rr->r.corpus; }
+QkBackend *run_rank_backend(RunRank *rr) { return rr->r.be; }
+const GPT2Model *run_rank_model(const RunRank *rr) { return &rr->r.s.model; }
+const char *run_rank_config_hash(const RunRank *rr) { return rr->r.config_hash; }
+int64_t run_rank_shard_windows(const RunRank *rr) { return rr->r.shard_windows; }
+
+int run_rank_prepare(RunRank *rr, int resume, int64_t *skip_windows, int *first_shard) {
+    Run *r = &rr->r;
+    *skip_windows = 0;
+    int rc = 0;
+    if (r->sharded) rc = prepare_shards(r, resume, skip_windows);
+    else if (resume) rc = qk_err("--resume needs shards ([output] write = true)");
+    *first_shard = r->shard;
+    return rc;
+}
+
+int run_rank_open_shard(RunRank *rr, int shard, int64_t first_window) {
+    rr->r.shard = shard;
+    rr->r.window_index = first_window;
+    return open_output(&rr->r);
+}
+
+int run_rank_process(RunRank *rr, const QkWindowBatch *wb) { return process_batch(&rr->r, wb, 0, wb->n, &rr->acts); }
+
+// Adds the aggregates the rank holds to totals[L*H] (the analysed heads).
+static void add_aggregates(const Run *r, HeadAggregates *totals) {
+    for (int i = 0; i < r->L * r->H; i++)
+        if (r->s.analysed[i]) head_agg_add(&totals[i], &r->agg[i]);
+}
+
+int run_rank_close_shard(RunRank *rr, HeadAggregates *totals) {
+    if (rr->r.s.cfg.write) add_aggregates(&rr->r, totals);  // close_output writes them, then starts afresh
+    return close_output(&rr->r);
+}
+
+void run_rank_finish(RunRank *rr, HeadAggregates *totals) {
+    if (!rr->r.s.cfg.write) add_aggregates(&rr->r, totals);  // kept over every shard: nothing was written
+}
+
+void run_rank_abandon_shard(RunRank *rr) {
+    if (!rr->r.shard_open) return;
+    cw_flush(rr->r.cw);  // the buffered rows go to the file removed below, not to closed datasets
+    rr->r.n_sinks = 0;
+    close_datasets(&rr->r);
+    qk_h5_abort(&rr->r.out);
+    rr->r.shard_open = 0;
+}
+
+int64_t run_rank_tokens(const RunRank *rr) { return rr->r.tokens_done; }
+int64_t run_rank_windows(const RunRank *rr) { return rr->r.windows_done; }
+
+int run_rank_write_manifest(const RunRank *rr, int n_shards, int done, int ranks, const char *aggregates) {
+    char extra[512];
+    snprintf(extra, sizeof extra, "  \"ranks\": %d,\n%s%s%s", ranks, aggregates ? "  \"aggregates\": \"" : "",
+             aggregates ? aggregates : "", aggregates ? "\",\n" : "");
+    return write_manifest_ex(&rr->r, n_shards, done, extra);
+}
+
+int64_t run_rank_open_windows(const RunRank *rr, int *shard) {
+    *shard = rr->r.shard;
+    return rr->r.shard_open ? rr->r.shard_windows_done : -1;
+}
+
+void run_rank_close(RunRank *rr) {
+    if (!rr) return;
+    if (!rr->owns_corpus) rr->r.corpus = NULL;  // the owner closes it
+    if (rr->r.shard_open) run_rank_abandon_shard(rr);
+    gpt2_acts_free(&rr->acts);  // before the backend that allocated it closes
+    close_run(&rr->r);
+    free(rr);
+}
+
+void run_rank_install_signals(void) { install_signals(); }
+int run_rank_stop_signal(void) { return (int)g_stop; }

@@ -167,7 +167,8 @@ int cmd_submit(int argc, char **argv) {
                    "checkpoint and resume) and OUT/merge.sbatch (qkscope merge after every task succeeded), from\n"
                    "the templates in slurm/, and submits both with sbatch (--dry-run: writes and prints them).\n"
                    "Each task writes shards (shard_tokens, default 1000000 when the config has none) under\n"
-                   "OUT/part-NNN; `qkscope status OUT` shows progress.\n");
+                   "OUT/part-NNN, with a rank per GPU (qkscope run --gpus all) when G > 1; `qkscope status OUT`\n"
+                   "shows progress.\n");
             return QK_EXIT_OK;
         default: return fprintf(stderr, "qkscope submit: unknown or incomplete option '%s'\n", argv[optind - 1]), QK_EXIT_USAGE;
         }
@@ -265,11 +266,14 @@ int cmd_submit(int argc, char **argv) {
     if (partition) snprintf(part_line, sizeof part_line, "#SBATCH --partition=%s", partition);
     char gres_line[128] = "";  // --gpus-per-task 0: a CPU sweep, no GPU requested
     if (strcmp(gpus, "0")) snprintf(gres_line, sizeof gres_line, "#SBATCH --gres=gpu:%s", gpus);
+    const char *count = strrchr(gpus, ':');  // G or TYPE:G
+    const char *ranks = atoi(count ? count + 1 : gpus) > 1 ? " --gpus all" : "";  // a rank per GPU of the task
     const char *base = strrchr(abs_out, '/');
     snprintf(job, sizeof job, "qkscope-%s", base ? base + 1 : abs_out);
     const char *kv[][2] = {{"JOB", job},       {"LAST", last},          {"GRES_LINE", gres_line}, {"TIME", time_limit},
                            {"OUT", abs_out},   {"PARTITION_LINE", part_line}, {"QKSCOPE", exe}, {"CONFIG", abs_cfg},
-                           {"SETS", set_text}, {"TASKS", ntasks},     {"CASES", cases},     {"MERGES", merges}};
+                           {"SETS", set_text}, {"TASKS", ntasks},     {"CASES", cases},     {"MERGES", merges},
+                           {"RANKS", ranks}};
     template_dir(tdir, sizeof tdir);
     char tpath[PATH_MAX + 64], spath[PATH_MAX + 64], mpath[PATH_MAX + 64];
     snprintf(tpath, sizeof tpath, "%s/qkscope.sbatch", tdir);

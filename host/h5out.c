@@ -2,6 +2,7 @@
 #include "h5out.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +189,15 @@ int64_t qk_h5_attr_read_int(hid_t obj, const char *name) {
     if (H5Aexists(obj, name) <= 0) return -1;
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     H5Aread(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    return v;
+}
+
+double qk_h5_attr_read_double(hid_t obj, const char *name) {
+    double v = NAN;
+    if (H5Aexists(obj, name) <= 0) return NAN;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_DOUBLE, &v);
     H5Aclose(a);
     return v;
 }

@@ -45,6 +45,8 @@ hid_t qk_h5_feature_type(int d_sae);
 // Converts n indices to the file type into a scratch buffer owned by the caller (n * 4 bytes).
 void qk_h5_feature_convert(const int32_t *idx, size_t n, int d_sae, void *out);
 
-// Reading attributes: an integer (-1 when absent), a string (fresh, NULL when absent).
+// Reading attributes: an integer (-1 when absent), a float64 (NaN when absent), a string (fresh,
+// NULL when absent).
 int64_t qk_h5_attr_read_int(hid_t obj, const char *name);
+double qk_h5_attr_read_double(hid_t obj, const char *name);
 char *qk_h5_attr_read_str(hid_t obj, const char *name);

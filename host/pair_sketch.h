@@ -5,6 +5,7 @@
 // kept pair's true weight lies in [weight - err, weight].  The signed sum and the count are exact
 // from the moment the pair entered.  Deterministic: the same updates give the same table.
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -30,7 +31,16 @@ void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value);
 // Adds a summarised entry (another sketch's): weight w of which err is over-estimate, signed sum
 // and count.  The merged table keeps the guarantees with err bounds summed.
 void pair_sketch_add_entry(PairSketch *s, int32_t f, int32_t g, double w, double err, double value, int64_t count);
-// Adds every entry of `other` (used to combine shards or threads; order-dependent only through ties).
+// Adds every entry of `other`, heaviest first (used to combine shards, threads or ranks;
+// order-dependent only through ties).  The total becomes the sum of both totals (all updates
+// either sketch saw), not of the weights kept.
 void pair_sketch_merge(PairSketch *s, const PairSketch *other);
+// A sketch as bytes, to send between ranks: the total (float64), the entry count (int64), then
+// per entry, heaviest first, f, g (int32), weight, err, sum (float64), count (int64).
+size_t pair_sketch_packed_size(const PairSketch *s);
+void pair_sketch_pack(const PairSketch *s, void *out);
+// pair_sketch_merge of a packed sketch read from buf[0..len); *used gets its length in bytes.
+// -1 (one line) when buf is shorter than the entries it announces.
+int pair_sketch_merge_packed(PairSketch *s, const void *buf, size_t len, size_t *used);
 // The kept entries sorted by weight descending (ties: lower f, then g); returns the count.
 int pair_sketch_sorted(const PairSketch *s, PairEntry *out);

@@ -77,8 +77,8 @@ int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_set
     return 0;
 }
 
-// Waits for the hashes; -1 with the hasher's error line if a file could not be read.
-static int hashes_ready(RunSetup *s) {
+// -1 with the hasher's error line if a file could not be read.
+int run_setup_hashes_ready(RunSetup *s) {
     if (s->hashing) pthread_join(s->hasher, NULL), s->hashing = 0;
     return s->hash_rc ? qk_err("%s", s->hash_err) : 0;
 }
@@ -95,7 +95,7 @@ void run_setup_close(RunSetup *s) {
 }
 
 int run_setup_write_identity(RunSetup *s, hid_t file, const char *format) {
-    if (hashes_ready(s)) return -1;
+    if (run_setup_hashes_ready(s)) return -1;
     const RunConfig *c = &s->cfg;
     const int L = s->model.cfg.n_layer, H = s->model.cfg.n_head;
     if (qk_h5_attr_str(file, "format", format) || qk_h5_attr_int(file, "format_version", QK_FORMAT_VERSION) ||
@@ -141,6 +141,7 @@ int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, voi
     static const struct option opts[] = {{"set", required_argument, 0, 's'}, {"output", required_argument, 0, 'o'},
                                          {"resume", no_argument, 0, 'r'},    {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},      {"part", required_argument, 0, 'p'},
+                                         {"gpus", required_argument, 0, 'g'}, {"ranks", required_argument, 0, 'n'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     optind = 1;
@@ -159,11 +160,25 @@ int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, voi
                 return QK_EXIT_USAGE;
             }
         }
+        else if (ch == 'g' && allow_resume) a->gpus = optarg;
+        else if (ch == 'n' && allow_resume) {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 1024) {
+                fprintf(stderr, "qkscope %s: --ranks '%s': expected a rank count in [1, 1024]\n", cmd, optarg);
+                return QK_EXIT_USAGE;
+            }
+            a->ranks = (int)v;
+        }
         else if (ch == 'h') return usage(stdout), QK_EXIT_OK;
         else {
             fprintf(stderr, "qkscope %s: unknown or incomplete option '%s' (--help)\n", cmd, argv[optind - 1]);
             return QK_EXIT_USAGE;
         }
+    }
+    if (a->gpus && a->ranks) {
+        fprintf(stderr, "qkscope %s: --gpus and --ranks exclude each other (GPU ranks or CPU ranks)\n", cmd);
+        return QK_EXIT_USAGE;
     }
     if (optind != argc - 1 || !a->out) {
         fprintf(stderr, "qkscope %s: expected CONFIG and -o OUTPUT (--help)\n", cmd);

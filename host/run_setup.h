@@ -31,13 +31,15 @@ typedef struct {
 } RunSetup;
 
 // The command line shared by `run` and `static`: CONFIG -o OUT [--set S.K=V ...] [-q]
-// [--resume (run only)].
+// [--resume --part P/N --gpus SPEC --ranks N (run only)].
 #define QK_MAX_SETS 256
 typedef struct {
     const char *config, *out;
     char *sets[QK_MAX_SETS];
     int n_sets, quiet, resume;
     int part, n_parts;  // --part P/N (run only)
+    const char *gpus;   // --gpus all|N|LIST (run only): one rank per GPU
+    int ranks;          // --ranks N (run only): N ranks on the CPU backend
 } RunArgs;
 
 // Returns -1 to go on, or the exit status (--help prints usage and gives 0; bad usage 2, with a
@@ -49,6 +51,9 @@ int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, voi
 // are skipped with a notice (layer 0 with resid_post SAEs, SPEC §3), unless quiet.
 int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet);
 void run_setup_close(RunSetup *s);
+
+// Waits for the hashes of the weight files (computed in a thread); -1 if one could not be read.
+int run_setup_hashes_ready(RunSetup *s);
 
 // Root attributes: format, versions, the config text, model and SAE paths with SHA-256 of their
 // weight files, and the analysed head labels.

@@ -11,17 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_try.h"
 extern "C" {
 #include "backend.h"
-#include "util.h"
+#include "comm.h"
 }
 
 // Every CUDA / cuBLAS call is checked; the error names the call.
-#define CUDA_TRY(call)                                                                           \
-    do {                                                                                         \
-        cudaError_t e_ = (call);                                                                 \
-        if (e_ != cudaSuccess) return qk_err("%s: %s", #call, cudaGetErrorString(e_));           \
-    } while (0)
 #define CUBLAS_TRY(call)                                                                         \
     do {                                                                                         \
         cublasStatus_t s_ = (call);                                                              \
@@ -90,27 +86,76 @@ static void free_weights(DevWeights *w) {
     memset(w, 0, sizeof *w);
 }
 
-static int upload_weights(DevWeights *w, const GPT2Model *m) {
-    free_weights(w);
+// One weight tensor: where its device copy goes, its host copy, its size in floats, its name.
+typedef struct {
+    float **dst;
+    const float *src;
+    size_t n;
+    const char *what;
+} WeightSlot;
+
+// The weight tensors of m in a fixed order with their device slots in *w (whose layer array it
+// allocates): *slots (free it) gets 4 + 12 L of them; returns the count.
+static int weight_slots(DevWeights *w, const GPT2Model *m, WeightSlot **slots) {
     const GPT2Config *c = &m->cfg;
     size_t C = c->d_model, F = c->d_mlp;
     w->layers = (DevLayer *)qk_calloc(c->n_layer, sizeof(DevLayer));
     w->n_layer = c->n_layer;
-    if (upload(&w->wte, m->wte, (size_t)c->vocab_size * C, "wte") || upload(&w->wpe, m->wpe, (size_t)c->n_ctx * C, "wpe") ||
-        upload(&w->lnf_w, m->lnf_w, C, "ln_f") || upload(&w->lnf_b, m->lnf_b, C, "ln_f"))
-        return -1;
+    WeightSlot *s = (WeightSlot *)qk_malloc(sizeof(WeightSlot) * (4 + 12 * (size_t)c->n_layer));
+    int n = 0;
+#define SLOT(dev, host, count, name) (s[n++] = WeightSlot{&(dev), (host), (count), (name)})
+    SLOT(w->wte, m->wte, (size_t)c->vocab_size * C, "wte"), SLOT(w->wpe, m->wpe, (size_t)c->n_ctx * C, "wpe");
+    SLOT(w->lnf_w, m->lnf_w, C, "ln_f"), SLOT(w->lnf_b, m->lnf_b, C, "ln_f");
     for (int l = 0; l < c->n_layer; l++) {
         const GPT2Layer *h = &m->layers[l];
         DevLayer *d = &w->layers[l];
-        if (upload(&d->ln1_w, h->ln1_w, C, "ln_1") || upload(&d->ln1_b, h->ln1_b, C, "ln_1") ||
-            upload(&d->attn_w, h->attn_w, C * 3 * C, "c_attn") || upload(&d->attn_b, h->attn_b, 3 * C, "c_attn") ||
-            upload(&d->proj_w, h->proj_w, C * C, "c_proj") || upload(&d->proj_b, h->proj_b, C, "c_proj") ||
-            upload(&d->ln2_w, h->ln2_w, C, "ln_2") || upload(&d->ln2_b, h->ln2_b, C, "ln_2") ||
-            upload(&d->fc_w, h->fc_w, C * F, "c_fc") || upload(&d->fc_b, h->fc_b, F, "c_fc") ||
-            upload(&d->fcproj_w, h->fcproj_w, F * C, "mlp.c_proj") || upload(&d->fcproj_b, h->fcproj_b, C, "mlp.c_proj"))
-            return -1;
+        SLOT(d->ln1_w, h->ln1_w, C, "ln_1"), SLOT(d->ln1_b, h->ln1_b, C, "ln_1");
+        SLOT(d->attn_w, h->attn_w, C * 3 * C, "c_attn"), SLOT(d->attn_b, h->attn_b, 3 * C, "c_attn");
+        SLOT(d->proj_w, h->proj_w, C * C, "c_proj"), SLOT(d->proj_b, h->proj_b, C, "c_proj");
+        SLOT(d->ln2_w, h->ln2_w, C, "ln_2"), SLOT(d->ln2_b, h->ln2_b, C, "ln_2");
+        SLOT(d->fc_w, h->fc_w, C * F, "c_fc"), SLOT(d->fc_b, h->fc_b, F, "c_fc");
+        SLOT(d->fcproj_w, h->fcproj_w, F * C, "mlp.c_proj"), SLOT(d->fcproj_b, h->fcproj_b, C, "mlp.c_proj");
     }
+#undef SLOT
+    *slots = s;
+    return n;
+}
+
+static int upload_weights(DevWeights *w, const GPT2Model *m) {
+    free_weights(w);
+    WeightSlot *s;
+    int n = weight_slots(w, m, &s), rc = 0;
+    for (int i = 0; i < n && !rc; i++) rc = upload(s[i].dst, s[i].src, s[i].n, s[i].what);
+    free(s);
+    if (rc) return -1;
     w->owner = m;
+    return 0;
+}
+
+// QkBackend.share_weights: the root uploads m from the host; every other rank allocates the same
+// tensors and receives them with comm->bcast_device (NCCL), device to device.
+static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, int root) {
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    cudaError_t e = cudaSetDevice(ctx->device);
+    int rc = e == cudaSuccess ? 0 : qk_err("cudaSetDevice(%d): %s", ctx->device, cudaGetErrorString(e));
+    if (!comm->bcast_device) return rc ? -1 : upload_weights(&ctx->w, m);  // a host-only communicator
+    WeightSlot *s = NULL;
+    int n = 0, is_root = comm->rank(comm) == root;
+    if (!rc) {
+        free_weights(&ctx->w);
+        n = weight_slots(&ctx->w, m, &s);
+    }
+    for (int i = 0; i < n && !rc; i++)
+        rc = is_root ? upload(s[i].dst, s[i].src, s[i].n, s[i].what) : dev_alloc(s[i].dst, s[i].n, s[i].what);
+    // Every rank holds its buffers (or has failed) before any broadcast starts: no rank is left
+    // waiting in one.
+    int64_t failed = rc != 0;
+    if (comm->allreduce_i64(comm, &failed, 1)) rc = -1;
+    else if (failed && !rc) rc = qk_err("another rank could not hold the model weights on its GPU");
+    for (int i = 0; i < n && !rc; i++) rc = comm->bcast_device(comm, *s[i].dst, s[i].n * sizeof(float), root);
+    free(s);
+    if (rc) return -1;
+    ctx->w.owner = m;
     return 0;
 }
 
@@ -362,6 +407,7 @@ static void cuda_host_free(void *, void *p) {
 static void cuda_destroy(QkBackend *be) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;
     if (ctx) {
+        cudaSetDevice(ctx->device);  // (a multi-GPU run closes every rank's backend from one thread)
         free_acts(&ctx->a);
         free_weights(&ctx->w);
         if (ctx->blas) cublasDestroy(ctx->blas);
@@ -386,6 +432,7 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->name = "cuda";
     be->ctx = ctx;
     be->forward = cuda_forward;
+    be->share_weights = cuda_share_weights;
     be->destroy = cuda_destroy;
     be->host_mem.alloc = cuda_host_alloc;
     be->host_mem.free = cuda_host_free;

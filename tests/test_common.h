@@ -2,9 +2,11 @@
 #pragma once
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <hdf5.h>
 
@@ -72,4 +74,16 @@ static inline void write_bytes(const char *path, const void *data, size_t n) {
     cr_assert_not_null(f, "cannot write %s", path);
     cr_assert_eq(fwrite(data, 1, n, f), n);
     fclose(f);
+}
+
+// Runs a shell command made printf-style; returns its exit status (-1 if it did not exit).
+static inline int shf(const char *fmt, ...) QK_PRINTF(1, 2);
+static inline int shf(const char *fmt, ...) {
+    char cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

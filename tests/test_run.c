@@ -34,16 +34,6 @@ static char *write_config(const char *name, const char *extra) {
     return path;
 }
 
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void *read_all(hid_t f, const char *name, hid_t type, size_t elem, size_t *n) {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     cr_assert(d >= 0, "dataset %s missing", name);
@@ -72,8 +62,8 @@ static int is_planted(int l, int h) {
 
 Test(run, planted_circuits_found_by_run_and_static) {
     char *cfg = write_config("run", "");
-    cr_assert_eq(sh("./bin/qkscope run -q %s -o %s/run.h5", cfg, g_dir), 0);
-    cr_assert_eq(sh("./bin/qkscope static -q %s -o %s/static.h5", cfg, g_dir), 0);
+    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/run.h5", cfg, g_dir), 0);
+    cr_assert_eq(shf("./bin/qkscope static -q %s -o %s/static.h5", cfg, g_dir), 0);
     char path[700];
     snprintf(path, sizeof path, "%s/run.h5", g_dir);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -137,17 +127,17 @@ Test(run, planted_circuits_found_by_run_and_static) {
 // Same config at 1 and 2 threads and batch 4 vs 8: bit-identical records and aggregates.
 Test(run, deterministic_across_threads_and_batches) {
     char *a = write_config("a", "threads = 1\n"), *b = write_config("b", "threads = 2\n");
-    cr_assert_eq(sh("./bin/qkscope run -q %s -o %s/a.h5", a, g_dir), 0);
-    cr_assert_eq(sh("./bin/qkscope run -q %s --set corpus.batch=8 -o %s/b.h5", b, g_dir), 0);
+    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/a.h5", a, g_dir), 0);
+    cr_assert_eq(shf("./bin/qkscope run -q %s --set corpus.batch=8 -o %s/b.h5", b, g_dir), 0);
     const char *objs[] = {"/heads", "/aggregates", "/summary", "/tokens", "/provenance"};
     for (int i = 0; i < 5; i++)
-        cr_expect_eq(sh("h5diff -q %s/a.h5 %s/b.h5 %s %s", g_dir, g_dir, objs[i], objs[i]), 0, "%s differs", objs[i]);
+        cr_expect_eq(shf("h5diff -q %s/a.h5 %s/b.h5 %s %s", g_dir, g_dir, objs[i], objs[i]), 0, "%s differs", objs[i]);
     free(a), free(b);
 }
 
 // A bad config: one line naming the file, line and key; exit 1; nothing left that looks complete.
 static void expect_failure(const char *cfg, const char *sets, const char *out, const char *what) {
-    int rc = sh("./bin/qkscope run -q %s %s -o %s 2> %s/err.txt", cfg, sets, out, g_dir);
+    int rc = shf("./bin/qkscope run -q %s %s -o %s 2> %s/err.txt", cfg, sets, out, g_dir);
     cr_expect_eq(rc, 1, "%s", what);
     char p[700];
     snprintf(p, sizeof p, "%s/err.txt", g_dir);
@@ -177,7 +167,7 @@ Test(run, bad_configs_fail_cleanly) {
 // With heads = all and no SAE for layer 0, layer 0 is skipped with a notice (SPEC §3).
 Test(run, layer_without_sae_is_skipped_when_all_heads) {
     char *c = write_config("skip", "");
-    cr_assert_eq(sh("./bin/qkscope run %s --set sae.layer.0=none --set analysis.record_heads=1.0 -o %s/s.h5 > /dev/null 2> %s/err.txt",
+    cr_assert_eq(shf("./bin/qkscope run %s --set sae.layer.0=none --set analysis.record_heads=1.0 -o %s/s.h5 > /dev/null 2> %s/err.txt",
                     c, g_dir, g_dir),
                  0);
     char p[700];
@@ -195,8 +185,8 @@ Test(run, layer_without_sae_is_skipped_when_all_heads) {
 // qkscope info describes a run file, a model folder and an SAE folder; a bad path is an error.
 Test(run, info_describes_files_and_folders) {
     char *cfg = write_config("info", "");
-    cr_assert_eq(sh("./bin/qkscope run -q %s -o %s/info.h5", cfg, g_dir), 0);
-    cr_expect_eq(sh("./bin/qkscope info %s/info.h5 > %s/i1.txt && ./bin/qkscope info %s/model > %s/i2.txt && "
+    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/info.h5", cfg, g_dir), 0);
+    cr_expect_eq(shf("./bin/qkscope info %s/info.h5 > %s/i1.txt && ./bin/qkscope info %s/model > %s/i2.txt && "
                     "./bin/qkscope info %s/sae/layer_1 > %s/i3.txt", g_dir, g_dir, g_dir, g_dir, g_dir, g_dir), 0);
     const char *want[3][2] = {{"i1.txt", "qkscope-run"}, {"i2.txt", "GPT-2 model, 2 layers x 4 heads"},
                               {"i3.txt", "hook blocks.1.hook_resid_pre"}};
@@ -207,6 +197,6 @@ Test(run, info_describes_files_and_folders) {
         cr_expect(t && strstr(t, want[i][1]), "%s lacks '%s': %s", want[i][0], want[i][1], t ? t : "");
         free(t);
     }
-    cr_expect_eq(sh("./bin/qkscope info %s/nothing-here 2>/dev/null", g_dir), 1);
+    cr_expect_eq(shf("./bin/qkscope info %s/nothing-here 2>/dev/null", g_dir), 1);
     free(cfg);
 }

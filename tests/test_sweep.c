@@ -66,7 +66,7 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
     snprintf(out, sizeof out, "%s/out", g_dir);
     char *sb = slurp(out, "qkscope.sbatch"), *mb = slurp(out, "merge.sbatch");
     const char *want[] = {"#SBATCH --array=0-2", "#SBATCH --gres=gpu:2", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
-                          "#SBATCH --partition=gpu", "logs/%A_%a.out", "--part \"$p/3\" --resume",
+                          "#SBATCH --partition=gpu", "logs/%A_%a.out", "--part \"$p/3\" --resume --gpus all -o",
                           "trap 'kill -USR1", "scontrol requeue"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_expect(strstr(sb, want[i]) != NULL, "array script lacks %s", want[i]);
     cr_expect(strstr(mb, " merge ") != NULL && strstr(mb, "all.h5") != NULL, "%s", mb);
