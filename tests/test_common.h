@@ -87,3 +87,26 @@ static inline int shf(const char *fmt, ...) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+// Whether object `obj` (a dataset, or a group with everything under it) holds the same values in
+// two HDF5 files: exactly, or to `rel` relative when rel > 0.  h5diff exits 0 on objects it cannot
+// compare (another shape, a member missing on one side), so its report of them (-c) counts as a
+// difference too.
+// h5_same_objs compares object oa of fa with object ob of fb.
+static inline int h5_same_objs(const char *fa, const char *oa, const char *fb, const char *ob, double rel) {
+    char cmd[4096], opt[64] = "";
+    if (rel > 0) snprintf(opt, sizeof opt, "-p %g", rel);
+    snprintf(cmd, sizeof cmd, "h5diff -c %s '%s' '%s' '%s' '%s' 2>&1", opt, fa, fb, oa, ob);
+    FILE *p = popen(cmd, "r");
+    if (!p) return 0;
+    char line[2048];
+    int not_comparable = 0;
+    while (fgets(line, sizeof line, p))
+        if (strstr(line, "not comparable") || strstr(line, "Not comparable")) not_comparable = 1;
+    int st = pclose(p);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 && !not_comparable;
+}
+
+static inline int h5_same(const char *fa, const char *fb, const char *obj, double rel) {
+    return h5_same_objs(fa, obj, fb, obj, rel);
+}

@@ -274,8 +274,13 @@ done
 # template turns into `scontrol requeue`), and the requeued run resumed after them.
 # (--open-mode=append in the template keeps both runs' lines.)
 TLOG=$OUT/logs/${ARRAY}_$PRE.out
-kept=$(sed -n 's/.*signal 10: stopped after \([0-9]*\) complete shard(s).*exit 75.*/\1/p' "$TLOG")
+# The open shard is closed as a checkpoint: the windows analysed before the signal are all kept.
+kept=$(sed -n 's/.*signal 10: stopped after [0-9]* windows, in \([0-9]*\) complete shard(s).*exit 75.*/\1/p' "$TLOG")
+kept_w=$(sed -n 's/.*signal 10: stopped after \([0-9]*\) windows.*/\1/p' "$TLOG")
 resumed=$(sed -n 's/.*resuming after \([0-9]*\) complete shard(s).*/\1/p' "$TLOG")
+resumed_w=$(sed -n 's/.*resuming after [0-9]* complete shard(s), \([0-9]*\) windows.*/\1/p' "$TLOG")
+[ -n "$kept_w" ] && [ "$resumed_w" = "$kept_w" ] ||
+    fail "task ${ARRAY}_$PRE: stopped after '$kept_w' windows but resumed after '$resumed_w'"
 [ -n "$kept" ] && [ "$kept" -ge 1 ] ||
     fail "task ${ARRAY}_$PRE's log does not show qkscope stopping on SIGUSR1 with complete shards and exit 75 ($TLOG)"
 [ "$resumed" = "$kept" ] ||
