@@ -27,6 +27,9 @@ QkBackend *qk_backend_cpu_new(void) {
     QkBackend *be = qk_calloc(1, sizeof *be);
     be->name = "cpu";
     be->forward = cpu_forward;
+    be->analysis_open = qk_analysis_host_open;
+    be->analyse = qk_analysis_host_run;
+    be->analysis_close = qk_analysis_host_close;
     be->destroy = cpu_destroy;
     return be;
 }

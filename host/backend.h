@@ -3,6 +3,7 @@
 // or CUDA runs.  The CPU backend (backend_cpu.c) is the reference and the fallback.
 #pragma once
 #include "activations.h"
+#include "analysis_batch.h"
 #include "gpt2.h"
 
 typedef struct QkComm QkComm;  // comm.h
@@ -13,6 +14,14 @@ struct QkBackend {
     QkHostMem host_mem;  // host buffers the backend copies to and from (page-locked for CUDA)
     // Runs GPT-2 on tokens (a->B, a->T) and fills the host-side activation cache *a.
     int (*forward)(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *a);
+    // The analysis of batches of windows under one plan (analysis_batch.h): open once per run,
+    // analyse each batch (records of the recorded heads handed to emit, aggregates accumulated
+    // in agg (L*H), seconds per stage added), close before the backend.  Both backends use the
+    // host implementation for now (the analysis on the host after this backend's forward pass).
+    QkAnalysis *(*analysis_open)(QkBackend *be, const AnalysisPlan *p);
+    int (*analyse)(QkAnalysis *a, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
+                   QkRecordsFn emit, void *emit_ctx, double *seconds);
+    void (*analysis_close)(QkAnalysis *a);
     // Optional (NULL: nothing to do, forward reads the host model).  A multi-rank run: places m's
     // weights on this backend's device, the root uploading them from the host and the other ranks
     // receiving them over comm (the CUDA backend: an NCCL broadcast between GPUs).  A collective:

@@ -76,7 +76,7 @@ typedef struct {
     HeadTables *tables;     // (L*H) built for analysed heads
     HeadAggregates *agg;    // (L*H)
     RecordSets *rs;         // (L*H)
-    HeadRecords *rec;       // (L) per-layer scratch, reused by the layer's heads
+    QkAnalysis *an;         // the backend's analysis under this run's plan
     hid_t tokens, length, prov;
     void *idx_buf;          // feature-index conversion scratch
     int64_t tokens_done, windows_done;  // this invocation
@@ -235,28 +235,30 @@ static int open_run(Run *r, int quiet) {
     r->tables = qk_calloc(LH, sizeof(HeadTables));
     r->agg = qk_calloc(LH, sizeof(HeadAggregates));
     r->rs = qk_calloc(LH, sizeof(RecordSets));
-    r->rec = qk_calloc(r->L, sizeof(HeadRecords));
     size_t max_row = 0;
     for (int l = 0; l < r->L; l++) {
         if (!r->s.sae[l]) continue;
         const QkSae *sae = r->s.sae[l];
-        int slots = sae->arch == QK_SAE_TOPK ? sae->k : c->sae_max_active, any_rec = 0;
         for (int h = 0; h < r->H; h++) {
             int i = l * r->H + h;
             if (!r->s.analysed[i]) continue;
-            any_rec |= r->s.recorded[i];
             head_tables_build(&r->tables[i], &r->s.model, l, h, sae, c->encoder && r->s.recorded[i]);
             head_agg_init(&r->agg[i], sae->d_sae, c->sketch_capacity);
         }
-        head_records_alloc(&r->rec[l], &r->o, c->batch * r->T, slots, sae, c->encoder && any_rec);
-        if (c->record_patterns && any_rec) head_records_alloc_patterns(&r->rec[l], r->T);
+        // Feature indices per token of the widest record: look-for, pairs, encoder code.
         size_t per_token = (size_t)(c->k > c->a * c->p ? c->k : c->a * c->p);
-        if (c->encoder && (size_t)r->rec[l].enc_code.slots > per_token) per_token = r->rec[l].enc_code.slots;
+        size_t enc_slots = sae->arch == QK_SAE_TOPK ? (size_t)sae->k : (size_t)c->enc_slots;
+        if (c->encoder && enc_slots > per_token) per_token = enc_slots;
         size_t row = (size_t)c->batch * r->T * per_token;
         max_row = row > max_row ? row : max_row;
     }
     r->idx_buf = qk_malloc(max_row * 4 + 4);
-    return 0;
+    AnalysisPlan plan = {.model = &r->s.model, .sae = (const QkSae *const *)r->s.sae, .analysed = r->s.analysed,
+                         .recorded = r->s.recorded, .tables = r->tables, .o = r->o, .T = r->T, .max_batch = c->batch,
+                         .sae_max_active = c->sae_max_active, .encoder = c->encoder,
+                         .record_patterns = c->record_patterns};
+    r->an = r->be->analysis_open(r->be, &plan);
+    return r->an ? 0 : -1;
 }
 
 // The corpus window (of this run or part) where the open shard ends: shards end on multiples of
@@ -296,47 +298,25 @@ static int open_output(Run *r) {
     return 0;
 }
 
-// One batch of windows through the model and every analysed head.
-// Windows [first, first + B) of the batch through the model and every analysed head.
-static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2Acts *acts) {
-    const GPT2Config *mc = &r->s.model.cfg;
-    const int T = r->T, C = mc->d_model;
-    const int32_t *tokens = wb->tokens + (size_t)first * T, *length = wb->length + first;
-    if (gpt2_check_tokens(mc, tokens, B, T, "corpus window")) return -1;
-    if (acts->B != B) {
-        gpt2_acts_free(acts);
-        gpt2_acts_alloc_in(acts, mc, B, T, 0, 0, &r->be->host_mem);  // pinned for the CUDA backend
-        for (int l = 0; l < r->L; l++)  // no layer after the last analysed one is needed
-            if (r->s.sae[l]) acts->n_run = l + 1;
-    }
+// The backend's records of one recorded head go to its datasets (QkRecordsFn).
+static int emit_records(void *ctx, int layer, int head, const HeadRecords *rec, int B) {
+    Run *r = ctx;
     double t = qk_now();
-    if (r->be->forward(r->be, &r->s.model, tokens, acts)) return -1;
-    r->t_stage[STAGE_FORWARD] += qk_now() - t;
-    for (int l = 0; l < r->L; l++) {
-        if (!r->s.sae[l]) continue;
-        LayerCode lc;
-        t = qk_now();
-        if (layer_code_compute(&lc, r->s.sae[l], acts_resid(acts, mc, l), B * T, C, r->s.cfg.sae_max_active)) return -1;
-        r->t_stage[STAGE_SAE] += qk_now() - t;
-        int rc = 0, enc_alloc = r->rec[l].enc;
-        for (int h = 0; h < r->H && !rc; h++) {
-            int i = l * r->H + h;
-            if (!r->s.analysed[i]) continue;
-            r->rec[l].enc = enc_alloc && r->s.recorded[i];  // the encoder projection only where it is written
-            r->rec[l].bottom = r->s.recorded[i];             // and the bottom-k look-for
-            r->rec[l].patterns = r->rec[l].pattern && r->s.recorded[i];
-            t = qk_now();
-            rc = analyse_head(&r->o, &r->tables[i], r->s.sae[l], &lc, acts, mc, length, &r->rec[l], &r->agg[i]);
-            r->t_stage[STAGE_ANALYSIS] += qk_now() - t;
-            t = qk_now();
-            if (!rc && r->s.recorded[i] && r->s.cfg.write) rc = append_records(r, l, h, &r->rec[l], B);
-            r->t_stage[STAGE_WRITE] += qk_now() - t;
-        }
-        r->rec[l].enc = enc_alloc;
-        layer_code_free(&lc);
-        if (rc) return -1;
-    }
-    t = qk_now();
+    int rc = append_records(r, layer, head, rec, B);
+    r->t_stage[STAGE_WRITE] += qk_now() - t;
+    return rc;
+}
+
+// Windows [first, first + B) of the batch through the model and every analysed head.
+static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
+    const int32_t *tokens = wb->tokens + (size_t)first * r->T, *length = wb->length + first;
+    double sec[QK_N_ANALYSIS_STAGES] = {0};
+    int rc = r->be->analyse(r->an, tokens, length, B, r->agg, r->s.cfg.write ? emit_records : NULL, r, sec);
+    r->t_stage[STAGE_FORWARD] += sec[QK_STAGE_FORWARD];
+    r->t_stage[STAGE_SAE] += sec[QK_STAGE_SAE];
+    r->t_stage[STAGE_ANALYSIS] += sec[QK_STAGE_HEADS];
+    if (rc) return -1;
+    double t = qk_now();
     if (!r->s.cfg.write) {  // [output] write = false: the analysis alone
         for (int b = 0; b < B; b++) r->tokens_done += length[b], r->shard_tokens_done += length[b];
         r->windows_done += B, r->shard_windows_done += B, r->window_index += B;
@@ -349,9 +329,9 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B, GPT2
         r->tokens_done += length[b];
         r->shard_tokens_done += length[b];
     }
-    int rc = append(r, r->tokens, tokens, B) ||
-             append(r, r->length, length, B) ||
-             append(r, r->prov, prov, B);
+    rc = append(r, r->tokens, tokens, B) ||
+         append(r, r->length, length, B) ||
+         append(r, r->prov, prov, B);
     free(prov);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     r->windows_done += B;
@@ -400,11 +380,10 @@ static void close_run(Run *r) {
         head_tables_free(&r->tables[i]);
         head_agg_free(&r->agg[i]);
     }
-    for (int l = 0; r->rec && l < r->L; l++)
-        if (r->rec[l].n) head_records_free(&r->rec[l]);
+    if (r->an) r->be->analysis_close(r->an);  // before the backend that allocated its memory
     cw_close(r->cw);
     free(r->sink_ds);
-    free(r->tables), free(r->agg), free(r->rs), free(r->rec), free(r->idx_buf);
+    free(r->tables), free(r->agg), free(r->rs), free(r->idx_buf);
     if (r->corpus) qk_corpus_close(r->corpus);
     if (r->bpe) qk_bpe_free(r->bpe);
     qk_backend_close(r->be);
@@ -555,7 +534,6 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     memset(&r, 0, sizeof r);
     r.out_path = out_path;
     r.quiet = quiet;
-    GPT2Acts acts = {0};
     QkWindowBatch wb = {0};
     double t0 = qk_now(), last = t0;
     int64_t skip = 0;
@@ -591,7 +569,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
             if (!r.shard_open && (rc = open_output(&r))) break;
             int take = wb.n - off;
             if (r.sharded && take > shard_end(&r) - r.window_index) take = (int)(shard_end(&r) - r.window_index);
-            rc = process_batch(&r, &wb, off, take, &acts);
+            rc = process_batch(&r, &wb, off, take);
             off += take;
             if (!rc && r.sharded && r.window_index == shard_end(&r)) {
                 rc = close_output(&r);
@@ -640,7 +618,6 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         fprintf(stderr, "\nqkscope run: wrote %.1f MB of records (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",
                 packed / 1e6, raw / 1e6, secs > 0 ? packed / 1e6 / secs : 0.0);
     }
-    gpt2_acts_free(&acts);  // before the backend that allocated it closes
     if (rc) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
@@ -674,7 +651,6 @@ int cmd_run(int argc, char **argv) {
 
 struct RunRank {
     Run r;
-    GPT2Acts acts;
     int owns_corpus;
 };
 
@@ -721,7 +697,7 @@ int run_rank_open_shard(RunRank *rr, int shard, int64_t first_window) {
     return open_output(&rr->r);
 }
 
-int run_rank_process(RunRank *rr, const QkWindowBatch *wb) { return process_batch(&rr->r, wb, 0, wb->n, &rr->acts); }
+int run_rank_process(RunRank *rr, const QkWindowBatch *wb) { return process_batch(&rr->r, wb, 0, wb->n); }
 
 // Adds the aggregates the rank holds to totals[L*H] (the analysed heads).
 static void add_aggregates(const Run *r, HeadAggregates *totals) {
@@ -766,7 +742,6 @@ void run_rank_close(RunRank *rr) {
     if (!rr) return;
     if (!rr->owns_corpus) rr->r.corpus = NULL;  // the owner closes it
     if (rr->r.shard_open) run_rank_abandon_shard(rr);
-    gpt2_acts_free(&rr->acts);  // before the backend that allocated it closes
     close_run(&rr->r);
     free(rr);
 }

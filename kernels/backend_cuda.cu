@@ -432,6 +432,10 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->name = "cuda";
     be->ctx = ctx;
     be->forward = cuda_forward;
+    // The analysis on the host after the CUDA forward pass, until it has its own kernels.
+    be->analysis_open = qk_analysis_host_open;
+    be->analyse = qk_analysis_host_run;
+    be->analysis_close = qk_analysis_host_close;
     be->share_weights = cuda_share_weights;
     be->destroy = cuda_destroy;
     be->host_mem.alloc = cuda_host_alloc;
