@@ -11,18 +11,14 @@ static void move(void *flat, void *field, size_t bytes, int to_flat) {
     if (flat) memcpy(to_flat ? flat : field, to_flat ? field : flat, bytes);
 }
 
-// The dense fields of every head into (to_flat) or out of the flat buffers; *nf and *ni get the
-// element counts.
-static void pack_dense(HeadAggregates *const *aggs, int n, double *f64, int64_t *i64, size_t *nf, size_t *ni, int to_flat) {
-    *nf = *ni = 0;
+// The dense fields of every head into (to_flat) or out of the flat buffer; *ni gets the element
+// count.  The exact sums travel as their int64 limbs: the reduction is exact whatever the ranks.
+static void pack_dense(HeadAggregates *const *aggs, int n, int64_t *i64, size_t *ni, int to_flat) {
+    *ni = 0;
     for (int h = 0; h < n; h++) {
         if (!aggs[h]) continue;
         HeadAggFields fl;
         head_agg_fields(aggs[h], &fl);
-        for (int q = 0; q < HEAD_AGG_F64; q++) {
-            move(f64 ? f64 + *nf : NULL, fl.f64[q], sizeof(double) * fl.n_f64[q], to_flat);
-            *nf += fl.n_f64[q];
-        }
         for (int q = 0; q < HEAD_AGG_I64; q++) {
             move(i64 ? i64 + *ni : NULL, fl.i64[q], sizeof(int64_t) * fl.n_i64[q], to_flat);
             *ni += fl.n_i64[q];
@@ -31,14 +27,15 @@ static void pack_dense(HeadAggregates *const *aggs, int n, double *f64, int64_t 
 }
 
 static int reduce_dense(QkComm *c, HeadAggregates *const *aggs, int n) {
-    size_t nf, ni;
-    pack_dense(aggs, n, NULL, NULL, &nf, &ni, 1);  // sizes only
-    double *f64 = qk_malloc(sizeof(double) * (nf + 1));
+    size_t ni;
+    pack_dense(aggs, n, NULL, &ni, 1);  // sizes only
     int64_t *i64 = qk_malloc(sizeof(int64_t) * (ni + 1));
-    pack_dense(aggs, n, f64, i64, &nf, &ni, 1);
-    int rc = c->allreduce_f64(c, f64, nf) || c->allreduce_i64(c, i64, ni);
-    if (!rc) pack_dense(aggs, n, f64, i64, &nf, &ni, 0);
-    free(f64), free(i64);
+    pack_dense(aggs, n, i64, &ni, 1);
+    int rc = c->allreduce_i64(c, i64, ni);
+    if (!rc) pack_dense(aggs, n, i64, &ni, 0);
+    free(i64);
+    for (int h = 0; !rc && h < n; h++)
+        if (aggs[h]) head_agg_finalize(aggs[h]);
     return rc ? -1 : 0;
 }
 

@@ -12,16 +12,42 @@ static void metric_names(char *buf, size_t cap) {
     for (int m = 0; m < N_METRICS; m++) off += snprintf(buf + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
 }
 
+// Values of n exact sums (exact_sum.h), and their normalised limbs (n, QK_EXACT_LIMBS).
+static void exact_values(const int64_t *limbs, size_t n, double *value, int64_t *normalised) {
+    for (size_t i = 0; i < n; i++) {
+        const int64_t *s = limbs + i * QK_EXACT_LIMBS;
+        value[i] = qk_exact_value(s);
+        if (normalised) {
+            int64_t *t = normalised + i * QK_EXACT_LIMBS;
+            for (int q = 0; q < QK_EXACT_LIMBS; q++) t[q] = s[q];
+            qk_exact_normalize(t);
+        }
+    }
+}
+
+// Metric means, from the exact sums (whether or not head_agg_finalize ran).
 static void means(const HeadAggregates *g, double *mean) {
-    for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? g->sum[m] / g->count[m] : NAN;
+    double sum[N_METRICS];
+    exact_values(&g->sum_exact[0][0], N_METRICS, sum, NULL);
+    for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? sum[m] / g->count[m] : NAN;
 }
 
 static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
     static const char *const lm[1] = {"metric"}, *const lmb[2] = {"metric", "bin"}, *const lf[1] = {"feature"};
     static const char *const lp[1] = {"rank"};
+    static const char *const lml[2] = {"metric", "limb"}, *const lfl[2] = {"feature", "limb"};
     hsize_t nm[1] = {N_METRICS}, nmb[2] = {N_METRICS, N_HIST_BINS}, m1[1] = {(hsize_t)g->m};
-    double mean[N_METRICS];
+    hsize_t nml[2] = {N_METRICS, QK_EXACT_LIMBS}, ml[2] = {(hsize_t)g->m, QK_EXACT_LIMBS};
+    double mean[N_METRICS], sum[N_METRICS];
     means(g, mean);
+    // The sums' values and their exact limbs (what qkscope merge adds, so merged sums are exact).
+    int64_t sum_x[N_METRICS * QK_EXACT_LIMBS];
+    exact_values(&g->sum_exact[0][0], N_METRICS, sum, sum_x);
+    double *qm = qk_malloc(sizeof(double) * (g->m + 1)), *km = qk_malloc(sizeof(double) * (g->m + 1));
+    int64_t *qx = qk_malloc(sizeof(int64_t) * QK_EXACT_LIMBS * (g->m + 1)),
+            *kx = qk_malloc(sizeof(int64_t) * QK_EXACT_LIMBS * (g->m + 1));
+    exact_values(g->query_marginal_exact, g->m, qm, qx);
+    exact_values(g->key_marginal_exact, g->m, km, kx);
     PairEntry *pe = qk_malloc(sizeof(PairEntry) * (g->sketch.size + 1));
     int np = pair_sketch_sorted(&g->sketch, pe);
     hsize_t p1[1] = {(hsize_t)np};
@@ -33,13 +59,16 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
         pf[q] = pe[q].f, pg[q] = pe[q].g, pw[q] = pe[q].weight, perr[q] = pe[q].err, ps[q] = pe[q].sum, pc[q] = pe[q].count;
     char n[160];
 #define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
-    int rc = qk_h5_write(o, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, g->sum) ||
+    int rc = qk_h5_write(o, AGG("metric_sum"), H5T_NATIVE_DOUBLE, 1, nm, lm, sum) ||
+             qk_h5_write(o, AGG("metric_sum_exact"), H5T_NATIVE_INT64, 2, nml, lml, sum_x) ||
              qk_h5_write(o, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
              qk_h5_write(o, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
              qk_h5_write(o, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
-             qk_h5_write(o, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->query_marginal) ||
+             qk_h5_write(o, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, qm) ||
+             qk_h5_write(o, AGG("query_marginal_exact"), H5T_NATIVE_INT64, 2, ml, lfl, qx) ||
              qk_h5_write(o, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
-             qk_h5_write(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, g->key_marginal) ||
+             qk_h5_write(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, km) ||
+             qk_h5_write(o, AGG("key_marginal_exact"), H5T_NATIVE_INT64, 2, ml, lfl, kx) ||
              qk_h5_write(o, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
     if (!rc)  // written even when empty (0 rows), so readers find every name
         rc = qk_h5_write_features(o, AGG("pairs_query_feature"), 1, p1, lp, pf, g->m) ||
@@ -60,6 +89,7 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
         H5Gclose(grp);
     }
     free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc);
+    free(qm), free(km), free(qx), free(kx);
     return rc ? -1 : 0;
 }
 
@@ -120,11 +150,14 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
 #define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
     size_t np = n_elements(f, AGG("pairs_weight"));
     head_agg_init(x, m, np ? (int)np : 1);  // room for every stored pair: nothing is evicted
-    int rc = read_exact(f, path, AGG("metric_sum"), H5T_NATIVE_DOUBLE, N_METRICS, x->sum) ||
+    // The sums from their exact limbs (the doubles beside them are derived from those).
+    int rc = read_exact(f, path, AGG("metric_sum_exact"), H5T_NATIVE_INT64, N_METRICS * QK_EXACT_LIMBS, x->sum_exact) ||
              read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, x->count) ||
              read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, x->hist) ||
-             read_exact(f, path, AGG("query_marginal"), H5T_NATIVE_DOUBLE, m, x->query_marginal) ||
-             read_exact(f, path, AGG("key_marginal"), H5T_NATIVE_DOUBLE, m, x->key_marginal) ||
+             read_exact(f, path, AGG("query_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
+                        x->query_marginal_exact) ||
+             read_exact(f, path, AGG("key_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
+                        x->key_marginal_exact) ||
              read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
              read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
     double total = NAN;
@@ -153,6 +186,7 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
     }
 #undef AGG
     if (isfinite(total)) x->sketch.total = total;  // every update the shard's sketch saw, not only those kept
+    if (!rc) head_agg_finalize(x);
     return rc ? -1 : 0;
 }
 

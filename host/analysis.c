@@ -95,32 +95,54 @@ void head_agg_init(HeadAggregates *g, int m, int sketch_capacity) {
     g->m = m;
     g->query_marginal = qk_calloc(m, sizeof(double)), g->key_marginal = qk_calloc(m, sizeof(double));
     g->query_count = qk_calloc(m, sizeof(int64_t)), g->key_count = qk_calloc(m, sizeof(int64_t));
+    g->query_marginal_exact = qk_calloc((size_t)m * QK_EXACT_LIMBS, sizeof(int64_t));
+    g->key_marginal_exact = qk_calloc((size_t)m * QK_EXACT_LIMBS, sizeof(int64_t));
     pair_sketch_init(&g->sketch, sketch_capacity);
 }
 
 void head_agg_free(HeadAggregates *g) {
     free(g->query_marginal), free(g->key_marginal), free(g->query_count), free(g->key_count);
+    free(g->query_marginal_exact), free(g->key_marginal_exact);
     pair_sketch_free(&g->sketch);
     memset(g, 0, sizeof *g);
 }
 
+// Normalises every exact sum (a no-op on the value).
+static void normalize_exact(HeadAggregates *g) {
+    for (int m = 0; m < N_METRICS; m++) qk_exact_normalize(g->sum_exact[m]);
+    for (size_t f = 0; f < (size_t)g->m; f++) {
+        qk_exact_normalize(g->query_marginal_exact + f * QK_EXACT_LIMBS);
+        qk_exact_normalize(g->key_marginal_exact + f * QK_EXACT_LIMBS);
+    }
+    g->pending = 0;
+}
+
+void head_agg_finalize(HeadAggregates *g) {
+    normalize_exact(g);
+    for (int m = 0; m < N_METRICS; m++) g->sum[m] = qk_exact_value(g->sum_exact[m]);
+    for (size_t f = 0; f < (size_t)g->m; f++) {
+        g->query_marginal[f] = qk_exact_value(g->query_marginal_exact + f * QK_EXACT_LIMBS);
+        g->key_marginal[f] = qk_exact_value(g->key_marginal_exact + f * QK_EXACT_LIMBS);
+    }
+}
+
 void head_agg_fields(HeadAggregates *g, HeadAggFields *f) {
     const size_t m = (size_t)g->m;
-    *f = (HeadAggFields){.f64 = {g->sum, g->query_marginal, g->key_marginal},
-                         .n_f64 = {N_METRICS, m, m},
-                         .i64 = {&g->queries, g->count, &g->hist[0][0], g->query_count, g->key_count},
-                         .n_i64 = {1, N_METRICS, (size_t)N_METRICS * N_HIST_BINS, m, m}};
+    normalize_exact(g);
+    *f = (HeadAggFields){.i64 = {&g->queries, g->count, &g->hist[0][0], g->query_count, g->key_count, &g->sum_exact[0][0],
+                                 g->query_marginal_exact, g->key_marginal_exact},
+                         .n_i64 = {1, N_METRICS, (size_t)N_METRICS * N_HIST_BINS, m, m, (size_t)N_METRICS * QK_EXACT_LIMBS,
+                                   m * QK_EXACT_LIMBS, m * QK_EXACT_LIMBS}};
 }
 
 void head_agg_add(HeadAggregates *acc, const HeadAggregates *x) {
     HeadAggFields a, b;
     head_agg_fields(acc, &a);
-    head_agg_fields((HeadAggregates *)x, &b);  // read only
-    for (int q = 0; q < HEAD_AGG_F64; q++)
-        for (size_t i = 0; i < a.n_f64[q]; i++) a.f64[q][i] += b.f64[q][i];
+    head_agg_fields((HeadAggregates *)x, &b);  // normalises x's limbs: its value is unchanged
     for (int q = 0; q < HEAD_AGG_I64; q++)
         for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] += b.i64[q][i];
     pair_sketch_merge(&acc->sketch, &x->sketch);
+    head_agg_finalize(acc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,7 +440,7 @@ static void aggregate(const HeadBatch *hb, const HeadRecords *r, const int32_t *
         for (int m = 0; m < N_METRICS; m++) {
             float v = r->metrics[(size_t)n * N_METRICS + m], lo, hi;
             if (isnan(v)) continue;
-            g->sum[m] += v;
+            qk_exact_add(g->sum_exact[m], v);
             g->count[m]++;
             qk_metric_range(m, &lo, &hi);
             int bin = (int)floorf((v - lo) / (hi - lo) * N_HIST_BINS);
@@ -428,18 +450,20 @@ static void aggregate(const HeadBatch *hb, const HeadRecords *r, const int32_t *
         int b = n / hb->T, nj = b * hb->T + r->att_idx[(size_t)n * r->a];
         for (int u = 0; u < hb->lc->live[n]; u++) {
             int32_t f = cd->idx[(size_t)n * S + u];
-            g->query_marginal[f] += r->qmarg[(size_t)n * S + u];
+            qk_exact_add(g->query_marginal_exact + (size_t)f * QK_EXACT_LIMBS, r->qmarg[(size_t)n * S + u]);
             g->query_count[f]++;
         }
         for (int u = 0; u < hb->lc->live[nj]; u++) {
             int32_t f = cd->idx[(size_t)nj * S + u];
-            g->key_marginal[f] += r->kmarg[(size_t)n * S + u];
+            qk_exact_add(g->key_marginal_exact + (size_t)f * QK_EXACT_LIMBS, r->kmarg[(size_t)n * S + u]);
             g->key_count[f]++;
         }
         for (int u = 0; u < r->sp && r->sk_f[(size_t)n * r->sp + u] >= 0; u++)
             pair_sketch_add(&g->sketch, r->sk_f[(size_t)n * r->sp + u], r->sk_g[(size_t)n * r->sp + u],
                             r->sk_val[(size_t)n * r->sp + u]);
     }
+    g->pending += hb->N;  // at most one term per token per exact sum
+    if (g->pending > (1 << 28)) normalize_exact(g);
 }
 
 int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, const LayerCode *lc,

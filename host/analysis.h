@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "activations.h"
+#include "exact_sum.h"
 #include "head_tables.h"
 #include "pair_sketch.h"
 #include "sae.h"
@@ -73,6 +74,11 @@ void head_records_free(HeadRecords *r);
 typedef struct {
     int m;
     int64_t queries;
+    // The sums are exact (exact_sum.h: bit-identical however the corpus was split into batches,
+    // shards or ranks); the doubles beside them are their values, valid after head_agg_finalize.
+    int64_t sum_exact[N_METRICS][QK_EXACT_LIMBS];
+    int64_t *query_marginal_exact, *key_marginal_exact;  // (m, QK_EXACT_LIMBS)
+    int64_t pending;                        // terms added since the limbs were normalised
     double sum[N_METRICS];
     int64_t count[N_METRICS];
     int64_t hist[N_METRICS][N_HIST_BINS];
@@ -83,14 +89,16 @@ typedef struct {
 
 void head_agg_init(HeadAggregates *g, int m, int sketch_capacity);
 void head_agg_free(HeadAggregates *g);
+// Normalises the exact sums and sets the doubles (sum, query_marginal, key_marginal) to their
+// values.  Call before reading the doubles.
+void head_agg_finalize(HeadAggregates *g);
 
-// The dense parts of a HeadAggregates as flat arrays in a fixed order: what combining shards or
-// ranks adds element by element (the sketch is merged instead).  f64: sum, query_marginal,
-// key_marginal; i64: queries, count, hist, query_count, key_count.
-enum { HEAD_AGG_F64 = 3, HEAD_AGG_I64 = 5 };
+// The dense parts of a HeadAggregates as flat int64 arrays in a fixed order (the exact sums
+// normalised first): what combining shards or ranks adds element by element (the sketch is merged
+// instead): queries, count, hist, query_count, key_count, sum_exact, query_marginal_exact,
+// key_marginal_exact.  The doubles are derived: head_agg_finalize after combining.
+enum { HEAD_AGG_I64 = 8 };
 typedef struct {
-    double *f64[HEAD_AGG_F64];
-    size_t n_f64[HEAD_AGG_F64];
     int64_t *i64[HEAD_AGG_I64];
     size_t n_i64[HEAD_AGG_I64];
 } HeadAggFields;

@@ -100,6 +100,7 @@ static void check_head(Fixture *fx, int l, int h) {
     HeadAggregates agg;
     head_agg_init(&agg, t.m, 64);
     cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], &fx->lc[l], &fx->acts, c, NULL, &r, &agg), 0, "%s", qk_errmsg());
+    head_agg_finalize(&agg);  // the metric sums as doubles
     size_t n;
     char what[64];
     // Look-for, decoder projection.

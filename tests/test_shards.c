@@ -35,19 +35,19 @@ static int sh(const char *cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-// The aggregates of every head of two runs over the same windows split differently: counts and
-// histograms exact; double sums differ only in the order of the additions: relative 1e-12 (a
-// term lost or counted twice is ~1e-4 at this size).  Overflowing pair sketches depend on the
-// split, so they are not compared (docs/FORMAT.md).
+// The aggregates of every head of two runs over the same windows split differently: bit for bit
+// (the sums are exact: exact_sum.h).  Overflowing pair sketches depend on the split, so they are
+// not compared (docs/FORMAT.md).
 static void expect_aggregates_equal(const char *fa, const char *fb) {
     char obj[128];
     for (int l = 0; l < 2; l++)
         for (int h = 0; h < 4; h++) {
-            const char *sets[] = {"metric_count", "metric_hist", "query_count", "key_count",
-                                  "metric_sum", "metric_mean", "query_marginal", "key_marginal"};
-            for (int q = 0; q < 8; q++) {
+            const char *sets[] = {"metric_count", "metric_hist", "query_count", "key_count", "metric_sum", "metric_mean",
+                                  "query_marginal", "key_marginal", "metric_sum_exact", "query_marginal_exact",
+                                  "key_marginal_exact"};
+            for (int q = 0; q < 11; q++) {
                 snprintf(obj, sizeof obj, "/aggregates/%d.%d/%s", l, h, sets[q]);
-                cr_expect(h5_same(fa, fb, obj, q < 4 ? 0 : 1e-12), "%s differs", obj);
+                cr_expect(h5_same(fa, fb, obj, 0), "%s differs", obj);
             }
         }
 }

@@ -312,21 +312,18 @@ differs() {
     [ $rc != 0 ] || grep -qi "not comparable" <<<"$out"
 }
 # The rule of tests/test_shards.c (merge_equals_single_file_and_refuses_holes) and docs/FORMAT.md:
-#  - per-window datasets (/tokens, /length, /provenance, /heads/...) and every count or histogram
-#    must be equal to the bit: each part computes its windows exactly as the single run does;
-#  - sums of floats over the corpus (aggregates metric_sum, metric_mean, query/key_marginal, the
-#    summary's metric_mean) are added in another order (per shard, then over shards), so they
-#    may differ by float rounding: relative 1e-9 (h5diff -p; they are float64);
+#  - per-window datasets (/tokens, /length, /provenance, /heads/...), every count and histogram,
+#    and the dense sums (metric_sum, metric_mean, query/key_marginal and their *_exact limbs,
+#    the summary's metric_mean) must be equal to the bit: each part computes its windows exactly
+#    as the single run does, and the sums are exact (host/exact_sum.h), whatever the split;
 #  - the heavy-hitter pair sketches (aggregates pairs_*) are approximate by design: merging the
 #    shards' sketches keeps other light pairs and wider error bounds than one pass does, so
 #    they are not compared value by value; instead `qkscope planted --check-run` checks that
 #    the merged sketch ranks every planted circuit first, as the demo requires.
-n_exact=0 n_round=0 n_sketch=0 bad=()
+n_exact=0 n_sketch=0 bad=()
 while read -r d _; do
     case "$d" in
         /aggregates/*/pairs_*) n_sketch=$((n_sketch + 1)); continue ;;
-        /aggregates/*/metric_sum | /aggregates/*/metric_mean | /aggregates/*/query_marginal | \
-            /aggregates/*/key_marginal | /summary/metric_mean) opt=(-p 1e-9); n_round=$((n_round + 1)) ;;
         *) opt=(); n_exact=$((n_exact + 1)) ;;
     esac
     if differs "${opt[@]}" "$d"; then bad+=("$d"); fi
@@ -337,5 +334,5 @@ if [ ${#bad[@]} -gt 0 ]; then
 fi
 "$QK" planted --out "$D" --check-run "$MERGED" >"$T/check.txt" 2>&1 ||
     { cat "$T/check.txt" >&2; fail "the merged file's pair sketches do not rank the planted circuits first"; }
-log "PASS: $n_exact datasets equal, $n_round equal to rounding, $n_sketch sketch datasets checked by --check-run;" \
+log "PASS: $n_exact datasets equal, $n_sketch sketch datasets checked by --check-run;" \
     "task ${ARRAY}_$PRE stopped after $kept shard(s), requeued and resumed ($((SECONDS - t_start)) s)"

@@ -1,0 +1,44 @@
+// exact_sum.h: sums whose result does not depend on the order or grouping of their terms, so a
+// corpus aggregate is bit-identical whether the corpus ran as one file, as shards of any size, or
+// over any number of ranks.  A term (a double) is rounded once to a multiple of 2^-64 and held as
+// three int64 limbs,
+//     value = limb[0] * 2^-64 + limb[1] * 2^-32 + limb[2],
+// and sums are limb-wise integer additions, which are exact and associative.  Normalised limbs
+// have limb[0], limb[1] in [0, 2^32); between normalisations each addition adds less than 2^32 to
+// them, so 2^30 terms can be added safely (qk_exact_add's callers normalise far more often).
+// Range: |value| < 2^62 (4.6e18); a term beyond it is clamped.  Resolution: 2^-64 (5.4e-20).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#define QK_EXACT_LIMBS 3
+#define QK_EXACT_MAX 4611686018427387904.0  // 2^62
+
+static inline void qk_exact_add(int64_t *s, double x) {
+    if (!(x > -QK_EXACT_MAX)) x = -QK_EXACT_MAX;  // NaN too: callers skip NaN terms before
+    if (x > QK_EXACT_MAX) x = QK_EXACT_MAX;
+    double whole = floor(x), frac = x - whole;   // exact: |x| < 2^62 and frac in [0, 1)
+    double hi = floor(frac * 4294967296.0);      // frac * 2^32: exact (a power of two)
+    double lo = (frac * 4294967296.0 - hi) * 4294967296.0;  // exact; rounded to an integer below
+    s[0] += (int64_t)nearbyint(lo);              // in [0, 2^32]
+    s[1] += (int64_t)hi;                         // in [0, 2^32)
+    s[2] += (int64_t)whole;
+}
+
+// Carries limb[0] and limb[1] into the limb above: the same value, canonical form.
+static inline void qk_exact_normalize(int64_t *s) {
+    int64_t c = s[0] >> 32;  // floor division (limbs may be negative after subtractions elsewhere)
+    s[0] -= c * 4294967296;
+    s[1] += c;
+    c = s[1] >> 32;
+    s[1] -= c * 4294967296;
+    s[2] += c;
+}
+
+// The value as a double (from the canonical form, so equal sums give equal doubles).
+static inline double qk_exact_value(const int64_t *s) {
+    int64_t t[QK_EXACT_LIMBS] = {s[0], s[1], s[2]};
+    qk_exact_normalize(t);
+    long double frac = ((long double)t[1] * 4294967296.0L + (long double)t[0]) / 18446744073709551616.0L;  // exact
+    return (double)((long double)t[2] + frac);
+}
