@@ -4,8 +4,9 @@
 // three int64 limbs,
 //     value = limb[0] * 2^-64 + limb[1] * 2^-32 + limb[2],
 // and sums are limb-wise integer additions, which are exact and associative.  Normalised limbs
-// have limb[0], limb[1] in [0, 2^32); between normalisations each addition adds less than 2^32 to
-// them, so 2^30 terms can be added safely (qk_exact_add's callers normalise far more often).
+// have limb[0], limb[1] in [0, 2^32); between normalisations each addition changes them by at most
+// 2^32, so 2^30 terms can be added safely (qk_exact_add's callers normalise far more often).  A
+// term's magnitude is rounded (to nearest, ties to even), so x and -x cancel exactly.
 // Range: |value| < 2^62 (4.6e18); a term beyond it is clamped.  Resolution: 2^-64 (5.4e-20).
 #pragma once
 #include <math.h>
@@ -17,17 +18,19 @@
 static inline void qk_exact_add(int64_t *s, double x) {
     if (!(x > -QK_EXACT_MAX)) x = -QK_EXACT_MAX;  // NaN too: callers skip NaN terms before
     if (x > QK_EXACT_MAX) x = QK_EXACT_MAX;
-    double whole = floor(x), frac = x - whole;   // exact: |x| < 2^62 and frac in [0, 1)
-    double hi = floor(frac * 4294967296.0);      // frac * 2^32: exact (a power of two)
-    double lo = (frac * 4294967296.0 - hi) * 4294967296.0;  // exact; rounded to an integer below
-    s[0] += (int64_t)nearbyint(lo);              // in [0, 2^32]
-    s[1] += (int64_t)hi;                         // in [0, 2^32)
-    s[2] += (int64_t)whole;
+    // |x| split into limbs, then added or subtracted: for a magnitude a, a - floor(a) is exact
+    // (Sterbenz), which x - floor(x) is not for negative x.
+    double a = fabs(x), whole = floor(a), frac = a - whole;  // frac in [0, 1)
+    double hi = floor(frac * 4294967296.0);                   // frac * 2^32: exact (a power of two)
+    double lo = nearbyint((frac * 4294967296.0 - hi) * 4294967296.0);  // exact product, rounded once
+    int64_t l0 = (int64_t)lo, l1 = (int64_t)hi, l2 = (int64_t)whole;  // l0 in [0, 2^32], l1 in [0, 2^32)
+    if (x < 0) l0 = -l0, l1 = -l1, l2 = -l2;
+    s[0] += l0, s[1] += l1, s[2] += l2;
 }
 
 // Carries limb[0] and limb[1] into the limb above: the same value, canonical form.
 static inline void qk_exact_normalize(int64_t *s) {
-    int64_t c = s[0] >> 32;  // floor division (limbs may be negative after subtractions elsewhere)
+    int64_t c = s[0] >> 32;  // floor division (arithmetic shift): limbs go negative with negative terms
     s[0] -= c * 4294967296;
     s[1] += c;
     c = s[1] >> 32;
