@@ -42,7 +42,7 @@ run() {
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck synccheck; do
             echo "== compute-sanitizer $tool"
-            QK_BACKEND=cuda compute-sanitizer --tool $tool --error-exitcode 9 $B/test_qkscope --jobs 1 --filter 'forward/*' \
+            QK_BACKEND=cuda compute-sanitizer --tool $tool --error-exitcode 9 $B/test_qkscope --jobs 1 --filter '@(forward|analysis_batch|comm)/*' \
                 > "$OUT/sanitizer-$tool.txt" 2>&1 && echo "$tool clean" || echo "$tool: see $OUT/sanitizer-$tool.txt"
         done
     else
