@@ -80,6 +80,7 @@ typedef struct {
     hid_t tokens, length, prov;
     void *idx_buf;          // feature-index conversion scratch
     int64_t tokens_done, windows_done;  // this invocation
+    RunEta eta;             // the progress line's estimate
     double t_stage[5];      // seconds per stage, STAGE_*
     // Output: one file, or (shard_tokens > 0) a folder of shards with a manifest.
     const char *out_path;
@@ -517,8 +518,7 @@ static void progress(Run *r, double t0, double *last, int final) {
     if (!final && !tty && now - *last < r->s.cfg.progress_seconds) return;
     *last = now;
     char eta[64] = "";
-    if (r->s.cfg.max_tokens && r->tokens_done > 0)
-        snprintf(eta, sizeof eta, ", ETA %.0f s", (r->s.cfg.max_tokens - r->tokens_done) * el / r->tokens_done);
+    if (!final) run_eta(&r->eta, r->corpus, r->s.cfg.max_tokens, r->tokens_done, now, eta, sizeof eta);
     double busy = 0;
     for (int q = 0; q < N_STAGES; q++) busy += r->t_stage[q];
     fprintf(stderr, "%sqkscope run: %lld tokens, %.0f tokens/s%s; forward %.0f%% sae %.0f%% analysis %.0f%% write %.0f%% read %.0f%%%s",

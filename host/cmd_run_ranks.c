@@ -346,6 +346,7 @@ typedef struct {
     int L, H;
     int64_t skip_windows, skip_tokens;
     int first_shard;
+    RunEta eta;              // the progress line's estimate
 } Ranks;
 
 // After a stop (every rank joined): the first shard not complete, if a rank has it open with
@@ -498,8 +499,10 @@ static void run_threads(Ranks *g, int quiet) {
         double now = qk_now();
         if (!quiet && f->ranks_running && now - last >= period) {
             last = now;
-            fprintf(stderr, "qkscope run: %d ranks: %lld tokens, %.0f tokens/s, %d shard(s) complete\n", g->n,
-                    (long long)f->tokens_done, f->tokens_done / (now - t0), f->complete);
+            char eta[64];
+            run_eta(&g->eta, run_rank_corpus(g->rank[0].rr), g->s.cfg.max_tokens, f->tokens_done, now, eta, sizeof eta);
+            fprintf(stderr, "qkscope run: %d ranks: %lld tokens, %.0f tokens/s%s, %d shard(s) complete\n", g->n,
+                    (long long)f->tokens_done, f->tokens_done / (now - t0), eta, f->complete);
         }
     }
     pthread_mutex_unlock(&f->mu);

@@ -40,6 +40,7 @@ typedef struct {
     ZSTD_inBuffer in;
     size_t zlast;     // last ZSTD_decompressStream result: 0 = at a frame end
     int64_t offset;   // decompressed bytes delivered so far
+    int64_t *in_pos;  // when set: the input file's read position (compressed bytes), published
 } Stream;
 
 static int ends_with(const char *s, const char *suffix) {
@@ -107,6 +108,7 @@ static long stream_read(Stream *s, void *buf, size_t n) {
         if (got == 0 && ferror(s->f)) return qk_err("%s: read error: %s", s->path, strerror(errno));
     }
     s->offset += got;
+    if (s->in_pos) *s->in_pos = s->gz ? (int64_t)gzoffset(s->gz) : (int64_t)ftell(s->f);  // for the ETA
     return got;
 }
 
@@ -214,6 +216,7 @@ typedef struct {
     QkIds toks;
     Segment *seg;
     int n_seg, cap_seg;
+    int64_t in_bytes;  // input bytes read (all files) when the chunk was complete: for the ETA
 } Chunk;
 
 typedef struct {
@@ -239,6 +242,9 @@ struct QkCorpus {
     BatchItem items[NB];
     int64_t b_head, b_tail;  // batch ring: consumer reads b_head, windower writes b_tail
     QkCorpusStats stats;
+    int64_t *file_bytes;   // (n_files) sizes on disk
+    int64_t in_file_pos;   // read position in the file being read (Stream.in_pos; reader thread)
+    int64_t files_bytes;   // sizes of the files read to the end (reader thread)
 
     pthread_t reader, windower, *workers;
     int n_workers, started;
@@ -270,6 +276,7 @@ static int push_chunk(Builder *b) {
         return -1;
     }
     Chunk old = *slot;
+    b->cur.in_bytes = c->files_bytes + c->in_file_pos;
     *slot = b->cur;
     slot->state = SLOT_FILLED;
     c->produced++;
@@ -547,6 +554,7 @@ static int read_file(Builder *b, const char *path) {
         return qk_err("%s: a text or JSONL input needs a vocabulary (--vocab)", path);
     LineReader r = {0};
     if (stream_open(&r.s, path)) return -1;
+    r.s.in_pos = &b->c->in_file_pos;
     int rc = is_bin ? read_llmc_bin(b, &r.s) : is_npy ? read_npy(b, &r.s) : is_jsonl ? read_jsonl(b, &r) : read_text(b, &r);
     stream_close(&r.s);
     free(r.buf);
@@ -572,6 +580,8 @@ static void *reader_main(void *arg) {
         } else {
             pthread_mutex_lock(&c->mu);
             c->stats.files_done++;
+            c->files_bytes += c->file_bytes[i];
+            c->in_file_pos = 0;
             pthread_mutex_unlock(&c->mu);
         }
     }
@@ -637,6 +647,7 @@ typedef struct {
     QkProvenance sep_prov;  // the separator counts as the token after the previous document
     int64_t doc_off;        // offset of the next token of the open document
     int64_t n_tokens;      // corpus tokens, published to stats with each batch
+    int64_t in_bytes;      // the chunk being windowed: input bytes read up to its end
 } Windower;
 
 // Hands the batch being filled to the caller's queue; -1 if closing.
@@ -655,6 +666,7 @@ static int push_batch(Windower *w, int kind, char *error) {
     it->b = w->batch;
     c->stats.windows += w->batch.n;
     c->stats.tokens = w->n_tokens;
+    c->stats.input_bytes_done = w->in_bytes;
     c->b_tail++;
     pthread_cond_broadcast(&c->cv_batch_ready);
     pthread_mutex_unlock(&c->mu);
@@ -746,6 +758,7 @@ static void *windower_main(void *arg) {
         int stop = c->stop;
         pthread_mutex_unlock(&c->mu);
         if (stop) break;
+        w.in_bytes = k->in_bytes;
         int rc = window_chunk(&w, k);
         int final = k->final;
         char *error = k->error;
@@ -924,6 +937,12 @@ QkCorpus *qk_corpus_open(const QkCorpusOptions *opt) {
     c->n_files = n;
     c->first_file = first_file;
     c->end_file = end_file;
+    c->file_bytes = qk_calloc(c->n_files + 1, sizeof(int64_t));
+    for (int i = first_file; i < end_file; i++) {
+        struct stat st;
+        c->file_bytes[i] = stat(c->files[i], &st) == 0 ? (int64_t)st.st_size : 0;
+        c->stats.input_bytes_total += c->file_bytes[i];
+    }
     c->queue = 2 * o.n_threads + 2;
     c->ring = qk_calloc(c->queue, sizeof(Chunk));
     pthread_mutex_init(&c->mu, NULL);
@@ -1000,6 +1019,7 @@ void qk_corpus_close(QkCorpus *c) {
     }
     for (int i = 0; i < c->n_files; i++) free(c->files[i]);
     free(c->files);
+    free(c->file_bytes);
     free(c->ring);
     free(c->workers);
     pthread_mutex_destroy(&c->mu);

@@ -85,6 +85,9 @@ typedef struct {
     int64_t skipped_records;  // bad JSONL lines skipped (skip_bad_records)
     int64_t tokens;           // corpus tokens windowed (separators and BOS excluded)
     int64_t windows;
+    int64_t input_bytes_done;   // input read up to the chunk the last queued batch came from, and
+    int64_t input_bytes_total;  // the size of every input file (compressed bytes for .gz / .zst):
+                                // how far the corpus is, for an ETA (1 MiB granularity)
 } QkCorpusStats;
 
 typedef struct QkCorpus QkCorpus;

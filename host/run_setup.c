@@ -187,3 +187,23 @@ int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, voi
     a->config = argv[optind];
     return -1;
 }
+
+void run_eta(RunEta *e, QkCorpus *c, int64_t max_tokens, int64_t tokens_done, double now, char *buf, size_t n) {
+    buf[0] = 0;
+    QkCorpusStats st;
+    qk_corpus_stats(c, &st);
+    double frac = st.input_bytes_total > 0 ? (double)st.input_bytes_done / st.input_bytes_total : 0;
+    if (!e->started) {
+        if (tokens_done <= 0) return;
+        *e = (RunEta){.started = 1, .t0 = now, .frac0 = frac, .tokens0 = tokens_done};
+        return;
+    }
+    double el = now - e->t0, eta = -1;
+    if (el <= 0) return;
+    if (frac > e->frac0) eta = (1 - frac) * el / (frac - e->frac0);
+    if (max_tokens > 0 && tokens_done > e->tokens0) {
+        double by_tokens = (max_tokens - tokens_done) * el / (tokens_done - e->tokens0);
+        if (eta < 0 || by_tokens < eta) eta = by_tokens;
+    }
+    if (eta >= 0) snprintf(buf, n, ", ETA %.0f s", eta);
+}

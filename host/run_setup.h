@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "corpus.h"
 #include "gpt2.h"
 #include "run_config.h"
 #include "sae.h"
@@ -58,3 +59,14 @@ int run_setup_hashes_ready(RunSetup *s);
 // Root attributes: format, versions, the config text, model and SAE paths with SHA-256 of their
 // weight files, and the analysed head labels.
 int run_setup_write_identity(RunSetup *s, hid_t file, const char *format);
+
+// The progress line's ETA.  From the corpus reader's position in its input files (bytes), the rate
+// measured since the first call that saw work done (a resumed run skips its first windows fast);
+// with [corpus] max_tokens, from the tokens left, whichever ends first.  buf gets ", ETA N s" or
+// "" when nothing can be estimated yet.
+typedef struct {
+    int started;
+    double t0, frac0;
+    int64_t tokens0;
+} RunEta;
+void run_eta(RunEta *e, QkCorpus *c, int64_t max_tokens, int64_t tokens_done, double now, char *buf, size_t n);

@@ -635,3 +635,48 @@ Test(corpus, one_gigabyte_corpus_in_bounded_memory, .timeout = 300) {
     unlink(p);
     free(p);
 }
+
+// How far the corpus is (for the progress line's ETA): input_bytes_total is the files' size;
+// input_bytes_done grows with the batches delivered, stays below the total while chunks remain,
+// and reaches it at the end.  Three files of about 3 chunks each (uint16 ids, 2 bytes a token).
+Test(corpus, input_bytes_progress_for_the_eta) {
+    const int n = 1500000;
+    uint16_t *ids = qk_malloc(2 * (size_t)n);
+    for (int i = 0; i < n; i++) ids[i] = (uint16_t)(i % 50000);
+    char *in[3];
+    int64_t total = 0;
+    for (int f = 0; f < 3; f++) {
+        char name[32];
+        snprintf(name, sizeof name, "part%d.npy", f);
+        in[f] = write_npy(name, ids, n, 2);
+        struct stat st;
+        cr_assert_eq(stat(in[f], &st), 0);
+        total += st.st_size;
+    }
+    QkCorpusOptions o = opts((const char **)in, 3, 1024);
+    o.batch_size = 64;
+    QkCorpus *c = qk_corpus_open(&o);
+    cr_assert(c, "%s", qk_errmsg());
+    QkWindowBatch b = {0};
+    QkCorpusStats st;
+    qk_corpus_stats(c, &st);
+    cr_expect_eq(st.input_bytes_total, total);
+    int64_t last = 0;
+    int rc, below = 0, batches = 0;
+    while ((rc = qk_corpus_next_batch(c, &b)) == 1) {
+        qk_corpus_stats(c, &st);
+        cr_assert(st.input_bytes_done >= last && st.input_bytes_done <= total, "done %lld after %lld (total %lld)",
+                  (long long)st.input_bytes_done, (long long)last, (long long)total);
+        last = st.input_bytes_done;
+        below += last < total / 2;
+        batches++;
+    }
+    cr_assert_eq(rc, 0, "%s", qk_errmsg());
+    qk_corpus_stats(c, &st);
+    cr_expect_eq(st.input_bytes_done, total);
+    cr_expect(below > batches / 10, "the position ran ahead: %d of %d batches below half", below, batches);
+    qk_window_batch_free(&b);
+    qk_corpus_close(c);
+    for (int f = 0; f < 3; f++) free(in[f]);
+    free(ids);
+}
