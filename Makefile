@@ -44,7 +44,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline fuzz clean
+.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline bench-gpu fuzz clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -149,6 +149,10 @@ bench-topk: $(BIN)/bench_topk $(VENV)/.ok
 # qkscope run (CPU) vs the seed's route in PyTorch; BENCH_RUN_ARGS="--layers all" for all 144 heads.
 bench-run: $(BIN)/qkscope $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_run.py --threads $(BENCH_THREADS) $(BENCH_RUN_ARGS)
+# qkscope run on 1 GPU and on all GPUs (NCCL), scaling efficiency; says so and measures nothing
+# without a GPU (BENCH_CPU_RANKS=N exercises it with CPU ranks).  No Python: inputs from `qkscope random`.
+bench-gpu: $(BIN)/qkscope
+	QK=$(BIN)/qkscope bench/bench_gpu.sh
 bench-pipeline: $(BIN)/qkscope
 	python3 bench/bench_pipeline.py --threads $(BENCH_THREADS)
 bench-tokenize: $(BIN)/qkscope $(BIN)/bench_tokenize $(VENV)/.ok

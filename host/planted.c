@@ -58,8 +58,9 @@
 #include <sys/stat.h>
 
 #include "gpt2.h"
+#include "model_write.h"
+#include "rng.h"
 #include "npy.h"
-#include "safetensors_write.h"
 #include "util.h"
 
 enum {
@@ -83,36 +84,6 @@ enum {
 // layer, head, group of the query feature, group of the key feature
 static const int k_circuits[N_CIRCUITS][4] = {{0, 1, 0, 1}, {1, 0, 1, 2}, {1, 3, 2, 0}};
 
-// ---- RNG: xorshift64*, seeded through splitmix64 ----
-typedef struct {
-    uint64_t s;
-} Rng;
-
-static void rng_seed(Rng *r, uint64_t seed) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    r->s = z ? z : 1;
-}
-static uint64_t rng_u64(Rng *r) {
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return r->s * 2685821657736338717ull;
-}
-static double rng_unif(Rng *r) { return (double)(rng_u64(r) >> 11) * (1.0 / 9007199254740992.0); }
-static double rng_normal(Rng *r) {
-    double u = rng_unif(r), v = rng_unif(r);
-    return sqrt(-2.0 * log(1.0 - u)) * cos(6.283185307179586 * v);
-}
-static int rng_below(Rng *r, int n) { return (int)(rng_u64(r) % (uint64_t)n); }
-static void fill_normal(Rng *r, float *x, size_t n, double sd) {
-    for (size_t i = 0; i < n; i++) x[i] = (float)(sd * rng_normal(r));
-}
-static void fill_const(float *x, size_t n, float v) {
-    for (size_t i = 0; i < n; i++) x[i] = v;
-}
 static void shuffle(Rng *r, int *a, int n) {
     for (int i = 0; i < n; i++) a[i] = i;
     for (int i = n - 1; i > 0; i--) {
@@ -312,152 +283,22 @@ static int32_t *make_corpus(Gen *g, int n_windows) {
 }
 
 // ---- writing ----
-static int make_dirs(const char *path) {
-    char *p = qk_strdup(path);
-    int rc = 0;
-    for (char *s = p + 1;; s++) {
-        char c = *s;
-        if (c && c != '/') continue;
-        *s = 0;
-        struct stat st;
-        if (mkdir(p, 0777) && errno != EEXIST) rc = qk_err("%s: cannot create directory: %s", p, strerror(errno));
-        else if (stat(p, &st) || !S_ISDIR(st.st_mode)) rc = qk_err("%s: exists and is not a directory", p);
-        *s = c;
-        if (rc || !c) break;
-    }
-    free(p);
-    return rc;
-}
 
-static int write_json(const char *dir, const char *name, cJSON *root) {
-    char *path = qk_path_join(dir, name), *text = cJSON_Print(root);
-    FILE *f = fopen(path, "w");
-    int rc = 0;
-    if (!f) rc = qk_err("%s: cannot create: %s", path, strerror(errno));
-    else {
-        int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-        if (fclose(f) || !ok) rc = qk_err("%s: write failed", path);
-    }
-    free(text);
-    free(path);
-    cJSON_Delete(root);
-    return rc;
-}
-
-static int write_model(const char *dir, const GPT2Model *m) {
-    const GPT2Config *c = &m->cfg;
-    cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddStringToObject(cfg, "activation_function", "gelu_new");
-    cJSON *arch = cJSON_AddArrayToObject(cfg, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
-    cJSON_AddNumberToObject(cfg, "attn_pdrop", 0.0);
-    cJSON_AddNumberToObject(cfg, "bos_token_id", c->vocab_size - 1);
-    cJSON_AddNumberToObject(cfg, "embd_pdrop", 0.0);
-    cJSON_AddNumberToObject(cfg, "eos_token_id", c->vocab_size - 1);
-    cJSON_AddNumberToObject(cfg, "initializer_range", 0.02);
-    cJSON_AddNumberToObject(cfg, "layer_norm_epsilon", c->ln_eps);
-    cJSON_AddStringToObject(cfg, "model_type", "gpt2");
-    cJSON_AddNumberToObject(cfg, "n_ctx", c->n_ctx);
-    cJSON_AddNumberToObject(cfg, "n_embd", c->d_model);
-    cJSON_AddNumberToObject(cfg, "n_head", c->n_head);
-    cJSON_AddNullToObject(cfg, "n_inner");
-    cJSON_AddNumberToObject(cfg, "n_layer", c->n_layer);
-    cJSON_AddNumberToObject(cfg, "n_positions", c->n_ctx);
-    cJSON_AddNumberToObject(cfg, "resid_pdrop", 0.0);
-    cJSON_AddBoolToObject(cfg, "scale_attn_by_inverse_layer_idx", 0);
-    cJSON_AddBoolToObject(cfg, "scale_attn_weights", 1);
-    cJSON_AddBoolToObject(cfg, "tie_word_embeddings", 1);
-    cJSON_AddNumberToObject(cfg, "vocab_size", c->vocab_size);
-    cJSON_AddStringToObject(cfg, "qkscope_note", "synthetic model written by `qkscope planted`; not GPT-2");
-    char *model_dir = qk_path_join(dir, "model");
-    int rc = make_dirs(model_dir);
-    if (rc) cJSON_Delete(cfg);
-    else rc = write_json(model_dir, "config.json", cfg);  // frees cfg
-    enum { PER_LAYER = 12 };
-    int n = 4 + PER_LAYER * c->n_layer, k = 0;
-    QkStTensor *t = qk_calloc(n, sizeof(QkStTensor));
-    char (*names)[64] = qk_calloc(n, 64);
-#define ADD(nm, p, d0, d1)                                              \
-    do {                                                                \
-        snprintf(names[k], 64, "%s", nm);                               \
-        t[k] = (QkStTensor){names[k], (d1) ? 2 : 1, {(d0), (d1)}, (p)}; \
-        k++;                                                            \
-    } while (0)
-    const int C = c->d_model, F = c->d_mlp;
-    ADD("wte.weight", m->wte, c->vocab_size, C);
-    ADD("wpe.weight", m->wpe, c->n_ctx, C);
-    ADD("ln_f.weight", m->lnf_w, C, 0);
-    ADD("ln_f.bias", m->lnf_b, C, 0);
-    for (int l = 0; l < c->n_layer; l++) {
-        const GPT2Layer *y = &m->layers[l];
-        const struct { const char *suffix; const float *p; int d0, d1; } parts[PER_LAYER] = {
-            {"ln_1.weight", y->ln1_w, C, 0},           {"ln_1.bias", y->ln1_b, C, 0},
-            {"attn.c_attn.weight", y->attn_w, C, 3 * C}, {"attn.c_attn.bias", y->attn_b, 3 * C, 0},
-            {"attn.c_proj.weight", y->proj_w, C, C},   {"attn.c_proj.bias", y->proj_b, C, 0},
-            {"ln_2.weight", y->ln2_w, C, 0},           {"ln_2.bias", y->ln2_b, C, 0},
-            {"mlp.c_fc.weight", y->fc_w, C, F},        {"mlp.c_fc.bias", y->fc_b, F, 0},
-            {"mlp.c_proj.weight", y->fcproj_w, F, C},  {"mlp.c_proj.bias", y->fcproj_b, C, 0}};
-        for (int i = 0; i < PER_LAYER; i++) {
-            char nm[64];
-            snprintf(nm, sizeof nm, "h.%d.%s", l, parts[i].suffix);
-            ADD(nm, parts[i].p, parts[i].d0, parts[i].d1);
-        }
-    }
-#undef ADD
-    static const char *const meta[] = {"format", "pt", NULL};
-    char *path = qk_path_join(model_dir, "model.safetensors");
-    if (!rc) rc = qk_st_write_f32(path, t, k, meta);
-    free(path);
-    free(names);
-    free(t);
-    free(model_dir);
-    return rc;
-}
-
-// sae/layer_L/: cfg.json as SAELens 6 writes it for a TopKSAE, and its weights.
+// sae/layer_L/: a SAELens TopKSAE folder with W_enc = W_dec^T and zero biases.
 static int write_sae(const char *dir, int layer, const float *W_dec) {
     char sub[64], hook[64];
     snprintf(sub, sizeof sub, "sae/layer_%d", layer);
     snprintf(hook, sizeof hook, "blocks.%d.hook_resid_pre", layer);
-    char *sae_dir = qk_path_join(dir, sub);
-    if (make_dirs(sae_dir)) {
-        free(sae_dir);
-        return -1;
-    }
-    cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddNumberToObject(cfg, "d_in", D_MODEL);
-    cJSON_AddNumberToObject(cfg, "d_sae", D_SAE);
-    cJSON_AddStringToObject(cfg, "dtype", "float32");
-    cJSON_AddStringToObject(cfg, "device", "cpu");
-    cJSON_AddBoolToObject(cfg, "apply_b_dec_to_input", 1);
-    cJSON_AddStringToObject(cfg, "normalize_activations", "none");
-    cJSON_AddStringToObject(cfg, "reshape_activations", "none");
-    cJSON *meta = cJSON_AddObjectToObject(cfg, "metadata");
-    cJSON_AddStringToObject(meta, "sae_lens_version", "6.54.12");
-    cJSON_AddStringToObject(meta, "sae_lens_training_version", "6.54.12");
-    cJSON_AddStringToObject(meta, "hook_name", hook);
-    cJSON_AddStringToObject(meta, "model_name", "qkscope-planted (synthetic)");
-    cJSON_AddNumberToObject(meta, "context_size", N_CTX);
-    cJSON_AddBoolToObject(meta, "prepend_bos", 0);
-    cJSON_AddNumberToObject(cfg, "k", N_GROUPS);
-    cJSON_AddBoolToObject(cfg, "rescale_acts_by_decoder_norm", 0);
-    cJSON_AddStringToObject(cfg, "architecture", "topk");
-    int rc = write_json(sae_dir, "cfg.json", cfg);
     float *W_enc = qk_malloc(sizeof(float) * D_SAE * D_MODEL);
     float *b_enc = qk_calloc(D_SAE, sizeof(float)), *b_dec = qk_calloc(D_MODEL, sizeof(float));
     for (int f = 0; f < D_SAE; f++)
         for (int i = 0; i < D_MODEL; i++) W_enc[(size_t)i * D_SAE + f] = W_dec[(size_t)f * D_MODEL + i];
-    QkStTensor t[4] = {{"W_dec", 2, {D_SAE, D_MODEL}, W_dec},
-                       {"W_enc", 2, {D_MODEL, D_SAE}, W_enc},
-                       {"b_dec", 1, {D_MODEL}, b_dec},
-                       {"b_enc", 1, {D_SAE}, b_enc}};
-    char *path = qk_path_join(sae_dir, "sae_weights.safetensors");
-    if (!rc) rc = qk_st_write_f32(path, t, 4, NULL);
-    free(path);
-    free(W_enc);
-    free(b_enc);
-    free(b_dec);
-    free(sae_dir);
+    QkTopkSaeSpec spec = {.d_in = D_MODEL, .d_sae = D_SAE, .k = N_GROUPS, .context_size = N_CTX, .hook = hook,
+                          .model_name = "qkscope-planted (synthetic)", .W_enc = W_enc, .W_dec = W_dec, .b_enc = b_enc,
+                          .b_dec = b_dec};
+    char *sae_dir = qk_path_join(dir, sub);
+    int rc = qk_write_topk_sae(sae_dir, &spec);
+    free(sae_dir), free(W_enc), free(b_enc), free(b_dec);
     return rc;
 }
 
@@ -519,7 +360,7 @@ static int write_manifest(const char *dir, const Gen *g, const QkPlanted *info, 
         cJSON_AddNumberToObject(o, "head", info->null_heads[i].head);
         cJSON_AddItemToArray(nul, o);
     }
-    return write_json(dir, "planted.json", r);
+    return qk_write_json(dir, "planted.json", r);
 }
 
 void qk_planted_default_opts(QkPlantedOpts *o) {
@@ -533,7 +374,7 @@ int qk_planted_write(const char *dir, const QkPlantedOpts *opts, QkPlanted *info
     if (!opts) opts = &def;
     if (opts->n_tokens < 1) return qk_err("planted: n_tokens must be positive (got %d)", opts->n_tokens);
     if (opts->seed >= (1ull << 53)) return qk_err("planted: seed must be below 2^53 (recorded exactly in planted.json)");
-    if (make_dirs(dir)) return -1;
+    if (qk_make_dirs(dir)) return -1;
 
     Gen *g = qk_calloc(1, sizeof(Gen));
     rng_seed(&g->rng, opts->seed);
@@ -575,7 +416,9 @@ int qk_planted_write(const char *dir, const QkPlantedOpts *opts, QkPlanted *info
         for (int l = 0; l < N_LAYER; l++)
             for (int h = 0; h < N_HEAD; h++)
                 if (circuit_at(l, h) < 0) info.null_heads[info.n_null++] = (QkPlantedHead){l, h};
-        rc = write_model(dir, &m);
+        char *model_dir = qk_path_join(dir, "model");
+        rc = qk_write_gpt2(model_dir, &m, "synthetic model written by `qkscope planted`; not GPT-2");
+        free(model_dir);
         for (int l = 0; !rc && l < N_LAYER; l++) rc = write_sae(dir, l, g->W_dec);
         if (!rc) {
             char *path = qk_path_join(dir, "corpus.npy");

@@ -48,6 +48,9 @@ run() {
     else
         echo "compute-sanitizer not found" | tee "$OUT/sanitizer.txt"
     fi
+    echo "== bench-gpu (1 GPU vs all GPUs; inputs from qkscope random, no Python)"
+    QK=$B/qkscope bench/bench_gpu.sh 2>&1 | tee "$OUT/bench-gpu.txt" || true
+    cp results/bench_gpu.md "$OUT/" 2>/dev/null || true
 }
 
 case "$mode" in
