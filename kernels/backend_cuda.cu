@@ -266,7 +266,9 @@ static unsigned blocks_for(size_t n, unsigned threads) { return (unsigned)((n + 
 // Row-major out (N, Cout) (+)= inp (N, Cin) @ w (Cin, Cout), beta 0 or 1.
 static int gemm_rm(cublasHandle_t h, float *out, const float *inp, const float *w, int N, int Cin, int Cout, float beta) {
     const float one = 1.0f;
-    CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, Cout, N, Cin, &one, w, Cout, inp, Cin, &beta, out, Cout));
+    cublasStatus_t st = cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, Cout, N, Cin, &one, w, Cout, inp, Cin, &beta, out, Cout);
+    if (st != CUBLAS_STATUS_SUCCESS)  // the shapes, row-major: (N, Cin) x (Cin, Cout)
+        return qk_err("cublasSgemm (%d x %d) x (%d x %d): cuBLAS status %d", N, Cin, Cin, Cout, (int)st);
     return 0;
 }
 
