@@ -32,7 +32,17 @@ static void means(const HeadAggregates *g, double *mean) {
     for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? sum[m] / g->count[m] : NAN;
 }
 
-static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
+// A whole per-feature dataset (m rows): through the chunk writer's workers when there is one,
+// else written and compressed here.
+static int write_big(QkH5Out *o, ChunkWriter *cw, const char *name, hid_t type, int ndim, const hsize_t *dims,
+                     const char *const *labels, const void *data) {
+    if (!cw) return qk_h5_write(o, name, type, ndim, dims, labels, data);
+    hsize_t ext[2] = {0, ndim > 1 ? dims[1] : 0};
+    hid_t ds = qk_h5_dataset_ext(o, name, type, ndim, ext, labels);
+    return ds < 0 ? -1 : cw_write_whole(cw, ds, type, data, dims[0]);
+}
+
+static int write_head(QkH5Out *o, ChunkWriter *cw, int l, int h, const HeadAggregates *g) {
     static const char *const lm[1] = {"metric"}, *const lmb[2] = {"metric", "bin"}, *const lf[1] = {"feature"};
     static const char *const lp[1] = {"rank"};
     static const char *const lml[2] = {"metric", "limb"}, *const lfl[2] = {"feature", "limb"};
@@ -64,12 +74,12 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
              qk_h5_write(o, AGG("metric_count"), H5T_NATIVE_INT64, 1, nm, lm, g->count) ||
              qk_h5_write(o, AGG("metric_mean"), H5T_NATIVE_DOUBLE, 1, nm, lm, mean) ||
              qk_h5_write(o, AGG("metric_hist"), H5T_NATIVE_INT64, 2, nmb, lmb, g->hist) ||
-             qk_h5_write(o, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, qm) ||
-             qk_h5_write(o, AGG("query_marginal_exact"), H5T_NATIVE_INT64, 2, ml, lfl, qx) ||
-             qk_h5_write(o, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
-             qk_h5_write(o, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, km) ||
-             qk_h5_write(o, AGG("key_marginal_exact"), H5T_NATIVE_INT64, 2, ml, lfl, kx) ||
-             qk_h5_write(o, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
+             write_big(o, cw, AGG("query_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, qm) ||
+             write_big(o, cw, AGG("query_marginal_exact"), H5T_NATIVE_INT64, 2, ml, lfl, qx) ||
+             write_big(o, cw, AGG("query_count"), H5T_NATIVE_INT64, 1, m1, lf, g->query_count) ||
+             write_big(o, cw, AGG("key_marginal"), H5T_NATIVE_DOUBLE, 1, m1, lf, km) ||
+             write_big(o, cw, AGG("key_marginal_exact"), H5T_NATIVE_INT64, 2, ml, lfl, kx) ||
+             write_big(o, cw, AGG("key_count"), H5T_NATIVE_INT64, 1, m1, lf, g->key_count);
     if (!rc)  // written even when empty (0 rows), so readers find every name
         rc = qk_h5_write_features(o, AGG("pairs_query_feature"), 1, p1, lp, pf, g->m) ||
              qk_h5_write_features(o, AGG("pairs_key_feature"), 1, p1, lp, pg, g->m) ||
@@ -93,7 +103,7 @@ static int write_head(QkH5Out *o, int l, int h, const HeadAggregates *g) {
     return rc ? -1 : 0;
 }
 
-int agg_write_all(QkH5Out *o, int L, int H, const HeadAggregates *const *aggs) {
+int agg_write_all(QkH5Out *o, ChunkWriter *cw, int L, int H, const HeadAggregates *const *aggs) {
     static const char *const lm[1] = {"metric"}, *const lhm[2] = {"head", "metric"}, *const lh[1] = {"head"};
     int n_heads = 0, rc = 0;
     double *table = qk_malloc(sizeof(double) * L * H * N_METRICS);
@@ -102,7 +112,7 @@ int agg_write_all(QkH5Out *o, int L, int H, const HeadAggregates *const *aggs) {
         if (!aggs[i]) continue;
         means(aggs[i], table + (size_t)n_heads * N_METRICS);
         hl[n_heads] = i / H, hh[n_heads++] = i % H;
-        rc = write_head(o, i / H, i % H, aggs[i]);
+        rc = write_head(o, cw, i / H, i % H, aggs[i]);
     }
     float lo[N_METRICS], hi[N_METRICS];
     for (int m = 0; m < N_METRICS; m++) qk_metric_range(m, &lo[m], &hi[m]);

@@ -4,11 +4,14 @@
 #include <stdio.h>
 
 #include "analysis.h"
+#include "chunk_writer.h"
 #include "h5out.h"
 
 // Writes aggregates/L.H/* for every head with aggs[l*H + h] != NULL, the histogram ranges and
 // the summary table (summary/metric_mean, head_layer, head_index).
-int agg_write_all(QkH5Out *o, int L, int H, const HeadAggregates *const *aggs);
+// cw (may be NULL): the per-feature datasets go through its parallel compression (written at
+// its cw_flush, which must come before the file closes).
+int agg_write_all(QkH5Out *o, ChunkWriter *cw, int L, int H, const HeadAggregates *const *aggs);
 
 // Adds the aggregates of head `label` ("L.H") stored in `file` to *acc (initialised with
 // head_agg_init for the same d_sae and the sketch capacity).

@@ -27,6 +27,7 @@ typedef struct {
     hsize_t extent;      // the dataset's current extent along dim 0
     uint8_t *buf;        // (chunk_rows x row_bytes) the chunk being filled
     hsize_t buf_rows;    // rows in buf
+    int owned;           // closed by cw_flush (cw_write_whole)
 } Sink;
 
 typedef struct {
@@ -228,6 +229,16 @@ int cw_append(ChunkWriter *w, int h, const void *rows, size_t nrows) {
     return 0;
 }
 
+int cw_write_whole(ChunkWriter *w, hid_t dset, hid_t mem_type, const void *rows, size_t nrows) {
+    int h = cw_add(w, dset, mem_type);
+    if (h < 0) {
+        H5Dclose(dset);
+        return -1;
+    }
+    w->sinks[h].owned = 1;
+    return cw_append(w, h, rows, nrows);
+}
+
 int cw_flush(ChunkWriter *w) {
     int rc = 0;
     for (int h = 0; h < w->n_sinks && !rc; h++) {
@@ -240,7 +251,10 @@ int cw_flush(ChunkWriter *w) {
         }
     }
     if (drain(w, 1)) rc = -1;
-    for (int h = 0; h < w->n_sinks; h++) free(w->sinks[h].buf);
+    for (int h = 0; h < w->n_sinks; h++) {
+        free(w->sinks[h].buf);
+        if (w->sinks[h].owned) H5Dclose(w->sinks[h].dset);
+    }
     free(w->sinks);
     w->sinks = NULL;
     w->n_sinks = 0;

@@ -18,8 +18,12 @@ ChunkWriter *cw_open(int n_threads);
 int cw_add(ChunkWriter *w, hid_t dset, hid_t mem_type);
 // Appends nrows rows (C order, the dataset's row size) to dataset handle h.
 int cw_append(ChunkWriter *w, int h, const void *rows, size_t nrows);
+// A whole dataset through the workers: nrows rows into the extendible dataset dset (made by
+// qk_h5_dataset_ext, empty), which the writer closes at cw_flush.  rows may be freed on return.
+int cw_write_whole(ChunkWriter *w, hid_t dset, hid_t mem_type, const void *rows, size_t nrows);
 // Writes every buffered row (the last chunk of each dataset padded), waits for the workers and
-// forgets the datasets (the caller closes them).  Call before closing the file.
+// forgets the datasets (the caller closes them, except those of cw_write_whole).  Call before
+// closing the file.
 int cw_flush(ChunkWriter *w);
 void cw_close(ChunkWriter *w);
 // Totals since cw_open: bytes before and after compression, and CPU seconds the workers spent.

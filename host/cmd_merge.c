@@ -291,7 +291,7 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
             ptr[hl[i] * H + hh[i]] = a;
             for (int k = 0; k < s->n_agg && !rc; k++) rc = agg_read_add(s->agg_file[k], s->agg_path[k], hl[i], hh[i], a);
         }
-        if (!rc) rc = agg_write_all(out, L, H, ptr);
+        if (!rc) rc = agg_write_all(out, NULL, L, H, ptr);
         if (!rc) agg_print_summary(stdout, L, H, ptr);
         for (int i = 0; i < L * H; i++)
             if (ptr[i]) head_agg_free(&agg[i]);

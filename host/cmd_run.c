@@ -352,7 +352,7 @@ static const HeadAggregates **analysed_aggs(const Run *r) {
 // The corpus aggregates of every analysed head, and the per-head summary table.
 static int write_aggregates(Run *r) {
     const HeadAggregates **aggs = analysed_aggs(r);
-    int rc = agg_write_all(&r->out, r->L, r->H, aggs);
+    int rc = agg_write_all(&r->out, r->cw, r->L, r->H, aggs);  // compressed by the writer's workers
     free(aggs);
     return rc;
 }
@@ -615,7 +615,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
         double raw, packed, secs;
         cw_stats(r.cw, &raw, &packed, &secs);
-        fprintf(stderr, "\nqkscope run: wrote %.1f MB of records (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",
+        fprintf(stderr, "\nqkscope run: wrote %.1f MB of records and aggregates (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",
                 packed / 1e6, raw / 1e6, secs > 0 ? packed / 1e6 / secs : 0.0);
     }
     if (rc) {

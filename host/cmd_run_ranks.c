@@ -378,7 +378,7 @@ static int write_aggregates(Ranks *g, const char *out_dir, int64_t windows, int6
              qk_h5_attr_int(o.file, "windows", windows) || qk_h5_attr_int(o.file, "tokens_processed", tokens) ||
              qk_h5_attr_int(o.file, "shards", shards) || qk_h5_attr_int(o.file, "ranks", g->n) ||
              qk_h5_attr_str(o.file, "backend", run_rank_backend(g->rank[0].rr)->name) ||
-             agg_write_all(&o, g->L, g->H, (const HeadAggregates *const *)g->rank[0].analysed);
+             agg_write_all(&o, NULL, g->L, g->H, (const HeadAggregates *const *)g->rank[0].analysed);
     if (!rc) rc = qk_h5_finish(&o);
     else if (o.file) qk_h5_abort(&o);
     free(path);

@@ -86,3 +86,39 @@ Test(chunk_writer, direct_chunks_equal_hdf5_writes) {
     rm_rf(dir);
     free(dir), free(path);
 }
+
+// A whole dataset written through the workers (the aggregates' per-feature arrays) reads back
+// exactly, with the shape asked for, and is closed by the flush.
+Test(chunk_writer, whole_datasets_read_back_and_are_closed_at_flush) {
+    char *dir = make_tmpdir(), *path = qk_path_join(dir, "whole.h5");
+    QkH5Out o;
+    cr_assert_eq(qk_h5_create(&o, path), 0);
+    ChunkWriter *w = cw_open(2);
+    const size_t m = 20011;  // not a multiple of any chunk
+    double *d = qk_malloc(sizeof(double) * m);
+    int64_t *x = qk_malloc(sizeof(int64_t) * m * 3);
+    for (size_t i = 0; i < m; i++) d[i] = sin((double)i) * 1e3, x[3 * i] = (int64_t)i, x[3 * i + 1] = -(int64_t)i, x[3 * i + 2] = 7;
+    hsize_t e1[1] = {0}, e2[2] = {0, 3};
+    hid_t a = qk_h5_dataset_ext(&o, "a", H5T_NATIVE_DOUBLE, 1, e1, NULL), b = qk_h5_dataset_ext(&o, "b", H5T_NATIVE_INT64, 2, e2, NULL);
+    cr_assert(a >= 0 && b >= 0);
+    cr_assert_eq(cw_write_whole(w, a, H5T_NATIVE_DOUBLE, d, m), 0, "%s", qk_errmsg());
+    cr_assert_eq(cw_write_whole(w, b, H5T_NATIVE_INT64, x, m), 0, "%s", qk_errmsg());
+    cr_assert_eq(cw_flush(w), 0, "%s", qk_errmsg());
+    cr_expect(H5Iis_valid(a) <= 0 && H5Iis_valid(b) <= 0, "the flush closes the datasets it owns");
+    cr_assert_eq(qk_h5_finish(&o), 0);
+    cw_close(w);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t da = H5Dopen2(f, "a", H5P_DEFAULT), db = H5Dopen2(f, "b", H5P_DEFAULT), sb = H5Dget_space(db);
+    hsize_t dims[2];
+    H5Sget_simple_extent_dims(sb, dims, NULL);
+    cr_expect(dims[0] == m && dims[1] == 3);
+    double *d2 = qk_malloc(sizeof(double) * m);
+    int64_t *x2 = qk_malloc(sizeof(int64_t) * m * 3);
+    cr_assert(H5Dread(da, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, d2) >= 0);
+    cr_assert(H5Dread(db, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, x2) >= 0);
+    cr_expect(memcmp(d, d2, sizeof(double) * m) == 0 && memcmp(x, x2, sizeof(int64_t) * m * 3) == 0);
+    H5Sclose(sb), H5Dclose(da), H5Dclose(db), H5Fclose(f);
+    free(d), free(x), free(d2), free(x2);
+    rm_rf(dir);
+    free(dir), free(path);
+}
