@@ -28,7 +28,7 @@ def run(demo, out, write, threads):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--tokens", type=int, default=16384, help="corpus size of the planted demo")
+    ap.add_argument("--tokens", type=int, default=65536, help="corpus size of the planted demo (long enough to rise above run-to-run noise)")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
