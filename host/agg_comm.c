@@ -34,8 +34,6 @@ static int reduce_dense(QkComm *c, HeadAggregates *const *aggs, int n) {
     int rc = c->allreduce_i64(c, i64, ni);
     if (!rc) pack_dense(aggs, n, i64, &ni, 0);
     free(i64);
-    for (int h = 0; !rc && h < n; h++)
-        if (aggs[h]) head_agg_finalize(aggs[h]);
     return rc ? -1 : 0;
 }
 

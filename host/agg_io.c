@@ -7,28 +7,10 @@
 
 #include "util.h"
 
-static void metric_names(char *buf, size_t cap) {
-    size_t off = 0;
-    for (int m = 0; m < N_METRICS; m++) off += snprintf(buf + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
-}
-
-// Values of n exact sums (exact_sum.h), and their normalised limbs (n, QK_EXACT_LIMBS).
-static void exact_values(const int64_t *limbs, size_t n, double *value, int64_t *normalised) {
-    for (size_t i = 0; i < n; i++) {
-        const int64_t *s = limbs + i * QK_EXACT_LIMBS;
-        value[i] = qk_exact_value(s);
-        if (normalised) {
-            int64_t *t = normalised + i * QK_EXACT_LIMBS;
-            for (int q = 0; q < QK_EXACT_LIMBS; q++) t[q] = s[q];
-            qk_exact_normalize(t);
-        }
-    }
-}
-
-// Metric means, from the exact sums (whether or not head_agg_finalize ran).
+// Metric means, from the exact sums.
 static void means(const HeadAggregates *g, double *mean) {
     double sum[N_METRICS];
-    exact_values(&g->sum_exact[0][0], N_METRICS, sum, NULL);
+    head_agg_sums(g, sum, NULL, NULL);
     for (int m = 0; m < N_METRICS; m++) mean[m] = g->count[m] ? sum[m] / g->count[m] : NAN;
 }
 
@@ -52,12 +34,12 @@ static int write_head(QkH5Out *o, ChunkWriter *cw, int l, int h, const HeadAggre
     means(g, mean);
     // The sums' values and their exact limbs (what qkscope merge adds, so merged sums are exact).
     int64_t sum_x[N_METRICS * QK_EXACT_LIMBS];
-    exact_values(&g->sum_exact[0][0], N_METRICS, sum, sum_x);
+    qk_exact_values(&g->sum_exact[0][0], N_METRICS, sum, sum_x);
     double *qm = qk_malloc(sizeof(double) * (g->m + 1)), *km = qk_malloc(sizeof(double) * (g->m + 1));
     int64_t *qx = qk_malloc(sizeof(int64_t) * QK_EXACT_LIMBS * (g->m + 1)),
             *kx = qk_malloc(sizeof(int64_t) * QK_EXACT_LIMBS * (g->m + 1));
-    exact_values(g->query_marginal_exact, g->m, qm, qx);
-    exact_values(g->key_marginal_exact, g->m, km, kx);
+    qk_exact_values(g->query_marginal_exact, g->m, qm, qx);
+    qk_exact_values(g->key_marginal_exact, g->m, km, kx);
     PairEntry *pe = qk_malloc(sizeof(PairEntry) * (g->sketch.size + 1));
     int np = pair_sketch_sorted(&g->sketch, pe);
     hsize_t p1[1] = {(hsize_t)np};
@@ -124,7 +106,7 @@ int agg_write_all(QkH5Out *o, ChunkWriter *cw, int L, int H, const HeadAggregate
          qk_h5_write(o, "aggregates/hist_hi", H5T_NATIVE_FLOAT, 1, nm, lm, hi);
     if (!rc) {
         char names[32 * N_METRICS];
-        metric_names(names, sizeof names);
+        qk_metric_names_csv(names, sizeof names);
         hid_t g = H5Gopen2(o->file, "aggregates", H5P_DEFAULT), s = H5Gopen2(o->file, "summary", H5P_DEFAULT);
         rc = qk_h5_attr_str(g, "metric_names", names) || qk_h5_attr_str(s, "metric_names", names);
         H5Gclose(g), H5Gclose(s);
@@ -196,7 +178,6 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
     }
 #undef AGG
     if (isfinite(total)) x->sketch.total = total;  // every update the shard's sketch saw, not only those kept
-    if (!rc) head_agg_finalize(x);
     return rc ? -1 : 0;
 }
 

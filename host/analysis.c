@@ -21,6 +21,12 @@ const char *const qk_metric_names[N_METRICS] = {
     "overlap",        "overlap_chance",  "kl_both_nosink", "kl_query_nosink", "kl_key_nosink", "top1_nosink",
     "r2_nosink",      "error_share_nosink", "overlap_nosink", "overlap_chance_nosink"};
 
+void qk_metric_names_csv(char *buf, size_t cap) {
+    size_t off = 0;
+    buf[0] = 0;
+    for (int m = 0; m < N_METRICS && off < cap; m++) off += snprintf(buf + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
+}
+
 void qk_metric_range(int metric, float *lo, float *hi) {
     switch (metric % N_BASE_METRICS) {
     case MET_KL_BOTH: case MET_KL_QUERY: case MET_KL_KEY: *lo = 0, *hi = 5; break;
@@ -93,7 +99,6 @@ void head_records_free(HeadRecords *r) {
 void head_agg_init(HeadAggregates *g, int m, int sketch_capacity) {
     memset(g, 0, sizeof *g);
     g->m = m;
-    g->query_marginal = qk_calloc(m, sizeof(double)), g->key_marginal = qk_calloc(m, sizeof(double));
     g->query_count = qk_calloc(m, sizeof(int64_t)), g->key_count = qk_calloc(m, sizeof(int64_t));
     g->query_marginal_exact = qk_calloc((size_t)m * QK_EXACT_LIMBS, sizeof(int64_t));
     g->key_marginal_exact = qk_calloc((size_t)m * QK_EXACT_LIMBS, sizeof(int64_t));
@@ -101,7 +106,7 @@ void head_agg_init(HeadAggregates *g, int m, int sketch_capacity) {
 }
 
 void head_agg_free(HeadAggregates *g) {
-    free(g->query_marginal), free(g->key_marginal), free(g->query_count), free(g->key_count);
+    free(g->query_count), free(g->key_count);
     free(g->query_marginal_exact), free(g->key_marginal_exact);
     pair_sketch_free(&g->sketch);
     memset(g, 0, sizeof *g);
@@ -117,13 +122,10 @@ static void normalize_exact(HeadAggregates *g) {
     g->pending = 0;
 }
 
-void head_agg_finalize(HeadAggregates *g) {
-    normalize_exact(g);
-    for (int m = 0; m < N_METRICS; m++) g->sum[m] = qk_exact_value(g->sum_exact[m]);
-    for (size_t f = 0; f < (size_t)g->m; f++) {
-        g->query_marginal[f] = qk_exact_value(g->query_marginal_exact + f * QK_EXACT_LIMBS);
-        g->key_marginal[f] = qk_exact_value(g->key_marginal_exact + f * QK_EXACT_LIMBS);
-    }
+void head_agg_sums(const HeadAggregates *g, double *sum, double *query_marginal, double *key_marginal) {
+    if (sum) qk_exact_values(&g->sum_exact[0][0], N_METRICS, sum, NULL);
+    if (query_marginal) qk_exact_values(g->query_marginal_exact, g->m, query_marginal, NULL);
+    if (key_marginal) qk_exact_values(g->key_marginal_exact, g->m, key_marginal, NULL);
 }
 
 void head_agg_fields(HeadAggregates *g, HeadAggFields *f) {
@@ -142,7 +144,6 @@ void head_agg_add(HeadAggregates *acc, const HeadAggregates *x) {
     for (int q = 0; q < HEAD_AGG_I64; q++)
         for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] += b.i64[q][i];
     pair_sketch_merge(&acc->sketch, &x->sketch);
-    head_agg_finalize(acc);
 }
 
 // ---------------------------------------------------------------------------------------------

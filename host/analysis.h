@@ -19,6 +19,8 @@ enum {
 #define N_METRICS (2 * N_BASE_METRICS)
 #define N_HIST_BINS 50
 extern const char *const qk_metric_names[N_METRICS];
+// qk_metric_names joined with commas (the "metric_names" attributes), into buf of cap bytes.
+void qk_metric_names_csv(char *buf, size_t cap);
 // Histogram range of a metric: values below lo / above hi fall in the first / last bin.
 void qk_metric_range(int metric, float *lo, float *hi);
 
@@ -75,28 +77,26 @@ typedef struct {
     int m;
     int64_t queries;
     // The sums are exact (exact_sum.h: bit-identical however the corpus was split into batches,
-    // shards or ranks); the doubles beside them are their values, valid after head_agg_finalize.
-    int64_t sum_exact[N_METRICS][QK_EXACT_LIMBS];
+    // shards or ranks); head_agg_sums gives their values.
+    int64_t sum_exact[N_METRICS][QK_EXACT_LIMBS];          // metric sums
     int64_t *query_marginal_exact, *key_marginal_exact;  // (m, QK_EXACT_LIMBS)
     int64_t pending;                        // terms added since the limbs were normalised
-    double sum[N_METRICS];
     int64_t count[N_METRICS];
     int64_t hist[N_METRICS][N_HIST_BINS];
-    double *query_marginal, *key_marginal;  // (m)
     int64_t *query_count, *key_count;       // (m)
     PairSketch sketch;
 } HeadAggregates;
 
 void head_agg_init(HeadAggregates *g, int m, int sketch_capacity);
 void head_agg_free(HeadAggregates *g);
-// Normalises the exact sums and sets the doubles (sum, query_marginal, key_marginal) to their
-// values.  Call before reading the doubles.
-void head_agg_finalize(HeadAggregates *g);
+// The values of the exact sums: metric sums (N_METRICS), query and key marginals (m); NULL: not
+// wanted.
+void head_agg_sums(const HeadAggregates *g, double *sum, double *query_marginal, double *key_marginal);
 
 // The dense parts of a HeadAggregates as flat int64 arrays in a fixed order (the exact sums
 // normalised first): what combining shards or ranks adds element by element (the sketch is merged
 // instead): queries, count, hist, query_count, key_count, sum_exact, query_marginal_exact,
-// key_marginal_exact.  The doubles are derived: head_agg_finalize after combining.
+// key_marginal_exact.
 enum { HEAD_AGG_I64 = 8 };
 typedef struct {
     int64_t *i64[HEAD_AGG_I64];

@@ -25,8 +25,8 @@ QkAnalysis *qk_analysis_host_open(QkBackend *be, const AnalysisPlan *p) {
         if (!sae) continue;
         int any_rec = 0;
         for (int h = 0; h < c->n_head; h++) any_rec |= p->recorded[l * c->n_head + h];
-        int slots = sae->arch == QK_SAE_TOPK ? sae->k : p->sae_max_active;
-        head_records_alloc(&a->rec[l], &p->o, p->max_batch * p->T, slots, sae, p->encoder && any_rec);
+        head_records_alloc(&a->rec[l], &p->o, p->max_batch * p->T, qk_sae_slots(sae, p->sae_max_active), sae,
+                           p->encoder && any_rec);
         if (p->record_patterns && any_rec) head_records_alloc_patterns(&a->rec[l], p->T);
     }
     return a;

@@ -152,8 +152,9 @@ int cw_add(ChunkWriter *w, hid_t dset, hid_t mem_type) {
     return w->n_sinks++;
 }
 
-// Writes finished jobs at the head of the ring, in order; with `all`, waits for every job.
-static int drain(ChunkWriter *w, int all) {
+// Writes finished jobs at the head of the ring, in order; with `all`, waits for every job.  With
+// `discard`, drops them instead of writing.
+static int drain(ChunkWriter *w, int all, int discard) {
     int rc = 0;
     for (;;) {
         pthread_mutex_lock(&w->mu);
@@ -165,8 +166,8 @@ static int drain(ChunkWriter *w, int all) {
         Job *j = &w->jobs[w->head % w->cap];
         Sink *s = &w->sinks[j->sink];
         hsize_t off[8] = {j->chunk_index * s->chunk_rows};  // other dims: 0 (whole rows)
-        if (!rc && j->failed) rc = qk_err("chunk writer: deflate compression failed");
-        if (!rc && H5Dwrite_chunk(s->dset, H5P_DEFAULT, 0, off, j->out_bytes, j->out) < 0) {
+        if (!rc && !discard && j->failed) rc = qk_err("chunk writer: deflate compression failed");
+        if (!rc && !discard && H5Dwrite_chunk(s->dset, H5P_DEFAULT, 0, off, j->out_bytes, j->out) < 0) {
             char file[1024] = "?";
             H5Fget_name(s->dset, file, sizeof file);
             rc = qk_err("%s: writing a chunk failed (disk full?)", file);
@@ -185,7 +186,7 @@ static int drain(ChunkWriter *w, int all) {
 // Hands the sink's filled buffer (a whole chunk) to the workers.
 static int submit(ChunkWriter *w, int h) {
     Sink *s = &w->sinks[h];
-    if (drain(w, 0)) return -1;  // makes room when the ring is full
+    if (drain(w, 0, 0)) return -1;  // makes room when the ring is full
     hsize_t first_row = s->rows - s->buf_rows;
     Job j = {.sink = h, .chunk_index = first_row / s->chunk_rows, .raw = s->buf, .raw_bytes = s->chunk_rows * s->row_bytes,
              .elem = s->elem};
@@ -229,6 +230,17 @@ int cw_append(ChunkWriter *w, int h, const void *rows, size_t nrows) {
     return 0;
 }
 
+// Frees the sinks' buffers and closes the datasets the writer owns (cw_write_whole).
+static void forget_sinks(ChunkWriter *w) {
+    for (int h = 0; h < w->n_sinks; h++) {
+        free(w->sinks[h].buf);
+        if (w->sinks[h].owned) H5Dclose(w->sinks[h].dset);
+    }
+    free(w->sinks);
+    w->sinks = NULL;
+    w->n_sinks = 0;
+}
+
 int cw_write_whole(ChunkWriter *w, hid_t dset, hid_t mem_type, const void *rows, size_t nrows) {
     int h = cw_add(w, dset, mem_type);
     if (h < 0) {
@@ -250,15 +262,14 @@ int cw_flush(ChunkWriter *w) {
             rc = submit(w, h);
         }
     }
-    if (drain(w, 1)) rc = -1;
-    for (int h = 0; h < w->n_sinks; h++) {
-        free(w->sinks[h].buf);
-        if (w->sinks[h].owned) H5Dclose(w->sinks[h].dset);
-    }
-    free(w->sinks);
-    w->sinks = NULL;
-    w->n_sinks = 0;
+    if (drain(w, 1, 0)) rc = -1;
+    forget_sinks(w);
     return rc;
+}
+
+void cw_discard(ChunkWriter *w) {
+    drain(w, 1, 1);
+    forget_sinks(w);
 }
 
 void cw_close(ChunkWriter *w) {
@@ -269,7 +280,7 @@ void cw_close(ChunkWriter *w) {
     pthread_cond_broadcast(&w->work);
     pthread_mutex_unlock(&w->mu);
     for (int i = 0; i < w->n_threads; i++) pthread_join(w->threads[i], NULL);
-    drain(w, 1);
+    drain(w, 1, 0);
     free(w->threads), free(w->jobs);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->work);

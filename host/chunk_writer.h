@@ -25,6 +25,10 @@ int cw_write_whole(ChunkWriter *w, hid_t dset, hid_t mem_type, const void *rows,
 // forgets the datasets (the caller closes them, except those of cw_write_whole).  Call before
 // closing the file.
 int cw_flush(ChunkWriter *w);
+// Drops every buffered row and pending chunk without writing them (an output being abandoned:
+// no time spent compressing into a file about to be removed) and forgets the datasets as
+// cw_flush does.
+void cw_discard(ChunkWriter *w);
 void cw_close(ChunkWriter *w);
 // Totals since cw_open: bytes before and after compression, and CPU seconds the workers spent.
 void cw_stats(ChunkWriter *w, double *raw_bytes, double *compressed_bytes, double *worker_seconds);

@@ -1,7 +1,6 @@
 // cmd_info.c: `qkscope info PATH`: what a qkscope HDF5 file, a sharded run folder, a model
 // folder or an SAE folder holds, whether it is complete, and how it was made.
 #include <cJSON.h>
-#include <getopt.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -67,30 +67,19 @@ static void make_model(Rng *g, const RandomShape *s, GPT2Model *m) {
     }
 }
 
-// Layer l's SAE: unit-norm random decoder rows, W_enc = W_dec^T, zero biases.
+// Layer l's SAE: unit-norm random decoder rows, tied encoder, zero biases.
 static int write_sae(Rng *g, const RandomShape *s, const char *dir, int l) {
     const int C = s->d_model, M = s->d_sae;
-    float *W_dec = qk_malloc(sizeof(float) * M * C), *W_enc = qk_malloc(sizeof(float) * M * C);
-    float *b_enc = qk_calloc(M, sizeof(float)), *b_dec = qk_calloc(C, sizeof(float));
+    float *W_dec = qk_malloc(sizeof(float) * M * C);
     fill_normal(g, W_dec, (size_t)M * C, 1.0);
     for (int f = 0; f < M; f++) {
         double n2 = 0;
         for (int i = 0; i < C; i++) n2 += (double)W_dec[(size_t)f * C + i] * W_dec[(size_t)f * C + i];
         float inv = (float)(1.0 / sqrt(n2));
-        for (int i = 0; i < C; i++) {
-            W_dec[(size_t)f * C + i] *= inv;
-            W_enc[(size_t)i * M + f] = W_dec[(size_t)f * C + i];
-        }
+        for (int i = 0; i < C; i++) W_dec[(size_t)f * C + i] *= inv;
     }
-    char sub[64], hook[64];
-    snprintf(sub, sizeof sub, "sae/layer_%d", l);
-    snprintf(hook, sizeof hook, "blocks.%d.hook_resid_pre", l);
-    QkTopkSaeSpec spec = {.d_in = C, .d_sae = M, .k = s->k, .context_size = s->n_ctx, .hook = hook,
-                          .model_name = "qkscope-random (random weights)", .W_enc = W_enc, .W_dec = W_dec,
-                          .b_enc = b_enc, .b_dec = b_dec};
-    char *sae_dir = qk_path_join(dir, sub);
-    int rc = qk_write_topk_sae(sae_dir, &spec);
-    free(sae_dir), free(W_dec), free(W_enc), free(b_enc), free(b_dec);
+    int rc = qk_write_tied_topk_sae(dir, l, C, M, s->k, s->n_ctx, "qkscope-random (random weights)", W_dec);
+    free(W_dec);
     return rc;
 }
 

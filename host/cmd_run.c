@@ -3,7 +3,6 @@
 // feature-space attention of docs/ANALYSIS.md: per-token records for the recorded heads and
 // corpus aggregates for all of them.  The file layout is docs/FORMAT.md.
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -132,7 +131,7 @@ static int create_records(Run *r, int l, int h) {
     char n[160];
     hsize_t wtk[3] = {0, r->T, o->k}, wta[3] = {0, r->T, o->a}, wtap[4] = {0, r->T, o->a, o->p};
     hsize_t wtg[5] = {0, r->T, o->a, N_GROUPS, N_GROUPS}, wtm[3] = {0, r->T, N_METRICS}, wt[2] = {0, r->T};
-    int enc_slots = sae->arch == QK_SAE_TOPK ? sae->k : o->enc_slots;
+    int enc_slots = qk_sae_slots(sae, o->enc_slots);
     hsize_t wte[3] = {0, r->T, enc_slots};
 #define DS(field, name, type, nd, dims, labels)                                                          \
     (snprintf(n, sizeof n, "heads/%d.%d/" name, l, h),                                                   \
@@ -158,14 +157,12 @@ static int create_records(Run *r, int l, int h) {
 #undef DS
     snprintf(n, sizeof n, "heads/%d.%d", l, h);
     hid_t g = H5Gopen2(r->out.file, n, H5P_DEFAULT);
-    size_t cap = 32 * N_METRICS, off = 0;
-    char *names = qk_malloc(cap);
-    for (int m = 0; m < N_METRICS; m++) off += snprintf(names + off, cap - off, "%s%s", m ? "," : "", qk_metric_names[m]);
+    char names[32 * N_METRICS];
+    qk_metric_names_csv(names, sizeof names);
     int rc = qk_h5_attr_str(g, "metric_names", names) || qk_h5_attr_str(g, "groups", "feature,decoder_bias,error,attention_bias") ||
              qk_h5_attr_str(g, "note",
                             "group_totals[..., key_group=attention_bias] is q_i . bk' / sqrt(d_head), the same for every key: "
                             "softmax ignores it");
-    free(names);
     H5Gclose(g);
     return rc ? -1 : 0;
 }
@@ -248,7 +245,7 @@ static int open_run(Run *r, int quiet) {
         }
         // Feature indices per token of the widest record: look-for, pairs, encoder code.
         size_t per_token = (size_t)(c->k > c->a * c->p ? c->k : c->a * c->p);
-        size_t enc_slots = sae->arch == QK_SAE_TOPK ? (size_t)sae->k : (size_t)c->enc_slots;
+        size_t enc_slots = (size_t)qk_sae_slots(sae, c->enc_slots);
         if (c->encoder && enc_slots > per_token) per_token = enc_slots;
         size_t row = (size_t)c->batch * r->T * per_token;
         max_row = row > max_row ? row : max_row;
@@ -430,6 +427,15 @@ static int close_output(Run *r) {
     return rc ? -1 : 0;
 }
 
+// Abandons the open output: buffered rows dropped, datasets closed, the .tmp file removed.
+static void abandon_output(Run *r) {
+    cw_discard(r->cw);
+    r->n_sinks = 0;
+    close_datasets(r);
+    qk_h5_abort(&r->out);
+    r->shard_open = 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shards: OUT/shard-NNNNNN.h5 and OUT/manifest.json; resume.
 
@@ -596,10 +602,8 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         if (r.sharded && r.shard_open && r.shard_windows_done > 0) {
             rc = close_output(&r);
             r.shard++;
-        } else if (r.shard_open && r.s.cfg.write) {
-            close_datasets(&r), qk_h5_abort(&r.out);
-            r.shard_open = 0;
-        }
+        } else if (r.shard_open && r.s.cfg.write)
+            abandon_output(&r);
         if (r.sharded && !rc) rc = write_manifest(&r, r.shard, 0);
         if (!quiet && !rc)
             fprintf(stderr, "qkscope run: signal %d: stopped after %lld windows, in %d complete shard(s)%s; exit %d (requeue and --resume)\n",
@@ -621,8 +625,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     if (rc) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
-        close_datasets(&r);
-        if (r.out.file) qk_h5_abort(&r.out);
+        if (r.out.file) abandon_output(&r);
         close_run(&r);
         qk_err("%s", keep);
     } else
@@ -715,12 +718,7 @@ void run_rank_finish(RunRank *rr, HeadAggregates *totals) {
 }
 
 void run_rank_abandon_shard(RunRank *rr) {
-    if (!rr->r.shard_open) return;
-    cw_flush(rr->r.cw);  // the buffered rows go to the file removed below, not to closed datasets
-    rr->r.n_sinks = 0;
-    close_datasets(&rr->r);
-    qk_h5_abort(&rr->r.out);
-    rr->r.shard_open = 0;
+    if (rr->r.shard_open) abandon_output(&rr->r);
 }
 
 int64_t run_rank_tokens(const RunRank *rr) { return rr->r.tokens_done; }

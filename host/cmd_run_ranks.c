@@ -7,7 +7,6 @@
 // written as OUT/shard-NNNNNN.h5 by their rank, the manifest lists the complete ones, and at the
 // end the aggregates are reduced over the communicator (agg_comm.h: deterministic) and written
 // once as OUT/aggregates.h5, which `qkscope merge OUT` takes instead of summing the shards.
-#include <errno.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -263,7 +262,7 @@ static void feed_add_tokens(Feed *f, int64_t tokens) {
 // One rank
 
 typedef struct {
-    int rank, ranks, threads, write;
+    int ranks, threads, write;
     int first;                 // the first shard of this rank
     RunRank *rr;
     QkComm *comm;
@@ -432,7 +431,7 @@ static int open_ranks(Ranks *g, const RunArgs *a) {
         rs.cfg.threads = per;
         RunRank *rr = run_rank_open(&rs, r ? run_rank_corpus(g->rank[0].rr) : NULL, a->out);
         if (!rr) return qk_err("rank %d: %s", r, qk_errmsg());
-        *k = (Rank){.rank = r, .ranks = g->n, .threads = per, .write = c->write, .rr = rr, .comm = g->comm[r],
+        *k = (Rank){.ranks = g->n, .threads = per, .write = c->write, .rr = rr, .comm = g->comm[r],
                     .feed = &g->feed, .n_heads = g->L * g->H};
         k->totals = qk_calloc(k->n_heads, sizeof(HeadAggregates));
         k->analysed = qk_calloc(k->n_heads, sizeof(HeadAggregates *));

@@ -1,6 +1,5 @@
 // cmd_static.c: `qkscope static CONFIG -o OUT.h5`: the weights-only feature-to-feature maps of
 // every analysed head (docs/ANALYSIS.md §6): q2k, k2q and the key prior.
-#include <getopt.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -10,6 +10,7 @@
 // Range: |value| < 2^62 (4.6e18); a term beyond it is clamped.  Resolution: 2^-64 (5.4e-20).
 #pragma once
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define QK_EXACT_LIMBS 3
@@ -44,4 +45,18 @@ static inline double qk_exact_value(const int64_t *s) {
     qk_exact_normalize(t);
     long double frac = ((long double)t[1] * 4294967296.0L + (long double)t[0]) / 18446744073709551616.0L;  // exact
     return (double)((long double)t[2] + frac);
+}
+
+// n sums (n, QK_EXACT_LIMBS): their values (NULL: not wanted) and, when canon is not NULL, their
+// canonical limbs.
+static inline void qk_exact_values(const int64_t *limbs, size_t n, double *value, int64_t *canon) {
+    for (size_t i = 0; i < n; i++) {
+        const int64_t *s = limbs + i * QK_EXACT_LIMBS;
+        if (value) value[i] = qk_exact_value(s);
+        if (canon) {
+            int64_t *t = canon + i * QK_EXACT_LIMBS;
+            for (int q = 0; q < QK_EXACT_LIMBS; q++) t[q] = s[q];
+            qk_exact_normalize(t);
+        }
+    }
 }

@@ -111,11 +111,16 @@ int qk_write_gpt2(const char *model_dir, const GPT2Model *m, const char *note) {
     return rc;
 }
 
-int qk_write_topk_sae(const char *sae_dir, const QkTopkSaeSpec *s) {
-    if (qk_make_dirs(sae_dir)) return -1;
+int qk_write_tied_topk_sae(const char *dir, int layer, int d_in, int d_sae, int k, int context_size, const char *model_name,
+                           const float *W_dec) {
+    char sub[64], hook[64];
+    snprintf(sub, sizeof sub, "sae/layer_%d", layer);
+    snprintf(hook, sizeof hook, "blocks.%d.hook_resid_pre", layer);
+    char *sae_dir = qk_path_join(dir, sub);
+    int rc = qk_make_dirs(sae_dir);
     cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddNumberToObject(cfg, "d_in", s->d_in);
-    cJSON_AddNumberToObject(cfg, "d_sae", s->d_sae);
+    cJSON_AddNumberToObject(cfg, "d_in", d_in);
+    cJSON_AddNumberToObject(cfg, "d_sae", d_sae);
     cJSON_AddStringToObject(cfg, "dtype", "float32");
     cJSON_AddStringToObject(cfg, "device", "cpu");
     cJSON_AddBoolToObject(cfg, "apply_b_dec_to_input", 1);
@@ -124,20 +129,25 @@ int qk_write_topk_sae(const char *sae_dir, const QkTopkSaeSpec *s) {
     cJSON *meta = cJSON_AddObjectToObject(cfg, "metadata");
     cJSON_AddStringToObject(meta, "sae_lens_version", "6.54.12");
     cJSON_AddStringToObject(meta, "sae_lens_training_version", "6.54.12");
-    cJSON_AddStringToObject(meta, "hook_name", s->hook);
-    cJSON_AddStringToObject(meta, "model_name", s->model_name);
-    cJSON_AddNumberToObject(meta, "context_size", s->context_size);
+    cJSON_AddStringToObject(meta, "hook_name", hook);
+    cJSON_AddStringToObject(meta, "model_name", model_name);
+    cJSON_AddNumberToObject(meta, "context_size", context_size);
     cJSON_AddBoolToObject(meta, "prepend_bos", 0);
-    cJSON_AddNumberToObject(cfg, "k", s->k);
+    cJSON_AddNumberToObject(cfg, "k", k);
     cJSON_AddBoolToObject(cfg, "rescale_acts_by_decoder_norm", 0);
     cJSON_AddStringToObject(cfg, "architecture", "topk");
-    int rc = qk_write_json(sae_dir, "cfg.json", cfg);
-    QkStTensor t[4] = {{"W_dec", 2, {s->d_sae, s->d_in}, s->W_dec},
-                       {"W_enc", 2, {s->d_in, s->d_sae}, s->W_enc},
-                       {"b_dec", 1, {s->d_in}, s->b_dec},
-                       {"b_enc", 1, {s->d_sae}, s->b_enc}};
+    if (rc) cJSON_Delete(cfg);
+    else rc = qk_write_json(sae_dir, "cfg.json", cfg);  // frees cfg
+    float *W_enc = qk_malloc(sizeof(float) * d_sae * d_in);
+    float *b_enc = qk_calloc(d_sae, sizeof(float)), *b_dec = qk_calloc(d_in, sizeof(float));
+    for (int f = 0; f < d_sae; f++)
+        for (int i = 0; i < d_in; i++) W_enc[(size_t)i * d_sae + f] = W_dec[(size_t)f * d_in + i];
+    QkStTensor t[4] = {{"W_dec", 2, {d_sae, d_in}, W_dec},
+                       {"W_enc", 2, {d_in, d_sae}, W_enc},
+                       {"b_dec", 1, {d_in}, b_dec},
+                       {"b_enc", 1, {d_sae}, b_enc}};
     char *path = qk_path_join(sae_dir, "sae_weights.safetensors");
     if (!rc) rc = qk_st_write_f32(path, t, 4, NULL);
-    free(path);
+    free(path), free(sae_dir), free(W_enc), free(b_enc), free(b_dec);
     return rc;
 }

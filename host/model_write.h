@@ -14,15 +14,8 @@ int qk_write_json(const char *dir, const char *name, cJSON *root);
 // "qkscope_note") and model_dir/model.safetensors (float32, HF names without prefix).
 int qk_write_gpt2(const char *model_dir, const GPT2Model *m, const char *note);
 
-// A SAELens 6 TopKSAE: sae_dir/cfg.json and sae_dir/sae_weights.safetensors (float32),
-// normalize_activations "none", apply_b_dec_to_input.
-typedef struct {
-    int d_in, d_sae, k, context_size;
-    const char *hook;        // e.g. "blocks.3.hook_resid_pre"
-    const char *model_name;  // metadata.model_name
-    const float *W_enc;      // (d_in, d_sae)
-    const float *W_dec;      // (d_sae, d_in)
-    const float *b_enc;      // (d_sae)
-    const float *b_dec;      // (d_in)
-} QkTopkSaeSpec;
-int qk_write_topk_sae(const char *sae_dir, const QkTopkSaeSpec *s);
+// A SAELens 6 TopKSAE on blocks.L.hook_resid_pre, as the synthetic generators make them: tied
+// (W_enc = W_dec^T), zero biases, normalize_activations "none", apply_b_dec_to_input; written to
+// dir/sae/layer_L/cfg.json and sae_weights.safetensors (float32).  W_dec: (d_sae, d_in).
+int qk_write_tied_topk_sae(const char *dir, int layer, int d_in, int d_sae, int k, int context_size, const char *model_name,
+                           const float *W_dec);

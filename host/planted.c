@@ -284,24 +284,6 @@ static int32_t *make_corpus(Gen *g, int n_windows) {
 
 // ---- writing ----
 
-// sae/layer_L/: a SAELens TopKSAE folder with W_enc = W_dec^T and zero biases.
-static int write_sae(const char *dir, int layer, const float *W_dec) {
-    char sub[64], hook[64];
-    snprintf(sub, sizeof sub, "sae/layer_%d", layer);
-    snprintf(hook, sizeof hook, "blocks.%d.hook_resid_pre", layer);
-    float *W_enc = qk_malloc(sizeof(float) * D_SAE * D_MODEL);
-    float *b_enc = qk_calloc(D_SAE, sizeof(float)), *b_dec = qk_calloc(D_MODEL, sizeof(float));
-    for (int f = 0; f < D_SAE; f++)
-        for (int i = 0; i < D_MODEL; i++) W_enc[(size_t)i * D_SAE + f] = W_dec[(size_t)f * D_MODEL + i];
-    QkTopkSaeSpec spec = {.d_in = D_MODEL, .d_sae = D_SAE, .k = N_GROUPS, .context_size = N_CTX, .hook = hook,
-                          .model_name = "qkscope-planted (synthetic)", .W_enc = W_enc, .W_dec = W_dec, .b_enc = b_enc,
-                          .b_dec = b_dec};
-    char *sae_dir = qk_path_join(dir, sub);
-    int rc = qk_write_topk_sae(sae_dir, &spec);
-    free(sae_dir), free(W_enc), free(b_enc), free(b_dec);
-    return rc;
-}
-
 static cJSON *int_array(const int *v, int n) {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
@@ -419,7 +401,7 @@ int qk_planted_write(const char *dir, const QkPlantedOpts *opts, QkPlanted *info
         char *model_dir = qk_path_join(dir, "model");
         rc = qk_write_gpt2(model_dir, &m, "synthetic model written by `qkscope planted`; not GPT-2");
         free(model_dir);
-        for (int l = 0; !rc && l < N_LAYER; l++) rc = write_sae(dir, l, g->W_dec);
+        for (int l = 0; !rc && l < N_LAYER; l++) rc = qk_write_tied_topk_sae(dir, l, D_MODEL, D_SAE, N_GROUPS, N_CTX, "qkscope-planted (synthetic)", g->W_dec);
         if (!rc) {
             char *path = qk_path_join(dir, "corpus.npy");
             int64_t shape[2] = {info.n_windows, N_CTX};

@@ -265,7 +265,7 @@ void qk_sae_free(QkSae *s) {
 
 int qk_sae_code_alloc(QkSaeCode *code, const QkSae *sae, int n, int max_active) {
     memset(code, 0, sizeof *code);
-    int slots = sae->arch == QK_SAE_TOPK ? sae->k : max_active;
+    int slots = qk_sae_slots(sae, max_active);
     if (n < 0) return qk_err("qk_sae_code_alloc: n=%d: negative", n);
     if (slots < 1 || slots > sae->d_sae)
         return qk_err("%s: max_active=%d: need 1 <= max_active <= d_sae=%d", sae->dir, slots, sae->d_sae);

@@ -64,6 +64,8 @@ typedef struct {
 } QkSaeCode;
 
 // Allocates a code for n tokens: slots = k for topk SAEs; max_active (1..d_sae) otherwise.
+// Slots of a code: a top-k SAE's k, else max_active (the most active features kept per token).
+static inline int qk_sae_slots(const QkSae *sae, int max_active) { return sae->arch == QK_SAE_TOPK ? sae->k : max_active; }
 int qk_sae_code_alloc(QkSaeCode *code, const QkSae *sae, int n, int max_active);
 void qk_sae_code_free(QkSaeCode *code);
 

@@ -136,12 +136,13 @@ Test(analysis_batch, backend_batches_equal_direct_analysis) {
     for (int i = 0; i < 8; i++) {
         const HeadAggregates *g = &got_agg[i], *w = &want_agg[i];
         cr_expect_eq(g->queries, w->queries, "head %d queries", i);
-        head_agg_finalize(&got_agg[i]), head_agg_finalize(&want_agg[i]);
+        int sums[3];
+        agg_sum_values_same(g, w, sums);
         if (exact) {
             cr_expect_eq(memcmp(g->sum_exact, w->sum_exact, sizeof g->sum_exact), 0, "head %d exact metric sums", i);
-            cr_expect_eq(memcmp(g->sum, w->sum, sizeof g->sum), 0, "head %d metric sums", i);
+            cr_expect(sums[0], "head %d metric sums", i);
             cr_expect_eq(memcmp(g->hist, w->hist, sizeof g->hist), 0, "head %d histograms", i);
-            cr_expect_eq(memcmp(g->query_marginal, w->query_marginal, sizeof(double) * g->m), 0, "head %d marginals", i);
+            cr_expect(sums[1], "head %d marginals", i);
             cr_expect_eq(memcmp(g->key_count, w->key_count, sizeof(int64_t) * g->m), 0, "head %d key counts", i);
         }
         head_agg_free(&got_agg[i]), head_agg_free(&want_agg[i]), head_tables_free(&tables[i]);

@@ -110,3 +110,17 @@ static inline int h5_same_objs(const char *fa, const char *oa, const char *fb, c
 static inline int h5_same(const char *fa, const char *fb, const char *obj, double rel) {
     return h5_same_objs(fa, obj, fb, obj, rel);
 }
+
+// Whether the values of two aggregates' exact sums (head_agg_sums) are bit-identical:
+// same[0] the metric sums, same[1] the query marginals, same[2] the key marginals.
+static inline void agg_sum_values_same(const HeadAggregates *a, const HeadAggregates *b, int same[3]) {
+    double sa[N_METRICS], sb[N_METRICS];
+    size_t m = (size_t)a->m;
+    double *qa = qk_malloc(8 * (m + 1)), *qb = qk_malloc(8 * (m + 1)), *ka = qk_malloc(8 * (m + 1)), *kb = qk_malloc(8 * (m + 1));
+    head_agg_sums(a, sa, qa, ka);
+    head_agg_sums(b, sb, qb, kb);
+    same[0] = !memcmp(sa, sb, sizeof sa);
+    same[1] = a->m == b->m && !memcmp(qa, qb, 8 * m);
+    same[2] = a->m == b->m && !memcmp(ka, kb, 8 * m);
+    free(qa), free(qb), free(ka), free(kb);
+}
