@@ -140,7 +140,7 @@ reference: $(VENV)/.ok
 
 BENCH_THREADS ?= $(shell nproc)
 $(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
@@ -158,8 +158,6 @@ bench-pipeline: $(BIN)/qkscope
 bench-tokenize: $(BIN)/qkscope $(BIN)/bench_tokenize $(VENV)/.ok
 	$(VENV)/bin/python bench/bench_tokenize.py
 
-$(BIN)/bench_tokenize: bench/bench_tokenize.c $(BUILD)/libqkscope.a | $(BIN)
-	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 # libFuzzer + ASan/UBSan on the untrusted-input parsers (clang); FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60

@@ -182,7 +182,6 @@ static void check_head(Fixture *fx, int l, int h) {
     // Metrics, per query and as means.
     for (int m = 0; m < N_METRICS; m++) {
         float *ref = ref_f(fx, l, h, qk_metric_names[m], NULL);
-        const char *base = qk_metric_names[m % N_BASE_METRICS];
         float *tgap = NULL, *den = NULL;
         if (m % N_BASE_METRICS == MET_TOP1) tgap = ref_f(fx, l, h, m < N_BASE_METRICS ? "top1_gap" : "top1_nosink_gap", NULL);
         if (m % N_BASE_METRICS == MET_R2) den = ref_f(fx, l, h, m < N_BASE_METRICS ? "r2_den" : "r2_nosink_den", NULL);
@@ -201,7 +200,6 @@ static void check_head(Fixture *fx, int l, int h) {
             double mean = agg_sum[m] / agg.count[m];
             cr_expect(close_to(mean, rmean[0], 1e-3), "%d.%d mean %s: %g vs %g", l, h, qk_metric_names[m], mean, rmean[0]);
         }
-        (void)base;
         free(ref), free(rmean), free(tgap), free(den);
     }
     head_agg_free(&agg);

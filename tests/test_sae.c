@@ -221,12 +221,26 @@ static void copy_file(const char *from, const char *to) {
 
 typedef enum { DEL, SET_STR, SET_NUM, SET_BOOL, SET_RAW } Edit;
 
+// The folders make_case made in this test, removed by remove_cases (the tests' .fini).
+static char g_cases[64][32];
+static int g_n_cases;
+
+static void remove_cases(void) {
+    for (int i = 0; i < g_n_cases; i++) {
+        char cmd[sizeof g_cases[0] + 16];
+        snprintf(cmd, sizeof cmd, "rm -rf '%.31s'", g_cases[i]);
+        if (system(cmd)) cr_log_warn("could not remove %s", g_cases[i]);
+    }
+    g_n_cases = 0;
+}
+
 // A fresh folder with `weights_from`'s weights and `cfg_from`'s cfg.json edited at key (for
-// SET_RAW, `text` is the whole file).  Returns the folder (static buffer).
+// SET_RAW, `text` is the whole file).  Returns the folder (removed at the test's end).
 static const char *make_case(const char *cfg_from, const char *weights_from, Edit e, const char *key,
                              const char *text, double num) {
-    static char dir[64];
-    snprintf(dir, sizeof dir, "/tmp/qk_sae_XXXXXX");
+    cr_assert(g_n_cases < 64, "too many cases in one test");
+    char *dir = g_cases[g_n_cases++];
+    snprintf(dir, sizeof g_cases[0], "/tmp/qk_sae_XXXXXX");
     cr_assert(mkdtemp(dir), "mkdtemp");
     char src[256], dst[256];
     snprintf(src, sizeof src, REF_DIR "%s/sae_weights.safetensors", weights_from);
@@ -268,7 +282,7 @@ static void expect_error(const char *dir, int d_model, const char *file, const c
     cr_assert(s.W_encT == NULL && s.dir == NULL, "failed load left state behind");
 }
 
-Test(sae, malformed_configs) {
+Test(sae, malformed_configs, .fini = remove_cases) {
     const char *J = "jumprelu_none_bdec", *T = "topk_none_nobdec", *S = "standard_ln_nobdec";
     expect_error(make_case(J, J, DEL, "d_in", NULL, 0), 0, "cfg.json", "'d_in'", "missing");
     expect_error(make_case(J, J, SET_STR, "d_in", "32", 0), 0, "cfg.json", "'d_in'", "\"32\"");
@@ -305,7 +319,7 @@ Test(sae, malformed_configs) {
     expect_error(REF_DIR "no_such_sae", 0, "cfg.json", "no_such_sae", NULL);
 }
 
-Test(sae, old_style_defaults_load) {
+Test(sae, old_style_defaults_load, .fini = remove_cases) {
     // A minimal pre-6.0 config loads with SAELens's defaults: standard, b_dec applied, no norm.
     const char *cfg = "{\"d_in\": 32, \"d_sae\": 64, \"activation_fn_str\": \"relu\", \"hook_point\": \"blocks.2.hook_resid_pre\"}";
     const char *dir = make_case("standard_ln_nobdec", "standard_ln_nobdec", SET_RAW, NULL, cfg, 0);
