@@ -8,7 +8,6 @@
 #include "analysis.h"
 
 #include <cblas.h>
-#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +65,7 @@ void layer_code_free(LayerCode *lc) {
 
 void head_records_alloc(HeadRecords *r, const AnalysisOpts *o, int n, int slots, const QkSae *sae, int encoder) {
     memset(r, 0, sizeof *r);
-    r->n = n, r->k = o->k, r->a = o->a, r->p = o->p, r->sp = o->sketch_pairs, r->enc = encoder, r->bottom = 1;
+    r->n = n, r->k = o->k, r->a = o->a, r->p = o->p, r->sp = o->sketch_pairs, r->enc = encoder, r->records = 1;
     size_t nk = (size_t)n * o->k, na = (size_t)n * o->a, nap = na * o->p;
     r->top_idx = qk_malloc(sizeof(int32_t) * nk), r->bot_idx = qk_malloc(sizeof(int32_t) * nk);
     r->top_val = qk_malloc(sizeof(float) * nk), r->bot_val = qk_malloc(sizeof(float) * nk);
@@ -379,7 +378,7 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
             for (int u = a - 1; u > q; u--) att[u] = att[u - 1];
             att[q] = j;
         }
-        for (int q = 0; q < a; q++) {
+        for (int q = 0; q < (r->records ? a : 1); q++) {  // j* only when no record is written
             float *G = r->groups + ((size_t)n * a + q) * N_GROUPS * N_GROUPS;
             int32_t *pf = r->pair_f + ((size_t)n * a + q) * o->p, *pg = r->pair_g + ((size_t)n * a + q) * o->p;
             float *pv = r->pair_val + ((size_t)n * a + q) * o->p;
@@ -507,7 +506,7 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
     float *scale = qk_malloc(sizeof(float) * N);
     for (int n = 0; n < N; n++) scale[n] = hb.inv;
     // Top-k and (for records) bottom-k from one pass over the same GEMM tiles.
-    QkTopkOpts top = {.k = o->k, .bottom_idx = r->bottom ? r->bot_idx : NULL, .bottom_val = r->bottom ? r->bot_val : NULL};
+    QkTopkOpts top = {.k = o->k, .bottom_idx = r->records ? r->bot_idx : NULL, .bottom_val = r->records ? r->bot_val : NULL};
     int rc = qk_topk(N, t->m, dh, hb.Qm, dh, scale, t->Kd, NULL, &top, r->top_idx, r->top_val, NULL);
     if (!rc && r->enc) {
         // v_i W_enc = (q_i / sqrt(dh)) E^T and |v_i|^2 = (q_i / sqrt(dh)) G (q_i / sqrt(dh))^T.

@@ -50,7 +50,9 @@ void layer_code_free(LayerCode *lc);
 // Per-token records of one head for a batch of n = B*T tokens.  Unused slots: index -1, value 0.
 typedef struct {
     int n, k, a, p, sp, enc;  // sp: sketch pairs per query; enc: encoder projection computed
-    int bottom;               // bottom-k look-for computed (records only: the aggregates need top-k)
+    int records;              // the head's per-token records are wanted: bottom-k look-for, and the
+                              // groups and pairs of every attended key (the aggregates need top-k
+                              // and the most attended key only)
     int patterns;             // full attention rows kept (records with [analysis] record_patterns)
     float *pattern, *pattern_hat;  // (n, T) when patterns: A_i and Ahat_i (both sides), 0 for j > i
     int32_t *top_idx, *bot_idx;   // (n, k) look-for (decoder projection), top and bottom

@@ -61,7 +61,7 @@ int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *va
             int i = l * H + h;
             if (!p->analysed[i]) continue;
             rec->enc = enc_alloc && p->recorded[i];  // the encoder projection only where it is written
-            rec->bottom = p->recorded[i];            // and the bottom-k look-for
+            rec->records = p->recorded[i];           // and the rest of the records
             rec->patterns = rec->pattern && p->recorded[i];
             t = qk_now();
             rc = analyse_head(&p->o, &p->tables[i], p->sae[l], &lc, acts, mc, valid_len, rec, &agg[i]);

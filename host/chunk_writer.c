@@ -146,7 +146,7 @@ int cw_add(ChunkWriter *w, hid_t dset, hid_t mem_type) {
         s.row_bytes *= dims[d];
         s.direct &= chunk[d] == dims[d];
     }
-    if (s.direct) s.buf = qk_calloc(s.chunk_rows, s.row_bytes);
+    if (s.direct) s.buf = qk_malloc(s.chunk_rows * s.row_bytes);
     w->sinks = qk_realloc(w->sinks, sizeof(Sink) * (w->n_sinks + 1));
     w->sinks[w->n_sinks] = s;
     return w->n_sinks++;
@@ -190,7 +190,7 @@ static int submit(ChunkWriter *w, int h) {
     hsize_t first_row = s->rows - s->buf_rows;
     Job j = {.sink = h, .chunk_index = first_row / s->chunk_rows, .raw = s->buf, .raw_bytes = s->chunk_rows * s->row_bytes,
              .elem = s->elem};
-    s->buf = qk_calloc(s->chunk_rows, s->row_bytes);
+    s->buf = qk_malloc(s->chunk_rows * s->row_bytes);  // filled by appends; the last chunk is padded at flush
     s->buf_rows = 0;
     pthread_mutex_lock(&w->mu);
     w->jobs[w->tail % w->cap] = j;

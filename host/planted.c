@@ -50,12 +50,10 @@
 #include "planted.h"
 
 #include <cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "gpt2.h"
 #include "model_write.h"

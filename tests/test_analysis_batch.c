@@ -114,7 +114,7 @@ Test(analysis_batch, backend_batches_equal_direct_analysis) {
         head_records_alloc_patterns(&rec, T);
         for (int h = 0; h < H; h++) {
             int i = l * H + h;
-            rec.enc = recorded[i], rec.bottom = recorded[i], rec.patterns = recorded[i];
+            rec.enc = recorded[i], rec.records = recorded[i], rec.patterns = recorded[i];
             cr_assert_eq(analyse_head(&o, &tables[i], &sae[l], &lc, &acts, mc, valid, &rec, &want_agg[i]), 0);
             if (!recorded[i]) continue;
             size_t worst;
