@@ -7,12 +7,12 @@
 // the batch to the aggregates serially in token order.
 #include "analysis.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "topk.h"
+#include "gemm.h"
 #include "util.h"
 
 const char *const qk_metric_names[N_METRICS] = {
@@ -275,7 +275,7 @@ static int argmax(const float *row, int j0, int i) {
 
 // Scores of window rows (T, T): S = Q K^T / sqrt(dh) for Q, K (T, dh) row blocks.
 static void scores(const float *Q, const float *K, int T, int dh, float inv, float *S) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dh, inv, Q, dh, K, dh, 0.0f, S, T);
+    qk_gemm(QK_GEMM_T, T, T, dh, inv, Q, dh, K, dh, 0, S, T);
 }
 
 typedef struct {
@@ -483,8 +483,8 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
         memcpy(hb.Km + (size_t)n * dh, acts->k + ((size_t)layer * N + n) * C + head * dh, sizeof(float) * dh);
     }
     // Error components (N, dh) = e (N, C) W~ / sigma.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, dh, C, 1.0f, lc->err, C, t->qk.Wq, dh, 0.0f, hb.EQ, dh);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, dh, C, 1.0f, lc->err, C, t->qk.Wk, dh, 0.0f, hb.EK, dh);
+    qk_gemm(QK_GEMM_N, N, dh, C, 1.0f, lc->err, C, t->qk.Wq, dh, 0, hb.EQ, dh);
+    qk_gemm(QK_GEMM_N, N, dh, C, 1.0f, lc->err, C, t->qk.Wk, dh, 0, hb.EK, dh);
     const QkSaeCode *cd = &lc->code;
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {

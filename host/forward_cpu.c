@@ -1,16 +1,25 @@
-// forward_cpu.c: GPT-2 forward pass on the CPU in fp32 (OpenBLAS GEMMs, OpenMP loops), filling
-// the activation cache exactly as TransformerLens's unprocessed HookedTransformer computes it.
+// forward_cpu.c: GPT-2 forward pass on the CPU in fp32 (qk_gemm, OpenMP loops), filling the
+// activation cache as TransformerLens's unprocessed HookedTransformer computes it.  Every GEMM is
+// qk_gemm's fixed-order chain, so the cache is bit-identical whatever the threads, the batch and
+// the CPU (gemm.h).
 #include "forward_cpu.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
-// out (N, Cout) = inp (N, Cin) @ w (Cin, Cout) + bias (Cout).  One multithreaded GEMM.
+#include "gemm.h"
+
+// out (N, Cout) = bias (Cout) + inp (N, Cin) @ w (Cin, Cout): the chain starts from the bias.
 static void matmul_bias(float *out, const float *inp, const float *w, const float *bias, int N, int Cin, int Cout) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++) memcpy(out + (size_t)n * Cout, bias, sizeof(float) * Cout);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Cout, Cin, 1.0f, inp, Cin, w, Cout, 1.0f, out, Cout);
+    qk_gemm(QK_GEMM_N, N, Cout, Cin, 1.0f, inp, Cin, w, Cout, 1, out, Cout);
+}
+
+// out (N, C) += add (N, C)
+static void add_inplace(float *out, const float *add, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] += add[i];
 }
 
 // out (N, C) = LayerNorm(inp) * w + b, with scale (N) = sqrt(var + eps) (biased variance, eps
@@ -43,7 +52,7 @@ static void gelu_new(float *x, size_t n) {
 
 // Causal self-attention of one layer.  qkv (B, T, 3C) -> q, k hooks (B, T, H, dh), scores and
 // pattern (B, H, T, T), z (B, T, C).  Each (b, h) is independent: OpenMP over them, with
-// single-threaded GEMMs inside (OpenBLAS's OpenMP build runs nested calls on the caller).
+// qk_gemm running on the calling thread inside the parallel loop.
 static void attention(const GPT2Config *c, int B, int T, const float *qkv, float *hq, float *hk, float *scores,
                       float *pattern, float *z) {
     const int C = c->d_model, H = c->n_head, dh = c->d_head, C3 = 3 * C;
@@ -60,7 +69,7 @@ static void attention(const GPT2Config *c, int B, int T, const float *qkv, float
             const float *K = Q + C, *V = Q + 2 * C;
             float *S = scores + ((size_t)b * H + h) * T * T;     // (T, T)
             float *P = pattern + ((size_t)b * H + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dh, inv, Q, C3, K, C3, 0.0f, S, T);
+            qk_gemm(QK_GEMM_T, T, T, dh, inv, Q, C3, K, C3, 0, S, T);
             for (int i = 0; i < T; i++) {
                 float *s = S + (size_t)i * T, *p = P + (size_t)i * T;
                 float mx = s[0];
@@ -75,8 +84,7 @@ static void attention(const GPT2Config *c, int B, int T, const float *qkv, float
                 }
             }
             // z (T, dh) = P (T, T) @ V (T, dh), into columns h*dh.. of z (B, T, C).
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dh, T, 1.0f, P, T, V, C3, 0.0f,
-                        z + (size_t)b * T * C + h * dh, C);
+            qk_gemm(QK_GEMM_N, T, dh, T, 1.0f, P, T, V, C3, 0, z + (size_t)b * T * C + h * dh, C);
         }
 }
 
@@ -98,24 +106,21 @@ int gpt2_forward_cpu(const GPT2Model *m, const int *tokens, GPT2Acts *a) {
         layernorm(a->ln, a->ln1_scale + (size_t)l * N, in, ly->ln1_w, ly->ln1_b, N, C, c->ln_eps);
         matmul_bias(a->qkv, a->ln, ly->attn_w, ly->attn_b, N, C, 3 * C);
         attention(c, B, T, a->qkv, hq, hk, acts_scores(a, c, l), acts_pattern(a, c, l), a->z);
-        // out = in + z @ W_proj + b_proj  (resid_mid, kept in `out` until the MLP adds to it)
+        // out = in + (z @ W_proj + b_proj)  (resid_mid, kept in `out` until the MLP adds to it)
         matmul_bias(out, a->z, ly->proj_w, ly->proj_b, N, C, C);
-#pragma omp parallel for
-        for (size_t i = 0; i < (size_t)N * C; i++) out[i] += in[i];
+        add_inplace(out, in, (size_t)N * C);
         // MLP: out += gelu_new(LN2(out) @ W_fc + b_fc) @ W_proj + b_proj.  ln1_scale's slot of a
-        // later layer is not yet written, so lnf_scale is the LN2 scale's scratch.
+        // later layer is not yet written, so lnf_scale is the LN2 scale's scratch; a->ln, free
+        // once the fc GEMM has read it, holds the MLP's output.
         layernorm(a->ln, a->lnf_scale, out, ly->ln2_w, ly->ln2_b, N, C, c->ln_eps);
         matmul_bias(a->fc, a->ln, ly->fc_w, ly->fc_b, N, C, F);
         gelu_new(a->fc, (size_t)N * F);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, F, 1.0f, a->fc, F, ly->fcproj_w, C, 1.0f, out, C);
-#pragma omp parallel for
-        for (int n = 0; n < N; n++)
-            for (int i = 0; i < C; i++) out[(size_t)n * C + i] += ly->fcproj_b[i];
+        matmul_bias(a->ln, a->fc, ly->fcproj_w, ly->fcproj_b, N, F, C);
+        add_inplace(out, a->ln, (size_t)N * C);
     }
     if (a->want_logits) {
         layernorm(a->ln, a->lnf_scale, acts_resid(a, c, c->n_layer), m->lnf_w, m->lnf_b, N, C, c->ln_eps);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->vocab_size, C, 1.0f, a->ln, C, m->wte, C, 0.0f,
-                    a->logits, c->vocab_size);
+        qk_gemm(QK_GEMM_T, N, c->vocab_size, C, 1.0f, a->ln, C, m->wte, C, 0, a->logits, c->vocab_size);
     }
     return 0;
 }

@@ -1,10 +1,10 @@
 // head_qk.c: see head_qk.h.
 #include "head_qk.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "util.h"
 
 // Folds one of Q (which = 0) or K (which = 1) of head h: W (C, dh) and b (dh).
@@ -52,7 +52,7 @@ void head_qk_free(HeadQK *h) {
 void head_qk_project(const HeadQK *h, int key, const float *x, const float *sigma, int n, float *out) {
     const int C = h->d_model, dh = h->d_head;
     const float *W = key ? h->Wk : h->Wq, *b = key ? h->bk : h->bq;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dh, C, 1.0f, x, C, W, dh, 0.0f, out, dh);
+    qk_gemm(QK_GEMM_N, n, dh, C, 1.0f, x, C, W, dh, 0, out, dh);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < dh; j++) out[(size_t)i * dh + j] = out[(size_t)i * dh + j] / sigma[i] + b[j];
 }

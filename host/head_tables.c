@@ -1,17 +1,17 @@
 // head_tables.c: see head_tables.h.
 #include "head_tables.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "util.h"
 
 // out (rows, dh) = A (rows, C) @ W (C, dh)
 static float *project(const float *A, int rows, int C, const float *W, int dh) {
     float *out = qk_malloc(sizeof(float) * (size_t)rows * dh);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, dh, C, 1.0f, A, C, W, dh, 0.0f, out, dh);
+    qk_gemm(QK_GEMM_N, rows, dh, C, 1.0f, A, C, W, dh, 0, out, dh);
     return out;
 }
 
@@ -25,11 +25,17 @@ void head_tables_build(HeadTables *t, const GPT2Model *m, int layer, int head, c
     t->qb = project(sae->b_dec, 1, C, t->qk.Wq, dh);
     t->kb = project(sae->b_dec, 1, C, t->qk.Wk, dh);
     if (with_encoder) t->E = project(sae->W_encT, M, C, t->qk.Wk, dh);
+    // G (dh, dh) = Wk~^T Wk~: with WkT (dh, C) the transpose, G = WkT @ WkT^T.
+    float *WkT = qk_malloc(sizeof(float) * (size_t)dh * C);
+    for (int i = 0; i < C; i++)
+        for (int d = 0; d < dh; d++) WkT[(size_t)d * C + i] = t->qk.Wk[(size_t)i * dh + d];
     t->G = qk_malloc(sizeof(float) * dh * dh);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dh, dh, C, 1.0f, t->qk.Wk, dh, t->qk.Wk, dh, 0.0f, t->G, dh);
+    qk_gemm(QK_GEMM_T, dh, dh, C, 1.0f, WkT, C, WkT, C, 0, t->G, dh);
+    free(WkT);
+    // key_prior (M) = Kd (M, dh) @ bq' (dh) / sqrt(dh)
     t->key_prior = qk_malloc(sizeof(float) * M);
     const float inv = 1.0f / sqrtf((float)dh);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, M, dh, inv, t->Kd, dh, t->qk.bq, 1, 0.0f, t->key_prior, 1);
+    qk_gemm(QK_GEMM_N, M, 1, dh, inv, t->Kd, dh, t->qk.bq, 1, 0, t->key_prior, 1);
 }
 
 void head_tables_free(HeadTables *t) {

@@ -7,6 +7,8 @@
 #include <hdf5.h>
 
 #include "commands.h"
+#include "cpu_features.h"
+#include "util.h"
 
 typedef struct {
     const char *name;
@@ -49,6 +51,10 @@ int main(int argc, char **argv) {
     // qkscope closes every HDF5 object itself.  Without this, HDF5's exit handler retries closing a
     // file whose close already failed (a full disk) and crashes inside the library.
     H5dont_atexit();
+    if (qk_cpu_check()) {
+        fprintf(stderr, "qkscope: %s\n", qk_errmsg());
+        return QK_EXIT_USAGE;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? QK_EXIT_USAGE : QK_EXIT_OK;

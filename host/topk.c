@@ -1,17 +1,18 @@
 // topk.c: see topk.h.
 //
-// Work is cut into fixed tiles (row block x column block) that do not depend on the thread count,
-// so every score is produced by the same sgemm call whatever the threads; the columns of a row may
-// be split into S segments (more parallelism when rows are few), each with its own running heap,
-// merged at the end.  Because the selection order is total, the merged result is unique.
+// Work is cut into fixed tiles (row block x column block) that do not depend on the thread count;
+// every score is qk_gemm's fixed-order chain (gemm.h), so its bits do not depend on the tile, the
+// threads or the CPU either.  The columns of a row may be split into S segments (more
+// parallelism when rows are few), each with its own running heap, merged at the end.  Because the selection order is total, the merged result is unique.
 #include "topk.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_features.h"
+#include "gemm.h"
 #include "util.h"
 
 #define SCAN_CHUNK 64  // columns tested per vector pass before any scalar insert
@@ -111,12 +112,17 @@ static int64_t scan_generic(float *restrict g, int t0, int cb, int j0, float ai,
     return act;
 }
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_SCAN_AVX512 1
 #include <immintrin.h>
 // AVX-512 scan of whole 16-lane groups; returns how many columns it covered.  A group's hits are
-// a bit mask; each insert raises the threshold, so the mask is re-tested against it.
-static int scan_avx512(float *restrict g, int cb, int j0, float ai, const float *restrict c, int gated,
-                       const float *restrict gates, float gate, Heap *h, int64_t *act) {
+// a bit mask; each insert raises the threshold, so the mask is re-tested against it.  Compiled for
+// AVX-512 whatever the build's baseline, taken only where qk_cpu_avx512() says so.  Scores are
+// a * g + c as two roundings, as in scan_generic (no FMA contraction in C11 mode): same bits.
+__attribute__((target("avx512f"))) static int scan_avx512(float *restrict g, int cb, int j0, float ai,
+                                                          const float *restrict c, int gated,
+                                                          const float *restrict gates, float gate, Heap *h,
+                                                          int64_t *act) {
     const __m512 va = _mm512_set1_ps(ai), vgate = _mm512_set1_ps(gate);
     int t = 0;
     int64_t on_total = 0;
@@ -147,11 +153,13 @@ static int scan_avx512(float *restrict g, int cb, int j0, float ai, const float 
 
 // Scores one tile row in place (g[t] = ai * g[t] + c[t], t < cb, columns j0 + t) and offers the
 // ones that pass.  gated: only scores above their gate count and are offered; *active counts them.
-static void scan_row(float *restrict g, int cb, int j0, float ai, const float *restrict c, int gated,
-                     const float *restrict gates, float gate, Heap *h, int64_t *active) {
+static void scan_row(int avx512, float *restrict g, int cb, int j0, float ai, const float *restrict c,
+                     int gated, const float *restrict gates, float gate, Heap *h, int64_t *active) {
     int t0 = 0;
-#if defined(__AVX512F__)
-    t0 = scan_avx512(g, cb, j0, ai, c, gated, gates, gate, h, active);
+#if HAVE_SCAN_AVX512
+    if (avx512) t0 = scan_avx512(g, cb, j0, ai, c, gated, gates, gate, h, active);
+#else
+    (void)avx512;
 #endif
     int64_t act = scan_generic(g, t0, cb, j0, ai, c, gated, gates, gate, h);
     *active += gated ? act : 0;
@@ -220,7 +228,7 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
     if (both && (o->bottom || o->act != QK_TOPK_PLAIN || !o->bottom_val))
         return qk_err("qk_topk: bottom_idx/bottom_val need act PLAIN, bottom 0 and both arrays");
     if (n == 0) return 0;
-    const int k = o->k, gated = o->act == QK_TOPK_GATED;
+    const int k = o->k, gated = o->act == QK_TOPK_GATED, avx512 = qk_cpu_avx512();
     const float sign = o->bottom ? -1.0f : 1.0f;
     int RB, CB;
     qk_topk_default_blocks(r, &RB, &CB);
@@ -255,21 +263,21 @@ int qk_topk(int n, int M, int r, const float *U, int ldu, const float *a, const 
             int cb0 = (int)((int64_t)sg * ncb / S), cb1 = (int)((int64_t)(sg + 1) * ncb / S);
             for (int cbi = cb0; cbi < cb1; cbi++) {
                 int j0 = cbi * CB, cols = M - j0 < CB ? M - j0 : CB;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, r, 1.0f,
-                            U + (size_t)r0 * ldu, ldu, V + (size_t)j0 * r, r, 0.0f, buf, cols);
+                qk_gemm(QK_GEMM_T, rows, cols, r, 1.0f,
+                            U + (size_t)r0 * ldu, ldu, V + (size_t)j0 * r, r, 0, buf, cols);
                 for (int ii = 0; ii < rows; ii++) {
                     int i = r0 + ii;
                     size_t hx = (size_t)i * S + sg;
                     Heap h = {hk + hx * k, hn[hx], k, -INFINITY};
                     if (h.n == k) h.thr = unpack_v(h.key[0]);
                     float ai = sign * (a ? a[i] : 1.0f);
-                    scan_row(buf + (size_t)ii * cols, cols, j0, ai, ce + j0, gated,
+                    scan_row(avx512, buf + (size_t)ii * cols, cols, j0, ai, ce + j0, gated,
                              o->gates ? o->gates + j0 : NULL, o->gate, &h, &hact[hx]);
                     hn[hx] = h.n;
                     if (both) {  // -(a U.V + c): bit-identical to a separate bottom = 1 call
                         Heap hb = {bk + hx * k, bn[hx], k, -INFINITY};
                         if (hb.n == k) hb.thr = unpack_v(hb.key[0]);
-                        scan_row(buf + (size_t)ii * cols, cols, j0, -1.0f, zeros, 0, NULL, 0.0f, &hb, &bact[hx]);
+                        scan_row(avx512, buf + (size_t)ii * cols, cols, j0, -1.0f, zeros, 0, NULL, 0.0f, &hb, &bact[hx]);
                         bn[hx] = hb.n;
                     }
                 }

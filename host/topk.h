@@ -6,7 +6,7 @@
 // "Best" is a total order, so the result is unique and the same for any thread count:
 //   top    (default): value descending, then index ascending;
 //   bottom (bottom=1): value ascending, then index ascending (the features a query avoids).
-// V is walked in fixed column blocks: one cblas_sgemm per (row block, column block) tile into a
+// V is walked in fixed column blocks: one qk_gemm per (row block, column block) tile into a
 // per-thread buffer, then a vectorised threshold scan keeps a running k-heap per row.  Memory is
 // O(threads x row block x column block + n x k), never n x M.  NaN scores are never selected.
 //

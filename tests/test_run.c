@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <sys/wait.h>
 
+#include "cpu_features.h"
 #include "planted.h"
 #include "test_common.h"
 
@@ -136,6 +137,23 @@ Test(run, deterministic_across_threads_and_batches) {
     for (int i = 0; i < 5; i++)
         cr_expect(h5_same(pa, pb, objs[i], 0), "%s differs", objs[i]);
     free(a), free(b);
+}
+
+// The AVX-512 paths (taken at run time where the CPU has them) and the AVX2 ones write the same
+// file, bit for bit: the default build runs on both kinds of node of a cluster.
+Test(run, avx512_and_avx2_paths_write_the_same_file) {
+    unsetenv("QK_ISA");
+    qk_cpu_reload();
+    if (!qk_cpu_avx512()) cr_skip_test("this CPU has no AVX-512: only the AVX2 path exists here");
+    char *a = write_config("isa", "threads = 2\n");
+    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/isa_auto.h5", a, g_dir), 0);
+    cr_assert_eq(shf("QK_ISA=avx2 ./bin/qkscope run -q %s -o %s/isa_avx2.h5", a, g_dir), 0);
+    const char *objs[] = {"/heads", "/aggregates", "/summary"};
+    char pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/isa_auto.h5", g_dir);
+    snprintf(pb, sizeof pb, "%s/isa_avx2.h5", g_dir);
+    for (int i = 0; i < 3; i++) cr_expect(h5_same(pa, pb, objs[i], 0), "%s differs between AVX-512 and AVX2", objs[i]);
+    free(a);
 }
 
 // A bad config: one line naming the file, line and key; exit 1; nothing left that looks complete.
