@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/bilinear_topk.h"
 #include "forward_cpu.h"
 #include "util.h"
 
@@ -69,4 +70,10 @@ int qk_backend_cuda_new(QkBackend **out, int device) {
     *out = NULL;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
+QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes) {
+    (void)device, (void)prec, (void)l2_bytes;
+    qk_err("this build has no CUDA backend (built with CUDA=0)");
+    return NULL;
+}
+void qk_btk_destroy(QkBtk *b) { (void)b; }
 #endif

@@ -229,7 +229,7 @@ Test(analysis, static_maps_match_float64_reference) {
             HeadTables t;
             head_tables_build(&t, &m, l, h, &sae, 0);
             StaticMaps s;
-            cr_assert_eq(static_maps_compute(&s, &t, 8), 0, "%s", qk_errmsg());
+            cr_assert_eq(static_maps_compute(&s, &t, 8, NULL, QK_PREC_FP32), 0, "%s", qk_errmsg());
             const char *maps[2] = {"q2k", "k2q"};
             for (int which = 0; which < 2; which++) {
                 char q[64], what[64];
