@@ -69,6 +69,12 @@ $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
+# The hot kernels: ptxas figures (registers, stack, spills, shared memory) printed and kept in
+# bilinear_topk.ptxas; a stack frame or a spill in btk_select fails the build (scripts/check_ptxas.sh).
+$(BUILD)/kernels/bilinear_topk.o: kernels/bilinear_topk.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
+	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c -o $@ $< 2> $(@:.o=.ptxas) || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
+	scripts/check_ptxas.sh $(@:.o=.ptxas) 'btk_select' || { rm -f $@; exit 1; }
+
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS)
 
