@@ -520,10 +520,12 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
 // ---------------------------------------------------------------------------------------------
 // Host-pointer wrapper
 
-// Device copies of the host arrays of one call, freed together.
+// Device copies of the host arrays of one call, freed together.  Every copy and memset is on the
+// context's stream (a non-blocking stream does not order with the legacy default stream).
 typedef struct {
     void *p[12];
     int n;
+    cudaStream_t stream;
 } DevList;
 
 static int dl_alloc(DevList *l, void **out, size_t bytes, const char *what) {
@@ -542,7 +544,7 @@ static int dl_upload(DevList *l, const float **dst, const float *src, size_t cou
     if (!src) return 0;
     void *d;
     if (dl_alloc(l, &d, count * sizeof(float), what)) return -1;
-    CUDA_TRY(cudaMemcpy(d, src, count * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpyAsync(d, src, count * sizeof(float), cudaMemcpyHostToDevice, l->stream));
     *dst = (const float *)d;
     return 0;
 }
@@ -550,7 +552,12 @@ static int dl_upload(DevList *l, const float **dst, const float *src, size_t cou
 // Outputs poisoned (0x7f bytes: index 2139062143, value 3.4e38) so an unwritten slot shows.
 static int dl_output(DevList *l, void **dst, size_t bytes, const char *what) {
     if (dl_alloc(l, dst, bytes, what)) return -1;
-    CUDA_TRY(cudaMemset(*dst, 0x7f, bytes));
+    CUDA_TRY(cudaMemsetAsync(*dst, 0x7f, bytes, l->stream));
+    return 0;
+}
+
+static int dl_download(DevList *l, void *dst, const void *src, size_t bytes) {
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, l->stream));
     return 0;
 }
 
@@ -575,13 +582,12 @@ static int run_host(QkBtk *b, DevList *l, const QkBtkBatch *bt, int n, int M, in
         return -1;
     d.gates = dg, d.bottom_idx = (int32_t *)dbidx, d.bottom_val = (float *)dbval;
     if (qk_btk_run(b, bt, n, M, r, dU, ldu, da, dV, dc, &d, (int32_t *)didx, (float *)dval, (int32_t *)dcnt)) return -1;
-    CUDA_TRY(cudaMemcpy(idx, didx, nk * sizeof(int32_t), cudaMemcpyDeviceToHost));
-    CUDA_TRY(cudaMemcpy(val, dval, nk * sizeof(float), cudaMemcpyDeviceToHost));
-    if (count) CUDA_TRY(cudaMemcpy(count, dcnt, (size_t)batch * n * sizeof(int32_t), cudaMemcpyDeviceToHost));
-    if (o->bottom_idx) {
-        CUDA_TRY(cudaMemcpy(o->bottom_idx, dbidx, nk * sizeof(int32_t), cudaMemcpyDeviceToHost));
-        CUDA_TRY(cudaMemcpy(o->bottom_val, dbval, nk * sizeof(float), cudaMemcpyDeviceToHost));
-    }
+    if (dl_download(l, idx, didx, nk * sizeof(int32_t)) || dl_download(l, val, dval, nk * sizeof(float)) ||
+        (count && dl_download(l, count, dcnt, (size_t)batch * n * sizeof(int32_t))) ||
+        (o->bottom_idx && (dl_download(l, o->bottom_idx, dbidx, nk * sizeof(int32_t)) ||
+                           dl_download(l, o->bottom_val, dbval, nk * sizeof(float)))))
+        return -1;
+    CUDA_TRY(cudaStreamSynchronize(l->stream));
     return 0;
 }
 
@@ -611,7 +617,9 @@ extern "C" int qk_btk_run_host(QkBtk *b, const QkBtkBatch *bt, int n, int M, int
     CUDA_TRY(cudaSetDevice(b->device));
     DevList l;
     memset(&l, 0, sizeof l);
+    l.stream = b->stream;
     int rc = run_host(b, &l, bt, n, M, r, U, ldu, a, V, c, o, idx, val, count);
+    cudaStreamSynchronize(b->stream);  // (after a failure: nothing in flight on what is freed)
     for (int t = 0; t < l.n; t++) cudaFree(l.p[t]);
     return rc;
 }
