@@ -21,12 +21,11 @@ int static_maps_compute(StaticMaps *s, const HeadTables *t, int k, QkBackend *be
     float *scale = qk_malloc(sizeof(float) * m);
     for (int i = 0; i < m; i++) scale[i] = 1.0f / sqrtf((float)dh);
     QkTopkOpts o = {.k = k};
-    int rc = 0;
-    if (be && be->static_maps) rc = be->static_maps(be, t, k, prec, s);
-    else if (prec != QK_PREC_FP32)
-        rc = qk_err("static maps: precision %s needs a backend with device static maps (the %s backend computes fp32 only)",
-                    qk_precision_name(prec), be ? be->name : "host");
-    else  // q2k: rows Qd against the table Kd; k2q: rows Kd against the table Qd (the transpose of S).
+    int rc = be && be->static_maps ? be->static_maps(be, t, k, prec, s) : 1;  // 1: the host computes them
+    if (rc == 1 && prec != QK_PREC_FP32)
+        rc = qk_err("static maps: precision %s with k = %d needs device static maps (the %s backend computes fp32 only%s)",
+                    qk_precision_name(prec), k, be ? be->name : "host", be && be->static_maps ? " beyond its k" : "");
+    else if (rc == 1)  // q2k: rows Qd against the table Kd; k2q: rows Kd against the table Qd (the transpose of S).
         rc = qk_topk(m, m, dh, t->Qd, dh, scale, t->Kd, NULL, &o, s->q2k_idx, s->q2k_val, NULL) ||
              qk_topk(m, m, dh, t->Kd, dh, scale, t->Qd, NULL, &o, s->k2q_idx, s->k2q_val, NULL);
     // The key prior's top-k: one row of ones against a one-column table of the prior values.

@@ -426,6 +426,7 @@ static void cuda_destroy(QkBackend *be) {
 static int cuda_static_maps(QkBackend *be, const HeadTables *t, int k, QkPrecision prec, StaticMaps *s) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;
     if ((int)prec < 0 || (int)prec > 2) return qk_err("static maps: precision %d unknown", (int)prec);
+    if (k > 64) return 1;  // beyond the device selection (bilinear_topk.h): the host computes them
     if (!ctx->btk[prec] && !(ctx->btk[prec] = qk_btk_create(ctx->device, prec, 0))) return -1;
     const int m = t->m, dh = t->qk.d_head;
     float *scale = (float *)qk_malloc(sizeof(float) * m);

@@ -319,6 +319,11 @@ Test(topk_gpu, static_maps_backend_equals_host) {
     cr_assert(!memcmp(hs.prior_idx, ds.prior_idx, sizeof(int32_t) * k), "key prior top-k differs");
     cr_log_info("static maps m %d: %d near-ties", m, ties);
     static_maps_free(&hs), static_maps_free(&ds);
+    // k beyond the device's 64: the backend declines, the host computes (bit for bit the host's).
+    cr_assert_eq(static_maps_compute(&hs, &t, 70, NULL, QK_PREC_FP32), 0, "%s", qk_errmsg());
+    cr_assert_eq(static_maps_compute(&ds, &t, 70, be, QK_PREC_FP32), 0, "%s", qk_errmsg());
+    cr_assert(!memcmp(hs.q2k_idx, ds.q2k_idx, sizeof(int32_t) * m * 70), "k = 70: not the host's maps");
+    static_maps_free(&hs), static_maps_free(&ds);
     qk_backend_close(be);
     prob_free(&p);
 }
