@@ -462,11 +462,14 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
     char shape[240];
     snprintf(shape, sizeof shape, "batch %d n %d M %d r %d k %d act %d bottom %d both %d tile %d x %d", batch, n, M, r,
              o->k, (int)o->act, o->bottom, both, RB, CB);
+    const size_t S_cap0 = b->S_cap;
     if (GROW(b, S, (size_t)batch * RB * LD * sizeof(float), "the score tile") ||
         GROW(b, q, (size_t)batch * RB * QK_SEL_QUEUE * sizeof(u64), "the running queues") ||
         (both && GROW(b, qb, (size_t)batch * RB * QK_SEL_QUEUE * sizeof(u64), "the bottom queues")) ||
         GROW(b, act, (size_t)batch * RB * sizeof(unsigned), "the active counts"))
         return -1;
+    // A float4 may read up to 3 padding columns past a row's last (ignored): never uninitialised.
+    if (b->S_cap != S_cap0) CUDA_TRY(cudaMemsetAsync(b->S, 0, b->S_cap, b->stream));
     // BF16: the operands rounded once per call into contiguous copies.
     const void *Ug = U, *Vg = V;
     int ldb = ldu;
