@@ -159,9 +159,14 @@ __global__ void __launch_bounds__(BTK_WARPS * QK_SEL_WARP, 8) btk_select(const S
     const float *c = p.c ? p.c + b * p.c_stride + p.j0 : nullptr;
     const float *g = p.gates ? p.gates + b * p.g_stride + p.j0 : nullptr;
     unsigned act = 0;
-    for (int base = 0; base < p.cols; base += QK_SEL_WARP * QK_SEL_VEC) {
+    constexpr int STEP = QK_SEL_WARP * QK_SEL_VEC;
+    // Software pipelined: the next step's float4 is in flight while this one is filtered.
+    float4 next = QK_SEL_VEC * lane < p.cols ? *reinterpret_cast<const float4 *>(S + QK_SEL_VEC * lane)
+                                             : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int base = 0; base < p.cols; base += STEP) {
         const int t = base + QK_SEL_VEC * lane;
-        const float4 s4 = t < p.cols ? *reinterpret_cast<const float4 *>(S + t) : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 s4 = next;
+        if (t + STEP < p.cols) next = *reinterpret_cast<const float4 *>(S + t + STEP);
         const float s[QK_SEL_VEC] = {s4.x, s4.y, s4.z, s4.w};
         u64 key[QK_SEL_VEC], keyb[QK_SEL_VEC];
         int any = 0;
