@@ -32,9 +32,13 @@ bundle() {
 topk_gpu_step() {
     local B=$1 out=$2
     echo "== topk_gpu: device top-k vs host/topk.c"
-    QK_BACKEND=cuda QK_CUDA_SYNC=1 timeout 300 $B/test_qkscope --jobs 1 --verbose --filter 'topk_gpu/*' \
-        > "$out/topk-gpu-tests.txt" 2>&1 && echo "topk_gpu: pass" || echo "topk_gpu: FAIL (rc $?), see topk-gpu-tests.txt"
-    grep -E 'FAIL|SKIP|overlap|near-ties|Synthesis' "$out/topk-gpu-tests.txt" | tail -n 30 || true
+    mkdir -p bin && cp $B/qkscope bin/qkscope   # run/planted_* runs ./bin/qkscope (static on the device)
+    QK_BACKEND=cuda QK_CUDA_SYNC=1 timeout 300 $B/test_qkscope --jobs 1 --verbose \
+        --filter '@(topk_gpu/*|analysis/static_maps*|run/planted_circuits_found_by_run_and_static)' \
+        > "$out/topk-gpu-tests.txt" 2>&1 && echo "topk_gpu: suites exit 0" || echo "topk_gpu: FAIL (rc $?), see topk-gpu-tests.txt"
+    grep -E '^\[(FAIL|SKIP|PASS)\] (topk_gpu|analysis|run)::|overlap|near-ties|Synthesis|Assertion|Crash' "$out/topk-gpu-tests.txt" |
+        grep -v 'Test is disabled' | tail -n 40 || true
+    grep -q 'Tested: 0 ' "$out/topk-gpu-tests.txt" && echo "topk_gpu: NOTHING RAN (every test skipped: see above)"
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck synccheck initcheck; do
             QK_BACKEND=cuda timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 $B/test_qkscope --jobs 1 \
@@ -45,6 +49,22 @@ topk_gpu_step() {
     if command -v cuobjdump >/dev/null; then
         cuobjdump -sass -fun btk_select $B/test_qkscope 2>/dev/null | grep -cE '\b(LDL|STL)\b' |
             awk '{print "topk_gpu SASS: " $1 " local-memory instructions in btk_select" ($1 ? " (FAIL)" : "")}'
+    fi
+    echo "== qkscope static on the device: one layer's 12 heads (x 12 = all 144), random GPT-2-small shapes"
+    local dir=build/topk-gpu-static
+    if timeout 120 $B/qkscope random --out $dir --layers 2 --tokens 1024 -q ${TOPK_STATIC_RANDOM_ARGS:-}; then
+        for prec in fp32 bf16; do
+            printf '[model]\ndir = %s\n[sae]\nlayer.1 = %s\n[corpus]\npaths = %s\n[analysis]\nheads = 1.*\nstatic_k = 32\n[run]\nbackend = %s\nprecision = %s\n' \
+                "$dir/model" "$dir/sae/layer_1" "$dir/corpus.npy" "${TOPK_STATIC_BACKEND:-cuda}" $prec > "$dir/static-$prec.ini"
+            local t0=$(date +%s.%N)
+            if timeout 150 $B/qkscope static -q "$dir/static-$prec.ini" -o "$dir/static-$prec.h5" 2> "$out/topk-gpu-static-$prec.txt"; then
+                awk -v a="$t0" -v b="$(date +%s.%N)" -v p=$prec 'BEGIN { printf "qkscope static %s: 12 heads in %.2f s (x 12: %.1f s for 144 heads, incl. host tables and HDF5)\n", p, b - a, 12 * (b - a) }'
+            else
+                echo "qkscope static $prec: FAIL (rc $?): $(tail -n 2 "$out/topk-gpu-static-$prec.txt")"
+            fi
+        done
+    else
+        echo "qkscope random: FAIL"
     fi
     echo "== bench_topk_gpu (GEMM alone vs GEMM + select)"
     timeout 300 $B/bench_topk_gpu --n 65536 --m 32768 --k 32 --r 64,768 --prec bf16,tf32,fp32 --reps 10 \
