@@ -245,19 +245,47 @@ Test(topk_gpu, activations_relu_gated_both) {
     prob_free(&p);
 }
 
-// Duplicate columns and exact ties: the lower index wins, as on the host.
-Test(topk_gpu, duplicate_columns_tie_by_lower_index) {
+// Small integer operands: every GEMM (any order, fp32, tf32 or bf16) gives the exact dot
+// products, so the device must equal the host bit for bit: indices, values, counts, and ties
+// (many, and duplicate columns) broken by the lower index.
+static void expect_identical(const char *what, const Prob *p, const Out *h, const Out *d, int both) {
+    const size_t nk = (size_t)p->batch * p->n * p->o.k;
+    for (size_t x = 0; x < nk; x++) {
+        cr_assert(h->idx[x] == d->idx[x] && !memcmp(&h->val[x], &d->val[x], 4),
+                  "btk_select %s: row %zu slot %zu: device (%d, %.9g), host (%d, %.9g)", what, x / p->o.k, x % p->o.k,
+                  d->idx[x], d->val[x], h->idx[x], h->val[x]);
+        if (both)
+            cr_assert(h->bidx[x] == d->bidx[x] && !memcmp(&h->bval[x], &d->bval[x], 4),
+                      "btk_select<both> %s: bottom row %zu slot %zu: device (%d, %.9g), host (%d, %.9g)", what, x / p->o.k,
+                      x % p->o.k, d->bidx[x], d->bval[x], h->bidx[x], h->bval[x]);
+    }
+    for (int i = 0; i < p->batch * p->n; i++)
+        cr_assert_eq(d->cnt[i], h->cnt[i], "btk_select %s: row %d: device count %d, host %d", what, i, d->cnt[i], h->cnt[i]);
+}
+
+Test(topk_gpu, integer_scores_equal_host_bit_for_bit) {
     Prob p;
-    prob_make(&p, 1, 16, 2048, 16, 32, 31);
-    for (int j = 1024; j < 2048; j++) memcpy(p.V + (size_t)j * 16, p.V + (size_t)(j - 1024) * 16, 16 * sizeof(float));
-    for (int j = 0; j < 2048; j++) p.c[j] = 0.0f;
-    Out d;
-    run_dev(ctx_for(QK_PREC_FP32), &p, 0, &d);
-    for (int i = 0; i < p.n; i++)
-        for (int s = 0; s < p.o.k; s++)
-            cr_assert(d.idx[i * p.o.k + s] < 1024, "btk_select fp32 duplicates: row %d slot %d: index %d, its twin %d is lower",
-                      i, s, d.idx[i * p.o.k + s], d.idx[i * p.o.k + s] - 1024);
-    out_free(&d);
+    prob_make(&p, 2, 40, 3001, 32, 32, 71);
+    TRng g = {72};
+    for (size_t x = 0; x < (size_t)2 * 40 * 32; x++) p.U[x] = (float)trng_int(&g, -2, 2);
+    for (size_t x = 0; x < (size_t)2 * 3001 * 32; x++) p.V[x] = (float)trng_int(&g, -2, 2);
+    for (int j = 2000; j < 3001; j++) memcpy(p.V + (size_t)j * 32, p.V + (size_t)(j - 2000) * 32, 32 * sizeof(float));
+    for (int j = 0; j < 3001; j++) p.c[j] = j < 2000 ? (float)trng_int(&g, -3, 3) * 0.5f : p.c[j - 2000];  // exact ties
+    p.o.row_block = 16, p.o.col_block = 700;  // several row and column blocks
+    static const QkTopkAct acts[3] = {QK_TOPK_PLAIN, QK_TOPK_RELU, QK_TOPK_GATED};
+    for (int q = QK_PREC_FP32; q <= QK_PREC_BF16; q++)
+        for (int v = 0; v < 5; v++) {
+            p.o.act = acts[v < 3 ? v : 0], p.o.bottom = v == 3, p.o.gates = v == 2 ? p.gates : NULL;
+            const int both = v == 4;
+            Out h, d;
+            run_host(&p, both, &h);
+            run_dev(ctx_for((QkPrecision)q), &p, both, &d);
+            char what[96];
+            snprintf(what, sizeof what, "%s act %d bottom %d, integer scores", qk_precision_name((QkPrecision)q),
+                     (int)p.o.act, p.o.bottom);
+            expect_identical(what, &p, &h, &d, both);
+            out_free(&h), out_free(&d);
+        }
     prob_free(&p);
 }
 
