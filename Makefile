@@ -51,7 +51,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu fuzz clean
+.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -75,6 +75,12 @@ $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 
 $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+# The hot kernels: ptxas figures (registers, stack, spills, shared memory) printed and kept in
+# bilinear_topk.ptxas; a stack frame or a spill in btk_select fails the build (scripts/check_ptxas.sh).
+$(BUILD)/kernels/bilinear_topk.o: kernels/bilinear_topk.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
+	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c -o $@ $< 2> $(@:.o=.ptxas) || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
+	scripts/check_ptxas.sh $(@:.o=.ptxas) 'btk_select' || { rm -f $@; exit 1; }
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)
@@ -154,6 +160,13 @@ reference: $(VENV)/.ok
 BENCH_THREADS ?= $(shell nproc)
 $(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(BLAS_CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS) $(BLAS_LIBS)
+
+# The device top-k against one cuBLASLt GEMM writing every score (CUDA builds; on the GPU).
+# BENCH_TOPK_GPU_ARGS e.g. "--r 64 --prec bf16 --reps 5".
+$(BIN)/bench_topk_gpu: bench/bench_topk_gpu.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -I$(CUDA_HOME)/include $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
+bench-topk-gpu: $(BIN)/bench_topk_gpu
+	$(BIN)/bench_topk_gpu $(BENCH_TOPK_GPU_ARGS)
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)

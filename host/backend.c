@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/bilinear_topk.h"
 #include "forward_cpu.h"
 #include "util.h"
 
@@ -67,6 +68,31 @@ int qk_cuda_probe(char *why, int why_len) {
 int qk_backend_cuda_new(QkBackend **out, int device) {
     (void)device;
     *out = NULL;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes) {
+    (void)device, (void)prec, (void)l2_bytes;
+    qk_err("this build has no CUDA backend (built with CUDA=0)");
+    return NULL;
+}
+void qk_btk_destroy(QkBtk *b) { (void)b; }
+// Unreachable without a context; here so that callers link in a CPU-only build.
+QkPrecision qk_btk_precision(const QkBtk *b) { return (void)b, QK_PREC_FP32; }
+void qk_btk_blocks(const QkBtk *b, int batch, int n, int M, int *row_block, int *col_block) {
+    (void)b, (void)batch, (void)n, (void)M, *row_block = *col_block = 0;
+}
+int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, const float *U, int ldu, const float *a,
+               const float *V, const float *c, const QkTopkOpts *o, int32_t *idx, float *val, int32_t *count) {
+    (void)b, (void)bt, (void)n, (void)M, (void)r, (void)U, (void)ldu, (void)a, (void)V, (void)c, (void)o, (void)idx;
+    (void)val, (void)count;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+int qk_btk_run_host(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, const float *U, int ldu, const float *a,
+                    const float *V, const float *c, const QkTopkOpts *o, int32_t *idx, float *val, int32_t *count) {
+    return qk_btk_run(b, bt, n, M, r, U, ldu, a, V, c, o, idx, val, count);
+}
+int qk_btk_gemm_full(QkBtk *b, int n, int M, int r, const float *U, const float *V, void *S, int out_bf16) {
+    (void)b, (void)n, (void)M, (void)r, (void)U, (void)V, (void)S, (void)out_bf16;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
 #endif

@@ -5,6 +5,7 @@
 #include "activations.h"
 #include "analysis_batch.h"
 #include "gpt2.h"
+#include "static_maps.h"
 
 typedef struct QkComm QkComm;  // comm.h
 typedef struct QkBackend QkBackend;
@@ -27,6 +28,11 @@ struct QkBackend {
     // receiving them over comm (the CUDA backend: an NCCL broadcast between GPUs).  A collective:
     // every rank of comm calls it.
     int (*share_weights)(QkBackend *be, const GPT2Model *m, QkComm *comm, int root);
+    // Optional (NULL: the host computes them with qk_topk, fp32).  The weights-only maps of one
+    // head (static_maps.h): fills s->q2k_* and s->k2q_* (allocated by the caller, m x k) from
+    // the head's Qd / Kd at precision prec, never materialising the m x m scores.  Returns 0, -1
+    // on error, or 1 when it declines (k beyond what the device selection holds): the host does it.
+    int (*static_maps)(QkBackend *be, const HeadTables *t, int k, QkPrecision prec, StaticMaps *s);
     void (*destroy)(QkBackend *be);
 };
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "commands.h"
 #include "h5out.h"
 #include "head_tables.h"
@@ -20,7 +21,8 @@ static void usage(FILE *f) {
             "static_k): S[f,g] = Qd[f].Kd[g]/sqrt(d_head); for every query feature f its top static_k key\n"
             "features (q2k), for every key feature g its top query features (k2q), and the key prior\n"
             "bq'.Kd[g]/sqrt(d_head).  Streams through the bilinear top-k primitive: the d_sae x d_sae\n"
-            "matrix is never materialised.  Output layout: docs/FORMAT.md.\n\n"
+            "matrix is never materialised.  Runs on [run] backend (CUDA: the device top-k at [run]\n"
+            "precision; the CPU: fp32).  Output layout: docs/FORMAT.md.\n\n"
             "  --set S.K=V        override a config key (repeatable)\n"
             "  -o, --output FILE  the HDF5 file (written as FILE.tmp, renamed when complete)\n"
             "  -q, --quiet        no notices\n"
@@ -48,8 +50,13 @@ static int write_head(QkH5Out *o, int l, int h, const StaticMaps *s) {
 static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet) {
     RunSetup s;
     QkH5Out out = {0};
+    QkBackend *be = NULL;
+    QkBackendKind kind;
+    QkPrecision prec = QK_PREC_FP32;
     int rc = run_setup_open(&s, config, sets, n_sets, quiet);
     if (!rc && s.cfg.threads) omp_set_num_threads(s.cfg.threads);
+    if (!rc) rc = qk_backend_parse(s.cfg.backend, &kind) || qk_precision_parse(s.cfg.precision, &prec) ||
+                  qk_backend_open(&be, kind, s.cfg.device, quiet);
     if (!rc) rc = qk_h5_create(&out, out_path);
     if (!rc) rc = run_setup_write_identity(&s, out.file, "qkscope-static");
     const int L = s.model.cfg.n_layer, H = s.model.cfg.n_head;
@@ -59,7 +66,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         head_tables_build(&t, &s.model, i / H, i % H, s.sae[i / H], 0);
         StaticMaps maps;
         int k = s.cfg.static_k < t.m ? s.cfg.static_k : t.m;
-        rc = static_maps_compute(&maps, &t, k) || write_head(&out, i / H, i % H, &maps);
+        rc = static_maps_compute(&maps, &t, k, be, prec) || write_head(&out, i / H, i % H, &maps);
         if (!rc) static_maps_free(&maps);
         head_tables_free(&t);
         if (!quiet && !rc) fprintf(stderr, "\rqkscope static: head %d.%d done", i / H, i % H);
@@ -67,6 +74,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     if (!quiet && !rc) fprintf(stderr, "\n");
     if (!rc) rc = qk_h5_finish(&out);
     else if (out.file) qk_h5_abort(&out);
+    qk_backend_close(be);
     run_setup_close(&s);
     return rc;
 }

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "topk.h"
+#include "backend.h"
 #include "util.h"
 
-int static_maps_compute(StaticMaps *s, const HeadTables *t, int k) {
+int static_maps_compute(StaticMaps *s, const HeadTables *t, int k, QkBackend *be, QkPrecision prec) {
     memset(s, 0, sizeof *s);
     const int m = t->m, dh = t->qk.d_head;
     if (k < 1 || k > m) return qk_err("static maps: k = %d outside 1..d_sae (%d)", k, m);
@@ -21,8 +21,12 @@ int static_maps_compute(StaticMaps *s, const HeadTables *t, int k) {
     float *scale = qk_malloc(sizeof(float) * m);
     for (int i = 0; i < m; i++) scale[i] = 1.0f / sqrtf((float)dh);
     QkTopkOpts o = {.k = k};
-    // q2k: rows Qd against the table Kd; k2q: rows Kd against the table Qd (the transpose of S).
-    int rc = qk_topk(m, m, dh, t->Qd, dh, scale, t->Kd, NULL, &o, s->q2k_idx, s->q2k_val, NULL) ||
+    int rc = be && be->static_maps ? be->static_maps(be, t, k, prec, s) : 1;  // 1: the host computes them
+    if (rc == 1 && prec != QK_PREC_FP32)
+        rc = qk_err("static maps: precision %s with k = %d needs device static maps (the %s backend computes fp32 only%s)",
+                    qk_precision_name(prec), k, be ? be->name : "host", be && be->static_maps ? " beyond its k" : "");
+    else if (rc == 1)  // q2k: rows Qd against the table Kd; k2q: rows Kd against the table Qd (the transpose of S).
+        rc = qk_topk(m, m, dh, t->Qd, dh, scale, t->Kd, NULL, &o, s->q2k_idx, s->q2k_val, NULL) ||
              qk_topk(m, m, dh, t->Kd, dh, scale, t->Qd, NULL, &o, s->k2q_idx, s->k2q_val, NULL);
     // The key prior's top-k: one row of ones against a one-column table of the prior values.
     float one = 1.0f;

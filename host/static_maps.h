@@ -5,6 +5,9 @@
 #include <stdint.h>
 
 #include "head_tables.h"
+#include "topk.h"
+
+typedef struct QkBackend QkBackend;
 
 typedef struct {
     int m, k;
@@ -17,5 +20,8 @@ typedef struct {
     float *prior_val;     // (k)
 } StaticMaps;
 
-int static_maps_compute(StaticMaps *s, const HeadTables *t, int k);
+// The maps of one head.  be (may be NULL: the host) computes q2k and k2q through its static_maps
+// hook when it has one, at precision prec; otherwise the host does (fp32 only).  The key prior's
+// top-k is always the host's.
+int static_maps_compute(StaticMaps *s, const HeadTables *t, int k, QkBackend *be, QkPrecision prec);
 void static_maps_free(StaticMaps *s);

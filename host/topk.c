@@ -165,6 +165,16 @@ static void scan_row(int avx512, float *restrict g, int cb, int j0, float ai, co
     *active += gated ? act : 0;
 }
 
+int qk_precision_parse(const char *s, QkPrecision *p) {
+    if (!strcmp(s, "fp32")) *p = QK_PREC_FP32;
+    else if (!strcmp(s, "tf32")) *p = QK_PREC_TF32;
+    else if (!strcmp(s, "bf16")) *p = QK_PREC_BF16;
+    else return qk_err("precision '%s': expected fp32, tf32 or bf16", s);
+    return 0;
+}
+
+const char *qk_precision_name(QkPrecision p) { return p == QK_PREC_TF32 ? "tf32" : p == QK_PREC_BF16 ? "bf16" : "fp32"; }
+
 void qk_topk_default_blocks(int r, int *row_block, int *col_block) {
     // Tile buffer row_block x col_block floats: sized to stay in L2 while it is scanned.
     *row_block = r <= 128 ? 256 : 128;

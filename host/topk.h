@@ -28,6 +28,12 @@
 
 typedef enum { QK_TOPK_PLAIN = 0, QK_TOPK_RELU = 1, QK_TOPK_GATED = 2 } QkTopkAct;
 
+// GEMM precision of a device top-k (kernels/bilinear_topk.h); the CPU computes in fp32 only.
+typedef enum { QK_PREC_FP32 = 0, QK_PREC_TF32 = 1, QK_PREC_BF16 = 2 } QkPrecision;
+// Parses "fp32", "tf32" or "bf16".
+int qk_precision_parse(const char *s, QkPrecision *p);
+const char *qk_precision_name(QkPrecision p);
+
 typedef struct {
     int k;               // slots per row, 1 <= k <= M
     int bottom;          // 0: k largest; 1: k smallest (QK_TOPK_PLAIN only)

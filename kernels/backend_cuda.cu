@@ -14,6 +14,7 @@
 #include "cuda_try.h"
 extern "C" {
 #include "backend.h"
+#include "bilinear_topk.h"
 #include "comm.h"
 }
 
@@ -66,6 +67,7 @@ typedef struct {
 
 struct CudaCtx {
     int device;
+    QkBtk *btk[3];  // bilinear top-k contexts by QkPrecision, made on first use
     cublasHandle_t blas;
     DevWeights w;
     DevActs a;
@@ -413,9 +415,32 @@ static void cuda_destroy(QkBackend *be) {
         free_acts(&ctx->a);
         free_weights(&ctx->w);
         if (ctx->blas) cublasDestroy(ctx->blas);
+        for (int p = 0; p < 3; p++) qk_btk_destroy(ctx->btk[p]);
         free(ctx);
     }
     free(be);
+}
+
+// QkBackend.static_maps: q2k and k2q of one head through the device top-k (bilinear_topk.h),
+// a_i = 1/sqrt(dh) per row as on the host; the m x m scores exist only as L2-sized tiles.
+static int cuda_static_maps(QkBackend *be, const HeadTables *t, int k, QkPrecision prec, StaticMaps *s) {
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    if ((int)prec < 0 || (int)prec > 2) return qk_err("static maps: precision %d unknown", (int)prec);
+    if (k > 64) return 1;  // beyond the device selection (bilinear_topk.h): the host computes them
+    if (!ctx->btk[prec] && !(ctx->btk[prec] = qk_btk_create(ctx->device, prec, 0))) return -1;
+    const int m = t->m, dh = t->qk.d_head;
+    float *scale = (float *)qk_malloc(sizeof(float) * m);
+    for (int i = 0; i < m; i++) scale[i] = 1.0f / sqrtf((float)dh);
+    QkTopkOpts o;
+    memset(&o, 0, sizeof o);
+    o.k = k;
+    int rc = qk_btk_run_host(ctx->btk[prec], NULL, m, m, dh, t->Qd, dh, scale, t->Kd, NULL, &o, s->q2k_idx, s->q2k_val, NULL) ||
+             qk_btk_run_host(ctx->btk[prec], NULL, m, m, dh, t->Kd, dh, scale, t->Qd, NULL, &o, s->k2q_idx, s->k2q_val, NULL);
+    free(scale);
+    if (!rc) return 0;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", qk_errmsg());
+    return qk_err("static maps on CUDA (m %d, d_head %d, k %d, %s): %s", m, dh, k, qk_precision_name(prec), why);
 }
 
 static int cuda_ctx_init(CudaCtx *ctx, int device) {
@@ -439,6 +464,7 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->analyse = qk_analysis_host_run;
     be->analysis_close = qk_analysis_host_close;
     be->share_weights = cuda_share_weights;
+    be->static_maps = cuda_static_maps;
     be->destroy = cuda_destroy;
     be->host_mem.alloc = cuda_host_alloc;
     be->host_mem.free = cuda_host_free;

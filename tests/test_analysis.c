@@ -5,6 +5,7 @@
 #include "head_tables.h"
 #include "static_maps.h"
 #include "test_common.h"
+#include "testutil.h"
 #include "token_file.h"
 
 #define MODEL REF_DIR "/gpt2_tiny_a"
@@ -215,8 +216,10 @@ Test(analysis, every_head_matches_float64_reference) {
     fixture_close(&fx);
 }
 
-// Weights-only maps (ANALYSIS.md §6) against the float64 reference, for every head.
+// Weights-only maps (ANALYSIS.md §6) against the float64 reference, for every head, on the
+// backend under test (QK_BACKEND: the CUDA one computes q2k / k2q on the device).
 Test(analysis, static_maps_match_float64_reference) {
+    QkBackend *be = test_backend();
     GPT2Model m;
     cr_assert_eq(gpt2_load(&m, MODEL), 0, "%s", qk_errmsg());
     QkSafetensors ref;
@@ -229,7 +232,7 @@ Test(analysis, static_maps_match_float64_reference) {
             HeadTables t;
             head_tables_build(&t, &m, l, h, &sae, 0);
             StaticMaps s;
-            cr_assert_eq(static_maps_compute(&s, &t, 8), 0, "%s", qk_errmsg());
+            cr_assert_eq(static_maps_compute(&s, &t, 8, be, QK_PREC_FP32), 0, "%s", qk_errmsg());
             const char *maps[2] = {"q2k", "k2q"};
             for (int which = 0; which < 2; which++) {
                 char q[64], what[64];
@@ -258,5 +261,46 @@ Test(analysis, static_maps_match_float64_reference) {
         qk_sae_free(&sae);
     }
     qk_st_close(&ref);
+    qk_backend_close(be);
     gpt2_free(&m);
+}
+
+// A backend's static_maps hook is what static_maps_compute calls; a hook that declines (1) leaves
+// the maps to the host, which computes fp32 only.
+static int g_hook_calls;
+static int hook_fill(QkBackend *be, const HeadTables *t, int k, QkPrecision prec, StaticMaps *s) {
+    (void)be, (void)prec;
+    g_hook_calls++;
+    for (size_t x = 0; x < (size_t)t->m * k; x++) s->q2k_idx[x] = s->k2q_idx[x] = 7, s->q2k_val[x] = s->k2q_val[x] = 1.0f;
+    return 0;
+}
+static int hook_decline(QkBackend *be, const HeadTables *t, int k, QkPrecision prec, StaticMaps *s) {
+    (void)be, (void)t, (void)k, (void)prec, (void)s;
+    g_hook_calls++;
+    return 1;
+}
+
+Test(analysis, static_maps_go_through_the_backend_hook) {
+    const int m = 40, dh = 8, k = 3;
+    float Qd[40 * 8], Kd[40 * 8], prior[40];
+    TRng g = {5};
+    trng_fill_normal(&g, Qd, m * dh, 0, 1), trng_fill_normal(&g, Kd, m * dh, 0, 1), trng_fill_normal(&g, prior, m, 0, 1);
+    HeadTables t = {.m = m, .Qd = Qd, .Kd = Kd, .key_prior = prior};
+    t.qk.d_head = dh;
+    QkBackend fake = {.name = "fake", .static_maps = hook_fill};
+    StaticMaps s, h;
+    cr_assert_eq(static_maps_compute(&s, &t, k, &fake, QK_PREC_BF16), 0, "%s", qk_errmsg());
+    cr_assert_eq(g_hook_calls, 1);
+    cr_assert(s.q2k_idx[0] == 7 && s.k2q_val[m * k - 1] == 1.0f, "the hook's maps were not kept");
+    static_maps_free(&s);
+    fake.static_maps = hook_decline;
+    cr_assert_eq(static_maps_compute(&s, &t, k, &fake, QK_PREC_FP32), 0, "%s", qk_errmsg());
+    cr_assert_eq(static_maps_compute(&h, &t, k, NULL, QK_PREC_FP32), 0, "%s", qk_errmsg());
+    cr_assert_eq(g_hook_calls, 2);
+    cr_assert(!memcmp(s.q2k_idx, h.q2k_idx, sizeof(int32_t) * m * k) && !memcmp(s.k2q_val, h.k2q_val, sizeof(float) * m * k),
+              "a declined hook must give the host's maps");
+    static_maps_free(&s), static_maps_free(&h);
+    cr_assert_eq(static_maps_compute(&s, &t, k, &fake, QK_PREC_TF32), -1, "tf32 on the host must be refused");
+    cr_assert(strstr(qk_errmsg(), "tf32") != NULL, "%s", qk_errmsg());
+    cr_assert_eq(static_maps_compute(&s, &t, k, NULL, QK_PREC_BF16), -1);
 }
