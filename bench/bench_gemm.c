@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
         {"forward mlp fc", 512, 3072, 768, 0},            {"forward mlp proj", 512, 768, 3072, 0},
         {"attention QK^T (one head)", 128, 128, 64, 1},   {"attention PV (one head)", 128, 64, 128, 0},
         {"top-k tile, look-for r=64", 256, 512, 64, 1},   {"top-k tile, SAE encode r=768", 128, 1024, 768, 1},
-        {"error projection", 512, 64, 768, 0},
+        {"error projection", 512, 64, 768, 0},            {"logits (cache --logits)", 512, 50257, 768, 1},
     };
     omp_set_num_threads(1);
     size_t maxa = 0, maxb = 0, maxc = 0;

@@ -1,8 +1,9 @@
 // gemm.c: see gemm.h.
 //
-// BLIS-shaped: C is cut into tiles of TM x TN that never depend on the thread count; a thread
-// owning a tile walks K in blocks of KC, packs B (KC x TN) into column panels of NR and A (TM x KC)
-// into row panels of MR, and runs the MR x NR micro-kernel over them.  The micro-kernel loads its
+// BLIS-shaped: C is cut into tiles of TG x TN that never depend on the thread count; a thread
+// owning a tile walks K in blocks of KC, packs B (KC x TN) into column panels of NR, and runs the
+// MR x NR micro-kernel over them and MR rows of A read in place (six row streams; blocks of TM rows
+// stay in L2 while the B panels pass).  The micro-kernel loads its
 // accumulators from C (or zeros on the first block without accumulate) and adds the block's terms
 // in increasing k, so a float stored to C and reloaded between blocks continues the same chain.
 // Partial tiles go through a zero-padded MR x NR scratch: padding adds 0 * 0 to lanes that are
@@ -24,7 +25,7 @@ enum {
     MR = 6,    // micro-kernel rows: 6 x 2 ymm accumulators + 2 B vectors + 1 broadcast = 15 registers
     NR = 16,   // micro-kernel columns (two 8-lane vectors)
     KC = 256,  // K block: an MR x KC panel of A (6 KB) and an NR x KC panel of B (16 KB) sit in L1
-    TM = 96,   // rows per packed A block (16 panels of A: 96 KB in L2)
+    TM = 96,   // rows of A per pass over the B panels (96 x KC floats: 96 KB in L2)
     TN = 256,  // tile columns (16 panels of B: 256 KB in L2)
     TG = 384,  // tile rows: B is packed once per k block for TG rows, A once for TN columns
 };
@@ -32,8 +33,10 @@ enum {
 // C (MR x NR, row stride ldc) = (load ? C : 0) + sum over kc of Ap[k] (x) Bp[k].
 // Ap: [kc][MR] packed rows, Bp: [kc][NR] packed columns.
 #if defined(__AVX2__) && defined(__FMA__)
-static void micro_kernel(int kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int ldc,
-                         int load) {
+static void micro_kernel(int kc, const float *restrict A, int lda, const float *restrict Bp, float *restrict C,
+                         int ldc, int load) {
+    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * (size_t)lda, *a3 = A + 3 * (size_t)lda;
+    const float *a4 = A + 4 * (size_t)lda, *a5 = A + 5 * (size_t)lda;
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (load) {
         c00 = _mm256_loadu_ps(C + 0 * ldc), c01 = _mm256_loadu_ps(C + 0 * ldc + 8);
@@ -45,19 +48,19 @@ static void micro_kernel(int kc, const float *restrict Ap, const float *restrict
     } else {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
     }
-    for (int k = 0; k < kc; k++, Ap += MR, Bp += NR) {
+    for (int k = 0; k < kc; k++, Bp += NR) {
         const __m256 b0 = _mm256_load_ps(Bp), b1 = _mm256_load_ps(Bp + 8);
-        __m256 a = _mm256_broadcast_ss(Ap + 0);
+        __m256 a = _mm256_broadcast_ss(a0 + k);
         c00 = _mm256_fmadd_ps(a, b0, c00), c01 = _mm256_fmadd_ps(a, b1, c01);
-        a = _mm256_broadcast_ss(Ap + 1);
+        a = _mm256_broadcast_ss(a1 + k);
         c10 = _mm256_fmadd_ps(a, b0, c10), c11 = _mm256_fmadd_ps(a, b1, c11);
-        a = _mm256_broadcast_ss(Ap + 2);
+        a = _mm256_broadcast_ss(a2 + k);
         c20 = _mm256_fmadd_ps(a, b0, c20), c21 = _mm256_fmadd_ps(a, b1, c21);
-        a = _mm256_broadcast_ss(Ap + 3);
+        a = _mm256_broadcast_ss(a3 + k);
         c30 = _mm256_fmadd_ps(a, b0, c30), c31 = _mm256_fmadd_ps(a, b1, c31);
-        a = _mm256_broadcast_ss(Ap + 4);
+        a = _mm256_broadcast_ss(a4 + k);
         c40 = _mm256_fmadd_ps(a, b0, c40), c41 = _mm256_fmadd_ps(a, b1, c41);
-        a = _mm256_broadcast_ss(Ap + 5);
+        a = _mm256_broadcast_ss(a5 + k);
         c50 = _mm256_fmadd_ps(a, b0, c50), c51 = _mm256_fmadd_ps(a, b1, c51);
     }
     _mm256_storeu_ps(C + 0 * ldc, c00), _mm256_storeu_ps(C + 0 * ldc + 8, c01);
@@ -69,32 +72,18 @@ static void micro_kernel(int kc, const float *restrict Ap, const float *restrict
 }
 #else
 // Portable form of the same chain (fmaf rounds once, as a vector FMA lane does): same bits.
-static void micro_kernel(int kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int ldc,
-                         int load) {
+static void micro_kernel(int kc, const float *restrict A, int lda, const float *restrict Bp, float *restrict C,
+                         int ldc, int load) {
     float acc[MR][NR];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) acc[i][j] = load ? C[(size_t)i * ldc + j] : 0.0f;
-    for (int k = 0; k < kc; k++, Ap += MR, Bp += NR)
+    for (int k = 0; k < kc; k++, Bp += NR)
         for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++) acc[i][j] = fmaf(Ap[i], Bp[j], acc[i][j]);
+            for (int j = 0; j < NR; j++) acc[i][j] = fmaf(A[(size_t)i * lda + k], Bp[j], acc[i][j]);
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) C[(size_t)i * ldc + j] = acc[i][j];
 }
 #endif
-
-// Ap [ceil(rows/MR)][kc][MR] = A[i0.., k0..k0+kc), rows past `rows` zero.
-static void pack_a(const float *A, int lda, int rows, int kc, float *restrict Ap) {
-    for (int p = 0; p < rows; p += MR, Ap += (size_t)kc * MR) {
-        const int h = rows - p < MR ? rows - p : MR;
-        for (int i = 0; i < MR; i++) {
-            const float *a = A + (size_t)(p + i) * lda;
-            if (i < h)
-                for (int k = 0; k < kc; k++) Ap[(size_t)k * MR + i] = a[k];
-            else
-                for (int k = 0; k < kc; k++) Ap[(size_t)k * MR + i] = 0.0f;
-        }
-    }
-}
 
 #if defined(__AVX2__)
 // o[k * NR + j] = b[j * ldb + k] for an 8 x 8 block (j, k < 8): a register transpose.
@@ -155,17 +144,17 @@ static void pack_b(QkGemmTrans tr, const float *B, int ldb, int cols, int kc, fl
 }
 
 // Per-thread packing buffers, kept between calls: the attention calls this once per head.
-static _Thread_local float *tls_pack;  // [TM x KC] of A then [KC x TN] of B
+static _Thread_local float *tls_pack;  // [MR x KC] edge rows of A, then [KC x TN] packed B
 
 static float *pack_buffers(void) {
-    if (!tls_pack) tls_pack = qk_malloc_aligned(sizeof(float) * ((size_t)TM * KC + (size_t)KC * TN));
+    if (!tls_pack) tls_pack = qk_malloc_aligned(sizeof(float) * ((size_t)MR * KC + (size_t)KC * TN));
     return tls_pack;
 }
 
 // One tile: rows g0..g0+grows, columns c0..c0+cols of C, all of K.
 static void gemm_tile(QkGemmTrans tr, int g0, int grows, int c0, int cols, int K, const float *A, int lda,
                       const float *B, int ldb, int accumulate, float *C, int ldc) {
-    float *Ap = pack_buffers(), *Bp = Ap + (size_t)TM * KC;
+    float *Ae = pack_buffers(), *Bp = Ae + (size_t)MR * KC;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const int load = accumulate || k0 > 0;
@@ -173,23 +162,29 @@ static void gemm_tile(QkGemmTrans tr, int g0, int grows, int c0, int cols, int K
         pack_b(tr, Bk, ldb, cols, kc, Bp);
         for (int r0 = g0; r0 < g0 + grows; r0 += TM) {
             const int rows = g0 + grows - r0 < TM ? g0 + grows - r0 : TM;
-            pack_a(A + (size_t)r0 * lda + k0, lda, rows, kc, Ap);
+            const int full = rows / MR * MR;  // rows of whole MR panels; the rest via Ae
+            if (full < rows) {
+                for (int i = 0; i < MR; i++)
+                    for (int k = 0; k < kc; k++)
+                        Ae[(size_t)i * kc + k] = full + i < rows ? A[(size_t)(r0 + full + i) * lda + k0 + k] : 0.0f;
+            }
             for (int jp = 0; jp < cols; jp += NR) {
                 const int w = cols - jp < NR ? cols - jp : NR;
                 const float *bp = Bp + (size_t)(jp / NR) * kc * NR;
                 for (int ip = 0; ip < rows; ip += MR) {
                     const int h = rows - ip < MR ? rows - ip : MR;
-                    const float *ap = Ap + (size_t)(ip / MR) * kc * MR;
+                    const float *ap = h == MR ? A + (size_t)(r0 + ip) * lda + k0 : Ae;
+                    const int ldap = h == MR ? lda : kc;
                     float *c = C + (size_t)(r0 + ip) * ldc + c0 + jp;
                     if (h == MR && w == NR) {
-                        micro_kernel(kc, ap, bp, c, ldc, load);
+                        micro_kernel(kc, ap, ldap, bp, c, ldc, load);
                         continue;
                     }
                     float edge[MR * NR];  // the partial tile, zero-padded
                     for (int i = 0; i < MR; i++)
                         for (int j = 0; j < NR; j++)
                             edge[i * NR + j] = load && i < h && j < w ? c[(size_t)i * ldc + j] : 0.0f;
-                    micro_kernel(kc, ap, bp, edge, NR, 1);
+                    micro_kernel(kc, ap, ldap, bp, edge, NR, 1);
                     for (int i = 0; i < h; i++) memcpy(c + (size_t)i * ldc, edge + i * NR, sizeof(float) * w);
                 }
             }
