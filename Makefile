@@ -44,8 +44,13 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline bench-gpu fuzz clean
+.PHONY: check-ptxas all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-topk bench-tokenize bench-run bench-pipeline bench-gpu fuzz clean
 all: $(BIN)/qkscope
+
+# ptxas's resource figures of every kernel (registers, shared memory): fails on a stack frame, a
+# spill or an nvcc warning (scripts/check_ptxas.sh; scripts/gpu.sh bundle runs it).
+check-ptxas:
+	scripts/check_ptxas.sh $(NVCC) "$(NVCCFLAGS)"
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -71,6 +76,13 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BU
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS)
+
+# tools/: h5compare (compares two outputs dataset by dataset: scripts/gpu.sh's CPU-vs-CUDA check)
+# and cuda_smoke (exits 0 only when CUDA is usable: gpu.sh's preflight).
+$(BIN)/h5compare: tools/h5compare.c | $(BIN)
+	$(CC) -O2 -std=c11 -Wall -Wextra -D_GNU_SOURCE $(shell pkg-config --cflags hdf5) -o $@ $< $(shell pkg-config --libs hdf5) -lm
+$(BIN)/cuda_smoke: tools/cuda_smoke.cu | $(BIN)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< -L$(CUDA_HOME)/lib64 -lcublasLt
 
 $(BIN) $(BUILD)/host $(BUILD)/tests $(BUILD)/kernels:
 	mkdir -p $@

@@ -57,7 +57,7 @@ cfg=$DIR/bench_gpu.ini
     echo "shard_tokens = $((TOKENS / (2 * n)))"   # two shards per rank of the widest run
     echo "[run]"
     echo "backend = $backend"
-    echo "precision = fp32"
+    echo "precision = ${PRECISION:-fp32}"
 } >"$cfg"
 # tokens/s of one run with R ranks
 run() {
