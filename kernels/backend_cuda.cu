@@ -201,6 +201,10 @@ static int upload_weights(DevWeights *w, const GPT2Model *m) {
                         cudaGetErrorString(cudaGetLastError()));
     }
     free(s);
+    // cudaMemcpy from pageable memory may return before its DMA lands; the forward pass runs on a
+    // non-blocking stream, which does not wait for the legacy stream: wait here.
+    cudaError_t e = rc ? cudaSuccess : cudaDeviceSynchronize();
+    if (e != cudaSuccess) rc = qk_err("uploading the model weights: %s", cudaGetErrorString(e));
     if (rc) {
         free_weights(w);  // nothing half-uploaded stays marked as loaded
         return -1;

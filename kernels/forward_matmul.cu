@@ -59,7 +59,9 @@ int lt_plans_new(LtPlans **out, void *workspace, size_t ws_bytes) {
     return 0;
 }
 
-static int plan_make(LtPlans *p, const GemmShape *g, LtPlan *pl, const char *what) {
+// A plan for shape g: descriptors and the algorithm, chosen once (the bias pointer of the first
+// call is set before the query, as some epilogue algorithms check its alignment).
+static int plan_make(LtPlans *p, const GemmShape *g, LtPlan *pl, const void *bias, const char *what) {
     memset(pl, 0, sizeof *pl);
     pl->key = *g;
     const cudaDataType_t ab = g->ab_bf16 ? CUDA_R_16BF : CUDA_R_32F, cd = g->d_bf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -71,6 +73,8 @@ static int plan_make(LtPlans *p, const GemmShape *g, LtPlan *pl, const char *wha
                              : g->epilogue == QK_EPI_BIAS    ? CUBLASLT_EPILOGUE_BIAS
                                                              : CUBLASLT_EPILOGUE_DEFAULT;
     LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (g->epilogue != QK_EPI_NONE)
+        LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     // A = W: column-major (Cout, Cin) ld Cout, or (Cin, Cout) ld Cin used transposed.
     if (g->transw) LT_TRY(cublasLtMatrixLayoutCreate(&pl->la, ab, g->Cin, g->Cout, g->Cin));
     else LT_TRY(cublasLtMatrixLayoutCreate(&pl->la, ab, g->Cout, g->Cin, g->Cout));
@@ -116,7 +120,7 @@ int fwd_matmul(LtPlans *p, cudaStream_t s, const GemmShape *g, void *D, const vo
         if (!memcmp(&p->plan[i].key, g, sizeof *g)) pl = &p->plan[i];
     if (!pl) {
         if (p->n == MAX_PLANS) return qk_err("%s: more than %d GEMM shapes in one backend", what, MAX_PLANS);
-        if (plan_make(p, g, &p->plan[p->n], what)) {
+        if (plan_make(p, g, &p->plan[p->n], bias, what)) {
             plan_destroy(&p->plan[p->n]);
             return -1;
         }
