@@ -163,7 +163,7 @@ bench-run: $(BIN)/qkscope $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_run.py --threads $(BENCH_THREADS) $(BENCH_RUN_ARGS)
 # qkscope run on 1 GPU and on all GPUs (NCCL), scaling efficiency; says so and measures nothing
 # without a GPU (BENCH_CPU_RANKS=N exercises it with CPU ranks).  No Python: inputs from `qkscope random`.
-bench-gpu: $(BIN)/qkscope
+bench-gpu: $(BIN)/qkscope $(BIN)/bench_cuda_forward
 	QK=$(BIN)/qkscope bench/bench_gpu.sh
 bench-pipeline: $(BIN)/qkscope
 	python3 bench/bench_pipeline.py --threads $(BENCH_THREADS)
