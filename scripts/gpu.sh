@@ -58,10 +58,12 @@ bundle() {
     tail -n 1 "$pkg/ptxas.txt"
     cp build/gpu/bin/{qkscope,test_qkscope,h5compare,cuda_smoke,bench_cuda_forward} "$pkg/bin/"
     cp build/gpu-nonccl/bin/{qkscope,test_qkscope} "$pkg/bin-nonccl/"
-    # Every shared library they load except the C runtime, the CUDA driver and toolkit libraries
-    # (the GPU machine's CUDA 13.0 provides cudart, cuBLAS, cuBLASLt) and NCCL (above).
+    # Every shared library they load except the C runtime, the C++ runtime (this machine's
+    # libstdc++ needs glibc 2.36, and nothing of ours needs a newer libstdc++ than any CUDA 13
+    # machine has; everything else needs glibc <= 2.34), the CUDA driver and toolkit libraries (the
+    # GPU machine's CUDA 13.0 provides cudart, cuBLAS, cuBLASLt) and NCCL (above).
     ldd "$pkg"/bin/* "$pkg"/bin-nonccl/* | awk '/=> \//{print $3}' | sort -u |
-        grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|ld-linux[^/]*)\.so|libcuda|libcudart|libcublas|libnccl' |
+        grep -vE '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|libcuda|libcudart|libcublas|libnccl' |
         xargs -r -I{} cp -L {} "$pkg/lib/"
     # Small test data: 32 windows of 128 token ids (the comparison's batch at real shapes, for
     # qkscope cache) and a small random model + SAEs + corpus (sanitizer runs of qkscope run).
@@ -306,7 +308,7 @@ sanitize() {
     # the analysis path (n_run < layers, recorded heads) on the small random model, memcheck only
     {
         echo "[model]"; echo "dir = $S/model"; echo "[sae]"; echo "layer.1 = $S/sae/layer_1"
-        echo "[corpus]"; echo "paths = $S/corpus.npy"; echo "n_ctx = 64"; echo "batch = 4"; echo "max_tokens = 512"
+        echo "[corpus]"; echo "paths = $S/corpus.npy"; echo "n_ctx = 64"; echo "bos = false"; echo "batch = 4"; echo "max_tokens = 512"
         echo "[analysis]"; echo "heads = 1.0,1.1"; echo "record_heads = 1.0"; echo "[run]"; echo "backend = cuda"
     } >"$W/small.ini"
     NOTE_FN=note_san step san_memcheck_run 60 env LD_LIBRARY_PATH="$QK_LIBS" compute-sanitizer --tool memcheck \
