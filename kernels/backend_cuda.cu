@@ -496,15 +496,18 @@ static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GP
         return -1;
     if (ensure_events(ctx, c->n_layer + 2)) return -1;
     const size_t BT = (size_t)h->B * h->T;
-    // Tokens through page-locked staging (an asynchronous copy from pageable memory would not be).
+    // Tokens through page-locked staging (truly asynchronous); where the driver refuses page-locked
+    // memory, from the caller's memory (staged by the driver, still ordered on the stream).
     if (ctx->tok_cap < BT) {
         cudaFreeHost(ctx->tok_pinned);
         ctx->tok_pinned = NULL, ctx->tok_cap = 0;
-        CUDA_TRYF(cudaHostAlloc((void **)&ctx->tok_pinned, BT * sizeof(int), cudaHostAllocPortable), "%zu tokens", BT);
-        ctx->tok_cap = BT;
+        if (cudaHostAlloc((void **)&ctx->tok_pinned, BT * sizeof(int), cudaHostAllocPortable) == cudaSuccess)
+            ctx->tok_cap = BT;
+        else ctx->tok_pinned = NULL, (void)cudaGetLastError();
     }
-    memcpy(ctx->tok_pinned, tokens, BT * sizeof(int));
-    CUDA_TRYF(cudaMemcpyAsync(a->tokens, ctx->tok_pinned, BT * sizeof(int), cudaMemcpyHostToDevice, ctx->compute),
+    const int *tok_src = tokens;
+    if (ctx->tok_pinned) tok_src = (const int *)memcpy(ctx->tok_pinned, tokens, BT * sizeof(int));
+    CUDA_TRYF(cudaMemcpyAsync(a->tokens, tok_src, BT * sizeof(int), cudaMemcpyHostToDevice, ctx->compute),
               "%d x %d tokens", h->B, h->T);
     const int n_run = h->n_run && !h->want_logits ? h->n_run : c->n_layer;
     int rc = forward_device(ctx, c, n_run);
