@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "forward.cuh"
+#include "forward_mem.h"
 extern "C" {
 #include "backend.h"
 #include "comm.h"
@@ -36,8 +37,6 @@ static const size_t LT_WORKSPACE = (size_t)32 << 20;  // cuBLASLt workspace (Hop
 
 // ---------------------------------------------------------------------------------------------
 // Device memory
-
-static size_t round256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 // cudaMalloc of `bytes` for `what`; on failure the error names the size and the free memory, and
 // the failure is cleared so that the next kernel check does not report it again.
@@ -282,18 +281,6 @@ static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, i
 // ---------------------------------------------------------------------------------------------
 // Activations
 
-// The device bytes of the activations of a batch of B windows of T tokens (every buffer rounded
-// to 256 bytes as allocated).
-static size_t acts_bytes(const GPT2Config *c, size_t B, size_t T, int keep_attn, int want_logits, size_t *stride) {
-    const size_t N = B * T, L = c->n_layer, C = c->d_model, H = c->n_head, F = c->d_mlp, f = sizeof(float);
-    const size_t st = round256(N * C * f) / f, attn = (keep_attn ? L : 1) * B * H * T * T;
-    if (stride) *stride = st;
-    return round256(N * sizeof(int)) + (L + 1) * st * f + round256(L * N * f) + 2 * round256(L * N * C * f) +
-           2 * round256(attn * f) + (want_logits ? round256(N * c->vocab_size * f) : 0) + round256(N * f) +
-           2 * round256(N * C * f) + round256(N * F * f) + round256(N * 3 * C * f) + round256(3 * N * C * f) +
-           round256(N * C * f);
-}
-
 static void free_acts(DevActs *a) {
     void *p[] = {a->tokens, a->resid, a->ln1_scale, a->q, a->k, a->scores, a->pattern, a->logits, a->ln2_scale,
                  a->ln,     a->z,     a->fc,        a->qkv, a->qkvp, a->zp};
@@ -304,7 +291,7 @@ static void free_acts(DevActs *a) {
 static int alloc_acts(CudaCtx *ctx, const GPT2Config *c, const GPT2Acts *h) {
     DevActs *a = &ctx->a;
     free_acts(a);
-    size_t stride, need = acts_bytes(c, h->B, h->T, h->keep_attn, h->want_logits, &stride);
+    size_t stride, need = qk_cuda_acts_bytes(c, h->B, h->T, h->keep_attn, h->want_logits, &stride);
     const size_t N = (size_t)h->B * h->T, L = c->n_layer, C = c->d_model, F = c->d_mlp, f = sizeof(float);
     const size_t attn = (h->keep_attn ? L : 1) * (size_t)h->B * c->n_head * h->T * h->T;
     struct {
@@ -339,10 +326,8 @@ static int alloc_acts(CudaCtx *ctx, const GPT2Config *c, const GPT2Acts *h) {
         snprintf(inner, sizeof inner, "%s", qk_errmsg());
         free_acts(a);
         if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
-        // batches that fit: per-window bytes from two sizes (the rounding is a few KB)
-        size_t one = acts_bytes(c, 1, h->T, h->keep_attn, h->want_logits, NULL);
-        size_t per = acts_bytes(c, 2, h->T, h->keep_attn, h->want_logits, NULL) - one, fixed = one - per;
-        long long fit = free_b * 0.95 > fixed ? (long long)((free_b * 0.95 - fixed) / per) : 0;
+        // the batch that fits in 95% of what is free now (the driver's granularity, other users)
+        long long fit = qk_cuda_batch_fit(c, h->T, h->keep_attn, h->want_logits, 0.95 * (double)free_b);
         return qk_err("the activations of a batch of %d windows of %d tokens need %.1f MiB on the GPU, %zu MiB are free "
                       "(of %zu MiB)%s%s: about %lld windows a batch fit; use a smaller batch ([corpus] batch / --batch)",
                       h->B, h->T, need / 1048576.0, free_b >> 20, total_b >> 20, strcmp(inner, "does not fit") ? "; " : "",

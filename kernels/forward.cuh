@@ -6,7 +6,7 @@
 //                         algorithms chosen once per shape and pinned
 //   forward_attention.cu  causal attention: qkv (B, T, 3C) -> hooks q, k (B, T, C), scores and
 //                         pattern (B, H, T, T), z (B, T, C) fp32 or bf16
-//   backend_cuda.cu       the backend: weights, activations, streams, the layer loop
+//   backend_cuda.cu       the backend: weights, activations (sizes: forward_mem.h), streams, the layer loop
 // Every launcher returns 0 or -1 after qk_err naming the kernel or call and its shapes.  All
 // launches go to the stream given; none synchronises.
 #pragma once

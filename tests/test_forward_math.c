@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "../kernels/forward_math.h"
+#include "../kernels/forward_mem.h"
 #include "test_common.h"
 #include "testutil.h"
 
@@ -132,4 +133,29 @@ Test(forward_math, cpu_backend_precision) {
     cr_expect_eq(qk_backend_set_precision(be, "fp16"), -1);
     cr_expect(strstr(qk_errmsg(), "expected fp32, tf32 or bf16") != NULL, "%s", qk_errmsg());
     qk_backend_close(be);
+}
+
+// The CUDA backend's memory arithmetic: GPT-2 small at 32 x 128 tokens needs what its buffers add
+// up to, and the batch it names when an allocation does not fit is the largest that does.
+Test(forward_math, activation_bytes_and_the_batch_that_fits) {
+    GPT2Config c = {.n_layer = 12, .n_head = 12, .d_model = 768, .d_head = 64, .d_mlp = 3072, .n_ctx = 1024,
+                    .vocab_size = 50257, .ln_eps = 1e-5f};
+    size_t stride, B = 32, T = 128, N = B * T, L = 12, C = 768;
+    size_t got = qk_cuda_acts_bytes(&c, B, T, 0, 0, &stride);
+    cr_expect_eq(stride, N * C, "N C = %zu floats is already a multiple of 256 bytes", N * C);
+    size_t want = 4 * (N + (L + 1) * N * C + L * N + 2 * L * N * C + 2 * B * 12 * T * T + N + 2 * N * C + N * 3072 +
+                       N * 3 * C + 3 * N * C + N * C);
+    cr_expect_eq(got, want, "%zu vs %zu bytes", got, want);
+    cr_expect_gt(qk_cuda_acts_bytes(&c, B, T, 1, 1, NULL), got);
+    size_t odd = qk_cuda_acts_bytes(&c, 3, 5, 1, 0, &stride);
+    cr_expect(stride * 4 % 256 == 0 && stride >= 15 * C);
+    cr_expect_eq(odd % 256, 0);
+    for (int keep = 0; keep < 2; keep++) {
+        double at32 = (double)qk_cuda_acts_bytes(&c, 32, T, keep, 1, NULL);
+        cr_expect_eq(qk_cuda_batch_fit(&c, T, keep, 1, at32), 32);
+        cr_expect_eq(qk_cuda_batch_fit(&c, T, keep, 1, at32 - 1), 31);
+        cr_expect_eq(qk_cuda_batch_fit(&c, T, keep, 1, 1000), 0);
+        long long h200 = qk_cuda_batch_fit(&c, T, keep, 0, 141e9);  // ~21 MB a window without all rows
+        cr_expect(keep ? h200 > 500 && h200 < 5000 : h200 > 5000 && h200 < 8000, "%lld windows in 141 GB", h200);
+    }
 }
