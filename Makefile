@@ -51,8 +51,13 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
+.PHONY: check-ptxas all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
 all: $(BIN)/qkscope
+
+# ptxas's resource figures of every kernel (registers, shared memory): fails on a stack frame, a
+# spill or an nvcc warning (scripts/check_ptxas.sh; scripts/gpu.sh bundle runs it).
+check-ptxas:
+	scripts/check_ptxas.sh $(NVCC) "$(NVCCFLAGS)"
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -73,17 +78,21 @@ $(BUILD)/host/%.o: host/%.c $(FLAGS_STAMP) | $(BUILD)/host
 $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(BLAS_CFLAGS) $(shell pkg-config --cflags criterion) -c -o $@ $<
 
-$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
-	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
-
-# The hot kernels: ptxas figures (registers, stack, spills, shared memory) printed and kept in
-# bilinear_topk.ptxas; a stack frame or a spill in btk_select fails the build (scripts/check_ptxas.sh).
-$(BUILD)/kernels/bilinear_topk.o: kernels/bilinear_topk.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
-	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c -o $@ $< 2> $(@:.o=.ptxas) || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
-	scripts/check_ptxas.sh $(@:.o=.ptxas) 'btk_select' || { rm -f $@; exit 1; }
+# Every kernel object is built with ptxas's resource figures kept beside it (.ptxas); a stack
+# frame, a spill or an nvcc warning in any kernel fails the build (scripts/check_ptxas.sh --log).
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
+	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
+	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)
+
+# tests/tools/: h5compare (compares two outputs dataset by dataset: scripts/gpu.sh's CPU-vs-CUDA
+# check) and cuda_smoke (exits 0 only when CUDA is usable: gpu.sh's preflight).
+$(BIN)/h5compare: tests/tools/h5compare.c | $(BIN)
+	$(CC) -O2 -std=c11 -Wall -Wextra -D_GNU_SOURCE $(shell pkg-config --cflags hdf5) -o $@ $< $(shell pkg-config --libs hdf5) -lm
+$(BIN)/cuda_smoke: tests/tools/cuda_smoke.cu | $(BIN)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< -L$(CUDA_HOME)/lib64 -lcublasLt
 
 $(BIN) $(BUILD)/host $(BUILD)/tests $(BUILD)/kernels:
 	mkdir -p $@
@@ -180,7 +189,7 @@ bench-run: $(BIN)/qkscope $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_run.py --threads $(BENCH_THREADS) $(BENCH_RUN_ARGS)
 # qkscope run on 1 GPU and on all GPUs (NCCL), scaling efficiency; says so and measures nothing
 # without a GPU (BENCH_CPU_RANKS=N exercises it with CPU ranks).  No Python: inputs from `qkscope random`.
-bench-gpu: $(BIN)/qkscope
+bench-gpu: $(BIN)/qkscope $(BIN)/bench_cuda_forward
 	QK=$(BIN)/qkscope bench/bench_gpu.sh
 bench-pipeline: $(BIN)/qkscope
 	python3 bench/bench_pipeline.py --threads $(BENCH_THREADS)

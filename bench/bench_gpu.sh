@@ -14,7 +14,8 @@
 #
 # Where no GPU exists it says so and measures nothing.  BENCH_CPU_RANKS=N runs the same harness
 # with N CPU ranks (--ranks) instead, to check the harness itself on a machine without a GPU.
-# Environment: TOKENS (default 65536), BATCH (32), QK (bin/qkscope).
+# With CUDA it first times the forward pass alone per precision (bench_cuda_forward).
+# Environment: TOKENS (default 65536), BATCH (32), PRECISION (fp32), QK (bin/qkscope).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QK=${QK:-bin/qkscope}
@@ -37,6 +38,12 @@ mkdir -p "$DIR"
 if [ ! -f "$DIR/corpus.npy" ] || [ "$(cat "$DIR/tokens" 2>/dev/null)" != "$TOKENS" ]; then
     "$QK" random --out "$DIR" --tokens "$TOKENS" && echo "$TOKENS" >"$DIR/tokens"
 fi
+# The forward pass alone on one GPU, per precision (bench_cuda_forward: 32 windows of 128 tokens,
+# the hooks the analysis reads copied to page-locked memory).
+FWD=${FWD:-$(dirname "$QK")/bench_cuda_forward}
+if [ "$backend" = cuda ] && [ -x "$FWD" ]; then
+    "$FWD" "$DIR/model" "$DIR/corpus.npy" 32 128 fp32,tf32,bf16 || echo "bench-gpu: bench_cuda_forward failed" >&2
+fi
 cfg=$DIR/bench_gpu.ini
 {
     echo "# written by bench/bench_gpu.sh"
@@ -57,7 +64,7 @@ cfg=$DIR/bench_gpu.ini
     echo "shard_tokens = $((TOKENS / (2 * n)))"   # two shards per rank of the widest run
     echo "[run]"
     echo "backend = $backend"
-    echo "precision = fp32"
+    echo "precision = ${PRECISION:-fp32}"
 } >"$cfg"
 # tokens/s of one run with R ranks
 run() {

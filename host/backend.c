@@ -56,6 +56,15 @@ int qk_backend_open(QkBackend **out, QkBackendKind kind, int device, int quiet) 
     return 0;
 }
 
+int qk_backend_set_precision(QkBackend *be, const char *precision) {
+    if (strcmp(precision, "fp32") && strcmp(precision, "tf32") && strcmp(precision, "bf16"))
+        return qk_err("precision '%s': expected fp32, tf32 or bf16", precision);
+    if (be->set_precision) return be->set_precision(be, precision);
+    if (strcmp(precision, "fp32"))
+        return qk_err("precision %s needs the CUDA backend; the %s backend computes in fp32 only", precision, be->name);
+    return 0;
+}
+
 void qk_backend_close(QkBackend *be) {
     if (be) be->destroy(be);
 }

@@ -33,6 +33,11 @@ struct QkBackend {
     // the head's Qd / Kd at precision prec, never materialising the m x m scores.  Returns 0, -1
     // on error, or 1 when it declines (k beyond what the device selection holds): the host does it.
     int (*static_maps)(QkBackend *be, const HeadTables *t, int k, QkPrecision prec, StaticMaps *s);
+    // Optional (NULL: fp32 only, as the CPU backend).  The arithmetic of the forward pass:
+    // "fp32" (no TF32: the parity mode, the default), "tf32" or "bf16" (weights and GEMM inputs
+    // bf16, fp32 accumulation); LayerNorm, softmax and the residual stream stay fp32 or better.
+    // Call before forward; qk_backend_set_precision checks the name and the backend.
+    int (*set_precision)(QkBackend *be, const char *precision);
     void (*destroy)(QkBackend *be);
 };
 
@@ -46,6 +51,9 @@ int qk_backend_parse(const char *s, QkBackendKind *kind);
 // is an error naming why.  device: the CUDA ordinal (ignored by the CPU backend).
 int qk_backend_open(QkBackend **out, QkBackendKind kind, int device, int quiet);
 void qk_backend_close(QkBackend *be);
+// Sets be's precision ("fp32", "tf32", "bf16"); a backend without set_precision takes only fp32
+// (an error naming the backend otherwise).
+int qk_backend_set_precision(QkBackend *be, const char *precision);
 
 QkBackend *qk_backend_cpu_new(void);
 

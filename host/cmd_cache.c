@@ -45,6 +45,8 @@ static void usage(FILE *f) {
             "  --batch N          windows per forward pass (default 8)\n"
             "  --backend KIND     auto (default), cpu or cuda\n"
             "  --device N         CUDA device ordinal (default 0)\n"
+            "  --precision P      fp32 (default; no TF32: the parity mode), tf32 or bf16 (CUDA backend: the\n"
+            "                     forward pass's GEMMs; LayerNorm, softmax and the residual stay fp32)\n"
             "  --threads N        CPU threads (default: OMP_NUM_THREADS or all cores)\n"
             "  --sae LAYER=DIR[,center]\n"
             "                     (repeatable) also write the SAELens SAE code of blocks.LAYER.hook_resid_pre\n"
@@ -152,7 +154,7 @@ typedef struct {
 } SaeSpec;
 
 typedef struct {
-    const char *model_dir, *tokens_path, *hooks, *out_path;
+    const char *model_dir, *tokens_path, *hooks, *out_path, *precision;
     int batch, device, threads, quiet, max_active;
     QkBackendKind backend;
     int n_sae;
@@ -187,10 +189,11 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
         {"threads", required_argument, 0, 'j'}, {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
         {"sae", required_argument, 0, 'S'},    {"sae-max-active", required_argument, 0, 'A'},
-        {0, 0, 0, 0}};
+        {"precision", required_argument, 0, 'P'}, {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->batch = 8;
     a->max_active = 64;
+    a->precision = "fp32";
     optind = 1;
     opterr = 0;
     for (int ch; (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
@@ -206,6 +209,7 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
         case 'B': if (qk_backend_parse(optarg, &a->backend)) return -1; break;
         case 'A': if ((a->max_active = atoi(optarg)) < 1) return qk_err("--sae-max-active: '%s' is not a positive integer", optarg); break;
         case 'S': if (parse_sae_arg(optarg, a)) return -1; break;
+        case 'P': a->precision = optarg; break;
         case 'h': usage(stdout); exit(QK_EXIT_OK);
         default: return qk_err("unknown or incomplete option '%s' (qkscope cache --help)", argv[optind - 1]);
         }
@@ -292,7 +296,8 @@ static int run(CacheArgs *args) {
     if (qk_token_file_read(args->tokens_path, &tokens, &B, &T) ||
         gpt2_check_tokens(&m.cfg, tokens, B, T, args->tokens_path) ||
         select_hooks(&m.cfg, args->hooks, &hooks, &n_hooks) ||
-        qk_backend_open(&be, args->backend, args->device, args->quiet) || qk_h5_create(&out, args->out_path))
+        qk_backend_open(&be, args->backend, args->device, args->quiet) ||
+        qk_backend_set_precision(be, args->precision) || qk_h5_create(&out, args->out_path))
         goto done;
     int keep_attn = 0, want_logits = 0;
     for (int i = 0; i < n_hooks; i++) {
@@ -307,12 +312,12 @@ static int run(CacheArgs *args) {
     int bs = args->batch < B ? args->batch : B;
     for (int i = 0; i < args->n_sae; i++)
         if (sae_setup(&args->sae[i], &m.cfg, &out, B, T, bs, args->max_active)) goto done;
-    gpt2_acts_alloc(&acts, &m.cfg, bs, T, keep_attn, want_logits);
+    gpt2_acts_alloc_in(&acts, &m.cfg, bs, T, keep_attn, want_logits, &be->host_mem);
     for (int b0 = 0; b0 < B; b0 += bs) {
         int nb = B - b0 < bs ? B - b0 : bs;
         if (nb != acts.B) {  // the last, shorter batch
             gpt2_acts_free(&acts);
-            gpt2_acts_alloc(&acts, &m.cfg, nb, T, keep_attn, want_logits);
+            gpt2_acts_alloc_in(&acts, &m.cfg, nb, T, keep_attn, want_logits, &be->host_mem);
         }
         if (be->forward(be, &m, tokens + (size_t)b0 * T, &acts)) goto done;
         for (int i = 0; i < n_hooks; i++)
@@ -324,7 +329,8 @@ static int run(CacheArgs *args) {
     for (int i = 0; i < n_hooks; i++) H5Dclose(hooks[i].dset), hooks[i].dset = 0;
     if (qk_h5_attr_str(out.file, "format", "qkscope-cache") || qk_h5_attr_int(out.file, "format_version", QK_FORMAT_VERSION) ||
         qk_h5_attr_str(out.file, "qkscope_version", QK_VERSION) || qk_h5_attr_str(out.file, "model", args->model_dir) ||
-        qk_h5_attr_str(out.file, "tokens", args->tokens_path) || qk_h5_attr_str(out.file, "backend", be->name))
+        qk_h5_attr_str(out.file, "tokens", args->tokens_path) || qk_h5_attr_str(out.file, "backend", be->name) ||
+        qk_h5_attr_str(out.file, "precision", args->precision))
         goto done;
     rc = qk_h5_finish(&out);
 done:

@@ -210,11 +210,14 @@ static int open_run(Run *r, int quiet) {
     r->L = mc->n_layer, r->H = mc->n_head, r->T = c->n_ctx;
     if (c->n_ctx > mc->n_ctx) return qk_err("%s: [corpus] n_ctx = %d exceeds the model's n_ctx %d", c->path, c->n_ctx, mc->n_ctx);
     if (c->threads) omp_set_num_threads(c->threads);
-    if (strcmp(c->precision, "fp32"))
-        return qk_err("%s: [run] precision = %s needs the CUDA analysis, which this version does not have; use fp32",
-                      c->path, c->precision);
     QkBackendKind kind;
     if (qk_backend_parse(c->backend, &kind) || qk_backend_open(&r->be, kind, c->device, quiet)) return -1;
+    // tf32 / bf16: the CUDA forward pass's GEMMs (the analysis after it is fp32 on the host)
+    if (qk_backend_set_precision(r->be, c->precision)) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", qk_errmsg());
+        return qk_err("%s: [run] precision: %s", c->path, why);
+    }
     r->o = (AnalysisOpts){.k = c->k, .a = c->a, .p = c->p, .enc_slots = c->enc_slots,
                           .sketch_pairs = c->sketch_pairs, .sketch_capacity = c->sketch_capacity};
     // Corpus: text and JSONL need the tokenizer.

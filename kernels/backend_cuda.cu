@@ -1,74 +1,104 @@
-// backend_cuda.cu: the CUDA backend.  GPT-2 forward pass in fp32 (cuBLAS SGEMM with TF32 off:
-// the parity mode), filling the same host-side activation cache as the CPU backend.  llm.c-style:
-// one small kernel per job, cuBLAS for every matmul, shapes in the comments (row-major).
+// backend_cuda.cu: the CUDA backend (host/backend.h).  GPT-2's forward pass on the device
+// (kernels in forward_*.cu, declared in forward.cuh), filling the same host-side activation cache
+// as the CPU backend; the analysis still runs on the host after it (issue 14 moves it over).
 //
-// cuBLAS is column-major: a row-major (R, C) matrix with leading dimension ld is a column-major
-// (C, R) matrix with the same ld, so row-major Y = X @ W is computed as column-major Y^T = W^T X^T.
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
+// Per batch (B windows of T tokens, N = B T), on the compute stream, for layers l < n_run (the
+// analysis's last layer; all L with logits):
+//   ln      = LN1(resid[l])                                   forward_layernorm.cu (+ hook_scale)
+//   qkv     = ln @ W_attn + b_attn                            forward_matmul.cu (bias epilogue)
+//   q, k, scores, pattern, z = attention(qkv)                 forward_attention.cu
+//   resid'  = z @ W_proj + b_proj + resid[l]                  (residual fused: beta = 1)
+//   ln      = LN2(resid')
+//   fc      = gelu_new(ln @ W_fc + b_fc)                      (GELU epilogue; fp32: exact tanhf)
+//   resid[l+1] = fc @ W_fcproj + b_fcproj + resid'            (in place, beta = 1)
+// Precision (QkBackend.set_precision, `[run] precision`, `qkscope cache --precision`): fp32 (no
+// TF32 anywhere: the parity mode), tf32, bf16 (weights and GEMM inputs bf16, fp32 accumulation;
+// LayerNorm statistics in double, softmax and the residual stream in fp32 in every mode).
+// Overlap: each layer's hooks are copied to the host on a second stream as soon as an event says
+// the layer is done, while later layers compute; the host buffers come from QkBackend.host_mem
+// (page-locked), so the copies run at bus speed.  Only the layers the batch computed are copied.
+// Errors: every CUDA / cuBLAS call is checked and names the call and its shapes; an allocation
+// that does not fit names the size and the batch that would; a failed allocation leaves no
+// half-made cache behind (the next call starts clean).
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_try.h"
+#include "forward.cuh"
+#include "forward_mem.h"
 extern "C" {
 #include "backend.h"
 #include "bilinear_topk.h"
 #include "comm.h"
 }
 
-// Every CUDA / cuBLAS call is checked; the error names the call.
-#define CUBLAS_TRY(call)                                                                         \
-    do {                                                                                         \
-        cublasStatus_t s_ = (call);                                                              \
-        if (s_ != CUBLAS_STATUS_SUCCESS) return qk_err("%s: cuBLAS status %d", #call, (int)s_);  \
-    } while (0)
-#define KERNEL_TRY(name) CUDA_TRY(cudaGetLastError())
+static const size_t LT_WORKSPACE = (size_t)32 << 20;  // cuBLASLt workspace (Hopper wants 32 MiB)
 
 // ---------------------------------------------------------------------------------------------
 // Device memory
 
-// cudaMalloc that names the size and suggests a smaller batch when the device is full.
-static int dev_alloc(float **p, size_t n_floats, const char *what) {
-    cudaError_t e = cudaMalloc((void **)p, n_floats * sizeof(float) + 1);
+// cudaMalloc of `bytes` for `what`; on failure the error names the size and the free memory, and
+// the failure is cleared so that the next kernel check does not report it again.
+static int dev_alloc(void **p, size_t bytes, const char *what) {
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
     if (e == cudaSuccess) return 0;
     *p = NULL;
+    (void)cudaGetLastError();
     size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
-    return qk_err("cudaMalloc of %zu bytes for %s failed (%s; %zu MiB free of %zu MiB): use a smaller --batch",
-                  n_floats * sizeof(float), what, cudaGetErrorString(e), free_b >> 20, total_b >> 20);
-}
-
-static int upload(float **dst, const float *src, size_t n, const char *what) {
-    if (dev_alloc(dst, n, what)) return -1;
-    CUDA_TRY(cudaMemcpy(*dst, src, n * sizeof(float), cudaMemcpyHostToDevice));
-    return 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+    return qk_err("cudaMalloc of %.1f MiB for %s failed (%s; %zu MiB free of %zu MiB)", bytes / 1048576.0, what,
+                  cudaGetErrorString(e), free_b >> 20, total_b >> 20);
 }
 
 typedef struct {
     float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+    __nv_bfloat16 *attn_w16, *proj_w16, *fc_w16, *fc_b16, *fcproj_w16;  // the bf16 mode's copies
 } DevLayer;
 
+// What the device weights are a copy of: the model's dimensions, its address and a fingerprint
+// of sampled values of every tensor (a model loaded at the freed address of another is seen).
 typedef struct {
-    const GPT2Model *owner;  // the host model these weights were uploaded from
+    GPT2Config cfg;
+    const GPT2Model *m;
+    uint64_t fingerprint;
+} WeightKey;
+
+typedef struct {
+    WeightKey key;  // valid when loaded
+    int loaded, have_bf16;
     float *wte, *wpe, *lnf_w, *lnf_b;
+    __nv_bfloat16 *wte16;
     DevLayer *layers;
     int n_layer;
 } DevWeights;
 
-// Device mirror of GPT2Acts for one batch shape.
+// Device activations for one batch shape (B = 0: none).  resid's layers are `stride` floats apart
+// (N C rounded up to 256 bytes: every GEMM operand 256-byte aligned, as cuBLASLt's plans assume).
 typedef struct {
-    int B, T, keep_attn, want_logits, n_run;
-    int *tokens;                                   // (B, T)
+    int B, T, keep_attn, want_logits;
+    GPT2Config cfg;  // the model dimensions the buffers were sized for
+    size_t stride;
+    int *tokens;                                                   // (B, T)
     float *resid, *ln1_scale, *q, *k, *scores, *pattern, *logits;  // as GPT2Acts
-    float *ln, *qkv, *z, *fc, *lnf_scale;
+    float *ln2_scale;                                              // (N) LN2 / ln_f scale scratch
+    void *ln, *z, *fc;                                             // (N, C), (N, C), (N, F): fp32 or bf16
+    float *qkv, *qkvp, *zp;                                        // (N, 3C), (3, N, C), (N, C)
 } DevActs;
 
 struct CudaCtx {
     int device;
     QkBtk *btk[3];  // bilinear top-k contexts by QkPrecision, made on first use
+    QkPrecision prec;
     cublasHandle_t blas;
+    LtPlans *lt;
+    void *lt_ws;
+    cudaStream_t compute, copy;
+    cudaEvent_t *done;  // (L + 2): [0] embedding written, [l + 1] layer l's hooks, [L + 1] logits
+    int n_done;
+    int *tok_pinned;  // page-locked staging of the batch's tokens
+    size_t tok_cap;
     DevWeights w;
     DevActs a;
 };
@@ -76,8 +106,9 @@ struct CudaCtx {
 static void free_weights(DevWeights *w) {
     for (int l = 0; l < w->n_layer && w->layers; l++) {
         DevLayer *d = &w->layers[l];
-        float *p[] = {d->ln1_w, d->ln1_b, d->attn_w, d->attn_b, d->proj_w, d->proj_b,
-                      d->ln2_w, d->ln2_b, d->fc_w,   d->fc_b,   d->fcproj_w, d->fcproj_b};
+        void *p[] = {d->ln1_w,    d->ln1_b,    d->attn_w,    d->attn_b, d->proj_w, d->proj_b, d->ln2_w,
+                     d->ln2_b,    d->fc_w,     d->fc_b,      d->fcproj_w, d->fcproj_b, d->attn_w16, d->proj_w16,
+                     d->fc_w16,   d->fc_b16,   d->fcproj_w16};
         for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
     }
     free(w->layers);
@@ -85,7 +116,25 @@ static void free_weights(DevWeights *w) {
     cudaFree(w->wpe);
     cudaFree(w->lnf_w);
     cudaFree(w->lnf_b);
+    cudaFree(w->wte16);
     memset(w, 0, sizeof *w);
+}
+
+static void free_bf16(DevWeights *w) {
+    for (int l = 0; l < w->n_layer && w->layers; l++) {
+        DevLayer *d = &w->layers[l];
+        __nv_bfloat16 **p[] = {&d->attn_w16, &d->proj_w16, &d->fc_w16, &d->fc_b16, &d->fcproj_w16};
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(*p[i]), *p[i] = NULL;
+    }
+    cudaFree(w->wte16);
+    w->wte16 = NULL;
+    w->have_bf16 = 0;
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = (const unsigned char *)p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
 }
 
 // One weight tensor: where its device copy goes, its host copy, its size in floats, its name.
@@ -96,41 +145,101 @@ typedef struct {
     const char *what;
 } WeightSlot;
 
-// The weight tensors of m in a fixed order with their device slots in *w (whose layer array it
-// allocates): *slots (free it) gets 4 + 12 L of them; returns the count.
+// The weight tensors of m in a fixed order with their device slots in *w (NULL: slots not
+// wanted, only the list): *slots (free it) gets 4 + 12 L of them; returns the count.
 static int weight_slots(DevWeights *w, const GPT2Model *m, WeightSlot **slots) {
     const GPT2Config *c = &m->cfg;
     size_t C = c->d_model, F = c->d_mlp;
-    w->layers = (DevLayer *)qk_calloc(c->n_layer, sizeof(DevLayer));
-    w->n_layer = c->n_layer;
+    static float *sink;
+    DevLayer dummy;
     WeightSlot *s = (WeightSlot *)qk_malloc(sizeof(WeightSlot) * (4 + 12 * (size_t)c->n_layer));
     int n = 0;
-#define SLOT(dev, host, count, name) (s[n++] = WeightSlot{&(dev), (host), (count), (name)})
+#define SLOT(dev, host, count, name) (s[n++] = WeightSlot{w ? &(dev) : &sink, (host), (count), (name)})
     SLOT(w->wte, m->wte, (size_t)c->vocab_size * C, "wte"), SLOT(w->wpe, m->wpe, (size_t)c->n_ctx * C, "wpe");
-    SLOT(w->lnf_w, m->lnf_w, C, "ln_f"), SLOT(w->lnf_b, m->lnf_b, C, "ln_f");
+    SLOT(w->lnf_w, m->lnf_w, C, "ln_f.weight"), SLOT(w->lnf_b, m->lnf_b, C, "ln_f.bias");
     for (int l = 0; l < c->n_layer; l++) {
         const GPT2Layer *h = &m->layers[l];
-        DevLayer *d = &w->layers[l];
-        SLOT(d->ln1_w, h->ln1_w, C, "ln_1"), SLOT(d->ln1_b, h->ln1_b, C, "ln_1");
-        SLOT(d->attn_w, h->attn_w, C * 3 * C, "c_attn"), SLOT(d->attn_b, h->attn_b, 3 * C, "c_attn");
-        SLOT(d->proj_w, h->proj_w, C * C, "c_proj"), SLOT(d->proj_b, h->proj_b, C, "c_proj");
-        SLOT(d->ln2_w, h->ln2_w, C, "ln_2"), SLOT(d->ln2_b, h->ln2_b, C, "ln_2");
-        SLOT(d->fc_w, h->fc_w, C * F, "c_fc"), SLOT(d->fc_b, h->fc_b, F, "c_fc");
-        SLOT(d->fcproj_w, h->fcproj_w, F * C, "mlp.c_proj"), SLOT(d->fcproj_b, h->fcproj_b, C, "mlp.c_proj");
+        DevLayer *d = w ? &w->layers[l] : &dummy;
+        SLOT(d->ln1_w, h->ln1_w, C, "ln_1.weight"), SLOT(d->ln1_b, h->ln1_b, C, "ln_1.bias");
+        SLOT(d->attn_w, h->attn_w, C * 3 * C, "attn.c_attn.weight"), SLOT(d->attn_b, h->attn_b, 3 * C, "attn.c_attn.bias");
+        SLOT(d->proj_w, h->proj_w, C * C, "attn.c_proj.weight"), SLOT(d->proj_b, h->proj_b, C, "attn.c_proj.bias");
+        SLOT(d->ln2_w, h->ln2_w, C, "ln_2.weight"), SLOT(d->ln2_b, h->ln2_b, C, "ln_2.bias");
+        SLOT(d->fc_w, h->fc_w, C * F, "mlp.c_fc.weight"), SLOT(d->fc_b, h->fc_b, F, "mlp.c_fc.bias");
+        SLOT(d->fcproj_w, h->fcproj_w, F * C, "mlp.c_proj.weight"), SLOT(d->fcproj_b, h->fcproj_b, C, "mlp.c_proj.bias");
     }
 #undef SLOT
     *slots = s;
     return n;
 }
 
+static WeightKey weight_key(const GPT2Model *m) {
+    WeightKey k;
+    memset(&k, 0, sizeof k);
+    k.cfg = m->cfg;
+    k.m = m;
+    WeightSlot *s;
+    int n = weight_slots(NULL, m, &s);
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < n; i++)
+        for (size_t j = 0; j < 16; j++) h = fnv(h, s[i].src + (s[i].n - 1) * j / 15, sizeof(float));
+    free(s);
+    k.fingerprint = h;
+    return k;
+}
+
+static int same_key(const WeightKey *a, const WeightKey *b) { return !memcmp(a, b, sizeof *a); }
+
 static int upload_weights(DevWeights *w, const GPT2Model *m) {
     free_weights(w);
+    w->layers = (DevLayer *)qk_calloc(m->cfg.n_layer, sizeof(DevLayer));
+    w->n_layer = m->cfg.n_layer;
     WeightSlot *s;
     int n = weight_slots(w, m, &s), rc = 0;
-    for (int i = 0; i < n && !rc; i++) rc = upload(s[i].dst, s[i].src, s[i].n, s[i].what);
+    for (int i = 0; i < n && !rc; i++) {
+        rc = dev_alloc((void **)s[i].dst, s[i].n * sizeof(float), s[i].what);
+        if (!rc && cudaMemcpy(*s[i].dst, s[i].src, s[i].n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = qk_err("cudaMemcpy of %s (%zu floats) to the device: %s", s[i].what, s[i].n,
+                        cudaGetErrorString(cudaGetLastError()));
+    }
     free(s);
-    if (rc) return -1;
-    w->owner = m;
+    // cudaMemcpy from pageable memory may return before its DMA lands; the forward pass runs on a
+    // non-blocking stream, which does not wait for the legacy stream: wait here.
+    cudaError_t e = rc ? cudaSuccess : cudaDeviceSynchronize();
+    if (e != cudaSuccess) rc = qk_err("uploading the model weights: %s", cudaGetErrorString(e));
+    if (rc) {
+        free_weights(w);  // nothing half-uploaded stays marked as loaded
+        return -1;
+    }
+    w->key = weight_key(m);
+    w->loaded = 1;
+    return 0;
+}
+
+// The bf16 mode's copies of the GEMM weights (and c_fc's bias, of the bf16 hidden layer's type),
+// converted on the device from the fp32 copies.
+static int make_bf16(CudaCtx *ctx, const GPT2Config *c) {
+    DevWeights *w = &ctx->w;
+    size_t C = c->d_model, F = c->d_mlp;
+    int rc = 0;
+    auto conv = [&](__nv_bfloat16 **dst, const float *src, size_t n, const char *what) {
+        if (rc) return;
+        rc = dev_alloc((void **)dst, n * 2, what);
+        if (!rc) rc = fwd_to_bf16(ctx->compute, *dst, src, n);
+    };
+    conv(&w->wte16, w->wte, (size_t)c->vocab_size * C, "wte (bf16)");
+    for (int l = 0; l < c->n_layer; l++) {
+        DevLayer *d = &w->layers[l];
+        conv(&d->attn_w16, d->attn_w, C * 3 * C, "attn.c_attn.weight (bf16)");
+        conv(&d->proj_w16, d->proj_w, C * C, "attn.c_proj.weight (bf16)");
+        conv(&d->fc_w16, d->fc_w, C * F, "mlp.c_fc.weight (bf16)");
+        conv(&d->fc_b16, d->fc_b, F, "mlp.c_fc.bias (bf16)");
+        conv(&d->fcproj_w16, d->fcproj_w, F * C, "mlp.c_proj.weight (bf16)");
+    }
+    if (rc) {
+        free_bf16(w);
+        return -1;
+    }
+    w->have_bf16 = 1;
     return 0;
 }
 
@@ -145,10 +254,16 @@ static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, i
     int n = 0, is_root = comm->rank(comm) == root;
     if (!rc) {
         free_weights(&ctx->w);
+        ctx->w.layers = (DevLayer *)qk_calloc(m->cfg.n_layer, sizeof(DevLayer));
+        ctx->w.n_layer = m->cfg.n_layer;
         n = weight_slots(&ctx->w, m, &s);
     }
-    for (int i = 0; i < n && !rc; i++)
-        rc = is_root ? upload(s[i].dst, s[i].src, s[i].n, s[i].what) : dev_alloc(s[i].dst, s[i].n, s[i].what);
+    for (int i = 0; i < n && !rc; i++) {
+        rc = dev_alloc((void **)s[i].dst, s[i].n * sizeof(float), s[i].what);
+        if (!rc && is_root && cudaMemcpy(*s[i].dst, s[i].src, s[i].n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = qk_err("cudaMemcpy of %s (%zu floats) to the device: %s", s[i].what, s[i].n,
+                        cudaGetErrorString(cudaGetLastError()));
+    }
     // Every rank holds its buffers (or has failed) before any broadcast starts: no rank is left
     // waiting in one.
     int64_t failed = rc != 0;
@@ -156,222 +271,252 @@ static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, i
     else if (failed && !rc) rc = qk_err("another rank could not hold the model weights on its GPU");
     for (int i = 0; i < n && !rc; i++) rc = comm->bcast_device(comm, *s[i].dst, s[i].n * sizeof(float), root);
     free(s);
-    if (rc) return -1;
-    ctx->w.owner = m;
-    return 0;
-}
-
-static void free_acts(DevActs *a) {
-    cudaFree(a->tokens);
-    float *p[] = {a->resid, a->ln1_scale, a->q, a->k, a->scores, a->pattern, a->logits,
-                  a->ln, a->qkv, a->z, a->fc, a->lnf_scale};
-    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
-    memset(a, 0, sizeof *a);
-}
-
-static int alloc_acts(DevActs *a, const GPT2Config *c, const GPT2Acts *h) {
-    free_acts(a);
-    size_t BT = (size_t)h->B * h->T, L = c->n_layer, C = c->d_model, H = c->n_head, TT = (size_t)h->T * h->T;
-    a->B = h->B;
-    a->T = h->T;
-    a->keep_attn = h->keep_attn;
-    a->want_logits = h->want_logits;
-    CUDA_TRY(cudaMalloc((void **)&a->tokens, BT * sizeof(int)));
-    if (dev_alloc(&a->resid, (L + 1) * BT * C, "the residual stream") || dev_alloc(&a->ln1_scale, L * BT, "ln1 scales") ||
-        dev_alloc(&a->q, L * BT * C, "hook_q") || dev_alloc(&a->k, L * BT * C, "hook_k") ||
-        dev_alloc(&a->scores, (h->keep_attn ? L : 1) * h->B * H * TT, "attention scores") ||
-        dev_alloc(&a->pattern, (h->keep_attn ? L : 1) * h->B * H * TT, "attention patterns") ||
-        (h->want_logits && dev_alloc(&a->logits, BT * c->vocab_size, "logits")) || dev_alloc(&a->ln, BT * C, "scratch") ||
-        dev_alloc(&a->qkv, BT * 3 * C, "scratch") || dev_alloc(&a->z, BT * C, "scratch") ||
-        dev_alloc(&a->fc, BT * c->d_mlp, "scratch") || dev_alloc(&a->lnf_scale, BT, "scratch"))
+    if (rc) {
+        free_weights(&ctx->w);
         return -1;
+    }
+    ctx->w.key = weight_key(m);
+    ctx->w.loaded = 1;
     return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kernels
+// Activations
 
-// x (N, C) = wte[tokens] + wpe[pos]
-__global__ void embed_kernel(float *x, const int *tokens, const float *wte, const float *wpe, int N, int T, int C) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i >= (size_t)N * C) return;
-    int n = (int)(i / C), c = (int)(i % C);
-    x[i] = wte[(size_t)tokens[n] * C + c] + wpe[(size_t)(n % T) * C + c];
+static void free_acts(DevActs *a) {
+    void *p[] = {a->tokens, a->resid, a->ln1_scale, a->q, a->k, a->scores, a->pattern, a->logits, a->ln2_scale,
+                 a->ln,     a->z,     a->fc,        a->qkv, a->qkvp, a->zp};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
+    memset(a, 0, sizeof *a);  // B = 0: no shape cached
 }
 
-// One warp per row: out (N, C) = (x - mean) / scale * w + b, scale (N) = sqrt(var + eps).
-// Two passes over the row (mean, then centred variance) as torch.nn.LayerNorm.
-__global__ void layernorm_kernel(float *out, float *scale, const float *x, const float *w, const float *b, int N, int C,
-                                 float eps) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    const float *xr = x + (size_t)row * C;
-    float s = 0;
-    for (int i = lane; i < C; i += 32) s += xr[i];
-    for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    float mean = s / C, v = 0;
-    for (int i = lane; i < C; i += 32) v += (xr[i] - mean) * (xr[i] - mean);
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    float sc = sqrtf(v / C + eps);
-    if (lane == 0) scale[row] = sc;
-    float *orow = out + (size_t)row * C;
-    for (int i = lane; i < C; i += 32) orow[i] = (xr[i] - mean) / sc * w[i] + b[i];
+static int alloc_acts(CudaCtx *ctx, const GPT2Config *c, const GPT2Acts *h) {
+    DevActs *a = &ctx->a;
+    free_acts(a);
+    size_t stride, need = qk_cuda_acts_bytes(c, h->B, h->T, h->keep_attn, h->want_logits, &stride);
+    const size_t N = (size_t)h->B * h->T, L = c->n_layer, C = c->d_model, F = c->d_mlp, f = sizeof(float);
+    const size_t attn = (h->keep_attn ? L : 1) * (size_t)h->B * c->n_head * h->T * h->T;
+    struct {
+        void **p;
+        size_t bytes;
+        const char *what;
+    } buf[] = {
+        {(void **)&a->tokens, N * sizeof(int), "tokens"},
+        {(void **)&a->resid, (L + 1) * stride * f, "the residual stream (hook_resid_pre/post)"},
+        {(void **)&a->ln1_scale, L * N * f, "ln1.hook_scale"},
+        {(void **)&a->q, L * N * C * f, "attn.hook_q"},
+        {(void **)&a->k, L * N * C * f, "attn.hook_k"},
+        {(void **)&a->scores, attn * f, "attn.hook_attn_scores"},
+        {(void **)&a->pattern, attn * f, "attn.hook_pattern"},
+        {(void **)&a->logits, h->want_logits ? N * c->vocab_size * f : 0, "logits"},
+        {(void **)&a->ln2_scale, N * f, "LayerNorm scratch"},
+        {(void **)&a->ln, N * C * f, "LayerNorm output"},
+        {(void **)&a->z, N * C * f, "attention output z"},
+        {(void **)&a->fc, N * F * f, "MLP hidden layer"},
+        {(void **)&a->qkv, N * 3 * C * f, "qkv"},
+        {(void **)&a->qkvp, 3 * N * C * f, "per-head q, k, v"},
+        {(void **)&a->zp, N * C * f, "per-head z"},
+    };
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+    int rc = 0;
+    if (need > free_b) rc = qk_err("does not fit");
+    for (size_t i = 0; i < sizeof buf / sizeof buf[0] && !rc; i++)
+        if (buf[i].bytes) rc = dev_alloc(buf[i].p, buf[i].bytes, buf[i].what);
+    if (rc) {
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", qk_errmsg());
+        free_acts(a);
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+        // the batch that fits in 95% of what is free now (the driver's granularity, other users)
+        long long fit = qk_cuda_batch_fit(c, h->T, h->keep_attn, h->want_logits, 0.95 * (double)free_b);
+        return qk_err("the activations of a batch of %d windows of %d tokens need %.1f MiB on the GPU, %zu MiB are free "
+                      "(of %zu MiB)%s%s: about %lld windows a batch fit; use a smaller batch ([corpus] batch / --batch)",
+                      h->B, h->T, need / 1048576.0, free_b >> 20, total_b >> 20, strcmp(inner, "does not fit") ? "; " : "",
+                      strcmp(inner, "does not fit") ? inner : "", fit);
+    }
+    a->stride = stride;
+    a->cfg = *c;
+    a->keep_attn = h->keep_attn;
+    a->want_logits = h->want_logits;
+    a->T = h->T;
+    a->B = h->B;  // last: the shape is cached only once everything is allocated
+    return 0;
 }
 
-// out (N, C) = base (N, C) + bias (C)   (base may alias out)
-__global__ void add_bias_kernel(float *out, const float *base, const float *bias, int N, int C) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < (size_t)N * C) out[i] = base[i] + bias[i % C];
-}
-
-// out (N, C) = bias broadcast over rows
-__global__ void fill_bias_kernel(float *out, const float *bias, int N, int C) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < (size_t)N * C) out[i] = bias[i % C];
-}
-
-__global__ void gelu_new_kernel(float *x, size_t n) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float v = x[i];
-    x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-
-// One warp per score row (b, h, i) of (B, H, T, T): causal softmax.  Keys j > i get score -inf
-// and weight 0, as TransformerLens's hook_attn_scores / hook_pattern.
-__global__ void causal_softmax_kernel(float *scores, float *pattern, int rows, int T) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    int i = row % T;
-    float *s = scores + (size_t)row * T, *p = pattern + (size_t)row * T;
-    float mx = -INFINITY;
-    for (int j = lane; j <= i; j += 32) mx = fmaxf(mx, s[j]);
-    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0;
-    for (int j = lane; j <= i; j += 32) sum += expf(s[j] - mx);
-    for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    float r = 1.0f / sum;
-    for (int j = lane; j < T; j += 32) {
-        if (j <= i) p[j] = expf(s[j] - mx) * r;
-        else {
-            s[j] = -INFINITY;
-            p[j] = 0.0f;
+static int ensure_events(CudaCtx *ctx, int n) {
+    if (ctx->n_done >= n) return 0;
+    cudaEvent_t *e = (cudaEvent_t *)qk_calloc(n, sizeof(cudaEvent_t));
+    for (int i = 0; i < ctx->n_done; i++) e[i] = ctx->done[i];
+    for (int i = ctx->n_done; i < n; i++) {
+        cudaError_t r = cudaEventCreateWithFlags(&e[i], cudaEventDisableTiming);
+        if (r != cudaSuccess) {
+            for (int j = ctx->n_done; j < i; j++) cudaEventDestroy(e[j]);
+            free(e);
+            return qk_err("cudaEventCreateWithFlags (event %d of %d): %s", i, n, cudaGetErrorString(r));
         }
     }
+    free(ctx->done);
+    ctx->done = e;
+    ctx->n_done = n;
+    return 0;
 }
-
-static unsigned blocks_for(size_t n, unsigned threads) { return (unsigned)((n + threads - 1) / threads); }
 
 // ---------------------------------------------------------------------------------------------
 // Forward pass
 
-// Row-major out (N, Cout) (+)= inp (N, Cin) @ w (Cin, Cout), beta 0 or 1.
-static int gemm_rm(cublasHandle_t h, float *out, const float *inp, const float *w, int N, int Cin, int Cout, float beta) {
-    const float one = 1.0f;
-    cublasStatus_t st = cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, Cout, N, Cin, &one, w, Cout, inp, Cin, &beta, out, Cout);
-    if (st != CUBLAS_STATUS_SUCCESS)  // the shapes, row-major: (N, Cin) x (Cin, Cout)
-        return qk_err("cublasSgemm (%d x %d) x (%d x %d): cuBLAS status %d", N, Cin, Cin, Cout, (int)st);
-    return 0;
+static cublasComputeType_t gemm_compute(QkPrecision p) {
+    return p == QK_PREC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
-// Causal attention of one layer: qkv (B, T, 3C) -> hooks q, k (B, T, C), scores and pattern
-// (B, H, T, T), z (B, T, C).
-static int attention(CudaCtx *ctx, const GPT2Config *c, int B, int T, const float *qkv, float *hq, float *hk,
-                     float *scores, float *pattern, float *z) {
-    const int C = c->d_model, H = c->n_head, dh = c->d_head, C3 = 3 * C;
-    const size_t N = (size_t)B * T;
-    CUDA_TRY(cudaMemcpy2D(hq, C * sizeof(float), qkv, C3 * sizeof(float), C * sizeof(float), N, cudaMemcpyDeviceToDevice));
-    CUDA_TRY(cudaMemcpy2D(hk, C * sizeof(float), qkv + C, C3 * sizeof(float), C * sizeof(float), N,
-                          cudaMemcpyDeviceToDevice));
-    const float inv = 1.0f / sqrtf((float)dh), one = 1.0f, zero = 0.0f;
-    for (int b = 0; b < B; b++) {
-        const float *Q = qkv + (size_t)b * T * C3, *K = Q + C, *V = Q + 2 * C;
-        float *S = scores + (size_t)b * H * T * T, *P = pattern + (size_t)b * H * T * T;
-        // Per head h: S_h (T, T) = Q_h K_h^T * inv, i.e. column-major S_h^T = K_h Q_h^T.
-        CUBLAS_TRY(cublasSgemmStridedBatched(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, dh, &inv, K, C3, dh, Q, C3, dh,
-                                             &zero, S, T, (long long)T * T, H));
-        int rows = H * T;
-        causal_softmax_kernel<<<blocks_for(rows, 8), 256>>>(S, P, rows, T);
-        KERNEL_TRY(causal_softmax_kernel);
-        // z_h (T, dh) = P_h (T, T) V_h (T, dh), written into columns h*dh.. of z (B, T, C).
-        CUBLAS_TRY(cublasSgemmStridedBatched(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, dh, T, T, &one, V, C3, dh, P, T,
-                                             (long long)T * T, &zero, z + (size_t)b * T * C, C, dh, H));
-    }
-    return 0;
+static GemmShape gemm(int N, int Cin, int Cout, int epilogue, int residual, QkPrecision p) {
+    GemmShape g;
+    memset(&g, 0, sizeof g);
+    g.N = N, g.Cin = Cin, g.Cout = Cout, g.epilogue = epilogue, g.residual = residual;
+    g.ab_bf16 = p == QK_PREC_BF16;
+    g.compute = gemm_compute(p);
+    return g;
 }
 
-static int forward_device(CudaCtx *ctx, const GPT2Config *c, DevActs *a) {
+// Enqueues layers [0, n_run) on the compute stream, recording done[0] after the embedding and
+// done[l + 1] after layer l.
+static int forward_device(CudaCtx *ctx, const GPT2Config *c, int n_run) {
     const DevWeights *w = &ctx->w;
-    const int B = a->B, T = a->T, C = c->d_model, F = c->d_mlp, N = B * T, H = c->n_head;
+    DevActs *a = &ctx->a;
+    const QkPrecision P = ctx->prec;
+    const int B = a->B, T = a->T, C = c->d_model, F = c->d_mlp, N = B * T, H = c->n_head, bf = P == QK_PREC_BF16;
     const size_t NC = (size_t)N * C, layer_attn = (size_t)B * H * T * T;
-    const unsigned TB = 256;
-    embed_kernel<<<blocks_for(NC, TB), TB>>>(a->resid, a->tokens, w->wte, w->wpe, N, T, C);
-    KERNEL_TRY(embed_kernel);
-    const int n_run = a->n_run && !a->want_logits ? a->n_run : c->n_layer;
+    cudaStream_t s = ctx->compute;
+    char what[64];
+    if (fwd_embed(s, a->resid, a->tokens, w->wte, w->wpe, N, T, C)) return -1;
+    CUDA_TRYF(cudaEventRecord(ctx->done[0], s), "after the embedding");
+    AttnShape as = {B, T, C, H, bf, P == QK_PREC_FP32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F_FAST_TF32};
     for (int l = 0; l < n_run; l++) {
         const DevLayer *ly = &w->layers[l];
-        float *in = a->resid + l * NC, *out = a->resid + (l + 1) * NC;
-        float *S = a->scores + (a->keep_attn ? l * layer_attn : 0), *P = a->pattern + (a->keep_attn ? l * layer_attn : 0);
-        layernorm_kernel<<<blocks_for(N, 8), 256>>>(a->ln, a->ln1_scale + (size_t)l * N, in, ly->ln1_w, ly->ln1_b, N, C,
-                                                     c->ln_eps);
-        KERNEL_TRY(layernorm_kernel);
-        fill_bias_kernel<<<blocks_for(NC * 3, TB), TB>>>(a->qkv, ly->attn_b, N, 3 * C);
-        KERNEL_TRY(fill_bias_kernel);
-        if (gemm_rm(ctx->blas, a->qkv, a->ln, ly->attn_w, N, C, 3 * C, 1.0f)) return -1;
-        if (attention(ctx, c, B, T, a->qkv, a->q + l * NC, a->k + l * NC, S, P, a->z)) return -1;
-        // out = in + b_proj + z W_proj  (resid_mid)
-        add_bias_kernel<<<blocks_for(NC, TB), TB>>>(out, in, ly->proj_b, N, C);
-        KERNEL_TRY(add_bias_kernel);
-        if (gemm_rm(ctx->blas, out, a->z, ly->proj_w, N, C, C, 1.0f)) return -1;
-        // out += b_fcproj + gelu_new(LN2(out) W_fc + b_fc) W_fcproj
-        layernorm_kernel<<<blocks_for(N, 8), 256>>>(a->ln, a->lnf_scale, out, ly->ln2_w, ly->ln2_b, N, C, c->ln_eps);
-        KERNEL_TRY(layernorm_kernel);
-        fill_bias_kernel<<<blocks_for((size_t)N * F, TB), TB>>>(a->fc, ly->fc_b, N, F);
-        KERNEL_TRY(fill_bias_kernel);
-        if (gemm_rm(ctx->blas, a->fc, a->ln, ly->fc_w, N, C, F, 1.0f)) return -1;
-        gelu_new_kernel<<<blocks_for((size_t)N * F, TB), TB>>>(a->fc, (size_t)N * F);
-        KERNEL_TRY(gelu_new_kernel);
-        add_bias_kernel<<<blocks_for(NC, TB), TB>>>(out, out, ly->fcproj_b, N, C);
-        KERNEL_TRY(add_bias_kernel);
-        if (gemm_rm(ctx->blas, out, a->fc, ly->fcproj_w, N, F, C, 1.0f)) return -1;
+        float *in = a->resid + l * a->stride, *out = a->resid + (l + 1) * a->stride;
+        float *S = a->scores + (a->keep_attn ? l * layer_attn : 0), *Pt = a->pattern + (a->keep_attn ? l * layer_attn : 0);
+        if (fwd_layernorm(s, a->ln, bf, a->ln1_scale + (size_t)l * N, in, ly->ln1_w, ly->ln1_b, N, C, c->ln_eps)) return -1;
+        GemmShape g = gemm(N, C, 3 * C, QK_EPI_BIAS, 0, P);
+        snprintf(what, sizeof what, "layer %d attn.c_attn", l);
+        if (fwd_matmul(ctx->lt, s, &g, a->qkv, a->ln, bf ? (const void *)ly->attn_w16 : ly->attn_w, ly->attn_b, NULL, what))
+            return -1;
+        if (fwd_attention(s, ctx->blas, &as, a->qkv, a->q + l * NC, a->k + l * NC, a->qkvp, a->zp, S, Pt, a->z)) return -1;
+        g = gemm(N, C, C, QK_EPI_BIAS, 1, P);
+        snprintf(what, sizeof what, "layer %d attn.c_proj", l);
+        if (fwd_matmul(ctx->lt, s, &g, out, a->z, bf ? (const void *)ly->proj_w16 : ly->proj_w, ly->proj_b, in, what))
+            return -1;
+        if (fwd_layernorm(s, a->ln, bf, a->ln2_scale, out, ly->ln2_w, ly->ln2_b, N, C, c->ln_eps)) return -1;
+        // fp32: bias epilogue, then gelu_new with the CPU's tanhf (the parity mode); tf32 / bf16:
+        // cuBLASLt's GELU epilogue (bf16 output in the bf16 mode, with the bias in bf16).
+        g = gemm(N, C, F, P == QK_PREC_FP32 ? QK_EPI_BIAS : QK_EPI_GELU_BIAS, 0, P);
+        g.d_bf16 = bf;
+        snprintf(what, sizeof what, "layer %d mlp.c_fc", l);
+        if (fwd_matmul(ctx->lt, s, &g, a->fc, a->ln, bf ? (const void *)ly->fc_w16 : ly->fc_w,
+                       bf ? (const void *)ly->fc_b16 : ly->fc_b, NULL, what))
+            return -1;
+        if (P == QK_PREC_FP32 && fwd_gelu(s, (float *)a->fc, (size_t)N * F)) return -1;
+        g = gemm(N, F, C, QK_EPI_BIAS, 1, P);
+        snprintf(what, sizeof what, "layer %d mlp.c_proj", l);
+        if (fwd_matmul(ctx->lt, s, &g, out, a->fc, bf ? (const void *)ly->fcproj_w16 : ly->fcproj_w, ly->fcproj_b, out,
+                       what))
+            return -1;
+        CUDA_TRYF(cudaEventRecord(ctx->done[l + 1], s), "after layer %d", l);
     }
     if (a->want_logits) {
-        layernorm_kernel<<<blocks_for(N, 8), 256>>>(a->ln, a->lnf_scale, a->resid + c->n_layer * NC, w->lnf_w, w->lnf_b,
-                                                     N, C, c->ln_eps);
-        KERNEL_TRY(layernorm_kernel);
-        const float one = 1.0f, zero = 0.0f;
-        // logits (N, V) = ln (N, C) wte^T: column-major logits^T = wte ln^T, wte row-major (V, C).
-        CUBLAS_TRY(cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->vocab_size, N, C, &one, w->wte, C, a->ln, C, &zero,
-                               a->logits, c->vocab_size));
+        if (fwd_layernorm(s, a->ln, bf, a->ln2_scale, a->resid + c->n_layer * a->stride, w->lnf_w, w->lnf_b, N, C,
+                          c->ln_eps))
+            return -1;
+        // logits (N, V) = ln_f(x) (N, C) @ wte^T, wte row-major (V, C)
+        GemmShape g = gemm(N, C, c->vocab_size, QK_EPI_NONE, 0, P);
+        g.transw = 1;
+        if (fwd_matmul(ctx->lt, s, &g, a->logits, a->ln, bf ? (const void *)w->wte16 : w->wte, NULL, NULL, "logits"))
+            return -1;
+        CUDA_TRYF(cudaEventRecord(ctx->done[c->n_layer + 1], s), "after the logits");
     }
     return 0;
 }
 
-static int download(float *dst, const float *src, size_t n) {
-    CUDA_TRY(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost));
+// Enqueues on the copy stream the download of every hook the batch computed, each after its
+// layer's event: layer l's copies overlap the compute of layers l + 1, ....
+static int download_all(CudaCtx *ctx, const GPT2Config *c, GPT2Acts *h, int n_run) {
+    DevActs *a = &ctx->a;
+    cudaStream_t s = ctx->copy;
+    const size_t N = (size_t)a->B * a->T, C = c->d_model, f = sizeof(float), NC = N * C;
+    const size_t attn = (size_t)a->B * c->n_head * a->T * a->T;
+#define D2H(dst, src, bytes, ...) CUDA_TRYF(cudaMemcpyAsync((dst), (src), (bytes), cudaMemcpyDeviceToHost, s), __VA_ARGS__)
+    CUDA_TRYF(cudaStreamWaitEvent(s, ctx->done[0], 0), "copy stream, embedding");
+    D2H(h->resid, a->resid, NC * f, "hook_resid_pre 0, %zu floats", NC);
+    for (int l = 0; l < n_run; l++) {
+        CUDA_TRYF(cudaStreamWaitEvent(s, ctx->done[l + 1], 0), "copy stream, layer %d", l);
+        D2H(h->resid + (l + 1) * NC, a->resid + (l + 1) * a->stride, NC * f, "hook_resid_post %d, %zu floats", l, NC);
+        D2H(h->ln1_scale + l * N, a->ln1_scale + l * N, N * f, "ln1.hook_scale %d, %zu floats", l, N);
+        D2H(h->q + l * NC, a->q + l * NC, NC * f, "hook_q %d, %zu floats", l, NC);
+        D2H(h->k + l * NC, a->k + l * NC, NC * f, "hook_k %d, %zu floats", l, NC);
+        if (a->keep_attn) {
+            D2H(h->scores + l * attn, a->scores + l * attn, attn * f, "hook_attn_scores %d, %zu floats", l, attn);
+            D2H(h->pattern + l * attn, a->pattern + l * attn, attn * f, "hook_pattern %d, %zu floats", l, attn);
+        }
+    }
+    if (!a->keep_attn && n_run > 0) {  // the one slot holds the last layer computed, as on the CPU
+        D2H(h->scores, a->scores, attn * f, "hook_attn_scores %d, %zu floats", n_run - 1, attn);
+        D2H(h->pattern, a->pattern, attn * f, "hook_pattern %d, %zu floats", n_run - 1, attn);
+    }
+    if (a->want_logits) {
+        CUDA_TRYF(cudaStreamWaitEvent(s, ctx->done[c->n_layer + 1], 0), "copy stream, logits");
+        D2H(h->logits, a->logits, N * c->vocab_size * f, "logits, %zu floats", N * c->vocab_size);
+    }
+#undef D2H
     return 0;
 }
 
 static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *h) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;
     const GPT2Config *c = &m->cfg;
-    CUDA_TRY(cudaSetDevice(ctx->device));
-    if (ctx->w.owner != m && upload_weights(&ctx->w, m)) return -1;
+    CUDA_TRYF(cudaSetDevice(ctx->device), "device %d", ctx->device);
+    WeightKey key = weight_key(m);
+    if ((!ctx->w.loaded || !same_key(&ctx->w.key, &key)) && upload_weights(&ctx->w, m)) return -1;
+    if (ctx->prec == QK_PREC_BF16 && !ctx->w.have_bf16 && make_bf16(ctx, c)) return -1;
     DevActs *a = &ctx->a;
-    if ((a->B != h->B || a->T != h->T || a->keep_attn != h->keep_attn || a->want_logits != h->want_logits) &&
-        alloc_acts(a, c, h))
+    if ((a->B != h->B || a->T != h->T || a->keep_attn != h->keep_attn || a->want_logits != h->want_logits ||
+         memcmp(&a->cfg, c, sizeof *c)) &&
+        alloc_acts(ctx, c, h))
         return -1;
-    size_t BT = (size_t)h->B * h->T, L = c->n_layer, C = c->d_model;
-    size_t attn = (h->keep_attn ? L : 1) * h->B * c->n_head * (size_t)h->T * h->T;
-    CUDA_TRY(cudaMemcpy(a->tokens, tokens, BT * sizeof(int), cudaMemcpyHostToDevice));
-    a->n_run = h->n_run;
-    if (forward_device(ctx, c, a)) return -1;
-    CUDA_TRY(cudaDeviceSynchronize());
-    if (download(h->resid, a->resid, (L + 1) * BT * C) || download(h->ln1_scale, a->ln1_scale, L * BT) ||
-        download(h->q, a->q, L * BT * C) || download(h->k, a->k, L * BT * C) || download(h->scores, a->scores, attn) ||
-        download(h->pattern, a->pattern, attn) ||
-        (h->want_logits && download(h->logits, a->logits, BT * c->vocab_size)))
-        return -1;
+    if (ensure_events(ctx, c->n_layer + 2)) return -1;
+    const size_t BT = (size_t)h->B * h->T;
+    // Tokens through page-locked staging (truly asynchronous); where the driver refuses page-locked
+    // memory, from the caller's memory (staged by the driver, still ordered on the stream).
+    if (ctx->tok_cap < BT) {
+        cudaFreeHost(ctx->tok_pinned);
+        ctx->tok_pinned = NULL, ctx->tok_cap = 0;
+        if (cudaHostAlloc((void **)&ctx->tok_pinned, BT * sizeof(int), cudaHostAllocPortable) == cudaSuccess)
+            ctx->tok_cap = BT;
+        else ctx->tok_pinned = NULL, (void)cudaGetLastError();
+    }
+    const int *tok_src = tokens;
+    if (ctx->tok_pinned) tok_src = (const int *)memcpy(ctx->tok_pinned, tokens, BT * sizeof(int));
+    CUDA_TRYF(cudaMemcpyAsync(a->tokens, tok_src, BT * sizeof(int), cudaMemcpyHostToDevice, ctx->compute),
+              "%d x %d tokens", h->B, h->T);
+    const int n_run = h->n_run && !h->want_logits ? h->n_run : c->n_layer;
+    int rc = forward_device(ctx, c, n_run);
+    if (!rc) rc = download_all(ctx, c, h, n_run);
+    // Both streams drained before returning (also after a failure: no copy may land later).
+    cudaError_t e1 = cudaStreamSynchronize(ctx->compute), e2 = cudaStreamSynchronize(ctx->copy);
+    if (rc) return -1;
+    if (e1 != cudaSuccess)
+        return qk_err("the forward pass of %d x %d tokens (%s): %s", h->B, h->T,
+                      ctx->prec == QK_PREC_BF16 ? "bf16" : ctx->prec == QK_PREC_TF32 ? "tf32" : "fp32",
+                      cudaGetErrorString(e1));
+    if (e2 != cudaSuccess) return qk_err("copying the activations of %d x %d tokens to the host: %s", h->B, h->T,
+                                         cudaGetErrorString(e2));
+    return 0;
+}
+
+static int cuda_set_precision(QkBackend *be, const char *p) {
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    if (!strcmp(p, "fp32")) ctx->prec = QK_PREC_FP32;
+    else if (!strcmp(p, "tf32")) ctx->prec = QK_PREC_TF32;
+    else if (!strcmp(p, "bf16")) ctx->prec = QK_PREC_BF16;
+    else return qk_err("precision '%s': expected fp32, tf32 or bf16", p);
     return 0;
 }
 
@@ -382,6 +527,7 @@ extern "C" int qk_cuda_probe(char *why, int why_len) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
+        (void)cudaGetLastError();
         snprintf(why, why_len, "%s", cudaGetErrorString(e));
         return 0;
     }
@@ -412,10 +558,20 @@ static void cuda_destroy(QkBackend *be) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;
     if (ctx) {
         cudaSetDevice(ctx->device);  // (a multi-GPU run closes every rank's backend from one thread)
+        if (ctx->compute) cudaStreamSynchronize(ctx->compute);
+        if (ctx->copy) cudaStreamSynchronize(ctx->copy);
         free_acts(&ctx->a);
         free_weights(&ctx->w);
+        for (int i = 0; i < ctx->n_done; i++) cudaEventDestroy(ctx->done[i]);
+        free(ctx->done);
+        cudaFreeHost(ctx->tok_pinned);
+        lt_plans_free(ctx->lt);
+        cudaFree(ctx->lt_ws);
         if (ctx->blas) cublasDestroy(ctx->blas);
         for (int p = 0; p < 3; p++) qk_btk_destroy(ctx->btk[p]);
+        if (ctx->compute) cudaStreamDestroy(ctx->compute);
+        if (ctx->copy) cudaStreamDestroy(ctx->copy);
+        (void)cudaGetLastError();
         free(ctx);
     }
     free(be);
@@ -445,10 +601,13 @@ static int cuda_static_maps(QkBackend *be, const HeadTables *t, int k, QkPrecisi
 
 static int cuda_ctx_init(CudaCtx *ctx, int device) {
     ctx->device = device;
-    CUDA_TRY(cudaSetDevice(device));
-    CUBLAS_TRY(cublasCreate(&ctx->blas));
-    // fp32 parity mode: no TF32 tensor-core rounding inside SGEMM.
-    CUBLAS_TRY(cublasSetMathMode(ctx->blas, CUBLAS_PEDANTIC_MATH));
+    CUDA_TRYF(cudaSetDevice(device), "device %d", device);
+    CUDA_TRY(cudaStreamCreateWithFlags(&ctx->compute, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamCreateWithFlags(&ctx->copy, cudaStreamNonBlocking));
+    BLAS_TRYF(cublasCreate(&ctx->blas), "device %d", device);
+    BLAS_TRYF(cublasSetStream(ctx->blas, ctx->compute), "device %d", device);
+    if (dev_alloc(&ctx->lt_ws, LT_WORKSPACE, "the cuBLASLt workspace")) return -1;
+    if (lt_plans_new(&ctx->lt, ctx->lt_ws, LT_WORKSPACE)) return -1;
     return 0;
 }
 
@@ -465,6 +624,7 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->analysis_close = qk_analysis_host_close;
     be->share_weights = cuda_share_weights;
     be->static_maps = cuda_static_maps;
+    be->set_precision = cuda_set_precision;
     be->destroy = cuda_destroy;
     be->host_mem.alloc = cuda_host_alloc;
     be->host_mem.free = cuda_host_free;

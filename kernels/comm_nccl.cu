@@ -19,11 +19,8 @@ extern "C" {
 #include "comm.h"
 }
 
-#define NCCL_TRY(call)                                                                           \
-    do {                                                                                         \
-        ncclResult_t r_ = (call);                                                                \
-        if (r_ != ncclSuccess) return qk_err("%s: %s", #call, ncclGetErrorString(r_));           \
-    } while (0)
+// A failed NCCL call: the call, the sizes it was given (printf-style), NCCL's reason.
+#define NCCL_TRY(call, ...) QK_TRY_(#call, call, r_ != ncclSuccess, ncclGetErrorString(r_), __VA_ARGS__)
 
 static const size_t CHUNK = (size_t)8 << 20;  // bytes per staged piece
 
@@ -52,7 +49,7 @@ static int nccl_allreduce_i64(QkComm *c, int64_t *x, size_t n) {
     for (size_t off = 0; off < n; off += per) {
         size_t m = n - off < per ? n - off : per;
         CUDA_TRY(cudaMemcpyAsync(k->dsend, x + off, m * sizeof(int64_t), cudaMemcpyHostToDevice, k->stream));
-        NCCL_TRY(ncclAllReduce(k->dsend, k->dsend, m, ncclInt64, ncclSum, k->comm, k->stream));
+        NCCL_TRY(ncclAllReduce(k->dsend, k->dsend, m, ncclInt64, ncclSum, k->comm, k->stream), "%zu int64 of %zu, rank %d of %d", m, n, k->rank, k->size);
         CUDA_TRY(cudaMemcpyAsync(x + off, k->dsend, m * sizeof(int64_t), cudaMemcpyDeviceToHost, k->stream));
         if (sync_stream(k)) return -1;
     }
@@ -66,7 +63,7 @@ static int nccl_allreduce_f64(QkComm *c, double *x, size_t n) {
     for (size_t off = 0; off < n; off += per) {
         size_t m = n - off < per ? n - off : per;
         CUDA_TRY(cudaMemcpyAsync(k->dsend, x + off, m * sizeof(double), cudaMemcpyHostToDevice, k->stream));
-        NCCL_TRY(ncclAllGather(k->dsend, k->drecv, m, ncclDouble, k->comm, k->stream));
+        NCCL_TRY(ncclAllGather(k->dsend, k->drecv, m, ncclDouble, k->comm, k->stream), "%zu doubles of %zu, rank %d of %d", m, n, k->rank, k->size);
         CUDA_TRY(cudaMemcpyAsync(k->hrecv, k->drecv, k->size * m * sizeof(double), cudaMemcpyDeviceToHost, k->stream));
         if (sync_stream(k)) return -1;
         qk_comm_sum_ranks_f64(x + off, (const double *)k->hrecv, m, m, k->size);
@@ -82,7 +79,7 @@ static int nccl_bcast(QkComm *c, void *buf, size_t n, int root) {
         size_t m = n - off < CHUNK ? n - off : CHUNK;
         if (k->rank == root)
             CUDA_TRY(cudaMemcpyAsync(k->dsend, (uint8_t *)buf + off, m, cudaMemcpyHostToDevice, k->stream));
-        NCCL_TRY(ncclBroadcast(k->dsend, k->dsend, m, ncclChar, root, k->comm, k->stream));
+        NCCL_TRY(ncclBroadcast(k->dsend, k->dsend, m, ncclChar, root, k->comm, k->stream), "%zu bytes from root %d, rank %d of %d", (size_t)m, root, k->rank, k->size);
         if (k->rank != root)
             CUDA_TRY(cudaMemcpyAsync((uint8_t *)buf + off, k->dsend, m, cudaMemcpyDeviceToHost, k->stream));
         if (sync_stream(k)) return -1;
@@ -97,7 +94,7 @@ static int nccl_allgatherv(QkComm *c, const void *buf, size_t len, void **out, s
     CUDA_TRY(cudaSetDevice(k->device));
     uint64_t mine = len;
     CUDA_TRY(cudaMemcpyAsync(k->dsend, &mine, sizeof mine, cudaMemcpyHostToDevice, k->stream));
-    NCCL_TRY(ncclAllGather(k->dsend, k->drecv, 1, ncclUint64, k->comm, k->stream));
+    NCCL_TRY(ncclAllGather(k->dsend, k->drecv, 1, ncclUint64, k->comm, k->stream), "1 uint64, rank %d of %d", k->rank, k->size);
     CUDA_TRY(cudaMemcpyAsync(k->hrecv, k->drecv, k->size * sizeof(uint64_t), cudaMemcpyDeviceToHost, k->stream));
     if (sync_stream(k)) return -1;
     size_t total = 0, longest = 0;
@@ -120,7 +117,7 @@ static int nccl_allgatherv(QkComm *c, const void *buf, size_t len, void **out, s
             e = cudaMemcpyAsync(k->hrecv, k->drecv, k->size * m, cudaMemcpyDeviceToHost, k->stream);
         if (e == cudaSuccess && ne == ncclSuccess) e = cudaStreamSynchronize(k->stream);
         if (e != cudaSuccess) rc = qk_err("comm allgatherv: %s", cudaGetErrorString(e));
-        else if (ne != ncclSuccess) rc = qk_err("comm allgatherv: ncclAllGather: %s", ncclGetErrorString(ne));
+        else if (ne != ncclSuccess) rc = qk_err("comm allgatherv: ncclAllGather (%zu bytes per rank, rank %d of %d): %s", (size_t)m, k->rank, k->size, ncclGetErrorString(ne));
         for (int r = 0; !rc && r < k->size; r++) {
             size_t take = lens[r] > off ? (lens[r] - off < m ? lens[r] - off : m) : 0;
             if (take) memcpy(o + first[r] + off, k->hrecv + (size_t)r * m, take);
@@ -138,7 +135,7 @@ static int nccl_allgatherv(QkComm *c, const void *buf, size_t len, void **out, s
 static int nccl_barrier(QkComm *c) {
     Nccl *k = ctx_of(c);
     CUDA_TRY(cudaSetDevice(k->device));
-    NCCL_TRY(ncclAllReduce(k->dsend, k->dsend, 1, ncclInt64, ncclSum, k->comm, k->stream));
+    NCCL_TRY(ncclAllReduce(k->dsend, k->dsend, 1, ncclInt64, ncclSum, k->comm, k->stream), "barrier, rank %d of %d", k->rank, k->size);
     return sync_stream(k);
 }
 
@@ -147,7 +144,7 @@ static int nccl_bcast_device(QkComm *c, void *dev_buf, size_t n, int root) {
     if (root < 0 || root >= k->size) return qk_err("comm bcast_device: root %d is not a rank of %d", root, k->size);
     CUDA_TRY(cudaSetDevice(k->device));
     CUDA_TRY(cudaDeviceSynchronize());  // the root's uploads (other streams) are complete
-    NCCL_TRY(ncclBroadcast(dev_buf, dev_buf, n, ncclChar, root, k->comm, k->stream));
+    NCCL_TRY(ncclBroadcast(dev_buf, dev_buf, n, ncclChar, root, k->comm, k->stream), "%zu bytes from root %d, rank %d of %d", n, root, k->rank, k->size);
     return sync_stream(k);
 }
 

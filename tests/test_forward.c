@@ -124,3 +124,121 @@ Test(forward, backend_host_memory_same_values) {
     gpt2_free(&m);
     qk_backend_close(be);
 }
+
+// The backend's device caches follow the model: a weight changed in place (same address, same
+// dimensions) is seen, and one backend runs models of other dimensions in turn, each giving what
+// a fresh backend gives (bit for bit).
+static void forward_fresh(const GPT2Model *m, const int *tokens, int B, int T, GPT2Acts *out) {
+    QkBackend *be = test_backend();
+    gpt2_acts_alloc(out, &m->cfg, B, T, 1, 1);
+    cr_assert_eq(be->forward(be, m, tokens, out), 0, "%s", qk_errmsg());
+    qk_backend_close(be);
+}
+
+static void expect_same_acts(const GPT2Acts *a, const GPT2Acts *b, const GPT2Config *c, const char *what) {
+    size_t L = c->n_layer, BT = (size_t)a->B * a->T, C = c->d_model, HTT = (size_t)a->B * c->n_head * a->T * a->T;
+    cr_expect_eq(memcmp(a->resid, b->resid, (L + 1) * BT * C * sizeof(float)), 0, "%s: resid", what);
+    cr_expect_eq(memcmp(a->q, b->q, L * BT * C * sizeof(float)), 0, "%s: q", what);
+    cr_expect_eq(memcmp(a->ln1_scale, b->ln1_scale, L * BT * sizeof(float)), 0, "%s: ln1 scale", what);
+    cr_expect_eq(memcmp(a->pattern, b->pattern, L * HTT * sizeof(float)), 0, "%s: pattern", what);
+    cr_expect_eq(memcmp(a->logits, b->logits, BT * c->vocab_size * sizeof(float)), 0, "%s: logits", what);
+}
+
+Test(forward, one_backend_follows_model_changes) {
+    const char *names[] = {"gpt2_tiny_a", "gpt2_tiny_b", "gpt2_tiny_a"};
+    QkBackend *be = test_backend();
+    for (int i = 0; i < 3; i++) {
+        char dir[256], path[300];
+        snprintf(dir, sizeof dir, REF_DIR "/%s", names[i]);
+        snprintf(path, sizeof path, "%s/tokens.txt", dir);
+        GPT2Model m;
+        int *tokens, B, T;
+        cr_assert_eq(gpt2_load(&m, dir), 0, "%s", qk_errmsg());
+        cr_assert_eq(qk_token_file_read(path, &tokens, &B, &T), 0);
+        for (int change = 0; change < 2; change++) {
+            if (change) m.layers[0].ln1_b[0] += 0.5f, m.wpe[0] -= 0.25f;  // in place: same address, same shapes
+            GPT2Acts a, ref;
+            gpt2_acts_alloc(&a, &m.cfg, B, T, 1, 1);
+            cr_assert_eq(be->forward(be, &m, tokens, &a), 0, "%s", qk_errmsg());
+            forward_fresh(&m, tokens, B, T, &ref);
+            expect_same_acts(&a, &ref, &m.cfg, names[i]);
+            gpt2_acts_free(&a);
+            gpt2_acts_free(&ref);
+        }
+        free(tokens);
+        gpt2_free(&m);
+    }
+    qk_backend_close(be);
+}
+
+// n_run = 1 (the analysis's last layer is 0): layer 0's hooks as in a full pass, nothing written
+// past it (the host buffers keep what they held).
+Test(forward, n_run_stops_and_copies_only_the_layers_run) {
+    QkBackend *be = test_backend();
+    GPT2Model m;
+    int *tokens, B, T;
+    load_tiny_a(&m, &tokens, &B, &T);
+    const GPT2Config *c = &m.cfg;
+    cr_assert_geq(c->n_layer, 2);
+    GPT2Acts full, part;
+    gpt2_acts_alloc(&full, c, B, T, 0, 0);
+    gpt2_acts_alloc_in(&part, c, B, T, 0, 0, &be->host_mem);
+    size_t BT = (size_t)B * T, C = c->d_model, L = c->n_layer, HTT = (size_t)B * c->n_head * T * T;
+    for (size_t i = 0; i < (L + 1) * BT * C; i++) part.resid[i] = NAN;
+    for (size_t i = 0; i < L * BT * C; i++) part.q[i] = NAN;
+    cr_assert_eq(be->forward(be, &m, tokens, &full), 0, "%s", qk_errmsg());
+    part.n_run = 1;
+    cr_assert_eq(be->forward(be, &m, tokens, &part), 0, "%s", qk_errmsg());
+    cr_expect_eq(memcmp(part.resid, full.resid, 2 * BT * C * sizeof(float)), 0, "resid_pre 0 and resid_post 0");
+    cr_expect_eq(memcmp(part.q, full.q, BT * C * sizeof(float)), 0, "hook_q 0");
+    cr_expect(isnan(part.resid[2 * BT * C]) && isnan(part.resid[(L + 1) * BT * C - 1]), "resid past layer 0 written");
+    cr_expect(isnan(part.q[BT * C]), "hook_q of layer 1 written");
+    // the one attention slot holds layer 0's pattern: rows sum to 1
+    for (size_t r = 0; r < HTT / T; r++) {
+        double s = 0;
+        for (int j = 0; j < T; j++) s += part.pattern[r * T + j];
+        cr_assert(fabs(s - 1) < 1e-5, "pattern row %zu sums to %g", r, s);
+    }
+    gpt2_acts_free(&full);
+    gpt2_acts_free(&part);
+    free(tokens);
+    gpt2_free(&m);
+    qk_backend_close(be);
+}
+
+// tf32 and bf16 (CUDA only) stay close to fp32: residuals within their rounding, the same
+// argmax of most attention rows; back to fp32 gives fp32's bits again.
+Test(forward, precisions_track_fp32) {
+    QkBackend *be = test_backend();
+    if (!be->set_precision) {
+        const char *name = be->name;  // a string literal of the backend's
+        qk_backend_close(be);
+        cr_skip_test("precision modes: the %s backend computes in fp32 only", name);
+    }
+    GPT2Model m;
+    int *tokens, B, T;
+    load_tiny_a(&m, &tokens, &B, &T);
+    const GPT2Config *c = &m.cfg;
+    size_t n = (size_t)(c->n_layer + 1) * B * T * c->d_model;
+    GPT2Acts ref, a;
+    gpt2_acts_alloc(&ref, c, B, T, 1, 1);
+    gpt2_acts_alloc(&a, c, B, T, 1, 1);
+    cr_assert_eq(be->forward(be, &m, tokens, &ref), 0, "%s", qk_errmsg());
+    const char *modes[] = {"tf32", "bf16", "fp32"};
+    const double tol[] = {5e-3, 5e-2, 0};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(qk_backend_set_precision(be, modes[i]), 0, "%s", qk_errmsg());
+        cr_assert_eq(be->forward(be, &m, tokens, &a), 0, "%s: %s", modes[i], qk_errmsg());
+        size_t at = 0;
+        double e = rel_err(a.resid, ref.resid, n, &at);
+        cr_expect(e <= tol[i], "%s: residual relative error %.3g at %zu (%g vs %g)", modes[i], e, at, a.resid[at],
+                  ref.resid[at]);
+        for (size_t j = 0; j < n; j++) cr_assert(isfinite(a.resid[j]), "%s: resid[%zu] = %g", modes[i], j, a.resid[j]);
+    }
+    cr_expect_eq(memcmp(a.resid, ref.resid, n * sizeof(float)), 0, "fp32 again: not the same bits");
+    gpt2_acts_free(&ref);
+    gpt2_acts_free(&a);
+    free(tokens);
+    gpt2_free(&m);
+    qk_backend_close(be);
+}
