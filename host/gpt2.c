@@ -9,24 +9,47 @@
 #include "safetensors.h"
 #include "util.h"
 
-// Reads integer key `key` of the config object; `def` < 0 means the key is required.
+// Upper bounds on config.json sizes, far above any GPT-2 (XL: 48 layers, 25 heads, n_embd 1600,
+// 50257 tokens, 1024 positions), so sizes derived from them (4 * n_embd, per-layer arrays, the
+// tensor shapes checked against them) cannot overflow, and a bad config fails before anything is
+// allocated.
+static const struct {
+    const char *key;
+    int max;
+} k_caps[] = {{"n_layer", 1024}, {"n_head", 4096}, {"n_embd", 1 << 16}, {"vocab_size", 1 << 24},
+              {"n_positions", 1 << 20}, {"n_inner", 1 << 20}};
+
+// Reads integer key `key` of the config object (1 <= value <= its cap); `def` < 0 means the key
+// is required.
 static int cfg_int(const cJSON *root, const char *path, const char *key, int def, int *out) {
+    int max = 0;
+    for (size_t i = 0; i < sizeof k_caps / sizeof k_caps[0]; i++)
+        if (!strcmp(k_caps[i].key, key)) max = k_caps[i].max;
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!j || cJSON_IsNull(j)) {
         if (def < 0) return qk_err("%s: field '%s' is missing", path, key);
         *out = def;
         return 0;
     }
-    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < 1 ||
-        j->valuedouble > 1e9)
-        return qk_err("%s: field '%s' must be a positive integer", path, key);
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < 1 || j->valuedouble > max)
+        return qk_err("%s: field '%s' must be an integer in [1, %d]", path, key, max);
     *out = (int)j->valuedouble;
     return 0;
 }
 
 int gpt2_config_load(GPT2Config *cfg, const char *path) {
     memset(cfg, 0, sizeof *cfg);
-    cJSON *root = qk_json_load(path);
+    size_t len;
+    char *text = qk_read_file(path, &len);
+    if (!text) return -1;
+    int rc = gpt2_config_parse(cfg, text, len, path);
+    free(text);
+    return rc;
+}
+
+int gpt2_config_parse(GPT2Config *cfg, const char *text, size_t len, const char *path) {
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = qk_json_parse(text, len, path);
     if (!root) return -1;
     int rc = 0, n_pos = 0;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -40,13 +63,13 @@ int gpt2_config_load(GPT2Config *cfg, const char *path) {
              cfg_int(root, path, "n_embd", -1, &cfg->d_model) || cfg_int(root, path, "vocab_size", -1, &cfg->vocab_size) ||
              cfg_int(root, path, "n_positions", -1, &n_pos))
         rc = -1;
-    else if (cfg_int(root, path, "n_inner", 4 * cfg->d_model, &cfg->d_mlp))
+    else if (cfg_int(root, path, "n_inner", 4 * cfg->d_model, &cfg->d_mlp))  // 4 * n_embd <= 2^18: no overflow
         rc = -1;
     else if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "gelu_new")))
-        rc = qk_err("%s: field 'activation_function' is \"%s\"; only gelu_new (GPT-2) is supported", path,
+        rc = qk_err("%s: field 'activation_function' is \"%.60s\"; only gelu_new (GPT-2) is supported", path,
                     cJSON_IsString(act) ? act->valuestring : "?");
-    else if (eps && !cJSON_IsNumber(eps))
-        rc = qk_err("%s: field 'layer_norm_epsilon' must be a number", path);
+    else if (eps && !(cJSON_IsNumber(eps) && eps->valuedouble > 0 && eps->valuedouble <= 1))
+        rc = qk_err("%s: field 'layer_norm_epsilon' must be a number in (0, 1]", path);
     else if (cJSON_IsTrue(inv))
         rc = qk_err("%s: field 'scale_attn_by_inverse_layer_idx' true is not supported", path);
     else if (cJSON_IsFalse(scl))
@@ -96,46 +119,89 @@ int gpt2_load(GPT2Model *m, const char *dir) {
     memset(m, 0, sizeof *m);
     char *cfg_path = qk_path_join(dir, "config.json");
     char *st_path = qk_path_join(dir, "model.safetensors");
-    int rc = gpt2_config_load(&m->cfg, cfg_path);
+    GPT2Config cfg;
     QkSafetensors st = {0};
+    int rc = gpt2_config_load(&cfg, cfg_path);
     if (!rc) rc = qk_st_open(&st, st_path);
     if (!rc) {
-        const GPT2Config *c = &m->cfg;
-        const char *pre = qk_st_find(&st, "transformer.wte.weight") ? "transformer." : "";
-        m->layers = qk_calloc(c->n_layer, sizeof(GPT2Layer));
-        if (!(m->wte = load(&st, pre, "wte.weight", 2, c->vocab_size, c->d_model)) ||
-            !(m->wpe = load(&st, pre, "wpe.weight", 2, c->n_ctx, c->d_model)) ||
-            !(m->lnf_w = load(&st, pre, "ln_f.weight", 1, c->d_model, 0)) ||
-            !(m->lnf_b = load(&st, pre, "ln_f.bias", 1, c->d_model, 0)))
-            rc = -1;
-        for (int l = 0; !rc && l < c->n_layer; l++) rc = load_layer(&m->layers[l], &st, pre, l, c);
-        // A present lm_head must be the tied embedding: qkscope computes logits with wte.
-        const QkTensorInfo *lm = qk_st_find(&st, "lm_head.weight");
-        if (!rc && lm) {
-            int64_t shape[2] = {c->vocab_size, c->d_model};
-            float *w = qk_st_load_f32(&st, "lm_head.weight", 2, shape);
-            if (!w) rc = -1;
-            else if (memcmp(w, m->wte, sizeof(float) * c->vocab_size * c->d_model))
-                rc = qk_err("%s: tensor 'lm_head.weight' differs from 'wte.weight'; only tied GPT-2 heads are supported",
-                            st_path);
-            free(w);
-        }
-        // Tensors of more layers than the config declares mean the config and weights disagree.
-        char extra[64];
-        snprintf(extra, sizeof extra, "%sh.%d.ln_1.weight", pre, c->n_layer);
-        if (!rc && qk_st_find(&st, extra))
-            rc = qk_err("%s: tensor '%s' exists but config.json says n_layer = %d", st_path, extra, c->n_layer);
+        rc = gpt2_load_st(m, &cfg, &st);
         qk_st_close(&st);
     }
     free(cfg_path);
     free(st_path);
+    if (rc) return -1;
+    m->dir = qk_strdup(dir);
+    return 0;
+}
+
+// Every tensor the model needs is present with the config's shape: checked before anything is
+// allocated, so a config that disagrees with its weights fails at once, naming the tensor.
+static int check_shapes(const QkSafetensors *st, const char *pre, const GPT2Config *c) {
+    const int64_t C = c->d_model, F = c->d_mlp;
+    static const char *const suffix[12] = {"ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                                           "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                                           "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
+    const int64_t shape[12][2] = {{C, 0}, {C, 0}, {C, 3 * C}, {3 * C, 0}, {C, C}, {C, 0},
+                                  {C, 0}, {C, 0}, {C, F},     {F, 0},     {F, C}, {C, 0}};
+    char n[256];
+    for (int l = -1; l < c->n_layer; l++)
+        for (int q = 0; q < (l < 0 ? 4 : 12); q++) {
+            const char *top[4] = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"};
+            const int64_t top_shape[4][2] = {{c->vocab_size, C}, {c->n_ctx, C}, {C, 0}, {C, 0}};
+            const int64_t *want = l < 0 ? top_shape[q] : shape[q];
+            if (l < 0) snprintf(n, sizeof n, "%s%s", pre, top[q]);
+            else snprintf(n, sizeof n, "%sh.%d.%s", pre, l, suffix[q]);
+            const QkTensorInfo *t = qk_st_find(st, n);
+            int nd = want[1] ? 2 : 1;
+            if (!t) return qk_err("%s: tensor '%s' is missing", st->path, n);
+            if (t->ndim != nd || t->shape[0] != want[0] || (nd == 2 && t->shape[1] != want[1])) {
+                char w[64];
+                if (nd == 2) snprintf(w, sizeof w, "[%lld, %lld]", (long long)want[0], (long long)want[1]);
+                else snprintf(w, sizeof w, "[%lld]", (long long)want[0]);
+                return qk_err("%s: tensor '%s' does not have the shape %s that config.json gives", st->path, n, w);
+            }
+        }
+    return 0;
+}
+
+int gpt2_load_st(GPT2Model *m, const GPT2Config *cfg, const QkSafetensors *st) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    const GPT2Config *c = &m->cfg;
+    const char *st_path = st->path;
+    const char *pre = qk_st_find(st, "transformer.wte.weight") ? "transformer." : "";
+    // Tensors of more layers than the config declares mean the config and weights disagree.
+    char extra[64];
+    snprintf(extra, sizeof extra, "%sh.%d.ln_1.weight", pre, c->n_layer);
+    int rc = check_shapes(st, pre, c);
+    if (!rc && qk_st_find(st, extra))
+        rc = qk_err("%s: tensor '%s' exists but config.json says n_layer = %d", st_path, extra, c->n_layer);
+    if (!rc) {
+        m->layers = qk_calloc(c->n_layer, sizeof(GPT2Layer));
+        if (!(m->wte = load(st, pre, "wte.weight", 2, c->vocab_size, c->d_model)) ||
+            !(m->wpe = load(st, pre, "wpe.weight", 2, c->n_ctx, c->d_model)) ||
+            !(m->lnf_w = load(st, pre, "ln_f.weight", 1, c->d_model, 0)) ||
+            !(m->lnf_b = load(st, pre, "ln_f.bias", 1, c->d_model, 0)))
+            rc = -1;
+        for (int l = 0; !rc && l < c->n_layer; l++) rc = load_layer(&m->layers[l], st, pre, l, c);
+    }
+    // A present lm_head must be the tied embedding: qkscope computes logits with wte.
+    const QkTensorInfo *lm = qk_st_find(st, "lm_head.weight");
+    if (!rc && lm) {
+        int64_t shape[2] = {c->vocab_size, c->d_model};
+        float *w = qk_st_load_f32(st, "lm_head.weight", 2, shape);
+        if (!w) rc = -1;
+        else if (memcmp(w, m->wte, sizeof(float) * c->vocab_size * c->d_model))
+            rc = qk_err("%s: tensor 'lm_head.weight' differs from 'wte.weight'; only tied GPT-2 heads are supported",
+                        st_path);
+        free(w);
+    }
     if (rc) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
         gpt2_free(m);
         return qk_err("%s", keep);
     }
-    m->dir = qk_strdup(dir);
     return 0;
 }
 
