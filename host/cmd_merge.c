@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "h5out.h"
 #include "manifest.h"
+#include "out_check.h"
 #include "util.h"
 
 typedef struct {
@@ -289,6 +290,7 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
 static int merge(const char *dir, const char *out_path) {
     Shards s;
     QkH5Out out = {0};
+    if (qk_out_check_file(out_path, 1)) return -1;
     int rc = open_shards(dir, &s) || qk_h5_create(&out, out_path);
     VisitCtx v = {.s = &s, .out = &out};
     if (!rc) {

@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "corpus.h"
 #include "manifest.h"
+#include "out_check.h"
 #include "run_setup.h"
 #include "util.h"
 
@@ -177,6 +178,7 @@ int cmd_submit(int argc, char **argv) {
     const char *config = argv[optind];
     char **files;
     int n, *first = NULL, rc = 0;
+    if (qk_out_check_folder(out)) return fprintf(stderr, "qkscope submit: %s\n", qk_errmsg()), QK_EXIT_FAIL;
     // The plan must work now, so the tasks will not fail on it later.
     if (plan_parts(config, sets, n_sets, tasks, &files, &n, &first)) {
         fprintf(stderr, "qkscope submit: %s\n", qk_errmsg());

@@ -48,7 +48,7 @@ static int write_head(QkH5Out *o, int l, int h, const StaticMaps *s) {
 static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet) {
     RunSetup s;
     QkH5Out out = {0};
-    int rc = run_setup_open(&s, config, sets, n_sets, quiet);
+    int rc = run_setup_open(&s, config, sets, n_sets, quiet, out_path, QK_OUT_FILE);
     if (!rc && s.cfg.threads) omp_set_num_threads(s.cfg.threads);
     if (!rc) rc = qk_h5_create(&out, out_path);
     if (!rc) rc = run_setup_write_identity(&s, out.file, "qkscope-static");

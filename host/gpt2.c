@@ -151,15 +151,7 @@ static int check_shapes(const QkSafetensors *st, const char *pre, const GPT2Conf
             const int64_t *want = l < 0 ? top_shape[q] : shape[q];
             if (l < 0) snprintf(n, sizeof n, "%s%s", pre, top[q]);
             else snprintf(n, sizeof n, "%sh.%d.%s", pre, l, suffix[q]);
-            const QkTensorInfo *t = qk_st_find(st, n);
-            int nd = want[1] ? 2 : 1;
-            if (!t) return qk_err("%s: tensor '%s' is missing", st->path, n);
-            if (t->ndim != nd || t->shape[0] != want[0] || (nd == 2 && t->shape[1] != want[1])) {
-                char w[64];
-                if (nd == 2) snprintf(w, sizeof w, "[%lld, %lld]", (long long)want[0], (long long)want[1]);
-                else snprintf(w, sizeof w, "[%lld]", (long long)want[0]);
-                return qk_err("%s: tensor '%s' does not have the shape %s that config.json gives", st->path, n, w);
-            }
+            if (!qk_st_check(st, n, want[1] ? 2 : 1, want)) return -1;
         }
     return 0;
 }

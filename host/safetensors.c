@@ -352,7 +352,7 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
-float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape) {
+const QkTensorInfo *qk_st_check(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape) {
     const QkTensorInfo *t = qk_st_find(st, name);
     if (!t) {
         qk_err("%s: tensor '%s' is missing", st->path, name);
@@ -367,6 +367,12 @@ float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const
         qk_err("%s: tensor '%s' has shape %s, expected %s", st->path, name, got, want);
         return NULL;
     }
+    return t;
+}
+
+float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape) {
+    const QkTensorInfo *t = qk_st_check(st, name, ndim, shape);
+    if (!t) return NULL;
     float *out = qk_malloc((t->numel ? t->numel : 1) * sizeof(float));
     if (qk_st_read_f32(st, t, out)) {
         free(out);

@@ -51,6 +51,10 @@ size_t qk_dtype_size(QkDtype dt);
 // Copies a floating tensor (F32, F16, BF16, F64) into out[numel] as float32.
 int qk_st_read_f32(const QkSafetensors *st, const QkTensorInfo *t, float *out);
 
+// Finds `name` and checks it has exactly the shape shape[0..ndim): NULL with an error naming it
+// (missing, or its shape and the expected one) otherwise.
+const QkTensorInfo *qk_st_check(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape);
+
 // Finds `name`, checks it has exactly the shape shape[0..ndim), and returns a fresh float32 copy
 // (free with free()).  A missing or misshapen tensor is an error that names it, and so is a
 // non-finite value (NaN, +-inf): these are model weights, and one NaN would silently turn every

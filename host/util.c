@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static _Thread_local char g_err[1024];
+static _Thread_local char g_err[8192];  // room for a path of PATH_MAX and the message
 
 int qk_err(const char *fmt, ...) {
     va_list ap;
