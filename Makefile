@@ -90,11 +90,33 @@ demo: $(BIN)/qkscope
 	$(BIN)/qkscope planted --out $(DEMO) --check-run $(DEMO)/run.h5 --check-static $(DEMO)/static.h5
 	@echo "== outputs: $(DEMO)/run.h5 $(DEMO)/static.h5 (layout: docs/FORMAT.md; notebooks/explore.ipynb opens them)"
 
-# The README's test command.  Suites that need a GPU skip themselves, saying why.  The notebook
-# runs after the suites (a sub-make, so -j does not interleave them).
+# The README's test command.  Suites that need a GPU skip themselves, saying why.  Then every fuzz
+# harness briefly with every stored crash input (fuzz-smoke), and the notebook (sub-makes, so -j
+# does not interleave them).
 test: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cpu $(BIN)/test_qkscope --jobs 1
+	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory test-notebook
+
+# The whole Criterion suite under AddressSanitizer + UndefinedBehaviorSanitizer (no recovery) and
+# LeakSanitizer, CPU only, in its own build (ASAN_BUILD).  The suites start ./bin/qkscope: they run
+# from ASAN_BUILD/root, whose tests/ and bin/ (the sanitized qkscope) and ../shared point at the real
+# ones, so every command they start is sanitized too.  A sanitizer report exits 86 (never a status
+# a test expects) and fails the test.  The flags go through the environment: the Makefile's own
+# CFLAGS (-std, -fopenmp, includes) are added to them.
+ASAN_BUILD ?= build/asan
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_ENV   := ASAN_OPTIONS=exitcode=86:detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
+              LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0
+test-asan:
+	CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" $(MAKE) --no-print-directory CUDA=0 \
+	    BUILD=$(ASAN_BUILD) BIN=$(ASAN_BUILD)/bin $(ASAN_BUILD)/bin/qkscope $(ASAN_BUILD)/bin/test_qkscope
+	mkdir -p $(ASAN_BUILD)/root
+	ln -sfn $(abspath tests) $(ASAN_BUILD)/root/tests
+	ln -sfn $(abspath $(ASAN_BUILD)/bin) $(ASAN_BUILD)/root/bin
+	ln -sfn $(abspath ../shared) $(ASAN_BUILD)/shared
+	ln -sfn $(abspath slurm) $(ASAN_BUILD)/slurm
+	cd $(ASAN_BUILD)/root && $(ASAN_ENV) QK_BACKEND=cpu ./bin/test_qkscope --jobs 1 $(ASAN_TEST_ARGS)
 
 # notebooks/explore.ipynb executed headless (nbconvert) against a small synthetic demo run; its
 # asserts fail the target on a broken file.  The virtualenv comes from PyPI, pinned in

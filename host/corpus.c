@@ -630,7 +630,8 @@ static void *worker_main(void *arg) {
             for (int i = 0; i < k->n_seg; i++) {
                 Segment *s = &k->seg[i];
                 s->t0 = k->toks.n;
-                qk_bpe_encode(enc, k->text.data + s->b0, s->b1 - s->b0, c->opt.allow_special, &k->toks);
+                if (s->b1 > s->b0)  // (an empty document's chunk may have no text buffer at all)
+                    qk_bpe_encode(enc, k->text.data + s->b0, s->b1 - s->b0, c->opt.allow_special, &k->toks);
                 s->t1 = k->toks.n;
             }
         }
