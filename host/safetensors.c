@@ -138,6 +138,8 @@ static int parse_tensor(const char *path, const cJSON *e, QkTensorInfo *t) {
 static int parse_metadata(QkSafetensors *st, const cJSON *m) {
     if (!cJSON_IsObject(m)) return qk_err("%s: safetensors header: '__metadata__' is not an object", st->path);
     int n = cJSON_GetArraySize(m);
+    if (n > QK_ST_MAX_TENSORS)
+        return qk_err("%s: safetensors header: __metadata__ has %d entries (at most %d)", st->path, n, QK_ST_MAX_TENSORS);
     st->meta_keys = qk_calloc(n, sizeof(char *));
     st->meta_vals = qk_calloc(n, sizeof(char *));
     const cJSON *e;
@@ -174,6 +176,10 @@ static int parse_header(QkSafetensors *st, const char *hdr, size_t hlen) {
     int rc = 0, n = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, root) n++;
+    if (n > QK_ST_MAX_TENSORS) {
+        cJSON_Delete(root);
+        return qk_err("%s: safetensors header: %d entries (at most %d)", path, n, QK_ST_MAX_TENSORS);
+    }
     st->tensors = qk_calloc(n, sizeof(QkTensorInfo));
     cJSON_ArrayForEach(e, root) {
         if (strcmp(e->string, "__metadata__") == 0) {

@@ -6,6 +6,7 @@
 
 #define QK_ST_MAX_DIMS 8
 #define QK_ST_MAX_HEADER 100000000ull
+#define QK_ST_MAX_TENSORS (1 << 20)  // entries in a header (GPT-2 small has 149), checked before allocating
 
 typedef enum {
     QK_DT_F32, QK_DT_F16, QK_DT_BF16, QK_DT_F64,

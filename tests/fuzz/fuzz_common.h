@@ -1,4 +1,4 @@
-// fuzz_common.h: helpers shared by the libFuzzer harnesses (tests/fuzz/README.md).
+// fuzz_common.h: helpers shared by the libFuzzer harnesses (the list, and the campaigns: results/fuzz.md).
 #pragma once
 #include <stdint.h>
 #include <stdio.h>
