@@ -100,7 +100,7 @@ test: $(BIN)/test_qkscope $(BIN)/qkscope
 
 # The whole Criterion suite under AddressSanitizer + UndefinedBehaviorSanitizer (no recovery) and
 # LeakSanitizer, CPU only, in its own build (ASAN_BUILD).  The suites start ./bin/qkscope: they run
-# from ASAN_BUILD/root, whose tests/ and bin/ (the sanitized qkscope) and ../shared point at the real
+# from ASAN_BUILD/root, whose tests/, configs/, bin/ (the sanitized qkscope) and ../shared point at the real
 # ones, so every command they start is sanitized too.  A sanitizer report exits 86 (never a status
 # a test expects) and fails the test.  The flags go through the environment: the Makefile's own
 # CFLAGS (-std, -fopenmp, includes) are added to them.
@@ -113,6 +113,7 @@ test-asan:
 	    BUILD=$(ASAN_BUILD) BIN=$(ASAN_BUILD)/bin $(ASAN_BUILD)/bin/qkscope $(ASAN_BUILD)/bin/test_qkscope
 	mkdir -p $(ASAN_BUILD)/root
 	ln -sfn $(abspath tests) $(ASAN_BUILD)/root/tests
+	ln -sfn $(abspath configs) $(ASAN_BUILD)/root/configs
 	ln -sfn $(abspath $(ASAN_BUILD)/bin) $(ASAN_BUILD)/root/bin
 	ln -sfn $(abspath ../shared) $(ASAN_BUILD)/shared
 	ln -sfn $(abspath slurm) $(ASAN_BUILD)/slurm
