@@ -3,6 +3,8 @@
 
 #include <cJSON.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,25 +95,32 @@ static float *load(const QkSafetensors *st, const char *prefix, const char *name
     return qk_st_load_f32(st, full, ndim, shape);
 }
 
+// The tensors of a layer: name suffix, field, shape in units of the config (D_NONE: 1-D).
+enum { D_NONE, D_C, D_3C, D_F };
+static const struct {
+    const char *suffix;
+    size_t field;
+    uint8_t d0, d1;
+} k_layer[12] = {
+    {"ln_1.weight", offsetof(GPT2Layer, ln1_w), D_C, D_NONE},          {"ln_1.bias", offsetof(GPT2Layer, ln1_b), D_C, D_NONE},
+    {"attn.c_attn.weight", offsetof(GPT2Layer, attn_w), D_C, D_3C},    {"attn.c_attn.bias", offsetof(GPT2Layer, attn_b), D_3C, D_NONE},
+    {"attn.c_proj.weight", offsetof(GPT2Layer, proj_w), D_C, D_C},     {"attn.c_proj.bias", offsetof(GPT2Layer, proj_b), D_C, D_NONE},
+    {"ln_2.weight", offsetof(GPT2Layer, ln2_w), D_C, D_NONE},          {"ln_2.bias", offsetof(GPT2Layer, ln2_b), D_C, D_NONE},
+    {"mlp.c_fc.weight", offsetof(GPT2Layer, fc_w), D_C, D_F},          {"mlp.c_fc.bias", offsetof(GPT2Layer, fc_b), D_F, D_NONE},
+    {"mlp.c_proj.weight", offsetof(GPT2Layer, fcproj_w), D_F, D_C},    {"mlp.c_proj.bias", offsetof(GPT2Layer, fcproj_b), D_C, D_NONE},
+};
+
+static int64_t dim(const GPT2Config *c, int d) {
+    return d == D_C ? c->d_model : d == D_3C ? 3 * (int64_t)c->d_model : d == D_F ? c->d_mlp : 0;
+}
+
 static int load_layer(GPT2Layer *ly, const QkSafetensors *st, const char *pre, int l, const GPT2Config *c) {
     char n[128];
-    const int C = c->d_model, F = c->d_mlp;
-#define LOAD(dst, suffix, nd, a, b)                           \
-    snprintf(n, sizeof n, "h.%d.%s", l, suffix);              \
-    if (!(ly->dst = load(st, pre, n, nd, a, b))) return -1;
-    LOAD(ln1_w, "ln_1.weight", 1, C, 0);
-    LOAD(ln1_b, "ln_1.bias", 1, C, 0);
-    LOAD(attn_w, "attn.c_attn.weight", 2, C, 3 * C);
-    LOAD(attn_b, "attn.c_attn.bias", 1, 3 * C, 0);
-    LOAD(proj_w, "attn.c_proj.weight", 2, C, C);
-    LOAD(proj_b, "attn.c_proj.bias", 1, C, 0);
-    LOAD(ln2_w, "ln_2.weight", 1, C, 0);
-    LOAD(ln2_b, "ln_2.bias", 1, C, 0);
-    LOAD(fc_w, "mlp.c_fc.weight", 2, C, F);
-    LOAD(fc_b, "mlp.c_fc.bias", 1, F, 0);
-    LOAD(fcproj_w, "mlp.c_proj.weight", 2, F, C);
-    LOAD(fcproj_b, "mlp.c_proj.bias", 1, C, 0);
-#undef LOAD
+    for (int q = 0; q < 12; q++) {
+        snprintf(n, sizeof n, "h.%d.%s", l, k_layer[q].suffix);
+        float **dst = (float **)((char *)ly + k_layer[q].field);
+        if (!(*dst = load(st, pre, n, k_layer[q].d1 ? 2 : 1, dim(c, k_layer[q].d0), dim(c, k_layer[q].d1)))) return -1;
+    }
     return 0;
 }
 
@@ -137,20 +146,18 @@ int gpt2_load(GPT2Model *m, const char *dir) {
 // Every tensor the model needs is present with the config's shape: checked before anything is
 // allocated, so a config that disagrees with its weights fails at once, naming the tensor.
 static int check_shapes(const QkSafetensors *st, const char *pre, const GPT2Config *c) {
-    const int64_t C = c->d_model, F = c->d_mlp;
-    static const char *const suffix[12] = {"ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                                           "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-                                           "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
-    const int64_t shape[12][2] = {{C, 0}, {C, 0}, {C, 3 * C}, {3 * C, 0}, {C, C}, {C, 0},
-                                  {C, 0}, {C, 0}, {C, F},     {F, 0},     {F, C}, {C, 0}};
+    const int64_t C = c->d_model;
+    const char *top[4] = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"};
+    const int64_t top_shape[4][2] = {{c->vocab_size, C}, {c->n_ctx, C}, {C, 0}, {C, 0}};
     char n[256];
-    for (int l = -1; l < c->n_layer; l++)
-        for (int q = 0; q < (l < 0 ? 4 : 12); q++) {
-            const char *top[4] = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"};
-            const int64_t top_shape[4][2] = {{c->vocab_size, C}, {c->n_ctx, C}, {C, 0}, {C, 0}};
-            const int64_t *want = l < 0 ? top_shape[q] : shape[q];
-            if (l < 0) snprintf(n, sizeof n, "%s%s", pre, top[q]);
-            else snprintf(n, sizeof n, "%sh.%d.%s", pre, l, suffix[q]);
+    for (int q = 0; q < 4; q++) {
+        snprintf(n, sizeof n, "%s%s", pre, top[q]);
+        if (!qk_st_check(st, n, top_shape[q][1] ? 2 : 1, top_shape[q])) return -1;
+    }
+    for (int l = 0; l < c->n_layer; l++)
+        for (int q = 0; q < 12; q++) {
+            const int64_t want[2] = {dim(c, k_layer[q].d0), dim(c, k_layer[q].d1)};
+            snprintf(n, sizeof n, "%sh.%d.%s", pre, l, k_layer[q].suffix);
             if (!qk_st_check(st, n, want[1] ? 2 : 1, want)) return -1;
         }
     return 0;
