@@ -22,14 +22,15 @@
 // The parts of CONFIG's corpus: files (whole list) and bounds first[0..tasks].
 static int plan_parts(const char *config, char **sets, int n_sets, int tasks, char ***files, int *n_files, int **first) {
     RunConfig c;
-    if (run_config_load(&c, config, sets, n_sets)) return -1;
-    if (!c.n_paths) {
-        run_config_free(&c);
-        return qk_err("%s: [corpus] paths is required", config);
+    *first = NULL;
+    int rc = run_config_load(&c, config, sets, n_sets);
+    if (!rc && !c.n_paths) rc = qk_err("%s: [corpus] paths is required", config);
+    if (!rc) {
+        *first = qk_malloc(sizeof(int) * (tasks + 1));
+        rc = qk_corpus_plan((const char *const *)c.paths, c.n_paths, tasks, files, n_files, *first);
     }
-    *first = qk_malloc(sizeof(int) * (tasks + 1));
-    int rc = qk_corpus_plan((const char *const *)c.paths, c.n_paths, tasks, files, n_files, *first);
     run_config_free(&c);
+    if (rc) free(*first), *first = NULL;
     return rc;
 }
 
@@ -187,7 +188,11 @@ int cmd_submit(int argc, char **argv) {
     free_files(files, n);
     free(first);
     RunConfig c;
-    if (run_config_load(&c, config, sets, n_sets)) return fprintf(stderr, "qkscope submit: %s\n", qk_errmsg()), QK_EXIT_FAIL;
+    if (run_config_load(&c, config, sets, n_sets)) {
+        fprintf(stderr, "qkscope submit: %s\n", qk_errmsg());
+        run_config_free(&c);
+        return QK_EXIT_FAIL;
+    }
     int sharded = c.shard_tokens > 0, n_settings = run_config_n_settings(&c);
     char abs_out[PATH_MAX], abs_cfg[PATH_MAX], exe[PATH_MAX], logs[PATH_MAX + 8], tdir[PATH_MAX + 16];
     mkdir(out, 0777);
