@@ -51,7 +51,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: check-ptxas all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
+.PHONY: check-ptxas all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz fuzz-build fuzz-smoke test-asan clean
 all: $(BIN)/qkscope
 
 # ptxas's resource figures of every kernel (registers, shared memory): fails on a stack frame, a
@@ -115,14 +115,36 @@ demo: $(BIN)/qkscope
 # The README's test command.  Suites that need a GPU skip themselves, saying why.  Then the suites
 # whose results must be bit-identical run a second time with qkscope's AVX-512 paths switched off
 # (QK_ISA=avx2; on an AVX2-only CPU the same path again, and the suites say so), so CI checks both
-# kernel families on whatever machine it lands.  The notebook runs last (a sub-make, so -j does
-# not interleave them).
+# kernel families on whatever machine it lands; then every fuzz harness briefly with every stored
+# crash input (fuzz-smoke), and the notebook (sub-makes, so -j does not interleave them).
 DETERMINISM_SUITES := @(gemm|topk|forward|cache_sae|analysis_batch|run|ranks|shards)/*
 test: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cpu $(BIN)/test_qkscope --jobs 1
 	@echo "== the determinism suites again, AVX-512 paths off (QK_ISA=avx2)"
 	QK_BACKEND=cpu QK_ISA=avx2 $(BIN)/test_qkscope --jobs 1 --filter '$(DETERMINISM_SUITES)'
+	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory test-notebook
+
+# The whole Criterion suite under AddressSanitizer + UndefinedBehaviorSanitizer (no recovery) and
+# LeakSanitizer, CPU only, in its own build (ASAN_BUILD).  The suites start ./bin/qkscope: they run
+# from ASAN_BUILD/root, whose tests/, configs/, bin/ (the sanitized qkscope) and ../shared point at the real
+# ones, so every command they start is sanitized too.  A sanitizer report exits 86 (never a status
+# a test expects) and fails the test.  The flags go through the environment: the Makefile's own
+# CFLAGS (-std, -fopenmp, includes) are added to them.
+ASAN_BUILD ?= build/asan
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_ENV   := ASAN_OPTIONS=exitcode=86:detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
+              LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0
+test-asan:
+	CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" $(MAKE) --no-print-directory CUDA=0 \
+	    BUILD=$(ASAN_BUILD) BIN=$(ASAN_BUILD)/bin $(ASAN_BUILD)/bin/qkscope $(ASAN_BUILD)/bin/test_qkscope
+	mkdir -p $(ASAN_BUILD)/root
+	ln -sfn $(abspath tests) $(ASAN_BUILD)/root/tests
+	ln -sfn $(abspath configs) $(ASAN_BUILD)/root/configs
+	ln -sfn $(abspath $(ASAN_BUILD)/bin) $(ASAN_BUILD)/root/bin
+	ln -sfn $(abspath ../shared) $(ASAN_BUILD)/shared
+	ln -sfn $(abspath slurm) $(ASAN_BUILD)/slurm
+	cd $(ASAN_BUILD)/root && $(ASAN_ENV) QK_BACKEND=cpu ./bin/test_qkscope --jobs 1 $(ASAN_TEST_ARGS)
 
 # notebooks/explore.ipynb executed headless (nbconvert) against a small synthetic demo run; its
 # asserts fail the target on a broken file.  The virtualenv comes from PyPI, pinned in
@@ -197,19 +219,43 @@ bench-tokenize: $(BIN)/qkscope $(BIN)/bench_tokenize $(VENV)/.ok
 	$(VENV)/bin/python bench/bench_tokenize.py
 
 
-# libFuzzer + ASan/UBSan on the untrusted-input parsers (clang); FUZZ_SECONDS per target.
-FUZZ_SECONDS ?= 60
-FUZZ_CFLAGS := -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Ihost $(shell pkg-config --cflags libcjson)
-fuzz:
-	mkdir -p $(BUILD)/fuzz/corpus-loaders $(BUILD)/fuzz/corpus-bpe
-	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_loaders.c host/safetensors.c host/npy.c host/util.c -lcjson -o $(BUILD)/fuzz/loaders
-	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_bpe.c host/bpe.c host/unicode_classes.c host/util.c -lcjson -lpthread -o $(BUILD)/fuzz/bpe
-	cp tests/reference/data/gpt2_tiny_b/model.safetensors $(BUILD)/fuzz/corpus-loaders/
-	head -c 2000 ../shared/data/text/utf8-demo.txt > $(BUILD)/fuzz/corpus-bpe/utf8
-	$(BUILD)/fuzz/loaders -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/fuzz/corpus-loaders
-	$(BUILD)/fuzz/bpe -max_total_time=$(FUZZ_SECONDS) -max_len=2048 $(BUILD)/fuzz/corpus-bpe
+# libFuzzer harnesses (tests/fuzz/fuzz_*.c) over every parser of untrusted input, built with clang,
+# ASan and UBSan (Debian's clang and libclang-rt).  `make fuzz` runs a campaign: FUZZ_SECONDS per
+# harness, FUZZ_JOBS at a time under nice, figures appended to results/fuzz.md.  `make fuzz-smoke`
+# (part of `make test`) runs each for FUZZ_SMOKE_SECONDS, then every stored input of
+# tests/fuzz/regressions/.  The harnesses link the parsers only (no CUDA, no HDF5 writing).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS    ?= 2
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_NAMES   := safetensors token_file gpt2 sae run_config corpus bpe manifest
+FUZZ_HOST    := safetensors npy token_file gpt2 sae topk run_config sha256 corpus bpe unicode_classes json_field manifest util
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                -fno-sanitize-recover=undefined -Wno-unknown-pragmas -Ihost $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
+FUZZ_LIBS    := $(shell pkg-config --libs $(PKGS)) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lgomp -lm -lpthread
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+
+$(FUZZ_DIR)/obj/%.o: host/%.c | $(FUZZ_DIR)/obj
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+$(FUZZ_DIR)/libfuzzhost.a: $(FUZZ_HOST:%=$(FUZZ_DIR)/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_DIR)/libfuzzhost.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_DIR)/libfuzzhost.a $(FUZZ_LIBS)
+$(FUZZ_DIR)/obj:
+	mkdir -p $@
+$(FUZZ_DIR)/seeds/.ok: tests/fuzz/seeds.sh $(BIN)/qkscope
+	tests/fuzz/seeds.sh $(BIN)/qkscope $(FUZZ_DIR)/seeds
+	touch $@
+
+fuzz-build: $(FUZZ_BINS) $(FUZZ_DIR)/seeds/.ok
+fuzz: fuzz-build
+	tests/fuzz/campaign.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
+fuzz-smoke: fuzz-build
+	tests/fuzz/smoke.sh $(FUZZ_DIR) $(FUZZ_SMOKE_SECONDS) $(FUZZ_NAMES)
 
 clean:
 	rm -rf $(BUILD) $(BIN)
 
--include $(HOST_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/host/main.d
+-include $(HOST_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/host/main.d $(wildcard $(FUZZ_DIR)/obj/*.d)

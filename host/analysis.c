@@ -141,7 +141,7 @@ void head_agg_add(HeadAggregates *acc, const HeadAggregates *x) {
     head_agg_fields(acc, &a);
     head_agg_fields((HeadAggregates *)x, &b);  // normalises x's limbs: its value is unchanged
     for (int q = 0; q < HEAD_AGG_I64; q++)
-        for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] += b.i64[q][i];
+        for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] = qk_exact_sat_add(a.i64[q][i], b.i64[q][i]);
     pair_sketch_merge(&acc->sketch, &x->sketch);
 }
 
@@ -439,7 +439,7 @@ static void aggregate(const HeadBatch *hb, const HeadRecords *r, const int32_t *
         g->queries++;
         for (int m = 0; m < N_METRICS; m++) {
             float v = r->metrics[(size_t)n * N_METRICS + m], lo, hi;
-            if (isnan(v)) continue;
+            if (!isfinite(v)) continue;  // undefined (NaN), or infinite: not a value a mean can hold
             qk_exact_add(g->sum_exact[m], v);
             g->count[m]++;
             qk_metric_range(m, &lo, &hi);

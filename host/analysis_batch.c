@@ -1,6 +1,7 @@
 // analysis_batch.c: see analysis_batch.h.
 #include "analysis_batch.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 #include "activations.h"
@@ -32,6 +33,29 @@ QkAnalysis *qk_analysis_host_open(QkBackend *be, const AnalysisPlan *p) {
     return a;
 }
 
+// Non-finite activations (a model that overflows on some input: the weights themselves are finite,
+// checked at load) must never reach the aggregates: the layer's inputs to the analysis (its
+// residual stream, LayerNorm scale, q and k) are checked at every valid position of every window,
+// and the first non-finite value fails the batch, naming the layer, the window and the position.
+static int check_finite(const GPT2Acts *acts, const GPT2Config *c, int l, const int32_t *valid_len) {
+    const size_t BT = (size_t)acts->B * acts->T, C = (size_t)c->d_model;
+    const float *resid = acts_resid(acts, c, l), *scale = acts->ln1_scale + l * BT;
+    const float *q = acts->q + l * BT * C, *k = acts->k + l * BT * C;
+    for (int b = 0; b < acts->B; b++)
+        for (int t = 0; t < (valid_len ? valid_len[b] : acts->T); t++) {
+            size_t n = (size_t)b * acts->T + t;
+            const char *what = NULL;
+            for (size_t d = 0; !what && d < C; d++) what = !isfinite(resid[n * C + d]) ? "resid_pre" : NULL;
+            if (!what && !isfinite(scale[n])) what = "ln_1 scale";
+            for (size_t d = 0; !what && d < C; d++)
+                what = !isfinite(q[n * C + d]) ? "attn q" : !isfinite(k[n * C + d]) ? "attn k" : NULL;
+            if (what)
+                return qk_err("layer %d, window %d of the batch, position %d: non-finite %s (the model overflows on "
+                              "this input); stopped before it reached any aggregate", l, b, t, what);
+        }
+    return 0;
+}
+
 int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
                          QkRecordsFn emit, void *emit_ctx, double *seconds) {
     const AnalysisPlan *p = &a->p;
@@ -53,6 +77,7 @@ int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *va
         if (!p->sae[l]) continue;
         HeadRecords *rec = &a->rec[l];
         LayerCode lc;
+        if (check_finite(acts, mc, l, valid_len)) return -1;
         t = qk_now();
         if (layer_code_compute(&lc, p->sae[l], acts_resid(acts, mc, l), B * T, C, p->sae_max_active)) return -1;
         seconds[QK_STAGE_SAE] += qk_now() - t;

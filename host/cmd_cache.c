@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "gpt2.h"
 #include "h5out.h"
+#include "out_check.h"
 #include "run_setup.h"
 #include "sae.h"
 #include "token_file.h"
@@ -216,6 +217,8 @@ static int parse_args(int argc, char **argv, CacheArgs *a) {
     }
     if (optind < argc) return qk_err("unexpected argument '%s'", argv[optind]);
     if (!a->model_dir || !a->tokens_path || !a->out_path) return qk_err("--model, --tokens and -o are required");
+    if (a->hooks && !a->hooks[strspn(a->hooks, ", ")] && !a->n_sae)
+        return qk_err("--hooks '%s' names no hook and there is no --sae: nothing to write", a->hooks);
     return 0;
 }
 
@@ -292,7 +295,7 @@ static int run(CacheArgs *args) {
     QkBackend *be = NULL;
     QkH5Out out = {0};
     GPT2Acts acts = {0};
-    if (gpt2_load(&m, args->model_dir)) return -1;
+    if (qk_out_check_file(args->out_path, 1) || gpt2_load(&m, args->model_dir)) return -1;
     if (qk_token_file_read(args->tokens_path, &tokens, &B, &T) ||
         gpt2_check_tokens(&m.cfg, tokens, B, T, args->tokens_path) ||
         select_hooks(&m.cfg, args->hooks, &hooks, &n_hooks) ||

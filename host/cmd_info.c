@@ -1,6 +1,5 @@
 // cmd_info.c: `qkscope info PATH`: what a qkscope HDF5 file, a sharded run folder, a model
 // folder or an SAE folder holds, whether it is complete, and how it was made.
-#include <cJSON.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,7 @@
 
 #include "commands.h"
 #include "gpt2.h"
+#include "manifest.h"
 #include "sae.h"
 #include "util.h"
 
@@ -53,30 +53,19 @@ static int info_h5(const char *path) {
 }
 
 static int info_shards(const char *dir) {
-    char *mpath = qk_path_join(dir, "manifest.json");
-    cJSON *m = qk_json_load(mpath);
-    free(mpath);
-    if (!m) return -1;
-    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
-    if (!cJSON_IsArray(shards)) {
-        cJSON_Delete(m);
-        return qk_err("%s/manifest.json: field 'shards' missing", dir);
-    }
-    printf("%s: sharded qkscope run, %d shard(s), %s\n", dir, cJSON_GetArraySize(shards),
-           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete")) ? "complete (qkscope merge can combine them)"
-                                                                          : "NOT complete (qkscope run --resume continues it)");
-    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(m, "ranks"), *agg = cJSON_GetObjectItemCaseSensitive(m, "aggregates");
-    if (cJSON_IsNumber(ranks))
-        printf("  written by %d ranks (shard s by rank s mod %d)%s%s\n", ranks->valueint, ranks->valueint,
-               cJSON_IsString(agg) ? "; the whole run's aggregates: " : "", cJSON_IsString(agg) ? agg->valuestring : "");
-    const cJSON *e;
-    cJSON_ArrayForEach(e, shards) {
-        if (!cJSON_IsString(e)) continue;
-        char *p = qk_path_join(dir, e->valuestring);
+    QkManifest m;
+    if (qk_manifest_read(&m, dir)) return -1;
+    printf("%s: sharded qkscope run, %d shard(s), %s\n", dir, m.n_shards,
+           m.complete ? "complete (qkscope merge can combine them)" : "NOT complete (qkscope run --resume continues it)");
+    if (m.ranks)
+        printf("  written by %d ranks (shard s by rank s mod %d)%s%s\n", m.ranks, m.ranks,
+               m.aggregates ? "; the whole run's aggregates: " : "", m.aggregates ? m.aggregates : "");
+    for (int i = 0; i < m.n_shards; i++) {
+        char *p = qk_path_join(dir, m.shards[i]);
         if (info_h5(p)) printf("%s: missing or unreadable\n", p);
         free(p);
     }
-    cJSON_Delete(m);
+    qk_manifest_free(&m);
     return 0;
 }
 

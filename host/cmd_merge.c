@@ -3,7 +3,6 @@
 // the corpus aggregates are summed over the shards (heavy-hitter sketches merged).  A VDS reads
 // fill values where a source is missing, so merge refuses while any shard is missing or
 // incomplete, or the run is not finished.
-#include <cJSON.h>
 #include <getopt.h>
 #include <hdf5_hl.h>
 #include <libgen.h>
@@ -15,6 +14,8 @@
 #include "agg_io.h"
 #include "commands.h"
 #include "h5out.h"
+#include "manifest.h"
+#include "out_check.h"
 #include "util.h"
 
 typedef struct {
@@ -40,7 +41,6 @@ static void add_agg_source(Shards *s, char *path, hid_t file, int owned) {
 
 // A multi-rank run's aggregates file: complete, from the run's configuration, over its windows.
 static int add_aggregates_file(const char *dir, const char *name, const char *hash, int64_t windows, Shards *s) {
-    if (strchr(name, '/')) return qk_err("%s/manifest.json: 'aggregates' is not a file name", dir);
     char *path = qk_path_join(dir, name);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
@@ -65,17 +65,13 @@ static int add_aggregates_file(const char *dir, const char *name, const char *ha
 // complete, from that run's configuration and in window order.
 static int add_run(const char *dir, Shards *s) {
     char *mpath = qk_path_join(dir, "manifest.json");
-    cJSON *m = qk_json_load(mpath);
-    if (!m) return free(mpath), -1;
+    QkManifest m;
+    if (qk_manifest_read(&m, dir)) return free(mpath), -1;
     int rc = 0;
-    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
-    const cJSON *hash = cJSON_GetObjectItemCaseSensitive(m, "config_hash");
-    if (!cJSON_IsArray(shards) || !cJSON_IsString(hash))
-        rc = qk_err("%s: not a qkscope shard manifest (fields 'shards', 'config_hash')", mpath);
-    else if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete")))
+    if (!m.complete)
         rc = qk_err("%s: the run is not complete (resume it with qkscope run --resume); merging now would hide the rest",
                     mpath);
-    int n = rc ? 0 : cJSON_GetArraySize(shards);
+    int n = rc ? 0 : m.n_shards;
     if (!rc && n == 0) rc = qk_err("%s: no shards", mpath);
     s->path = qk_realloc(s->path, sizeof(char *) * (s->n + n + 1));
     s->file = qk_realloc(s->file, sizeof(hid_t) * (s->n + n + 1));
@@ -84,20 +80,15 @@ static int add_run(const char *dir, Shards *s) {
     int64_t run_windows = 0;  // first_window counts from 0 in every run (every part of a sweep)
     int first = s->n;
     for (int k = 0; !rc && k < n; k++) {
-        const cJSON *e = cJSON_GetArrayItem(shards, k);
-        if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
-            rc = qk_err("%s: shards[%d] is not a file name", mpath, k);
-            break;
-        }
         int i = s->n++;
-        s->path[i] = qk_path_join(dir, e->valuestring);
+        s->path[i] = qk_path_join(dir, m.shards[k]);
         if ((s->file[i] = H5Fopen(s->path[i], H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
             rc = qk_err("%s: shard missing or unreadable; refusing to merge (a virtual dataset would fill it silently)",
                         s->path[i]);
             break;
         }
         char *h = qk_h5_attr_read_str(s->file[i], "config_hash");
-        int same = h && !strcmp(h, hash->valuestring);
+        int same = h && !strcmp(h, m.config_hash);
         free(h);
         int64_t first = qk_h5_attr_read_int(s->file[i], "first_window");
         s->windows[i] = qk_h5_attr_read_int(s->file[i], "windows");
@@ -110,11 +101,10 @@ static int add_run(const char *dir, Shards *s) {
         s->total_windows += s->windows[i];
         s->total_tokens += qk_h5_attr_read_int(s->file[i], "tokens_processed");
     }
-    const cJSON *agg = cJSON_GetObjectItemCaseSensitive(m, "aggregates");
-    if (!rc && cJSON_IsString(agg)) rc = add_aggregates_file(dir, agg->valuestring, hash->valuestring, run_windows, s);
+    if (!rc && m.aggregates) rc = add_aggregates_file(dir, m.aggregates, m.config_hash, run_windows, s);
     else
         for (int i = first; !rc && i < s->n; i++) add_agg_source(s, qk_strdup(s->path[i]), s->file[i], 0);
-    cJSON_Delete(m);
+    qk_manifest_free(&m);
     free(mpath);
     return rc;
 }
@@ -124,13 +114,11 @@ static int add_run(const char *dir, Shards *s) {
 static int open_shards(const char *dir, Shards *s) {
     memset(s, 0, sizeof *s);
     char *ppath = qk_path_join(dir, "plan.json");
-    int rc;
+    int rc, tasks, settings;
     if (!qk_file_exists(ppath)) rc = add_run(dir, s);
     else {
-        cJSON *plan = qk_json_load(ppath);
-        const cJSON *t = plan ? cJSON_GetObjectItemCaseSensitive(plan, "tasks") : NULL;
-        rc = cJSON_IsNumber(t) ? 0 : plan ? qk_err("%s: field 'tasks' missing", ppath) : -1;
-        for (int p = 0; !rc && p < t->valueint; p++) {
+        rc = qk_plan_read(dir, &tasks, &settings);
+        for (int p = 0; !rc && p < tasks; p++) {
             char part[64];
             snprintf(part, sizeof part, "part-%03d", p);
             char *pdir = qk_path_join(dir, part);
@@ -138,7 +126,6 @@ static int open_shards(const char *dir, Shards *s) {
             else rc = add_run(pdir, s);
             free(pdir);
         }
-        cJSON_Delete(plan);
     }
     free(ppath);
     return rc;
@@ -303,6 +290,7 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
 static int merge(const char *dir, const char *out_path) {
     Shards s;
     QkH5Out out = {0};
+    if (qk_out_check_file(out_path, 1)) return -1;
     int rc = open_shards(dir, &s) || qk_h5_create(&out, out_path);
     VisitCtx v = {.s = &s, .out = &out};
     if (!rc) {

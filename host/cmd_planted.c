@@ -11,6 +11,7 @@
 
 #include "analysis.h"
 #include "commands.h"
+#include "out_check.h"
 #include "planted.h"
 #include "util.h"
 
@@ -160,7 +161,7 @@ int cmd_planted(int argc, char **argv) {
         return QK_EXIT_OK;
     }
     QkPlanted info;
-    if (qk_planted_write(out, &po, &info)) {
+    if (qk_out_check_folder(out) || qk_planted_write(out, &po, &info)) {
         fprintf(stderr, "qkscope planted: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "model_write.h"
 #include "npy.h"
+#include "out_check.h"
 #include "rng.h"
 #include "util.h"
 
@@ -166,7 +167,7 @@ int cmd_random(int argc, char **argv) {
     }
     if (!s.d_mlp) s.d_mlp = 4 * s.d_model;
     double t0 = qk_now();
-    if (write_random(out, &s)) {
+    if (qk_out_check_folder(out) || write_random(out, &s)) {
         fprintf(stderr, "qkscope random: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }

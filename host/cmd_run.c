@@ -52,9 +52,11 @@ static void usage(FILE *f) {
             "                     aggregates of the whole run, reduced over the ranks, go to PATH/aggregates.h5;\n"
             "                     `qkscope merge PATH` gives what a one-rank run gives\n"
             "  -q, --quiet        no progress, notices or summary\n"
-            "\nExit status: 0 done; 1 error; 2 usage; 75 stopped by SIGTERM/SIGINT/SIGUSR1 after the\n"
-            "batch in flight, the open shard closed as a checkpoint (requeue with --resume); a second\n"
-            "signal exits at once (the open shard is lost, the output stays consistent).\n"
+            "\nExit status: 0 done; 1 error; 2 usage; 75 a sharded run stopped by SIGTERM/SIGINT/SIGUSR1\n"
+            "after the batch in flight, the open shard closed as a checkpoint (requeue with --resume);\n"
+            "128 + the signal (130 for Ctrl-C) a single-file run stopped so, which writes nothing.  A\n"
+            "second signal exits at once with the same status (the open file or shard is removed; the\n"
+            "output stays consistent).\n"
             "  -h, --help         this text\n");
 }
 
@@ -316,7 +318,11 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     r->t_stage[STAGE_FORWARD] += sec[QK_STAGE_FORWARD];
     r->t_stage[STAGE_SAE] += sec[QK_STAGE_SAE];
     r->t_stage[STAGE_ANALYSIS] += sec[QK_STAGE_HEADS];
-    if (rc) return -1;
+    if (rc) {  // where the batch is in the corpus (the first window is 0 for a resumed run too)
+        char keep[1024];
+        snprintf(keep, sizeof keep, "%s", qk_errmsg());
+        return qk_err("%s; the batch's window 0 is corpus window %lld", keep, (long long)r->window_index);
+    }
     double t = qk_now();
     if (!r->s.cfg.write) {  // [output] write = false: the analysis alone
         for (int b = 0; b < B; b++) r->tokens_done += length[b], r->shard_tokens_done += length[b];
@@ -500,13 +506,21 @@ static int prepare_shards(Run *r, int resume, int64_t *skip_windows) {
 
 // ---------------------------------------------------------------------------------------------
 // Signals: SIGTERM / SIGINT / SIGUSR1 (Slurm's warning before pre-emption or the time limit).
-// The first finishes the batch in flight, closes completed shards and exits QK_EXIT_INTERRUPTED;
-// a second exits at once (no file is renamed into place, so the output stays consistent).
+// The first finishes the batch in flight; a sharded run closes its completed shards and exits
+// QK_EXIT_INTERRUPTED (75: requeue and --resume), a single-file run, which keeps nothing, exits
+// 128 + the signal (130 for Ctrl-C, as a shell reports it).  A second signal exits at once with
+// the same status, after removing the NAME.tmp of every output being written (no file is renamed
+// into place, so the output stays consistent, and nothing partial is left).
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop, g_single_file;
+
+static int interrupted_status(int sig) { return g_single_file ? 128 + sig : QK_EXIT_INTERRUPTED; }
 
 static void on_signal(int sig) {
-    if (g_stop) _exit(QK_EXIT_INTERRUPTED);
+    if (g_stop) {
+        qk_h5_remove_open_tmp();
+        _exit(interrupted_status(g_stop));
+    }
     g_stop = sig;
 }
 
@@ -546,7 +560,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     QkWindowBatch wb = {0};
     double t0 = qk_now(), last = t0;
     int64_t skip = 0;
-    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet);
+    int rc = run_setup_open(&r.s, config, sets, n_sets, quiet, out_path, QK_OUT_BY_CONFIG);
     r.s.cfg.part = part, r.s.cfg.n_parts = n_parts;
     rc = rc || open_run(&r, quiet);
     if (!rc) {
@@ -557,6 +571,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     }
     if (!rc && r.sharded && skip && !quiet)
         fprintf(stderr, "qkscope run: resuming after %d complete shard(s), %lld windows\n", r.shard, (long long)skip);
+    g_single_file = !r.sharded;
     install_signals();
     int done = 0;
     while (!rc && !done && !g_stop) {
@@ -608,10 +623,14 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         } else if (r.shard_open && r.s.cfg.write)
             abandon_output(&r);
         if (r.sharded && !rc) rc = write_manifest(&r, r.shard, 0);
-        if (!quiet && !rc)
-            fprintf(stderr, "qkscope run: signal %d: stopped after %lld windows, in %d complete shard(s)%s; exit %d (requeue and --resume)\n",
-                    (int)g_stop, (long long)r.window_index, r.shard,
-                    r.sharded ? "" : " (a single-file run keeps nothing: set [output] shard_tokens)", QK_EXIT_INTERRUPTED);
+        if (!quiet && !rc && r.sharded)
+            fprintf(stderr, "qkscope run: signal %d (%s): stopped after %lld windows, in %d complete shard(s); exit %d "
+                    "(requeue, or run again with --resume)\n", (int)g_stop, strsignal(g_stop), (long long)r.window_index,
+                    r.shard, QK_EXIT_INTERRUPTED);
+        else if (!quiet && !rc)
+            fprintf(stderr, "qkscope run: interrupted by signal %d (%s) after %lld windows: nothing written (a single-file "
+                    "run keeps no partial result; [output] shard_tokens > 0 writes checkpoints); exit %d\n",
+                    (int)g_stop, strsignal(g_stop), (long long)r.windows_done, interrupted_status(g_stop));
     }
     if (!rc && !interrupted && !quiet) {
         if (!r.sharded) print_summary(&r);
@@ -635,7 +654,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         close_run(&r);
     qk_window_batch_free(&wb);
     run_setup_close(&r.s);
-    return rc ? -1 : interrupted ? 1 : 0;
+    return rc ? -1 : interrupted ? interrupted_status(g_stop) : QK_EXIT_OK;
 }
 
 int cmd_run(int argc, char **argv) {
@@ -643,12 +662,12 @@ int cmd_run(int argc, char **argv) {
     int st = run_args_parse(argc, argv, "run", 1, usage, &a);
     if (st >= 0) return st;
     if (a.gpus || a.ranks) return cmd_run_ranks(&a);  // cmd_run_ranks.c
-    int rc = run(a.config, a.sets, a.n_sets, a.out, a.quiet, a.resume, a.part, a.n_parts);
-    if (rc < 0) {
+    st = run(a.config, a.sets, a.n_sets, a.out, a.quiet, a.resume, a.part, a.n_parts);  // exit status, or -1
+    if (st < 0) {
         fprintf(stderr, "qkscope run: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }
-    return rc ? QK_EXIT_INTERRUPTED : QK_EXIT_OK;
+    return st;
 }
 
 // ---------------------------------------------------------------------------------------------

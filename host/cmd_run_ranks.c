@@ -404,7 +404,7 @@ static int add_skipped_shards(Ranks *g, const char *out_dir) {
 
 // The setup, the communicator and every rank (opened one after another on this thread).
 static int open_ranks(Ranks *g, const RunArgs *a) {
-    if (run_setup_open(&g->s, a->config, (char **)a->sets, a->n_sets, a->quiet)) return -1;
+    if (run_setup_open(&g->s, a->config, (char **)a->sets, a->n_sets, a->quiet, a->out, QK_OUT_FOLDER)) return -1;
     RunConfig *c = &g->s.cfg;
     c->part = a->part, c->n_parts = a->n_parts;
     if (!c->shard_tokens) {  // ranks write shards: 64 batches a shard unless the config says

@@ -11,24 +11,26 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cJSON.h>
 
 #include "commands.h"
 #include "corpus.h"
+#include "manifest.h"
+#include "out_check.h"
 #include "run_setup.h"
 #include "util.h"
 
 // The parts of CONFIG's corpus: files (whole list) and bounds first[0..tasks].
 static int plan_parts(const char *config, char **sets, int n_sets, int tasks, char ***files, int *n_files, int **first) {
     RunConfig c;
-    if (run_config_load(&c, config, sets, n_sets)) return -1;
-    if (!c.n_paths) {
-        run_config_free(&c);
-        return qk_err("%s: [corpus] paths is required", config);
+    *first = NULL;
+    int rc = run_config_load(&c, config, sets, n_sets);
+    if (!rc && !c.n_paths) rc = qk_err("%s: [corpus] paths is required", config);
+    if (!rc) {
+        *first = qk_malloc(sizeof(int) * (tasks + 1));
+        rc = qk_corpus_plan((const char *const *)c.paths, c.n_paths, tasks, files, n_files, *first);
     }
-    *first = qk_malloc(sizeof(int) * (tasks + 1));
-    int rc = qk_corpus_plan((const char *const *)c.paths, c.n_paths, tasks, files, n_files, *first);
     run_config_free(&c);
+    if (rc) free(*first), *first = NULL;
     return rc;
 }
 
@@ -177,6 +179,7 @@ int cmd_submit(int argc, char **argv) {
     const char *config = argv[optind];
     char **files;
     int n, *first = NULL, rc = 0;
+    if (qk_out_check_folder(out)) return fprintf(stderr, "qkscope submit: %s\n", qk_errmsg()), QK_EXIT_FAIL;
     // The plan must work now, so the tasks will not fail on it later.
     if (plan_parts(config, sets, n_sets, tasks, &files, &n, &first)) {
         fprintf(stderr, "qkscope submit: %s\n", qk_errmsg());
@@ -185,7 +188,11 @@ int cmd_submit(int argc, char **argv) {
     free_files(files, n);
     free(first);
     RunConfig c;
-    if (run_config_load(&c, config, sets, n_sets)) return fprintf(stderr, "qkscope submit: %s\n", qk_errmsg()), QK_EXIT_FAIL;
+    if (run_config_load(&c, config, sets, n_sets)) {
+        fprintf(stderr, "qkscope submit: %s\n", qk_errmsg());
+        run_config_free(&c);
+        return QK_EXIT_FAIL;
+    }
     int sharded = c.shard_tokens > 0, n_settings = run_config_n_settings(&c);
     char abs_out[PATH_MAX], abs_cfg[PATH_MAX], exe[PATH_MAX], logs[PATH_MAX + 8], tdir[PATH_MAX + 16];
     mkdir(out, 0777);
@@ -312,18 +319,18 @@ static int status_parts(const char *dir, int tasks, int *missing) {
     char path[PATH_MAX + 64];
     int done = 0;
     for (int p = 0; p < tasks; p++) {
-        snprintf(path, sizeof path, "%s/part-%03d/manifest.json", dir, p);
-        cJSON *m = qk_file_exists(path) ? qk_json_load(path) : NULL;
-        const cJSON *sh = m ? cJSON_GetObjectItemCaseSensitive(m, "shards") : NULL;
-        int complete = m && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "complete"));
         snprintf(path, sizeof path, "%s/part-%03d", dir, p);
-        int started = qk_file_exists(path);
-        const char *state = complete ? "done" : m ? "incomplete (running, or stopped: it resumes when requeued)"
+        QkManifest m = {0};
+        char *mpath = qk_path_join(path, "manifest.json");
+        int have = qk_file_exists(mpath) && qk_manifest_read(&m, path) == 0, started = qk_file_exists(path);
+        const char *state = have && m.complete ? "done" : have ? "incomplete (running, or stopped: it resumes when requeued)"
+                            : qk_file_exists(mpath) ? "manifest.json unreadable (see qkscope info)"
                             : started ? "started, no complete shard yet" : "missing (not started or failed)";
-        printf("%s/part-%03d: %-58s %d shard(s)\n", dir, p, state, cJSON_IsArray(sh) ? cJSON_GetArraySize(sh) : 0);
-        done += complete;
-        *missing += !m && !started;
-        cJSON_Delete(m);
+        printf("%s/part-%03d: %-58s %d shard(s)\n", dir, p, state, m.n_shards);
+        done += have && m.complete;
+        *missing += !have && !started;
+        qk_manifest_free(&m);
+        free(mpath);
     }
     snprintf(path, sizeof path, "%s/all.h5", dir);
     printf("%s: merged file %s\n", dir, qk_file_exists(path) ? "written" : "not yet");
@@ -336,17 +343,11 @@ int cmd_status(int argc, char **argv) {
                "done, incomplete (running, or stopped and waiting to resume) or missing, and which merged files exist.\n");
         return argc == 2 ? QK_EXIT_OK : QK_EXIT_USAGE;
     }
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/plan.json", argv[1]);
-    cJSON *plan = qk_json_load(path);
-    const cJSON *t = plan ? cJSON_GetObjectItemCaseSensitive(plan, "tasks") : NULL;
-    const cJSON *ns = plan ? cJSON_GetObjectItemCaseSensitive(plan, "settings") : NULL;
-    if (!cJSON_IsNumber(t)) {
-        cJSON_Delete(plan);
-        fprintf(stderr, "qkscope status: %s\n", plan ? "plan.json: field 'tasks' missing" : qk_errmsg());
+    int tasks, settings, done = 0, missing = 0;
+    if (qk_plan_read(argv[1], &tasks, &settings)) {
+        fprintf(stderr, "qkscope status: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }
-    int tasks = t->valueint, settings = cJSON_IsNumber(ns) ? ns->valueint : 1, done = 0, missing = 0;
     for (int st = 0; st < settings; st++) {
         char dir[PATH_MAX + 32];
         if (settings > 1) snprintf(dir, sizeof dir, "%s/setting-%03d", argv[1], st);
@@ -354,6 +355,5 @@ int cmd_status(int argc, char **argv) {
         done += status_parts(dir, tasks, &missing);
     }
     printf("%d of %d part(s) done, %d missing\n", done, tasks * settings, missing);
-    cJSON_Delete(plan);
     return QK_EXIT_OK;
 }

@@ -53,7 +53,7 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     QkBackend *be = NULL;
     QkBackendKind kind;
     QkPrecision prec = QK_PREC_FP32;
-    int rc = run_setup_open(&s, config, sets, n_sets, quiet);
+    int rc = run_setup_open(&s, config, sets, n_sets, quiet, out_path, QK_OUT_FILE);
     if (!rc && s.cfg.threads) omp_set_num_threads(s.cfg.threads);
     if (!rc) rc = qk_backend_parse(s.cfg.backend, &kind) || qk_precision_parse(s.cfg.precision, &prec) ||
                   qk_backend_open(&be, kind, s.cfg.device, quiet);

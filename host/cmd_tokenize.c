@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "bpe.h"
 #include "commands.h"
+#include "out_check.h"
 #include "util.h"
 
 static void usage(FILE *f) {
@@ -92,6 +94,16 @@ static int write_npy(FILE *f, const QkIds *ids, int u16) {
         uint8_t b[4] = {ids->ids[i] & 0xFF, (ids->ids[i] >> 8) & 0xFF, (ids->ids[i] >> 16) & 0xFF, (uint32_t)ids->ids[i] >> 24};
         fwrite(b, 1, u16 ? 2 : 4, f);
     }
+    return 0;
+}
+
+// -o naming one of the inputs would replace it.
+static int out_is_input(const Args *a) {
+    struct stat o, in;
+    if (stat(a->out, &o)) return 0;
+    for (int k = 0; k < a->n_inputs; k++)
+        if (!stat(a->inputs[k], &in) && in.st_dev == o.st_dev && in.st_ino == o.st_ino)
+            return qk_err("%s: -o names an input; refusing to overwrite it", a->out);
     return 0;
 }
 
@@ -196,7 +208,7 @@ int cmd_tokenize(int argc, char **argv) {
         free(a.inputs);
         return pr > 0 ? QK_EXIT_OK : QK_EXIT_USAGE;
     }
-    QkBpe *bpe = qk_bpe_load(a.vocab);
+    QkBpe *bpe = a.out && (qk_out_check_file(a.out, 0) || out_is_input(&a)) ? NULL : qk_bpe_load(a.vocab);
     if (!bpe) {
         fprintf(stderr, "qkscope: %s\n", qk_errmsg());
         free(a.inputs);

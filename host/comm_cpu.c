@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exact_sum.h"
 #include "util.h"
 
 typedef struct {
@@ -37,7 +38,7 @@ void qk_comm_sum_ranks_f64(double *out, const double *gathered, size_t n, size_t
 void qk_comm_sum_ranks_i64(int64_t *out, const int64_t *gathered, size_t n, size_t stride, int size) {
     for (size_t i = 0; i < n; i++) {
         int64_t acc = gathered[i];
-        for (int r = 1; r < size; r++) acc += gathered[r * stride + i];
+        for (int r = 1; r < size; r++) acc = qk_exact_sat_add(acc, gathered[r * stride + i]);  // counts, exact limbs
         out[i] = acc;
     }
 }

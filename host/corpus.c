@@ -20,6 +20,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "json_field.h"
 #include "util.h"
 
 #define CHUNK_BYTES (1u << 20)    // text bytes per chunk (a document is cut where it may be)
@@ -54,6 +55,8 @@ static int stream_open(Stream *s, const char *path) {
     if (ends_with(path, ".gz")) {
         if (!(s->gz = gzopen(path, "rb"))) return qk_err("%s: cannot open: %s", path, strerror(errno));
         gzbuffer(s->gz, 1 << 17);
+        // zlib reads a file without the gzip magic as it is: a .gz name promises gzip data.
+        if (gzdirect(s->gz)) return qk_err("%s: not gzip data (no gzip header at byte offset 0)", path);
         return 0;
     }
     if (!(s->f = fopen(path, "rb"))) return qk_err("%s: cannot open: %s", path, strerror(errno));
@@ -415,7 +418,7 @@ static int read_jsonl(Builder *b, LineReader *r) {
         cJSON *j = cJSON_ParseWithLengthOpts((const char *)p, n, &end, 0);
         const cJSON *t = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, field) : NULL;
         int bad_json = !j || !is_blank((const uint8_t *)end, n - (size_t)(end - (const char *)p));
-        if (bad_json || !cJSON_IsString(t) || memmem(p, n, "\\u0000", 6)) {
+        if (bad_json || !cJSON_IsString(t)) {
             cJSON_Delete(j);
             if (b->c->opt.skip_bad_records) {
                 pthread_mutex_lock(&b->c->mu);
@@ -425,11 +428,18 @@ static int read_jsonl(Builder *b, LineReader *r) {
             }
             if (bad_json) return qk_err("%s: line %lld: not a JSON value", r->s.path, (long long)r->line_no);
             if (!t) return qk_err("%s: line %lld: no field '%s' in a JSON object", r->s.path, (long long)r->line_no, field);
-            if (!cJSON_IsString(t)) return qk_err("%s: line %lld: field '%s' is not a string", r->s.path, (long long)r->line_no, field);
-            return qk_err("%s: line %lld: field '%s' holds \\u0000, which this reader does not support", r->s.path,
-                          (long long)r->line_no, field);
+            return qk_err("%s: line %lld: field '%s' is not a string", r->s.path, (long long)r->line_no, field);
         }
-        int fail = doc_begin(b, 1) || doc_text(b, (const uint8_t *)t->valuestring, strlen(t->valuestring)) || doc_end(b);
+        // cJSON's strings end at a NUL: a line that may hold the escape \u0000 is decoded again,
+        // NULs kept (host/json_field.h).
+        char *text = NULL;
+        size_t len = strlen(t->valuestring);
+        if (memmem(p, n, "\\u0000", 6) && qk_json_field_string((const char *)p, n, field, &text, &len) != 1) {
+            cJSON_Delete(j);
+            return qk_err("%s: line %lld: field '%s' could not be decoded", r->s.path, (long long)r->line_no, field);
+        }
+        int fail = doc_begin(b, 1) || doc_text(b, (const uint8_t *)(text ? text : t->valuestring), len) || doc_end(b);
+        free(text);
         cJSON_Delete(j);
         if (fail) return -1;
     }
@@ -553,7 +563,7 @@ static int read_file(Builder *b, const char *path) {
     if (!is_bin && !is_npy && !b->c->opt.bpe)
         return qk_err("%s: a text or JSONL input needs a vocabulary (--vocab)", path);
     LineReader r = {0};
-    if (stream_open(&r.s, path)) return -1;
+    if (stream_open(&r.s, path)) return stream_close(&r.s), -1;
     r.s.in_pos = &b->c->in_file_pos;
     int rc = is_bin ? read_llmc_bin(b, &r.s) : is_npy ? read_npy(b, &r.s) : is_jsonl ? read_jsonl(b, &r) : read_text(b, &r);
     stream_close(&r.s);
@@ -620,7 +630,8 @@ static void *worker_main(void *arg) {
             for (int i = 0; i < k->n_seg; i++) {
                 Segment *s = &k->seg[i];
                 s->t0 = k->toks.n;
-                qk_bpe_encode(enc, k->text.data + s->b0, s->b1 - s->b0, c->opt.allow_special, &k->toks);
+                if (s->b1 > s->b0)  // (an empty document's chunk may have no text buffer at all)
+                    qk_bpe_encode(enc, k->text.data + s->b0, s->b1 - s->b0, c->opt.allow_special, &k->toks);
                 s->t1 = k->toks.n;
             }
         }
@@ -853,7 +864,7 @@ int qk_corpus_plan(const char *const *inputs, int n_inputs, int n_parts, char **
             free(l.v);
             return -1;
         }
-    qsort(l.v, l.n, sizeof(char *), cmp_str);
+    if (l.n) qsort(l.v, l.n, sizeof(char *), cmp_str);
     int n = 0;
     for (int i = 0; i < l.n; i++) {
         if (n && strcmp(l.v[n - 1], l.v[i]) == 0) free(l.v[i]);
@@ -861,7 +872,7 @@ int qk_corpus_plan(const char *const *inputs, int n_inputs, int n_parts, char **
     }
     if (n == 0) {
         free(l.v);
-        return qk_err("%s: no files found", inputs[0]);
+        return qk_err("%s: no corpus files found (an empty directory? names starting with '.' are skipped)", inputs[0]);
     }
     if (n < n_parts) {
         for (int k = 0; k < n; k++) free(l.v[k]);

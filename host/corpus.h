@@ -6,9 +6,8 @@
 //   .jsonl .ndjson .json   one JSON object per line; its string field `jsonl_field` ("text") is a
 //                          document.  Empty lines are ignored.  A line that is not JSON or lacks
 //                          the field is an error "FILE: line N: ..." unless skip_bad_records,
-//                          which counts it in QkCorpusStats.skipped_records instead.  A line
-//                          holding the escape \u0000 is treated as bad (cJSON strings end at NUL,
-//                          so the document could not be read whole).
+//                          which counts it in QkCorpusStats.skipped_records instead.  A \u0000
+//                          in the field is a NUL byte of the document, as in plain text.
 //   .bin                   llm.c token shard: 256 x int32 header (magic 20240520, version 1,
 //                          header[2] = token count), then uint16 tokens.
 //   .npy                   1-D or 2-D C-order array of <u2 or <i4 token ids.

@@ -3,6 +3,8 @@
 #pragma once
 #include <stddef.h>
 
+#include "safetensors.h"
+
 typedef struct {
     int n_layer;     // L
     int n_head;      // H
@@ -32,13 +34,20 @@ typedef struct {
     char *dir;
 } GPT2Model;
 
-// Parses config.json (model_type gpt2, activation gelu_new) into *cfg.
+// Parses config.json (model_type gpt2, activation gelu_new) into *cfg.  Sizes are capped far
+// above any GPT-2 (host/gpt2.c), so a bad file fails here, naming the field.
 int gpt2_config_load(GPT2Config *cfg, const char *config_json_path);
+// The same on the file's text in memory (text[len]); `path` names it in errors.
+int gpt2_config_parse(GPT2Config *cfg, const char *text, size_t len, const char *path);
 
 // Loads DIR/config.json and DIR/model.safetensors.  Tensor names with or without the
 // `transformer.` prefix; a tied lm_head is checked against wte, an absent one is fine; buffers
 // (attn.bias, attn.masked_bias) are ignored.  Every shape is checked against the config.
+// Every weight must be finite (an error names the tensor and element).
 int gpt2_load(GPT2Model *m, const char *dir);
+// The weights of an open safetensors file under a parsed config (gpt2_load's second half; m->dir
+// stays NULL).  Every tensor's shape is checked before any is copied.
+int gpt2_load_st(GPT2Model *m, const GPT2Config *cfg, const QkSafetensors *st);
 void gpt2_free(GPT2Model *m);
 
 // Checks token ids (< vocab) and window length (1..n_ctx); `what` names the source in errors.

@@ -2,14 +2,46 @@
 #include "h5out.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <hdf5_hl.h>
 
 #include "util.h"
+
+// The NAME.tmp paths of the outputs being written, read by a signal handler: a slot's path is
+// complete before its flag is set, and the flag is cleared before the path is reused.
+#define MAX_OPEN 256
+static char g_open_tmp[MAX_OPEN][4096];
+static volatile sig_atomic_t g_open_used[MAX_OPEN];
+static pthread_mutex_t g_open_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void open_add(QkH5Out *o) {
+    if (strlen(o->tmp_path) >= sizeof g_open_tmp[0]) return;  // (such a path could not be created anyway)
+    pthread_mutex_lock(&g_open_mu);
+    for (int i = 0; i < MAX_OPEN && !o->slot; i++)
+        if (!g_open_used[i]) {
+            strcpy(g_open_tmp[i], o->tmp_path);
+            g_open_used[i] = 1;
+            o->slot = i + 1;
+        }
+    pthread_mutex_unlock(&g_open_mu);
+}
+
+static void open_remove(QkH5Out *o) {
+    if (o->slot) g_open_used[o->slot - 1] = 0;
+    o->slot = 0;
+}
+
+void qk_h5_remove_open_tmp(void) {
+    for (int i = 0; i < MAX_OPEN; i++)
+        if (g_open_used[i]) unlink(g_open_tmp[i]);
+}
 
 int qk_h5_create(QkH5Out *o, const char *path) {
     memset(o, 0, sizeof *o);
@@ -25,10 +57,12 @@ int qk_h5_create(QkH5Out *o, const char *path) {
         memset(o, 0, sizeof *o);
         return -1;
     }
+    open_add(o);
     return 0;
 }
 
 void qk_h5_abort(QkH5Out *o) {
+    open_remove(o);
     if (o->file > 0) H5Fclose(o->file);
     if (o->tmp_path) remove(o->tmp_path);
     free(o->path);
@@ -45,6 +79,7 @@ int qk_h5_finish(QkH5Out *o) {
         qk_h5_abort(o);
         return -1;
     }
+    open_remove(o);
     free(o->path);
     free(o->tmp_path);
     memset(o, 0, sizeof *o);

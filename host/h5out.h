@@ -8,6 +8,7 @@ typedef struct {
     hid_t file;
     char *path;      // final name
     char *tmp_path;  // NAME.tmp while writing
+    int slot;        // 1 + its entry in the table of open outputs (qk_h5_remove_open_tmp), 0: none
 } QkH5Out;
 
 int qk_h5_create(QkH5Out *o, const char *path);
@@ -15,6 +16,9 @@ int qk_h5_create(QkH5Out *o, const char *path);
 int qk_h5_finish(QkH5Out *o);
 // Closes and removes the temporary file (after an error).
 void qk_h5_abort(QkH5Out *o);
+// Removes the NAME.tmp of every output still being written; async-signal-safe (unlink only), for
+// a signal handler about to _exit, so no partial file is left behind.
+void qk_h5_remove_open_tmp(void);
 
 // A chunked, shuffle+gzip dataset of `type` (H5T_NATIVE_FLOAT, H5T_NATIVE_UINT16, ...) whose
 // first dimension is the row (batch) index.  Returns the dataset id or -1.

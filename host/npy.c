@@ -59,11 +59,9 @@ static int parse_header(QkNpy *a, const char *hdr, const char *path) {
     return 0;
 }
 
-int qk_npy_read(QkNpy *a, const char *path) {
+int qk_npy_parse(QkNpy *a, const void *data, size_t len, const char *path) {
     memset(a, 0, sizeof *a);
-    size_t len;
-    char *buf = qk_read_file(path, &len);
-    if (!buf) return -1;
+    const char *buf = data;
     int rc = 0;
     size_t hlen = 0, off = 0;
     if (len < 10 || memcmp(buf, "\x93NUMPY", 6)) rc = qk_err("%s: not a .npy file (bad magic)", path);
@@ -91,6 +89,15 @@ int qk_npy_read(QkNpy *a, const char *path) {
         a->data = qk_malloc(nbytes ? nbytes : 1);
         memcpy(a->data, buf + off + hlen, nbytes);
     }
+    return rc;
+}
+
+int qk_npy_read(QkNpy *a, const char *path) {
+    memset(a, 0, sizeof *a);
+    size_t len;
+    char *buf = qk_read_file(path, &len);
+    if (!buf) return -1;
+    int rc = qk_npy_parse(a, buf, len, path);
     free(buf);
     return rc;
 }
@@ -102,7 +109,7 @@ void qk_npy_free(QkNpy *a) {
 
 int qk_npy_to_i32(const QkNpy *a, int32_t *out, const char *path) {
     char kind = a->descr[1];
-    if (kind == 'f') return qk_err("%s: npy dtype %s: token ids must be integers", path, a->descr);
+    if (kind == 'f') return qk_err("%s: npy 'descr' %s: token ids must be integers", path, a->descr);
     const uint8_t *p = a->data;
     for (size_t i = 0; i < a->numel; i++, p += a->item_size) {
         int64_t v = 0;
@@ -114,7 +121,9 @@ int qk_npy_to_i32(const QkNpy *a, int32_t *out, const char *path) {
             v = shift ? (int64_t)(u << shift) >> shift : (int64_t)u;
         }
         if ((kind == 'u' && u > INT32_MAX) || v < INT32_MIN || v > INT32_MAX)
-            return qk_err("%s: element %zu: value out of int32 range", path, i);
+            return qk_err("%s: npy element %zu: value %s%llu is outside the int32 range of token ids", path, i,
+                          kind != 'u' && v < 0 ? "-" : "", kind == 'u' ? (unsigned long long)u
+                          : v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
         out[i] = (int32_t)v;
     }
     return 0;

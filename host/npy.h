@@ -14,6 +14,8 @@ typedef struct {
 } QkNpy;
 
 int qk_npy_read(QkNpy *a, const char *path);
+// The same on a file already in memory; `path` names it in errors.
+int qk_npy_parse(QkNpy *a, const void *data, size_t len, const char *path);
 void qk_npy_free(QkNpy *a);
 
 // Converts an integer array (i1..i8, u1..u8) to int32 token ids; values outside int32 are errors.

@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,16 +14,18 @@
 
 typedef struct {
     RunConfig *c;
-    char where[512];  // "FILE:LINE" or "--set KEY" of the entry being parsed
-    char err[1024];
+    char err[512];  // what is wrong with the first bad entry (without where it is)
 } ParseState;
 
-// Records the first error only: inih goes on parsing and returns the first bad line.
+// Records the first error only: inih goes on parsing and returns the first bad line.  Values and
+// names are cut to 100 bytes in the message (the whole line is in the file).
 static int fail(ParseState *ps, const char *fmt, const char *section, const char *name, const char *value) {
     if (ps->err[0]) return 0;
-    char what[256];
-    snprintf(what, sizeof what, fmt, section, name, value);
-    snprintf(ps->err, sizeof ps->err, "%s: %s", ps->where, what);
+    char s[104], n[104], v[104];
+    snprintf(s, sizeof s, "%s", section);
+    snprintf(n, sizeof n, "%s", name);
+    snprintf(v, sizeof v, "%s", value);
+    snprintf(ps->err, sizeof ps->err, fmt, s, n, v);
     return 0;
 }
 
@@ -185,36 +188,53 @@ static void defaults(RunConfig *c) {
     c->precision = qk_strdup("fp32");
 }
 
+// The number of settings a [sweep] gives, or -1 when more than QK_MAX_SETTINGS.
+static int64_t count_settings(const RunConfig *c);
+
 // Checks that need several keys.
 static int validate(const RunConfig *c) {
     if (!c->model_dir) return qk_err("%s: [model] dir is required", c->path);
     if (strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"))
-        return qk_err("%s: [run] precision = '%s': expected fp32, tf32 or bf16", c->path, c->precision);
+        return qk_err("%s: [run] precision = '%.100s': expected fp32, tf32 or bf16", c->path, c->precision);
     if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda"))
-        return qk_err("%s: [run] backend = '%s': expected auto, cpu or cuda", c->path, c->backend);
+        return qk_err("%s: [run] backend = '%.100s': expected auto, cpu or cuda", c->path, c->backend);
     if (c->bos && c->n_ctx < 2) return qk_err("%s: [corpus] n_ctx must exceed 1 with bos", c->path);
+    if (count_settings(c) < 0)
+        return qk_err("%s: [sweep] gives more than %d settings (the product of the value counts)", c->path,
+                      QK_MAX_SETTINGS);
     return 0;
 }
 
 int run_config_load(RunConfig *c, const char *path, char *const *sets, int n_sets) {
     memset(c, 0, sizeof *c);
-    defaults(c);
-    c->path = qk_strdup(path);
     size_t len;
     char *text = qk_read_file(path, &len);
-    if (!text) return -1;
+    if (!text) {
+        defaults(c);  // (so run_config_free has every field to free, as after a parse)
+        c->path = qk_strdup(path);
+        return -1;
+    }
+    int rc = run_config_parse(c, path, text, len, sets, n_sets);
+    free(text);
+    return rc;
+}
+
+int run_config_parse(RunConfig *c, const char *path, const char *data, size_t len, char *const *sets, int n_sets) {
+    memset(c, 0, sizeof *c);
+    defaults(c);
+    c->path = qk_strdup(path);
+    const char *nul = memchr(data, 0, len);
+    if (nul) return qk_err("%s: byte offset %zu: a NUL byte in the config", path, (size_t)(nul - data));
+    char *text = qk_malloc(len + 1);
+    memcpy(text, data, len);
+    text[len] = 0;
     // inih stops at the first error and returns its line; the handler keeps the message.
     ParseState ps = {.c = c};
-    snprintf(ps.where, sizeof ps.where, "%s", path);
     int line = ini_parse_string(text, handler, &ps);
     if (line != 0) {
         free(text);
         if (line < 0) return qk_err("%s: cannot parse", path);
-        if (ps.err[0]) {
-            // Replace the "FILE" prefix by "FILE:LINE".
-            const char *msg = ps.err + strlen(path) + 2;
-            return qk_err("%s:%d: %s", path, line, msg);
-        }
+        if (ps.err[0]) return qk_err("%s:%d: %s", path, line, ps.err);
         return qk_err("%s:%d: not a 'key = value' line or a [section]", path, line);
     }
     // The stored text: the file, then the overrides as they were applied.
@@ -225,13 +245,14 @@ int run_config_load(RunConfig *c, const char *path, char *const *sets, int n_set
     free(text);
     for (int i = 0; i < n_sets; i++) {
         const char *s = sets[i], *dot = strchr(s, '.'), *eq = strchr(s, '=');
-        if (!dot || !eq || dot > eq) return qk_err("--set '%s': expected section.key=value", s);
+        if (!dot || !eq || dot > eq) return qk_err("--set '%.100s': expected section.key=value", s);
+        if (dot - s > 63 || eq - dot - 1 > 127)
+            return qk_err("--set '%.100s': section or key too long", s);
         char section[64], name[128];
         snprintf(section, sizeof section, "%.*s", (int)(dot - s), s);
         snprintf(name, sizeof name, "%.*s", (int)(eq - dot - 1), dot + 1);
-        snprintf(ps.where, sizeof ps.where, "--set %s.%s", section, name);
         ps.err[0] = 0;
-        if (!handler(&ps, section, name, eq + 1)) return qk_err("%s", ps.err);
+        if (!handler(&ps, section, name, eq + 1)) return qk_err("--set %s.%s: %s", section, name, ps.err);
         o += snprintf(c->text + o, cap - o, "\n# --set %s", s);
     }
     return validate(c);
@@ -273,24 +294,36 @@ int run_config_heads(const char *spec, int L, int H, uint8_t *chosen, const char
     return rc;
 }
 
+// Hashes one formatted line, whatever its length.
+static void add(QkSha256 *h, const char *fmt, ...) QK_PRINTF(2, 3);
+static void add(QkSha256 *h, const char *fmt, ...) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *buf = qk_malloc((size_t)n + 1);
+    vsnprintf(buf, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    qk_sha256_update(h, buf, (size_t)n);
+    free(buf);
+}
+
 void run_config_hash(const RunConfig *c, char hex[65]) {
     QkSha256 h;
     qk_sha256_init(&h);
-    char buf[4096];
-#define ADD(...) qk_sha256_update(&h, buf, (size_t)snprintf(buf, sizeof buf, __VA_ARGS__))
-    ADD("model=%s\n", c->model_dir);
+    add(&h, "model=%s\n", c->model_dir);
     for (int l = 0; l < QK_MAX_LAYERS; l++)
-        if (c->sae_dir[l]) ADD("sae.%d=%s,%d\n", l, c->sae_dir[l], c->sae_center[l]);
-    ADD("max_active=%d\n", c->sae_max_active);
-    for (int i = 0; i < c->n_paths; i++) ADD("path=%s\n", c->paths[i]);
-    ADD("vocab=%s split=%d field=%s skip=%d special=%d n_ctx=%d bos=%d pack=%d stride=%d max_tokens=%lld\n",
+        if (c->sae_dir[l]) add(&h, "sae.%d=%s,%d\n", l, c->sae_dir[l], c->sae_center[l]);
+    add(&h, "max_active=%d\n", c->sae_max_active);
+    for (int i = 0; i < c->n_paths; i++) add(&h, "path=%s\n", c->paths[i]);
+    add(&h, "vocab=%s split=%d field=%s skip=%d special=%d n_ctx=%d bos=%d pack=%d stride=%d max_tokens=%lld\n",
         c->vocab ? c->vocab : "", (int)c->split, c->jsonl_field, c->skip_bad_records, c->allow_special, c->n_ctx, c->bos,
         c->pack, c->stride, (long long)c->max_tokens);
-    ADD("heads=%s record=%s k=%d a=%d p=%d enc=%d enc_slots=%d sketch=%d,%d static_k=%d\n", c->heads, c->record_heads,
-        c->k, c->a, c->p, c->encoder, c->enc_slots, c->sketch_pairs, c->sketch_capacity, c->static_k);
-    ADD("record_patterns=%d part=%d/%d\n", c->record_patterns, c->part, c->n_parts);
-    ADD("precision=%s shard_tokens=%lld\n", c->precision, (long long)c->shard_tokens);
-#undef ADD
+    add(&h, "heads=%s record=%s k=%d a=%d p=%d enc=%d enc_slots=%d sketch=%d,%d static_k=%d\n", c->heads,
+        c->record_heads, c->k, c->a, c->p, c->encoder, c->enc_slots, c->sketch_pairs, c->sketch_capacity, c->static_k);
+    add(&h, "record_patterns=%d part=%d/%d\n", c->record_patterns, c->part, c->n_parts);
+    add(&h, "precision=%s shard_tokens=%lld\n", c->precision, (long long)c->shard_tokens);
     uint8_t d[32];
     qk_sha256_final(&h, d);
     for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
@@ -317,15 +350,17 @@ static char *sweep_value(const char *list, int v, int *count) {
     return out;
 }
 
-int run_config_n_settings(const RunConfig *c) {
-    int total = 1;
+static int64_t count_settings(const RunConfig *c) {
+    int64_t total = 1;
     for (int i = 0; i < c->n_sweep; i++) {
         int n;
         free(sweep_value(c->sweep_values[i], -1, &n));
-        total *= n;
+        if ((total *= n) > QK_MAX_SETTINGS) return -1;  // n <= strlen + 1: no overflow before the check
     }
     return total;
 }
+
+int run_config_n_settings(const RunConfig *c) { return (int)count_settings(c); }
 
 void run_config_setting(const RunConfig *c, int index, char **out) {
     for (int i = c->n_sweep - 1; i >= 0; i--) {  // the last key varies fastest

@@ -3,6 +3,7 @@
 // errors "FILE:LINE: ..."; `--set section.key=value` overrides are applied after the file and
 // reported as "--set section.key: ...".
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #include "corpus.h"
@@ -48,10 +49,17 @@ typedef struct {
     char *precision;     // fp32 | tf32 | bf16
 } RunConfig;
 
+#define QK_MAX_SETTINGS 4096  // a [sweep] giving more is refused at load
+
+// On failure, qk_errmsg() names the file and line (or the --set) and the key; *c is still freed
+// with run_config_free.
 int run_config_load(RunConfig *c, const char *path, char *const *sets, int n_sets);
+// The same on the file's text in memory (data[len]); `path` names it in errors.
+int run_config_parse(RunConfig *c, const char *path, const char *data, size_t len, char *const *sets, int n_sets);
 void run_config_free(RunConfig *c);
 
-// The number of settings of the [sweep] (the product of the value counts; 1 without a sweep), and
+// The number of settings of the [sweep] (the product of the value counts, <= QK_MAX_SETTINGS as
+// checked at load; 1 without a sweep), and
 // the --set overrides "section.key=V" of setting `index` (mixed radix, first key slowest) into
 // out[n_sweep] (fresh strings).
 int run_config_n_settings(const RunConfig *c);

@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "h5out.h"
+#include "out_check.h"
 #include "sha256.h"
 #include "util.h"
 
@@ -29,10 +30,14 @@ static void *hash_all(void *arg) {
     return NULL;
 }
 
-int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet) {
+int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet, const char *out,
+                   QkOutKind out_kind) {
     memset(s, 0, sizeof *s);
     if (run_config_load(&s->cfg, config, sets, n_sets)) return -1;
     const RunConfig *c = &s->cfg;
+    int folder = out_kind == QK_OUT_FOLDER || (out_kind == QK_OUT_BY_CONFIG && c->shard_tokens > 0);
+    if ((out_kind == QK_OUT_FILE || c->write) && (folder ? qk_out_check_folder(out) : qk_out_check_file(out, 1)))
+        return -1;
     if (gpt2_load(&s->model, c->model_dir)) return -1;
     const int L = s->model.cfg.n_layer, H = s->model.cfg.n_head;
     if (L > QK_MAX_LAYERS) return qk_err("%s: %d layers (at most %d)", c->model_dir, L, QK_MAX_LAYERS);

@@ -47,10 +47,17 @@ typedef struct {
 // line on stderr naming `cmd`).
 int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, void (*usage)(FILE *), RunArgs *a);
 
-// Loads the config (with --set overrides), the model and the SAEs, and resolves the head lists.
-// A head asked for explicitly whose layer has no SAE is an error; with heads = all, such layers
-// are skipped with a notice (layer 0 with resid_post SAEs, SPEC §3), unless quiet.
-int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet);
+// What -o names: a file (static), a folder (multi-rank runs), or a file or folder as the config
+// says (run: a folder of shards when [output] shard_tokens > 0).
+typedef enum { QK_OUT_FILE, QK_OUT_FOLDER, QK_OUT_BY_CONFIG } QkOutKind;
+
+// Loads the config (with --set overrides), checks the output `out` (host/out_check.h; not for a
+// run that writes nothing, [output] write = false), then loads the model and the SAEs and
+// resolves the head lists.  A head asked for explicitly whose layer has no SAE is an error; with
+// heads = all, such layers are skipped with a notice (layer 0 with resid_post SAEs, SPEC §3),
+// unless quiet.
+int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet, const char *out,
+                   QkOutKind out_kind);
 void run_setup_close(RunSetup *s);
 
 // Waits for the hashes of the weight files (computed in a thread); -1 if one could not be read.

@@ -74,17 +74,39 @@ static int get_str(const char *path, const cJSON *root, const char *key, const c
 }
 
 // SAELens's handle_config_defaulting: a config without sae_lens_version (top level or in
-// metadata) or with a version below 6 is pre-6.0 ("old style").
-static int is_old_style(const cJSON *root) {
+// metadata) or with a version below 6 is pre-6.0 ("old style").  `metadata`, when given, must be
+// an object (SAELens reads it with .get).
+static int is_old_style(const char *path, const cJSON *root, int *old) {
     const cJSON *v = get(root, "sae_lens_version");
     const cJSON *meta = get(root, "metadata");
+    if (meta && !cJSON_IsObject(meta)) return bad_value(path, "metadata", meta, "an object");
     if (!v && meta) v = get(meta, "sae_lens_version");
-    if (!v || !cJSON_IsString(v)) return 1;
-    return strtol(v->valuestring, NULL, 10) < 6;
+    if (v && !cJSON_IsString(v))
+        return bad_value(path, get(root, "sae_lens_version") ? "sae_lens_version" : "metadata.sae_lens_version", v,
+                         "a version string");
+    *old = !v || strtol(v->valuestring, NULL, 10) < 6;
+    return 0;
 }
 
-// Old style: activation_fn_str (renamed activation_fn in 6.0) "topk" with activation_fn_kwargs.k
-// makes a topk SAE whatever `architecture` says; otherwise `architecture` (default standard).
+// k of an old-style top-k SAE: activation_fn_kwargs.k (pre-6.0), or the top-level k that
+// SAELens 6 writes (a config may carry architecture "topk" and k without any version).
+static int old_style_k(QkSae *sae, const char *path, const cJSON *root, const char *why) {
+    const cJSON *kw = get(root, "activation_fn_kwargs");
+    if (kw && !cJSON_IsObject(kw)) return bad_value(path, "activation_fn_kwargs", kw, "an object");
+    if (kw && get(kw, "k")) {
+        const cJSON *v = get(kw, "k");
+        double d = cJSON_IsNumber(v) ? v->valuedouble : 0;
+        if (!cJSON_IsNumber(v) || d != floor(d) || d < 1 || d > 1 << 30)
+            return bad_value(path, "activation_fn_kwargs.k", v, "a positive integer");
+        sae->k = (int)d;
+        return 0;
+    }
+    if (get(root, "k")) return get_pos_int(path, root, "k", &sae->k);
+    return qk_err("%s: key 'k' (or 'activation_fn_kwargs.k'): missing for %s", path, why);
+}
+
+// Old style: activation_fn_str (renamed activation_fn in 6.0) "topk" makes a topk SAE whatever
+// `architecture` says; otherwise `architecture` (default standard).
 static int old_style_arch(QkSae *sae, const char *path, const cJSON *root, const char **arch) {
     const char *fn = NULL, *fn_key = "activation_fn_str";
     if (get_str(path, root, fn_key, &fn)) return -1;
@@ -94,14 +116,15 @@ static int old_style_arch(QkSae *sae, const char *path, const cJSON *root, const
     }
     if (get_str(path, root, "architecture", arch)) return -1;
     if (!*arch) *arch = "standard";
+    char why[96];
     if (fn && strcmp(fn, "topk") == 0) {
-        const cJSON *kw = get(root, "activation_fn_kwargs");
-        if (!kw || !cJSON_IsObject(kw) || !get(kw, "k"))
-            return qk_err("%s: key 'activation_fn_kwargs.k': missing for %s \"topk\"", path, fn_key);
-        if (get_pos_int(path, kw, "k", &sae->k)) return -1;
+        snprintf(why, sizeof why, "'%s' \"topk\"", fn_key);
+        if (old_style_k(sae, path, root, why)) return -1;
         *arch = "topk";
     } else if (fn && strcmp(fn, "relu") != 0) {
-        return qk_err("%s: key '%s': unsupported activation \"%s\" (relu or topk)", path, fn_key, fn);
+        return qk_err("%s: key '%s': unsupported activation \"%.60s\" (relu or topk)", path, fn_key, fn);
+    } else if (strcmp(*arch, "topk") == 0 && old_style_k(sae, path, root, "'architecture' \"topk\"")) {
+        return -1;
     }
     return 0;
 }
@@ -155,7 +178,8 @@ static int parse_hook_name(QkSae *sae, const char *path, const cJSON *root) {
 
 static int parse_cfg(QkSae *sae, const char *path, const cJSON *root, int d_model) {
     if (!cJSON_IsObject(root)) return qk_err("%s: top level: not a JSON object", path);
-    int old = is_old_style(root);
+    int old = 1;
+    if (is_old_style(path, root, &old)) return -1;
     const char *arch = NULL;
     if (get_pos_int(path, root, "d_in", &sae->d_in)) return -1;
     if (get_pos_int(path, root, "d_sae", &sae->d_sae)) return -1;
@@ -168,7 +192,7 @@ static int parse_cfg(QkSae *sae, const char *path, const cJSON *root, int d_mode
     if (strcmp(arch, "standard") == 0) sae->arch = QK_SAE_STANDARD;
     else if (strcmp(arch, "topk") == 0) sae->arch = QK_SAE_TOPK;
     else if (strcmp(arch, "jumprelu") == 0) sae->arch = QK_SAE_JUMPRELU;
-    else return qk_err("%s: key 'architecture': unsupported \"%s\" (standard, topk or jumprelu)", path, arch);
+    else return qk_err("%s: key 'architecture': unsupported \"%.60s\" (standard, topk or jumprelu)", path, arch);
     if (sae->arch == QK_SAE_TOPK && !old && get_pos_int(path, root, "k", &sae->k)) return -1;
     if (sae->arch == QK_SAE_TOPK && sae->k > sae->d_sae)
         return qk_err("%s: key 'k': %d exceeds d_sae %d", path, sae->k, sae->d_sae);
@@ -180,12 +204,10 @@ static int parse_cfg(QkSae *sae, const char *path, const cJSON *root, int d_mode
     return parse_hook_name(sae, path, root);
 }
 
-static int load_cfg(QkSae *sae, const char *dir, int d_model) {
-    char *path = qk_path_join(dir, "cfg.json");
-    cJSON *root = qk_json_load(path);
+static int load_cfg(QkSae *sae, const char *path, const char *text, size_t len, int d_model) {
+    cJSON *root = qk_json_parse(text, len, path);
     int rc = root ? parse_cfg(sae, path, root, d_model) : -1;
     cJSON_Delete(root);
-    free(path);
     return rc;
 }
 
@@ -223,36 +245,53 @@ static int load_threshold(QkSae *s, const QkSafetensors *st) {
     return 0;
 }
 
-static int load_weights(QkSae *s, const char *dir) {
-    char *path = qk_path_join(dir, "sae_weights.safetensors");
-    QkSafetensors st;
-    int rc = qk_st_open(&st, path);
-    free(path);
-    if (rc) return -1;
+static int load_weights(QkSae *s, const QkSafetensors *st) {
     int64_t dm[2] = {s->d_in, s->d_sae}, md[2] = {s->d_sae, s->d_in}, sm[1] = {s->d_sae}, sd[1] = {s->d_in};
-    float *W_enc = qk_st_load_f32(&st, "W_enc", 2, dm);
-    rc = -1;
-    if (W_enc && (s->b_enc = qk_st_load_f32(&st, "b_enc", 1, sm)) &&
-        (s->W_dec = qk_st_load_f32(&st, "W_dec", 2, md)) && (s->b_dec = qk_st_load_f32(&st, "b_dec", 1, sd)) &&
-        (s->arch != QK_SAE_JUMPRELU || load_threshold(s, &st) == 0)) {
+    float *W_enc = qk_st_load_f32(st, "W_enc", 2, dm);
+    int rc = -1;
+    if (W_enc && (s->b_enc = qk_st_load_f32(st, "b_enc", 1, sm)) &&
+        (s->W_dec = qk_st_load_f32(st, "W_dec", 2, md)) && (s->b_dec = qk_st_load_f32(st, "b_dec", 1, sd)) &&
+        (s->arch != QK_SAE_JUMPRELU || load_threshold(s, st) == 0)) {
         s->W_encT = transpose(W_enc, s->d_in, s->d_sae);
         fold_b_dec(s);
         rc = 0;
     }
     free(W_enc);
-    qk_st_close(&st);
     return rc;
 }
 
-int qk_sae_load(QkSae *sae, const char *dir, int d_model, int center_input) {
+int qk_sae_parse(QkSae *sae, const char *dir, const char *cfg_path, const char *cfg_text, size_t cfg_len,
+                 const QkSafetensors *st, int d_model, int center_input) {
     memset(sae, 0, sizeof *sae);
     sae->dir = qk_strdup(dir);
     sae->center_input = center_input != 0;
-    if (load_cfg(sae, dir, d_model) || load_weights(sae, dir)) {
+    if (load_cfg(sae, cfg_path, cfg_text, cfg_len, d_model) || load_weights(sae, st)) {
         qk_sae_free(sae);
         return -1;
     }
     return 0;
+}
+
+int qk_sae_load(QkSae *sae, const char *dir, int d_model, int center_input) {
+    memset(sae, 0, sizeof *sae);
+    char *cfg_path = qk_path_join(dir, "cfg.json"), *st_path = qk_path_join(dir, "sae_weights.safetensors");
+    size_t len = 0;
+    char *text = qk_read_file(cfg_path, &len);
+    QkSafetensors st = {0};
+    int rc = -1;
+    // cfg.json first: its errors come before the weights'.
+    if (text) {
+        QkSae probe = {0};
+        rc = load_cfg(&probe, cfg_path, text, len, d_model);
+        qk_sae_free(&probe);
+    }
+    if (!rc) rc = qk_st_open(&st, st_path);
+    if (!rc) {
+        rc = qk_sae_parse(sae, dir, cfg_path, text, len, &st, d_model, center_input);
+        qk_st_close(&st);
+    }
+    free(text), free(cfg_path), free(st_path);
+    return rc;
 }
 
 void qk_sae_free(QkSae *s) {

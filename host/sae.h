@@ -16,7 +16,10 @@
 //   decode: xhat = (a W_dec + b_dec) * scale + shift, with scale = std (layer_norm) or 1, and
 //   shift = mu (layer_norm) + the center_input mean.
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
+
+#include "safetensors.h"
 
 typedef enum { QK_SAE_STANDARD, QK_SAE_TOPK, QK_SAE_JUMPRELU } QkSaeArch;
 typedef enum { QK_SAE_NORM_NONE, QK_SAE_NORM_LAYER_NORM } QkSaeNorm;
@@ -47,7 +50,12 @@ typedef struct {
 // than standard/topk/jumprelu, reshape_activations, rescale_acts_by_decoder_norm, a head index)
 // is an error naming the file, key and value.  Returns 0, or -1 with qk_errmsg() set and *sae
 // zeroed.
+// Every weight must be finite (an error names the tensor and element).
 int qk_sae_load(QkSae *sae, const char *dir, int d_model, int center_input);
+// The same from cfg.json's text in memory and an open safetensors file (cfg_path names the
+// config in errors; `dir` is recorded as sae->dir).
+int qk_sae_parse(QkSae *sae, const char *dir, const char *cfg_path, const char *cfg_text, size_t cfg_len,
+                 const QkSafetensors *st, int d_model, int center_input);
 void qk_sae_free(QkSae *sae);
 
 // A sparse code for n tokens, `slots` entries per token, sorted by value descending (ties: lower

@@ -76,7 +76,7 @@ static int cmp_by_offset(const void *a, const void *b) {
 }
 
 void qk_st_close(QkSafetensors *st) {
-    if (st->map) munmap((void *)st->map, st->file_size);
+    if (st->map && st->mapped) munmap((void *)st->map, st->file_size);
     for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
     free(st->tensors);
     for (int i = 0; i < st->n_meta; i++) {
@@ -138,6 +138,8 @@ static int parse_tensor(const char *path, const cJSON *e, QkTensorInfo *t) {
 static int parse_metadata(QkSafetensors *st, const cJSON *m) {
     if (!cJSON_IsObject(m)) return qk_err("%s: safetensors header: '__metadata__' is not an object", st->path);
     int n = cJSON_GetArraySize(m);
+    if (n > QK_ST_MAX_TENSORS)
+        return qk_err("%s: safetensors header: __metadata__ has %d entries (at most %d)", st->path, n, QK_ST_MAX_TENSORS);
     st->meta_keys = qk_calloc(n, sizeof(char *));
     st->meta_vals = qk_calloc(n, sizeof(char *));
     const cJSON *e;
@@ -174,6 +176,10 @@ static int parse_header(QkSafetensors *st, const char *hdr, size_t hlen) {
     int rc = 0, n = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, root) n++;
+    if (n > QK_ST_MAX_TENSORS) {
+        cJSON_Delete(root);
+        return qk_err("%s: safetensors header: %d entries (at most %d)", path, n, QK_ST_MAX_TENSORS);
+    }
     st->tensors = qk_calloc(n, sizeof(QkTensorInfo));
     cJSON_ArrayForEach(e, root) {
         if (strcmp(e->string, "__metadata__") == 0) {
@@ -222,59 +228,67 @@ static int check_layout(QkSafetensors *st) {
     return 0;
 }
 
+// Validates the header and layout of the file mapped at st->map (st->file_size bytes).
+static int validate(QkSafetensors *st) {
+    const char *path = st->path;
+    if (st->file_size < 8)
+        return qk_err("%s: safetensors: file is %zu bytes, too short for the 8-byte header length", path, st->file_size);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | st->map[i];
+    if (n > QK_ST_MAX_HEADER)
+        return qk_err("%s: safetensors: header length %llu exceeds the limit of %llu bytes", path,
+                      (unsigned long long)n, QK_ST_MAX_HEADER);
+    if (n + 8 > st->file_size)
+        return qk_err("%s: safetensors: header length %llu runs past the end of the %zu-byte file", path,
+                      (unsigned long long)n, st->file_size);
+    st->data_start = 8 + (size_t)n;
+    int rc = parse_header(st, (const char *)st->map + 8, (size_t)n);
+    return rc ? rc : check_layout(st);
+}
+
+// Closes *st after a failed open; returns -1 with the error line kept.
+static int fail_closed(QkSafetensors *st) {
+    char keep[1024];
+    snprintf(keep, sizeof keep, "%s", qk_errmsg());
+    qk_st_close(st);
+    return qk_err("%s", keep);
+}
+
 int qk_st_open(QkSafetensors *st, const char *path) {
     memset(st, 0, sizeof *st);
     st->path = qk_strdup(path);
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
         qk_err("%s: cannot open: %s", path, strerror(errno));
-        qk_st_close(st);
-        return -1;
+        return fail_closed(st);
     }
     struct stat sb;
     if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
         close(fd);
         qk_err("%s: not a regular file", path);
-        qk_st_close(st);
-        return -1;
+        return fail_closed(st);
     }
     st->file_size = (size_t)sb.st_size;
-    if (st->file_size < 8) {
-        close(fd);
-        qk_err("%s: safetensors: file is %zu bytes, too short for the 8-byte header length", path, st->file_size);
-        qk_st_close(st);
-        return -1;
+    if (st->file_size >= 8) {  // (mmap of 0 bytes fails; validate() reports the short file)
+        void *m = mmap(NULL, st->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            close(fd);
+            qk_err("%s: mmap failed: %s", path, strerror(errno));
+            return fail_closed(st);
+        }
+        st->map = m;
+        st->mapped = 1;
     }
-    void *m = mmap(NULL, st->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (m == MAP_FAILED) {
-        qk_err("%s: mmap failed: %s", path, strerror(errno));
-        qk_st_close(st);
-        return -1;
-    }
-    st->map = m;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | st->map[i];
-    int rc;
-    if (n > QK_ST_MAX_HEADER)
-        rc = qk_err("%s: safetensors: header length %llu exceeds the limit of %llu bytes", path,
-                    (unsigned long long)n, QK_ST_MAX_HEADER);
-    else if (n + 8 > st->file_size)
-        rc = qk_err("%s: safetensors: header length %llu runs past the end of the %zu-byte file", path,
-                    (unsigned long long)n, st->file_size);
-    else {
-        st->data_start = 8 + (size_t)n;
-        rc = parse_header(st, (const char *)st->map + 8, (size_t)n);
-        if (!rc) rc = check_layout(st);
-    }
-    if (rc) {
-        char keep[1024];
-        snprintf(keep, sizeof keep, "%s", qk_errmsg());
-        qk_st_close(st);
-        qk_err("%s", keep);
-        return -1;
-    }
-    return 0;
+    return validate(st) ? fail_closed(st) : 0;
+}
+
+int qk_st_open_mem(QkSafetensors *st, const void *data, size_t size, const char *name) {
+    memset(st, 0, sizeof *st);
+    st->path = qk_strdup(name);
+    st->map = data;
+    st->file_size = size;
+    return validate(st) ? fail_closed(st) : 0;
 }
 
 const QkTensorInfo *qk_st_find(const QkSafetensors *st, const char *name) {
@@ -344,7 +358,7 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
-float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape) {
+const QkTensorInfo *qk_st_check(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape) {
     const QkTensorInfo *t = qk_st_find(st, name);
     if (!t) {
         qk_err("%s: tensor '%s' is missing", st->path, name);
@@ -359,10 +373,24 @@ float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const
         qk_err("%s: tensor '%s' has shape %s, expected %s", st->path, name, got, want);
         return NULL;
     }
+    return t;
+}
+
+float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape) {
+    const QkTensorInfo *t = qk_st_check(st, name, ndim, shape);
+    if (!t) return NULL;
     float *out = qk_malloc((t->numel ? t->numel : 1) * sizeof(float));
     if (qk_st_read_f32(st, t, out)) {
         free(out);
         return NULL;
     }
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(out[i])) {
+            qk_err("%s: tensor '%s' element %zu is %s%s: weights must be finite", st->path, name, i,
+                   isnan(out[i]) ? "NaN" : out[i] > 0 ? "+inf" : "-inf",
+                   t->dtype == QK_DT_F64 ? " (as float32)" : "");
+            free(out);
+            return NULL;
+        }
     return out;
 }

@@ -6,6 +6,7 @@
 
 #define QK_ST_MAX_DIMS 8
 #define QK_ST_MAX_HEADER 100000000ull
+#define QK_ST_MAX_TENSORS (1 << 20)  // entries in a header (GPT-2 small has 149), checked before allocating
 
 typedef enum {
     QK_DT_F32, QK_DT_F16, QK_DT_BF16, QK_DT_F64,
@@ -25,7 +26,8 @@ typedef struct {
 
 typedef struct {
     char *path;
-    const uint8_t *map;  // whole file, read-only mmap
+    const uint8_t *map;  // whole file, read-only mmap (or the caller's buffer: qk_st_open_mem)
+    int mapped;          // 1: map is ours to munmap
     size_t file_size;
     size_t data_start;   // 8 + header length
     int n_tensors;
@@ -37,6 +39,9 @@ typedef struct {
 // Opens and validates.  On failure returns -1 with one line in qk_errmsg() naming the file and
 // the field or byte offset; *st is left closed.
 int qk_st_open(QkSafetensors *st, const char *path);
+// The same checks on a file already in memory (data[size], borrowed: it must outlive *st); `name`
+// stands for the path in errors.  The in-memory entry point of tests/fuzz/fuzz_safetensors.c.
+int qk_st_open_mem(QkSafetensors *st, const void *data, size_t size, const char *name);
 void qk_st_close(QkSafetensors *st);
 
 const QkTensorInfo *qk_st_find(const QkSafetensors *st, const char *name);
@@ -47,8 +52,14 @@ size_t qk_dtype_size(QkDtype dt);
 // Copies a floating tensor (F32, F16, BF16, F64) into out[numel] as float32.
 int qk_st_read_f32(const QkSafetensors *st, const QkTensorInfo *t, float *out);
 
+// Finds `name` and checks it has exactly the shape shape[0..ndim): NULL with an error naming it
+// (missing, or its shape and the expected one) otherwise.
+const QkTensorInfo *qk_st_check(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape);
+
 // Finds `name`, checks it has exactly the shape shape[0..ndim), and returns a fresh float32 copy
-// (free with free()).  A missing or misshapen tensor is an error that names it.
+// (free with free()).  A missing or misshapen tensor is an error that names it, and so is a
+// non-finite value (NaN, +-inf): these are model weights, and one NaN would silently turn every
+// result it reaches into garbage.
 float *qk_st_load_f32(const QkSafetensors *st, const char *name, int ndim, const int64_t *shape);
 
 float qk_f16_to_f32(uint16_t h);

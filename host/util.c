@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static _Thread_local char g_err[1024];
+static _Thread_local char g_err[8192];  // room for a path of PATH_MAX and the message
 
 int qk_err(const char *fmt, ...) {
     va_list ap;
@@ -104,6 +104,12 @@ cJSON *qk_json_load(const char *path) {
     size_t len;
     char *text = qk_read_file(path, &len);
     if (!text) return NULL;
+    cJSON *root = qk_json_parse(text, len, path);
+    free(text);
+    return root;
+}
+
+cJSON *qk_json_parse(const char *text, size_t len, const char *path) {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!cJSON_IsObject(root)) {
@@ -112,7 +118,6 @@ cJSON *qk_json_load(const char *path) {
         cJSON_Delete(root);
         root = NULL;
     }
-    free(text);
     return root;
 }
 

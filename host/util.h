@@ -39,6 +39,8 @@ char *qk_read_file(const char *path, size_t *len);
 // NULL with one line naming the file and the byte offset of a parse error.
 struct cJSON;
 struct cJSON *qk_json_load(const char *path);
+// The same on text[len] in memory; `path` names it in errors.
+struct cJSON *qk_json_parse(const char *text, size_t len, const char *path);
 
 // "dir/name" in a fresh buffer.
 char *qk_path_join(const char *dir, const char *name);

@@ -11,6 +11,7 @@
 #include <hdf5.h>
 
 #include "backend.h"
+#include "planted.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -60,6 +61,17 @@ static inline float *ref_tensor(const QkSafetensors *st, const char *name, size_
 static inline char *make_tmpdir(void) {
     char *d = qk_strdup("/tmp/qkscope-test-XXXXXX");
     cr_assert_not_null(mkdtemp(d));
+    return d;
+}
+
+// A fresh temporary directory holding the planted model, SAEs and a corpus of `windows` windows
+// of 64 tokens (qkscope planted); 160 are long enough to interrupt a run mid-way.
+static inline char *make_planted_dir(int windows) {
+    char *d = make_tmpdir();
+    QkPlantedOpts o;
+    qk_planted_default_opts(&o);
+    o.n_tokens = 64 * windows;
+    cr_assert_eq(qk_planted_write(d, &o, NULL), 0, "%s", qk_errmsg());
     return d;
 }
 

@@ -338,6 +338,50 @@ Test(corpus, bad_jsonl_lines_are_errors_or_counted_skips) {
     free(p2);
 }
 
+// \u0000 in the field is a NUL byte of the document; the six characters escaped (\\u0000), or in
+// another field, are nothing special (every such line was rejected).
+Test(corpus, jsonl_u0000_is_a_nul_byte_and_escapes_are_text) {
+    const char jl[] = "{\"text\": \"a\\u0000b\", \"id\": [1, {\"x\": \"}\"}]}\n"
+                      "{\"note\": \"\\u0000\", \"text\": \"c\\\\u0000d\"}\n"
+                      "{\"text\": \"\\u0000\\ud83d\\ude00\"}\n";
+    char *p = write_file("nul.jsonl", jl, sizeof jl - 1);
+    const char *in[] = {p};
+    QkCorpusOptions o = opts(in, 1, 16);
+    o.pack = 0;
+    Windows w = run(&o);
+    cr_assert_eq(w.rc, 0, "%s", qk_errmsg());
+    cr_assert_eq(w.n, 3);
+    expect_window_text(&w, 0, 16, "a\0b", 3);
+    expect_window_text(&w, 1, 16, "c\\u0000d", 8);
+    expect_window_text(&w, 2, 16, "\0\xf0\x9f\x98\x80", 5);
+    windows_free(&w);
+    free(p);
+}
+
+// A .gz name promises gzip: plain text under it is an error (zlib would read it as it is).
+Test(corpus, gz_that_is_not_gzip_is_an_error) {
+    const char text[] = "plain text, not gzip\n";
+    char *p = write_file("doc.txt.gz", text, sizeof text - 1);
+    const char *in[] = {p};
+    QkCorpusOptions o = opts(in, 1, 16);
+    Windows w = run(&o);
+    cr_assert_eq(w.rc, -1, "read as text");
+    cr_assert(strstr(qk_errmsg(), "doc.txt.gz: not gzip data"), "%s", qk_errmsg());
+    windows_free(&w);
+    free(p);
+}
+
+// An empty folder: a clear error (qsort(NULL, 0) was undefined behaviour).
+Test(corpus, empty_folder_is_a_clear_error) {
+    char *d = tpath("empty");
+    cr_assert_eq(mkdir(d, 0777), 0);
+    const char *in[] = {d};
+    QkCorpusOptions o = opts(in, 1, 16);
+    cr_assert_null(qk_corpus_open(&o));
+    cr_assert(strstr(qk_errmsg(), "empty: no corpus files found"), "%s", qk_errmsg());
+    free(d);
+}
+
 // Three documents as text, and as llm.c .bin / .npy shards (50256 before every document).
 static const char *k_docs[] = {"The first document.", "Second, somewhat longer, document here.", "Third."};
 

@@ -58,3 +58,22 @@ Test(exact_sum, small_terms_negative_values_and_clamping) {
     for (int i = 0; i < 1000; i++) qk_exact_add(z, 0.1), qk_exact_add(z, -0.1);
     cr_expect_eq(qk_exact_value(z), 0.0);
 }
+
+// Huge and non-finite terms (a model that overflows; UBSan found signed overflow here): NaN and
+// +-inf add nothing, a sum leaving the int64 range saturates, and nothing is undefined behaviour
+// (make test-asan runs this under UBSan).
+Test(exact_sum, huge_and_non_finite_terms_are_defined) {
+    int64_t s[3] = {0};
+    qk_exact_add(s, 2.0);
+    qk_exact_add(s, NAN), qk_exact_add(s, INFINITY), qk_exact_add(s, -INFINITY);
+    cr_expect_eq(qk_exact_value(s), 2.0, "non-finite terms must add nothing");
+    int64_t big[3] = {0}, neg[3] = {0};
+    for (int i = 0; i < 8; i++) qk_exact_add(big, 1e30), qk_exact_add(neg, -1e30);  // 8 x 2^62 > 2^63
+    qk_exact_normalize(big), qk_exact_normalize(neg);
+    cr_expect_eq(big[2], INT64_MAX);
+    cr_expect_eq(neg[2], INT64_MIN);
+    cr_expect(qk_exact_value(big) > 9e18 && qk_exact_value(neg) < -9e18);
+    int64_t sum[3] = {big[0], big[1], big[2]};
+    sum[2] = qk_exact_sat_add(sum[2], big[2]);  // merging two saturated sums stays saturated
+    cr_expect_eq(sum[2], INT64_MAX);
+}

@@ -100,7 +100,7 @@ Test(model_load, bad_config_fields) {
     write_config("n_head", "3");
     expect_load_error("'n_embd' (80) is not a multiple of 'n_head' (3)");
     write_config("n_head", "\"4\"");
-    expect_load_error("field 'n_head' must be a positive integer");
+    expect_load_error("field 'n_head' must be an integer in [1, 4096]");
     write_config("activation_function", "\"relu\"");
     expect_load_error("field 'activation_function' is \"relu\"");
     write_config("model_type", "\"llama\"");
@@ -200,4 +200,16 @@ Test(model_load, cli_backend_cuda_without_device_fails) {
     err = cli_stderr();
     cr_expect(strstr(err, "using the CPU backend") != NULL, "stderr: %s", err);
     free(err);
+}
+
+// config.json sizes are capped before anything is allocated: 4 * n_embd overflowed an int, and
+// n_layer = 1e9 made a 96 GB calloc before any tensor was checked.
+Test(model_load, config_sizes_are_capped_before_allocation) {
+    write_config("n_embd", "536870912");
+    expect_load_error("field 'n_embd' must be an integer in [1, 65536]");
+    write_config("n_layer", "1000000000");
+    expect_load_error("field 'n_layer' must be an integer in [1, 1024]");
+    write_config("n_layer", "1000");  // within the cap: the tensors decide, before any allocation
+    rewrite_model(NULL, NULL);
+    expect_load_error("tensor 'h.2.ln_1.weight' is missing");
 }

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "sae.h"
@@ -328,4 +329,46 @@ Test(sae, old_style_defaults_load, .fini = remove_cases) {
     cr_assert(s.arch == QK_SAE_STANDARD && s.apply_b_dec_to_input == 1 && s.norm == QK_SAE_NORM_NONE);
     cr_assert_str_eq(s.hook_name, "blocks.2.hook_resid_pre");
     qk_sae_free(&s);
+}
+
+// architecture "topk" with k but no sae_lens_version (it was read as old style and k dropped: a run
+// failed on max_active=0 and `qkscope info` printed "topk (k 0)"); `metadata` that is not an
+// object is an error naming it.
+Test(sae, topk_k_without_version_and_bad_metadata, .fini = remove_cases) {
+    const char *T = "topk_none_nobdec";
+    const char *no_version = "{\"architecture\": \"topk\", \"k\": 3, \"d_in\": 32, \"d_sae\": 64}";
+    const char *dir = make_case(T, T, SET_RAW, NULL, no_version, 0);
+    QkSae s;
+    cr_assert_eq(qk_sae_load(&s, dir, 32, 0), 0, "%s", qk_errmsg());
+    cr_expect(s.arch == QK_SAE_TOPK && s.k == 3, "arch %d k %d", s.arch, s.k);
+    qk_sae_free(&s);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "./bin/qkscope info %s | grep -q 'topk (k 3)'", dir);
+    cr_expect_eq(system(cmd), 0, "qkscope info does not say topk (k 3)");
+    const char *list_meta = "{\"architecture\": \"topk\", \"k\": 3, \"d_in\": 32, \"d_sae\": 64, \"metadata\": [\"6.0\"]}";
+    expect_error(make_case(T, T, SET_RAW, NULL, list_meta, 0), 0, "cfg.json", "'metadata'", "an array, expected an object");
+    const char *no_k = "{\"architecture\": \"topk\", \"d_in\": 32, \"d_sae\": 64}";
+    expect_error(make_case(T, T, SET_RAW, NULL, no_k, 0), 0, "cfg.json", "'k'", "missing");
+    snprintf(cmd, sizeof cmd, "./bin/qkscope info %s 2>/dev/null", g_cases[g_n_cases - 1]);
+    int st = system(cmd);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "qkscope info must fail on a topk SAE without k");
+}
+
+// A non-finite weight in an SAE is refused at load, naming the tensor.
+Test(sae, nan_weight_is_refused_naming_the_tensor, .fini = remove_cases) {
+    const char *T = "topk_none_nobdec";
+    const char *dir = make_case(T, T, DEL, "nothing", NULL, 0);
+    char path[300];
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    QkSafetensors st;
+    cr_assert_eq(qk_st_open(&st, path), 0, "%s", qk_errmsg());
+    const QkTensorInfo *t = qk_st_find(&st, "W_dec");
+    cr_assert(t && t->dtype == QK_DT_F32);
+    long off = (long)(st.data_start + t->begin + 4 * 5);
+    qk_st_close(&st);
+    float inf = INFINITY;
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f && fseek(f, off, SEEK_SET) == 0 && fwrite(&inf, 4, 1, f) == 1);
+    fclose(f);
+    expect_error(dir, 0, "sae_weights.safetensors", "tensor 'W_dec' element 5 is +inf", "weights must be finite");
 }

@@ -207,3 +207,26 @@ Test(safetensors, non_float_tensor_not_converted) {
     qk_st_close(&st);
     free(p);
 }
+
+// The number of header entries is capped before the table of them is allocated (a 100 MB header
+// of empty entries asked for ~2 GB), and the in-memory reader applies every rule of the file one.
+Test(safetensors, entry_count_capped_and_in_memory_reader_agrees) {
+    size_t n = (size_t)QK_ST_MAX_TENSORS + 1, cap = 16 * n + 16, o = 0;
+    char *hdr = qk_malloc(cap);
+    hdr[o++] = '{';
+    for (size_t i = 0; i < n; i++) o += snprintf(hdr + o, cap - o, "%s\"%zx\":0", i ? "," : "", i);
+    hdr[o++] = '}', hdr[o] = 0;
+    char *p = st_file("many.st", hdr, 0);
+    expect_error(p, "entries (at most 1048576)");
+    free(hdr), free(p);
+    p = st_file("ok.st", "{" T1 "}", 8);
+    size_t len;
+    char *bytes = qk_read_file(p, &len);
+    QkSafetensors st;
+    cr_assert_eq(qk_st_open_mem(&st, bytes, len, "mem.st"), 0, "%s", qk_errmsg());
+    cr_expect(st.n_tensors == 1 && qk_st_find(&st, "a") && qk_st_find(&st, "a")->numel == 2);
+    qk_st_close(&st);
+    cr_assert_eq(qk_st_open_mem(&st, bytes, len - 1, "mem.st"), -1);
+    cr_expect(strstr(qk_errmsg(), "mem.st: safetensors: data section is 7 bytes but the tensors cover 8"), "%s", qk_errmsg());
+    free(bytes), free(p);
+}

@@ -12,11 +12,7 @@
 static char *g_dir, *g_cfg;
 
 static void setup(void) {
-    g_dir = make_tmpdir();
-    QkPlantedOpts o;
-    qk_planted_default_opts(&o);
-    o.n_tokens = 64 * 160;  // 160 windows: long enough to interrupt mid-run
-    cr_assert_eq(qk_planted_write(g_dir, &o, NULL), 0, "%s", qk_errmsg());
+    g_dir = make_planted_dir(160);
     char text[2048];
     g_cfg = qk_malloc(600);
     snprintf(g_cfg, 600, "%s/shards.ini", g_dir);

@@ -1,0 +1,229 @@
+// test_robust.c: the CLI on inputs and situations a careful user meets by mistake (issue 13):
+// bad token files, outputs that cannot or must not be written (checked before any work), a model
+// that overflows to non-finite activations, an empty corpus folder, Ctrl-C on a single-file run.
+// Every failure is one line naming the file and the field, a non-zero exit, nothing left behind.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "npy.h"
+#include "planted.h"
+#include "safetensors.h"
+#include "test_common.h"
+
+static char *g_dir;
+
+static void setup(void) { g_dir = make_planted_dir(160); }
+static void teardown(void) { rm_rf(g_dir); free(g_dir); }
+TestSuite(robust, .init = setup, .fini = teardown);
+
+#define TINY REF_DIR "/gpt2_tiny_a"
+
+// DIR/NAME as a fresh string.
+static char *at(const char *name) {
+    char *p = qk_malloc(strlen(g_dir) + strlen(name) + 2);
+    sprintf(p, "%s/%s", g_dir, name);
+    return p;
+}
+
+// The planted model's run config, with `extra` INI lines; returns its path.
+static char *write_config(const char *extra) {
+    char text[4096], *path = at("run.ini");
+    snprintf(text, sizeof text,
+             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
+             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n"
+             "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[run]\nbackend = cpu\nthreads = 1\n%s",
+             g_dir, g_dir, g_dir, g_dir, extra);
+    write_bytes(path, text, strlen(text));
+    return path;
+}
+
+// Runs `cmd` (stderr to DIR/err.txt) and checks: exit status `code`, stderr one line holding
+// `want`, nothing but `quiet_ok` on stdout.  Returns the stderr text (free it).
+static char *expect_fail(int code, const char *want, const char *cmd) {
+    char *err = at("err.txt");
+    int st = shf("%s > /dev/null 2> %s", cmd, err);
+    char *text = qk_read_file(err, NULL);
+    cr_assert_not_null(text);
+    cr_expect_eq(st, code, "exit %d, want %d: %s\n%s", st, code, cmd, text);
+    cr_expect(strstr(text, want) != NULL, "stderr lacks '%s': %s", want, text);
+    const char *nl = strchr(text, '\n');
+    cr_expect(nl && !nl[1], "not one line: %s", text);
+    cr_expect(!strstr(text, "double free") && !strstr(text, "Sanitizer"), "%s", text);
+    free(err);
+    return text;
+}
+
+static void write_npy(const char *name, const char *descr, const void *data, int64_t n) {
+    char *p = at(name);
+    cr_assert_eq(qk_npy_write(p, descr, 1, &n, data), 0, "%s", qk_errmsg());
+    free(p);
+}
+
+// A float32 .npy or int64 ids >= 2^31: a clean error naming the file and the field (it was a
+// double free that lost the message), and no output.
+Test(robust, cache_refuses_float_and_huge_token_ids) {
+    float f[3] = {1, 2, 3};
+    int64_t big[3] = {1, 2, (int64_t)1 << 31};
+    write_npy("f32.npy", "<f4", f, 3);
+    write_npy("i64.npy", "<i8", big, 3);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens %s/f32.npy -o %s/c.h5", g_dir, g_dir);
+    free(expect_fail(1, "f32.npy: npy 'descr' <f4: token ids must be integers", cmd));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens %s/i64.npy -o %s/c.h5", g_dir, g_dir);
+    free(expect_fail(1, "i64.npy: npy element 2: value 2147483648 is outside the int32 range", cmd));
+    char *out = at("c.h5"), *tmp = at("c.h5.tmp");
+    cr_expect(!qk_file_exists(out) && !qk_file_exists(tmp));
+    free(out), free(tmp);
+}
+
+// --hooks '' selects nothing: an error, not an empty file with exit 0.
+Test(robust, cache_with_no_hook_is_an_error) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens " TINY "/tokens.txt --hooks '' -o %s/c.h5",
+             g_dir);
+    free(expect_fail(2, "--hooks '' names no hook and there is no --sae: nothing to write", cmd));
+    char *out = at("c.h5");
+    cr_expect(!qk_file_exists(out));
+    free(out);
+}
+
+// -o is checked before any work: a folder, an input file that is not HDF5 (left untouched), a
+// place that cannot be written.  Every command that writes.
+Test(robust, outputs_are_checked_before_any_work, .timeout = 120) {
+    char *cfg = write_config(""), *ini = at("keep.ini"), *sub = at("sub"), cmd[4096];
+    write_bytes(ini, "[model]\n", 8);
+    cr_assert_eq(mkdir(sub, 0777), 0);
+    const char *bad[3][2] = {{"sub", "is a folder"}, {"keep.ini", "exists and is not an HDF5 file"},
+                             {"missing/x.h5", "missing/x.h5.tmp: cannot write the output: No such file or directory"}};
+    for (int i = 0; i < 3; i++) {
+        char out[700];
+        snprintf(out, sizeof out, "%s/%s", g_dir, bad[i][0]);
+        snprintf(cmd, sizeof cmd, "./bin/qkscope run %s -o %s", cfg, out);
+        char *err = expect_fail(1, bad[i][1], cmd);
+        cr_expect(!strstr(err, "tokens/s"), "the analysis ran before the output was checked: %s", err);
+        free(err);
+        snprintf(cmd, sizeof cmd, "./bin/qkscope static -q %s -o %s", cfg, out);
+        free(expect_fail(1, bad[i][1], cmd));
+        snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens " TINY "/tokens.txt -o %s", out);
+        free(expect_fail(1, bad[i][1], cmd));
+        snprintf(cmd, sizeof cmd, "./bin/qkscope merge %s -o %s", g_dir, out);
+        free(expect_fail(1, bad[i][1], cmd));
+    }
+    char *text = qk_read_file(ini, NULL);
+    cr_expect_str_eq(text, "[model]\n", "the config was overwritten");
+    free(text);
+    // Folders: a file where a folder goes; a folder whose parent is missing.
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run %s --set output.shard_tokens=1280 -o %s", cfg, ini);
+    free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run %s --ranks 2 -o %s", cfg, ini);
+    free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope planted -q --out %s", ini);
+    free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope random -q --out %s/missing/r", g_dir);
+    free(expect_fail(1, "its parent is not an existing folder", cmd));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope submit %s --dry-run -o %s", cfg, ini);
+    free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
+    // tokenize: -o naming its own input.
+    snprintf(cmd, sizeof cmd, "./bin/qkscope tokenize --vocab ../shared/data/gpt2 %s -o %s", ini, ini);
+    free(expect_fail(1, "-o names an input; refusing to overwrite it", cmd));
+    text = qk_read_file(ini, NULL);
+    cr_expect_str_eq(text, "[model]\n");
+    free(text), free(cfg), free(ini), free(sub);
+}
+
+// Overwrites float32 element `index` of tensor `name` in the safetensors file `path`.
+static void poke_f32(const char *path, const char *name, size_t index, float v) {
+    QkSafetensors st;
+    cr_assert_eq(qk_st_open(&st, path), 0, "%s", qk_errmsg());
+    const QkTensorInfo *t = qk_st_find(&st, name);
+    cr_assert(t && t->dtype == QK_DT_F32 && index < t->numel);
+    long off = (long)(st.data_start + t->begin + 4 * index);
+    qk_st_close(&st);
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f && fseek(f, off, SEEK_SET) == 0 && fwrite(&v, 4, 1, f) == 1);
+    fclose(f);
+}
+
+// Finite weights that overflow: both projection biases of layer 0 at 3e38 make layer 1's residual
+// stream +inf.  The run stops naming layer and window, and writes nothing: no aggregate of
+// -9e18 or NaN.
+Test(robust, non_finite_activations_stop_the_run, .timeout = 120) {
+    char *st = at("model/model.safetensors"), *cfg = write_config(""), cmd[2048];
+    poke_f32(st, "h.0.attn.c_proj.bias", 0, 3e38f);
+    poke_f32(st, "h.0.mlp.c_proj.bias", 0, 3e38f);
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s/r.h5", cfg, g_dir);
+    free(expect_fail(1, "layer 1, window 0 of the batch, position 0: non-finite resid_pre", cmd));
+    char *out = at("r.h5"), *tmp = at("r.h5.tmp");
+    cr_expect(!qk_file_exists(out) && !qk_file_exists(tmp));
+    free(out), free(tmp), free(st), free(cfg);
+}
+
+// A NaN weight: refused when the model is loaded, naming the tensor (it gave exit 0 and garbage).
+Test(robust, nan_weight_is_refused_naming_the_tensor) {
+    char *st = at("model/model.safetensors"), cmd[2048];
+    poke_f32(st, "h.0.attn.c_attn.weight", 0, NAN);
+    snprintf(cmd, sizeof cmd, "./bin/qkscope info %s/model", g_dir);
+    free(expect_fail(1, "tensor 'h.0.attn.c_attn.weight' element 0 is NaN: weights must be finite", cmd));
+    free(st);
+}
+
+// An empty folder as the corpus: one clear line (it was qsort(NULL, 0), undefined behaviour).
+Test(robust, empty_corpus_folder_is_a_clear_error) {
+    char *empty = at("empty"), *cfg = write_config(""), cmd[2048];
+    cr_assert_eq(mkdir(empty, 0777), 0);
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s --set corpus.paths=%s -o %s/r.h5", cfg, empty, g_dir);
+    free(expect_fail(1, "empty: no corpus files found (an empty directory?", cmd));
+    free(empty), free(cfg);
+}
+
+// Ctrl-C on an interactive single-file run: a message that fits (no requeue or --resume, since a
+// single file keeps nothing), exit 130 (128 + SIGINT), no NAME.tmp.  A second signal right after
+// the first exits at once and leaves no NAME.tmp either.
+static void interrupt_single_file(int twice) {
+    char *cfg = write_config(""), *out = at("r.h5"), *tmp = at("r.h5.tmp"), *log = at("log.txt");
+    pid_t pid = fork();
+    if (pid == 0) {
+        FILE *f = freopen(log, "w", stderr);
+        (void)f;
+        execl("./bin/qkscope", "qkscope", "run", cfg, "-o", out, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 6000 && !qk_file_exists(tmp); i++) usleep(5000);  // the analysis is under way
+    usleep(50000);
+    kill(pid, SIGINT);
+    if (twice) kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    char *text = qk_read_file(log, NULL);
+    // (Two signals may reach two threads in either order: 128 + whichever came first.)
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    cr_assert(code == 130 || (twice && code == 128 + SIGTERM), "exit %d: %s", code, text);
+    cr_expect(!qk_file_exists(tmp) && !qk_file_exists(out), "%s left behind", tmp);
+    if (!twice) {
+        cr_expect(strstr(text, "interrupted by signal 2") && strstr(text, "nothing written") && strstr(text, "exit 130"),
+                  "%s", text);
+        cr_expect(!strstr(text, "--resume") && !strstr(text, "requeue"), "%s", text);
+    }
+    free(text), free(cfg), free(out), free(tmp), free(log);
+}
+Test(robust, ctrl_c_on_a_single_file_run, .timeout = 120) { interrupt_single_file(0); }
+Test(robust, second_signal_leaves_no_tmp, .timeout = 120) { interrupt_single_file(1); }
+
+// plan.json and manifest.json are read with every field checked: a huge task count is an error
+// naming the field, not a loop over two billion parts.
+Test(robust, status_and_merge_check_plan_and_manifest, .timeout = 60) {
+    char *plan = at("plan.json"), *man = at("manifest.json"), cmd[2048];
+    const char *p = "{\"format\": \"qkscope-plan\", \"tasks\": 1e12}";
+    write_bytes(plan, p, strlen(p));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope status %s", g_dir);
+    free(expect_fail(1, "plan.json: field 'tasks' must be an integer in [1, 100000]", cmd));
+    remove(plan);
+    const char *m = "{\"config_hash\": \"0000000000000000000000000000000000000000000000000000000000000000\", "
+                    "\"complete\": true, \"shards\": [\"..\"]}";
+    write_bytes(man, m, strlen(m));
+    snprintf(cmd, sizeof cmd, "./bin/qkscope merge %s -o %s/all.h5", g_dir, g_dir);
+    free(expect_fail(1, "manifest.json: shards[0] is not a file name", cmd));
+    free(plan), free(man);
+}
