@@ -1,0 +1,590 @@
+// analysis_cuda.cu: see analysis_cuda.h.  Kernels (N = B*T tokens, C = d_model, dh = d_head,
+// m = d_sae, S = code slots, one stream; every launch checked and named):
+//   ana_normalise   grid ceil(N/128) x 128     thread per token: z (N, C), scale, shift (N)
+//   [qk_btk_run]    z (N, C) x W_encT (m, C)   the SAE activation: idx/val (N, S), n_active (N)
+//   ana_err         grid ceil(N*C/256) x 256   thread per (n, t): live (N), err (N, C)
+//   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK, QF, KF (N, dh)
+//   [qk_btk_run]    Q (N, dh) x Kd (m, dh)     look-for top-k / bottom-k (N, k)
+//   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
+//   [qk_btk_run]    U (N, dh) x E (m, dh)      encoder projection (N, enc_slots)
+//   ana_rows        grid ceil(N*T/128) x 128   thread per (n, j <= i): S, Sb, Sq, Sk (N, T)
+//   ana_query       grid ceil(N/64) x 64       thread per query: kernels/analysis_math.h qk_ana_query
+//   ana_agg         grid ceil(N/256) x 256     metric sums / counts / histograms reduced in shared
+//                                              memory with int64 atomics, then one global atomic per
+//                                              block; marginals: int64 atomics at (m) rows
+//   ana_carry       grid ceil(m/256) x 256     normalises the exact limbs (value unchanged)
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis_math.h"
+#include "cuda_try.h"
+
+extern "C" {
+#include "analysis_cuda.h"
+#include "bilinear_topk.h"
+}
+
+// ---- accumulator layout (int64, per analysed head) --------------------------------------------
+// [0] queries, count[16], hist[16][50], sum[16][3], qmarg[m][3], kmarg[m][3], qcount[m], kcount[m]
+#define ACC_QUERIES 0
+#define ACC_COUNT 1
+#define ACC_HIST (ACC_COUNT + QK_ANA_METRICS)
+#define ACC_SUM (ACC_HIST + QK_ANA_METRICS * QK_ANA_BINS)
+#define ACC_DENSE (ACC_SUM + QK_ANA_METRICS * 3)
+static size_t acc_size(int m) { return ACC_DENSE + (size_t)m * 8; }
+
+typedef unsigned long long ull;
+
+__device__ __forceinline__ void add_i64(int64_t *p, int64_t v) {
+    if (v) atomicAdd((ull *)p, (ull)v);  // two's complement: signed addition, wrapping as int64
+}
+
+// ---- kernels -----------------------------------------------------------------------------------
+
+__global__ void ana_normalise(const float *x, long long ldx, int N, int C, int center, int ln, float *z, float *scale,
+                              float *shift) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    qk_ana_normalise(x + (size_t)n * ldx, C, center, ln, z + (size_t)n * C, scale + n, shift + n);
+}
+
+__global__ void ana_err(const float *x, long long ldx, int N, int C, const int32_t *idx, const float *val,
+                        const int32_t *n_active, int S, const float *W_dec, const float *b_dec, const float *scale,
+                        const float *shift, int32_t *live, float *err) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)N * C) return;
+    int n = (int)(e / C), t = (int)(e % C);
+    if (t == 0) live[n] = qk_ana_live(n_active[n], S);
+    err[e] = qk_ana_err(x[(size_t)n * ldx + t], t, C, idx + (size_t)n * S, val + (size_t)n * S, S, W_dec, b_dec,
+                        scale[n], shift[n]);
+}
+
+struct HeadVecArgs {
+    const float *q, *k;  // hook pointers at the head's first column
+    long long ld;
+    const float *err, *sigma, *scale, *val, *Wq, *Wk, *Qd, *Kd;
+    const int32_t *idx, *live;
+    int N, C, dh, S;
+    float inv;
+    float *Q, *K, *EQ, *EK, *QF, *KF, *ainv;
+};
+
+__global__ void ana_head_vec(const HeadVecArgs p) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)p.N * p.dh) return;
+    int n = (int)(e / p.dh), d = (int)(e % p.dh);
+    p.Q[e] = p.q[(size_t)n * p.ld + d];
+    p.K[e] = p.k[(size_t)n * p.ld + d];
+    const float *er = p.err + (size_t)n * p.C;
+    p.EQ[e] = qk_ana_err_proj(er, p.C, p.Wq, p.dh, d, p.sigma[n]);
+    p.EK[e] = qk_ana_err_proj(er, p.C, p.Wk, p.dh, d, p.sigma[n]);
+    float sc = p.scale[n] / p.sigma[n];
+    const int32_t *ix = p.idx + (size_t)n * p.S;
+    const float *vl = p.val + (size_t)n * p.S;
+    p.QF[e] = qk_ana_feat_sum(ix, vl, p.live[n], p.Qd, p.dh, d, sc);
+    p.KF[e] = qk_ana_feat_sum(ix, vl, p.live[n], p.Kd, p.dh, d, sc);
+    if (d == 0) p.ainv[n] = p.inv;
+}
+
+// Encoder projection inputs: U = Q * inv, row scale a and code scale / shift from |v|^2.
+__global__ void ana_proj(const float *Q, int N, int dh, float inv, const float *G, int d_in, int ln, float *U, float *a,
+                         float *scale, float *shift) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float *u = U + (size_t)n * dh;
+    for (int d = 0; d < dh; d++) u[d] = Q[(size_t)n * dh + d] * inv;
+    double s2 = 0;
+    for (int d = 0; d < dh; d++) s2 += u[d] * (double)qk_ana_dot(G + (size_t)d * dh, u, dh);
+    qk_ana_proj_scale((double)(float)s2, d_in, ln, a + n, scale + n);
+    shift[n] = 0.0f;
+}
+
+__global__ void ana_rows(const float *Q, const float *K, const float *EQ, const float *EK, int N, int T, int dh,
+                         float inv, float *S, float *Sb, float *Sq, float *Sk) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)N * T) return;
+    int n = (int)(e / T), j = (int)(e % T), i = n % T;
+    if (j > i) return;
+    int nj = n - i + j;
+    const float *q = Q + (size_t)n * dh, *k = K + (size_t)nj * dh, *eq = EQ + (size_t)n * dh, *ek = EK + (size_t)nj * dh;
+    S[e] = qk_ana_score(q, k, dh, inv);
+    Sb[e] = qk_ana_score_hat(q, eq, k, ek, dh, inv);
+    Sq[e] = qk_ana_score_hat(q, eq, k, NULL, dh, inv);
+    Sk[e] = qk_ana_score_hat(q, NULL, k, ek, dh, inv);
+}
+
+__global__ void ana_query(const QkAnaView v, int N) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    qk_ana_query(&v, n, n % v.T);
+}
+
+struct AggArgs {
+    const float *metrics, *qmarg, *kmarg;
+    const int32_t *idx, *live, *att_idx, *valid_len;
+    int N, T, S, a;
+    int64_t *acc;
+    int m;
+};
+
+// Adds one token's marginal terms: feature F[u] gets term x[u] (limbs) and a count, u < live.
+__device__ __forceinline__ void add_marginal(const int32_t *F, int live, const float *x, int64_t *sum, int64_t *count) {
+    for (int u = 0; u < live; u++) {
+        int64_t l[3];
+        qk_ana_limbs(x[u], l);
+        int64_t *s = sum + (size_t)F[u] * 3;
+        add_i64(s, l[0]), add_i64(s + 1, l[1]), add_i64(s + 2, l[2]);
+        add_i64(count + F[u], 1);
+    }
+}
+
+#define AGG_THREADS 256
+#define AGG_SMEM (1 + QK_ANA_METRICS + QK_ANA_METRICS * QK_ANA_BINS + QK_ANA_METRICS * 3)
+
+__global__ void ana_agg(const AggArgs p) {
+    __shared__ int64_t sh[AGG_SMEM];
+    for (int q = threadIdx.x; q < AGG_SMEM; q += blockDim.x) sh[q] = 0;
+    __syncthreads();
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    int ok = n < p.N && (!p.valid_len || n % p.T < p.valid_len[n / p.T]);
+    if (ok) {
+        add_i64(sh + ACC_QUERIES, 1);
+        for (int m = 0; m < QK_ANA_METRICS; m++) {
+            float x = p.metrics[(size_t)n * QK_ANA_METRICS + m], lo, hi;
+            if (x != x) continue;
+            int64_t l[3];
+            qk_ana_limbs(x, l);
+            for (int q = 0; q < 3; q++) add_i64(sh + ACC_SUM + m * 3 + q, l[q]);
+            add_i64(sh + ACC_COUNT + m, 1);
+            qk_ana_range(m, &lo, &hi);
+            add_i64(sh + ACC_HIST + m * QK_ANA_BINS + qk_ana_bin(x, lo, hi), 1);
+        }
+        int64_t *qm = p.acc + ACC_DENSE, *km = qm + (size_t)p.m * 3, *qc = km + (size_t)p.m * 3, *kc = qc + p.m;
+        int nj = n - n % p.T + p.att_idx[(size_t)n * p.a];
+        add_marginal(p.idx + (size_t)n * p.S, p.live[n], p.qmarg + (size_t)n * p.S, qm, qc);
+        add_marginal(p.idx + (size_t)nj * p.S, p.live[nj], p.kmarg + (size_t)n * p.S, km, kc);
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < AGG_SMEM; q += blockDim.x) add_i64(p.acc + q, sh[q]);
+}
+
+// Normalises the metric sums and the 2m marginal limb triples of one accumulator.
+__global__ void ana_carry(int64_t *acc, int m) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < QK_ANA_METRICS) qk_ana_normalize(acc + ACC_SUM + e * 3);
+    if (e < 2 * m) qk_ana_normalize(acc + ACC_DENSE + (size_t)e * 3);
+}
+
+// ---- state -------------------------------------------------------------------------------------
+
+struct LayerDev {
+    const QkSae *sae;
+    int S;
+    float *W_encT, *c_enc, *gates, *W_dec, *b_dec;
+};
+
+struct HeadDev {
+    float *Wq, *Wk, *bq, *bk, *Qd, *Kd, *qb, *kb, *E, *G;
+    int64_t *acc;
+};
+
+struct QkAnaCuda {
+    AnalysisPlan p;
+    int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
+    QkBtk *btk;
+    cudaStream_t st;
+    int sync_each;
+    LayerDev *lay;
+    HeadDev *head;
+    HeadRecords *rec;  // (L) host records, as host/analysis_batch.c
+    // batch buffers (device)
+    float *z, *err, *val, *scale, *shift;
+    int32_t *idx, *nact, *live;
+    float *Q, *K, *EQ, *EK, *QF, *KF, *ainv, *U, *aenc, *rows;
+    int32_t *top_idx, *bot_idx, *e_idx, *e_nact, *att_idx, *pair_f, *pair_g, *sk_f, *sk_g, *pt_f, *pt_g, *vlen;
+    float *top_val, *bot_val, *e_val, *e_scale, *e_shift, *att_w, *pair_val, *groups, *metrics, *qmarg, *kmarg,
+        *sk_val, *pt_v, *pattern, *pattern_hat;
+    // host staging for the sketch
+    int32_t *h_skf, *h_skg;
+    float *h_skv;
+    // every device allocation, freed at close
+    void **allocs;
+    int n_allocs, cap_allocs;
+};
+
+static int dev_alloc(QkAnaCuda *a, void **p, size_t bytes, const char *what) {
+    *p = NULL;
+    if (!bytes) bytes = 4;
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        return qk_err("qk_ana_cuda_open: cudaMalloc(%s, %zu bytes): %s", what, bytes, cudaGetErrorString(e));
+    }
+    if (a->n_allocs == a->cap_allocs) {
+        a->cap_allocs = a->cap_allocs ? 2 * a->cap_allocs : 64;
+        a->allocs = (void **)realloc(a->allocs, sizeof(void *) * a->cap_allocs);
+    }
+    a->allocs[a->n_allocs++] = *p;
+    return 0;
+}
+
+#define ALLOC(ptr, count, what) dev_alloc(a, (void **)&(ptr), sizeof(*(ptr)) * (size_t)(count), what)
+
+static int upload(QkAnaCuda *a, float **dst, const float *src, size_t count, const char *what) {
+    if (!src) {
+        *dst = NULL;
+        return 0;
+    }
+    if (dev_alloc(a, (void **)dst, count * sizeof(float), what)) return -1;
+    CUDA_TRY(cudaMemcpy(*dst, src, count * sizeof(float), cudaMemcpyHostToDevice));
+    return 0;
+}
+
+// A launch's error, named with its kernel, layer, head and shape; with QK_CUDA_SYNC=1 also the
+// error of its execution.
+static int launched(QkAnaCuda *a, const char *kernel, int layer, int head, int N) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && a->sync_each) e = cudaStreamSynchronize(a->st);
+    if (e != cudaSuccess)
+        return qk_err("analysis kernel %s (layer %d head %d, N %d T %d C %d dh %d): %s", kernel, layer, head, N, a->T,
+                      a->C, a->dh, cudaGetErrorString(e));
+    return 0;
+}
+
+static int blocks(long long work, int threads) { return (int)((work + threads - 1) / threads); }
+
+static QkTopkOpts sae_opts(const LayerDev *ld, int slots) {
+    QkTopkOpts o;
+    memset(&o, 0, sizeof o);
+    o.k = slots;
+    if (ld->sae->arch == QK_SAE_TOPK) o.act = QK_TOPK_RELU;
+    else o.act = QK_TOPK_GATED, o.gates = ld->gates, o.gate = 0.0f;
+    return o;
+}
+
+extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
+    if (!a) return;
+    if (a->st) cudaStreamSynchronize(a->st);
+    for (int q = 0; q < a->n_allocs; q++) cudaFree(a->allocs[q]);
+    free(a->allocs);
+    if (a->st) cudaStreamDestroy(a->st);
+    qk_btk_destroy(a->btk);
+    if (a->rec)
+        for (int l = 0; l < a->L; l++)
+            if (a->rec[l].n) head_records_free(&a->rec[l]);
+    free(a->rec), free(a->lay), free(a->head);
+    cudaFreeHost(a->h_skf), cudaFreeHost(a->h_skg), cudaFreeHost(a->h_skv);
+    free(a);
+}
+
+static int open_buffers(QkAnaCuda *a) {
+    const AnalysisOpts *o = &a->p.o;
+    const size_t N = a->Nmax, C = a->C, dh = a->dh, S = a->S_max, T = a->T;
+    const size_t na = N * o->a;
+    if (ALLOC(a->z, N * C, "z") || ALLOC(a->err, N * C, "err") || ALLOC(a->val, N * S, "code val") ||
+        ALLOC(a->idx, N * S, "code idx") || ALLOC(a->nact, N, "n_active") || ALLOC(a->live, N, "live") ||
+        ALLOC(a->scale, N, "scale") || ALLOC(a->shift, N, "shift"))
+        return -1;
+    if (ALLOC(a->Q, N * dh, "Q") || ALLOC(a->K, N * dh, "K") || ALLOC(a->EQ, N * dh, "EQ") ||
+        ALLOC(a->EK, N * dh, "EK") || ALLOC(a->QF, N * dh, "QF") || ALLOC(a->KF, N * dh, "KF") ||
+        ALLOC(a->ainv, N, "ainv") || ALLOC(a->U, N * dh, "U") || ALLOC(a->aenc, N, "aenc") ||
+        ALLOC(a->rows, 4 * N * T, "score rows"))
+        return -1;
+    const size_t nk = N * o->k, es = a->es_max;
+    if (ALLOC(a->top_idx, nk, "top_idx") || ALLOC(a->top_val, nk, "top_val") || ALLOC(a->bot_idx, nk, "bot_idx") ||
+        ALLOC(a->bot_val, nk, "bot_val") || ALLOC(a->e_idx, N * es, "enc idx") || ALLOC(a->e_val, N * es, "enc val") ||
+        ALLOC(a->e_nact, N, "enc n_active") || ALLOC(a->e_scale, N, "enc scale") || ALLOC(a->e_shift, N, "enc shift"))
+        return -1;
+    if (ALLOC(a->att_idx, na, "att_idx") || ALLOC(a->att_w, na, "att_w") || ALLOC(a->pair_f, na * o->p, "pair_f") ||
+        ALLOC(a->pair_g, na * o->p, "pair_g") || ALLOC(a->pair_val, na * o->p, "pair_val") ||
+        ALLOC(a->groups, na * 16, "groups") || ALLOC(a->metrics, N * QK_ANA_METRICS, "metrics") ||
+        ALLOC(a->qmarg, N * S, "qmarg") || ALLOC(a->kmarg, N * S, "kmarg") ||
+        ALLOC(a->sk_f, N * o->sketch_pairs, "sk_f") || ALLOC(a->sk_g, N * o->sketch_pairs, "sk_g") ||
+        ALLOC(a->sk_val, N * o->sketch_pairs, "sk_val") || ALLOC(a->pt_f, N * a->P, "pair scratch f") ||
+        ALLOC(a->pt_g, N * a->P, "pair scratch g") || ALLOC(a->pt_v, N * a->P, "pair scratch v") ||
+        ALLOC(a->vlen, a->p.max_batch, "valid_len"))
+        return -1;
+    if (a->p.record_patterns && (ALLOC(a->pattern, N * T, "pattern") || ALLOC(a->pattern_hat, N * T, "pattern_hat")))
+        return -1;
+    size_t skb = N * o->sketch_pairs * 4;
+    CUDA_TRY(cudaMallocHost((void **)&a->h_skf, skb));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_skg, skb));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_skv, skb));
+    return 0;
+}
+
+static int open_weights(QkAnaCuda *a) {
+    const AnalysisPlan *p = &a->p;
+    const int C = a->C, dh = a->dh;
+    for (int l = 0; l < a->L; l++) {
+        const QkSae *s = p->sae[l];
+        LayerDev *ld = &a->lay[l];
+        if (!s) continue;
+        const size_t m = s->d_sae;
+        ld->sae = s;
+        ld->S = qk_sae_slots(s, p->sae_max_active);
+        if (upload(a, &ld->W_encT, s->W_encT, m * C, "W_encT") || upload(a, &ld->c_enc, s->c_enc, m, "c_enc") ||
+            upload(a, &ld->gates, s->gates, m, "gates") || upload(a, &ld->W_dec, s->W_dec, m * C, "W_dec") ||
+            upload(a, &ld->b_dec, s->b_dec, C, "b_dec"))
+            return -1;
+        for (int h = 0; h < a->H; h++) {
+            int i = l * a->H + h;
+            if (!p->analysed[i]) continue;
+            const HeadTables *t = &p->tables[i];
+            HeadDev *hd = &a->head[i];
+            if (upload(a, &hd->Wq, t->qk.Wq, (size_t)C * dh, "Wq~") || upload(a, &hd->Wk, t->qk.Wk, (size_t)C * dh, "Wk~") ||
+                upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
+                upload(a, &hd->Qd, t->Qd, m * dh, "Qd") || upload(a, &hd->Kd, t->Kd, m * dh, "Kd") ||
+                upload(a, &hd->qb, t->qb, dh, "qb") || upload(a, &hd->kb, t->kb, dh, "kb") ||
+                upload(a, &hd->G, t->G, (size_t)dh * dh, "G"))
+                return -1;
+            if (p->encoder && p->recorded[i] && upload(a, &hd->E, t->E, m * dh, "E")) return -1;
+            if (dev_alloc(a, (void **)&hd->acc, acc_size((int)m) * 8, "aggregates")) return -1;
+            CUDA_TRY(cudaMemset(hd->acc, 0, acc_size((int)m) * 8));
+        }
+    }
+    return 0;
+}
+
+extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush) {
+    const GPT2Config *c = &p->model->cfg;
+    if (c->d_model % 16 || c->d_head % 16 || c->d_head > QK_ANA_MAX_DH) {
+        qk_err("qk_ana_cuda_open: d_model %d and d_head %d must be multiples of 16, d_head <= %d", c->d_model, c->d_head,
+               QK_ANA_MAX_DH);
+        return NULL;
+    }
+    if (p->o.k > QK_SEL_QUEUE || p->o.enc_slots > QK_SEL_QUEUE || p->sae_max_active > QK_SEL_QUEUE) {
+        qk_err("qk_ana_cuda_open: k %d, enc_slots %d, sae max_active %d: the device top-k keeps at most %d", p->o.k,
+               p->o.enc_slots, p->sae_max_active, QK_SEL_QUEUE);
+        return NULL;
+    }
+    QkAnaCuda *a = (QkAnaCuda *)calloc(1, sizeof *a);
+    a->p = *p;
+    a->device = device, a->defer = defer_flush;
+    a->L = c->n_layer, a->H = c->n_head, a->C = c->d_model, a->dh = c->d_head, a->T = p->T;
+    a->Nmax = p->max_batch * p->T;
+    a->P = p->o.p > p->o.sketch_pairs ? p->o.p : p->o.sketch_pairs;
+    a->lay = (LayerDev *)calloc(a->L, sizeof(LayerDev));
+    a->head = (HeadDev *)calloc((size_t)a->L * a->H, sizeof(HeadDev));
+    a->rec = (HeadRecords *)calloc(a->L, sizeof(HeadRecords));
+    const char *sync = getenv("QK_CUDA_SYNC");
+    a->sync_each = sync && sync[0] == '1';
+    for (int l = 0; l < a->L; l++) {
+        const QkSae *s = p->sae[l];
+        if (!s) continue;
+        int S = qk_sae_slots(s, p->sae_max_active), es = qk_sae_slots(s, p->o.enc_slots);
+        if (S > QK_SEL_QUEUE || es > QK_SEL_QUEUE) {
+            qk_err("qk_ana_cuda_open: layer %d: code slots %d / encoder slots %d: the device top-k keeps at most %d", l,
+                   S, es, QK_SEL_QUEUE);
+            qk_ana_cuda_close(a);
+            return NULL;
+        }
+        a->S_max = S > a->S_max ? S : a->S_max;
+        a->es_max = es > a->es_max ? es : a->es_max;
+        int any_rec = 0;
+        for (int h = 0; h < a->H; h++) any_rec |= p->recorded[l * a->H + h];
+        if (any_rec) {
+            head_records_alloc(&a->rec[l], &p->o, a->Nmax, S, s, p->encoder);
+            if (p->record_patterns) head_records_alloc_patterns(&a->rec[l], p->T);
+        }
+    }
+    if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking) != cudaSuccess) {
+        qk_err("qk_ana_cuda_open: device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    if (!(a->btk = qk_btk_create(device, prec, 0)) || open_buffers(a) || open_weights(a)) {
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    return a;
+}
+
+// ---- one batch ---------------------------------------------------------------------------------
+
+static int sync_st(QkAnaCuda *a, const char *after) {
+    cudaError_t e = cudaStreamSynchronize(a->st);
+    if (e != cudaSuccess)
+        return qk_err("analysis: after %s: %s (run with QK_CUDA_SYNC=1 to name the kernel)", after, cudaGetErrorString(e));
+    return 0;
+}
+
+static int layer_code(QkAnaCuda *a, int l, const QkAnaLayerActs *x, int N) {
+    const LayerDev *ld = &a->lay[l];
+    const QkSae *s = ld->sae;
+    const int C = a->C;
+    ana_normalise<<<blocks(N, 128), 128, 0, a->st>>>(x->resid, x->ld_resid, N, C, s->center_input,
+                                                     s->norm == QK_SAE_NORM_LAYER_NORM, a->z, a->scale, a->shift);
+    if (launched(a, "ana_normalise", l, -1, N) || sync_st(a, "ana_normalise")) return -1;
+    QkTopkOpts o = sae_opts(ld, ld->S);
+    if (qk_btk_run(a->btk, NULL, N, s->d_sae, C, a->z, C, NULL, ld->W_encT, ld->c_enc, &o, a->idx, a->val, a->nact))
+        return qk_err("analysis: SAE encode of layer %d: %s", l, qk_errmsg());
+    ana_err<<<blocks((long long)N * C, 256), 256, 0, a->st>>>(x->resid, x->ld_resid, N, C, a->idx, a->val, a->nact,
+                                                              ld->S, ld->W_dec, ld->b_dec, a->scale, a->shift, a->live,
+                                                              a->err);
+    return launched(a, "ana_err", l, -1, N);
+}
+
+#define DL(dst, src, count) CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(*(dst)) * (size_t)(count), cudaMemcpyDeviceToHost, a->st))
+
+static int download_records(QkAnaCuda *a, HeadRecords *r, int N, int S, int es) {
+    const AnalysisOpts *o = &a->p.o;
+    const size_t nk = (size_t)N * o->k, na = (size_t)N * o->a;
+    DL(r->top_idx, a->top_idx, nk); DL(r->top_val, a->top_val, nk); DL(r->bot_idx, a->bot_idx, nk);
+    DL(r->bot_val, a->bot_val, nk);
+    if (r->enc) {
+        DL(r->enc_code.idx, a->e_idx, (size_t)N * es); DL(r->enc_code.val, a->e_val, (size_t)N * es);
+        DL(r->enc_code.n_active, a->e_nact, N); DL(r->enc_code.scale, a->e_scale, N);
+        DL(r->enc_code.shift, a->e_shift, N);
+    }
+    DL(r->att_idx, a->att_idx, na); DL(r->att_w, a->att_w, na);
+    DL(r->pair_f, a->pair_f, na * o->p); DL(r->pair_g, a->pair_g, na * o->p); DL(r->pair_val, a->pair_val, na * o->p);
+    DL(r->groups, a->groups, na * 16); DL(r->metrics, a->metrics, (size_t)N * QK_ANA_METRICS);
+    DL(r->qmarg, a->qmarg, (size_t)N * S); DL(r->kmarg, a->kmarg, (size_t)N * S);
+    DL(r->sk_f, a->sk_f, (size_t)N * o->sketch_pairs); DL(r->sk_g, a->sk_g, (size_t)N * o->sketch_pairs);
+    DL(r->sk_val, a->sk_val, (size_t)N * o->sketch_pairs);
+    if (r->patterns) {
+        DL(r->pattern, a->pattern, (size_t)N * a->T);
+        DL(r->pattern_hat, a->pattern_hat, (size_t)N * a->T);
+    }
+    return sync_st(a, "the records' download");
+}
+
+static int analyse_head_dev(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N, int B, const int32_t *valid_len,
+                            HeadAggregates *agg, QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const AnalysisOpts *o = &p->o;
+    const LayerDev *ld = &a->lay[l];
+    const QkSae *s = ld->sae;
+    const int i = l * a->H + h, rec = p->recorded[i], dh = a->dh, C = a->C, T = a->T, m = s->d_sae, S = ld->S;
+    const HeadDev *hd = &a->head[i];
+    const float inv = 1.0f / sqrtf((float)dh);
+    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
+                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, a->Q, a->K, a->EQ, a->EK, a->QF, a->KF,
+                      a->ainv};
+    ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
+    if (launched(a, "ana_head_vec", l, h, N) || sync_st(a, "ana_head_vec")) return -1;
+    QkTopkOpts top;
+    memset(&top, 0, sizeof top);
+    top.k = o->k;
+    if (rec) top.bottom_idx = a->bot_idx, top.bottom_val = a->bot_val;
+    if (qk_btk_run(a->btk, NULL, N, m, dh, a->Q, dh, a->ainv, hd->Kd, NULL, &top, a->top_idx, a->top_val, NULL))
+        return qk_err("analysis: look-for top-k of head %d.%d: %s", l, h, qk_errmsg());
+    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
+    if (enc) {
+        ana_proj<<<blocks(N, 128), 128, 0, a->st>>>(a->Q, N, dh, inv, hd->G, C, s->norm == QK_SAE_NORM_LAYER_NORM, a->U,
+                                                     a->aenc, a->e_scale, a->e_shift);
+        if (launched(a, "ana_proj", l, h, N) || sync_st(a, "ana_proj")) return -1;
+        QkTopkOpts eo = sae_opts(ld, es);
+        if (qk_btk_run(a->btk, NULL, N, m, dh, a->U, dh, a->aenc, hd->E, ld->c_enc, &eo, a->e_idx, a->e_val, a->e_nact))
+            return qk_err("analysis: encoder projection of head %d.%d: %s", l, h, qk_errmsg());
+    }
+    float *R = a->rows;
+    const size_t NT = (size_t)N * T;
+    ana_rows<<<blocks((long long)NT, 128), 128, 0, a->st>>>(a->Q, a->K, a->EQ, a->EK, N, T, dh, inv, R, R + NT, R + 2 * NT,
+                                                            R + 3 * NT);
+    if (launched(a, "ana_rows", l, h, N)) return -1;
+    QkAnaView v;
+    memset(&v, 0, sizeof v);
+    v.T = T, v.dh = dh, v.S = S, v.k = o->k, v.a = o->a, v.p = o->p, v.sp = o->sketch_pairs, v.P = a->P;
+    v.records = rec, v.patterns = rec && p->record_patterns, v.inv = inv;
+    v.Srow = R, v.Sb = R + NT, v.Sq = R + 2 * NT, v.Sk = R + 3 * NT;
+    v.QF = a->QF, v.KF = a->KF, v.EQ = a->EQ, v.EK = a->EK, v.sigma = x->sigma, v.scale = a->scale;
+    v.idx = a->idx, v.live = a->live, v.val = a->val;
+    v.Qd = hd->Qd, v.Kd = hd->Kd, v.qb = hd->qb, v.kb = hd->kb, v.bq = hd->bq, v.bk = hd->bk, v.top_idx = a->top_idx;
+    v.att_idx = a->att_idx, v.att_w = a->att_w, v.pair_f = a->pair_f, v.pair_g = a->pair_g, v.pair_val = a->pair_val;
+    v.groups = a->groups, v.metrics = a->metrics, v.qmarg = a->qmarg, v.kmarg = a->kmarg;
+    v.sk_f = a->sk_f, v.sk_g = a->sk_g, v.sk_val = a->sk_val, v.pattern = a->pattern, v.pattern_hat = a->pattern_hat;
+    v.pt_f = a->pt_f, v.pt_g = a->pt_g, v.pt_v = a->pt_v;
+    ana_query<<<blocks(N, 64), 64, 0, a->st>>>(v, N);
+    if (launched(a, "ana_query", l, h, N)) return -1;
+    if (agg) {
+        AggArgs g = {a->metrics, a->qmarg, a->kmarg, a->idx, a->live, a->att_idx, valid_len ? a->vlen : NULL,
+                     N, T, S, o->a, hd->acc, m};
+        ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
+        if (launched(a, "ana_agg", l, h, N)) return -1;
+        ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
+        if (launched(a, "ana_carry", l, h, N)) return -1;
+        // The sketch: this batch's pairs at j*, in token order, as host/analysis.c aggregate.
+        const size_t nsp = (size_t)N * o->sketch_pairs;
+        DL(a->h_skf, a->sk_f, nsp); DL(a->h_skg, a->sk_g, nsp); DL(a->h_skv, a->sk_val, nsp);
+        if (sync_st(a, "the sketch pairs' download")) return -1;
+        PairSketch *sk = &agg[i].sketch;
+        for (int n = 0; n < N; n++) {
+            if (valid_len && n % T >= valid_len[n / T]) continue;
+            for (int u = 0; u < o->sketch_pairs && a->h_skf[(size_t)n * o->sketch_pairs + u] >= 0; u++)
+                pair_sketch_add(sk, a->h_skf[(size_t)n * o->sketch_pairs + u], a->h_skg[(size_t)n * o->sketch_pairs + u],
+                                a->h_skv[(size_t)n * o->sketch_pairs + u]);
+        }
+    }
+    if (rec && emit) {
+        HeadRecords *r = &a->rec[l];
+        int enc_alloc = r->enc;
+        r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
+        int rc = download_records(a, r, N, S, es);
+        if (!rc) rc = emit(emit_ctx, l, h, r, B);
+        r->enc = enc_alloc;
+        if (rc) return -1;
+    }
+    return sync_st(a, "the head's kernels");
+}
+
+extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B,
+                               HeadAggregates *agg, QkRecordsFn emit, void *emit_ctx, double *seconds) {
+    const AnalysisPlan *p = &a->p;
+    if (B > p->max_batch || B < 1) return qk_err("qk_ana_cuda_run: B=%d: the plan allows 1..%d", B, p->max_batch);
+    CUDA_TRY(cudaSetDevice(a->device));
+    const int N = B * a->T;
+    if (valid_len) CUDA_TRY(cudaMemcpyAsync(a->vlen, valid_len, sizeof(int32_t) * B, cudaMemcpyHostToDevice, a->st));
+    for (int l = 0; l < a->L; l++) {
+        if (!p->sae[l]) continue;
+        double t = qk_now();
+        if (layer_code(a, l, &acts[l], N) || sync_st(a, "the SAE code")) return -1;
+        if (seconds) seconds[QK_STAGE_SAE] += qk_now() - t;
+        t = qk_now();
+        for (int h = 0; h < a->H; h++)
+            if (p->analysed[l * a->H + h] &&
+                analyse_head_dev(a, l, h, &acts[l], N, B, valid_len, agg, emit, emit_ctx))
+                return -1;
+        if (seconds) seconds[QK_STAGE_HEADS] += qk_now() - t;
+    }
+    if (agg && !a->defer) return qk_ana_cuda_flush(a, agg);
+    return 0;
+}
+
+extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
+    CUDA_TRY(cudaSetDevice(a->device));
+    for (int i = 0; i < a->L * a->H; i++) {
+        const HeadDev *hd = &a->head[i];
+        if (!hd->acc) continue;
+        HeadAggregates *g = &agg[i];
+        const size_t m = g->m, n = acc_size((int)m);
+        int64_t *h = (int64_t *)malloc(n * 8);
+        cudaError_t e = cudaMemcpy(h, hd->acc, n * 8, cudaMemcpyDeviceToHost);
+        if (e == cudaSuccess) e = cudaMemsetAsync(hd->acc, 0, n * 8, a->st);
+        if (e != cudaSuccess) {
+            free(h);
+            return qk_err("qk_ana_cuda_flush: head %d.%d: %s", i / a->H, i % a->H, cudaGetErrorString(e));
+        }
+        const int64_t *qm = h + ACC_DENSE, *km = qm + m * 3, *qc = km + m * 3, *kc = qc + m;
+        g->queries += h[ACC_QUERIES];
+        for (int q = 0; q < QK_ANA_METRICS; q++) {
+            g->count[q] += h[ACC_COUNT + q];
+            for (int b = 0; b < QK_ANA_BINS; b++) g->hist[q][b] += h[ACC_HIST + q * QK_ANA_BINS + b];
+            for (int t = 0; t < 3; t++) g->sum_exact[q][t] += h[ACC_SUM + q * 3 + t];
+            qk_exact_normalize(g->sum_exact[q]);
+        }
+        for (size_t f = 0; f < m; f++) {
+            g->query_count[f] += qc[f], g->key_count[f] += kc[f];
+            for (int t = 0; t < 3; t++)
+                g->query_marginal_exact[f * 3 + t] += qm[f * 3 + t], g->key_marginal_exact[f * 3 + t] += km[f * 3 + t];
+            qk_exact_normalize(g->query_marginal_exact + f * 3);
+            qk_exact_normalize(g->key_marginal_exact + f * 3);
+        }
+        free(h);
+    }
+    return sync_st(a, "the aggregates' reset");
+}
