@@ -588,3 +588,15 @@ extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
     }
     return sync_st(a, "the aggregates' reset");
 }
+
+extern "C" int qk_ana_cuda_malloc(void **p, size_t bytes) {
+    CUDA_TRY(cudaMalloc(p, bytes));
+    return 0;
+}
+
+extern "C" int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes) {
+    CUDA_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+extern "C" void qk_ana_cuda_free(void *p) { cudaFree(p); }

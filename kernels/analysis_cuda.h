@@ -19,6 +19,7 @@
 // Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
 // host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #include "analysis_batch.h"
@@ -47,3 +48,9 @@ int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *val
 // Adds the device accumulators to agg (L*H) and zeroes them.
 int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg);
 void qk_ana_cuda_close(QkAnaCuda *a);
+
+// Device memory for callers without CUDA headers (the tests): cudaMalloc / cudaMemcpy host to
+// device / cudaFree on the current device; 0 or -1 with qk_errmsg() set.
+int qk_ana_cuda_malloc(void **p, size_t bytes);
+int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes);
+void qk_ana_cuda_free(void *p);
