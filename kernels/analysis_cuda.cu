@@ -13,8 +13,19 @@
 //                                              memory with int64 atomics, then one global atomic per
 //                                              block; marginals: int64 atomics at (m) rows
 //   ana_carry       grid ceil(m/256) x 256     normalises the exact limbs (value unchanged)
+//   heavy pairs     per head and batch, the N*sp sketch candidates (f, g, value) at j*:
+//     ana_pair_keys   grid ceil(N*sp/256)      key (f << 32 | g), padding / empty slots: ~0 (last)
+//     [cub radix sort, stable: equal keys stay in token order]
+//     ana_pair_heads  grid ceil(N*sp/256)      segment heads; [cub inclusive scan] -> segment ids
+//     ana_pair_starts grid ceil(N*sp/256)      segment starts, segment count
+//     ana_pair_sums   grid ceil(N*sp/128)      thread per segment: sum |v|, sum v (double, token
+//                                              order), count; downloaded and merged into the
+//                                              host sketch heaviest first (pair_sketch_add_entry)
 #include <cuda_runtime.h>
 #include <math.h>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,6 +189,51 @@ __global__ void ana_carry(int64_t *acc, int m) {
     if (e < 2 * m) qk_ana_normalize(acc + ACC_DENSE + (size_t)e * 3);
 }
 
+
+// ---- heavy-pair candidates: reduced by (f, g) on the device ------------------------------------
+
+#define PAIR_NONE (~0ull)
+
+__global__ void ana_pair_keys(const int32_t *sk_f, const int32_t *sk_g, int N, int T, int sp, const int32_t *valid_len,
+                              unsigned long long *key, uint32_t *pos) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)N * sp) return;
+    int n = (int)(e / sp);
+    int ok = (!valid_len || n % T < valid_len[n / T]) && sk_f[e] >= 0;
+    // A slot after an empty one is not added by the host either (pairs are packed in front).
+    for (int u = (int)(e % sp) - 1; ok && u >= 0; u--) ok = sk_f[(size_t)n * sp + u] >= 0;
+    key[e] = ok ? ((unsigned long long)(uint32_t)sk_f[e] << 32 | (uint32_t)sk_g[e]) : PAIR_NONE;
+    pos[e] = (uint32_t)e;
+}
+
+__global__ void ana_pair_heads(const unsigned long long *key, int n, int32_t *head) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < n) head[e] = e == 0 || key[e] != key[e - 1];
+}
+
+// seg (inclusive scan of the heads): segment s = seg[e] - 1 starts at e; start[nseg] = n.
+__global__ void ana_pair_starts(const int32_t *head, const int32_t *seg, int n, int32_t *start, int32_t *nseg) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    if (head[e]) start[seg[e] - 1] = e;
+    if (e == n - 1) *nseg = seg[e], start[seg[e]] = n;
+}
+
+__global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos, const float *val, const int32_t *start,
+                              const int32_t *nseg, int32_t *f, int32_t *g, double *w, double *sum, long long *count) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= *nseg) return;
+    const int e0 = start[s], e1 = start[s + 1];
+    const unsigned long long k = key[e0];
+    double ws = 0, vs = 0;
+    for (int e = e0; e < e1; e++) {
+        double v = val[pos[e]];
+        ws += fabs(v), vs += v;
+    }
+    f[s] = k == PAIR_NONE ? -1 : (int32_t)(k >> 32), g[s] = (int32_t)(uint32_t)k;
+    w[s] = ws, sum[s] = vs, count[s] = e1 - e0;
+}
+
 // ---- state -------------------------------------------------------------------------------------
 
 struct LayerDev {
@@ -207,9 +263,18 @@ struct QkAnaCuda {
     int32_t *top_idx, *bot_idx, *e_idx, *e_nact, *att_idx, *pair_f, *pair_g, *sk_f, *sk_g, *pt_f, *pt_g, *vlen;
     float *top_val, *bot_val, *e_val, *e_scale, *e_shift, *att_w, *pair_val, *groups, *metrics, *qmarg, *kmarg,
         *sk_val, *pt_v, *pattern, *pattern_hat;
-    // host staging for the sketch
-    int32_t *h_skf, *h_skg;
-    float *h_skv;
+    // heavy-pair reduction (device), and its host staging
+    unsigned long long *pk, *pk2;
+    uint32_t *pp, *pp2;
+    int32_t *phead, *pseg, *pstart, *pnseg, *pf, *pg;
+    double *pw, *psum;
+    long long *pcnt;
+    void *cub_tmp;
+    size_t cub_bytes;
+    int32_t *h_pf, *h_pg;
+    double *h_pw, *h_psum;
+    long long *h_pcnt;
+    int *h_order;
     // every device allocation, freed at close
     void **allocs;
     int n_allocs, cap_allocs;
@@ -276,7 +341,9 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
         for (int l = 0; l < a->L; l++)
             if (a->rec[l].n) head_records_free(&a->rec[l]);
     free(a->rec), free(a->lay), free(a->head);
-    cudaFreeHost(a->h_skf), cudaFreeHost(a->h_skg), cudaFreeHost(a->h_skv);
+    cudaFreeHost(a->h_pf), cudaFreeHost(a->h_pg), cudaFreeHost(a->h_pw), cudaFreeHost(a->h_psum);
+    cudaFreeHost(a->h_pcnt);
+    free(a->h_order);
     free(a);
 }
 
@@ -309,10 +376,24 @@ static int open_buffers(QkAnaCuda *a) {
         return -1;
     if (a->p.record_patterns && (ALLOC(a->pattern, N * T, "pattern") || ALLOC(a->pattern_hat, N * T, "pattern_hat")))
         return -1;
-    size_t skb = N * o->sketch_pairs * 4;
-    CUDA_TRY(cudaMallocHost((void **)&a->h_skf, skb));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_skg, skb));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_skv, skb));
+    const size_t np = N * o->sketch_pairs;
+    if (ALLOC(a->pk, np, "pair keys") || ALLOC(a->pk2, np, "pair keys (sorted)") || ALLOC(a->pp, np, "pair positions") ||
+        ALLOC(a->pp2, np, "pair positions (sorted)") || ALLOC(a->phead, np, "pair heads") ||
+        ALLOC(a->pseg, np, "pair segments") || ALLOC(a->pstart, np + 1, "pair starts") || ALLOC(a->pnseg, 1, "pair count") ||
+        ALLOC(a->pf, np, "pair f") || ALLOC(a->pg, np, "pair g") || ALLOC(a->pw, np, "pair weights") ||
+        ALLOC(a->psum, np, "pair sums") || ALLOC(a->pcnt, np, "pair counts"))
+        return -1;
+    size_t sort_b = 0, scan_b = 0;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_b, a->pk, a->pk2, a->pp, a->pp2, (int)np, 0, 64, a->st));
+    CUDA_TRY(cub::DeviceScan::InclusiveSum(NULL, scan_b, a->phead, a->pseg, (int)np, a->st));
+    a->cub_bytes = sort_b > scan_b ? sort_b : scan_b;
+    if (dev_alloc(a, &a->cub_tmp, a->cub_bytes, "cub scratch")) return -1;
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pf, np * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pg, np * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pw, np * 8));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_psum, np * 8));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pcnt, np * 8));
+    a->h_order = (int *)malloc(np * sizeof(int));
     return 0;
 }
 
@@ -453,6 +534,55 @@ static int download_records(QkAnaCuda *a, HeadRecords *r, int N, int S, int es) 
     return sync_st(a, "the records' download");
 }
 
+// Heaviest first, ties: lower f, then lower g (pair_sketch_sorted's order); ctx: the QkAnaCuda.
+static int pair_cmp(const void *x, const void *y, void *ctx) {
+    const QkAnaCuda *a = (const QkAnaCuda *)ctx;
+    int i = *(const int *)x, j = *(const int *)y;
+    if (a->h_pw[i] != a->h_pw[j]) return a->h_pw[i] > a->h_pw[j] ? -1 : 1;
+    if (a->h_pf[i] != a->h_pf[j]) return a->h_pf[i] < a->h_pf[j] ? -1 : 1;
+    return (a->h_pg[i] > a->h_pg[j]) - (a->h_pg[i] < a->h_pg[j]);
+}
+
+// The batch's sketch candidates of one head reduced by (f, g) on the device, then merged into the
+// host sketch heaviest first (as pair_sketch_merge): one entry per distinct pair of the batch.
+static int merge_pairs(QkAnaCuda *a, int l, int h, int N, int with_valid, PairSketch *sk) {
+    const int sp = a->p.o.sketch_pairs, np = N * sp;
+    ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(a->sk_f, a->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
+    if (launched(a, "ana_pair_keys", l, h, N)) return -1;
+    size_t bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->pk, a->pk2, a->pp, a->pp2, np, 0, 64, a->st));
+    if (launched(a, "cub::DeviceRadixSort::SortPairs (heavy pairs)", l, h, N)) return -1;
+    ana_pair_heads<<<blocks(np, 256), 256, 0, a->st>>>(a->pk2, np, a->phead);
+    if (launched(a, "ana_pair_heads", l, h, N)) return -1;
+    bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceScan::InclusiveSum(a->cub_tmp, bytes, a->phead, a->pseg, np, a->st));
+    if (launched(a, "cub::DeviceScan::InclusiveSum (heavy pairs)", l, h, N)) return -1;
+    ana_pair_starts<<<blocks(np, 256), 256, 0, a->st>>>(a->phead, a->pseg, np, a->pstart, a->pnseg);
+    if (launched(a, "ana_pair_starts", l, h, N)) return -1;
+    ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, a->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
+                                                      a->psum, a->pcnt);
+    if (launched(a, "ana_pair_sums", l, h, N)) return -1;
+    int nseg = 0;
+    CUDA_TRY(cudaMemcpyAsync(&nseg, a->pnseg, sizeof(int), cudaMemcpyDeviceToHost, a->st));
+    if (sync_st(a, "the heavy-pair reduction")) return -1;
+    if (nseg < 1 || nseg > np) return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
+    CUDA_TRY(cudaMemcpyAsync(a->h_pf, a->pf, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_pg, a->pg, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_pw, a->pw, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_psum, a->psum, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_pcnt, a->pcnt, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
+    if (sync_st(a, "the heavy pairs' download")) return -1;
+    int n = 0;
+    for (int s = 0; s < nseg; s++)
+        if (a->h_pf[s] >= 0) a->h_order[n++] = s;
+    qsort_r(a->h_order, n, sizeof(int), pair_cmp, a);
+    for (int q = 0; q < n; q++) {
+        int s = a->h_order[q];
+        pair_sketch_add_entry(sk, a->h_pf[s], a->h_pg[s], a->h_pw[s], 0, a->h_psum[s], a->h_pcnt[s]);
+    }
+    return 0;
+}
+
 static int analyse_head_dev(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N, int B, const int32_t *valid_len,
                             HeadAggregates *agg, QkRecordsFn emit, void *emit_ctx) {
     const AnalysisPlan *p = &a->p;
@@ -508,17 +638,7 @@ static int analyse_head_dev(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x,
         if (launched(a, "ana_agg", l, h, N)) return -1;
         ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
         if (launched(a, "ana_carry", l, h, N)) return -1;
-        // The sketch: this batch's pairs at j*, in token order, as host/analysis.c aggregate.
-        const size_t nsp = (size_t)N * o->sketch_pairs;
-        DL(a->h_skf, a->sk_f, nsp); DL(a->h_skg, a->sk_g, nsp); DL(a->h_skv, a->sk_val, nsp);
-        if (sync_st(a, "the sketch pairs' download")) return -1;
-        PairSketch *sk = &agg[i].sketch;
-        for (int n = 0; n < N; n++) {
-            if (valid_len && n % T >= valid_len[n / T]) continue;
-            for (int u = 0; u < o->sketch_pairs && a->h_skf[(size_t)n * o->sketch_pairs + u] >= 0; u++)
-                pair_sketch_add(sk, a->h_skf[(size_t)n * o->sketch_pairs + u], a->h_skg[(size_t)n * o->sketch_pairs + u],
-                                a->h_skv[(size_t)n * o->sketch_pairs + u]);
-        }
+        if (merge_pairs(a, l, h, N, valid_len != NULL, &agg[i].sketch)) return -1;
     }
     if (rec && emit) {
         HeadRecords *r = &a->rec[l];
