@@ -481,6 +481,12 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         qk_ana_cuda_close(a);
         return NULL;
     }
+    cudaError_t e = cudaDeviceSynchronize();  // the uploads and memsets ran on the legacy stream
+    if (e != cudaSuccess) {
+        qk_err("qk_ana_cuda_open: cudaDeviceSynchronize: %s", cudaGetErrorString(e));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
     return a;
 }
 
