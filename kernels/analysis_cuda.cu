@@ -8,7 +8,8 @@
 //   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
 //   [qk_btk_run]    U (N, dh) x E (m, dh)      encoder projection (N, enc_slots)
 //   ana_rows        grid ceil(N*T/128) x 128   thread per (n, j <= i): S, Sb, Sq, Sk (N, T)
-//   ana_query       grid ceil(N/64) x 64       thread per query: kernels/analysis_math.h qk_ana_query
+//   ana_query       grid (ceil(N/64), heads) x 64  thread per (query, head of the layer):
+//                                              kernels/analysis_math.h qk_ana_query
 //   ana_agg         grid ceil(N/256) x 256     metric sums / counts / histograms reduced in shared
 //                                              memory with int64 atomics, then one global atomic per
 //                                              block; marginals: int64 atomics at (m) rows
@@ -127,10 +128,12 @@ __global__ void ana_rows(const float *Q, const float *K, const float *EQ, const 
     Sk[e] = qk_ana_score_hat(q, NULL, k, ek, dh, inv);
 }
 
-__global__ void ana_query(const QkAnaView v, int N) {
+// grid.y: one of a layer's heads (views[blockIdx.y]).
+__global__ void ana_query(const QkAnaView *views, int N) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
-    qk_ana_query(&v, n, n % v.T);
+    const QkAnaView *v = views + blockIdx.y;
+    qk_ana_query(v, n, n % v->T);
 }
 
 struct AggArgs {
@@ -247,6 +250,15 @@ struct HeadDev {
     int64_t *acc;
 };
 
+// One head's batch buffers (device); a layer's heads each have their own, so that ana_query runs
+// them in one launch.
+struct HeadBuf {
+    float *Q, *K, *EQ, *EK, *QF, *KF, *ainv, *U, *aenc, *rows;
+    int32_t *top_idx, *bot_idx, *e_idx, *e_nact, *att_idx, *pair_f, *pair_g, *sk_f, *sk_g, *pt_f, *pt_g;
+    float *top_val, *bot_val, *e_val, *e_scale, *e_shift, *att_w, *pair_val, *groups, *metrics, *qmarg, *kmarg,
+        *sk_val, *pt_v, *pattern, *pattern_hat;
+};
+
 struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
@@ -259,10 +271,9 @@ struct QkAnaCuda {
     // batch buffers (device)
     float *z, *err, *val, *scale, *shift;
     int32_t *idx, *nact, *live;
-    float *Q, *K, *EQ, *EK, *QF, *KF, *ainv, *U, *aenc, *rows;
-    int32_t *top_idx, *bot_idx, *e_idx, *e_nact, *att_idx, *pair_f, *pair_g, *sk_f, *sk_g, *pt_f, *pt_g, *vlen;
-    float *top_val, *bot_val, *e_val, *e_scale, *e_shift, *att_w, *pair_val, *groups, *metrics, *qmarg, *kmarg,
-        *sk_val, *pt_v, *pattern, *pattern_hat;
+    int32_t *vlen;
+    HeadBuf *hb;                  // (H) a layer's heads, analysed together
+    QkAnaView *h_views, *d_views;  // (H) the views of ana_query's heads, host and device
     // heavy-pair reduction (device), and its host staging
     unsigned long long *pk, *pk2;
     uint32_t *pp, *pp2;
@@ -340,7 +351,7 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     if (a->rec)
         for (int l = 0; l < a->L; l++)
             if (a->rec[l].n) head_records_free(&a->rec[l]);
-    free(a->rec), free(a->lay), free(a->head);
+    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views);
     cudaFreeHost(a->h_pf), cudaFreeHost(a->h_pg), cudaFreeHost(a->h_pw), cudaFreeHost(a->h_psum);
     cudaFreeHost(a->h_pcnt);
     free(a->h_order);
@@ -355,27 +366,33 @@ static int open_buffers(QkAnaCuda *a) {
         ALLOC(a->idx, N * S, "code idx") || ALLOC(a->nact, N, "n_active") || ALLOC(a->live, N, "live") ||
         ALLOC(a->scale, N, "scale") || ALLOC(a->shift, N, "shift"))
         return -1;
-    if (ALLOC(a->Q, N * dh, "Q") || ALLOC(a->K, N * dh, "K") || ALLOC(a->EQ, N * dh, "EQ") ||
-        ALLOC(a->EK, N * dh, "EK") || ALLOC(a->QF, N * dh, "QF") || ALLOC(a->KF, N * dh, "KF") ||
-        ALLOC(a->ainv, N, "ainv") || ALLOC(a->U, N * dh, "U") || ALLOC(a->aenc, N, "aenc") ||
-        ALLOC(a->rows, 4 * N * T, "score rows"))
-        return -1;
     const size_t nk = N * o->k, es = a->es_max;
-    if (ALLOC(a->top_idx, nk, "top_idx") || ALLOC(a->top_val, nk, "top_val") || ALLOC(a->bot_idx, nk, "bot_idx") ||
-        ALLOC(a->bot_val, nk, "bot_val") || ALLOC(a->e_idx, N * es, "enc idx") || ALLOC(a->e_val, N * es, "enc val") ||
-        ALLOC(a->e_nact, N, "enc n_active") || ALLOC(a->e_scale, N, "enc scale") || ALLOC(a->e_shift, N, "enc shift"))
-        return -1;
-    if (ALLOC(a->att_idx, na, "att_idx") || ALLOC(a->att_w, na, "att_w") || ALLOC(a->pair_f, na * o->p, "pair_f") ||
-        ALLOC(a->pair_g, na * o->p, "pair_g") || ALLOC(a->pair_val, na * o->p, "pair_val") ||
-        ALLOC(a->groups, na * 16, "groups") || ALLOC(a->metrics, N * QK_ANA_METRICS, "metrics") ||
-        ALLOC(a->qmarg, N * S, "qmarg") || ALLOC(a->kmarg, N * S, "kmarg") ||
-        ALLOC(a->sk_f, N * o->sketch_pairs, "sk_f") || ALLOC(a->sk_g, N * o->sketch_pairs, "sk_g") ||
-        ALLOC(a->sk_val, N * o->sketch_pairs, "sk_val") || ALLOC(a->pt_f, N * a->P, "pair scratch f") ||
-        ALLOC(a->pt_g, N * a->P, "pair scratch g") || ALLOC(a->pt_v, N * a->P, "pair scratch v") ||
-        ALLOC(a->vlen, a->p.max_batch, "valid_len"))
-        return -1;
-    if (a->p.record_patterns && (ALLOC(a->pattern, N * T, "pattern") || ALLOC(a->pattern_hat, N * T, "pattern_hat")))
-        return -1;
+    if (ALLOC(a->vlen, a->p.max_batch, "valid_len")) return -1;
+    a->hb = (HeadBuf *)calloc(a->H, sizeof(HeadBuf));
+    a->h_views = (QkAnaView *)calloc(a->H, sizeof(QkAnaView));
+    if (ALLOC(a->d_views, a->H, "head views")) return -1;
+    for (int h = 0; h < a->H; h++) {
+        HeadBuf *b = &a->hb[h];
+        if (ALLOC(b->Q, N * dh, "Q") || ALLOC(b->K, N * dh, "K") || ALLOC(b->EQ, N * dh, "EQ") ||
+            ALLOC(b->EK, N * dh, "EK") || ALLOC(b->QF, N * dh, "QF") || ALLOC(b->KF, N * dh, "KF") ||
+            ALLOC(b->ainv, N, "ainv") || ALLOC(b->U, N * dh, "U") || ALLOC(b->aenc, N, "aenc") ||
+            ALLOC(b->rows, 4 * N * T, "score rows"))
+            return -1;
+        if (ALLOC(b->top_idx, nk, "top_idx") || ALLOC(b->top_val, nk, "top_val") || ALLOC(b->bot_idx, nk, "bot_idx") ||
+            ALLOC(b->bot_val, nk, "bot_val") || ALLOC(b->e_idx, N * es, "enc idx") || ALLOC(b->e_val, N * es, "enc val") ||
+            ALLOC(b->e_nact, N, "enc n_active") || ALLOC(b->e_scale, N, "enc scale") || ALLOC(b->e_shift, N, "enc shift"))
+            return -1;
+        if (ALLOC(b->att_idx, na, "att_idx") || ALLOC(b->att_w, na, "att_w") || ALLOC(b->pair_f, na * o->p, "pair_f") ||
+            ALLOC(b->pair_g, na * o->p, "pair_g") || ALLOC(b->pair_val, na * o->p, "pair_val") ||
+            ALLOC(b->groups, na * 16, "groups") || ALLOC(b->metrics, N * QK_ANA_METRICS, "metrics") ||
+            ALLOC(b->qmarg, N * S, "qmarg") || ALLOC(b->kmarg, N * S, "kmarg") ||
+            ALLOC(b->sk_f, N * o->sketch_pairs, "sk_f") || ALLOC(b->sk_g, N * o->sketch_pairs, "sk_g") ||
+            ALLOC(b->sk_val, N * o->sketch_pairs, "sk_val") || ALLOC(b->pt_f, N * a->P, "pair scratch f") ||
+            ALLOC(b->pt_g, N * a->P, "pair scratch g") || ALLOC(b->pt_v, N * a->P, "pair scratch v"))
+            return -1;
+        if (a->p.record_patterns && (ALLOC(b->pattern, N * T, "pattern") || ALLOC(b->pattern_hat, N * T, "pattern_hat")))
+            return -1;
+    }
     const size_t np = N * o->sketch_pairs;
     if (ALLOC(a->pk, np, "pair keys") || ALLOC(a->pk2, np, "pair keys (sorted)") || ALLOC(a->pp, np, "pair positions") ||
         ALLOC(a->pp2, np, "pair positions (sorted)") || ALLOC(a->phead, np, "pair heads") ||
@@ -517,25 +534,25 @@ static int layer_code(QkAnaCuda *a, int l, const QkAnaLayerActs *x, int N) {
 
 #define DL(dst, src, count) CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(*(dst)) * (size_t)(count), cudaMemcpyDeviceToHost, a->st))
 
-static int download_records(QkAnaCuda *a, HeadRecords *r, int N, int S, int es) {
+static int download_records(QkAnaCuda *a, const HeadBuf *b, HeadRecords *r, int N, int S, int es) {
     const AnalysisOpts *o = &a->p.o;
     const size_t nk = (size_t)N * o->k, na = (size_t)N * o->a;
-    DL(r->top_idx, a->top_idx, nk); DL(r->top_val, a->top_val, nk); DL(r->bot_idx, a->bot_idx, nk);
-    DL(r->bot_val, a->bot_val, nk);
+    DL(r->top_idx, b->top_idx, nk); DL(r->top_val, b->top_val, nk); DL(r->bot_idx, b->bot_idx, nk);
+    DL(r->bot_val, b->bot_val, nk);
     if (r->enc) {
-        DL(r->enc_code.idx, a->e_idx, (size_t)N * es); DL(r->enc_code.val, a->e_val, (size_t)N * es);
-        DL(r->enc_code.n_active, a->e_nact, N); DL(r->enc_code.scale, a->e_scale, N);
-        DL(r->enc_code.shift, a->e_shift, N);
+        DL(r->enc_code.idx, b->e_idx, (size_t)N * es); DL(r->enc_code.val, b->e_val, (size_t)N * es);
+        DL(r->enc_code.n_active, b->e_nact, N); DL(r->enc_code.scale, b->e_scale, N);
+        DL(r->enc_code.shift, b->e_shift, N);
     }
-    DL(r->att_idx, a->att_idx, na); DL(r->att_w, a->att_w, na);
-    DL(r->pair_f, a->pair_f, na * o->p); DL(r->pair_g, a->pair_g, na * o->p); DL(r->pair_val, a->pair_val, na * o->p);
-    DL(r->groups, a->groups, na * 16); DL(r->metrics, a->metrics, (size_t)N * QK_ANA_METRICS);
-    DL(r->qmarg, a->qmarg, (size_t)N * S); DL(r->kmarg, a->kmarg, (size_t)N * S);
-    DL(r->sk_f, a->sk_f, (size_t)N * o->sketch_pairs); DL(r->sk_g, a->sk_g, (size_t)N * o->sketch_pairs);
-    DL(r->sk_val, a->sk_val, (size_t)N * o->sketch_pairs);
+    DL(r->att_idx, b->att_idx, na); DL(r->att_w, b->att_w, na);
+    DL(r->pair_f, b->pair_f, na * o->p); DL(r->pair_g, b->pair_g, na * o->p); DL(r->pair_val, b->pair_val, na * o->p);
+    DL(r->groups, b->groups, na * 16); DL(r->metrics, b->metrics, (size_t)N * QK_ANA_METRICS);
+    DL(r->qmarg, b->qmarg, (size_t)N * S); DL(r->kmarg, b->kmarg, (size_t)N * S);
+    DL(r->sk_f, b->sk_f, (size_t)N * o->sketch_pairs); DL(r->sk_g, b->sk_g, (size_t)N * o->sketch_pairs);
+    DL(r->sk_val, b->sk_val, (size_t)N * o->sketch_pairs);
     if (r->patterns) {
-        DL(r->pattern, a->pattern, (size_t)N * a->T);
-        DL(r->pattern_hat, a->pattern_hat, (size_t)N * a->T);
+        DL(r->pattern, b->pattern, (size_t)N * a->T);
+        DL(r->pattern_hat, b->pattern_hat, (size_t)N * a->T);
     }
     return sync_st(a, "the records' download");
 }
@@ -551,9 +568,9 @@ static int pair_cmp(const void *x, const void *y, void *ctx) {
 
 // The batch's sketch candidates of one head reduced by (f, g) on the device, then merged into the
 // host sketch heaviest first (as pair_sketch_merge): one entry per distinct pair of the batch.
-static int merge_pairs(QkAnaCuda *a, int l, int h, int N, int with_valid, PairSketch *sk) {
+static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int with_valid, PairSketch *sk) {
     const int sp = a->p.o.sketch_pairs, np = N * sp;
-    ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(a->sk_f, a->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
+    ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(b->sk_f, b->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
     if (launched(a, "ana_pair_keys", l, h, N)) return -1;
     size_t bytes = a->cub_bytes;
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->pk, a->pk2, a->pp, a->pp2, np, 0, 64, a->st));
@@ -565,7 +582,7 @@ static int merge_pairs(QkAnaCuda *a, int l, int h, int N, int with_valid, PairSk
     if (launched(a, "cub::DeviceScan::InclusiveSum (heavy pairs)", l, h, N)) return -1;
     ana_pair_starts<<<blocks(np, 256), 256, 0, a->st>>>(a->phead, a->pseg, np, a->pstart, a->pnseg);
     if (launched(a, "ana_pair_starts", l, h, N)) return -1;
-    ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, a->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
+    ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
                                                       a->psum, a->pcnt);
     if (launched(a, "ana_pair_sums", l, h, N)) return -1;
     int nseg = 0;
@@ -589,8 +606,10 @@ static int merge_pairs(QkAnaCuda *a, int l, int h, int N, int with_valid, PairSk
     return 0;
 }
 
-static int analyse_head_dev(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N, int B, const int32_t *valid_len,
-                            HeadAggregates *agg, QkRecordsFn emit, void *emit_ctx) {
+// Head (l, h) up to its per-query analysis: the head's vectors, look-for, encoder projection, score
+// rows, and its view for ana_query in a->h_views[h].
+static int head_prep(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
+    HeadBuf *b = &a->hb[h];
     const AnalysisPlan *p = &a->p;
     const AnalysisOpts *o = &p->o;
     const LayerDev *ld = &a->lay[l];
@@ -599,63 +618,87 @@ static int analyse_head_dev(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x,
     const HeadDev *hd = &a->head[i];
     const float inv = 1.0f / sqrtf((float)dh);
     HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
-                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, a->Q, a->K, a->EQ, a->EK, a->QF, a->KF,
-                      a->ainv};
+                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF,
+                      b->ainv};
     ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
     if (launched(a, "ana_head_vec", l, h, N) || sync_st(a, "ana_head_vec")) return -1;
     QkTopkOpts top;
     memset(&top, 0, sizeof top);
     top.k = o->k;
-    if (rec) top.bottom_idx = a->bot_idx, top.bottom_val = a->bot_val;
-    if (qk_btk_run(a->btk, NULL, N, m, dh, a->Q, dh, a->ainv, hd->Kd, NULL, &top, a->top_idx, a->top_val, NULL))
+    if (rec) top.bottom_idx = b->bot_idx, top.bottom_val = b->bot_val;
+    if (qk_btk_run(a->btk, NULL, N, m, dh, b->Q, dh, b->ainv, hd->Kd, NULL, &top, b->top_idx, b->top_val, NULL))
         return qk_err("analysis: look-for top-k of head %d.%d: %s", l, h, qk_errmsg());
     const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
     if (enc) {
-        ana_proj<<<blocks(N, 128), 128, 0, a->st>>>(a->Q, N, dh, inv, hd->G, C, s->norm == QK_SAE_NORM_LAYER_NORM, a->U,
-                                                     a->aenc, a->e_scale, a->e_shift);
+        ana_proj<<<blocks(N, 128), 128, 0, a->st>>>(b->Q, N, dh, inv, hd->G, C, s->norm == QK_SAE_NORM_LAYER_NORM, b->U,
+                                                     b->aenc, b->e_scale, b->e_shift);
         if (launched(a, "ana_proj", l, h, N) || sync_st(a, "ana_proj")) return -1;
         QkTopkOpts eo = sae_opts(ld, es);
-        if (qk_btk_run(a->btk, NULL, N, m, dh, a->U, dh, a->aenc, hd->E, ld->c_enc, &eo, a->e_idx, a->e_val, a->e_nact))
+        if (qk_btk_run(a->btk, NULL, N, m, dh, b->U, dh, b->aenc, hd->E, ld->c_enc, &eo, b->e_idx, b->e_val, b->e_nact))
             return qk_err("analysis: encoder projection of head %d.%d: %s", l, h, qk_errmsg());
     }
-    float *R = a->rows;
+    float *R = b->rows;
     const size_t NT = (size_t)N * T;
-    ana_rows<<<blocks((long long)NT, 128), 128, 0, a->st>>>(a->Q, a->K, a->EQ, a->EK, N, T, dh, inv, R, R + NT, R + 2 * NT,
+    ana_rows<<<blocks((long long)NT, 128), 128, 0, a->st>>>(b->Q, b->K, b->EQ, b->EK, N, T, dh, inv, R, R + NT, R + 2 * NT,
                                                             R + 3 * NT);
     if (launched(a, "ana_rows", l, h, N)) return -1;
-    QkAnaView v;
+    QkAnaView &v = a->h_views[h];
     memset(&v, 0, sizeof v);
     v.T = T, v.dh = dh, v.S = S, v.k = o->k, v.a = o->a, v.p = o->p, v.sp = o->sketch_pairs, v.P = a->P;
     v.records = rec, v.patterns = rec && p->record_patterns, v.inv = inv;
     v.Srow = R, v.Sb = R + NT, v.Sq = R + 2 * NT, v.Sk = R + 3 * NT;
-    v.QF = a->QF, v.KF = a->KF, v.EQ = a->EQ, v.EK = a->EK, v.sigma = x->sigma, v.scale = a->scale;
+    v.QF = b->QF, v.KF = b->KF, v.EQ = b->EQ, v.EK = b->EK, v.sigma = x->sigma, v.scale = a->scale;
     v.idx = a->idx, v.live = a->live, v.val = a->val;
-    v.Qd = hd->Qd, v.Kd = hd->Kd, v.qb = hd->qb, v.kb = hd->kb, v.bq = hd->bq, v.bk = hd->bk, v.top_idx = a->top_idx;
-    v.att_idx = a->att_idx, v.att_w = a->att_w, v.pair_f = a->pair_f, v.pair_g = a->pair_g, v.pair_val = a->pair_val;
-    v.groups = a->groups, v.metrics = a->metrics, v.qmarg = a->qmarg, v.kmarg = a->kmarg;
-    v.sk_f = a->sk_f, v.sk_g = a->sk_g, v.sk_val = a->sk_val, v.pattern = a->pattern, v.pattern_hat = a->pattern_hat;
-    v.pt_f = a->pt_f, v.pt_g = a->pt_g, v.pt_v = a->pt_v;
-    ana_query<<<blocks(N, 64), 64, 0, a->st>>>(v, N);
-    if (launched(a, "ana_query", l, h, N)) return -1;
+    v.Qd = hd->Qd, v.Kd = hd->Kd, v.qb = hd->qb, v.kb = hd->kb, v.bq = hd->bq, v.bk = hd->bk, v.top_idx = b->top_idx;
+    v.att_idx = b->att_idx, v.att_w = b->att_w, v.pair_f = b->pair_f, v.pair_g = b->pair_g, v.pair_val = b->pair_val;
+    v.groups = b->groups, v.metrics = b->metrics, v.qmarg = b->qmarg, v.kmarg = b->kmarg;
+    v.sk_f = b->sk_f, v.sk_g = b->sk_g, v.sk_val = b->sk_val, v.pattern = b->pattern, v.pattern_hat = b->pattern_hat;
+    v.pt_f = b->pt_f, v.pt_g = b->pt_g, v.pt_v = b->pt_v;
+    return 0;
+}
+
+// Head (l, h) after ana_query: aggregates, heavy pairs, records.
+static int head_finish(QkAnaCuda *a, int l, int h, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
+                       QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const AnalysisOpts *o = &p->o;
+    const LayerDev *ld = &a->lay[l];
+    const QkSae *s = ld->sae;
+    const int i = l * a->H + h, rec = p->recorded[i], T = a->T, m = s->d_sae, S = ld->S;
+    const HeadDev *hd = &a->head[i];
+    const HeadBuf *b = &a->hb[h];
+    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
     if (agg) {
-        AggArgs g = {a->metrics, a->qmarg, a->kmarg, a->idx, a->live, a->att_idx, valid_len ? a->vlen : NULL,
+        AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
                      N, T, S, o->a, hd->acc, m};
         ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
         if (launched(a, "ana_agg", l, h, N)) return -1;
         ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
         if (launched(a, "ana_carry", l, h, N)) return -1;
-        if (merge_pairs(a, l, h, N, valid_len != NULL, &agg[i].sketch)) return -1;
+        if (merge_pairs(a, b, l, h, N, valid_len != NULL, &agg[i].sketch)) return -1;
     }
     if (rec && emit) {
         HeadRecords *r = &a->rec[l];
         int enc_alloc = r->enc;
         r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
-        int rc = download_records(a, r, N, S, es);
+        int rc = download_records(a, b, r, N, S, es);
         if (!rc) rc = emit(emit_ctx, l, h, r, B);
         r->enc = enc_alloc;
         if (rc) return -1;
     }
     return sync_st(a, "the head's kernels");
+}
+
+// ana_query over the analysed heads of layer l, one launch (grid.y: the heads).
+static int layer_queries(QkAnaCuda *a, int l, int N) {
+    int nh = 0;
+    for (int h = 0; h < a->H; h++)
+        if (a->p.analysed[l * a->H + h]) a->h_views[nh++] = a->h_views[h];  // h >= nh: packed in place
+    if (!nh) return 0;
+    CUDA_TRY(cudaMemcpyAsync(a->d_views, a->h_views, sizeof(QkAnaView) * nh, cudaMemcpyHostToDevice, a->st));
+    ana_query<<<dim3(blocks(N, 64), nh), 64, 0, a->st>>>(a->d_views, N);
+    if (launched(a, "ana_query", l, -1, N)) return -1;
+    return sync_st(a, "ana_query");  // before h_views is rewritten
 }
 
 extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B,
@@ -672,9 +715,10 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
         if (seconds) seconds[QK_STAGE_SAE] += qk_now() - t;
         t = qk_now();
         for (int h = 0; h < a->H; h++)
-            if (p->analysed[l * a->H + h] &&
-                analyse_head_dev(a, l, h, &acts[l], N, B, valid_len, agg, emit, emit_ctx))
-                return -1;
+            if (p->analysed[l * a->H + h] && head_prep(a, l, h, &acts[l], N)) return -1;
+        if (layer_queries(a, l, N)) return -1;
+        for (int h = 0; h < a->H; h++)
+            if (p->analysed[l * a->H + h] && head_finish(a, l, h, N, B, valid_len, agg, emit, emit_ctx)) return -1;
         if (seconds) seconds[QK_STAGE_HEADS] += qk_now() - t;
     }
     if (agg && !a->defer) return qk_ana_cuda_flush(a, agg);
