@@ -204,15 +204,31 @@ QK_HD int qk_ana_feature_pairs(const QkAnaView *v, int ni, int nj, int P, int32_
     return cnt;
 }
 
-// |topk ∩ F(j)| (topk: k indices, -1 unused).
-QK_HD int qk_ana_hits(const int32_t *topk, int k, const int32_t *F, int live) {
+// The valid entries of topk (k <= 64 indices, -1 unused) sorted ascending into st; returns how many.
+QK_HD int qk_ana_sort_topk(const int32_t *topk, int k, int32_t *st) {
+    int n = 0;
+    for (int q = 0; q < k; q++) {
+        int32_t x = topk[q];
+        if (x < 0) continue;
+        int u = n++;
+        for (; u > 0 && st[u - 1] > x; u--) st[u] = st[u - 1];
+        st[u] = x;
+    }
+    return n;
+}
+
+// |topk ∩ F(j)| with topk given sorted (st, n): a binary search per active feature.
+QK_HD int qk_ana_hits(const int32_t *st, int n, const int32_t *F, int live) {
     int hit = 0;
-    for (int s = 0; s < live; s++)
-        for (int q = 0; q < k; q++)
-            if (topk[q] == F[s]) {
-                hit++;
-                break;
-            }
+    for (int s = 0; s < live; s++) {
+        int lo = 0, hi = n;
+        while (lo < hi) {
+            int mid = (lo + hi) >> 1;
+            if (st[mid] < F[s]) lo = mid + 1;
+            else hi = mid;
+        }
+        hit += lo < n && st[lo] == F[s];
+    }
     return hit;
 }
 
@@ -273,9 +289,10 @@ QK_HD void qk_ana_metrics(const QkAnaView *v, int n, int i, int j0, const float 
         for (int q = 0; q < QK_ANA_GROUPS * QK_ANA_GROUPS; q++) G[q] = G_top[q];
     else qk_ana_group_totals(v, n, nb + jstar, G);
     out[5] = qk_ana_error_share(G);
-    const int32_t *topk = v->top_idx + (size_t)n * v->k;
+    int32_t st[QK_SEL_QUEUE];
+    const int nt = qk_ana_sort_topk(v->top_idx + (size_t)n * v->k, v->k, st);
     int nj = nb + jstar, live = v->live[nj];
-    out[6] = live ? (float)qk_ana_hits(topk, v->k, v->idx + (size_t)nj * v->S, live) / live : QK_ANA_NAN;
+    out[6] = live ? (float)qk_ana_hits(st, nt, v->idx + (size_t)nj * v->S, live) / live : QK_ANA_NAN;
     // Chance: the mean over keys j0..i with F(j) non-empty of |topk ∩ F(j)| / |F(j)|.
     double cs = 0;
     int cn = 0;
@@ -283,7 +300,7 @@ QK_HD void qk_ana_metrics(const QkAnaView *v, int n, int i, int j0, const float 
         int lj = v->live[nb + j];
         if (!lj) continue;
         cn++;
-        cs += (double)qk_ana_hits(topk, v->k, v->idx + (size_t)(nb + j) * v->S, lj) / lj;
+        cs += (double)qk_ana_hits(st, nt, v->idx + (size_t)(nb + j) * v->S, lj) / lj;
     }
     out[7] = cn > 0 ? (float)(cs / cn) : QK_ANA_NAN;
 }
