@@ -18,6 +18,26 @@
 //
 // Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
 // host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
+//
+// Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
+//   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 0); allocate the forward's
+//                           device activations for p->max_batch windows of p->T tokens, for the
+//                           layers up to the last l with p->sae[l] (no attention rows are needed:
+//                           the analysis recomputes its score rows from q and k in fp32).
+//   analyse(an, tokens, valid_len, B, agg, emit, ctx, seconds):
+//                           B <= p->max_batch, gpt2_check_tokens; run the forward on the device;
+//                           cudaStreamSynchronize(the forward's stream) (the analysis runs on its own
+//                           non-blocking stream and reads the activations right away);
+//                           seconds[QK_STAGE_FORWARD] += its time; then for every l with p->sae[l]:
+//                           acts[l] = {resid_pre_l, C, ln1_scale_l, q_l, k_l, ld} (q and k straight
+//                           out of the fused QKV output work too: q = qkv_l, k = qkv_l + C, ld = 3C);
+//                           return qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
+//   analysis_close(an):     qk_ana_cuda_close(dev), then free the activations.
+// With defer_flush = 0 every run adds the batch's dense aggregates to agg (one download of
+// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  Faster: open
+// with defer_flush = 1 and call qk_ana_cuda_flush(dev, agg) only before the aggregates are read
+// (an optional QkBackend hook, called by cmd_run.c before write_aggregates and by agg_comm.c
+// before a rank reduction).  The sketch is updated on the host by every run either way.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
