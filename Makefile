@@ -87,7 +87,7 @@ $(BUILD)/kernels/bilinear_topk.o: kernels/bilinear_topk.cu $(wildcard kernels/*.
 # its hot kernels (ana_query, the per-query decomposition, keeps its small vectors on the stack).
 $(BUILD)/kernels/analysis_cuda.o: kernels/analysis_cuda.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
 	$(NVCC) $(NVCCFLAGS) -fmad=false -Xptxas -v -c -o $@ $< 2> $(@:.o=.ptxas) || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
-	scripts/check_ptxas.sh $(@:.o=.ptxas) 'ana_(rows|agg|err|head_vec|normalise|carry|proj)' || { rm -f $@; exit 1; }
+	scripts/check_ptxas.sh $(@:.o=.ptxas) 'ana_(rows|agg|err|head_vec|normalise|carry|proj|pair_)' || { rm -f $@; exit 1; }
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)

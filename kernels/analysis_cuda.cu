@@ -297,7 +297,9 @@ static int dev_alloc(QkAnaCuda *a, void **p, size_t bytes, const char *what) {
     cudaError_t e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
         *p = NULL;
-        return qk_err("qk_ana_cuda_open: cudaMalloc(%s, %zu bytes): %s", what, bytes, cudaGetErrorString(e));
+        return qk_err("qk_ana_cuda_open: cudaMalloc(%s, %zu bytes): %s (the plan: batches of %d windows of %d tokens, "
+                      "%d heads per layer; a smaller [corpus] batch needs proportionally less)",
+                      what, bytes, cudaGetErrorString(e), a->p.max_batch, a->p.T, a->H);
     }
     if (a->n_allocs == a->cap_allocs) {
         a->cap_allocs = a->cap_allocs ? 2 * a->cap_allocs : 64;
