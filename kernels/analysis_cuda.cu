@@ -4,7 +4,8 @@
 //   [qk_btk_run]    z (N, C) x W_encT (m, C)   the SAE activation: idx/val (N, S), n_active (N)
 //   ana_err         grid ceil(N*C/256) x 256   thread per (n, t): live (N), err (N, C)
 //   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK, QF, KF (N, dh)
-//   [qk_btk_run]    Q (N, dh) x Kd (m, dh)     look-for top-k / bottom-k (N, k)
+//   [qk_btk_run]    H x (Q (N, dh) x Kd (m, dh))  look-for top-k / bottom-k (H, N, k): the
+//                                              layer's heads as one batched top-k
 //   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
 //   [qk_btk_run]    U (N, dh) x E (m, dh)      encoder projection (N, enc_slots)
 //   ana_rows        grid ceil(N*T/128) x 128   thread per (n, j <= i): S, Sb, Sq, Sk (N, T)
@@ -241,8 +242,9 @@ __global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos
 
 struct LayerDev {
     const QkSae *sae;
-    int S;
+    int S, any_rec;
     float *W_encT, *c_enc, *gates, *W_dec, *b_dec;
+    float *Kd;  // (H, m, dh): the heads' Kd, one batched look-for (zeros for heads not analysed)
 };
 
 struct HeadDev {
@@ -273,6 +275,9 @@ struct QkAnaCuda {
     int32_t *idx, *nact, *live;
     int32_t *vlen;
     HeadBuf *hb;                  // (H) a layer's heads, analysed together
+    float *Qall, *ainv_all;       // (H, Nmax, dh), (H, Nmax): hb[h].Q and .ainv are slices
+    int32_t *top_idx_all, *bot_idx_all;  // (H, N, k) for the batch's N: hb[h].top_* point into them
+    float *top_val_all, *bot_val_all;
     QkAnaView *h_views, *d_views;  // (H) the views of ana_query's heads, host and device
     // heavy-pair reduction (device), and its host staging
     unsigned long long *pk, *pk2;
@@ -373,15 +378,22 @@ static int open_buffers(QkAnaCuda *a) {
     a->hb = (HeadBuf *)calloc(a->H, sizeof(HeadBuf));
     a->h_views = (QkAnaView *)calloc(a->H, sizeof(QkAnaView));
     if (ALLOC(a->d_views, a->H, "head views")) return -1;
+    const size_t H = a->H;
+    if (ALLOC(a->Qall, H * N * dh, "Q (all heads)") || ALLOC(a->ainv_all, H * N, "1/sqrt(dh) (all heads)") ||
+        ALLOC(a->top_idx_all, H * nk, "top_idx") || ALLOC(a->top_val_all, H * nk, "top_val") ||
+        ALLOC(a->bot_idx_all, H * nk, "bot_idx") || ALLOC(a->bot_val_all, H * nk, "bot_val"))
+        return -1;
+    // Heads not analysed take part in the batched look-for on zeros (their outputs are unused).
+    CUDA_TRY(cudaMemset(a->Qall, 0, H * N * dh * sizeof(float)));
+    CUDA_TRY(cudaMemset(a->ainv_all, 0, H * N * sizeof(float)));
     for (int h = 0; h < a->H; h++) {
         HeadBuf *b = &a->hb[h];
-        if (ALLOC(b->Q, N * dh, "Q") || ALLOC(b->K, N * dh, "K") || ALLOC(b->EQ, N * dh, "EQ") ||
+        b->Q = a->Qall + (size_t)h * N * dh, b->ainv = a->ainv_all + (size_t)h * N;
+        if (ALLOC(b->K, N * dh, "K") || ALLOC(b->EQ, N * dh, "EQ") ||
             ALLOC(b->EK, N * dh, "EK") || ALLOC(b->QF, N * dh, "QF") || ALLOC(b->KF, N * dh, "KF") ||
-            ALLOC(b->ainv, N, "ainv") || ALLOC(b->U, N * dh, "U") || ALLOC(b->aenc, N, "aenc") ||
-            ALLOC(b->rows, 4 * N * T, "score rows"))
+            ALLOC(b->U, N * dh, "U") || ALLOC(b->aenc, N, "aenc") || ALLOC(b->rows, 4 * N * T, "score rows"))
             return -1;
-        if (ALLOC(b->top_idx, nk, "top_idx") || ALLOC(b->top_val, nk, "top_val") || ALLOC(b->bot_idx, nk, "bot_idx") ||
-            ALLOC(b->bot_val, nk, "bot_val") || ALLOC(b->e_idx, N * es, "enc idx") || ALLOC(b->e_val, N * es, "enc val") ||
+        if (ALLOC(b->e_idx, N * es, "enc idx") || ALLOC(b->e_val, N * es, "enc val") ||
             ALLOC(b->e_nact, N, "enc n_active") || ALLOC(b->e_scale, N, "enc scale") || ALLOC(b->e_shift, N, "enc shift"))
             return -1;
         if (ALLOC(b->att_idx, na, "att_idx") || ALLOC(b->att_w, na, "att_w") || ALLOC(b->pair_f, na * o->p, "pair_f") ||
@@ -430,14 +442,20 @@ static int open_weights(QkAnaCuda *a) {
             upload(a, &ld->gates, s->gates, m, "gates") || upload(a, &ld->W_dec, s->W_dec, m * C, "W_dec") ||
             upload(a, &ld->b_dec, s->b_dec, C, "b_dec"))
             return -1;
+        const size_t mdh = m * dh;
+        if (dev_alloc(a, (void **)&ld->Kd, a->H * mdh * sizeof(float), "Kd (all heads)")) return -1;
+        CUDA_TRY(cudaMemset(ld->Kd, 0, a->H * mdh * sizeof(float)));
         for (int h = 0; h < a->H; h++) {
             int i = l * a->H + h;
+            ld->any_rec |= p->recorded[i];
             if (!p->analysed[i]) continue;
             const HeadTables *t = &p->tables[i];
             HeadDev *hd = &a->head[i];
+            hd->Kd = ld->Kd + h * mdh;
+            CUDA_TRY(cudaMemcpy(hd->Kd, t->Kd, mdh * sizeof(float), cudaMemcpyHostToDevice));
             if (upload(a, &hd->Wq, t->qk.Wq, (size_t)C * dh, "Wq~") || upload(a, &hd->Wk, t->qk.Wk, (size_t)C * dh, "Wk~") ||
                 upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
-                upload(a, &hd->Qd, t->Qd, m * dh, "Qd") || upload(a, &hd->Kd, t->Kd, m * dh, "Kd") ||
+                upload(a, &hd->Qd, t->Qd, m * dh, "Qd") ||
                 upload(a, &hd->qb, t->qb, dh, "qb") || upload(a, &hd->kb, t->kb, dh, "kb") ||
                 upload(a, &hd->G, t->G, (size_t)dh * dh, "G"))
                 return -1;
@@ -608,9 +626,48 @@ static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int 
     return 0;
 }
 
-// Head (l, h) up to its per-query analysis: the head's vectors, look-for, encoder projection, score
-// rows, and its view for ana_query in a->h_views[h].
+// Head (l, h)'s vectors: Q, K, EQ, EK, QF, KF.
 static int head_prep(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
+    HeadBuf *b = &a->hb[h];
+    const LayerDev *ld = &a->lay[l];
+    const int dh = a->dh, C = a->C, S = ld->S;
+    const HeadDev *hd = &a->head[l * a->H + h];
+    const float inv = 1.0f / sqrtf((float)dh);
+    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
+                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF,
+                      b->ainv};
+    ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
+    return launched(a, "ana_head_vec", l, h, N);
+}
+
+// The look-for top-k (and bottom-k when the layer has a recorded head) of all H heads of layer l in
+// one batched top-k: problem h = hb[h].Q (N, dh) against the layer's Kd slice h.
+static int layer_lookfor(QkAnaCuda *a, int l, int N) {
+    const LayerDev *ld = &a->lay[l];
+    const AnalysisOpts *o = &a->p.o;
+    const int dh = a->dh, m = ld->sae->d_sae;
+    const size_t nk = (size_t)N * o->k;
+    for (int h = 0; h < a->H; h++) {
+        HeadBuf *b = &a->hb[h];
+        b->top_idx = a->top_idx_all + h * nk, b->top_val = a->top_val_all + h * nk;
+        b->bot_idx = a->bot_idx_all + h * nk, b->bot_val = a->bot_val_all + h * nk;
+    }
+    if (sync_st(a, "ana_head_vec")) return -1;
+    QkBtkBatch bt;
+    memset(&bt, 0, sizeof bt);
+    bt.batch = a->H, bt.U = (long long)a->Nmax * dh, bt.a = a->Nmax, bt.V = (long long)m * dh;
+    QkTopkOpts top;
+    memset(&top, 0, sizeof top);
+    top.k = o->k;
+    if (ld->any_rec) top.bottom_idx = a->bot_idx_all, top.bottom_val = a->bot_val_all;
+    if (qk_btk_run(a->btk, &bt, N, m, dh, a->Qall, dh, a->ainv_all, ld->Kd, NULL, &top, a->top_idx_all, a->top_val_all, NULL))
+        return qk_err("analysis: look-for top-k of layer %d's heads: %s", l, qk_errmsg());
+    return 0;
+}
+
+// Head (l, h) after its look-for: encoder projection, score rows, its view for ana_query in
+// a->h_views[h].
+static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
     HeadBuf *b = &a->hb[h];
     const AnalysisPlan *p = &a->p;
     const AnalysisOpts *o = &p->o;
@@ -619,17 +676,6 @@ static int head_prep(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N)
     const int i = l * a->H + h, rec = p->recorded[i], dh = a->dh, C = a->C, T = a->T, m = s->d_sae, S = ld->S;
     const HeadDev *hd = &a->head[i];
     const float inv = 1.0f / sqrtf((float)dh);
-    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
-                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF,
-                      b->ainv};
-    ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
-    if (launched(a, "ana_head_vec", l, h, N) || sync_st(a, "ana_head_vec")) return -1;
-    QkTopkOpts top;
-    memset(&top, 0, sizeof top);
-    top.k = o->k;
-    if (rec) top.bottom_idx = b->bot_idx, top.bottom_val = b->bot_val;
-    if (qk_btk_run(a->btk, NULL, N, m, dh, b->Q, dh, b->ainv, hd->Kd, NULL, &top, b->top_idx, b->top_val, NULL))
-        return qk_err("analysis: look-for top-k of head %d.%d: %s", l, h, qk_errmsg());
     const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
     if (enc) {
         ana_proj<<<blocks(N, 128), 128, 0, a->st>>>(b->Q, N, dh, inv, hd->G, C, s->norm == QK_SAE_NORM_LAYER_NORM, b->U,
@@ -718,6 +764,9 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
         t = qk_now();
         for (int h = 0; h < a->H; h++)
             if (p->analysed[l * a->H + h] && head_prep(a, l, h, &acts[l], N)) return -1;
+        if (layer_lookfor(a, l, N)) return -1;
+        for (int h = 0; h < a->H; h++)
+            if (p->analysed[l * a->H + h] && head_rows(a, l, h, &acts[l], N)) return -1;
         if (layer_queries(a, l, N)) return -1;
         for (int h = 0; h < a->H; h++)
             if (p->analysed[l * a->H + h] && head_finish(a, l, h, N, B, valid_len, agg, emit, emit_ctx)) return -1;
