@@ -98,7 +98,7 @@ typedef struct {
 } Case;
 
 static void case_open(Case *k, const char *name, const char *model_dir, const char *sae_fmt, int T, int B,
-                      const char *recorded, int center_l0) {
+                      const char *recorded, int center_l0, int max_batch) {
     memset(k, 0, sizeof *k);
     k->name = name;
     cr_assert_eq(gpt2_load(&k->m, model_dir), 0, "%s", qk_errmsg());
@@ -116,7 +116,7 @@ static void case_open(Case *k, const char *name, const char *model_dir, const ch
     k->plan = (AnalysisPlan){.model = &k->m, .sae = k->saes, .analysed = k->analysed, .recorded = k->recorded,
                              .tables = k->tables, .o = {.k = 8, .a = 2, .p = 5, .enc_slots = 12, .sketch_pairs = 6,
                                                         .sketch_capacity = 256},
-                             .T = T, .max_batch = 3, .sae_max_active = 24, .encoder = 1, .record_patterns = 1};
+                             .T = T, .max_batch = max_batch, .sae_max_active = 24, .encoder = 1, .record_patterns = 1};
     for (int i = 0; i < LH; i++) head_tables_build(&k->tables[i], &k->m, i / c->n_head, i % c->n_head, k->saes[i / c->n_head], k->recorded[i]);
     k->B = B;
     k->tokens = qk_malloc(sizeof(int32_t) * B * T), k->valid = qk_malloc(sizeof(int32_t) * B);
@@ -217,8 +217,10 @@ static void run_device(const Case *k, QkPrecision prec, Capture *cap, HeadAggreg
         cap->n_tok += nb * T;
     }
     cr_assert_eq(qk_ana_cuda_flush(a, agg), 0, "%s", qk_errmsg());
-    cr_log_info("%s (%s): device SAE %.3f s, heads %.3f s", k->name, qk_precision_name(prec), sec[QK_STAGE_SAE],
-                sec[QK_STAGE_HEADS]);
+    const double tok = (double)k->B * T;
+    cr_log_info("%s (%s): device SAE %.3f s, heads %.3f s: %.0f tokens/s (the analysis; forward on the host, uploads "
+                "not counted)", k->name, qk_precision_name(prec), sec[QK_STAGE_SAE], sec[QK_STAGE_HEADS],
+                tok / (sec[QK_STAGE_SAE] + sec[QK_STAGE_HEADS] + 1e-12));
     qk_ana_cuda_close(a);
     gpt2_acts_free(&acts);
     qk_backend_close(cpu);
@@ -437,7 +439,7 @@ Test(analysis_gpu, planted_model_matches_host, .timeout = 300) {
     snprintf(model, sizeof model, "%s/model", dir);
     snprintf(sae, sizeof sae, "%s/sae/layer_%%d", dir);
     Case k;
-    case_open(&k, "planted", model, sae, 32, 7, "01", 0);
+    case_open(&k, "planted", model, sae, 32, 7, "01", 0, 3);
     check_case(&k);
     case_close(&k);
     rm_rf(dir);
@@ -457,8 +459,36 @@ Test(analysis_gpu, random_model_matches_host, .timeout = 300) {
     snprintf(model, sizeof model, "%s/model", dir);
     snprintf(sae, sizeof sae, "%s/sae/layer_%%d", dir);
     Case k;
-    case_open(&k, "random", model, sae, 48, 5, "100", 1);  // ReLU + layer_norm (+ center_input on layer 0)
+    case_open(&k, "random", model, sae, 48, 5, "100", 1, 3);  // ReLU + layer_norm (+ center_input on layer 0)
     check_case(&k);
+    case_close(&k);
+    rm_rf(dir);
+    free(dir);
+}
+
+// QK_ANA_GPU_BENCH=1: one GPT-2-small-shaped layer (d 768, 12 heads, m 32768, k 32, T 128) of
+// random weights, 4 batches of 32 windows, device only: the stage times and tokens/s, per precision.
+Test(analysis_gpu, gpt2_small_layer_timing, .timeout = 600) {
+    need_gpu();
+    const char *bench = getenv("QK_ANA_GPU_BENCH");
+    if (!bench || bench[0] != '1' || dry_run()) cr_skip_test("timing: set QK_ANA_GPU_BENCH=1");
+    char *dir = make_tmpdir();
+    cr_assert_eq(shf("./bin/qkscope random -q --out %s --layers 1 --n-ctx 128 --tokens 64 --seed 9", dir), 0);
+    char model[600], sae[600];
+    snprintf(model, sizeof model, "%s/model", dir);
+    snprintf(sae, sizeof sae, "%s/sae/layer_%%d", dir);
+    Case k;
+    case_open(&k, "gpt2-small layer", model, sae, 128, 128, "100000000000", 0, 32);
+    for (QkPrecision prec = QK_PREC_FP32; prec <= QK_PREC_BF16; prec++) {
+        Capture cap;
+        capture_init(&cap, &k);
+        HeadAggregates *agg = qk_calloc(12, sizeof *agg);
+        for (int i = 0; i < 12; i++) head_agg_init(&agg[i], k.saes[0]->d_sae, k.plan.o.sketch_capacity);
+        run_device(&k, prec, &cap, agg);
+        for (int i = 0; i < 12; i++) head_agg_free(&agg[i]);
+        free(agg);
+        capture_free(&cap);
+    }
     case_close(&k);
     rm_rf(dir);
     free(dir);
