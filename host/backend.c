@@ -121,4 +121,11 @@ int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes) {
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
 void qk_ana_cuda_free(void *p) { (void)p; }
+int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
+                               const float *metrics, const float *qmarg, const float *kmarg, const int32_t *idx,
+                               const int32_t *live, const int32_t *att_idx, HeadAggregates *agg) {
+    (void)device, (void)N, (void)T, (void)S, (void)a, (void)valid_len, (void)B, (void)metrics, (void)qmarg;
+    (void)kmarg, (void)idx, (void)live, (void)att_idx, (void)agg;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
 #endif

@@ -776,6 +776,26 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     return 0;
 }
 
+// Adds a downloaded accumulator (acc_size(g->m) int64) to g, normalising the exact sums.
+static void add_acc(const int64_t *h, HeadAggregates *g) {
+    const size_t m = g->m;
+    const int64_t *qm = h + ACC_DENSE, *km = qm + m * 3, *qc = km + m * 3, *kc = qc + m;
+    g->queries += h[ACC_QUERIES];
+    for (int q = 0; q < QK_ANA_METRICS; q++) {
+        g->count[q] += h[ACC_COUNT + q];
+        for (int b = 0; b < QK_ANA_BINS; b++) g->hist[q][b] += h[ACC_HIST + q * QK_ANA_BINS + b];
+        for (int t = 0; t < 3; t++) g->sum_exact[q][t] += h[ACC_SUM + q * 3 + t];
+        qk_exact_normalize(g->sum_exact[q]);
+    }
+    for (size_t f = 0; f < m; f++) {
+        g->query_count[f] += qc[f], g->key_count[f] += kc[f];
+        for (int t = 0; t < 3; t++)
+            g->query_marginal_exact[f * 3 + t] += qm[f * 3 + t], g->key_marginal_exact[f * 3 + t] += km[f * 3 + t];
+        qk_exact_normalize(g->query_marginal_exact + f * 3);
+        qk_exact_normalize(g->key_marginal_exact + f * 3);
+    }
+}
+
 extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
     CUDA_TRY(cudaSetDevice(a->device));
     for (int i = 0; i < a->L * a->H; i++) {
@@ -790,21 +810,7 @@ extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
             free(h);
             return qk_err("qk_ana_cuda_flush: head %d.%d: %s", i / a->H, i % a->H, cudaGetErrorString(e));
         }
-        const int64_t *qm = h + ACC_DENSE, *km = qm + m * 3, *qc = km + m * 3, *kc = qc + m;
-        g->queries += h[ACC_QUERIES];
-        for (int q = 0; q < QK_ANA_METRICS; q++) {
-            g->count[q] += h[ACC_COUNT + q];
-            for (int b = 0; b < QK_ANA_BINS; b++) g->hist[q][b] += h[ACC_HIST + q * QK_ANA_BINS + b];
-            for (int t = 0; t < 3; t++) g->sum_exact[q][t] += h[ACC_SUM + q * 3 + t];
-            qk_exact_normalize(g->sum_exact[q]);
-        }
-        for (size_t f = 0; f < m; f++) {
-            g->query_count[f] += qc[f], g->key_count[f] += kc[f];
-            for (int t = 0; t < 3; t++)
-                g->query_marginal_exact[f * 3 + t] += qm[f * 3 + t], g->key_marginal_exact[f * 3 + t] += km[f * 3 + t];
-            qk_exact_normalize(g->query_marginal_exact + f * 3);
-            qk_exact_normalize(g->key_marginal_exact + f * 3);
-        }
+        add_acc(h, g);
         free(h);
     }
     return sync_st(a, "the aggregates' reset");
@@ -821,3 +827,42 @@ extern "C" int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes) {
 }
 
 extern "C" void qk_ana_cuda_free(void *p) { cudaFree(p); }
+
+// Tests: ana_agg and ana_carry alone on given records (host arrays), added to agg.
+extern "C" int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
+                                          const float *metrics, const float *qmarg, const float *kmarg,
+                                          const int32_t *idx, const int32_t *live, const int32_t *att_idx,
+                                          HeadAggregates *agg) {
+    CUDA_TRY(cudaSetDevice(device));
+    const int m = agg->m;
+    const size_t n_acc = acc_size(m);
+    struct { void *d; const void *h; size_t bytes; } buf[7] = {
+        {NULL, metrics, (size_t)N * QK_ANA_METRICS * 4}, {NULL, qmarg, (size_t)N * S * 4}, {NULL, kmarg, (size_t)N * S * 4},
+        {NULL, idx, (size_t)N * S * 4}, {NULL, live, (size_t)N * 4}, {NULL, att_idx, (size_t)N * a * 4},
+        {NULL, valid_len, (size_t)B * 4}};
+    int64_t *dacc = NULL, *h = (int64_t *)malloc(n_acc * 8);
+    int rc = 0;
+    cudaError_t e = cudaMalloc((void **)&dacc, n_acc * 8);
+    if (e == cudaSuccess) e = cudaMemset(dacc, 0, n_acc * 8);
+    for (int q = 0; q < 7 && e == cudaSuccess; q++)
+        if (buf[q].h && (e = cudaMalloc(&buf[q].d, buf[q].bytes)) == cudaSuccess)
+            e = cudaMemcpy(buf[q].d, buf[q].h, buf[q].bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) {
+        AggArgs g = {(const float *)buf[0].d, (const float *)buf[1].d, (const float *)buf[2].d, (const int32_t *)buf[3].d,
+                     (const int32_t *)buf[4].d, (const int32_t *)buf[5].d, (const int32_t *)buf[6].d, N, T, S, a, dacc, m};
+        ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS>>>(g);
+        e = cudaGetLastError();
+        if (e == cudaSuccess) {
+            ana_carry<<<blocks(2LL * m, 256), 256>>>(dacc, m);
+            e = cudaGetLastError();
+        }
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        if (e == cudaSuccess) e = cudaMemcpy(h, dacc, n_acc * 8, cudaMemcpyDeviceToHost);
+    }
+    if (e != cudaSuccess) rc = qk_err("qk_ana_cuda_aggregate_test (ana_agg, ana_carry; N %d m %d): %s", N, m, cudaGetErrorString(e));
+    else add_acc(h, agg);
+    for (int q = 0; q < 7; q++) cudaFree(buf[q].d);
+    cudaFree(dacc);
+    free(h);
+    return rc;
+}

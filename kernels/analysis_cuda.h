@@ -74,3 +74,11 @@ void qk_ana_cuda_close(QkAnaCuda *a);
 int qk_ana_cuda_malloc(void **p, size_t bytes);
 int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes);
 void qk_ana_cuda_free(void *p);
+
+// Tests: the aggregation kernels alone (ana_agg, ana_carry) on given host records of N tokens
+// (windows of T; code idx (N, S) and live (N); metrics (N, N_METRICS); qmarg, kmarg (N, S);
+// att_idx (N, a); valid_len (B) or NULL), added to agg (agg->m = d_sae): the same integers as
+// host/analysis.c's aggregation of the same records.
+int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
+                               const float *metrics, const float *qmarg, const float *kmarg, const int32_t *idx,
+                               const int32_t *live, const int32_t *att_idx, HeadAggregates *agg);

@@ -14,6 +14,7 @@
 #include "planted.h"
 #include "test_common.h"
 #include "testutil.h"
+#include "token_file.h"
 
 #define TOL 1e-4
 #define MAX_REC 8
@@ -492,4 +493,61 @@ Test(analysis_gpu, gpt2_small_layer_timing, .timeout = 600) {
     case_close(&k);
     rm_rf(dir);
     free(dir);
+}
+
+// The aggregation kernels on the host's own records of gpt2_tiny_a (identical inputs): the exact
+// limbs, counts and histograms equal the host's bit for bit, in windows with padding.
+Test(analysis_gpu, aggregates_of_identical_records_bit_exact) {
+    need_gpu();
+    if (dry_run()) cr_skip_test("needs the device kernels");
+    GPT2Model m;
+    cr_assert_eq(gpt2_load(&m, REF_DIR "/gpt2_tiny_a"), 0, "%s", qk_errmsg());
+    int *tokens, B, T;
+    cr_assert_eq(qk_token_file_read(REF_DIR "/gpt2_tiny_a/tokens.txt", &tokens, &B, &T), 0);
+    const GPT2Config *c = &m.cfg;
+    const int N = B * T;
+    QkBackend *cpu = qk_backend_cpu_new();
+    GPT2Acts acts;
+    gpt2_acts_alloc(&acts, c, B, T, 0, 0);
+    cr_assert_eq(cpu->forward(cpu, &m, tokens, &acts), 0);
+    const char *dirs[2] = {REF_DIR "/sae/standard_none_bdec", REF_DIR "/sae/topk_ln_bdec"};
+    AnalysisOpts o = {.k = 8, .a = 2, .p = 5, .enc_slots = 16, .sketch_pairs = 8, .sketch_capacity = 64};
+    int32_t *valid = qk_malloc(sizeof(int32_t) * B);
+    for (int b = 0; b < B; b++) valid[b] = T - (b % 2) * 3;
+    for (int l = 0; l < 2; l++) {
+        QkSae sae;
+        cr_assert_eq(qk_sae_load(&sae, dirs[l], c->d_model, 0), 0, "%s", qk_errmsg());
+        LayerCode lc;
+        cr_assert_eq(layer_code_compute(&lc, &sae, acts_resid(&acts, c, l), N, c->d_model, 20), 0);
+        for (int h = 0; h < c->n_head; h++) {
+            HeadTables t;
+            head_tables_build(&t, &m, l, h, &sae, 0);
+            HeadRecords r;
+            head_records_alloc(&r, &o, N, lc.code.slots, &sae, 0);
+            HeadAggregates want, got;
+            head_agg_init(&want, sae.d_sae, 64), head_agg_init(&got, sae.d_sae, 64);
+            cr_assert_eq(analyse_head(&o, &t, &sae, &lc, &acts, c, valid, &r, &want), 0, "%s", qk_errmsg());
+            cr_assert_eq(qk_ana_cuda_aggregate_test(0, N, T, lc.code.slots, o.a, valid, B, r.metrics, r.qmarg, r.kmarg,
+                                                    lc.code.idx, lc.live, r.att_idx, &got),
+                         0, "%s", qk_errmsg());
+            HeadAggFields fw, fg;
+            head_agg_fields(&want, &fw), head_agg_fields(&got, &fg);
+            static const char *name[HEAD_AGG_I64] = {"queries", "count", "hist", "query_count", "key_count", "sum_exact",
+                                                     "query_marginal_exact", "key_marginal_exact"};
+            for (int q = 0; q < HEAD_AGG_I64; q++)
+                for (size_t e = 0; e < fw.n_i64[q]; e++)
+                    if (fw.i64[q][e] != fg.i64[q][e]) {
+                        cr_expect_fail("head %d.%d (ana_agg, ana_carry) %s[%zu]: device %lld, host %lld", l, h, name[q], e,
+                                       (long long)fg.i64[q][e], (long long)fw.i64[q][e]);
+                        break;
+                    }
+            head_agg_free(&want), head_agg_free(&got), head_records_free(&r), head_tables_free(&t);
+        }
+        layer_code_free(&lc);
+        qk_sae_free(&sae);
+    }
+    free(valid), free(tokens);
+    gpt2_acts_free(&acts);
+    qk_backend_close(cpu);
+    gpt2_free(&m);
 }
