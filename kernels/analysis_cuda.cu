@@ -474,9 +474,8 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
                QK_ANA_MAX_DH);
         return NULL;
     }
-    if (p->o.k > QK_SEL_QUEUE || p->o.enc_slots > QK_SEL_QUEUE || p->sae_max_active > QK_SEL_QUEUE) {
-        qk_err("qk_ana_cuda_open: k %d, enc_slots %d, sae max_active %d: the device top-k keeps at most %d", p->o.k,
-               p->o.enc_slots, p->sae_max_active, QK_SEL_QUEUE);
+    if (p->o.k > QK_SEL_QUEUE) {  // the code slots are checked per layer below (a top-k SAE's are its k)
+        qk_err("qk_ana_cuda_open: [analysis] k %d: the device top-k keeps at most %d", p->o.k, QK_SEL_QUEUE);
         return NULL;
     }
     QkAnaCuda *a = (QkAnaCuda *)calloc(1, sizeof *a);
@@ -495,8 +494,8 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         if (!s) continue;
         int S = qk_sae_slots(s, p->sae_max_active), es = qk_sae_slots(s, p->o.enc_slots);
         if (S > QK_SEL_QUEUE || es > QK_SEL_QUEUE) {
-            qk_err("qk_ana_cuda_open: layer %d: code slots %d / encoder slots %d: the device top-k keeps at most %d", l,
-                   S, es, QK_SEL_QUEUE);
+            qk_err("qk_ana_cuda_open: layer %d: code slots %d ([sae] max_active or the SAE's k) / encoder slots %d "
+                   "([analysis] enc_slots or k): the device top-k keeps at most %d", l, S, es, QK_SEL_QUEUE);
             qk_ana_cuda_close(a);
             return NULL;
         }
