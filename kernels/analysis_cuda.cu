@@ -9,7 +9,8 @@
 //   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
 //   [qk_btk_run]    U (N, dh) x E (m, dh)      encoder projection (N, enc_slots)
 //   ana_rows        grid ceil(N*T/128) x 128   thread per (n, j <= i): S, Sb, Sq, Sk (N, T)
-//   ana_query       grid (ceil(N/64), heads) x 64  thread per (query, head of the layer):
+//   ana_query       grid (ceil(N/64), heads) x 64  thread per (query, head of the layer), its sorted
+//                                              look-for top-k in shared memory:
 //                                              kernels/analysis_math.h qk_ana_query
 //   ana_agg         grid ceil(N/256) x 256     metric sums / counts / histograms reduced in shared
 //                                              memory with int64 atomics, then one global atomic per
@@ -130,11 +131,14 @@ __global__ void ana_rows(const float *Q, const float *K, const float *EQ, const 
 }
 
 // grid.y: one of a layer's heads (views[blockIdx.y]).
-__global__ void ana_query(const QkAnaView *views, int N) {
+// Each thread's sorted look-for top-k in shared memory (rows padded: conflict-free columns).
+#define QUERY_THREADS 64
+__global__ void __launch_bounds__(QUERY_THREADS) ana_query(const QkAnaView *views, int N) {
+    __shared__ int32_t st[QUERY_THREADS][QK_SEL_QUEUE + 1];
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const QkAnaView *v = views + blockIdx.y;
-    qk_ana_query(v, n, n % v->T);
+    qk_ana_query(v, n, n % v->T, st[threadIdx.x]);
 }
 
 struct AggArgs {
@@ -743,7 +747,7 @@ static int layer_queries(QkAnaCuda *a, int l, int N) {
         if (a->p.analysed[l * a->H + h]) a->h_views[nh++] = a->h_views[h];  // h >= nh: packed in place
     if (!nh) return 0;
     CUDA_TRY(cudaMemcpyAsync(a->d_views, a->h_views, sizeof(QkAnaView) * nh, cudaMemcpyHostToDevice, a->st));
-    ana_query<<<dim3(blocks(N, 64), nh), 64, 0, a->st>>>(a->d_views, N);
+    ana_query<<<dim3(blocks(N, QUERY_THREADS), nh), QUERY_THREADS, 0, a->st>>>(a->d_views, N);
     if (launched(a, "ana_query", l, -1, N)) return -1;
     return sync_st(a, "ana_query");  // before h_views is rewritten
 }

@@ -27,8 +27,10 @@
 
 #ifndef __CUDA_ARCH__
 #define QK_ANA_NAN NAN
+#define QK_ANA_UNROLL
 #else
 #define QK_ANA_NAN __int_as_float(0x7fc00000)
+#define QK_ANA_UNROLL _Pragma("unroll")  // fixed-size arrays stay in registers
 #endif
 
 // ---- SAE encode (host/sae.c normalise and decode) --------------------------------------------
@@ -150,29 +152,34 @@ typedef struct {
 
 QK_HD float qk_ana_comp_scale(const QkAnaView *v, int n) { return v->scale[n] / v->sigma[n]; }
 
-// Component vector of group grp of token n, query (key = 0) or key side, into out[dh].
-QK_HD void qk_ana_component(const QkAnaView *v, int n, int key, int grp, float *out) {
-    const int dh = v->dh;
-    float sc = qk_ana_comp_scale(v, n);
-    for (int d = 0; d < dh; d++) {
-        float x;
-        if (grp == 0) x = (key ? v->KF : v->QF)[(size_t)n * dh + d];
-        else if (grp == 1) x = sc * (key ? v->kb : v->qb)[d];
-        else if (grp == 2) x = (key ? v->EK : v->EQ)[(size_t)n * dh + d];
-        else x = (key ? v->bk : v->bq)[d];
-        out[d] = x;
-    }
+// The four group components of token n at coordinate d, query (key = 0) or key side (ANALYSIS.md
+// §2): feature, decoder bias (sc = the token's comp_scale), error, attention bias.
+QK_HD void qk_ana_components_at(const QkAnaView *v, int n, int key, float sc, int d, float c[QK_ANA_GROUPS]) {
+    const size_t e = (size_t)n * v->dh + d;
+    c[0] = (key ? v->KF : v->QF)[e];
+    c[1] = sc * (key ? v->kb : v->qb)[d];
+    c[2] = (key ? v->EK : v->EQ)[e];
+    c[3] = (key ? v->bk : v->bq)[d];
 }
 
+// 4x4 group totals of score (ni, nj) into G[16]: each the chain sum_d q_al[d] k_be[d] in increasing
+// d (a dot product of the two components), times 1/sqrt(dh).  No per-thread arrays but 16 sums.
 QK_HD void qk_ana_group_totals(const QkAnaView *v, int ni, int nj, float *G) {
-    float qc[QK_ANA_MAX_DH], kc[QK_ANA_MAX_DH];
-    for (int al = 0; al < QK_ANA_GROUPS; al++) {
-        qk_ana_component(v, ni, 0, al, qc);
-        for (int be = 0; be < QK_ANA_GROUPS; be++) {
-            qk_ana_component(v, nj, 1, be, kc);
-            G[al * QK_ANA_GROUPS + be] = qk_ana_dot(qc, kc, v->dh) * v->inv;
+    float acc[QK_ANA_GROUPS * QK_ANA_GROUPS], qc[QK_ANA_GROUPS], kc[QK_ANA_GROUPS];
+    QK_ANA_UNROLL
+    for (int q = 0; q < QK_ANA_GROUPS * QK_ANA_GROUPS; q++) acc[q] = 0;
+    const float si = qk_ana_comp_scale(v, ni), sj = qk_ana_comp_scale(v, nj);
+    for (int d = 0; d < v->dh; d++) {
+        qk_ana_components_at(v, ni, 0, si, d, qc);
+        qk_ana_components_at(v, nj, 1, sj, d, kc);
+        QK_ANA_UNROLL
+        for (int al = 0; al < QK_ANA_GROUPS; al++) {
+            QK_ANA_UNROLL
+            for (int be = 0; be < QK_ANA_GROUPS; be++) acc[al * QK_ANA_GROUPS + be] += qc[al] * kc[be];
         }
     }
+    QK_ANA_UNROLL
+    for (int q = 0; q < QK_ANA_GROUPS * QK_ANA_GROUPS; q++) G[q] = acc[q] * v->inv;
 }
 
 QK_HD int qk_ana_pair_before(float av, int32_t af, int32_t ag, float bv, int32_t bf, int32_t bg) {
@@ -234,7 +241,9 @@ QK_HD int qk_ana_hits(const int32_t *st, int n, const int32_t *F, int live) {
 
 QK_HD float qk_ana_error_share(const float *G) {
     double num = 0, den = 0;
+    QK_ANA_UNROLL
     for (int al = 0; al < QK_ANA_GROUPS; al++)
+        QK_ANA_UNROLL
         for (int be = 0; be < QK_ANA_GROUPS - 1; be++) {
             double x = fabs(G[al * QK_ANA_GROUPS + be]);
             den += x;
@@ -259,13 +268,15 @@ QK_HD int qk_ana_argmax(const float *row, int j0, int i) {
 
 // The 8 metrics of query n (position i of window b) over keys j0..i into out[8]; G_top: group
 // totals at the most attended key (j0 = 0) or NULL.
-QK_HD void qk_ana_metrics(const QkAnaView *v, int n, int i, int j0, const float *G_top, float *out) {
+// st: scratch for k ints (the sorted look-for top-k).
+QK_HD void qk_ana_metrics(const QkAnaView *v, int n, int i, int j0, const float *G_top, int32_t *st, float *out) {
     const int T = v->T, nb = n - i;
     const float *s = v->Srow + (size_t)n * T;
     const float *rows[3] = {v->Sb + (size_t)n * T, v->Sq + (size_t)n * T, v->Sk + (size_t)n * T};
     for (int q = 0; q < QK_ANA_BASE; q++) out[q] = QK_ANA_NAN;
     if (i < j0) return;
     double ls = qk_ana_lse(s, j0, i);
+    QK_ANA_UNROLL
     for (int w = 0; w < 3; w++) {
         double lh = qk_ana_lse(rows[w], j0, i), kl = 0;
         for (int j = j0; j <= i; j++) {
@@ -285,11 +296,13 @@ QK_HD void qk_ana_metrics(const QkAnaView *v, int n, int i, int j0, const float 
         out[4] = tot > 0 ? (float)(1.0 - res / tot) : QK_ANA_NAN;
     }
     float G[QK_ANA_GROUPS * QK_ANA_GROUPS];
-    if (G_top)
+    if (G_top) {
+        QK_ANA_UNROLL
         for (int q = 0; q < QK_ANA_GROUPS * QK_ANA_GROUPS; q++) G[q] = G_top[q];
-    else qk_ana_group_totals(v, n, nb + jstar, G);
+    } else {
+        qk_ana_group_totals(v, n, nb + jstar, G);
+    }
     out[5] = qk_ana_error_share(G);
-    int32_t st[QK_SEL_QUEUE];
     const int nt = qk_ana_sort_topk(v->top_idx + (size_t)n * v->k, v->k, st);
     int nj = nb + jstar, live = v->live[nj];
     out[6] = live ? (float)qk_ana_hits(st, nt, v->idx + (size_t)nj * v->S, live) / live : QK_ANA_NAN;
@@ -305,8 +318,9 @@ QK_HD void qk_ana_metrics(const QkAnaView *v, int n, int i, int j0, const float 
     out[7] = cn > 0 ? (float)(cs / cn) : QK_ANA_NAN;
 }
 
-// Everything analyse_window computes for query n (position i in its window).
-QK_HD void qk_ana_query(const QkAnaView *v, int n, int i) {
+// Everything analyse_window computes for query n (position i in its window); st: scratch for k
+// ints.
+QK_HD void qk_ana_query(const QkAnaView *v, int n, int i, int32_t *st) {
     const int T = v->T, a = v->a, S = v->S, dh = v->dh, nb = n - i;
     const float *s = v->Srow + (size_t)n * T;
     double ls = qk_ana_lse(s, 0, i);
@@ -352,29 +366,29 @@ QK_HD void qk_ana_query(const QkAnaView *v, int n, int i) {
             }
         }
     }
-    // Marginals at j*.
-    int nj = nb + att[0];
-    float kall[QK_ANA_MAX_DH], qall[QK_ANA_MAX_DH], c[QK_ANA_MAX_DH];
-    for (int d = 0; d < dh; d++) kall[d] = 0, qall[d] = 0;
-    for (int g = 0; g < QK_ANA_GROUPS; g++) {  // summed in group order, as host/analysis.c
-        qk_ana_component(v, n, 0, g, c);
-        for (int d = 0; d < dh; d++) qall[d] = g ? qall[d] + c[d] : c[d];
-        if (g == 3) continue;
-        qk_ana_component(v, nj, 1, g, c);
-        for (int d = 0; d < dh; d++) kall[d] = g ? kall[d] + c[d] : c[d];
-    }
-    float si = qk_ana_comp_scale(v, n), sj = qk_ana_comp_scale(v, nj);
+    // Marginals at j*: each active query feature against the whole key but its attention bias
+    // (kall = (F + B) + E), the whole query (qall = ((F + B) + E) + A) against each active key
+    // feature; the sums formed per coordinate, in host/analysis.c's order.
+    const int nj = nb + att[0];
+    const float si = qk_ana_comp_scale(v, n), sj = qk_ana_comp_scale(v, nj);
     for (int u = 0; u < S; u++) {
-        int qlive = u < v->live[n], klive = u < v->live[nj];
-        int32_t f = v->idx[(size_t)n * S + u], g = v->idx[(size_t)nj * S + u];
-        v->qmarg[(size_t)n * S + u] =
-            qlive ? v->val[(size_t)n * S + u] * si * qk_ana_dot(v->Qd + (size_t)f * dh, kall, dh) * v->inv : 0;
-        v->kmarg[(size_t)n * S + u] =
-            klive ? v->val[(size_t)nj * S + u] * sj * qk_ana_dot(v->Kd + (size_t)g * dh, qall, dh) * v->inv : 0;
+        const int qlive = u < v->live[n], klive = u < v->live[nj];
+        const int32_t f = v->idx[(size_t)n * S + u], g = v->idx[(size_t)nj * S + u];
+        float qs = 0, ks = 0, c[QK_ANA_GROUPS];
+        for (int d = 0; qlive && d < dh; d++) {
+            qk_ana_components_at(v, nj, 1, sj, d, c);
+            qs += v->Qd[(size_t)f * dh + d] * ((c[0] + c[1]) + c[2]);
+        }
+        for (int d = 0; klive && d < dh; d++) {
+            qk_ana_components_at(v, n, 0, si, d, c);
+            ks += v->Kd[(size_t)g * dh + d] * (((c[0] + c[1]) + c[2]) + c[3]);
+        }
+        v->qmarg[(size_t)n * S + u] = qlive ? v->val[(size_t)n * S + u] * si * qs * v->inv : 0;
+        v->kmarg[(size_t)n * S + u] = klive ? v->val[(size_t)nj * S + u] * sj * ks * v->inv : 0;
     }
     float *met = v->metrics + (size_t)n * QK_ANA_METRICS;
-    qk_ana_metrics(v, n, i, 0, v->groups + (size_t)n * a * QK_ANA_GROUPS * QK_ANA_GROUPS, met);
-    qk_ana_metrics(v, n, i, 1, NULL, met + QK_ANA_BASE);
+    qk_ana_metrics(v, n, i, 0, v->groups + (size_t)n * a * QK_ANA_GROUPS * QK_ANA_GROUPS, st, met);
+    qk_ana_metrics(v, n, i, 1, NULL, st, met + QK_ANA_BASE);
 }
 
 // ---- aggregates -------------------------------------------------------------------------------

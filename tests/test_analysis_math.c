@@ -204,7 +204,8 @@ static void check_head(Fx *fx, int l, int h, const int32_t *valid_len) {
                    .metrics = d.metrics, .qmarg = d.qmarg, .kmarg = d.kmarg, .sk_f = d.sk_f, .sk_g = d.sk_g,
                    .sk_val = d.sk_val, .pattern = d.pattern, .pattern_hat = d.pattern_hat, .pt_f = ptf, .pt_g = ptg,
                    .pt_v = ptv};
-    for (int n = 0; n < N; n++) qk_ana_query(&v, n, n % T);
+    int32_t st[64];
+    for (int n = 0; n < N; n++) qk_ana_query(&v, n, n % T, st);
     const size_t na = (size_t)N * o->a;
     const double tol = 1e-4;  // relative, with a floor of 1% of the array's largest |value|: dot products differ in order (the host's are vectorised)
     cmp_i("att_idx", l, h, d.att_idx, r.att_idx, na, o->a);
