@@ -81,8 +81,11 @@ $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 # Every kernel object is built with ptxas's resource figures kept beside it (.ptxas); a stack
 # frame, a spill or an nvcc warning in any kernel fails the build (scripts/check_ptxas.sh --log).
 $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
-	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
+	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
 	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
+# The device analysis: -fmad=false so every expression rounds as written, as the host's
+# -ffp-contract=off (kernels/analysis_math.h is shared with the CPU suite).
+$(BUILD)/kernels/analysis_cuda.o: NVCC_EXTRA := -fmad=false
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)

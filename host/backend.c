@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/analysis_cuda.h"
 #include "../kernels/bilinear_topk.h"
 #include "forward_cpu.h"
 #include "util.h"
@@ -102,6 +103,38 @@ int qk_btk_run_host(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, const f
 }
 int qk_btk_gemm_full(QkBtk *b, int n, int M, int r, const float *U, const float *V, void *S, int out_bf16) {
     (void)b, (void)n, (void)M, (void)r, (void)U, (void)V, (void)S, (void)out_bf16;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush) {
+    (void)p, (void)device, (void)prec, (void)defer_flush;
+    qk_err("this build has no CUDA backend (built with CUDA=0)");
+    return NULL;
+}
+// Unreachable without a context; here so that callers link in a CPU-only build.
+int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B, HeadAggregates *agg,
+                    QkRecordsFn emit, void *emit_ctx, double *seconds) {
+    (void)a, (void)acts, (void)valid_len, (void)B, (void)agg, (void)emit, (void)emit_ctx, (void)seconds;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
+    (void)a, (void)agg;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+void qk_ana_cuda_close(QkAnaCuda *a) { (void)a; }
+int qk_ana_cuda_malloc(void **p, size_t bytes) {
+    (void)bytes, *p = NULL;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes) {
+    (void)dst, (void)src, (void)bytes;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+void qk_ana_cuda_free(void *p) { (void)p; }
+int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
+                               const float *metrics, const float *qmarg, const float *kmarg, const int32_t *idx,
+                               const int32_t *live, const int32_t *att_idx, HeadAggregates *agg) {
+    (void)device, (void)N, (void)T, (void)S, (void)a, (void)valid_len, (void)B, (void)metrics, (void)qmarg;
+    (void)kmarg, (void)idx, (void)live, (void)att_idx, (void)agg;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
 #endif

@@ -1,6 +1,8 @@
 // backend_cuda.cu: the CUDA backend (host/backend.h).  GPT-2's forward pass on the device
-// (kernels in forward_*.cu, declared in forward.cuh), filling the same host-side activation cache
-// as the CPU backend; the analysis still runs on the host after it (issue 14 moves it over).
+// (kernels in forward_*.cu, declared in forward.cuh): `forward` fills the same host-side
+// activation cache as the CPU backend (qkscope cache); the analysis of a run (analysis_open /
+// analyse / analysis_close) keeps the activations on the device and hands them to the device
+// analysis (analysis_cuda.h): only the recorded heads' records and the aggregates come back.
 //
 // Per batch (B windows of T tokens, N = B T), on the compute stream, for layers l < n_run (the
 // analysis's last layer; all L with logits):
@@ -27,11 +29,12 @@
 #include <string.h>
 
 #include "forward.cuh"
-#include "forward_mem.h"
-extern "C" {
+extern "C" {  // C headers (gpt2.h among them): C linkage whichever includes them first
+#include "analysis_cuda.h"
 #include "backend.h"
 #include "bilinear_topk.h"
 #include "comm.h"
+#include "forward_mem.h"
 }
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20;  // cuBLASLt workspace (Hopper wants 32 MiB)
@@ -469,8 +472,10 @@ static int download_all(CudaCtx *ctx, const GPT2Config *c, GPT2Acts *h, int n_ru
     return 0;
 }
 
-static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *h) {
-    CudaCtx *ctx = (CudaCtx *)be->ctx;
+// The forward pass of tokens (h->B, h->T) for layers < n_run (h->n_run; all with logits) on the
+// device; with download, every hook it computed copied into h's host buffers.  Both streams are
+// drained before it returns.  Without download, h gives only the shape (no host buffers needed).
+static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GPT2Acts *h, int download) {
     const GPT2Config *c = &m->cfg;
     CUDA_TRYF(cudaSetDevice(ctx->device), "device %d", ctx->device);
     WeightKey key = weight_key(m);
@@ -498,7 +503,7 @@ static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GP
               "%d x %d tokens", h->B, h->T);
     const int n_run = h->n_run && !h->want_logits ? h->n_run : c->n_layer;
     int rc = forward_device(ctx, c, n_run);
-    if (!rc) rc = download_all(ctx, c, h, n_run);
+    if (!rc && download) rc = download_all(ctx, c, h, n_run);
     // Both streams drained before returning (also after a failure: no copy may land later).
     cudaError_t e1 = cudaStreamSynchronize(ctx->compute), e2 = cudaStreamSynchronize(ctx->copy);
     if (rc) return -1;
@@ -509,6 +514,107 @@ static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GP
     if (e2 != cudaSuccess) return qk_err("copying the activations of %d x %d tokens to the host: %s", h->B, h->T,
                                          cudaGetErrorString(e2));
     return 0;
+}
+
+static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *h) {
+    return forward_batch((CudaCtx *)be->ctx, m, tokens, h, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The analysis on the device: the forward's activations stay there and go straight to the device
+// analysis (analysis_cuda.h); nothing but records and aggregates crosses PCIe.
+
+typedef struct {
+    CudaCtx *ctx;
+    AnalysisPlan p;
+    QkAnaCuda *dev;
+    int n_run;                // layers the forward computes: up to the last with an SAE
+    unsigned char *flags_d;   // (max_batch T) device: non-finite rows of one layer
+    unsigned char *flags_h;   // (max_batch T) host copy
+} CudaAnalysis;
+
+// Stops the batch, as the host analysis does, when layer l's activations at a counted position
+// (t < valid_len[b]) are not finite: before any of them reaches an aggregate.
+static int check_finite_layer(CudaAnalysis *an, const QkAnaLayerActs *x, int l, int B, const int32_t *valid_len) {
+    CudaCtx *ctx = an->ctx;
+    const int T = an->p.T, N = B * T, C = an->p.model->cfg.d_model;
+    if (fwd_nonfinite_rows(ctx->compute, x->resid, x->ld_resid, x->sigma, x->q, x->k, x->ld_qk, C, N, an->flags_d))
+        return -1;
+    CUDA_TRYF(cudaMemcpyAsync(an->flags_h, an->flags_d, N, cudaMemcpyDeviceToHost, ctx->compute), "%d flags", N);
+    CUDA_TRYF(cudaStreamSynchronize(ctx->compute), "the finite check of layer %d", l);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < (valid_len ? valid_len[b] : T); t++) {
+            const unsigned f = an->flags_h[b * T + t];
+            if (!f) continue;
+            const char *what = f & 1 ? "resid_pre" : f & 2 ? "ln1 scale" : f & 4 ? "attn q" : "attn k";
+            return qk_err("layer %d, window %d of the batch, position %d: non-finite %s (the model overflows on "
+                          "this input); stopped before it reached any aggregate", l, b, t, what);
+        }
+    return 0;
+}
+
+static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    if (cudaSetDevice(ctx->device) != cudaSuccess) {
+        qk_err("device %d: %s", ctx->device, cudaGetErrorString(cudaGetLastError()));
+        return NULL;
+    }
+    CudaAnalysis *an = (CudaAnalysis *)qk_calloc(1, sizeof(CudaAnalysis));
+    an->ctx = ctx, an->p = *p;
+    for (int l = 0; l < p->model->cfg.n_layer; l++)
+        if (p->sae[l]) an->n_run = l + 1;
+    const size_t rows = (size_t)p->max_batch * p->T;
+    if (dev_alloc((void **)&an->flags_d, rows, "the finite-check flags") ||
+        cudaHostAlloc((void **)&an->flags_h, rows, cudaHostAllocPortable) != cudaSuccess ||
+        !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 0))) {
+        if (!an->flags_h) {
+            (void)cudaGetLastError();
+            if (an->flags_d) qk_err("cudaHostAlloc of %zu bytes for the finite-check flags failed", rows);
+        }
+        cudaFree(an->flags_d);
+        cudaFreeHost(an->flags_h);
+        free(an);
+        return NULL;
+    }
+    return (QkAnalysis *)an;
+}
+
+static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
+                        QkRecordsFn emit, void *emit_ctx, double *seconds) {
+    CudaAnalysis *an = (CudaAnalysis *)qa;
+    CudaCtx *ctx = an->ctx;
+    const AnalysisPlan *p = &an->p;
+    const GPT2Config *c = &p->model->cfg;
+    if (B > p->max_batch) return qk_err("internal: a batch of %d windows, the plan allows %d", B, p->max_batch);
+    if (gpt2_check_tokens(c, tokens, B, p->T, "corpus window")) return -1;
+    GPT2Acts shape;
+    memset(&shape, 0, sizeof shape);
+    shape.B = B, shape.T = p->T, shape.n_run = an->n_run;
+    double t = qk_now();
+    if (forward_batch(ctx, p->model, tokens, &shape, 0)) return -1;
+    seconds[QK_STAGE_FORWARD] += qk_now() - t;
+    // Layer l's activations: resid_pre l, its LN1 scale, and q / k of every head (N, C each).
+    const DevActs *a = &ctx->a;
+    const size_t NC = (size_t)B * p->T * c->d_model;
+    QkAnaLayerActs *acts = (QkAnaLayerActs *)qk_calloc(c->n_layer, sizeof(QkAnaLayerActs));
+    int rc = 0;
+    for (int l = 0; l < an->n_run && !rc; l++) {
+        acts[l] = QkAnaLayerActs{a->resid + l * a->stride, c->d_model, a->ln1_scale + (size_t)l * B * p->T,
+                                 a->q + l * NC, a->k + l * NC, c->d_model};
+        if (p->sae[l]) rc = check_finite_layer(an, &acts[l], l, B, valid_len);
+    }
+    if (!rc) rc = qk_ana_cuda_run(an->dev, acts, valid_len, B, agg, emit, emit_ctx, seconds);
+    free(acts);
+    return rc;
+}
+
+static void cuda_analysis_close(QkAnalysis *qa) {
+    CudaAnalysis *an = (CudaAnalysis *)qa;
+    if (!an) return;
+    qk_ana_cuda_close(an->dev);
+    cudaFree(an->flags_d);
+    cudaFreeHost(an->flags_h);
+    free(an);
 }
 
 static int cuda_set_precision(QkBackend *be, const char *p) {
@@ -618,10 +724,9 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->name = "cuda";
     be->ctx = ctx;
     be->forward = cuda_forward;
-    // The analysis on the host after the CUDA forward pass, until it has its own kernels.
-    be->analysis_open = qk_analysis_host_open;
-    be->analyse = qk_analysis_host_run;
-    be->analysis_close = qk_analysis_host_close;
+    be->analysis_open = cuda_analysis_open;
+    be->analyse = cuda_analyse;
+    be->analysis_close = cuda_analysis_close;
     be->share_weights = cuda_share_weights;
     be->static_maps = cuda_static_maps;
     be->set_precision = cuda_set_precision;

@@ -24,6 +24,12 @@ extern "C" {
 #include "topk.h"
 }
 
+// -- finite_check.cu
+// flags (N) = which of row n's resid (ld_r) / sigma / q / k (ld_qk), C columns, hold a non-finite
+// value: bits 1, 2, 4, 8 (0: finite).
+int fwd_nonfinite_rows(cudaStream_t s, const float *resid, long long ld_r, const float *sigma, const float *q,
+                       const float *k, long long ld_qk, int C, int N, unsigned char *flags);
+
 // -- forward_encoder.cu
 int fwd_embed(cudaStream_t s, float *x, const int *tokens, const float *wte, const float *wpe, int N, int T, int C);
 // out (n) bf16 = in (n) fp32, rounded to nearest even (weights for the bf16 mode)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make check-ptxas: compiles every kernels/*.cu with -Xptxas -v for each target of NVCCFLAGS and
-# checks ptxas's resource figures: no kernel (entry function) may have a stack frame or spill
-# (local memory in a hot loop), and nvcc must print no warning; lists registers and shared
-# memory per kernel and target.
+# checks ptxas's resource figures: no kernel (entry function) of ours may have a stack frame or
+# spill (local memory in a hot loop; CUB / Thrust's own kernels are listed, not judged), and nvcc
+# must print no warning; lists registers and shared memory per kernel and target.
 # Usage: scripts/check_ptxas.sh [NVCC] [NVCCFLAGS] (the Makefile passes its own), or
 #        scripts/check_ptxas.sh --log LOG SOURCE: the same checks on the saved output of one
 #        compile (every kernel object's build does this with its .ptxas file).
@@ -27,7 +27,9 @@ check_log() {
             regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
             smem = 0; n = split($0, w, /[ ,]+/); for (i = 2; i <= n; i++) if (w[i] == "smem") smem = w[i - 2]
             printf "  %-6s %4s regs %6s B smem  stack %s  spill %s/%s  %s  (%s)\n", tgt, regs, smem, stack, spill_st, spill_ld, fn, file
-            if (stack + 0 > 0 || spill_st + 0 > 0 || spill_ld + 0 > 0) { print "check-ptxas: FAIL: stack frame or spills in " fn " (" tgt ", " file ")"; bad = 1 }
+            # CUB / Thrust kernels instantiated by our calls (sorts, scans) are the library'"'"'s: listed, not failed.
+            lib = fn ~ /^_ZN(3cub|6thrust|4cuda)/
+            if (!lib && (stack + 0 > 0 || spill_st + 0 > 0 || spill_ld + 0 > 0)) { print "check-ptxas: FAIL: stack frame or spills in " fn " (" tgt ", " file ")"; bad = 1 }
             entry = 0
         }
         END { exit bad }' "$log") || bad=1

@@ -235,7 +235,7 @@ suites() {
     [ -n "$DRY" ] && [ -x "$ROOT/bin/qkscope" ] || cp "$BIN/qkscope" "$ROOT/bin/qkscope"
     local t=$BIN/test_qkscope
     NOTE_FN=note_suite step suites_cuda 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda "$t" --verbose --jobs 4 \
-        --filter '@(forward|analysis|analysis_batch|planted|comm_nccl|topk_gpu)/*'
+        --filter '@(forward|analysis|analysis_batch|analysis_gpu|planted|comm_nccl|topk_gpu|robust)/*'
     # qkscope static through the device top-k (./bin/qkscope) on the planted model
     NOTE_FN=note_suite step suite_static_planted 60 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 "$t" \
         --verbose --jobs 1 --filter 'run/planted_circuits_found_by_run_and_static'

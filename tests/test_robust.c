@@ -39,6 +39,12 @@ static char *write_config(const char *extra) {
     return path;
 }
 
+// The backend a test's run uses: QK_BACKEND (make test-gpu, scripts/gpu.sh: cuda), else the CPU.
+static const char *run_backend(void) {
+    const char *b = getenv("QK_BACKEND");
+    return b && *b ? b : "cpu";
+}
+
 // Runs `cmd` (stderr to DIR/err.txt) and checks: exit status `code`, stderr one line holding
 // `want`, nothing but `quiet_ok` on stdout.  Returns the stderr text (free it).
 static char *expect_fail(int code, const char *want, const char *cmd) {
@@ -153,7 +159,8 @@ Test(robust, non_finite_activations_stop_the_run, .timeout = 120) {
     char *st = at("model/model.safetensors"), *cfg = write_config(""), cmd[2048];
     poke_f32(st, "h.0.attn.c_proj.bias", 0, 3e38f);
     poke_f32(st, "h.0.mlp.c_proj.bias", 0, 3e38f);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s/r.h5", cfg, g_dir);
+    // the backend under test (CUDA: the device analysis's own check, kernels/finite_check.cu)
+    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s --set run.backend=%s -o %s/r.h5", cfg, run_backend(), g_dir);
     free(expect_fail(1, "layer 1, window 0 of the batch, position 0: non-finite resid_pre", cmd));
     char *out = at("r.h5"), *tmp = at("r.h5.tmp");
     cr_expect(!qk_file_exists(out) && !qk_file_exists(tmp));
