@@ -51,7 +51,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
+.PHONY: all demo test test-notebook test-python test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -113,6 +113,7 @@ test: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cpu $(BIN)/test_qkscope --jobs 1
 	@echo "== the determinism suites again, AVX-512 paths off (QK_ISA=avx2)"
 	QK_BACKEND=cpu QK_ISA=avx2 $(BIN)/test_qkscope --jobs 1 --filter '$(DETERMINISM_SUITES)'
+	$(MAKE) --no-print-directory test-python
 	$(MAKE) --no-print-directory test-notebook
 
 # notebooks/explore.ipynb executed headless (nbconvert) against a small synthetic demo run; its
@@ -126,13 +127,32 @@ $(NB_VENV)/.ok: notebooks/requirements.txt
 	python3 -m venv $(NB_VENV)
 	$(NB_VENV)/bin/pip install -q -r notebooks/requirements.txt
 	touch $@
-test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok
+# The notebook reader (python/, `pip install ./python`), reinstalled when it changes.
+$(NB_VENV)/.qkscope: $(NB_VENV)/.ok python/pyproject.toml $(wildcard python/qkscope/*.py)
+	$(NB_VENV)/bin/pip install -q --no-deps ./python
+	touch $@
+# The small demo both Python checks read (a stamp: made once per change of the binary).
+$(NB_DEMO)/.ok: $(BIN)/qkscope configs/demo.ini
 	$(BIN)/qkscope planted --out $(NB_DEMO) --tokens 1024 -q
+	rm -f $(NB_DEMO)/run.h5 $(NB_DEMO)/static.h5
 	$(BIN)/qkscope run configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/run.h5
 	$(BIN)/qkscope static configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/static.h5
+	touch $@
+test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	QK_RUN=$(abspath $(NB_DEMO)/run.h5) QK_STATIC=$(abspath $(NB_DEMO)/static.h5) \
 	JUPYTER_PATH=$(abspath $(NB_VENV))/share/jupyter $(NB_VENV)/bin/jupyter nbconvert --to notebook --execute \
 	    --ExecutePreprocessor.timeout=60 --output $(abspath $(BUILD)/explore.executed.ipynb) notebooks/explore.ipynb
+
+# python/qkscope against the demo: one file, the same corpus sharded (4 shards) and merged.
+PY_SHARDS := $(BUILD)/demo-test-shards
+# GPT-2 BPE files (encoder.json, vocab.bpe) for the decoding checks; they skip, saying so, without.
+GPT2_VOCAB ?= ../shared/data/gpt2
+test-python: $(BIN)/qkscope $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
+	rm -rf $(PY_SHARDS) && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --set output.shard_tokens=256 -q -o $(PY_SHARDS)
+	$(BIN)/qkscope merge $(PY_SHARDS) -o $(PY_SHARDS)/all.h5 > /dev/null
+	QK_RUN=$(NB_DEMO)/run.h5 QK_STATIC=$(NB_DEMO)/static.h5 QK_PLANTED=$(NB_DEMO)/planted.json \
+	QK_SHARDS=$(PY_SHARDS) QK_MERGED=$(PY_SHARDS)/all.h5 QK_VOCAB=$(GPT2_VOCAB) QKSCOPE=$(BIN)/qkscope \
+	    $(NB_VENV)/bin/python python/tests/test_reader.py
 
 test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cuda $(BIN)/test_qkscope --jobs 1
