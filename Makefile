@@ -91,17 +91,24 @@ $(BIN) $(BUILD)/host $(BUILD)/tests $(BUILD)/kernels:
 # The README's main command: offline, on a SYNTHETIC model with planted circuits.  Writes the
 # model, SAEs and corpus, runs the analysis and the weights-only maps, prints the per-head
 # summary, and checks that every planted circuit is ranked first.
+# GPT-2's tokenizer (encoder.json + vocab.bpe, or vocab.json + merges.txt) when one is here:
+# scripts/download_gpt2.sh's models/gpt2, else the development checkout's shared data.  With it the
+# demo copies it to $(DEMO)/vocab, its files store token text, and your own text runs offline.
+GPT2_VOCAB ?= $(firstword $(foreach d,models/gpt2 ../shared/data/gpt2,$(if $(wildcard $(d)/encoder.json $(d)/vocab.json),$(d))))
 DEMO ?= build/demo
 demo: $(BIN)/qkscope
 	@echo "== qkscope demo: the model below is SYNTHETIC (qkscope planted), not GPT-2; it has planted circuits"
-	$(BIN)/qkscope planted --out $(DEMO)
+	$(BIN)/qkscope planted --out $(DEMO) $(if $(GPT2_VOCAB),--vocab $(GPT2_VOCAB))
 	$(BIN)/qkscope run configs/demo.ini --set model.dir=$(DEMO)/model --set sae.layer.0=$(DEMO)/sae/layer_0 \
-	    --set sae.layer.1=$(DEMO)/sae/layer_1 --set corpus.paths=$(DEMO)/corpus.npy -o $(DEMO)/run.h5
+	    --set sae.layer.1=$(DEMO)/sae/layer_1 --set corpus.paths=$(DEMO)/corpus.npy \
+	    $(if $(GPT2_VOCAB),--set corpus.vocab=$(DEMO)/vocab) -o $(DEMO)/run.h5
 	$(BIN)/qkscope static -q configs/demo.ini --set model.dir=$(DEMO)/model --set sae.layer.0=$(DEMO)/sae/layer_0 \
 	    --set sae.layer.1=$(DEMO)/sae/layer_1 -o $(DEMO)/static.h5
 	@echo "== were the planted circuits found?"
 	$(BIN)/qkscope planted --out $(DEMO) --check-run $(DEMO)/run.h5 --check-static $(DEMO)/static.h5
 	@echo "== outputs: $(DEMO)/run.h5 $(DEMO)/static.h5 (layout: docs/FORMAT.md; notebooks/explore.ipynb opens them)"
+	@$(if $(GPT2_VOCAB),echo "== your own text (.txt, .jsonl; offline): bin/qkscope run configs/demo.ini --set corpus.vocab=$(DEMO)/vocab --set corpus.paths=YOUR.txt -o mine.h5",\
+	    echo "== for your own text: GPT-2's tokenizer (scripts/download_gpt2.sh, or any folder with encoder.json + vocab.bpe), then make demo GPT2_VOCAB=DIR")
 
 # The README's test command.  Suites that need a GPU skip themselves, saying why.  Then the suites
 # whose results must be bit-identical run a second time with qkscope's AVX-512 paths switched off
@@ -122,7 +129,8 @@ test: $(BIN)/test_qkscope $(BIN)/qkscope
 NB_VENV ?= .venv-nb
 NB_DEMO := $(BUILD)/demo-test
 NB_SETS := --set model.dir=$(NB_DEMO)/model --set sae.layer.0=$(NB_DEMO)/sae/layer_0 \
-           --set sae.layer.1=$(NB_DEMO)/sae/layer_1 --set corpus.paths=$(NB_DEMO)/corpus.npy
+           --set sae.layer.1=$(NB_DEMO)/sae/layer_1 --set corpus.paths=$(NB_DEMO)/corpus.npy \
+           $(if $(GPT2_VOCAB),--set corpus.vocab=$(NB_DEMO)/vocab)
 $(NB_VENV)/.ok: notebooks/requirements.txt
 	python3 -m venv $(NB_VENV)
 	$(NB_VENV)/bin/pip install -q -r notebooks/requirements.txt
@@ -133,7 +141,7 @@ $(NB_VENV)/.qkscope: $(NB_VENV)/.ok python/pyproject.toml $(wildcard python/qksc
 	touch $@
 # The small demo both Python checks read (a stamp: made once per change of the binary).
 $(NB_DEMO)/.ok: $(BIN)/qkscope configs/demo.ini
-	$(BIN)/qkscope planted --out $(NB_DEMO) --tokens 1024 -q
+	$(BIN)/qkscope planted --out $(NB_DEMO) --tokens 1024 -q $(if $(GPT2_VOCAB),--vocab $(GPT2_VOCAB))
 	rm -f $(NB_DEMO)/run.h5 $(NB_DEMO)/static.h5
 	$(BIN)/qkscope run configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/run.h5
 	$(BIN)/qkscope static configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/static.h5
@@ -145,8 +153,6 @@ test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 
 # python/qkscope against the demo: one file, the same corpus sharded (4 shards) and merged.
 PY_SHARDS := $(BUILD)/demo-test-shards
-# GPT-2 BPE files (encoder.json, vocab.bpe) for the decoding checks; they skip, saying so, without.
-GPT2_VOCAB ?= ../shared/data/gpt2
 test-python: $(BIN)/qkscope $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	rm -rf $(PY_SHARDS) && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --set output.shard_tokens=256 -q -o $(PY_SHARDS)
 	$(BIN)/qkscope merge $(PY_SHARDS) -o $(PY_SHARDS)/all.h5 > /dev/null

@@ -13,11 +13,12 @@
 #include "commands.h"
 #include "planted.h"
 #include "util.h"
+#include "vocab_out.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: qkscope planted --out DIR [--seed N] [--tokens N] [-q]\n\n"
-            "Writes a tiny SYNTHETIC GPT-2 (2 layers x 4 heads, d_model 64, n_ctx 64, vocab 512) with\n"
+            "usage: qkscope planted --out DIR [--seed N] [--tokens N] [--vocab BPE_DIR] [-q]\n\n"
+            "Writes a tiny SYNTHETIC GPT-2 (2 layers x 4 heads, d_model 64, n_ctx 64, GPT-2's 50257 ids) with\n"
             "planted circuits: chosen heads make a chosen SAE feature at the query attend to a chosen\n"
             "feature at the key, the other heads have small random Q/K.  Real file formats, no network:\n"
             "  DIR/model/                      config.json, model.safetensors (Hugging Face GPT-2)\n"
@@ -29,6 +30,9 @@ static void usage(FILE *f) {
             "  --out DIR      folder to write (created if missing; files of the same names are replaced)\n"
             "  --seed N       RNG seed, 0 <= N < 2^53 (default 1): the same seed writes the same files\n"
             "  --tokens N     corpus size in tokens, rounded up to whole windows of 64 (default 4096)\n"
+            "  --vocab BPE_DIR  also copy GPT-2's tokenizer files (encoder.json + vocab.bpe, or vocab.json +\n"
+            "                 merges.txt; scripts/download_gpt2.sh fetches them) into DIR/vocab/, so that\n"
+            "                 `--set corpus.vocab=DIR/vocab --set corpus.paths=YOUR.txt` runs your own text\n"
             "  --check-run FILE     instead of writing: read DIR/planted.json and check that `qkscope run`'s\n"
             "                       FILE ranks every planted pair first for its head (exit 1 if not)\n"
             "  --check-static FILE  the same for `qkscope static`'s q2k and k2q maps\n"
@@ -118,8 +122,9 @@ int cmd_planted(int argc, char **argv) {
     static const struct option opts[] = {{"out", required_argument, 0, 'o'},  {"seed", required_argument, 0, 's'},
                                          {"tokens", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},        {"check-run", required_argument, 0, 'R'},
-                                         {"check-static", required_argument, 0, 'S'}, {0, 0, 0, 0}};
-    const char *check_run = NULL, *check_static = NULL;
+                                         {"check-static", required_argument, 0, 'S'},
+                                         {"vocab", required_argument, 0, 'V'}, {0, 0, 0, 0}};
+    const char *check_run = NULL, *check_static = NULL, *vocab = NULL;
     QkPlantedOpts po;
     qk_planted_default_opts(&po);
     const char *out = NULL;
@@ -143,6 +148,7 @@ int cmd_planted(int argc, char **argv) {
         case 'h': usage(stdout); return QK_EXIT_OK;
         case 'R': check_run = optarg; break;
         case 'S': check_static = optarg; break;
+        case 'V': vocab = optarg; break;
         default: rc = qk_err("unknown or incomplete option '%s' (qkscope planted --help)", argv[optind - 1]);
         }
     }
@@ -160,7 +166,10 @@ int cmd_planted(int argc, char **argv) {
         return QK_EXIT_OK;
     }
     QkPlanted info;
-    if (qk_planted_write(out, &po, &info)) {
+    char *vocab_dir = qk_path_join(out, "vocab");
+    int vrc = vocab ? qk_vocab_copy(vocab, vocab_dir) : 0;
+    free(vocab_dir);
+    if (vrc || qk_planted_write(out, &po, &info)) {
         fprintf(stderr, "qkscope planted: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }
@@ -172,6 +181,7 @@ int cmd_planted(int argc, char **argv) {
         for (int c = 0; c < info.n_circuits; c++)
             printf("planted %d.%d: query feature %d -> key feature %d (adds ~%.0f to the score)\n", info.circuits[c].layer,
                    info.circuits[c].head, info.circuits[c].query_feature, info.circuits[c].key_feature, info.score);
+        if (vocab) printf("copied GPT-2's tokenizer from %s to %s/vocab: --set corpus.vocab=%s/vocab\n", vocab, out, out);
         printf("null heads:");
         for (int i = 0; i < info.n_null; i++) printf(" %d.%d", info.null_heads[i].layer, info.null_heads[i].head);
         printf("\n");

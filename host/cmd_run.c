@@ -24,6 +24,7 @@
 #include "run_rank.h"
 #include "run_setup.h"
 #include "util.h"
+#include "vocab_out.h"
 
 
 static void usage(FILE *f) {
@@ -69,6 +70,7 @@ typedef struct {
     QkH5Out out;
     QkBackend *be;
     QkBpe *bpe;
+    QkTokenSet seen;        // token ids of the open file, for its vocab/ pieces (with a vocabulary)
     QkCorpus *corpus;
     AnalysisOpts o;
     int L, H, T;
@@ -218,7 +220,13 @@ static int open_run(Run *r, int quiet) {
     r->o = (AnalysisOpts){.k = c->k, .a = c->a, .p = c->p, .enc_slots = c->enc_slots,
                           .sketch_pairs = c->sketch_pairs, .sketch_capacity = c->sketch_capacity};
     // Corpus: text and JSONL need the tokenizer.
-    if (c->vocab && !r->corpus && !(r->bpe = qk_bpe_load(c->vocab))) return -1;  // (ranks share a corpus)
+    // Every rank loads it: the corpus (shared by ranks) tokenizes, each file stores its pieces.
+    if (c->vocab && !(r->bpe = qk_bpe_load(c->vocab))) return -1;
+    if (r->bpe && qk_bpe_vocab_size(r->bpe) > mc->vocab_size)
+        return qk_err("%s: [corpus] vocab = %s has %d tokens but the model (%s/config.json vocab_size) has %d: set "
+                      "corpus.vocab to the model's own tokenizer", c->path, c->vocab, qk_bpe_vocab_size(r->bpe), c->model_dir,
+                      mc->vocab_size);
+    if (r->bpe) qk_token_set_init(&r->seen, qk_bpe_vocab_size(r->bpe));
     if (!c->n_paths) return qk_err("%s: [corpus] paths is required", c->path);
     QkCorpusOptions co = {.inputs = (const char *const *)c->paths, .n_inputs = c->n_paths, .bpe = r->bpe,
                           .split = c->split, .jsonl_field = c->jsonl_field, .skip_bad_records = c->skip_bad_records,
@@ -331,6 +339,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
          append(r, r->length, length, B) ||
          append(r, r->prov, prov, B);
     free(prov);
+    if (r->bpe) qk_token_set_add(&r->seen, tokens, (size_t)B * r->T);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     r->windows_done += B;
     r->shard_windows_done += B;
@@ -384,6 +393,7 @@ static void close_run(Run *r) {
     free(r->tables), free(r->agg), free(r->rs), free(r->idx_buf);
     if (r->corpus) qk_corpus_close(r->corpus);
     if (r->bpe) qk_bpe_free(r->bpe);
+    qk_token_set_free(&r->seen);
     qk_backend_close(r->be);
 }
 
@@ -412,6 +422,8 @@ static int close_output(Run *r) {
         rc = qk_h5_attr_str(r->out.file, "corpus_files", files);
         free(files);
     }
+    if (!rc && r->bpe) rc = qk_vocab_write(r->out.file, r->bpe, &r->seen, r->s.cfg.vocab);
+    qk_token_set_clear(&r->seen);
     if (cw_flush(r->cw)) rc = -1;  // every buffered chunk written before the file closes
     r->n_sinks = 0;
     close_datasets(r);

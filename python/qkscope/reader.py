@@ -209,7 +209,7 @@ class Run(_Base):
         super().__init__(files[0])
         self.files, self.agg_file, self.folder = files, agg_file, folder
         self.windows = _Windows(files)
-        self.vocab = find_vocab(files[0], vocab, attr(files[0], "config_path"))
+        self.vocab = find_vocab(files[0], vocab, attr(files[0], "config_path"), files[1:])
         self.metric_names = attr(agg_file["summary"], "metric_names").split(",")
 
     @classmethod

@@ -98,10 +98,15 @@ def config_value(config_text, section, key):
     return value
 
 
-def find_vocab(h5, vocab=None, config_path=None):
-    """The Vocab for an open qkscope file (see the module docstring for the order)."""
-    if "vocab" in h5 and isinstance(h5["vocab"], type(h5["/"])):
-        return Vocab.from_group(h5["vocab"], f"{h5.filename}:vocab/")
+def find_vocab(h5, vocab=None, config_path=None, more=()):
+    """The Vocab for an open qkscope file (see the module docstring for the order).  `more`: other
+    files of the same run (the shards of a folder), each storing the pieces of its own tokens."""
+    groups = [f for f in (h5, *more) if "vocab" in f]
+    if groups:
+        v = Vocab.from_group(groups[0]["vocab"], f"{h5.filename}:vocab/")
+        for f in groups[1:]:
+            v.pieces.update(Vocab.from_group(f["vocab"], f.filename).pieces)
+        return v
     if vocab is not None:
         return Vocab.from_path(vocab)
     cfg = h5.attrs.get("config")

@@ -94,8 +94,11 @@ def test_lookfor_matches_records():
     assert all(k["pos"] <= i for k in q["keys"])
     for k in q["keys"]:
         assert abs(k["group_totals"].sum()) > 0
-    # Without a vocabulary the demo's tokens show as <id>.
-    assert q["token"] == f"<{int(tok[i])}>" and q["context"].endswith(f"<<<{int(tok[i])}>>>")
+    if run.vocab.source is None:  # without a vocabulary the demo's tokens show as <id>
+        assert q["token"] == f"<{int(tok[i])}>" and q["context"].endswith(f"<<<{int(tok[i])}>>>")
+    else:
+        assert q["token"] == run.vocab.token(tok[i]) and q["context"].endswith(f"<<{q['token']}>>")
+        assert not q["token"].startswith("<") or tok[i] == 50256
 
 
 def test_examples_of_planted_pair():
@@ -150,6 +153,73 @@ def test_sharded_and_merged_equal_one_file():
         assert one.text(w) == other.text(w) and one.source(w) == other.source(w)
     if len(_shards()) < 2:
         raise AssertionError("QK_SHARDS has one shard: the shard test would check nothing")
+
+
+def _pieces(path):
+    with h5py.File(path, "r") as f:
+        if "vocab" not in f:
+            return None
+        g = f["vocab"]
+        ids, off, data = g["ids"][:], g["offsets"][:], g["bytes"][:].tobytes()
+        return {int(i): data[off[n]:off[n + 1]] for n, i in enumerate(ids)}
+
+
+def test_vocab_pieces_in_files():
+    vocab = ENV.get("QK_VOCAB")
+    if not vocab:
+        print("  SKIP: no GPT-2 vocabulary (QK_VOCAB): the demo files store no pieces")
+        assert _pieces(RUN) is None
+        return
+    enc = Vocab.from_path(vocab)
+    one = _pieces(RUN)
+    assert one is not None, f"{RUN}: no vocab/ group although the run had [corpus] vocab"
+    with h5py.File(RUN, "r") as f:
+        assert sorted(one) == sorted(set(np.unique(f["tokens"][:]).tolist())), "vocab/ids are not the file's token ids"
+    assert all(enc.pieces[i] == b for i, b in one.items()), "vocab/ bytes differ from the tokenizer's"
+    shards = [_pieces(Path(ENV["QK_SHARDS"]) / s) for s in _shards()]
+    assert all(p is not None for p in shards) and all(len(p) < len(one) for p in shards), "every shard: its own ids"
+    union = {}
+    for p in shards:
+        union.update(p)
+    assert union == one and _pieces(ENV["QK_MERGED"]) == one, "merge must store the union of the shards' pieces"
+
+
+def test_own_text_through_demo():
+    """make demo + one command: the demo model (GPT-2 ids) on a user's .txt and .jsonl, read back as text."""
+    vocab = ENV.get("QK_VOCAB")
+    if not vocab:
+        print("  SKIP: no GPT-2 vocabulary (QK_VOCAB)")
+        return
+    demo = Path(ENV["QK_PLANTED"]).parent
+    text = "It was the best of times, it was the worst of times; café, naïve — 12 “quotes”.\n" * 6
+    sets = [f"model.dir={demo}/model", f"sae.layer.0={demo}/sae/layer_0", f"sae.layer.1={demo}/sae/layer_1",
+            f"corpus.vocab={demo}/vocab", "corpus.pack=false"]
+    with tempfile.TemporaryDirectory() as d:
+        for name, content in (("mine.txt", text), ("mine.jsonl", json.dumps({"text": text}) + "\n")):
+            src = Path(d) / name
+            src.write_text(content, encoding="utf-8")
+            out = Path(d) / (name + ".h5")
+            cmd = [ENV["QKSCOPE"], "run", "configs/demo.ini", "-q", "-o", str(out), "--set", f"corpus.paths={src}"]
+            for s_ in sets:
+                cmd += ["--set", s_]
+            subprocess.run(cmd, check=True)
+            run = qkscope.open(out)
+            assert run.vocab.source.endswith("vocab/")
+            # Windows cut anywhere (even inside a character): join the ids, then decode.
+            ids = [t for w in range(run.n_windows) for t in run.tokens(w)[:run.length(w)].tolist()]
+            got = run.vocab.text(ids)
+            assert got in (text, text[:-1]), (name, got[-80:])  # the newline ending a document is not part of it
+            h = run.head("1.3")
+            assert len(h.pairs(top=3)) == 3 and "<<" in h.lookfor(0, 5)["context"]
+    # Without corpus.vocab the error names the key to set.
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "x.txt"
+        src.write_text("hello", encoding="utf-8")
+        r = subprocess.run([ENV["QKSCOPE"], "run", "configs/demo.ini", "-q", "-o", str(Path(d) / "x.h5"),
+                            "--set", f"corpus.paths={src}"] + sum((["--set", s_] for s_ in sets[:3]), []),
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "corpus.vocab" in r.stderr and "--vocab DIR" not in r.stderr.split(";")[0], r.stderr
+        assert str(src) in r.stderr, r.stderr
 
 
 def test_static():
