@@ -151,13 +151,16 @@ test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	JUPYTER_PATH=$(abspath $(NB_VENV))/share/jupyter $(NB_VENV)/bin/jupyter nbconvert --to notebook --execute \
 	    --ExecutePreprocessor.timeout=60 --output $(abspath $(BUILD)/explore.executed.ipynb) notebooks/explore.ipynb
 
-# python/qkscope against the demo: one file, the same corpus sharded (4 shards) and merged.
+# python/qkscope against the demo: one file, the same corpus sharded (4 shards), over 3 ranks in
+# batches of 3 windows, and both merged.
 PY_SHARDS := $(BUILD)/demo-test-shards
 test-python: $(BIN)/qkscope $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	rm -rf $(PY_SHARDS) && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --set output.shard_tokens=256 -q -o $(PY_SHARDS)
 	$(BIN)/qkscope merge $(PY_SHARDS) -o $(PY_SHARDS)/all.h5 > /dev/null
+	rm -rf $(PY_SHARDS)-ranks && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --ranks 3 --set corpus.batch=3 -q -o $(PY_SHARDS)-ranks
+	$(BIN)/qkscope merge $(PY_SHARDS)-ranks -o $(PY_SHARDS)-ranks/all.h5 > /dev/null
 	QK_RUN=$(NB_DEMO)/run.h5 QK_STATIC=$(NB_DEMO)/static.h5 QK_PLANTED=$(NB_DEMO)/planted.json \
-	QK_SHARDS=$(PY_SHARDS) QK_MERGED=$(PY_SHARDS)/all.h5 QK_VOCAB=$(GPT2_VOCAB) QKSCOPE=$(BIN)/qkscope \
+	QK_SHARDS=$(PY_SHARDS) QK_MERGED=$(PY_SHARDS)/all.h5 QK_RANKS=$(PY_SHARDS)-ranks QK_RANKS_MERGED=$(PY_SHARDS)-ranks/all.h5 QK_VOCAB=$(GPT2_VOCAB) QKSCOPE=$(BIN)/qkscope \
 	    $(NB_VENV)/bin/python python/tests/test_reader.py
 
 test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope

@@ -78,7 +78,13 @@ static int write_head(QkH5Out *o, ChunkWriter *cw, int l, int h, const HeadAggre
              qk_h5_attr_str(grp, "sketch_note",
                             "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; every pair heavier "
                             "than sketch_total_weight / sketch_capacity is kept");
+        if (!rc) rc = qk_h5_attr_int(grp, "examples_per_pair", g->examples.per_pair) ||
+                      qk_h5_attr_int(grp, "examples_capacity", g->examples.capacity);
         H5Gclose(grp);
+    }
+    if (!rc) {  // finishing sorts the example buffer in place: its content (R) is unchanged
+        snprintf(n, sizeof n, "aggregates/%d.%d/", l, h);
+        rc = pair_examples_write((PairExamples *)&g->examples, o, n, g->m);
     }
     free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc);
     free(qm), free(km), free(qx), free(kx);

@@ -291,6 +291,15 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
             head_agg_init(a, m, cap > 0 ? cap : 1);
             ptr[hl[i] * H + hh[i]] = a;
             for (int k = 0; k < s->n_agg && !rc; k++) rc = agg_read_add(s->agg_file[k], s->agg_path[k], hl[i], hh[i], a);
+            // Example contexts always from the shards (an aggregates.h5 has none), their corpus
+            // window indices rebased to the merged file's rows.
+            int64_t row = 0;
+            for (int k = 0; k < s->n && !rc; k++) {
+                snprintf(g, sizeof g, "aggregates/%d.%d/", hl[i], hh[i]);
+                rc = pair_examples_read_add(&a->examples, s->file[k], s->path[k], g,
+                                            row - qk_h5_attr_read_int(s->file[k], "first_window"));
+                row += s->windows[k];
+            }
         }
         if (!rc) rc = agg_write_all(out, NULL, L, H, ptr);
         if (!rc) agg_print_summary(stdout, L, H, ptr);

@@ -317,6 +317,8 @@ static int emit_records(void *ctx, int layer, int head, const HeadRecords *rec, 
 static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     const int32_t *tokens = wb->tokens + (size_t)first * r->T, *length = wb->length + first;
     double sec[QK_N_ANALYSIS_STAGES] = {0};
+    for (int i = 0; i < r->L * r->H; i++)  // example contexts name corpus windows
+        if (r->s.analysed[i]) r->agg[i].window0 = r->window_index;
     int rc = r->be->analyse(r->an, tokens, length, B, r->agg, r->s.cfg.write ? emit_records : NULL, r, sec);
     r->t_stage[STAGE_FORWARD] += sec[QK_STAGE_FORWARD];
     r->t_stage[STAGE_SAE] += sec[QK_STAGE_SAE];

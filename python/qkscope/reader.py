@@ -394,23 +394,16 @@ class Head:
             })
         return out
 
-    def examples(self, f, g, top=5):
+    def examples(self, f, g, top=5, records=False):
         """The strongest occurrences of pair (f, g) at a query's most attended key, as Example rows.
 
-        From the aggregates' example tables when the run has them (`aggregates/L.H/examples_*`),
-        else found in the per-token records of a recorded head.  Order: |term| descending, then
+        From the aggregates' example tables (`aggregates/L.H/examples_*`: at most
+        `examples_per_pair` per pair, docs/FORMAT.md), else (older files) found in the per-token
+        records of a recorded head; `records=True` forces the latter.  Order: |term| descending, then
         window, query position, key position (a total order, so shards give the same list).
         """
-        agg = self._agg_groups()
-        if all("examples_window" in a for a in agg):
-            found = []
-            for a in agg:
-                ef, eg = a["examples_query_feature"][:], a["examples_key_feature"][:]
-                sel = np.nonzero((ef == f) & (eg == g))
-                for idx in zip(*sel):
-                    found.append((float(a["examples_term"][idx]), int(a["examples_window"][idx]),
-                                  int(a["examples_query_pos"][idx]), int(a["examples_key_pos"][idx])))
-        else:
+        found = None if records else self._stored_examples(f, g)
+        if found is None:
             found = self._scan_records(f, g)
         found.sort(key=lambda t: (-abs(t[0]), t[1], t[2], t[3]))
         rows = []
@@ -419,6 +412,29 @@ class Head:
             rows.append(Example(w, i, j, term, self.run.vocab.token(tok[i]), self.run.vocab.token(tok[j]),
                                 self.run.snippet(w, i, j)))
         return Table(rows, ["window", "query_pos", "key_pos", "term", "query_token", "key_token", "text"])
+
+    def _stored_examples(self, f, g):
+        """(term, window, i, j) of pair (f, g) from every file's aggregates/L.H/examples_* (each
+        shard holds its own; their windows are the run's corpus window indices: rebased to rows
+        here), or None when the files have no example tables."""
+        rows = []
+        for start, fl in zip(self.run.windows.starts, self.run.files):
+            a = fl[f"aggregates/{self.name}"]
+            if "examples_window" not in a:
+                return None
+            per, cap = int(attr(a, "examples_per_pair")), int(attr(a, "examples_capacity"))
+            rebase = int(start) - int(attr(fl, "first_window", 0))
+            cols = [a[f"examples_{k}"][:] for k in ("term", "window", "query_pos", "key_pos", "query_feature", "key_feature")]
+            rows += [(float(t), int(w) + rebase, int(i), int(j), int(f_), int(g_)) for t, w, i, j, f_, g_ in zip(*cols)]
+        if len(self.run.files) > 1:  # each shard holds R of its windows: R of their union, as merge does
+            rows.sort(key=lambda r: (-abs(np.float32(r[0])), r[1], r[2], r[3], r[4], r[5]))
+            seen, kept = {}, []
+            for r in rows:
+                seen[r[4:]] = seen.get(r[4:], 0) + 1
+                if seen[r[4:]] <= per:
+                    kept.append(r)
+            rows = kept[:cap]
+        return [r[:4] for r in rows if r[4] == f and r[5] == g]
 
     def _scan_records(self, f, g):
         name = self._records()

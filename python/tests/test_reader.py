@@ -101,11 +101,37 @@ def test_lookfor_matches_records():
         assert not q["token"].startswith("<") or tok[i] == 50256
 
 
+def test_stored_examples():
+    """aggregates/L.H/examples_*: sorted by the total order, at most examples_per_pair per pair, and
+    for the planted pairs the same as the strongest occurrences found in the per-token records."""
+    run = qkscope.open(RUN)
+    with h5py.File(RUN, "r") as f:
+        for name in run.heads:
+            a = f[f"aggregates/{name}"]
+            per = int(a.attrs["examples_per_pair"])
+            t, w = a["examples_term"][:], a["examples_window"][:]
+            i, j = a["examples_query_pos"][:], a["examples_key_pos"][:]
+            fq, gk = a["examples_query_feature"][:], a["examples_key_feature"][:]
+            assert 0 < len(t) <= int(a.attrs["examples_capacity"]), name
+            key = list(zip(-np.abs(t), w, i, j, fq, gk))
+            assert key == sorted(key), f"{name}: examples not in the total order"
+            _, counts = np.unique(np.stack([fq, gk]), axis=1, return_counts=True)
+            assert counts.max() <= per, name
+            assert np.all((j <= i) & (j >= 0) & (w >= 0) & (w < run.n_windows)), name
+    for c in planted_recorded(run):
+        h = run.head(f"{c['layer']}.{c['head']}")
+        stored = h.examples(c["query_feature"], c["key_feature"], top=100)
+        scanned = h.examples(c["query_feature"], c["key_feature"], top=len(stored), records=True)
+        assert len(stored) == int(h.run.file[f"aggregates/{h.name}"].attrs["examples_per_pair"])
+        assert [(e.window, e.query_pos, e.key_pos, e.term) for e in stored] == \
+               [(e.window, e.query_pos, e.key_pos, e.term) for e in scanned], h.name
+
+
 def test_examples_of_planted_pair():
     run = qkscope.open(RUN)
     for c in planted_recorded(run):
         name = f"{c['layer']}.{c['head']}"
-        ex = run.head(name).examples(c["query_feature"], c["key_feature"], top=6)
+        ex = run.head(name).examples(c["query_feature"], c["key_feature"], top=6, records=True)
         assert len(ex) == 6, (name, len(ex))
         keys = [(-abs(e.term), e.window, e.query_pos, e.key_pos) for e in ex]
         assert keys == sorted(keys), "examples are not in the documented total order"
@@ -125,8 +151,14 @@ def _shards():
 
 def test_sharded_and_merged_equal_one_file():
     one = qkscope.open(RUN)
-    for path in (ENV["QK_SHARDS"], ENV["QK_MERGED"]):
+    for path in (ENV["QK_SHARDS"], ENV["QK_MERGED"], ENV["QK_RANKS"], ENV["QK_RANKS_MERGED"]):
         other = qkscope.open(path)
+        # The example tables: bit-identical (R of the whole corpus, docs/FORMAT.md), every head.
+        for name in one.heads:
+            for p in one.head(name).pairs(top=5):
+                a = [(e.window, e.query_pos, e.key_pos, e.term) for e in one.head(name).examples(p.f, p.g, top=10)]
+                b = [(e.window, e.query_pos, e.key_pos, e.term) for e in other.head(name).examples(p.f, p.g, top=10)]
+                assert a == b, (path, name, p.f, p.g, a, b)
         assert other.n_windows == one.n_windows, path
         assert np.allclose(other.metrics().values, one.metrics().values, equal_nan=True, rtol=1e-12), path
         # A full sketch depends on where the stream was split (docs/FORMAT.md): compare the pairs
