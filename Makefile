@@ -51,7 +51,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: all demo test test-notebook test-python test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
+.PHONY: all demo test test-notebook test-python test-report docs-report test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz clean
 all: $(BIN)/qkscope
 
 $(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
@@ -121,6 +121,7 @@ test: $(BIN)/test_qkscope $(BIN)/qkscope
 	@echo "== the determinism suites again, AVX-512 paths off (QK_ISA=avx2)"
 	QK_BACKEND=cpu QK_ISA=avx2 $(BIN)/test_qkscope --jobs 1 --filter '$(DETERMINISM_SUITES)'
 	$(MAKE) --no-print-directory test-python
+	$(MAKE) --no-print-directory test-report
 	$(MAKE) --no-print-directory test-notebook
 
 # notebooks/explore.ipynb executed headless (nbconvert) against a small synthetic demo run; its
@@ -162,6 +163,17 @@ test-python: $(BIN)/qkscope $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	QK_RUN=$(NB_DEMO)/run.h5 QK_STATIC=$(NB_DEMO)/static.h5 QK_PLANTED=$(NB_DEMO)/planted.json \
 	QK_SHARDS=$(PY_SHARDS) QK_MERGED=$(PY_SHARDS)/all.h5 QK_RANKS=$(PY_SHARDS)-ranks QK_RANKS_MERGED=$(PY_SHARDS)-ranks/all.h5 QK_VOCAB=$(GPT2_VOCAB) QKSCOPE=$(BIN)/qkscope \
 	    $(NB_VENV)/bin/python python/tests/test_reader.py
+
+# `qkscope report` of the small demo, rendered in headless Chromium (tests/test_report.sh: a blank
+# page, a console message or a missing section fails; SKIP without chromium).  The screenshot in
+# docs/report.png is this page of `make demo`'s run: `make docs-report` remakes it.
+test-report: $(BIN)/qkscope $(NB_DEMO)/.ok
+	QKSCOPE=$(BIN)/qkscope bash tests/test_report.sh $(NB_DEMO)/run.h5 $(NB_DEMO)/static.h5 $(BUILD)/report-test \
+	    $(shell sed -n 's/^record_heads *= *//p' configs/demo.ini | tr ',' ' ')
+docs-report: demo
+	QKSCOPE=$(BIN)/qkscope bash tests/test_report.sh $(DEMO)/run.h5 $(DEMO)/static.h5 $(BUILD)/report-demo \
+	    $(shell sed -n 's/^record_heads *= *//p' configs/demo.ini | tr ',' ' ')
+	cp $(BUILD)/report-demo/report.png docs/report.png
 
 test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cuda $(BIN)/test_qkscope --jobs 1

@@ -23,6 +23,7 @@ static const Command k_commands[] = {
     {"plan", cmd_plan, "split a corpus into N deterministic parts for Slurm array tasks"},
     {"submit", cmd_submit, "write and submit a Slurm job array over the parts, and a merge job after it"},
     {"status", cmd_status, "which parts of a submitted sweep are done, running, failed or missing"},
+    {"report", cmd_report, "one self-contained HTML page of a run: metric grids, pairs, example contexts as text"},
     {"info", cmd_info, "describe a run file, a sharded run folder, a model folder or an SAE folder"},
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},

@@ -4,7 +4,8 @@
 # `make test-slurm` (a real single-node cluster; .ci/run).
 set -euo pipefail
 PKGS=(build-essential pkg-config libhdf5-dev hdf5-tools libcriterion-dev libopenblas-openmp-dev
-      libcjson-dev zlib1g-dev libdeflate-dev libzstd-dev libinih-dev python3-venv python3-pip)
+      libcjson-dev zlib1g-dev libdeflate-dev libzstd-dev libinih-dev python3-venv python3-pip
+      chromium)  # chromium: `make test` renders `qkscope report`'s page headless (tests/test_report.sh)
 case "${1:-}" in
     --slurm) PKGS+=(slurm-wlm munge) ;;
     "") ;;
