@@ -73,6 +73,20 @@ $(BUILD)/host/%.o: host/%.c $(FLAGS_STAMP) | $(BUILD)/host
 $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(BLAS_CFLAGS) $(shell pkg-config --cflags criterion) -c -o $@ $<
 
+# `qkscope --version`: commit and flags in $(BUILD)/version_info.h, rewritten only when they change
+# (so only version.o rebuilds; FORCE makes the check run every time).
+VERSION_INFO := $(BUILD)/version_info.h
+$(VERSION_INFO): FORCE | $(BUILD)/host
+	@{ echo '#define QK_GIT_COMMIT "$(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)"'; \
+	   echo '#define QK_BUILD_CC "$(CC)"'; \
+	   echo '#define QK_BUILD_CFLAGS "$(subst ",,$(CFLAGS))"'; \
+	   echo '#define QK_BUILD_CUDA_ARCH "$(subst ",,$(NVCCFLAGS_ARCH))"'; } > $@.new
+	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+$(BUILD)/host/version.o: host/version.c $(VERSION_INFO) $(FLAGS_STAMP) | $(BUILD)/host
+	$(CC) $(CFLAGS) -I$(BUILD) -c -o $@ $<
+.PHONY: FORCE
+FORCE:
+
 $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h) $(FLAGS_STAMP) | $(BUILD)/kernels
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
@@ -158,7 +172,7 @@ PY_SHARDS := $(BUILD)/demo-test-shards
 test-python: $(BIN)/qkscope $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	rm -rf $(PY_SHARDS) && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --set output.shard_tokens=256 -q -o $(PY_SHARDS)
 	$(BIN)/qkscope merge $(PY_SHARDS) -o $(PY_SHARDS)/all.h5 > /dev/null
-	rm -rf $(PY_SHARDS)-ranks && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --ranks 3 --set corpus.batch=3 -q -o $(PY_SHARDS)-ranks
+	rm -rf $(PY_SHARDS)-ranks && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --ranks 3 --set corpus.batch=3 --set output.shard_tokens=256 -q -o $(PY_SHARDS)-ranks
 	$(BIN)/qkscope merge $(PY_SHARDS)-ranks -o $(PY_SHARDS)-ranks/all.h5 > /dev/null
 	QK_RUN=$(NB_DEMO)/run.h5 QK_STATIC=$(NB_DEMO)/static.h5 QK_PLANTED=$(NB_DEMO)/planted.json \
 	QK_SHARDS=$(PY_SHARDS) QK_MERGED=$(PY_SHARDS)/all.h5 QK_RANKS=$(PY_SHARDS)-ranks QK_RANKS_MERGED=$(PY_SHARDS)-ranks/all.h5 QK_VOCAB=$(GPT2_VOCAB) QKSCOPE=$(BIN)/qkscope \

@@ -211,7 +211,13 @@ void agg_print_summary(FILE *f, int L, int H, const HeadAggregates *const *aggs)
             snprintf(pair, sizeof pair, "%d -> %d: %.3g, %lld", pe[0].f, pe[0].g, pe[0].sum, (long long)pe[0].count);
             free(pe);
         }
-        fprintf(f, "%-6s %8lld %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1],
+        // kl_both with 3 significant digits: faithful heads have KL ~1e-4, which %.3f shows as 0.000.
+        fprintf(f, "%-6s %8lld %8.3f %8.3g %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1],
                 m[MET_KL_BOTH], m[MET_ERROR_SHARE], m[MET_OVERLAP], m[MET_OVERLAP_CHANCE], pair);
     }
+    fputs("legend (means over valid queries; docs/ANALYSIS.md): top1 = share of queries whose most attended key is the\n"
+          "  same with SAE reconstructions on both sides; kl_both = KL(real || reconstructed pattern), nats; err_sh = share\n"
+          "  of the top key's score carried by SAE-error terms; overlap = share of the top key's features among the query's\n"
+          "  look-for top-k, chance = the same for a random earlier key; heaviest pair: summed term (score units), count\n",
+          f);
 }

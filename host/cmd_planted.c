@@ -11,7 +11,9 @@
 
 #include "analysis.h"
 #include "commands.h"
+#include "h5out.h"
 #include "planted.h"
+#include "sha256.h"
 #include "util.h"
 #include "vocab_out.h"
 
@@ -76,10 +78,24 @@ static int check(const char *dir, const char *run_path, const char *static_path,
     int missed = 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const char *paths[2] = {run_path, static_path};
+    // The file must be of this folder's model: another model's run would read as MISSED.
+    char want[65], *model = qk_path_join(dir, "model/model.safetensors");
+    int hrc = qk_sha256_file(model, want);
+    free(model);
+    if (hrc) return -1;
     for (int which = 0; which < 2; which++) {
         if (!paths[which]) continue;
         hid_t f = H5Fopen(paths[which], H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) return qk_err("%s: cannot open", paths[which]);
+        char *sha = qk_h5_attr_read_str(f, "model_sha256");
+        int same = sha && !strcmp(sha, want);
+        if (!same) {
+            qk_err("%s: model_sha256 %.12s... is not that of %s/model (%.12s...): the file is of another model; "
+                   "run the demo's config with --set model.dir=%s/model", paths[which], sha ? sha : "(none)", dir, want, dir);
+            free(sha), H5Fclose(f);
+            return -1;
+        }
+        free(sha);
         for (int c = 0; c < info.n_circuits; c++) {
             const QkPlantedCircuit *pc = &info.circuits[c];
             char a[128], b[128];

@@ -530,6 +530,16 @@ static void install_signals(void) {
     for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
 }
 
+// "read 1% forward 9% ...": each stage's share of the time spent in stages (not of the wall time,
+// which also holds setup), in one order, for both the progress line and the closing line.
+static void stage_shares(const Run *r, char *buf, size_t n) {
+    double busy = 0;
+    for (int q = 0; q < N_STAGES; q++) busy += r->t_stage[q];
+    size_t off = 0;
+    for (int q = 0; q < N_STAGES && off < n; q++)
+        off += snprintf(buf + off, n - off, "%s%s %.0f%%", q ? " " : "", k_stage_names[q], 100 * r->t_stage[q] / fmax(busy, 1e-9));
+}
+
 // Progress on stderr: every batch on a terminal (one rewritten line), else every N seconds.
 static void progress(Run *r, double t0, double *last, int final) {
     if (r->quiet) return;
@@ -539,13 +549,10 @@ static void progress(Run *r, double t0, double *last, int final) {
     *last = now;
     char eta[64] = "";
     if (!final) run_eta(&r->eta, r->corpus, r->s.cfg.max_tokens, r->tokens_done, now, eta, sizeof eta);
-    double busy = 0;
-    for (int q = 0; q < N_STAGES; q++) busy += r->t_stage[q];
-    fprintf(stderr, "%sqkscope run: %lld tokens, %.0f tokens/s%s; forward %.0f%% sae %.0f%% analysis %.0f%% write %.0f%% read %.0f%%%s",
-            tty ? "\r" : "", (long long)r->tokens_done, el > 0 ? r->tokens_done / el : 0.0, eta,
-            100 * r->t_stage[STAGE_FORWARD] / fmax(busy, 1e-9), 100 * r->t_stage[STAGE_SAE] / fmax(busy, 1e-9),
-            100 * r->t_stage[STAGE_ANALYSIS] / fmax(busy, 1e-9), 100 * r->t_stage[STAGE_WRITE] / fmax(busy, 1e-9),
-            100 * r->t_stage[STAGE_READ] / fmax(busy, 1e-9), tty && !final ? "   " : "\n");
+    char shares[256];
+    stage_shares(r, shares, sizeof shares);
+    fprintf(stderr, "%sqkscope run: %lld tokens, %.0f tokens/s%s; %s%s", tty ? "\r" : "", (long long)r->tokens_done,
+            el > 0 ? r->tokens_done / el : 0.0, eta, shares, tty && !final ? "   " : "\n");
 }
 
 static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet, int resume, int part,
@@ -627,10 +634,14 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     if (!rc && !interrupted && !quiet) {
         if (!r.sharded) print_summary(&r);
         double total = qk_now() - t0;
-        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s%s\nqkscope run: time per stage:",
+        double busy = 0;
+        for (int q = 0; q < N_STAGES; q++) busy += r.t_stage[q];
+        char shares[256];
+        stage_shares(&r, shares, sizeof shares);
+        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s%s\n"
+                        "qkscope run: time per stage (shares of the %.1f s spent in stages; wall time includes setup): %s",
                 (long long)r.tokens_done, total, r.tokens_done / total, out_path,
-                r.sharded ? " (shards; `qkscope merge` combines them)" : "");
-        for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
+                r.sharded ? " (shards; `qkscope merge` combines them)" : "", busy, shares);
         double raw, packed, secs;
         cw_stats(r.cw, &raw, &packed, &secs);
         fprintf(stderr, "\nqkscope run: wrote %.1f MB of records and aggregates (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "cpu_features.h"
 #include "util.h"
+#include "version.h"
 
 typedef struct {
     const char *name;
@@ -36,7 +37,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "qkscope: which SAE features at the query look for which features at the key, for every\n"
             "attention head of GPT-2.\n\n"
-            "usage: qkscope COMMAND [options]      (qkscope COMMAND --help for its options)\n\ncommands:\n");
+            "usage: qkscope COMMAND [options]      (qkscope COMMAND --help for its options)\n"
+            "       qkscope --version              version, commit, build flags, CUDA and NCCL\n\ncommands:\n");
     for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].summary);
 }
 
@@ -59,6 +61,10 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? QK_EXIT_USAGE : QK_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        qk_print_version(stdout);
+        return QK_EXIT_OK;
     }
     for (int i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], k_commands[i].name)) return k_commands[i].run(argc - 1, argv + 1);
