@@ -313,9 +313,29 @@ static int emit_records(void *ctx, int layer, int head, const HeadRecords *rec, 
     return rc;
 }
 
+// Token ids the model has no embedding for, named by corpus file and with the fix (the forward
+// pass alone could only say "corpus window").  50256 is also BOS, padding and the separator.
+static int check_ids(const Run *r, const QkWindowBatch *wb, int first, int B) {
+    const int V = r->s.model.cfg.vocab_size;
+    for (int b = first; b < first + B; b++)
+        for (int t = 0; t < r->T; t++) {
+            int id = wb->tokens[(size_t)b * r->T + t];
+            if (id >= 0 && id < V) continue;
+            const QkProvenance *pv = &wb->prov[b];
+            const char *why = id == QK_GPT2_EOT ? " (<|endoftext|>: the BOS, padding or packing separator the windows need)" : "";
+            return qk_err("%s: document %lld, window from token %lld, position %d: token id %d%s is outside the model's "
+                          "vocabulary [0, %d) (%s/config.json vocab_size): tokenize the corpus for this model (text and "
+                          "JSONL: config key [corpus] vocab = the model's tokenizer folder)",
+                          qk_corpus_file(r->corpus, pv->file), (long long)pv->doc, (long long)pv->offset, t, id, why, V,
+                          r->s.cfg.model_dir);
+        }
+    return 0;
+}
+
 // Windows [first, first + B) of the batch through the model and every analysed head.
 static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     const int32_t *tokens = wb->tokens + (size_t)first * r->T, *length = wb->length + first;
+    if (check_ids(r, wb, first, B)) return -1;
     double sec[QK_N_ANALYSIS_STAGES] = {0};
     for (int i = 0; i < r->L * r->H; i++)  // example contexts name corpus windows
         if (r->s.analysed[i]) r->agg[i].window0 = r->window_index;

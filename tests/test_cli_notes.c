@@ -3,6 +3,7 @@
 // notice, static's progress in a log, and one consistent "time per stage".
 #include <unistd.h>
 
+#include "npy.h"
 #include "test_common.h"
 
 // Output (stdout and stderr) of a shell command, and its exit status.
@@ -113,6 +114,29 @@ Test(cli_notes, notices_progress_and_stage_times) {
     free(o);
     o = out_of(&st, "./bin/qkscope static configs/demo.ini %s -o %s/static.h5 2>&1 >/dev/null", sets, d);
     cr_assert(st == 0 && !strchr(o, '\r') && strstr(o, "(8 of 8)\n"), "static progress in a log:\n%s", o);
+    free(o);
+    rm_rf(d), free(d);
+}
+
+// A pre-tokenized corpus with ids the model lacks: the error names the file and the fix (the
+// config key corpus.vocab), never an option `run` does not have.
+Test(cli_notes, token_outside_the_model_vocabulary) {
+    char *d = make_tmpdir();
+    cr_assert_eq(shf("./bin/qkscope random --out %s --layers 2 --heads 2 --d-model 16 --n-ctx 16 --vocab 512 --d-sae 32 "
+                     "--k 4 --tokens 64 -q", d), 0);
+    int32_t ids[16];
+    for (int i = 0; i < 16; i++) ids[i] = i == 5 ? 3797 : i;
+    char npy[1024];
+    snprintf(npy, sizeof npy, "%s/mine.npy", d);
+    int64_t shape[1] = {16};
+    cr_assert_eq(qk_npy_write(npy, "<i4", 1, shape, ids), 0);
+    int st;
+    char *o = out_of(&st, "./bin/qkscope run configs/demo.ini --set model.dir=%s/model --set sae.layer.0=%s/sae/layer_0 "
+                          "--set sae.layer.1=%s/sae/layer_1 --set corpus.paths=%s --set corpus.n_ctx=16 --set analysis.record_heads=0.0 "
+                          "--set run.backend=cpu -q -o %s/x.h5 2>&1", d, d, d, npy, d);
+    cr_assert(st != 0 && strstr(o, npy) && strstr(o, "token id 3797") && strstr(o, "[0, 512)") && strstr(o, "[corpus] vocab") &&
+                  !strstr(o, "--vocab"),
+              "%s", o);
     free(o);
     rm_rf(d), free(d);
 }
