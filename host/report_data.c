@@ -101,11 +101,11 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
         h->st_f = qk_malloc(4 * TOP_STATIC), h->st_g = qk_malloc(4 * TOP_STATIC), h->st_v = qk_malloc(4 * TOP_STATIC);
         // Selection by value descending, ties lower f then g (one pass per slot: n is m x K, small).
         char *taken = qk_calloc((size_t)n + 1, 1);
-        const int64_t unused_mask = h->d_sae > 65536 ? 4294967295LL : 65535;
         for (int s = 0; s < TOP_STATIC; s++) {
             int64_t best = -1;
             for (int64_t e = 0; e < n; e++) {
-                if (taken[e] || (int64_t)(uint32_t)ix[e] == unused_mask || ix[e] < 0) continue;
+                // Unused slots hold the type's maximum (docs/FORMAT.md), >= d_sae after conversion.
+                if (taken[e] || ix[e] < 0 || (h->d_sae > 0 && ix[e] >= h->d_sae)) continue;
                 if (best < 0 || v[e] > v[best]) best = e;  // e increases with f: ties keep the lower f
             }
             if (best < 0) break;
