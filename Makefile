@@ -31,6 +31,8 @@ CUDA      ?= $(if $(NVCC),1,0)
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
 NVCCFLAGS_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 -Ihost -Xcompiler -Wall,-Wextra $(NVCCFLAGS_ARCH)
+# host headers the kernels include (analysis.h) name HDF5 types
+NVCCFLAGS += $(shell pkg-config --cflags-only-I hdf5)
 
 BUILD ?= build
 BIN   ?= bin
@@ -51,7 +53,7 @@ CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-.PHONY: check-ptxas all demo test test-notebook test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz fuzz-build fuzz-smoke test-asan clean
+.PHONY: check-ptxas all demo test test-notebook test-python test-report docs-report test-gpu test-scripts test-slurm reference bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz fuzz-build fuzz-smoke test-asan clean
 all: $(BIN)/qkscope
 
 # ptxas's resource figures of every kernel (registers, shared memory): fails on a stack frame, a
@@ -78,6 +80,20 @@ $(BUILD)/host/%.o: host/%.c $(FLAGS_STAMP) | $(BUILD)/host
 $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(BLAS_CFLAGS) $(shell pkg-config --cflags criterion) -c -o $@ $<
 
+# `qkscope --version`: commit and flags in $(BUILD)/version_info.h, rewritten only when they change
+# (so only version.o rebuilds; FORCE makes the check run every time).
+VERSION_INFO := $(BUILD)/version_info.h
+$(VERSION_INFO): FORCE | $(BUILD)/host
+	@{ echo '#define QK_GIT_COMMIT "$(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)"'; \
+	   echo '#define QK_BUILD_CC "$(CC)"'; \
+	   echo '#define QK_BUILD_CFLAGS "$(subst ",,$(CFLAGS))"'; \
+	   echo '#define QK_BUILD_CUDA_ARCH "$(subst ",,$(NVCCFLAGS_ARCH))"'; } > $@.new
+	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+$(BUILD)/host/version.o: host/version.c $(VERSION_INFO) $(FLAGS_STAMP) | $(BUILD)/host
+	$(CC) $(CFLAGS) -I$(BUILD) -c -o $@ $<
+.PHONY: FORCE
+FORCE:
+
 # Every kernel object is built with ptxas's resource figures kept beside it (.ptxas); a stack
 # frame, a spill or an nvcc warning in any kernel fails the build (scripts/check_ptxas.sh --log).
 $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
@@ -103,17 +119,24 @@ $(BIN) $(BUILD)/host $(BUILD)/tests $(BUILD)/kernels:
 # The README's main command: offline, on a SYNTHETIC model with planted circuits.  Writes the
 # model, SAEs and corpus, runs the analysis and the weights-only maps, prints the per-head
 # summary, and checks that every planted circuit is ranked first.
+# GPT-2's tokenizer (encoder.json + vocab.bpe, or vocab.json + merges.txt) when one is here:
+# scripts/download_gpt2.sh's models/gpt2, else the development checkout's shared data.  With it the
+# demo copies it to $(DEMO)/vocab, its files store token text, and your own text runs offline.
+GPT2_VOCAB ?= $(firstword $(foreach d,models/gpt2 ../shared/data/gpt2,$(if $(wildcard $(d)/encoder.json $(d)/vocab.json),$(d))))
 DEMO ?= build/demo
 demo: $(BIN)/qkscope
 	@echo "== qkscope demo: the model below is SYNTHETIC (qkscope planted), not GPT-2; it has planted circuits"
-	$(BIN)/qkscope planted --out $(DEMO)
+	$(BIN)/qkscope planted --out $(DEMO) $(if $(GPT2_VOCAB),--vocab $(GPT2_VOCAB))
 	$(BIN)/qkscope run configs/demo.ini --set model.dir=$(DEMO)/model --set sae.layer.0=$(DEMO)/sae/layer_0 \
-	    --set sae.layer.1=$(DEMO)/sae/layer_1 --set corpus.paths=$(DEMO)/corpus.npy -o $(DEMO)/run.h5
+	    --set sae.layer.1=$(DEMO)/sae/layer_1 --set corpus.paths=$(DEMO)/corpus.npy \
+	    $(if $(GPT2_VOCAB),--set corpus.vocab=$(DEMO)/vocab) -o $(DEMO)/run.h5
 	$(BIN)/qkscope static -q configs/demo.ini --set model.dir=$(DEMO)/model --set sae.layer.0=$(DEMO)/sae/layer_0 \
 	    --set sae.layer.1=$(DEMO)/sae/layer_1 -o $(DEMO)/static.h5
 	@echo "== were the planted circuits found?"
 	$(BIN)/qkscope planted --out $(DEMO) --check-run $(DEMO)/run.h5 --check-static $(DEMO)/static.h5
 	@echo "== outputs: $(DEMO)/run.h5 $(DEMO)/static.h5 (layout: docs/FORMAT.md; notebooks/explore.ipynb opens them)"
+	@$(if $(GPT2_VOCAB),echo "== your own text (.txt, .jsonl; offline): bin/qkscope run configs/demo.ini --set corpus.vocab=$(DEMO)/vocab --set corpus.paths=YOUR.txt -o mine.h5",\
+	    echo "== for your own text: GPT-2's tokenizer (scripts/download_gpt2.sh, or any folder with encoder.json + vocab.bpe), then make demo GPT2_VOCAB=DIR")
 
 # The README's test command.  Suites that need a GPU skip themselves, saying why.  Then the suites
 # whose results must be bit-identical run a second time with qkscope's AVX-512 paths switched off
@@ -126,6 +149,8 @@ test: $(BIN)/test_qkscope $(BIN)/qkscope
 	@echo "== the determinism suites again, AVX-512 paths off (QK_ISA=avx2)"
 	QK_BACKEND=cpu QK_ISA=avx2 $(BIN)/test_qkscope --jobs 1 --filter '$(DETERMINISM_SUITES)'
 	$(MAKE) --no-print-directory fuzz-smoke
+	$(MAKE) --no-print-directory test-python
+	$(MAKE) --no-print-directory test-report
 	$(MAKE) --no-print-directory test-notebook
 
 # The whole Criterion suite under AddressSanitizer + UndefinedBehaviorSanitizer (no recovery) and
@@ -155,18 +180,50 @@ test-asan:
 NB_VENV ?= .venv-nb
 NB_DEMO := $(BUILD)/demo-test
 NB_SETS := --set model.dir=$(NB_DEMO)/model --set sae.layer.0=$(NB_DEMO)/sae/layer_0 \
-           --set sae.layer.1=$(NB_DEMO)/sae/layer_1 --set corpus.paths=$(NB_DEMO)/corpus.npy
+           --set sae.layer.1=$(NB_DEMO)/sae/layer_1 --set corpus.paths=$(NB_DEMO)/corpus.npy \
+           $(if $(GPT2_VOCAB),--set corpus.vocab=$(NB_DEMO)/vocab)
 $(NB_VENV)/.ok: notebooks/requirements.txt
 	python3 -m venv $(NB_VENV)
 	$(NB_VENV)/bin/pip install -q -r notebooks/requirements.txt
 	touch $@
-test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok
-	$(BIN)/qkscope planted --out $(NB_DEMO) --tokens 1024 -q
+# The notebook reader (python/, `pip install ./python`), reinstalled when it changes.
+$(NB_VENV)/.qkscope: $(NB_VENV)/.ok python/pyproject.toml $(wildcard python/qkscope/*.py)
+	$(NB_VENV)/bin/pip install -q --no-deps ./python
+	touch $@
+# The small demo both Python checks read (a stamp: made once per change of the binary).
+$(NB_DEMO)/.ok: $(BIN)/qkscope configs/demo.ini
+	$(BIN)/qkscope planted --out $(NB_DEMO) --tokens 1024 -q $(if $(GPT2_VOCAB),--vocab $(GPT2_VOCAB))
+	rm -f $(NB_DEMO)/run.h5 $(NB_DEMO)/static.h5
 	$(BIN)/qkscope run configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/run.h5
 	$(BIN)/qkscope static configs/demo.ini $(NB_SETS) -q -o $(NB_DEMO)/static.h5
+	touch $@
+test-notebook: $(BIN)/qkscope $(NB_VENV)/.ok $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
 	QK_RUN=$(abspath $(NB_DEMO)/run.h5) QK_STATIC=$(abspath $(NB_DEMO)/static.h5) \
 	JUPYTER_PATH=$(abspath $(NB_VENV))/share/jupyter $(NB_VENV)/bin/jupyter nbconvert --to notebook --execute \
 	    --ExecutePreprocessor.timeout=60 --output $(abspath $(BUILD)/explore.executed.ipynb) notebooks/explore.ipynb
+
+# python/qkscope against the demo: one file, the same corpus sharded (4 shards), over 3 ranks in
+# batches of 3 windows, and both merged.
+PY_SHARDS := $(BUILD)/demo-test-shards
+test-python: $(BIN)/qkscope $(NB_VENV)/.qkscope $(NB_DEMO)/.ok
+	rm -rf $(PY_SHARDS) && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --set output.shard_tokens=256 -q -o $(PY_SHARDS)
+	$(BIN)/qkscope merge $(PY_SHARDS) -o $(PY_SHARDS)/all.h5 > /dev/null
+	rm -rf $(PY_SHARDS)-ranks && $(BIN)/qkscope run configs/demo.ini $(NB_SETS) --ranks 3 --set corpus.batch=3 --set output.shard_tokens=256 -q -o $(PY_SHARDS)-ranks
+	$(BIN)/qkscope merge $(PY_SHARDS)-ranks -o $(PY_SHARDS)-ranks/all.h5 > /dev/null
+	QK_RUN=$(NB_DEMO)/run.h5 QK_STATIC=$(NB_DEMO)/static.h5 QK_PLANTED=$(NB_DEMO)/planted.json \
+	QK_SHARDS=$(PY_SHARDS) QK_MERGED=$(PY_SHARDS)/all.h5 QK_RANKS=$(PY_SHARDS)-ranks QK_RANKS_MERGED=$(PY_SHARDS)-ranks/all.h5 QK_VOCAB=$(GPT2_VOCAB) QKSCOPE=$(BIN)/qkscope \
+	    $(NB_VENV)/bin/python python/tests/test_reader.py
+
+# `qkscope report` of the small demo, rendered in headless Chromium (tests/test_report.sh: a blank
+# page, a console message or a missing section fails; SKIP without chromium).  The screenshot in
+# docs/report.png is this page of `make demo`'s run: `make docs-report` remakes it.
+test-report: $(BIN)/qkscope $(NB_DEMO)/.ok
+	QKSCOPE=$(BIN)/qkscope bash tests/test_report.sh $(NB_DEMO)/run.h5 $(NB_DEMO)/static.h5 $(BUILD)/report-test \
+	    $(shell sed -n 's/^record_heads *= *//p' configs/demo.ini | tr ',' ' ')
+docs-report: demo
+	QKSCOPE=$(BIN)/qkscope bash tests/test_report.sh $(DEMO)/run.h5 $(DEMO)/static.h5 $(BUILD)/report-demo \
+	    $(shell sed -n 's/^record_heads *= *//p' configs/demo.ini | tr ',' ' ')
+	cp $(BUILD)/report-demo/report.png docs/report.png
 
 test-gpu: $(BIN)/test_qkscope $(BIN)/qkscope
 	QK_BACKEND=cuda $(BIN)/test_qkscope --jobs 1

@@ -78,7 +78,13 @@ static int write_head(QkH5Out *o, ChunkWriter *cw, int l, int h, const HeadAggre
              qk_h5_attr_str(grp, "sketch_note",
                             "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; every pair heavier "
                             "than sketch_total_weight / sketch_capacity is kept");
+        if (!rc) rc = qk_h5_attr_int(grp, "examples_per_pair", g->examples.per_pair) ||
+                      qk_h5_attr_int(grp, "examples_capacity", g->examples.capacity);
         H5Gclose(grp);
+    }
+    if (!rc) {  // finishing sorts the example buffer in place: its content (R) is unchanged
+        snprintf(n, sizeof n, "aggregates/%d.%d/", l, h);
+        rc = pair_examples_write((PairExamples *)&g->examples, o, n, g->m);
     }
     free(pe), free(pf), free(pg), free(pw), free(perr), free(ps), free(pc);
     free(qm), free(km), free(qx), free(kx);
@@ -205,7 +211,13 @@ void agg_print_summary(FILE *f, int L, int H, const HeadAggregates *const *aggs)
             snprintf(pair, sizeof pair, "%d -> %d: %.3g, %lld", pe[0].f, pe[0].g, pe[0].sum, (long long)pe[0].count);
             free(pe);
         }
-        fprintf(f, "%-6s %8lld %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1],
+        // kl_both with 3 significant digits: faithful heads have KL ~1e-4, which %.3f shows as 0.000.
+        fprintf(f, "%-6s %8lld %8.3f %8.3g %8.3f %8.3f %8.3f  %s\n", head, (long long)g->queries, m[MET_TOP1],
                 m[MET_KL_BOTH], m[MET_ERROR_SHARE], m[MET_OVERLAP], m[MET_OVERLAP_CHANCE], pair);
     }
+    fputs("legend (means over valid queries; docs/ANALYSIS.md): top1 = share of queries whose most attended key is the\n"
+          "  same with SAE reconstructions on both sides; kl_both = KL(real || reconstructed pattern), nats; err_sh = share\n"
+          "  of the top key's score carried by SAE-error terms; overlap = share of the top key's features among the query's\n"
+          "  look-for top-k, chance = the same for a random earlier key; heaviest pair: summed term (score units), count\n",
+          f);
 }

@@ -102,12 +102,14 @@ void head_agg_init(HeadAggregates *g, int m, int sketch_capacity) {
     g->query_marginal_exact = qk_calloc((size_t)m * QK_EXACT_LIMBS, sizeof(int64_t));
     g->key_marginal_exact = qk_calloc((size_t)m * QK_EXACT_LIMBS, sizeof(int64_t));
     pair_sketch_init(&g->sketch, sketch_capacity);
+    pair_examples_init(&g->examples, QK_EXAMPLES_PER_PAIR, QK_EXAMPLES_CAPACITY);
 }
 
 void head_agg_free(HeadAggregates *g) {
     free(g->query_count), free(g->key_count);
     free(g->query_marginal_exact), free(g->key_marginal_exact);
     pair_sketch_free(&g->sketch);
+    pair_examples_free(&g->examples);
     memset(g, 0, sizeof *g);
 }
 
@@ -458,9 +460,12 @@ static void aggregate(const HeadBatch *hb, const HeadRecords *r, const int32_t *
             qk_exact_add(g->key_marginal_exact + (size_t)f * QK_EXACT_LIMBS, r->kmarg[(size_t)n * S + u]);
             g->key_count[f]++;
         }
-        for (int u = 0; u < r->sp && r->sk_f[(size_t)n * r->sp + u] >= 0; u++)
-            pair_sketch_add(&g->sketch, r->sk_f[(size_t)n * r->sp + u], r->sk_g[(size_t)n * r->sp + u],
-                            r->sk_val[(size_t)n * r->sp + u]);
+        for (int u = 0; u < r->sp && r->sk_f[(size_t)n * r->sp + u] >= 0; u++) {
+            int32_t f = r->sk_f[(size_t)n * r->sp + u], gf = r->sk_g[(size_t)n * r->sp + u];
+            float v = r->sk_val[(size_t)n * r->sp + u];
+            pair_sketch_add(&g->sketch, f, gf, v);
+            pair_examples_add(&g->examples, f, gf, v, g->window0 + b, n % hb->T, r->att_idx[(size_t)n * r->a]);
+        }
     }
     g->pending += hb->N;  // at most one term per token per exact sum
     if (g->pending > (1 << 28)) normalize_exact(g);

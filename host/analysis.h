@@ -7,6 +7,7 @@
 #include "activations.h"
 #include "exact_sum.h"
 #include "head_tables.h"
+#include "pair_examples.h"
 #include "pair_sketch.h"
 #include "sae.h"
 
@@ -87,6 +88,11 @@ typedef struct {
     int64_t hist[N_METRICS][N_HIST_BINS];
     int64_t *query_count, *key_count;       // (m)
     PairSketch sketch;
+    // Example contexts of the sketch's pairs (pair_examples.h); window0: the run's corpus window
+    // index of the batch's first window, set by the caller before each batch.  head_agg_add leaves
+    // them alone: shards and ranks combine them by pair_examples_merge (qkscope merge).
+    PairExamples examples;
+    int64_t window0;
 } HeadAggregates;
 
 void head_agg_init(HeadAggregates *g, int m, int sketch_capacity);

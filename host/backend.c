@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/analysis_cuda.h"
 #include "../kernels/bilinear_topk.h"
@@ -52,6 +53,12 @@ int qk_backend_open(QkBackend **out, QkBackendKind kind, int device, int quiet) 
     if (n > 0 && qk_backend_cuda_new(out, device) == 0) return 0;
     if (n > 0) snprintf(why, sizeof why, "%s", qk_errmsg());
     if (kind == QK_BACKEND_CUDA) return qk_err("--backend cuda: %s", why);
+    // The runtime says "driver version is insufficient" also when there is no driver at all, which
+    // reads as "upgrade your driver"; on a machine without the NVIDIA driver say that instead.
+#ifdef QK_HAVE_CUDA
+    if (n <= 0 && access("/proc/driver/nvidia/version", F_OK) && access("/dev/nvidia0", F_OK))
+        snprintf(why, sizeof why, "no NVIDIA GPU or driver on this machine");
+#endif
     if (!quiet) fprintf(stderr, "qkscope: no usable CUDA device (%s); using the CPU backend\n", why);
     *out = qk_backend_cpu_new();
     return 0;

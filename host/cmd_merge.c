@@ -17,6 +17,7 @@
 #include "manifest.h"
 #include "out_check.h"
 #include "util.h"
+#include "vocab_out.h"
 
 typedef struct {
     char **path;       // (n) shard files
@@ -209,7 +210,7 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
 
 static herr_t visit(hid_t obj, const char *name, const H5O_info_t *info, void *op) {
     VisitCtx *v = op;
-    if (!strncmp(name, "aggregates", 10) || !strncmp(name, "summary", 7)) return 0;
+    if (!strncmp(name, "aggregates", 10) || !strncmp(name, "summary", 7) || !strncmp(name, "vocab", 5)) return 0;
     if (info->type == H5O_TYPE_GROUP && strcmp(name, ".")) {  // a record group: its attributes too
         hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
         H5Pset_create_intermediate_group(lcpl, 1);
@@ -277,6 +278,15 @@ static int merge_aggregates(const Shards *s, QkH5Out *out) {
             head_agg_init(a, m, cap > 0 ? cap : 1);
             ptr[hl[i] * H + hh[i]] = a;
             for (int k = 0; k < s->n_agg && !rc; k++) rc = agg_read_add(s->agg_file[k], s->agg_path[k], hl[i], hh[i], a);
+            // Example contexts always from the shards (an aggregates.h5 has none), their corpus
+            // window indices rebased to the merged file's rows.
+            int64_t row = 0;
+            for (int k = 0; k < s->n && !rc; k++) {
+                snprintf(g, sizeof g, "aggregates/%d.%d/", hl[i], hh[i]);
+                rc = pair_examples_read_add(&a->examples, s->file[k], s->path[k], g,
+                                            row - qk_h5_attr_read_int(s->file[k], "first_window"));
+                row += s->windows[k];
+            }
         }
         if (!rc) rc = agg_write_all(out, NULL, L, H, ptr);
         if (!rc) agg_print_summary(stdout, L, H, ptr);
@@ -302,6 +312,7 @@ static int merge(const char *dir, const char *out_path) {
     if (!rc && H5Ovisit2(s.file[0], H5_INDEX_NAME, H5_ITER_INC, visit, &v, H5O_INFO_BASIC) < 0)
         rc = v.rc ? -1 : qk_err("%s: cannot walk the shard", s.path[0]);
     if (!rc) rc = merge_aggregates(&s, &out);
+    if (!rc) rc = qk_vocab_merge(out.file, s.file, (const char *const *)s.path, s.n);  // union of the pieces
     if (!rc) rc = qk_h5_attr_int(out.file, "tokens_processed", s.total_tokens) ||
                   qk_h5_attr_int(out.file, "windows", s.total_windows) || qk_h5_attr_int(out.file, "shards", s.n) ||
                   qk_h5_attr_str(out.file, "merged_from", dir);

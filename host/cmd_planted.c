@@ -12,13 +12,16 @@
 #include "analysis.h"
 #include "commands.h"
 #include "out_check.h"
+#include "h5out.h"
 #include "planted.h"
+#include "sha256.h"
 #include "util.h"
+#include "vocab_out.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: qkscope planted --out DIR [--seed N] [--tokens N] [-q]\n\n"
-            "Writes a tiny SYNTHETIC GPT-2 (2 layers x 4 heads, d_model 64, n_ctx 64, vocab 512) with\n"
+            "usage: qkscope planted --out DIR [--seed N] [--tokens N] [--vocab BPE_DIR] [-q]\n\n"
+            "Writes a tiny SYNTHETIC GPT-2 (2 layers x 4 heads, d_model 64, n_ctx 64, GPT-2's 50257 ids) with\n"
             "planted circuits: chosen heads make a chosen SAE feature at the query attend to a chosen\n"
             "feature at the key, the other heads have small random Q/K.  Real file formats, no network:\n"
             "  DIR/model/                      config.json, model.safetensors (Hugging Face GPT-2)\n"
@@ -30,6 +33,9 @@ static void usage(FILE *f) {
             "  --out DIR      folder to write (created if missing; files of the same names are replaced)\n"
             "  --seed N       RNG seed, 0 <= N < 2^53 (default 1): the same seed writes the same files\n"
             "  --tokens N     corpus size in tokens, rounded up to whole windows of 64 (default 4096)\n"
+            "  --vocab BPE_DIR  also copy GPT-2's tokenizer files (encoder.json + vocab.bpe, or vocab.json +\n"
+            "                 merges.txt; scripts/download_gpt2.sh fetches them) into DIR/vocab/, so that\n"
+            "                 `--set corpus.vocab=DIR/vocab --set corpus.paths=YOUR.txt` runs your own text\n"
             "  --check-run FILE     instead of writing: read DIR/planted.json and check that `qkscope run`'s\n"
             "                       FILE ranks every planted pair first for its head (exit 1 if not)\n"
             "  --check-static FILE  the same for `qkscope static`'s q2k and k2q maps\n"
@@ -73,10 +79,24 @@ static int check(const char *dir, const char *run_path, const char *static_path,
     int missed = 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const char *paths[2] = {run_path, static_path};
+    // The file must be of this folder's model: another model's run would read as MISSED.
+    char want[65], *model = qk_path_join(dir, "model/model.safetensors");
+    int hrc = qk_sha256_file(model, want);
+    free(model);
+    if (hrc) return -1;
     for (int which = 0; which < 2; which++) {
         if (!paths[which]) continue;
         hid_t f = H5Fopen(paths[which], H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) return qk_err("%s: cannot open", paths[which]);
+        char *sha = qk_h5_attr_read_str(f, "model_sha256");
+        int same = sha && !strcmp(sha, want);
+        if (!same) {
+            qk_err("%s: model_sha256 %.12s... is not that of %s/model (%.12s...): the file is of another model; "
+                   "run the demo's config with --set model.dir=%s/model", paths[which], sha ? sha : "(none)", dir, want, dir);
+            free(sha), H5Fclose(f);
+            return -1;
+        }
+        free(sha);
         for (int c = 0; c < info.n_circuits; c++) {
             const QkPlantedCircuit *pc = &info.circuits[c];
             char a[128], b[128];
@@ -119,8 +139,9 @@ int cmd_planted(int argc, char **argv) {
     static const struct option opts[] = {{"out", required_argument, 0, 'o'},  {"seed", required_argument, 0, 's'},
                                          {"tokens", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},        {"check-run", required_argument, 0, 'R'},
-                                         {"check-static", required_argument, 0, 'S'}, {0, 0, 0, 0}};
-    const char *check_run = NULL, *check_static = NULL;
+                                         {"check-static", required_argument, 0, 'S'},
+                                         {"vocab", required_argument, 0, 'V'}, {0, 0, 0, 0}};
+    const char *check_run = NULL, *check_static = NULL, *vocab = NULL;
     QkPlantedOpts po;
     qk_planted_default_opts(&po);
     const char *out = NULL;
@@ -144,6 +165,7 @@ int cmd_planted(int argc, char **argv) {
         case 'h': usage(stdout); return QK_EXIT_OK;
         case 'R': check_run = optarg; break;
         case 'S': check_static = optarg; break;
+        case 'V': vocab = optarg; break;
         default: rc = qk_err("unknown or incomplete option '%s' (qkscope planted --help)", argv[optind - 1]);
         }
     }
@@ -161,7 +183,10 @@ int cmd_planted(int argc, char **argv) {
         return QK_EXIT_OK;
     }
     QkPlanted info;
-    if (qk_out_check_folder(out) || qk_planted_write(out, &po, &info)) {
+    char *vocab_dir = qk_path_join(out, "vocab");
+    int vrc = qk_out_check_folder(out) || (vocab ? qk_vocab_copy(vocab, vocab_dir) : 0);
+    free(vocab_dir);
+    if (vrc || qk_planted_write(out, &po, &info)) {
         fprintf(stderr, "qkscope planted: %s\n", qk_errmsg());
         return QK_EXIT_FAIL;
     }
@@ -173,6 +198,7 @@ int cmd_planted(int argc, char **argv) {
         for (int c = 0; c < info.n_circuits; c++)
             printf("planted %d.%d: query feature %d -> key feature %d (adds ~%.0f to the score)\n", info.circuits[c].layer,
                    info.circuits[c].head, info.circuits[c].query_feature, info.circuits[c].key_feature, info.score);
+        if (vocab) printf("copied GPT-2's tokenizer from %s to %s/vocab: --set corpus.vocab=%s/vocab\n", vocab, out, out);
         printf("null heads:");
         for (int i = 0; i < info.n_null; i++) printf(" %d.%d", info.null_heads[i].layer, info.null_heads[i].head);
         printf("\n");

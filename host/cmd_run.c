@@ -24,6 +24,7 @@
 #include "run_rank.h"
 #include "run_setup.h"
 #include "util.h"
+#include "vocab_out.h"
 
 
 static void usage(FILE *f) {
@@ -71,6 +72,7 @@ typedef struct {
     QkH5Out out;
     QkBackend *be;
     QkBpe *bpe;
+    QkTokenSet seen;        // token ids of the open file, for its vocab/ pieces (with a vocabulary)
     QkCorpus *corpus;
     AnalysisOpts o;
     int L, H, T;
@@ -223,7 +225,13 @@ static int open_run(Run *r, int quiet) {
     r->o = (AnalysisOpts){.k = c->k, .a = c->a, .p = c->p, .enc_slots = c->enc_slots,
                           .sketch_pairs = c->sketch_pairs, .sketch_capacity = c->sketch_capacity};
     // Corpus: text and JSONL need the tokenizer.
-    if (c->vocab && !r->corpus && !(r->bpe = qk_bpe_load(c->vocab))) return -1;  // (ranks share a corpus)
+    // Every rank loads it: the corpus (shared by ranks) tokenizes, each file stores its pieces.
+    if (c->vocab && !(r->bpe = qk_bpe_load(c->vocab))) return -1;
+    if (r->bpe && qk_bpe_vocab_size(r->bpe) > mc->vocab_size)
+        return qk_err("%s: [corpus] vocab = %s has %d tokens but the model (%s/config.json vocab_size) has %d: set "
+                      "corpus.vocab to the model's own tokenizer", c->path, c->vocab, qk_bpe_vocab_size(r->bpe), c->model_dir,
+                      mc->vocab_size);
+    if (r->bpe) qk_token_set_init(&r->seen, qk_bpe_vocab_size(r->bpe));
     if (!c->n_paths) return qk_err("%s: [corpus] paths is required", c->path);
     QkCorpusOptions co = {.inputs = (const char *const *)c->paths, .n_inputs = c->n_paths, .bpe = r->bpe,
                           .split = c->split, .jsonl_field = c->jsonl_field, .skip_bad_records = c->skip_bad_records,
@@ -310,10 +318,32 @@ static int emit_records(void *ctx, int layer, int head, const HeadRecords *rec, 
     return rc;
 }
 
+// Token ids the model has no embedding for, named by corpus file and with the fix (the forward
+// pass alone could only say "corpus window").  50256 is also BOS, padding and the separator.
+static int check_ids(const Run *r, const QkWindowBatch *wb, int first, int B) {
+    const int V = r->s.model.cfg.vocab_size;
+    for (int b = first; b < first + B; b++)
+        for (int t = 0; t < r->T; t++) {
+            int id = wb->tokens[(size_t)b * r->T + t];
+            if (id >= 0 && id < V) continue;
+            const QkProvenance *pv = &wb->prov[b];
+            const char *why = id == QK_GPT2_EOT ? " (<|endoftext|>: the BOS, padding or packing separator the windows need)" : "";
+            return qk_err("%s: document %lld, window from token %lld, position %d: token id %d%s is outside the model's "
+                          "vocabulary [0, %d) (%s/config.json vocab_size): tokenize the corpus for this model (text and "
+                          "JSONL: config key [corpus] vocab = the model's tokenizer folder)",
+                          qk_corpus_file(r->corpus, pv->file), (long long)pv->doc, (long long)pv->offset, t, id, why, V,
+                          r->s.cfg.model_dir);
+        }
+    return 0;
+}
+
 // Windows [first, first + B) of the batch through the model and every analysed head.
 static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     const int32_t *tokens = wb->tokens + (size_t)first * r->T, *length = wb->length + first;
+    if (check_ids(r, wb, first, B)) return -1;
     double sec[QK_N_ANALYSIS_STAGES] = {0};
+    for (int i = 0; i < r->L * r->H; i++)  // example contexts name corpus windows
+        if (r->s.analysed[i]) r->agg[i].window0 = r->window_index;
     int rc = r->be->analyse(r->an, tokens, length, B, r->agg, r->s.cfg.write ? emit_records : NULL, r, sec);
     r->t_stage[STAGE_FORWARD] += sec[QK_STAGE_FORWARD];
     r->t_stage[STAGE_SAE] += sec[QK_STAGE_SAE];
@@ -340,6 +370,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
          append(r, r->length, length, B) ||
          append(r, r->prov, prov, B);
     free(prov);
+    if (r->bpe) qk_token_set_add(&r->seen, tokens, (size_t)B * r->T);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     r->windows_done += B;
     r->shard_windows_done += B;
@@ -393,6 +424,7 @@ static void close_run(Run *r) {
     free(r->tables), free(r->agg), free(r->rs), free(r->idx_buf);
     if (r->corpus) qk_corpus_close(r->corpus);
     if (r->bpe) qk_bpe_free(r->bpe);
+    qk_token_set_free(&r->seen);
     qk_backend_close(r->be);
 }
 
@@ -421,6 +453,8 @@ static int close_output(Run *r) {
         rc = qk_h5_attr_str(r->out.file, "corpus_files", files);
         free(files);
     }
+    if (!rc && r->bpe) rc = qk_vocab_write(r->out.file, r->bpe, &r->seen, r->s.cfg.vocab);
+    qk_token_set_clear(&r->seen);
     if (cw_flush(r->cw)) rc = -1;  // every buffered chunk written before the file closes
     r->n_sinks = 0;
     close_datasets(r);
@@ -533,6 +567,16 @@ static void install_signals(void) {
     for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
 }
 
+// "read 1% forward 9% ...": each stage's share of the time spent in stages (not of the wall time,
+// which also holds setup), in one order, for both the progress line and the closing line.
+static void stage_shares(const Run *r, char *buf, size_t n) {
+    double busy = 0;
+    for (int q = 0; q < N_STAGES; q++) busy += r->t_stage[q];
+    size_t off = 0;
+    for (int q = 0; q < N_STAGES && off < n; q++)
+        off += snprintf(buf + off, n - off, "%s%s %.0f%%", q ? " " : "", k_stage_names[q], 100 * r->t_stage[q] / fmax(busy, 1e-9));
+}
+
 // Progress on stderr: every batch on a terminal (one rewritten line), else every N seconds.
 static void progress(Run *r, double t0, double *last, int final) {
     if (r->quiet) return;
@@ -542,13 +586,10 @@ static void progress(Run *r, double t0, double *last, int final) {
     *last = now;
     char eta[64] = "";
     if (!final) run_eta(&r->eta, r->corpus, r->s.cfg.max_tokens, r->tokens_done, now, eta, sizeof eta);
-    double busy = 0;
-    for (int q = 0; q < N_STAGES; q++) busy += r->t_stage[q];
-    fprintf(stderr, "%sqkscope run: %lld tokens, %.0f tokens/s%s; forward %.0f%% sae %.0f%% analysis %.0f%% write %.0f%% read %.0f%%%s",
-            tty ? "\r" : "", (long long)r->tokens_done, el > 0 ? r->tokens_done / el : 0.0, eta,
-            100 * r->t_stage[STAGE_FORWARD] / fmax(busy, 1e-9), 100 * r->t_stage[STAGE_SAE] / fmax(busy, 1e-9),
-            100 * r->t_stage[STAGE_ANALYSIS] / fmax(busy, 1e-9), 100 * r->t_stage[STAGE_WRITE] / fmax(busy, 1e-9),
-            100 * r->t_stage[STAGE_READ] / fmax(busy, 1e-9), tty && !final ? "   " : "\n");
+    char shares[256];
+    stage_shares(r, shares, sizeof shares);
+    fprintf(stderr, "%sqkscope run: %lld tokens, %.0f tokens/s%s; %s%s", tty ? "\r" : "", (long long)r->tokens_done,
+            el > 0 ? r->tokens_done / el : 0.0, eta, shares, tty && !final ? "   " : "\n");
 }
 
 static int run(const char *config, char **sets, int n_sets, const char *out_path, int quiet, int resume, int part,
@@ -635,10 +676,14 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     if (!rc && !interrupted && !quiet) {
         if (!r.sharded) print_summary(&r);
         double total = qk_now() - t0;
-        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s%s\nqkscope run: time per stage:",
+        double busy = 0;
+        for (int q = 0; q < N_STAGES; q++) busy += r.t_stage[q];
+        char shares[256];
+        stage_shares(&r, shares, sizeof shares);
+        fprintf(stderr, "qkscope run: %lld tokens in %.1f s (%.0f tokens/s) -> %s%s\n"
+                        "qkscope run: time per stage (shares of the %.1f s spent in stages; wall time includes setup): %s",
                 (long long)r.tokens_done, total, r.tokens_done / total, out_path,
-                r.sharded ? " (shards; `qkscope merge` combines them)" : "");
-        for (int q = 0; q < N_STAGES; q++) fprintf(stderr, " %s %.0f%%", k_stage_names[q], 100 * r.t_stage[q] / total);
+                r.sharded ? " (shards; `qkscope merge` combines them)" : "", busy, shares);
         double raw, packed, secs;
         cw_stats(r.cw, &raw, &packed, &secs);
         fprintf(stderr, "\nqkscope run: wrote %.1f MB of records and aggregates (%.1f MB before compression); writer %.0f MB/s per thread (CPU time)\n",

@@ -337,12 +337,39 @@ static int status_parts(const char *dir, int tasks, int *missing) {
     return done;
 }
 
+// A plain sharded run folder (`qkscope run -o OUT` with shards or ranks): its manifest.json.
+static int status_shards(const char *dir) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    if (!qk_file_exists(path)) {
+        fprintf(stderr, "qkscope status: %s: neither plan.json (a `qkscope submit` sweep) nor manifest.json (a sharded "
+                        "`qkscope run -o %s`) is there\n", dir, dir);
+        return QK_EXIT_FAIL;
+    }
+    QkManifest m;
+    if (qk_manifest_read(&m, dir)) return fprintf(stderr, "qkscope status: %s\n", qk_errmsg()), QK_EXIT_FAIL;
+    const int complete = m.complete;
+    printf("%s: sharded run, %s, %d complete shard(s)", dir,
+           complete ? "done" : "incomplete (running, or stopped: `qkscope run --resume` continues it)", m.n_shards);
+    if (m.ranks) printf(", %d ranks", m.ranks);
+    printf("\n");
+    qk_manifest_free(&m);
+    snprintf(path, sizeof path, "%s/all.h5", dir);
+    printf("%s: merged file %s%s%s%s\n", dir, qk_file_exists(path) ? "written" : "not yet", complete && !qk_file_exists(path) ? " (qkscope merge " : "",
+           complete && !qk_file_exists(path) ? dir : "", complete && !qk_file_exists(path) ? " -o all.h5)" : "");
+    return QK_EXIT_OK;
+}
+
 int cmd_status(int argc, char **argv) {
     if (argc != 2 || !strcmp(argv[1], "--help")) {
         printf("usage: qkscope status OUT\n\nFor a sweep made by `qkscope submit ... -o OUT`: which parts (of every setting) are\n"
-               "done, incomplete (running, or stopped and waiting to resume) or missing, and which merged files exist.\n");
+               "done, incomplete (running, or stopped and waiting to resume) or missing, and which merged files exist.\n"
+               "For a sharded run folder (`qkscope run -o OUT`, manifest.json): done or incomplete, and its shards.\n");
         return argc == 2 ? QK_EXIT_OK : QK_EXIT_USAGE;
     }
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/plan.json", argv[1]);
+    if (!qk_file_exists(path)) return status_shards(argv[1]);  // a plain sharded run folder
     int tasks, settings, done = 0, missing = 0;
     if (qk_plan_read(argv[1], &tasks, &settings)) {
         fprintf(stderr, "qkscope status: %s\n", qk_errmsg());

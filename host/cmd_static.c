@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "commands.h"
@@ -60,6 +61,10 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
     if (!rc) rc = qk_h5_create(&out, out_path);
     if (!rc) rc = run_setup_write_identity(&s, out.file, "qkscope-static");
     const int L = s.model.cfg.n_layer, H = s.model.cfg.n_head;
+    // Progress: one rewritten line on a terminal; in a log (not a TTY) whole lines, about every 10%.
+    const int tty = isatty(2);
+    int n_heads = 0, done = 0;
+    for (int i = 0; i < L * H; i++) n_heads += s.analysed[i];
     for (int i = 0; !rc && i < L * H; i++) {
         if (!s.analysed[i]) continue;
         HeadTables t;
@@ -69,9 +74,12 @@ static int run(const char *config, char **sets, int n_sets, const char *out_path
         rc = static_maps_compute(&maps, &t, k, be, prec) || write_head(&out, i / H, i % H, &maps);
         if (!rc) static_maps_free(&maps);
         head_tables_free(&t);
-        if (!quiet && !rc) fprintf(stderr, "\rqkscope static: head %d.%d done", i / H, i % H);
+        done += !rc;
+        if (!quiet && !rc && tty) fprintf(stderr, "\rqkscope static: head %d.%d done (%d of %d)", i / H, i % H, done, n_heads);
+        else if (!quiet && !rc && (done * 10 / n_heads != (done - 1) * 10 / n_heads || done == n_heads))
+            fprintf(stderr, "qkscope static: head %d.%d done (%d of %d)\n", i / H, i % H, done, n_heads);
     }
-    if (!quiet && !rc) fprintf(stderr, "\n");
+    if (!quiet && !rc && tty) fprintf(stderr, "\n");
     if (!rc) rc = qk_h5_finish(&out);
     else if (out.file) qk_h5_abort(&out);
     qk_backend_close(be);

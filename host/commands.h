@@ -12,6 +12,7 @@ int cmd_plan(int argc, char **argv);      // split a corpus for Slurm tasks (cmd
 int cmd_submit(int argc, char **argv);    // write and submit the sbatch scripts (cmd_slurm.c)
 int cmd_status(int argc, char **argv);    // progress of a submitted sweep (cmd_slurm.c)
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
+int cmd_report(int argc, char **argv);    // one HTML page of a run (cmd_report.c)
 int cmd_random(int argc, char **argv);    // random GPT-2-shaped model + SAEs for benchmarks (cmd_random.c)
 
 // Exit statuses shared by every command.

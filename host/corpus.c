@@ -561,7 +561,9 @@ static int read_file(Builder *b, const char *path) {
     int is_jsonl = ends_with(name, ".jsonl") || ends_with(name, ".ndjson") || ends_with(name, ".json");
     free(name);
     if (!is_bin && !is_npy && !b->c->opt.bpe)
-        return qk_err("%s: a text or JSONL input needs a vocabulary (--vocab)", path);
+        return qk_err("%s: a text or JSONL input needs GPT-2's tokenizer: a folder with encoder.json and vocab.bpe "
+                      "(qkscope run/static: config key [corpus] vocab, or --set corpus.vocab=DIR; qkscope tokenize: --vocab DIR)",
+                      path);
     LineReader r = {0};
     if (stream_open(&r.s, path)) return stream_close(&r.s), -1;
     r.s.in_pos = &b->c->in_file_pos;

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "cpu_features.h"
 #include "util.h"
+#include "version.h"
 
 typedef struct {
     const char *name;
@@ -23,6 +24,7 @@ static const Command k_commands[] = {
     {"plan", cmd_plan, "split a corpus into N deterministic parts for Slurm array tasks"},
     {"submit", cmd_submit, "write and submit a Slurm job array over the parts, and a merge job after it"},
     {"status", cmd_status, "which parts of a submitted sweep are done, running, failed or missing"},
+    {"report", cmd_report, "one self-contained HTML page of a run: metric grids, pairs, example contexts as text"},
     {"info", cmd_info, "describe a run file, a sharded run folder, a model folder or an SAE folder"},
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
@@ -35,7 +37,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "qkscope: which SAE features at the query look for which features at the key, for every\n"
             "attention head of GPT-2.\n\n"
-            "usage: qkscope COMMAND [options]      (qkscope COMMAND --help for its options)\n\ncommands:\n");
+            "usage: qkscope COMMAND [options]      (qkscope COMMAND --help for its options)\n"
+            "       qkscope --version              version, commit, build flags, CUDA and NCCL\n\ncommands:\n");
     for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].summary);
 }
 
@@ -58,6 +61,10 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? QK_EXIT_USAGE : QK_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        qk_print_version(stdout);
+        return QK_EXIT_OK;
     }
     for (int i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], k_commands[i].name)) return k_commands[i].run(argc - 1, argv + 1);

@@ -4,7 +4,7 @@
 // Design (every number below is a constant of this file):
 //
 // Shape: GPT-2 structure and file format, small: 2 layers x 4 heads, d_model C = 64, d_head 16,
-// d_mlp 256, n_ctx 64, vocab 512, gelu_new, LayerNorm eps 1e-5.  SAEs: d_sae m = 256, topk with
+// d_mlp 256, n_ctx 64, vocab 50257 (GPT-2's ids), gelu_new, LayerNorm eps 1e-5.  SAEs: d_sae m = 256, topk with
 // k = 3, normalize_activations "none", b_enc = b_dec = 0, one per layer on blocks.L.hook_resid_pre
 // (the same weights for every layer: the stream barely changes, see below).
 //
@@ -17,12 +17,16 @@
 // group's remaining dims, drawn with cos < 0.5 to every earlier one.  W_enc = W_dec^T.  Feature
 // indices are a random permutation, so planted features sit anywhere in [0, m).
 //
-// Tokens: every token carries exactly one feature of each group, wte[t] = sum_groups c * W_dec[f],
+// Tokens: GPT-2's 50257 ids, so any GPT-2-tokenized text (a user's own .txt or .jsonl, through
+// `[corpus] vocab`) runs through the model; the BPE files themselves are not part of the model
+// (`qkscope planted --vocab DIR` copies them next to it).  Every token carries exactly one feature of each group, wte[t] = sum_groups c * W_dec[f],
 // with c = 3 for a planted feature and c ~ U[2, 3] for a background one.  Each planted feature is
 // carried by 4 tokens; a token carries at most one planted feature.  Because the groups are
 // orthogonal the SAE pre-activation of a carried feature is exactly its coefficient, and any
 // other feature of the group gets at most 0.5 * 3 = 1.5 < 2: the top-3 are exactly the carried
-// features with their exact coefficients, so the SAE reconstructs the embedding exactly.
+// features with their exact coefficients, so the SAE reconstructs the embedding exactly.  The
+// planted tokens are drawn from ids [256, 1024): GPT-2's first merges, frequent English pieces
+// (" the", " and", ...), so the circuits fire on ordinary text too.
 // wpe is tiny (N(0, 0.004^2) per coordinate, centred; |wpe| ~ 0.03 against |x| ~ 4.7).
 //
 // Layers barely touch the stream: LN weights 1, biases 0; attention V ~ N(0, 0.02^2), c_proj
@@ -55,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bpe.h"
 #include "gpt2.h"
 #include "model_write.h"
 #include "rng.h"
@@ -63,7 +68,7 @@
 
 enum {
     N_LAYER = 2, N_HEAD = 4, D_MODEL = 64, D_HEAD = D_MODEL / N_HEAD, D_MLP = 4 * D_MODEL, N_CTX = 64,
-    VOCAB = 512, D_SAE = 256, N_GROUPS = 3, GROUP_DIMS = (D_MODEL - 1) / N_GROUPS, TOK_PER_PLANTED = 4,
+    VOCAB = QK_GPT2_EOT + 1, PLANTED_TOK_LO = 256, PLANTED_TOK_HI = 1024, D_SAE = 256, N_GROUPS = 3, GROUP_DIMS = (D_MODEL - 1) / N_GROUPS, TOK_PER_PLANTED = 4,
     N_CIRCUITS = 3, N_PLANTED_FEAT = 2 * N_CIRCUITS,
 };
 #define COEF_PLANTED 3.0
@@ -99,7 +104,6 @@ typedef struct {
     int group[D_SAE];                // local feature -> group
     int feat_perm[D_SAE];            // local feature -> SAE feature index
     int planted_local[N_PLANTED_FEAT];  // 2c: query feature of circuit c, 2c+1: key feature
-    int tok_perm[VOCAB];             // local token -> token id
     int planted_tok[N_PLANTED_FEAT][TOK_PER_PLANTED];  // token ids carrying each planted feature
     int n_bg_tok;
     int *bg_tok;                     // token ids carrying no planted feature
@@ -176,14 +180,19 @@ static int background_feature(Gen *g, int gr) {
     }
 }
 
-// Token embeddings: local tokens [0, 6*4) carry the planted features (4 each), the rest only
-// background features; token ids are a random permutation of the local order.
+// Token embeddings: 6 x 4 distinct random ids of [PLANTED_TOK_LO, PLANTED_TOK_HI) carry the
+// planted features (4 each), every other id only background features.
 static void make_tokens(Gen *g, float *wte, float *wpe) {
-    shuffle(&g->rng, g->tok_perm, VOCAB);
+    enum { N_RANGE = PLANTED_TOK_HI - PLANTED_TOK_LO };
+    int perm[N_RANGE], *planted_of = qk_malloc(sizeof(int) * VOCAB);  // id -> planted feature or -1
+    shuffle(&g->rng, perm, N_RANGE);
+    for (int id = 0; id < VOCAB; id++) planted_of[id] = -1;
+    for (int t = 0; t < N_PLANTED_FEAT * TOK_PER_PLANTED; t++) planted_of[PLANTED_TOK_LO + perm[t]] = t / TOK_PER_PLANTED;
+    int seen[N_PLANTED_FEAT] = {0};
     g->bg_tok = qk_malloc(sizeof(int) * VOCAB);
     g->n_bg_tok = 0;
-    for (int t = 0; t < VOCAB; t++) {
-        int p = t < N_PLANTED_FEAT * TOK_PER_PLANTED ? t / TOK_PER_PLANTED : -1, id = g->tok_perm[t];
+    for (int id = 0; id < VOCAB; id++) {
+        int p = planted_of[id];
         double x[D_MODEL] = {0};
         for (int gr = 0; gr < N_GROUPS; gr++) {
             int f;
@@ -198,9 +207,10 @@ static void make_tokens(Gen *g, float *wte, float *wpe) {
             for (int i = 0; i < D_MODEL; i++) x[i] += c * g->dir[f][i];
         }
         for (int i = 0; i < D_MODEL; i++) wte[(size_t)id * D_MODEL + i] = (float)x[i];
-        if (p >= 0) g->planted_tok[p][t % TOK_PER_PLANTED] = id;
+        if (p >= 0) g->planted_tok[p][seen[p]++] = id;
         else g->bg_tok[g->n_bg_tok++] = id;
     }
+    free(planted_of);
     for (int t = 0; t < N_CTX; t++) {
         float *w = wpe + (size_t)t * D_MODEL;
         double mean = 0;
@@ -293,7 +303,9 @@ static int write_manifest(const char *dir, const Gen *g, const QkPlanted *info, 
     cJSON_AddBoolToObject(r, "synthetic", 1);
     cJSON_AddStringToObject(r, "note",
                             "This model is synthetic: a tiny GPT-2-shaped model written by `qkscope planted` with "
-                            "planted circuits (see host/planted.c). It is not GPT-2 and its tokens are not GPT-2 tokens.");
+                            "planted circuits (see host/planted.c). It is not GPT-2; its token ids are GPT-2's (50257), so GPT-2-"
+                            "tokenized text runs through it, and query_tokens / key_tokens are the GPT-2 ids that carry "
+                            "each planted feature.");
     cJSON_AddStringToObject(r, "generator", "qkscope planted");
     cJSON_AddNumberToObject(r, "seed", (double)info->seed);
     cJSON_AddStringToObject(r, "model", "model");

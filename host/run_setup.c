@@ -30,11 +30,22 @@ static void *hash_all(void *arg) {
     return NULL;
 }
 
+static int dir_has(const char *dir, const char *name) {
+    char *p = qk_path_join(dir, name);
+    int ok = qk_file_exists(p);
+    free(p);
+    return ok;
+}
+
 int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_sets, int quiet, const char *out,
                    QkOutKind out_kind) {
     memset(s, 0, sizeof *s);
     if (run_config_load(&s->cfg, config, sets, n_sets)) return -1;
     const RunConfig *c = &s->cfg;
+    if (!dir_has(c->model_dir, "config.json"))  // the usual first-run case: the model is not downloaded yet
+        return qk_err("%s: [model] dir = %s has no config.json: for GPT-2 small run scripts/download_gpt2.sh (it writes "
+                      "models/gpt2/ and the SAEs), or point model.dir (--set model.dir=DIR) at a Hugging Face GPT-2 folder",
+                      c->path, c->model_dir);
     int folder = out_kind == QK_OUT_FOLDER || (out_kind == QK_OUT_BY_CONFIG && c->shard_tokens > 0);
     if ((out_kind == QK_OUT_FILE || c->write) && (folder ? qk_out_check_folder(out) : qk_out_check_file(out, 1)))
         return -1;
@@ -63,6 +74,9 @@ int run_setup_open(RunSetup *s, const char *config, char *const *sets, int n_set
             continue;
         }
         s->sae[l] = qk_calloc(1, sizeof(QkSae));
+        if (!dir_has(c->sae_dir[l], "cfg.json"))
+            return qk_err("%s: [sae] layer.%d = %s has no cfg.json: for GPT-2 small's SAEs run scripts/download_gpt2.sh, "
+                          "or set sae.layer.%d to a SAELens SAE folder", c->path, l, c->sae_dir[l], l);
         if (qk_sae_load(s->sae[l], c->sae_dir[l], s->model.cfg.d_model, c->sae_center[l])) return -1;
         // The SAE must code the stream the heads read.
         if (!qk_sae_codes_resid_pre(s->sae[l], l))

@@ -42,7 +42,7 @@ if [ "${1:-}" = --log ]; then
     exit
 fi
 NVCC=${1:-nvcc}
-FLAGS=${2:-"-O3 -std=c++17 -Ihost -Xcompiler -Wall,-Wextra -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90"}
+FLAGS=${2:-"-O3 -std=c++17 -Ihost $(pkg-config --cflags-only-I hdf5) -Xcompiler -Wall,-Wextra -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90"}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bad=0

@@ -5,7 +5,8 @@
 set -euo pipefail
 PKGS=(build-essential pkg-config libhdf5-dev hdf5-tools libcriterion-dev libopenblas-openmp-dev
       libcjson-dev zlib1g-dev libdeflate-dev libzstd-dev libinih-dev python3-venv python3-pip
-      clang libclang-rt-14-dev)  # clang: the libFuzzer harnesses (make fuzz, make test's fuzz-smoke)
+      clang libclang-rt-14-dev  # clang: the libFuzzer harnesses (make fuzz, make test's fuzz-smoke)
+      chromium)  # chromium: `make test` renders `qkscope report`'s page headless (tests/test_report.sh)
 case "${1:-}" in
     --slurm) PKGS+=(slurm-wlm munge) ;;
     "") ;;
