@@ -13,6 +13,7 @@ int cmd_submit(int argc, char **argv);    // write and submit the sbatch scripts
 int cmd_status(int argc, char **argv);    // progress of a submitted sweep (cmd_slurm.c)
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
 int cmd_random(int argc, char **argv);    // random GPT-2-shaped model + SAEs for benchmarks (cmd_random.c)
+int cmd_probe(int argc, char **argv);     // probe corpora for known circuits, recovery scores (cmd_probe.c)
 
 // Exit statuses shared by every command.
 // QK_EXIT_INTERRUPTED (EX_TEMPFAIL): stopped by a signal after a checkpoint; requeue and --resume.
