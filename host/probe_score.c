@@ -330,7 +330,7 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
         if (*p == ',') p++;
     }
     // expected heads: against a grid large enough for both the run's heads and the list
-    const char *expect = o->expect ? o->expect : ioi ? k_expect_ioi : k_expect_induction;
+    const char *expect = o->expect ? (*o->expect ? o->expect : "none") : ioi ? k_expect_ioi : k_expect_induction;
     int EL = L > 64 ? L : 64, EH = H > 64 ? H : 64;
     uint8_t *exp_mark = qk_calloc((size_t)EL * EH, 1), *rec_mark = qk_calloc((size_t)EL * EH, 1);
     if (!rc) rc = parse_heads(expect, EL, EH, exp_mark, "--expect");

@@ -31,6 +31,10 @@ def read_npy_i32(path):
     return [flat[i * cols:(i + 1) * cols] for i in range(rows)]
 
 
+def f3(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
 def main():
     score = json.load(open(sys.argv[1]))
     gt = json.load(open(os.path.join(FIX, "ground_truth.json")))
@@ -52,8 +56,9 @@ def main():
     p("## The model\n")
     p(f"GPT-2 architecture (Hugging Face GPT2LMHeadModel), 2 layers x 4 heads, d_model 64, n_ctx 64, vocabulary "
       f"{len(vocab)} (the 511 most frequent GPT-2 tokens of tinyshakespeare, covering {gt['vocab_coverage']:.1%} of "
-      f"its tokens, + unknown), float16 on disk.  Trained {tr['model_curve'][-1]['step']} steps of 32 windows: first "
-      f"repeated random sequences only, then half tinyshakespeare, half repeated random sequences; "
+      f"its tokens, + unknown), float16 on disk.  Trained {tr['model_curve'][-1]['step']} steps of 32 windows of 64 "
+      f"tokens: first tinyshakespeare only, then a quarter tinyshakespeare, three quarters windows of random tokens "
+      f"holding random runs written twice (make_trained_ref.py has the details); "
       f"{tr['seconds']:.0f} s on {tr['threads']} CPU thread(s) in all (versions: "
       + ", ".join(f"{k} {v}" for k, v in tr["versions"].items()) + ").\n")
     p(f"Final held-out losses: tinyshakespeare {f['val_text_loss']:.3f} nats/token; second copy of a repeated random "
@@ -82,11 +87,11 @@ def main():
     for h in score["heads"]:
         g = by_head[h["head"]]
         p(f"| {h['head']} | {g['induction_score']:.3f} | {g['previous_token_score']:.3f} | "
-          f"{h['feature_share']:.3f} | {h['rank']} | {h['token_score']:.3f} |")
+          f"{f3(h['feature_share'])} | {h['rank']} | {f3(h['token_score'])} |")
     p(f"\nInduction heads (score > 0.5): {', '.join(gt['induction_heads']) or 'none'}; previous-token heads: "
       f"{', '.join(gt['previous_token_heads']) or 'none'}.  qkscope singles out (share >= {score['threshold']}) "
-      f"{score['singled_out']} head(s): precision {score['precision']:.2f}, recall {score['recall']:.2f}, "
-      f"F1 {score['f1']:.2f}.\n")
+      f"{score['singled_out']} head(s): precision {f3(score['precision'])}, recall {f3(score['recall'])}, "
+      f"F1 {f3(score['f1'])}.\n")
     p("## Top pairs, with their labels\n")
     p("Per head, the heaviest (query feature f, key feature g) pairs of `aggregates/L.H/pairs_*` (summed |term| at "
       "the most attended key), with f's current-token label and g's previous-token label (count of the top "
@@ -96,7 +101,7 @@ def main():
         if layer not in labels:
             labels[layer] = read_npy_i32(os.path.join(FIX, "labels", f"layer_{layer}.npy"))
         lab = labels[layer]
-        p(f"**{h['head']}** (induction {by_head[h['head']]['induction_score']:.3f}, share {h['feature_share']:.3f}):\n")
+        p(f"**{h['head']}** (induction {by_head[h['head']]['induction_score']:.3f}, share {f3(h['feature_share'])}):\n")
         p("| f | f: current token | g | g: previous token | mass | |\n| --- | --- | --- | --- | --- | --- |")
         for pr in h["top_pairs"][:5]:
             qf, kg = int(pr["query_feature"]), int(pr["key_feature"])
@@ -106,7 +111,7 @@ def main():
               f"{'*' if pr.get('label_match') else ''} |")
         if "static_q2k_match" in h:
             p(f"\nStatic map (weights only): of the {h['static_q2k_checked']} labelled current-token features of layer "
-              f"{layer}, {h['static_q2k_match']:.3f} have as first q2k key feature in {h['head']} the feature whose "
+              f"{layer}, {f3(h['static_q2k_match'])} have as first q2k key feature in {h['head']} the feature whose "
               "previous-token label is their token.")
         p("")
     sys.stdout.write("\n".join(out) + "\n")
