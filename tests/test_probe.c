@@ -153,7 +153,8 @@ Test(probe_trained, cli_score_matches_the_library) {
     cJSON *j = qk_json_load(p);
     cr_assert_not_null(j, "%s", qk_errmsg());
     if (cJSON_GetArraySize(cJSON_GetObjectItem(gt, "induction_heads")))
-        cr_expect_eq(cJSON_GetObjectItem(j, "f1")->valuedouble, 1.0);
+        cr_expect_eq(cJSON_GetObjectItem(j, "f1")->valuedouble, 1.0, "qkscope probe score: F1 %.3f at feature level "
+                     "(results/ground_truth.md)", cJSON_GetObjectItem(j, "f1")->valuedouble);
     cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "heads")), 8);
     cJSON_Delete(j);
     cJSON_Delete(gt);

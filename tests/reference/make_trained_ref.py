@@ -70,7 +70,7 @@ STEPS, BATCH, LR, WARMUP = 3000, 32, 5e-3, 100
 # a circuit that is not the classic one: layer-0 heads fixed on absolute positions, no previous-token
 # head, TL induction scores < 0.1), and a 50/50 mix from step 0 (second copies still on the ln 511
 # plateau after 3000 steps).
-SAE_D, SAE_K, SAE_STEPS, SAE_BATCH, SAE_LR = 1024, 4, 1000, 1024, 2e-3
+SAE_D, SAE_K, SAE_STEPS, SAE_BATCH, SAE_LR = 1024, 6, 2500, 1024, 2e-3
 SAE_TOKENS = 262144    # activations per layer the SAEs are trained on
 LABEL_TOKENS = 131072  # held-out activations the features are labelled on
 LABEL_TOP = 64
