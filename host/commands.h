@@ -14,6 +14,7 @@ int cmd_status(int argc, char **argv);    // progress of a submitted sweep (cmd_
 int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted circuits (cmd_planted.c)
 int cmd_report(int argc, char **argv);    // one HTML page of a run (cmd_report.c)
 int cmd_random(int argc, char **argv);    // random GPT-2-shaped model + SAEs for benchmarks (cmd_random.c)
+int cmd_probe(int argc, char **argv);     // probe corpora for known circuits, recovery scores (cmd_probe.c)
 
 // Exit statuses shared by every command.
 // QK_EXIT_INTERRUPTED (EX_TEMPFAIL): stopped by a signal after a checkpoint; requeue and --resume.

@@ -29,6 +29,7 @@ static const Command k_commands[] = {
     {"cache", cmd_cache, "run GPT-2 on token windows and write TransformerLens hooks (and SAE codes) to HDF5"},
     {"tokenize", cmd_tokenize, "GPT-2 byte-level BPE: text to token ids, or ids back to text"},
     {"planted", cmd_planted, "write a tiny synthetic GPT-2 + SAEs with planted circuits (offline demo, checks)"},
+    {"probe", cmd_probe, "probe corpora for known circuits (induction, IOI) and recovery scores from a run"},
     {"random", cmd_random, "write a random GPT-2-shaped model, SAEs and corpus at real sizes (benchmarks)"},
 };
 #define N_COMMANDS (int)(sizeof k_commands / sizeof k_commands[0])

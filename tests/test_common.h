@@ -11,6 +11,7 @@
 #include <hdf5.h>
 
 #include "backend.h"
+#include "npy.h"
 #include "planted.h"
 #include "safetensors.h"
 #include "util.h"
@@ -79,6 +80,19 @@ static inline void rm_rf(const char *dir) {
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+// The int32 [B, T] token windows of a corpus.npy (free with free()).
+static inline int32_t *read_windows_npy(const char *path, int *B, int *T) {
+    QkNpy a;
+    cr_assert_eq(qk_npy_read(&a, path), 0, "%s", qk_errmsg());
+    cr_assert_eq(a.ndim, 2, "%s: not [windows, tokens]", path);
+    cr_assert_str_eq(a.descr, "<i4");
+    *B = (int)a.shape[0], *T = (int)a.shape[1];
+    int32_t *tok = qk_malloc(sizeof(int32_t) * a.numel);
+    cr_assert_eq(qk_npy_to_i32(&a, tok, path), 0);
+    qk_npy_free(&a);
+    return tok;
 }
 
 static inline void write_bytes(const char *path, const void *data, size_t n) {

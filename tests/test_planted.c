@@ -48,14 +48,7 @@ static void load_sae(QkSae *s, int layer) {
 
 static int32_t *load_corpus(int *B, int *T) {
     char *p = sub("corpus.npy");
-    QkNpy a;
-    cr_assert_eq(qk_npy_read(&a, p), 0, "%s", qk_errmsg());
-    cr_assert_eq(a.ndim, 2);
-    cr_assert_str_eq(a.descr, "<i4");
-    *B = (int)a.shape[0], *T = (int)a.shape[1];
-    int32_t *tok = qk_malloc(sizeof(int32_t) * a.numel);
-    cr_assert_eq(qk_npy_to_i32(&a, tok, p), 0);
-    qk_npy_free(&a);
+    int32_t *tok = read_windows_npy(p, B, T);
     free(p);
     return tok;
 }
