@@ -311,7 +311,7 @@ FUZZ_JOBS    ?= 2
 FUZZ_SMOKE_SECONDS ?= 3
 FUZZ_DIR     := $(BUILD)/fuzz
 FUZZ_NAMES   := safetensors token_file gpt2 sae run_config corpus bpe manifest
-FUZZ_HOST    := safetensors npy token_file gpt2 sae topk run_config sha256 corpus bpe unicode_classes json_field manifest util
+FUZZ_HOST    := safetensors npy token_file gpt2 sae topk gemm cpu_features run_config sha256 corpus bpe unicode_classes json_field manifest util
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined -Wno-unknown-pragmas -Ihost $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
 FUZZ_LIBS    := $(shell pkg-config --libs $(PKGS)) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lgomp -lm -lpthread

@@ -260,7 +260,7 @@ static int ioi_head(hid_t f, const char *run, QkProbeHead *h, const cJSON *promp
         h->top1 = w ? top1 / w : NAN;
         h->feature_share = all > 0 ? ff / all : NAN;
         h->n_pairs = n_acc;
-        qsort(acc, n_acc, sizeof *acc, by_mass);
+        if (n_acc) qsort(acc, n_acc, sizeof *acc, by_mass);  // qsort(NULL, 0) is undefined
         for (int i = 0; i < n_acc && h->n_top < 8; i++, h->n_top++)
             h->top_f[h->n_top] = acc[i].f, h->top_g[h->n_top] = acc[i].g, h->top_mass[h->n_top] = acc[i].mass,
             h->top_match[h->n_top] = -1;
