@@ -275,8 +275,8 @@ done
 # (--open-mode=append in the template keeps both runs' lines.)
 TLOG=$OUT/logs/${ARRAY}_$PRE.out
 # The open shard is closed as a checkpoint: the windows analysed before the signal are all kept.
-kept=$(sed -n 's/.*signal 10: stopped after [0-9]* windows, in \([0-9]*\) complete shard(s).*exit 75.*/\1/p' "$TLOG")
-kept_w=$(sed -n 's/.*signal 10: stopped after \([0-9]*\) windows.*/\1/p' "$TLOG")
+kept=$(sed -n 's/.*signal 10[^:]*: stopped after [0-9]* windows, in \([0-9]*\) complete shard(s).*exit 75.*/\1/p' "$TLOG")
+kept_w=$(sed -n 's/.*signal 10[^:]*: stopped after \([0-9]*\) windows.*/\1/p' "$TLOG")
 resumed=$(sed -n 's/.*resuming after \([0-9]*\) complete shard(s).*/\1/p' "$TLOG")
 resumed_w=$(sed -n 's/.*resuming after [0-9]* complete shard(s), \([0-9]*\) windows.*/\1/p' "$TLOG")
 [ -n "$kept_w" ] && [ "$resumed_w" = "$kept_w" ] ||
