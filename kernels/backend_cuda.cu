@@ -509,7 +509,7 @@ static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GP
     if (rc) return -1;
     if (e1 != cudaSuccess)
         return qk_err("the forward pass of %d x %d tokens (%s): %s", h->B, h->T,
-                      ctx->prec == QK_PREC_BF16 ? "bf16" : ctx->prec == QK_PREC_TF32 ? "tf32" : "fp32",
+                      qk_precision_name(ctx->prec),
                       cudaGetErrorString(e1));
     if (e2 != cudaSuccess) return qk_err("copying the activations of %d x %d tokens to the host: %s", h->B, h->T,
                                          cudaGetErrorString(e2));
@@ -531,6 +531,7 @@ typedef struct {
     int n_run;                // layers the forward computes: up to the last with an SAE
     unsigned char *flags_d;   // (max_batch T) device: non-finite rows of one layer
     unsigned char *flags_h;   // (max_batch T) host copy
+    QkAnaLayerActs *acts;     // (L) the batch's device activations per layer
 } CudaAnalysis;
 
 // Stops the batch, as the host analysis does, when layer l's activations at a counted position
@@ -561,6 +562,7 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     }
     CudaAnalysis *an = (CudaAnalysis *)qk_calloc(1, sizeof(CudaAnalysis));
     an->ctx = ctx, an->p = *p;
+    an->acts = (QkAnaLayerActs *)qk_calloc(p->model->cfg.n_layer, sizeof(QkAnaLayerActs));
     for (int l = 0; l < p->model->cfg.n_layer; l++)
         if (p->sae[l]) an->n_run = l + 1;
     const size_t rows = (size_t)p->max_batch * p->T;
@@ -573,6 +575,7 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
         }
         cudaFree(an->flags_d);
         cudaFreeHost(an->flags_h);
+        free(an->acts);
         free(an);
         return NULL;
     }
@@ -596,7 +599,7 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
     // Layer l's activations: resid_pre l, its LN1 scale, and q / k of every head (N, C each).
     const DevActs *a = &ctx->a;
     const size_t NC = (size_t)B * p->T * c->d_model;
-    QkAnaLayerActs *acts = (QkAnaLayerActs *)qk_calloc(c->n_layer, sizeof(QkAnaLayerActs));
+    QkAnaLayerActs *acts = an->acts;
     int rc = 0;
     for (int l = 0; l < an->n_run && !rc; l++) {
         acts[l] = QkAnaLayerActs{a->resid + l * a->stride, c->d_model, a->ln1_scale + (size_t)l * B * p->T,
@@ -604,7 +607,6 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
         if (p->sae[l]) rc = check_finite_layer(an, &acts[l], l, B, valid_len);
     }
     if (!rc) rc = qk_ana_cuda_run(an->dev, acts, valid_len, B, agg, emit, emit_ctx, seconds);
-    free(acts);
     return rc;
 }
 
@@ -614,16 +616,12 @@ static void cuda_analysis_close(QkAnalysis *qa) {
     qk_ana_cuda_close(an->dev);
     cudaFree(an->flags_d);
     cudaFreeHost(an->flags_h);
+    free(an->acts);
     free(an);
 }
 
 static int cuda_set_precision(QkBackend *be, const char *p) {
-    CudaCtx *ctx = (CudaCtx *)be->ctx;
-    if (!strcmp(p, "fp32")) ctx->prec = QK_PREC_FP32;
-    else if (!strcmp(p, "tf32")) ctx->prec = QK_PREC_TF32;
-    else if (!strcmp(p, "bf16")) ctx->prec = QK_PREC_BF16;
-    else return qk_err("precision '%s': expected fp32, tf32 or bf16", p);
-    return 0;
+    return qk_precision_parse(p, &((CudaCtx *)be->ctx)->prec);
 }
 
 // ---------------------------------------------------------------------------------------------
