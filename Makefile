@@ -12,7 +12,7 @@ CC      ?= gcc
 NATIVE  ?= 0
 ARCH    ?= $(if $(filter 1,$(NATIVE)),-march=native,-march=x86-64-v3 -mtune=generic)
 CFLAGS  ?= -O3 $(ARCH)
-CFLAGS  += -std=c11 -ffp-contract=off -Wall -Wextra -fopenmp -D_GNU_SOURCE -Ihost -MMD -MP
+CFLAGS  += -std=c11 -ffp-contract=off -Wall -Wextra -fopenmp -D_GNU_SOURCE -Ihost -Ikernels -MMD -MP
 LDFLAGS += -fopenmp
 
 PKGS    := hdf5 libcjson zlib libzstd inih libdeflate
@@ -30,23 +30,25 @@ NVCC      ?= $(shell command -v nvcc 2>/dev/null)
 CUDA      ?= $(if $(NVCC),1,0)
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
 NVCCFLAGS_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-NVCCFLAGS ?= -O3 -std=c++17 -Ihost -Xcompiler -Wall,-Wextra $(NVCCFLAGS_ARCH)
+NVCCFLAGS ?= -O3 -std=c++17 -Ihost -Ikernels -Xcompiler -Wall,-Wextra $(NVCCFLAGS_ARCH)
 # host headers the kernels include (analysis.h) name HDF5 types
 NVCCFLAGS += $(shell pkg-config --cflags-only-I hdf5)
 
 BUILD ?= build
 BIN   ?= bin
 
-HOST_SRC := $(filter-out host/main.c,$(wildcard host/*.c))
+# host/ by responsibility (README's layout): the backend interface at the top, one folder per
+# family (base cli model text analysis run io probe); kernels/ mirrors model, analysis and run.
+HOST_SRC := $(filter-out host/cli/main.c,$(wildcard host/*.c host/*/*.c))
 HOST_OBJ := $(HOST_SRC:host/%.c=$(BUILD)/host/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_OBJ := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
 # NCCL (multi-GPU runs, kernels/comm_nccl.cu): with CUDA, when nccl.h is found; NCCL=0 leaves it out.
 NCCL      ?= $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
 ifeq ($(CUDA),1)
-CU_SRC   := $(wildcard kernels/*.cu)
+CU_SRC   := $(wildcard kernels/*.cu kernels/*/*.cu)
 ifneq ($(NCCL),1)
-CU_SRC   := $(filter-out kernels/comm_nccl.cu,$(CU_SRC))
+CU_SRC   := $(filter-out kernels/run/comm_nccl.cu,$(CU_SRC))
 endif
 CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
 CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
@@ -61,7 +63,7 @@ all: $(BIN)/qkscope
 check-ptxas:
 	scripts/check_ptxas.sh $(NVCC) "$(NVCCFLAGS)"
 
-$(BIN)/qkscope: $(BUILD)/host/main.o $(BUILD)/libqkscope.a | $(BIN)
+$(BIN)/qkscope: $(BUILD)/host/cli/main.o $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/libqkscope.a: $(HOST_OBJ) $(CU_OBJ)
@@ -75,6 +77,7 @@ $(FLAGS_STAMP): | $(BUILD)/host
 	touch $@
 
 $(BUILD)/host/%.o: host/%.c $(FLAGS_STAMP) | $(BUILD)/host
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%.o: tests/%.c $(FLAGS_STAMP) | $(BUILD)/tests
@@ -89,19 +92,21 @@ $(VERSION_INFO): FORCE | $(BUILD)/host
 	   echo '#define QK_BUILD_CFLAGS "$(subst ",,$(CFLAGS))"'; \
 	   echo '#define QK_BUILD_CUDA_ARCH "$(subst ",,$(NVCCFLAGS_ARCH))"'; } > $@.new
 	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
-$(BUILD)/host/version.o: host/version.c $(VERSION_INFO) $(FLAGS_STAMP) | $(BUILD)/host
+$(BUILD)/host/base/version.o: host/base/version.c $(VERSION_INFO) $(FLAGS_STAMP) | $(BUILD)/host
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -I$(BUILD) -c -o $@ $<
 .PHONY: FORCE
 FORCE:
 
 # Every kernel object is built with ptxas's resource figures kept beside it (.ptxas); a stack
 # frame, a spill or an nvcc warning in any kernel fails the build (scripts/check_ptxas.sh --log).
-$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh kernels/*/*.h kernels/*/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
+	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
 	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
 # The device analysis: -fmad=false so every expression rounds as written, as the host's
-# -ffp-contract=off (kernels/analysis_math.h is shared with the CPU suite).
-$(BUILD)/kernels/analysis_cuda.o: NVCC_EXTRA := -fmad=false
+# -ffp-contract=off (kernels/analysis/analysis_math.h is shared with the CPU suite).
+$(BUILD)/kernels/analysis/analysis_cuda.o: NVCC_EXTRA := -fmad=false
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)
@@ -311,13 +316,15 @@ FUZZ_JOBS    ?= 2
 FUZZ_SMOKE_SECONDS ?= 3
 FUZZ_DIR     := $(BUILD)/fuzz
 FUZZ_NAMES   := safetensors token_file gpt2 sae run_config corpus bpe manifest
-FUZZ_HOST    := safetensors npy token_file gpt2 sae topk gemm cpu_features run_config sha256 corpus bpe unicode_classes json_field manifest util
+FUZZ_HOST    := io/safetensors io/npy text/token_file model/gpt2 model/sae analysis/topk base/gemm base/cpu_features \
+                run/run_config io/sha256 text/corpus text/bpe text/unicode_classes text/json_field run/manifest base/util
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
-                -fno-sanitize-recover=undefined -Wno-unknown-pragmas -Ihost $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
+                -fno-sanitize-recover=undefined -Wno-unknown-pragmas -Ihost -Ikernels $(shell pkg-config --cflags $(PKGS)) -I$(OPENBLAS_INC)
 FUZZ_LIBS    := $(shell pkg-config --libs $(PKGS)) -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB) -lopenblas -lgomp -lm -lpthread
 FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
 
 $(FUZZ_DIR)/obj/%.o: host/%.c | $(FUZZ_DIR)/obj
+	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
 $(FUZZ_DIR)/libfuzzhost.a: $(FUZZ_HOST:%=$(FUZZ_DIR)/obj/%.o)
 	@rm -f $@
@@ -339,4 +346,4 @@ fuzz-smoke: fuzz-build
 clean:
 	rm -rf $(BUILD) $(BIN)
 
--include $(HOST_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/host/main.d $(wildcard $(FUZZ_DIR)/obj/*.d)
+-include $(HOST_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/host/cli/main.d $(wildcard $(FUZZ_DIR)/obj/*/*.d)

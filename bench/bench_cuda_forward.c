@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "activations.h"
 #include "backend.h"
-#include "gpt2.h"
-#include "token_file.h"
-#include "util.h"
+#include "base/util.h"
+#include "model/activations.h"
+#include "model/gpt2.h"
+#include "text/token_file.h"
 
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

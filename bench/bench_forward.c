@@ -5,11 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "activations.h"
-#include "forward_cpu.h"
-#include "gpt2.h"
-#include "token_file.h"
-#include "util.h"
+#include "base/util.h"
+#include "model/activations.h"
+#include "model/forward_cpu.h"
+#include "model/gpt2.h"
+#include "text/token_file.h"
 
 int main(int argc, char **argv) {
     if (argc < 3) {

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "gemm.h"
-#include "util.h"
+#include "base/gemm.h"
+#include "base/util.h"
 
 typedef struct {
     const char *what;

@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "bpe.h"
-#include "corpus.h"
-#include "util.h"
+#include "base/util.h"
+#include "text/bpe.h"
+#include "text/corpus.h"
 
 static int die(void) {
     fprintf(stderr, "bench_tokenize: %s\n", qk_errmsg());

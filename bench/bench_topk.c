@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "topk.h"
-#include "util.h"
+#include "analysis/topk.h"
+#include "base/util.h"
 
 typedef struct {
     int n, M, k, reps, rb, cb;

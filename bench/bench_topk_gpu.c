@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kernels/bilinear_topk.h"
-#include "util.h"
+#include "analysis/bilinear_topk.h"
+#include "base/util.h"
 
 #define CK(call)                                                                                   \
     do {                                                                                           \

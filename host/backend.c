@@ -6,10 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../kernels/analysis_cuda.h"
-#include "../kernels/bilinear_topk.h"
-#include "forward_cpu.h"
-#include "util.h"
+#include "analysis/analysis_cuda.h"
+#include "analysis/bilinear_topk.h"
+#include "base/util.h"
+#include "model/forward_cpu.h"
 
 int qk_backend_parse(const char *s, QkBackendKind *kind) {
     if (!strcmp(s, "auto")) *kind = QK_BACKEND_AUTO;

@@ -2,10 +2,10 @@
 // pointers; the pipeline, the CLI and the tests call through it and never know whether the CPU
 // or CUDA runs.  The CPU backend (backend_cpu.c) is the reference and the fallback.
 #pragma once
-#include "activations.h"
-#include "analysis_batch.h"
-#include "gpt2.h"
-#include "static_maps.h"
+#include "analysis/analysis_batch.h"
+#include "analysis/static_maps.h"
+#include "model/activations.h"
+#include "model/gpt2.h"
 
 typedef struct QkComm QkComm;  // comm.h
 typedef struct QkBackend QkBackend;

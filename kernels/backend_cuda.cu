@@ -28,13 +28,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "forward.cuh"
+#include "model/forward.cuh"
 extern "C" {  // C headers (gpt2.h among them): C linkage whichever includes them first
-#include "analysis_cuda.h"
+#include "analysis/analysis_cuda.h"
+#include "analysis/bilinear_topk.h"
 #include "backend.h"
-#include "bilinear_topk.h"
-#include "comm.h"
-#include "forward_mem.h"
+#include "model/forward_mem.h"
+#include "run/comm.h"
 }
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20;  // cuBLASLt workspace (Hopper wants 32 MiB)

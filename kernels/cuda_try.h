@@ -6,7 +6,7 @@
 #include <stdio.h>
 
 extern "C" {
-#include "util.h"
+#include "base/util.h"
 }
 
 // The core: r_ = call; when `failed`, the error "WHAT (shapes): why".

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make check-ptxas: compiles every kernels/*.cu with -Xptxas -v for each target of NVCCFLAGS and
+# make check-ptxas: compiles every kernels/*.cu and kernels/*/*.cu with -Xptxas -v for each target of NVCCFLAGS and
 # checks ptxas's resource figures: no kernel (entry function) of ours may have a stack frame or
 # spill (local memory in a hot loop; CUB / Thrust's own kernels are listed, not judged), and nvcc
 # must print no warning; lists registers and shared memory per kernel and target.
@@ -42,11 +42,11 @@ if [ "${1:-}" = --log ]; then
     exit
 fi
 NVCC=${1:-nvcc}
-FLAGS=${2:-"-O3 -std=c++17 -Ihost $(pkg-config --cflags-only-I hdf5) -Xcompiler -Wall,-Wextra -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90"}
+FLAGS=${2:-"-O3 -std=c++17 -Ihost -Ikernels $(pkg-config --cflags-only-I hdf5) -Xcompiler -Wall,-Wextra -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90"}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bad=0
-for f in kernels/*.cu; do
+for f in kernels/*.cu kernels/*/*.cu; do
     # shellcheck disable=SC2086
     if ! $NVCC $FLAGS -Xptxas -v -c -o "$tmp/x.o" "$f" >"$tmp/log" 2>&1; then
         cat "$tmp/log"

@@ -1,12 +1,12 @@
 // test_analysis.c: the analysis of every head of gpt2_tiny_a against the independent float64
 // PyTorch reference (tests/reference/make_analysis_ref.py: TransformerLens's cache + SAELens), and
 // the exact invariant: the decomposition terms sum to the model's own score.
-#include "analysis.h"
-#include "head_tables.h"
-#include "static_maps.h"
+#include "analysis/analysis.h"
+#include "analysis/head_tables.h"
+#include "analysis/static_maps.h"
 #include "test_common.h"
 #include "testutil.h"
-#include "token_file.h"
+#include "text/token_file.h"
 
 #define MODEL REF_DIR "/gpt2_tiny_a"
 #define REF REF_DIR "/analysis_tiny_a/ref.safetensors"

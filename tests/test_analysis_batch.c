@@ -3,9 +3,9 @@
 // the host functions over the whole input: records of every recorded head and aggregates of every
 // analysed head.  On the CPU backend bit for bit; on another backend (QK_BACKEND=cuda) to 1e-4,
 // with top-k indices allowed to differ only at near-ties.
-#include "analysis_batch.h"
+#include "analysis/analysis_batch.h"
 #include "test_common.h"
-#include "token_file.h"
+#include "text/token_file.h"
 
 #define MODEL REF_DIR "/gpt2_tiny_a"
 

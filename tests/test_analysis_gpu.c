@@ -9,12 +9,12 @@
 // (make test-gpu); skips, saying why, otherwise.  Set QK_CUDA_SYNC=1 to name a failing kernel.
 #include <criterion/logging.h>
 
-#include "../kernels/analysis_cuda.h"
-#include "analysis_batch.h"
-#include "planted.h"
+#include "analysis/analysis_batch.h"
+#include "analysis/analysis_cuda.h"
+#include "model/planted.h"
 #include "test_common.h"
 #include "testutil.h"
-#include "token_file.h"
+#include "text/token_file.h"
 
 #define TOL 1e-4
 #define MAX_REC 8

@@ -5,11 +5,11 @@
 // patterns) from qk_ana_query fed the host's look-for top-k, within float rounding of the host's
 // vectorised dot products; and the aggregates rebuilt from the records with the device's limb,
 // bin and carry functions (integer sums in another order) equal to the host's bit for bit.
-#include "../kernels/analysis_math.h"
-#include "analysis.h"
-#include "head_tables.h"
+#include "analysis/analysis.h"
+#include "analysis/analysis_math.h"
+#include "analysis/head_tables.h"
 #include "test_common.h"
-#include "token_file.h"
+#include "text/token_file.h"
 
 #define MODEL REF_DIR "/gpt2_tiny_a"
 

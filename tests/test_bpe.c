@@ -5,8 +5,8 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "bpe.h"
-#include "util.h"
+#include "base/util.h"
+#include "text/bpe.h"
 
 #define VOCAB "../shared/data/gpt2"
 #define REF "tests/reference/data/tokenizer/"

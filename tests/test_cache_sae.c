@@ -3,7 +3,7 @@
 // reconstruction from the stored code.
 #include <sys/wait.h>
 
-#include "sae.h"
+#include "model/sae.h"
 #include "test_common.h"
 
 #define MODEL REF_DIR "/gpt2_tiny_a"

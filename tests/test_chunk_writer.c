@@ -1,8 +1,8 @@
 // test_chunk_writer.c: rows appended through the parallel-compression chunk writer read back
 // exactly as rows written by HDF5 itself, for several types, row shapes and batch sizes, and for
 // datasets whose chunks do not span whole rows (the fallback path).
-#include "chunk_writer.h"
-#include "h5out.h"
+#include "io/chunk_writer.h"
+#include "io/h5out.h"
 #include "test_common.h"
 #include "testutil.h"
 

@@ -3,7 +3,7 @@
 // notice, static's progress in a log, and one consistent "time per stage".
 #include <unistd.h>
 
-#include "npy.h"
+#include "io/npy.h"
 #include "test_common.h"
 
 // Output (stdout and stderr) of a shell command, and its exit status.

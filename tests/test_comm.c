@@ -8,8 +8,8 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 
-#include "agg_comm.h"
-#include "comm.h"
+#include "run/agg_comm.h"
+#include "run/comm.h"
 #include "test_common.h"
 #include "testutil.h"
 

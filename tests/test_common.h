@@ -11,10 +11,10 @@
 #include <hdf5.h>
 
 #include "backend.h"
-#include "npy.h"
-#include "planted.h"
-#include "safetensors.h"
-#include "util.h"
+#include "base/util.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "model/planted.h"
 
 #define REF_DIR "tests/reference/data"
 

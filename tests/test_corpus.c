@@ -8,9 +8,9 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "bpe.h"
-#include "corpus.h"
-#include "util.h"
+#include "base/util.h"
+#include "text/bpe.h"
+#include "text/corpus.h"
 
 #define VOCAB "../shared/data/gpt2"
 #define SHAKESPEARE "../shared/data/text/tinyshakespeare.txt"

@@ -1,9 +1,9 @@
 // test_forward.c: the forward pass and its activation cache against TransformerLens's
 // run_with_cache and Hugging Face's logits on tiny random GPT-2 models (tests/reference/).
-#include "activations.h"
-#include "gpt2.h"
+#include "model/activations.h"
+#include "model/gpt2.h"
 #include "test_common.h"
-#include "token_file.h"
+#include "text/token_file.h"
 
 static const char *k_models[] = {"tiny_a", "tiny_b", "tiny_c"};
 #define TOL 1e-4

@@ -5,8 +5,8 @@
 #include <float.h>
 #include <stdint.h>
 
-#include "../kernels/forward_math.h"
-#include "../kernels/forward_mem.h"
+#include "model/forward_math.h"
+#include "model/forward_mem.h"
 #include "test_common.h"
 #include "testutil.h"
 

@@ -6,11 +6,11 @@
 #include <omp.h>
 #include <string.h>
 
-#include "cpu_features.h"
-#include "gemm.h"
+#include "analysis/topk.h"
+#include "base/cpu_features.h"
+#include "base/gemm.h"
+#include "base/util.h"
 #include "testutil.h"
-#include "topk.h"
-#include "util.h"
 
 // The definition, one element at a time.
 static void gemm_chain(QkGemmTrans tr, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

@@ -1,6 +1,6 @@
 // test_head_qk.c: the folded query/key maps reproduce TransformerLens's hook_q / hook_k from the
 // raw residual and the frozen LN scale (SPEC §2), for every head of every reference model.
-#include "head_qk.h"
+#include "analysis/head_qk.h"
 #include "test_common.h"
 
 static void check(const char *name) {

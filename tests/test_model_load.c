@@ -3,7 +3,7 @@
 #include <cJSON.h>
 #include <sys/wait.h>
 
-#include "gpt2.h"
+#include "model/gpt2.h"
 #include "test_common.h"
 
 static char *g_dir;

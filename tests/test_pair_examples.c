@@ -1,7 +1,7 @@
 // test_pair_examples.c: example contexts (pair_examples.h) are R of the whole stream whatever the
 // split: streamed with compactions, or cut into parts merged in any grouping, bit for bit; and R
 // itself checked against a direct computation (per-pair cap, then capacity, in the total order).
-#include "pair_examples.h"
+#include "analysis/pair_examples.h"
 #include "test_common.h"
 #include "testutil.h"
 

@@ -1,5 +1,5 @@
 // test_pair_sketch.c: the space-saving sketch against exact totals on random skewed streams.
-#include "pair_sketch.h"
+#include "analysis/pair_sketch.h"
 #include "test_common.h"
 #include "testutil.h"
 

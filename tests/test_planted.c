@@ -6,15 +6,15 @@
 // safetensors writer.
 #include <cblas.h>
 
-#include "activations.h"
-#include "gpt2.h"
-#include "head_qk.h"
-#include "npy.h"
-#include "planted.h"
-#include "sae.h"
-#include "safetensors_write.h"
+#include "analysis/head_qk.h"
+#include "analysis/topk.h"
+#include "io/npy.h"
+#include "io/safetensors_write.h"
+#include "model/activations.h"
+#include "model/gpt2.h"
+#include "model/planted.h"
+#include "model/sae.h"
 #include "test_common.h"
-#include "topk.h"
 
 static char *g_dir;
 static QkPlanted g_info;

@@ -10,9 +10,9 @@
 // head sends most labelled current-token features to the matching previous-token feature.
 #include <cJSON.h>
 
-#include "npy.h"
-#include "planted.h"
-#include "probe.h"
+#include "io/npy.h"
+#include "model/planted.h"
+#include "probe/probe.h"
 #include "test_common.h"
 
 #define TRAINED REF_DIR "/trained"

@@ -1,9 +1,9 @@
 // test_random.c: `qkscope random` writes a model, SAEs and corpus the loaders accept, with the
 // shapes asked for, the same bytes for the same seed, and unit-norm SAE decoder rows; bad options
 // are one line and exit 2.
-#include "gpt2.h"
-#include "npy.h"
-#include "sae.h"
+#include "io/npy.h"
+#include "model/gpt2.h"
+#include "model/sae.h"
 #include "test_common.h"
 #include "testutil.h"
 

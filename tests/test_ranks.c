@@ -9,7 +9,7 @@
 
 #include <hdf5.h>
 
-#include "h5out.h"
+#include "io/h5out.h"
 #include "test_common.h"
 
 static char *g_dir;

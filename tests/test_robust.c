@@ -7,9 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "npy.h"
-#include "planted.h"
-#include "safetensors.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "model/planted.h"
 #include "test_common.h"
 
 static char *g_dir;

@@ -5,8 +5,8 @@
 #include <stdarg.h>
 #include <sys/wait.h>
 
-#include "cpu_features.h"
-#include "planted.h"
+#include "base/cpu_features.h"
+#include "model/planted.h"
 #include "test_common.h"
 
 static char *g_dir;

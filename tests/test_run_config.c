@@ -1,7 +1,7 @@
 // test_run_config.c: the INI run config (host/run_config.c) on what the first fuzzing pass found:
 // values of any length in the config hash, error lines for long paths, [sweep]s whose number of
 // settings would overflow.
-#include "run_config.h"
+#include "run/run_config.h"
 #include "test_common.h"
 
 static const char *k_base = "[model]\ndir = m\n";

@@ -9,9 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "sae.h"
-#include "safetensors.h"
-#include "util.h"
+#include "base/util.h"
+#include "io/safetensors.h"
+#include "model/sae.h"
 
 #define REF_DIR "tests/reference/data/sae/"
 

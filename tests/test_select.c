@@ -7,10 +7,10 @@
 #include <math.h>
 #include <string.h>
 
-#include "../kernels/select.h"
+#include "analysis/select.h"
+#include "analysis/topk.h"
+#include "base/util.h"
 #include "testutil.h"
-#include "topk.h"
-#include "util.h"
 
 #define W QK_SEL_WARP
 

@@ -1,7 +1,7 @@
 // test_sha256.c: SHA-256 against the FIPS 180-4 examples and a file digest made by sha256sum.
 #include <stdio.h>
 
-#include "sha256.h"
+#include "io/sha256.h"
 #include "test_common.h"
 
 static void hex_of(const char *msg, size_t n, char out[65]) {

@@ -4,8 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "h5out.h"
-#include "planted.h"
+#include "io/h5out.h"
+#include "model/planted.h"
 #include "test_common.h"
 #include "testutil.h"
 

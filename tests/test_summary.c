@@ -1,6 +1,6 @@
 // test_summary.c: the per-head table `qkscope run` and `merge` print (agg_print_summary): a
 // legend, and kl_both readable at the sizes faithful heads have (~1e-4), not 0.000.
-#include "agg_io.h"
+#include "io/agg_io.h"
 #include "test_common.h"
 
 Test(summary, legend_and_small_kl) {

@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "npy.h"
-#include "planted.h"
+#include "io/npy.h"
+#include "model/planted.h"
 #include "test_common.h"
 
 static char *g_dir;

@@ -4,9 +4,9 @@
 #include <omp.h>
 #include <string.h>
 
+#include "analysis/topk.h"
+#include "base/util.h"
 #include "testutil.h"
-#include "topk.h"
-#include "util.h"
 
 typedef struct {
     double v;

@@ -12,10 +12,10 @@
 #include <math.h>
 #include <string.h>
 
-#include "../kernels/bilinear_topk.h"
+#include "analysis/bilinear_topk.h"
 #include "backend.h"
+#include "base/util.h"
 #include "testutil.h"
-#include "util.h"
 
 static QkBtk *g_ctx[3];
 

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bpe.h"
+#include "text/bpe.h"
 
 static QkBpe *bpe;
 static QkBpeEncoder *enc;

@@ -9,8 +9,8 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "corpus.h"
 #include "fuzz_common.h"
+#include "text/corpus.h"
 
 static QkBpe *g_bpe;
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "fuzz_common.h"
-#include "gpt2.h"
+#include "model/gpt2.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *cfg_text, *weights;

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "run_config.h"
+#include "run/run_config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *d = (const char *)data, *nl = memchr(d, '\n', size);

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "fuzz_common.h"
-#include "safetensors.h"
+#include "io/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     QkSafetensors st;

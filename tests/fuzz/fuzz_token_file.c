@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "fuzz_common.h"
-#include "token_file.h"
+#include "text/token_file.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;

@@ -1,0 +1,232 @@
+// report_data.c: see report_data.h.  Layout: docs/FORMAT.md.
+#include "io/report_data.h"
+
+#include <hdf5_hl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/util.h"
+#include "io/h5out.h"
+
+enum { TOP_PAIRS = 8, TOP_STATIC = 10 };
+
+// Element count of a 1-D or 2-D dataset (-1 when absent); dims[1] into *cols when given.
+static int64_t ds_size(hid_t f, const char *name, int64_t *cols) {
+    if (H5Lexists(f, name, H5P_DEFAULT) <= 0) return -1;
+    hsize_t dims[4] = {0};
+    int nd = 0;
+    if (H5LTget_dataset_ndims(f, name, &nd) < 0 || nd > 4 || H5LTget_dataset_info(f, name, dims, NULL, NULL) < 0)
+        return -1;
+    if (cols) *cols = nd > 1 ? (int64_t)dims[1] : 1;
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (int64_t)dims[i];
+    return n;
+}
+
+// A whole dataset converted to `type` (elem bytes each) in a fresh buffer; NULL with an error.
+static void *read_all(hid_t f, const char *path, const char *name, hid_t type, size_t elem, int64_t *n) {
+    *n = ds_size(f, name, NULL);
+    if (*n < 0) return qk_err("%s: dataset %s missing", path, name), NULL;
+    void *buf = qk_malloc(elem * (size_t)(*n + 1));
+    if (*n && H5LTread_dataset(f, name, type, buf) < 0) {
+        free(buf);
+        return qk_err("%s: cannot read %s", path, name), NULL;
+    }
+    return buf;
+}
+
+// Neuronpedia SAE id of the SAE serving layer l (SPEC section 7), "" for unknown releases.
+static void neuronpedia_id(hid_t f, int l, char *out, size_t n) {
+    char g[96];
+    out[0] = 0;
+    snprintf(g, sizeof g, "sae/blocks.%d.hook_resid_pre", l);
+    if (H5Lexists(f, "sae", H5P_DEFAULT) <= 0 || H5Lexists(f, g, H5P_DEFAULT) <= 0) return;
+    hid_t grp = H5Gopen2(f, g, H5P_DEFAULT);
+    char *hook = qk_h5_attr_read_str(grp, "hook_name");
+    int64_t m = qk_h5_attr_read_int(grp, "d_sae");
+    H5Gclose(grp);
+    int layer = -1;
+    char kind[32] = "";
+    if (hook && sscanf(hook, "blocks.%d.hook_%31s", &layer, kind) == 2) {
+        if (!strcmp(kind, "resid_post") && m == 32768) snprintf(out, n, "%d-res_post_32k-oai", layer);
+        else if (!strcmp(kind, "resid_pre") && m == 24576) snprintf(out, n, "%d-res-jb", layer);
+    }
+    free(hook);
+}
+
+static int load_head(ReportData *d, hid_t st, ReportHead *h) {
+    char p[160];
+    int64_t n;
+    int rc = 0;
+#define AGG(x) (snprintf(p, sizeof p, "aggregates/%d.%d/" x, h->layer, h->head), p)
+    int32_t *pf = read_all(d->run, d->run_path, AGG("pairs_query_feature"), H5T_NATIVE_INT32, 4, &n);
+    int32_t *pg = pf ? read_all(d->run, d->run_path, AGG("pairs_key_feature"), H5T_NATIVE_INT32, 4, &n) : NULL;
+    double *pw = pg ? read_all(d->run, d->run_path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 8, &n) : NULL;
+    double *ps = pw ? read_all(d->run, d->run_path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 8, &n) : NULL;
+    int64_t *pc = ps ? read_all(d->run, d->run_path, AGG("pairs_count"), H5T_NATIVE_INT64, 8, &n) : NULL;
+    if (!pc) rc = -1;
+    h->n_pairs = rc ? 0 : (int)(n < TOP_PAIRS ? n : TOP_PAIRS);
+    h->pairs = qk_calloc(h->n_pairs + 1, sizeof(ReportPair));
+    for (int i = 0; i < h->n_pairs; i++) h->pairs[i] = (ReportPair){pf[i], pg[i], pw[i], ps[i], pc[i]};
+    free(pf), free(pg), free(pw), free(ps), free(pc);
+    if (!rc && ds_size(d->run, AGG("examples_term"), NULL) >= 0) {  // files before example tables: none
+        int32_t *ef = read_all(d->run, d->run_path, AGG("examples_query_feature"), H5T_NATIVE_INT32, 4, &n);
+        int32_t *eg = ef ? read_all(d->run, d->run_path, AGG("examples_key_feature"), H5T_NATIVE_INT32, 4, &n) : NULL;
+        int64_t *ew = eg ? read_all(d->run, d->run_path, AGG("examples_window"), H5T_NATIVE_INT64, 8, &n) : NULL;
+        int32_t *ei = ew ? read_all(d->run, d->run_path, AGG("examples_query_pos"), H5T_NATIVE_INT32, 4, &n) : NULL;
+        int32_t *ej = ei ? read_all(d->run, d->run_path, AGG("examples_key_pos"), H5T_NATIVE_INT32, 4, &n) : NULL;
+        float *et = ej ? read_all(d->run, d->run_path, AGG("examples_term"), H5T_NATIVE_FLOAT, 4, &n) : NULL;
+        if (!et) rc = -1;
+        h->n_ex = rc ? 0 : (int)n;
+        h->ex = qk_calloc(h->n_ex + 1, sizeof(ReportExample));
+        for (int i = 0; i < h->n_ex; i++) h->ex[i] = (ReportExample){ef[i], eg[i], ew[i], ei[i], ej[i], et[i]};
+        free(ef), free(eg), free(ew), free(ei), free(ej), free(et);
+    }
+    snprintf(p, sizeof p, "sae/blocks.%d.hook_resid_pre", h->layer);
+    if (H5Lexists(d->run, "sae", H5P_DEFAULT) > 0 && H5Lexists(d->run, p, H5P_DEFAULT) > 0) {
+        hid_t g = H5Gopen2(d->run, p, H5P_DEFAULT);
+        h->d_sae = (int)qk_h5_attr_read_int(g, "d_sae");
+        H5Gclose(g);
+    }
+    neuronpedia_id(d->run, h->layer, h->np_sae, sizeof h->np_sae);
+    if (!rc && st >= 0) {  // the strongest q2k entries: top TOP_STATIC over all f of S[f, g]
+        int64_t K = 0;
+        snprintf(p, sizeof p, "static/%d.%d/q2k_val", h->layer, h->head);
+        if (ds_size(st, p, &K) < 0) return rc;
+        float *v = read_all(st, d->static_path, p, H5T_NATIVE_FLOAT, 4, &n);
+        snprintf(p, sizeof p, "static/%d.%d/q2k_idx", h->layer, h->head);
+        int32_t *ix = v ? read_all(st, d->static_path, p, H5T_NATIVE_INT32, 4, &n) : NULL;
+        if (!ix) return free(v), -1;
+        h->st_f = qk_malloc(4 * TOP_STATIC), h->st_g = qk_malloc(4 * TOP_STATIC), h->st_v = qk_malloc(4 * TOP_STATIC);
+        // Selection by value descending, ties lower f then g (one pass per slot: n is m x K, small).
+        char *taken = qk_calloc((size_t)n + 1, 1);
+        for (int s = 0; s < TOP_STATIC; s++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < n; e++) {
+                // Unused slots hold the type's maximum (docs/FORMAT.md), >= d_sae after conversion.
+                if (taken[e] || ix[e] < 0 || (h->d_sae > 0 && ix[e] >= h->d_sae)) continue;
+                if (best < 0 || v[e] > v[best]) best = e;  // e increases with f: ties keep the lower f
+            }
+            if (best < 0) break;
+            taken[best] = 1;
+            h->st_f[s] = (int32_t)(best / K), h->st_g[s] = ix[best], h->st_v[s] = v[best];
+            h->n_static = s + 1;
+        }
+        free(taken), free(v), free(ix);
+    }
+    return rc;
+#undef AGG
+}
+
+int report_load(ReportData *d, const char *run_path, const char *static_path) {
+    memset(d, 0, sizeof *d);
+    d->run_path = run_path, d->static_path = static_path;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    if ((d->run = H5Fopen(run_path, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0)
+        return qk_err("%s: cannot open as HDF5 (a `qkscope run` file or `qkscope merge` output)", run_path);
+    char *fmt = qk_h5_attr_read_str(d->run, "format");
+    int ok = fmt && !strcmp(fmt, "qkscope-run") && qk_h5_attr_read_int(d->run, "complete") == 1;
+    free(fmt);
+    if (!ok)
+        return qk_err("%s: not a complete qkscope run file (root attributes format = qkscope-run, complete = 1); "
+                      "for a sharded folder, `qkscope merge DIR -o all.h5` first", run_path);
+    d->model_dir = qk_h5_attr_read_str(d->run, "model_dir");
+    d->model_sha = qk_h5_attr_read_str(d->run, "model_sha256");
+    d->backend = qk_h5_attr_read_str(d->run, "backend");
+    d->heads_attr = qk_h5_attr_read_str(d->run, "heads");
+    d->tokens = qk_h5_attr_read_int(d->run, "tokens_processed");
+    d->windows = qk_h5_attr_read_int(d->run, "windows");
+    int64_t cols = 0;
+    if (ds_size(d->run, "tokens", &cols) < 0) return qk_err("%s: dataset tokens missing", run_path);
+    d->T = (int)cols;
+    // Metrics: summary/ (head_layer, head_index, metric_mean (N, M)), names from its attribute.
+    hid_t s = H5Gopen2(d->run, "summary", H5P_DEFAULT);
+    char *names = s >= 0 ? qk_h5_attr_read_str(s, "metric_names") : NULL;
+    if (s >= 0) H5Gclose(s);
+    if (!names) return qk_err("%s: summary/ or its metric_names attribute missing", run_path);
+    for (char *tok = strtok(names, ","); tok && d->M < 16; tok = strtok(NULL, ","))
+        snprintf(d->metric_names[d->M++], sizeof d->metric_names[0], "%s", tok);
+    free(names);
+    int64_t n;
+    int32_t *hl = read_all(d->run, run_path, "summary/head_layer", H5T_NATIVE_INT32, 4, &n);
+    int32_t *hh = hl ? read_all(d->run, run_path, "summary/head_index", H5T_NATIVE_INT32, 4, &n) : NULL;
+    int64_t nm;
+    double *mm = hh ? read_all(d->run, run_path, "summary/metric_mean", H5T_NATIVE_DOUBLE, 8, &nm) : NULL;
+    if (!mm) return free(hl), free(hh), -1;
+    for (int64_t i = 0; i < n; i++) d->L = hl[i] + 1 > d->L ? hl[i] + 1 : d->L, d->H = hh[i] + 1 > d->H ? hh[i] + 1 : d->H;
+    d->means = qk_malloc(sizeof(double) * ((size_t)d->L * d->H * d->M + 1));
+    for (int64_t i = 0; i < (int64_t)d->L * d->H * d->M; i++) d->means[i] = NAN;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(d->means + ((size_t)hl[i] * d->H + hh[i]) * d->M, mm + i * d->M, sizeof(double) * d->M);
+    free(hl), free(hh), free(mm);
+    // Vocabulary pieces (docs/FORMAT.md vocab/), when the run stored them.
+    if (ds_size(d->run, "vocab/ids", NULL) >= 0) {
+        int64_t nb;
+        d->v_ids = read_all(d->run, run_path, "vocab/ids", H5T_NATIVE_INT32, 4, &n);
+        d->v_off = d->v_ids ? read_all(d->run, run_path, "vocab/offsets", H5T_NATIVE_INT64, 8, &nm) : NULL;
+        d->v_bytes = d->v_off ? read_all(d->run, run_path, "vocab/bytes", H5T_NATIVE_UINT8, 1, &nb) : NULL;
+        if (!d->v_bytes || nm != n + 1) return qk_err("%s: vocab/ is malformed (docs/FORMAT.md)", run_path);
+        d->n_vocab = (int)n;
+    }
+    hid_t st = -1;
+    if (static_path) {
+        st = H5Fopen(static_path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        char *sf = st >= 0 ? qk_h5_attr_read_str(st, "format") : NULL, *ssha = st >= 0 ? qk_h5_attr_read_str(st, "model_sha256") : NULL;
+        int sok = sf && !strcmp(sf, "qkscope-static") && qk_h5_attr_read_int(st, "complete") == 1;
+        int same = ssha && d->model_sha && !strcmp(ssha, d->model_sha);
+        free(sf), free(ssha);
+        if (!sok) return (st >= 0 ? H5Fclose(st) : 0), qk_err("%s: not a complete qkscope static file", static_path);
+        if (!same) return H5Fclose(st), qk_err("%s: model_sha256 differs from %s's: the static maps are of another model", static_path, run_path);
+    }
+    // Recorded heads: the groups under heads/ (attribute recorded_heads).
+    char *rec = qk_h5_attr_read_str(d->run, "recorded_heads");
+    int rc = 0;
+    d->rec = qk_calloc(d->L * d->H + 1, sizeof(ReportHead));
+    for (char *tok = rec ? strtok(rec, ",") : NULL; tok && !rc; tok = strtok(NULL, ",")) {
+        ReportHead *h = &d->rec[d->n_rec];
+        if (sscanf(tok, "%d.%d", &h->layer, &h->head) != 2 || h->layer >= d->L || h->head >= d->H) continue;
+        d->n_rec++;
+        rc = load_head(d, st, h);
+    }
+    free(rec);
+    if (st >= 0) H5Fclose(st);
+    return rc;
+}
+
+int report_tokens(const ReportData *d, int64_t w, int32_t *out) {
+    hid_t ds = H5Dopen2(d->run, "tokens", H5P_DEFAULT);
+    if (ds < 0) return -1;
+    hid_t sp = H5Dget_space(ds);
+    hsize_t start[2] = {(hsize_t)w, 0}, count[2] = {1, (hsize_t)d->T};
+    hid_t mem = H5Screate_simple(2, count, NULL);
+    int rc = w < 0 || w >= d->windows || H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+                     H5Dread(ds, H5T_NATIVE_INT32, mem, sp, H5P_DEFAULT, out) < 0
+                 ? -1
+                 : 0;
+    H5Sclose(mem), H5Sclose(sp), H5Dclose(ds);
+    return rc;
+}
+
+const uint8_t *report_piece(const ReportData *d, int32_t id, int64_t *len) {
+    int lo = 0, hi = d->n_vocab - 1;
+    while (lo <= hi) {  // ids are increasing
+        int mid = (lo + hi) / 2;
+        if (d->v_ids[mid] == id) return *len = d->v_off[mid + 1] - d->v_off[mid], d->v_bytes + d->v_off[mid];
+        if (d->v_ids[mid] < id) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    *len = 0;
+    return NULL;
+}
+
+void report_free(ReportData *d) {
+    for (int i = 0; i < d->n_rec; i++) {
+        free(d->rec[i].pairs), free(d->rec[i].ex);
+        free(d->rec[i].st_f), free(d->rec[i].st_g), free(d->rec[i].st_v);
+    }
+    free(d->rec), free(d->means), free(d->v_ids), free(d->v_off), free(d->v_bytes);
+    free(d->model_dir), free(d->model_sha), free(d->backend), free(d->heads_attr);
+    if (d->run > 0) H5Fclose(d->run);
+    memset(d, 0, sizeof *d);
+}

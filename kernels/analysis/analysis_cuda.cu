@@ -1,0 +1,871 @@
+// analysis_cuda.cu: see analysis_cuda.h.  Kernels (N = B*T tokens, C = d_model, dh = d_head,
+// m = d_sae, S = code slots, one stream; every launch checked and named):
+//   ana_normalise   grid ceil(N/128) x 128     thread per token: z (N, C), scale, shift (N)
+//   [qk_btk_run]    z (N, C) x W_encT (m, C)   the SAE activation: idx/val (N, S), n_active (N)
+//   ana_err         grid ceil(N*C/256) x 256   thread per (n, t): live (N), err (N, C)
+//   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK, QF, KF (N, dh)
+//   [qk_btk_run]    H x (Q (N, dh) x Kd (m, dh))  look-for top-k / bottom-k (H, N, k): the
+//                                              layer's heads as one batched top-k
+//   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
+//   [qk_btk_run]    U (N, dh) x E (m, dh)      encoder projection (N, enc_slots)
+//   ana_rows        grid ceil(N*T/128) x 128   thread per (n, j <= i): S, Sb, Sq, Sk (N, T)
+//   ana_query       grid (ceil(N/64), heads) x 64  thread per (query, head of the layer), its sorted
+//                                              look-for top-k in shared memory:
+//                                              kernels/analysis_math.h qk_ana_query
+//   ana_agg         grid ceil(N/256) x 256     metric sums / counts / histograms reduced in shared
+//                                              memory with int64 atomics, then one global atomic per
+//                                              block; marginals: int64 atomics at (m) rows
+//   ana_carry       grid ceil(m/256) x 256     normalises the exact limbs (value unchanged)
+//   heavy pairs     per head and batch, the N*sp sketch candidates (f, g, value) at j*:
+//     ana_pair_keys   grid ceil(N*sp/256)      key (f << 32 | g), padding / empty slots: ~0 (last)
+//     [cub radix sort, stable: equal keys stay in token order]
+//     ana_pair_heads  grid ceil(N*sp/256)      segment heads; [cub inclusive scan] -> segment ids
+//     ana_pair_starts grid ceil(N*sp/256)      segment starts, segment count
+//     ana_pair_sums   grid ceil(N*sp/128)      thread per segment: sum |v|, sum v (double, token
+//                                              order), count; downloaded and merged into the
+//                                              host sketch heaviest first (pair_sketch_add_entry)
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis/analysis_math.h"
+#include "cuda_try.h"
+
+extern "C" {
+#include "analysis/analysis_cuda.h"
+#include "analysis/bilinear_topk.h"
+}
+
+// ---- accumulator layout (int64, per analysed head) --------------------------------------------
+// [0] queries, count[16], hist[16][50], sum[16][3], qmarg[m][3], kmarg[m][3], qcount[m], kcount[m]
+#define ACC_QUERIES 0
+#define ACC_COUNT 1
+#define ACC_HIST (ACC_COUNT + QK_ANA_METRICS)
+#define ACC_SUM (ACC_HIST + QK_ANA_METRICS * QK_ANA_BINS)
+#define ACC_DENSE (ACC_SUM + QK_ANA_METRICS * 3)
+static size_t acc_size(int m) { return ACC_DENSE + (size_t)m * 8; }
+
+typedef unsigned long long ull;
+
+__device__ __forceinline__ void add_i64(int64_t *p, int64_t v) {
+    if (v) atomicAdd((ull *)p, (ull)v);  // two's complement: signed addition, wrapping as int64
+}
+
+// ---- kernels -----------------------------------------------------------------------------------
+
+__global__ void ana_normalise(const float *x, long long ldx, int N, int C, int center, int ln, float *z, float *scale,
+                              float *shift) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    qk_ana_normalise(x + (size_t)n * ldx, C, center, ln, z + (size_t)n * C, scale + n, shift + n);
+}
+
+__global__ void ana_err(const float *x, long long ldx, int N, int C, const int32_t *idx, const float *val,
+                        const int32_t *n_active, int S, const float *W_dec, const float *b_dec, const float *scale,
+                        const float *shift, int32_t *live, float *err) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)N * C) return;
+    int n = (int)(e / C), t = (int)(e % C);
+    if (t == 0) live[n] = qk_ana_live(n_active[n], S);
+    err[e] = qk_ana_err(x[(size_t)n * ldx + t], t, C, idx + (size_t)n * S, val + (size_t)n * S, S, W_dec, b_dec,
+                        scale[n], shift[n]);
+}
+
+struct HeadVecArgs {
+    const float *q, *k;  // hook pointers at the head's first column
+    long long ld;
+    const float *err, *sigma, *scale, *val, *Wq, *Wk, *Qd, *Kd;
+    const int32_t *idx, *live;
+    int N, C, dh, S;
+    float inv;
+    float *Q, *K, *EQ, *EK, *QF, *KF, *ainv;
+};
+
+__global__ void ana_head_vec(const HeadVecArgs p) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)p.N * p.dh) return;
+    int n = (int)(e / p.dh), d = (int)(e % p.dh);
+    p.Q[e] = p.q[(size_t)n * p.ld + d];
+    p.K[e] = p.k[(size_t)n * p.ld + d];
+    const float *er = p.err + (size_t)n * p.C;
+    p.EQ[e] = qk_ana_err_proj(er, p.C, p.Wq, p.dh, d, p.sigma[n]);
+    p.EK[e] = qk_ana_err_proj(er, p.C, p.Wk, p.dh, d, p.sigma[n]);
+    float sc = p.scale[n] / p.sigma[n];
+    const int32_t *ix = p.idx + (size_t)n * p.S;
+    const float *vl = p.val + (size_t)n * p.S;
+    p.QF[e] = qk_ana_feat_sum(ix, vl, p.live[n], p.Qd, p.dh, d, sc);
+    p.KF[e] = qk_ana_feat_sum(ix, vl, p.live[n], p.Kd, p.dh, d, sc);
+    if (d == 0) p.ainv[n] = p.inv;
+}
+
+// Encoder projection inputs: U = Q * inv, row scale a and code scale / shift from |v|^2.
+__global__ void ana_proj(const float *Q, int N, int dh, float inv, const float *G, int d_in, int ln, float *U, float *a,
+                         float *scale, float *shift) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float *u = U + (size_t)n * dh;
+    for (int d = 0; d < dh; d++) u[d] = Q[(size_t)n * dh + d] * inv;
+    double s2 = 0;
+    for (int d = 0; d < dh; d++) s2 += u[d] * (double)qk_ana_dot(G + (size_t)d * dh, u, dh);
+    qk_ana_proj_scale((double)(float)s2, d_in, ln, a + n, scale + n);
+    shift[n] = 0.0f;
+}
+
+__global__ void ana_rows(const float *Q, const float *K, const float *EQ, const float *EK, int N, int T, int dh,
+                         float inv, float *S, float *Sb, float *Sq, float *Sk) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)N * T) return;
+    int n = (int)(e / T), j = (int)(e % T), i = n % T;
+    if (j > i) return;
+    int nj = n - i + j;
+    const float *q = Q + (size_t)n * dh, *k = K + (size_t)nj * dh, *eq = EQ + (size_t)n * dh, *ek = EK + (size_t)nj * dh;
+    S[e] = qk_ana_score(q, k, dh, inv);
+    Sb[e] = qk_ana_score_hat(q, eq, k, ek, dh, inv);
+    Sq[e] = qk_ana_score_hat(q, eq, k, NULL, dh, inv);
+    Sk[e] = qk_ana_score_hat(q, NULL, k, ek, dh, inv);
+}
+
+// grid.y: one of a layer's heads (views[blockIdx.y]).
+// Each thread's sorted look-for top-k in shared memory (rows padded: conflict-free columns).
+#define QUERY_THREADS 64
+__global__ void __launch_bounds__(QUERY_THREADS) ana_query(const QkAnaView *views, int N) {
+    __shared__ int32_t st[QUERY_THREADS][QK_SEL_QUEUE + 1];
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const QkAnaView *v = views + blockIdx.y;
+    qk_ana_query(v, n, n % v->T, st[threadIdx.x]);
+}
+
+struct AggArgs {
+    const float *metrics, *qmarg, *kmarg;
+    const int32_t *idx, *live, *att_idx, *valid_len;
+    int N, T, S, a;
+    int64_t *acc;
+    int m;
+};
+
+// Adds one token's marginal terms: feature F[u] gets term x[u] (limbs) and a count, u < live.
+__device__ __forceinline__ void add_marginal(const int32_t *F, int live, const float *x, int64_t *sum, int64_t *count) {
+    for (int u = 0; u < live; u++) {
+        int64_t l[3];
+        qk_ana_limbs(x[u], l);
+        int64_t *s = sum + (size_t)F[u] * 3;
+        add_i64(s, l[0]), add_i64(s + 1, l[1]), add_i64(s + 2, l[2]);
+        add_i64(count + F[u], 1);
+    }
+}
+
+#define AGG_THREADS 256
+#define AGG_SMEM (1 + QK_ANA_METRICS + QK_ANA_METRICS * QK_ANA_BINS + QK_ANA_METRICS * 3)
+
+__global__ void ana_agg(const AggArgs p) {
+    __shared__ int64_t sh[AGG_SMEM];
+    for (int q = threadIdx.x; q < AGG_SMEM; q += blockDim.x) sh[q] = 0;
+    __syncthreads();
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    int ok = n < p.N && (!p.valid_len || n % p.T < p.valid_len[n / p.T]);
+    if (ok) {
+        add_i64(sh + ACC_QUERIES, 1);
+        for (int m = 0; m < QK_ANA_METRICS; m++) {
+            float x = p.metrics[(size_t)n * QK_ANA_METRICS + m], lo, hi;
+            if (x != x) continue;
+            int64_t l[3];
+            qk_ana_limbs(x, l);
+            for (int q = 0; q < 3; q++) add_i64(sh + ACC_SUM + m * 3 + q, l[q]);
+            add_i64(sh + ACC_COUNT + m, 1);
+            qk_ana_range(m, &lo, &hi);
+            add_i64(sh + ACC_HIST + m * QK_ANA_BINS + qk_ana_bin(x, lo, hi), 1);
+        }
+        int64_t *qm = p.acc + ACC_DENSE, *km = qm + (size_t)p.m * 3, *qc = km + (size_t)p.m * 3, *kc = qc + p.m;
+        int nj = n - n % p.T + p.att_idx[(size_t)n * p.a];
+        add_marginal(p.idx + (size_t)n * p.S, p.live[n], p.qmarg + (size_t)n * p.S, qm, qc);
+        add_marginal(p.idx + (size_t)nj * p.S, p.live[nj], p.kmarg + (size_t)n * p.S, km, kc);
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < AGG_SMEM; q += blockDim.x) add_i64(p.acc + q, sh[q]);
+}
+
+// Normalises the metric sums and the 2m marginal limb triples of one accumulator.
+__global__ void ana_carry(int64_t *acc, int m) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < QK_ANA_METRICS) qk_ana_normalize(acc + ACC_SUM + e * 3);
+    if (e < 2 * m) qk_ana_normalize(acc + ACC_DENSE + (size_t)e * 3);
+}
+
+
+// ---- heavy-pair candidates: reduced by (f, g) on the device ------------------------------------
+
+#define PAIR_NONE (~0ull)
+
+__global__ void ana_pair_keys(const int32_t *sk_f, const int32_t *sk_g, int N, int T, int sp, const int32_t *valid_len,
+                              unsigned long long *key, uint32_t *pos) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)N * sp) return;
+    int n = (int)(e / sp);
+    int ok = (!valid_len || n % T < valid_len[n / T]) && sk_f[e] >= 0;
+    // A slot after an empty one is not added by the host either (pairs are packed in front).
+    for (int u = (int)(e % sp) - 1; ok && u >= 0; u--) ok = sk_f[(size_t)n * sp + u] >= 0;
+    key[e] = ok ? ((unsigned long long)(uint32_t)sk_f[e] << 32 | (uint32_t)sk_g[e]) : PAIR_NONE;
+    pos[e] = (uint32_t)e;
+}
+
+__global__ void ana_pair_heads(const unsigned long long *key, int n, int32_t *head) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < n) head[e] = e == 0 || key[e] != key[e - 1];
+}
+
+// seg (inclusive scan of the heads): segment s = seg[e] - 1 starts at e; start[nseg] = n.
+__global__ void ana_pair_starts(const int32_t *head, const int32_t *seg, int n, int32_t *start, int32_t *nseg) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    if (head[e]) start[seg[e] - 1] = e;
+    if (e == n - 1) *nseg = seg[e], start[seg[e]] = n;
+}
+
+__global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos, const float *val, const int32_t *start,
+                              const int32_t *nseg, int32_t *f, int32_t *g, double *w, double *sum, long long *count) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= *nseg) return;
+    const int e0 = start[s], e1 = start[s + 1];
+    const unsigned long long k = key[e0];
+    double ws = 0, vs = 0;
+    for (int e = e0; e < e1; e++) {
+        double v = val[pos[e]];
+        ws += fabs(v), vs += v;
+    }
+    f[s] = k == PAIR_NONE ? -1 : (int32_t)(k >> 32), g[s] = (int32_t)(uint32_t)k;
+    w[s] = ws, sum[s] = vs, count[s] = e1 - e0;
+}
+
+// ---- state -------------------------------------------------------------------------------------
+
+struct LayerDev {
+    const QkSae *sae;
+    int S, any_rec;
+    float *W_encT, *c_enc, *gates, *W_dec, *b_dec;
+    float *Kd;  // (H, m, dh): the heads' Kd, one batched look-for (zeros for heads not analysed)
+};
+
+struct HeadDev {
+    float *Wq, *Wk, *bq, *bk, *Qd, *Kd, *qb, *kb, *E, *G;
+    int64_t *acc;
+};
+
+// One head's batch buffers (device); a layer's heads each have their own, so that ana_query runs
+// them in one launch.
+struct HeadBuf {
+    float *Q, *K, *EQ, *EK, *QF, *KF, *ainv, *U, *aenc, *rows;
+    int32_t *top_idx, *bot_idx, *e_idx, *e_nact, *att_idx, *pair_f, *pair_g, *sk_f, *sk_g, *pt_f, *pt_g;
+    float *top_val, *bot_val, *e_val, *e_scale, *e_shift, *att_w, *pair_val, *groups, *metrics, *qmarg, *kmarg,
+        *sk_val, *pt_v, *pattern, *pattern_hat;
+};
+
+struct QkAnaCuda {
+    AnalysisPlan p;
+    int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
+    QkBtk *btk;
+    cudaStream_t st;
+    int sync_each;
+    LayerDev *lay;
+    HeadDev *head;
+    HeadRecords *rec;  // (L) host records, as host/analysis_batch.c
+    // batch buffers (device)
+    float *z, *err, *val, *scale, *shift;
+    int32_t *idx, *nact, *live;
+    int32_t *vlen;
+    HeadBuf *hb;                  // (H) a layer's heads, analysed together
+    float *Qall, *ainv_all;       // (H, Nmax, dh), (H, Nmax): hb[h].Q and .ainv are slices
+    int32_t *top_idx_all, *bot_idx_all;  // (H, N, k) for the batch's N: hb[h].top_* point into them
+    float *top_val_all, *bot_val_all;
+    QkAnaView *h_views, *d_views;  // (H) the views of ana_query's heads, host and device
+    // heavy-pair reduction (device), and its host staging
+    unsigned long long *pk, *pk2;
+    uint32_t *pp, *pp2;
+    int32_t *phead, *pseg, *pstart, *pnseg, *pf, *pg;
+    double *pw, *psum;
+    long long *pcnt;
+    void *cub_tmp;
+    size_t cub_bytes;
+    int32_t *h_pf, *h_pg;
+    double *h_pw, *h_psum;
+    long long *h_pcnt;
+    int *h_order;
+    // every device allocation, freed at close
+    void **allocs;
+    int n_allocs, cap_allocs;
+};
+
+static int dev_alloc(QkAnaCuda *a, void **p, size_t bytes, const char *what) {
+    *p = NULL;
+    if (!bytes) bytes = 4;
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        return qk_err("qk_ana_cuda_open: cudaMalloc(%s, %zu bytes): %s (the plan: batches of %d windows of %d tokens, "
+                      "%d heads per layer; a smaller [corpus] batch needs proportionally less)",
+                      what, bytes, cudaGetErrorString(e), a->p.max_batch, a->p.T, a->H);
+    }
+    if (a->n_allocs == a->cap_allocs) {
+        a->cap_allocs = a->cap_allocs ? 2 * a->cap_allocs : 64;
+        a->allocs = (void **)realloc(a->allocs, sizeof(void *) * a->cap_allocs);
+    }
+    a->allocs[a->n_allocs++] = *p;
+    return 0;
+}
+
+#define ALLOC(ptr, count, what) dev_alloc(a, (void **)&(ptr), sizeof(*(ptr)) * (size_t)(count), what)
+
+static int upload(QkAnaCuda *a, float **dst, const float *src, size_t count, const char *what) {
+    if (!src) {
+        *dst = NULL;
+        return 0;
+    }
+    if (dev_alloc(a, (void **)dst, count * sizeof(float), what)) return -1;
+    CUDA_TRY(cudaMemcpy(*dst, src, count * sizeof(float), cudaMemcpyHostToDevice));
+    return 0;
+}
+
+// A launch's error, named with its kernel, layer, head and shape; with QK_CUDA_SYNC=1 also the
+// error of its execution.
+static int launched(QkAnaCuda *a, const char *kernel, int layer, int head, int N) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && a->sync_each) e = cudaStreamSynchronize(a->st);
+    if (e != cudaSuccess)
+        return qk_err("analysis kernel %s (layer %d head %d, N %d T %d C %d dh %d): %s", kernel, layer, head, N, a->T,
+                      a->C, a->dh, cudaGetErrorString(e));
+    return 0;
+}
+
+static int blocks(long long work, int threads) { return (int)((work + threads - 1) / threads); }
+
+static QkTopkOpts sae_opts(const LayerDev *ld, int slots) {
+    QkTopkOpts o;
+    memset(&o, 0, sizeof o);
+    o.k = slots;
+    if (ld->sae->arch == QK_SAE_TOPK) o.act = QK_TOPK_RELU;
+    else o.act = QK_TOPK_GATED, o.gates = ld->gates, o.gate = 0.0f;
+    return o;
+}
+
+extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
+    if (!a) return;
+    if (a->st) cudaStreamSynchronize(a->st);
+    for (int q = 0; q < a->n_allocs; q++) cudaFree(a->allocs[q]);
+    free(a->allocs);
+    if (a->st) cudaStreamDestroy(a->st);
+    qk_btk_destroy(a->btk);
+    if (a->rec)
+        for (int l = 0; l < a->L; l++)
+            if (a->rec[l].n) head_records_free(&a->rec[l]);
+    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views);
+    cudaFreeHost(a->h_pf), cudaFreeHost(a->h_pg), cudaFreeHost(a->h_pw), cudaFreeHost(a->h_psum);
+    cudaFreeHost(a->h_pcnt);
+    free(a->h_order);
+    free(a);
+}
+
+static int open_buffers(QkAnaCuda *a) {
+    const AnalysisOpts *o = &a->p.o;
+    const size_t N = a->Nmax, C = a->C, dh = a->dh, S = a->S_max, T = a->T;
+    const size_t na = N * o->a;
+    if (ALLOC(a->z, N * C, "z") || ALLOC(a->err, N * C, "err") || ALLOC(a->val, N * S, "code val") ||
+        ALLOC(a->idx, N * S, "code idx") || ALLOC(a->nact, N, "n_active") || ALLOC(a->live, N, "live") ||
+        ALLOC(a->scale, N, "scale") || ALLOC(a->shift, N, "shift"))
+        return -1;
+    const size_t nk = N * o->k, es = a->es_max;
+    if (ALLOC(a->vlen, a->p.max_batch, "valid_len")) return -1;
+    a->hb = (HeadBuf *)calloc(a->H, sizeof(HeadBuf));
+    a->h_views = (QkAnaView *)calloc(a->H, sizeof(QkAnaView));
+    if (ALLOC(a->d_views, a->H, "head views")) return -1;
+    const size_t H = a->H;
+    if (ALLOC(a->Qall, H * N * dh, "Q (all heads)") || ALLOC(a->ainv_all, H * N, "1/sqrt(dh) (all heads)") ||
+        ALLOC(a->top_idx_all, H * nk, "top_idx") || ALLOC(a->top_val_all, H * nk, "top_val") ||
+        ALLOC(a->bot_idx_all, H * nk, "bot_idx") || ALLOC(a->bot_val_all, H * nk, "bot_val"))
+        return -1;
+    // Heads not analysed take part in the batched look-for on zeros (their outputs are unused).
+    CUDA_TRY(cudaMemset(a->Qall, 0, H * N * dh * sizeof(float)));
+    CUDA_TRY(cudaMemset(a->ainv_all, 0, H * N * sizeof(float)));
+    for (int h = 0; h < a->H; h++) {
+        HeadBuf *b = &a->hb[h];
+        b->Q = a->Qall + (size_t)h * N * dh, b->ainv = a->ainv_all + (size_t)h * N;
+        if (ALLOC(b->K, N * dh, "K") || ALLOC(b->EQ, N * dh, "EQ") ||
+            ALLOC(b->EK, N * dh, "EK") || ALLOC(b->QF, N * dh, "QF") || ALLOC(b->KF, N * dh, "KF") ||
+            ALLOC(b->U, N * dh, "U") || ALLOC(b->aenc, N, "aenc") || ALLOC(b->rows, 4 * N * T, "score rows"))
+            return -1;
+        if (ALLOC(b->e_idx, N * es, "enc idx") || ALLOC(b->e_val, N * es, "enc val") ||
+            ALLOC(b->e_nact, N, "enc n_active") || ALLOC(b->e_scale, N, "enc scale") || ALLOC(b->e_shift, N, "enc shift"))
+            return -1;
+        if (ALLOC(b->att_idx, na, "att_idx") || ALLOC(b->att_w, na, "att_w") || ALLOC(b->pair_f, na * o->p, "pair_f") ||
+            ALLOC(b->pair_g, na * o->p, "pair_g") || ALLOC(b->pair_val, na * o->p, "pair_val") ||
+            ALLOC(b->groups, na * 16, "groups") || ALLOC(b->metrics, N * QK_ANA_METRICS, "metrics") ||
+            ALLOC(b->qmarg, N * S, "qmarg") || ALLOC(b->kmarg, N * S, "kmarg") ||
+            ALLOC(b->sk_f, N * o->sketch_pairs, "sk_f") || ALLOC(b->sk_g, N * o->sketch_pairs, "sk_g") ||
+            ALLOC(b->sk_val, N * o->sketch_pairs, "sk_val") || ALLOC(b->pt_f, N * a->P, "pair scratch f") ||
+            ALLOC(b->pt_g, N * a->P, "pair scratch g") || ALLOC(b->pt_v, N * a->P, "pair scratch v"))
+            return -1;
+        if (a->p.record_patterns && (ALLOC(b->pattern, N * T, "pattern") || ALLOC(b->pattern_hat, N * T, "pattern_hat")))
+            return -1;
+    }
+    const size_t np = N * o->sketch_pairs;
+    if (ALLOC(a->pk, np, "pair keys") || ALLOC(a->pk2, np, "pair keys (sorted)") || ALLOC(a->pp, np, "pair positions") ||
+        ALLOC(a->pp2, np, "pair positions (sorted)") || ALLOC(a->phead, np, "pair heads") ||
+        ALLOC(a->pseg, np, "pair segments") || ALLOC(a->pstart, np + 1, "pair starts") || ALLOC(a->pnseg, 1, "pair count") ||
+        ALLOC(a->pf, np, "pair f") || ALLOC(a->pg, np, "pair g") || ALLOC(a->pw, np, "pair weights") ||
+        ALLOC(a->psum, np, "pair sums") || ALLOC(a->pcnt, np, "pair counts"))
+        return -1;
+    size_t sort_b = 0, scan_b = 0;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_b, a->pk, a->pk2, a->pp, a->pp2, (int)np, 0, 64, a->st));
+    CUDA_TRY(cub::DeviceScan::InclusiveSum(NULL, scan_b, a->phead, a->pseg, (int)np, a->st));
+    a->cub_bytes = sort_b > scan_b ? sort_b : scan_b;
+    if (dev_alloc(a, &a->cub_tmp, a->cub_bytes, "cub scratch")) return -1;
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pf, np * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pg, np * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pw, np * 8));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_psum, np * 8));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_pcnt, np * 8));
+    a->h_order = (int *)malloc(np * sizeof(int));
+    return 0;
+}
+
+static int open_weights(QkAnaCuda *a) {
+    const AnalysisPlan *p = &a->p;
+    const int C = a->C, dh = a->dh;
+    for (int l = 0; l < a->L; l++) {
+        const QkSae *s = p->sae[l];
+        LayerDev *ld = &a->lay[l];
+        if (!s) continue;
+        const size_t m = s->d_sae;
+        ld->sae = s;
+        ld->S = qk_sae_slots(s, p->sae_max_active);
+        if (upload(a, &ld->W_encT, s->W_encT, m * C, "W_encT") || upload(a, &ld->c_enc, s->c_enc, m, "c_enc") ||
+            upload(a, &ld->gates, s->gates, m, "gates") || upload(a, &ld->W_dec, s->W_dec, m * C, "W_dec") ||
+            upload(a, &ld->b_dec, s->b_dec, C, "b_dec"))
+            return -1;
+        const size_t mdh = m * dh;
+        if (dev_alloc(a, (void **)&ld->Kd, a->H * mdh * sizeof(float), "Kd (all heads)")) return -1;
+        CUDA_TRY(cudaMemset(ld->Kd, 0, a->H * mdh * sizeof(float)));
+        for (int h = 0; h < a->H; h++) {
+            int i = l * a->H + h;
+            ld->any_rec |= p->recorded[i];
+            if (!p->analysed[i]) continue;
+            const HeadTables *t = &p->tables[i];
+            HeadDev *hd = &a->head[i];
+            hd->Kd = ld->Kd + h * mdh;
+            CUDA_TRY(cudaMemcpy(hd->Kd, t->Kd, mdh * sizeof(float), cudaMemcpyHostToDevice));
+            if (upload(a, &hd->Wq, t->qk.Wq, (size_t)C * dh, "Wq~") || upload(a, &hd->Wk, t->qk.Wk, (size_t)C * dh, "Wk~") ||
+                upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
+                upload(a, &hd->Qd, t->Qd, m * dh, "Qd") ||
+                upload(a, &hd->qb, t->qb, dh, "qb") || upload(a, &hd->kb, t->kb, dh, "kb") ||
+                upload(a, &hd->G, t->G, (size_t)dh * dh, "G"))
+                return -1;
+            if (p->encoder && p->recorded[i] && upload(a, &hd->E, t->E, m * dh, "E")) return -1;
+            if (dev_alloc(a, (void **)&hd->acc, acc_size((int)m) * 8, "aggregates")) return -1;
+            CUDA_TRY(cudaMemset(hd->acc, 0, acc_size((int)m) * 8));
+        }
+    }
+    return 0;
+}
+
+extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush) {
+    const GPT2Config *c = &p->model->cfg;
+    if (c->d_model % 16 || c->d_head % 16 || c->d_head > QK_ANA_MAX_DH) {
+        qk_err("qk_ana_cuda_open: d_model %d and d_head %d must be multiples of 16, d_head <= %d", c->d_model, c->d_head,
+               QK_ANA_MAX_DH);
+        return NULL;
+    }
+    if (p->o.k > QK_SEL_QUEUE) {  // the code slots are checked per layer below (a top-k SAE's are its k)
+        qk_err("qk_ana_cuda_open: [analysis] k %d: the device top-k keeps at most %d", p->o.k, QK_SEL_QUEUE);
+        return NULL;
+    }
+    QkAnaCuda *a = (QkAnaCuda *)calloc(1, sizeof *a);
+    a->p = *p;
+    a->device = device, a->defer = defer_flush;
+    a->L = c->n_layer, a->H = c->n_head, a->C = c->d_model, a->dh = c->d_head, a->T = p->T;
+    a->Nmax = p->max_batch * p->T;
+    a->P = p->o.p > p->o.sketch_pairs ? p->o.p : p->o.sketch_pairs;
+    a->lay = (LayerDev *)calloc(a->L, sizeof(LayerDev));
+    a->head = (HeadDev *)calloc((size_t)a->L * a->H, sizeof(HeadDev));
+    a->rec = (HeadRecords *)calloc(a->L, sizeof(HeadRecords));
+    const char *sync = getenv("QK_CUDA_SYNC");
+    a->sync_each = sync && sync[0] == '1';
+    for (int l = 0; l < a->L; l++) {
+        const QkSae *s = p->sae[l];
+        if (!s) continue;
+        int S = qk_sae_slots(s, p->sae_max_active), es = qk_sae_slots(s, p->o.enc_slots);
+        if (S > QK_SEL_QUEUE || es > QK_SEL_QUEUE) {
+            qk_err("qk_ana_cuda_open: layer %d: code slots %d ([sae] max_active or the SAE's k) / encoder slots %d "
+                   "([analysis] enc_slots or k): the device top-k keeps at most %d", l, S, es, QK_SEL_QUEUE);
+            qk_ana_cuda_close(a);
+            return NULL;
+        }
+        a->S_max = S > a->S_max ? S : a->S_max;
+        a->es_max = es > a->es_max ? es : a->es_max;
+        int any_rec = 0;
+        for (int h = 0; h < a->H; h++) any_rec |= p->recorded[l * a->H + h];
+        if (any_rec) {
+            head_records_alloc(&a->rec[l], &p->o, a->Nmax, S, s, p->encoder);
+            if (p->record_patterns) head_records_alloc_patterns(&a->rec[l], p->T);
+        }
+    }
+    if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking) != cudaSuccess) {
+        qk_err("qk_ana_cuda_open: device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    if (!(a->btk = qk_btk_create(device, prec, 0)) || open_buffers(a) || open_weights(a)) {
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    cudaError_t e = cudaDeviceSynchronize();  // the uploads and memsets ran on the legacy stream
+    if (e != cudaSuccess) {
+        qk_err("qk_ana_cuda_open: cudaDeviceSynchronize: %s", cudaGetErrorString(e));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    return a;
+}
+
+// ---- one batch ---------------------------------------------------------------------------------
+
+static int sync_st(QkAnaCuda *a, const char *after) {
+    cudaError_t e = cudaStreamSynchronize(a->st);
+    if (e != cudaSuccess)
+        return qk_err("analysis: after %s: %s (run with QK_CUDA_SYNC=1 to name the kernel)", after, cudaGetErrorString(e));
+    return 0;
+}
+
+static int layer_code(QkAnaCuda *a, int l, const QkAnaLayerActs *x, int N) {
+    const LayerDev *ld = &a->lay[l];
+    const QkSae *s = ld->sae;
+    const int C = a->C;
+    ana_normalise<<<blocks(N, 128), 128, 0, a->st>>>(x->resid, x->ld_resid, N, C, s->center_input,
+                                                     s->norm == QK_SAE_NORM_LAYER_NORM, a->z, a->scale, a->shift);
+    if (launched(a, "ana_normalise", l, -1, N) || sync_st(a, "ana_normalise")) return -1;
+    QkTopkOpts o = sae_opts(ld, ld->S);
+    if (qk_btk_run(a->btk, NULL, N, s->d_sae, C, a->z, C, NULL, ld->W_encT, ld->c_enc, &o, a->idx, a->val, a->nact))
+        return qk_err("analysis: SAE encode of layer %d: %s", l, qk_errmsg());
+    ana_err<<<blocks((long long)N * C, 256), 256, 0, a->st>>>(x->resid, x->ld_resid, N, C, a->idx, a->val, a->nact,
+                                                              ld->S, ld->W_dec, ld->b_dec, a->scale, a->shift, a->live,
+                                                              a->err);
+    return launched(a, "ana_err", l, -1, N);
+}
+
+#define DL(dst, src, count) CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(*(dst)) * (size_t)(count), cudaMemcpyDeviceToHost, a->st))
+
+static int download_records(QkAnaCuda *a, const HeadBuf *b, HeadRecords *r, int N, int S, int es) {
+    const AnalysisOpts *o = &a->p.o;
+    const size_t nk = (size_t)N * o->k, na = (size_t)N * o->a;
+    DL(r->top_idx, b->top_idx, nk); DL(r->top_val, b->top_val, nk); DL(r->bot_idx, b->bot_idx, nk);
+    DL(r->bot_val, b->bot_val, nk);
+    if (r->enc) {
+        DL(r->enc_code.idx, b->e_idx, (size_t)N * es); DL(r->enc_code.val, b->e_val, (size_t)N * es);
+        DL(r->enc_code.n_active, b->e_nact, N); DL(r->enc_code.scale, b->e_scale, N);
+        DL(r->enc_code.shift, b->e_shift, N);
+    }
+    DL(r->att_idx, b->att_idx, na); DL(r->att_w, b->att_w, na);
+    DL(r->pair_f, b->pair_f, na * o->p); DL(r->pair_g, b->pair_g, na * o->p); DL(r->pair_val, b->pair_val, na * o->p);
+    DL(r->groups, b->groups, na * 16); DL(r->metrics, b->metrics, (size_t)N * QK_ANA_METRICS);
+    DL(r->qmarg, b->qmarg, (size_t)N * S); DL(r->kmarg, b->kmarg, (size_t)N * S);
+    DL(r->sk_f, b->sk_f, (size_t)N * o->sketch_pairs); DL(r->sk_g, b->sk_g, (size_t)N * o->sketch_pairs);
+    DL(r->sk_val, b->sk_val, (size_t)N * o->sketch_pairs);
+    if (r->patterns) {
+        DL(r->pattern, b->pattern, (size_t)N * a->T);
+        DL(r->pattern_hat, b->pattern_hat, (size_t)N * a->T);
+    }
+    return sync_st(a, "the records' download");
+}
+
+// Heaviest first, ties: lower f, then lower g (pair_sketch_sorted's order); ctx: the QkAnaCuda.
+static int pair_cmp(const void *x, const void *y, void *ctx) {
+    const QkAnaCuda *a = (const QkAnaCuda *)ctx;
+    int i = *(const int *)x, j = *(const int *)y;
+    if (a->h_pw[i] != a->h_pw[j]) return a->h_pw[i] > a->h_pw[j] ? -1 : 1;
+    if (a->h_pf[i] != a->h_pf[j]) return a->h_pf[i] < a->h_pf[j] ? -1 : 1;
+    return (a->h_pg[i] > a->h_pg[j]) - (a->h_pg[i] < a->h_pg[j]);
+}
+
+// The batch's sketch candidates of one head reduced by (f, g) on the device, then merged into the
+// host sketch heaviest first (as pair_sketch_merge): one entry per distinct pair of the batch.
+static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int with_valid, PairSketch *sk) {
+    const int sp = a->p.o.sketch_pairs, np = N * sp;
+    ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(b->sk_f, b->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
+    if (launched(a, "ana_pair_keys", l, h, N)) return -1;
+    size_t bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->pk, a->pk2, a->pp, a->pp2, np, 0, 64, a->st));
+    if (launched(a, "cub::DeviceRadixSort::SortPairs (heavy pairs)", l, h, N)) return -1;
+    ana_pair_heads<<<blocks(np, 256), 256, 0, a->st>>>(a->pk2, np, a->phead);
+    if (launched(a, "ana_pair_heads", l, h, N)) return -1;
+    bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceScan::InclusiveSum(a->cub_tmp, bytes, a->phead, a->pseg, np, a->st));
+    if (launched(a, "cub::DeviceScan::InclusiveSum (heavy pairs)", l, h, N)) return -1;
+    ana_pair_starts<<<blocks(np, 256), 256, 0, a->st>>>(a->phead, a->pseg, np, a->pstart, a->pnseg);
+    if (launched(a, "ana_pair_starts", l, h, N)) return -1;
+    ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
+                                                      a->psum, a->pcnt);
+    if (launched(a, "ana_pair_sums", l, h, N)) return -1;
+    int nseg = 0;
+    CUDA_TRY(cudaMemcpyAsync(&nseg, a->pnseg, sizeof(int), cudaMemcpyDeviceToHost, a->st));
+    if (sync_st(a, "the heavy-pair reduction")) return -1;
+    if (nseg < 1 || nseg > np) return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
+    CUDA_TRY(cudaMemcpyAsync(a->h_pf, a->pf, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_pg, a->pg, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_pw, a->pw, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_psum, a->psum, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
+    CUDA_TRY(cudaMemcpyAsync(a->h_pcnt, a->pcnt, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
+    if (sync_st(a, "the heavy pairs' download")) return -1;
+    int n = 0;
+    for (int s = 0; s < nseg; s++)
+        if (a->h_pf[s] >= 0) a->h_order[n++] = s;
+    qsort_r(a->h_order, n, sizeof(int), pair_cmp, a);
+    for (int q = 0; q < n; q++) {
+        int s = a->h_order[q];
+        pair_sketch_add_entry(sk, a->h_pf[s], a->h_pg[s], a->h_pw[s], 0, a->h_psum[s], a->h_pcnt[s]);
+    }
+    return 0;
+}
+
+// Head (l, h)'s vectors: Q, K, EQ, EK, QF, KF.
+static int head_prep(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
+    HeadBuf *b = &a->hb[h];
+    const LayerDev *ld = &a->lay[l];
+    const int dh = a->dh, C = a->C, S = ld->S;
+    const HeadDev *hd = &a->head[l * a->H + h];
+    const float inv = 1.0f / sqrtf((float)dh);
+    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
+                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF,
+                      b->ainv};
+    ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
+    return launched(a, "ana_head_vec", l, h, N);
+}
+
+// The look-for top-k (and bottom-k when the layer has a recorded head) of all H heads of layer l in
+// one batched top-k: problem h = hb[h].Q (N, dh) against the layer's Kd slice h.
+static int layer_lookfor(QkAnaCuda *a, int l, int N) {
+    const LayerDev *ld = &a->lay[l];
+    const AnalysisOpts *o = &a->p.o;
+    const int dh = a->dh, m = ld->sae->d_sae;
+    const size_t nk = (size_t)N * o->k;
+    for (int h = 0; h < a->H; h++) {
+        HeadBuf *b = &a->hb[h];
+        b->top_idx = a->top_idx_all + h * nk, b->top_val = a->top_val_all + h * nk;
+        b->bot_idx = a->bot_idx_all + h * nk, b->bot_val = a->bot_val_all + h * nk;
+    }
+    if (sync_st(a, "ana_head_vec")) return -1;
+    QkBtkBatch bt;
+    memset(&bt, 0, sizeof bt);
+    bt.batch = a->H, bt.U = (long long)a->Nmax * dh, bt.a = a->Nmax, bt.V = (long long)m * dh;
+    QkTopkOpts top;
+    memset(&top, 0, sizeof top);
+    top.k = o->k;
+    if (ld->any_rec) top.bottom_idx = a->bot_idx_all, top.bottom_val = a->bot_val_all;
+    if (qk_btk_run(a->btk, &bt, N, m, dh, a->Qall, dh, a->ainv_all, ld->Kd, NULL, &top, a->top_idx_all, a->top_val_all, NULL))
+        return qk_err("analysis: look-for top-k of layer %d's heads: %s", l, qk_errmsg());
+    return 0;
+}
+
+// Head (l, h) after its look-for: encoder projection, score rows, its view for ana_query in
+// a->h_views[h].
+static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
+    HeadBuf *b = &a->hb[h];
+    const AnalysisPlan *p = &a->p;
+    const AnalysisOpts *o = &p->o;
+    const LayerDev *ld = &a->lay[l];
+    const QkSae *s = ld->sae;
+    const int i = l * a->H + h, rec = p->recorded[i], dh = a->dh, C = a->C, T = a->T, m = s->d_sae, S = ld->S;
+    const HeadDev *hd = &a->head[i];
+    const float inv = 1.0f / sqrtf((float)dh);
+    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
+    if (enc) {
+        ana_proj<<<blocks(N, 128), 128, 0, a->st>>>(b->Q, N, dh, inv, hd->G, C, s->norm == QK_SAE_NORM_LAYER_NORM, b->U,
+                                                     b->aenc, b->e_scale, b->e_shift);
+        if (launched(a, "ana_proj", l, h, N) || sync_st(a, "ana_proj")) return -1;
+        QkTopkOpts eo = sae_opts(ld, es);
+        if (qk_btk_run(a->btk, NULL, N, m, dh, b->U, dh, b->aenc, hd->E, ld->c_enc, &eo, b->e_idx, b->e_val, b->e_nact))
+            return qk_err("analysis: encoder projection of head %d.%d: %s", l, h, qk_errmsg());
+    }
+    float *R = b->rows;
+    const size_t NT = (size_t)N * T;
+    ana_rows<<<blocks((long long)NT, 128), 128, 0, a->st>>>(b->Q, b->K, b->EQ, b->EK, N, T, dh, inv, R, R + NT, R + 2 * NT,
+                                                            R + 3 * NT);
+    if (launched(a, "ana_rows", l, h, N)) return -1;
+    QkAnaView &v = a->h_views[h];
+    memset(&v, 0, sizeof v);
+    v.T = T, v.dh = dh, v.S = S, v.k = o->k, v.a = o->a, v.p = o->p, v.sp = o->sketch_pairs, v.P = a->P;
+    v.records = rec, v.patterns = rec && p->record_patterns, v.inv = inv;
+    v.Srow = R, v.Sb = R + NT, v.Sq = R + 2 * NT, v.Sk = R + 3 * NT;
+    v.QF = b->QF, v.KF = b->KF, v.EQ = b->EQ, v.EK = b->EK, v.sigma = x->sigma, v.scale = a->scale;
+    v.idx = a->idx, v.live = a->live, v.val = a->val;
+    v.Qd = hd->Qd, v.Kd = hd->Kd, v.qb = hd->qb, v.kb = hd->kb, v.bq = hd->bq, v.bk = hd->bk, v.top_idx = b->top_idx;
+    v.att_idx = b->att_idx, v.att_w = b->att_w, v.pair_f = b->pair_f, v.pair_g = b->pair_g, v.pair_val = b->pair_val;
+    v.groups = b->groups, v.metrics = b->metrics, v.qmarg = b->qmarg, v.kmarg = b->kmarg;
+    v.sk_f = b->sk_f, v.sk_g = b->sk_g, v.sk_val = b->sk_val, v.pattern = b->pattern, v.pattern_hat = b->pattern_hat;
+    v.pt_f = b->pt_f, v.pt_g = b->pt_g, v.pt_v = b->pt_v;
+    return 0;
+}
+
+// Head (l, h) after ana_query: aggregates, heavy pairs, records.
+static int head_finish(QkAnaCuda *a, int l, int h, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
+                       QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const AnalysisOpts *o = &p->o;
+    const LayerDev *ld = &a->lay[l];
+    const QkSae *s = ld->sae;
+    const int i = l * a->H + h, rec = p->recorded[i], T = a->T, m = s->d_sae, S = ld->S;
+    const HeadDev *hd = &a->head[i];
+    const HeadBuf *b = &a->hb[h];
+    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
+    if (agg) {
+        AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
+                     N, T, S, o->a, hd->acc, m};
+        ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
+        if (launched(a, "ana_agg", l, h, N)) return -1;
+        ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
+        if (launched(a, "ana_carry", l, h, N)) return -1;
+        if (merge_pairs(a, b, l, h, N, valid_len != NULL, &agg[i].sketch)) return -1;
+    }
+    if (rec && emit) {
+        HeadRecords *r = &a->rec[l];
+        int enc_alloc = r->enc;
+        r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
+        int rc = download_records(a, b, r, N, S, es);
+        if (!rc) rc = emit(emit_ctx, l, h, r, B);
+        r->enc = enc_alloc;
+        if (rc) return -1;
+    }
+    return sync_st(a, "the head's kernels");
+}
+
+// ana_query over the analysed heads of layer l, one launch (grid.y: the heads).
+static int layer_queries(QkAnaCuda *a, int l, int N) {
+    int nh = 0;
+    for (int h = 0; h < a->H; h++)
+        if (a->p.analysed[l * a->H + h]) a->h_views[nh++] = a->h_views[h];  // h >= nh: packed in place
+    if (!nh) return 0;
+    CUDA_TRY(cudaMemcpyAsync(a->d_views, a->h_views, sizeof(QkAnaView) * nh, cudaMemcpyHostToDevice, a->st));
+    ana_query<<<dim3(blocks(N, QUERY_THREADS), nh), QUERY_THREADS, 0, a->st>>>(a->d_views, N);
+    if (launched(a, "ana_query", l, -1, N)) return -1;
+    return sync_st(a, "ana_query");  // before h_views is rewritten
+}
+
+extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B,
+                               HeadAggregates *agg, QkRecordsFn emit, void *emit_ctx, double *seconds) {
+    const AnalysisPlan *p = &a->p;
+    if (B > p->max_batch || B < 1) return qk_err("qk_ana_cuda_run: B=%d: the plan allows 1..%d", B, p->max_batch);
+    CUDA_TRY(cudaSetDevice(a->device));
+    const int N = B * a->T;
+    if (valid_len) CUDA_TRY(cudaMemcpyAsync(a->vlen, valid_len, sizeof(int32_t) * B, cudaMemcpyHostToDevice, a->st));
+    for (int l = 0; l < a->L; l++) {
+        if (!p->sae[l]) continue;
+        double t = qk_now();
+        if (layer_code(a, l, &acts[l], N) || sync_st(a, "the SAE code")) return -1;
+        if (seconds) seconds[QK_STAGE_SAE] += qk_now() - t;
+        t = qk_now();
+        for (int h = 0; h < a->H; h++)
+            if (p->analysed[l * a->H + h] && head_prep(a, l, h, &acts[l], N)) return -1;
+        if (layer_lookfor(a, l, N)) return -1;
+        for (int h = 0; h < a->H; h++)
+            if (p->analysed[l * a->H + h] && head_rows(a, l, h, &acts[l], N)) return -1;
+        if (layer_queries(a, l, N)) return -1;
+        for (int h = 0; h < a->H; h++)
+            if (p->analysed[l * a->H + h] && head_finish(a, l, h, N, B, valid_len, agg, emit, emit_ctx)) return -1;
+        if (seconds) seconds[QK_STAGE_HEADS] += qk_now() - t;
+    }
+    if (agg && !a->defer) return qk_ana_cuda_flush(a, agg);
+    return 0;
+}
+
+// Adds a downloaded accumulator (acc_size(g->m) int64) to g, normalising the exact sums.
+static void add_acc(const int64_t *h, HeadAggregates *g) {
+    const size_t m = g->m;
+    const int64_t *qm = h + ACC_DENSE, *km = qm + m * 3, *qc = km + m * 3, *kc = qc + m;
+    g->queries += h[ACC_QUERIES];
+    for (int q = 0; q < QK_ANA_METRICS; q++) {
+        g->count[q] += h[ACC_COUNT + q];
+        for (int b = 0; b < QK_ANA_BINS; b++) g->hist[q][b] += h[ACC_HIST + q * QK_ANA_BINS + b];
+        for (int t = 0; t < 3; t++) g->sum_exact[q][t] += h[ACC_SUM + q * 3 + t];
+        qk_exact_normalize(g->sum_exact[q]);
+    }
+    for (size_t f = 0; f < m; f++) {
+        g->query_count[f] += qc[f], g->key_count[f] += kc[f];
+        for (int t = 0; t < 3; t++)
+            g->query_marginal_exact[f * 3 + t] += qm[f * 3 + t], g->key_marginal_exact[f * 3 + t] += km[f * 3 + t];
+        qk_exact_normalize(g->query_marginal_exact + f * 3);
+        qk_exact_normalize(g->key_marginal_exact + f * 3);
+    }
+}
+
+extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
+    CUDA_TRY(cudaSetDevice(a->device));
+    for (int i = 0; i < a->L * a->H; i++) {
+        const HeadDev *hd = &a->head[i];
+        if (!hd->acc) continue;
+        HeadAggregates *g = &agg[i];
+        const size_t m = g->m, n = acc_size((int)m);
+        int64_t *h = (int64_t *)malloc(n * 8);
+        cudaError_t e = cudaMemcpy(h, hd->acc, n * 8, cudaMemcpyDeviceToHost);
+        if (e == cudaSuccess) e = cudaMemsetAsync(hd->acc, 0, n * 8, a->st);
+        if (e != cudaSuccess) {
+            free(h);
+            return qk_err("qk_ana_cuda_flush: head %d.%d: %s", i / a->H, i % a->H, cudaGetErrorString(e));
+        }
+        add_acc(h, g);
+        free(h);
+    }
+    return sync_st(a, "the aggregates' reset");
+}
+
+extern "C" int qk_ana_cuda_malloc(void **p, size_t bytes) {
+    CUDA_TRY(cudaMalloc(p, bytes));
+    return 0;
+}
+
+extern "C" int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes) {
+    CUDA_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+extern "C" void qk_ana_cuda_free(void *p) { cudaFree(p); }
+
+// Tests: ana_agg and ana_carry alone on given records (host arrays), added to agg.
+extern "C" int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
+                                          const float *metrics, const float *qmarg, const float *kmarg,
+                                          const int32_t *idx, const int32_t *live, const int32_t *att_idx,
+                                          HeadAggregates *agg) {
+    CUDA_TRY(cudaSetDevice(device));
+    const int m = agg->m;
+    const size_t n_acc = acc_size(m);
+    struct { void *d; const void *h; size_t bytes; } buf[7] = {
+        {NULL, metrics, (size_t)N * QK_ANA_METRICS * 4}, {NULL, qmarg, (size_t)N * S * 4}, {NULL, kmarg, (size_t)N * S * 4},
+        {NULL, idx, (size_t)N * S * 4}, {NULL, live, (size_t)N * 4}, {NULL, att_idx, (size_t)N * a * 4},
+        {NULL, valid_len, (size_t)B * 4}};
+    int64_t *dacc = NULL, *h = (int64_t *)malloc(n_acc * 8);
+    int rc = 0;
+    cudaError_t e = cudaMalloc((void **)&dacc, n_acc * 8);
+    if (e == cudaSuccess) e = cudaMemset(dacc, 0, n_acc * 8);
+    for (int q = 0; q < 7 && e == cudaSuccess; q++)
+        if (buf[q].h && (e = cudaMalloc(&buf[q].d, buf[q].bytes)) == cudaSuccess)
+            e = cudaMemcpy(buf[q].d, buf[q].h, buf[q].bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) {
+        AggArgs g = {(const float *)buf[0].d, (const float *)buf[1].d, (const float *)buf[2].d, (const int32_t *)buf[3].d,
+                     (const int32_t *)buf[4].d, (const int32_t *)buf[5].d, (const int32_t *)buf[6].d, N, T, S, a, dacc, m};
+        ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS>>>(g);
+        e = cudaGetLastError();
+        if (e == cudaSuccess) {
+            ana_carry<<<blocks(2LL * m, 256), 256>>>(dacc, m);
+            e = cudaGetLastError();
+        }
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        if (e == cudaSuccess) e = cudaMemcpy(h, dacc, n_acc * 8, cudaMemcpyDeviceToHost);
+    }
+    if (e != cudaSuccess) rc = qk_err("qk_ana_cuda_aggregate_test (ana_agg, ana_carry; N %d m %d): %s", N, m, cudaGetErrorString(e));
+    else add_acc(h, agg);
+    for (int q = 0; q < 7; q++) cudaFree(buf[q].d);
+    cudaFree(dacc);
+    free(h);
+    return rc;
+}

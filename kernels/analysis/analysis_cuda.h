@@ -1,0 +1,84 @@
+// analysis_cuda.h: the analysis of docs/ANALYSIS.md on a CUDA device (kernels/analysis_cuda.cu),
+// plain C: everything qk_analysis_host_run computes after the forward pass, from activations
+// already on the device.  host/analysis_batch.c (qk_analysis_host_run) stays the reference.
+//
+// Per batch of B windows of T tokens (N = B*T), for every layer with an SAE: the SAE code of its
+// resid_pre (normalisation in double as host/sae.c, the bilinear top-k of kernels/bilinear_topk.h
+// for topk / ReLU / JumpReLU, decode and error in double), then for every analysed head: look-for
+// top-k (and bottom-k for recorded heads) with the same top-k, the encoder projection (recorded
+// heads, plan->encoder), the four score rows (real, reconstructed both / query / key sides), the
+// attended keys, decomposition, metrics, and the aggregates.  Recorded heads' records are
+// downloaded into host HeadRecords and handed to emit (layer-then-head order, as on the host).
+//
+// Aggregates: metric sums and marginals as exact limbs (exact_sum.h) summed with 64-bit integer
+// atomics (order-free, so bit-identical run to run), counts and histograms likewise; they stay on
+// the device and are added to the host HeadAggregates by qk_ana_cuda_flush (run flushes after
+// every batch unless opened with defer_flush).  The heavy-pair sketch: each batch's pair
+// candidates are downloaded and added to the host sketch in token order, exactly as the host.
+//
+// Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
+// host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
+//
+// Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
+//   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 0); allocate the forward's
+//                           device activations for p->max_batch windows of p->T tokens, for the
+//                           layers up to the last l with p->sae[l] (no attention rows are needed:
+//                           the analysis recomputes its score rows from q and k in fp32).
+//   analyse(an, tokens, valid_len, B, agg, emit, ctx, seconds):
+//                           B <= p->max_batch, gpt2_check_tokens; run the forward on the device;
+//                           cudaStreamSynchronize(the forward's stream) (the analysis runs on its own
+//                           non-blocking stream and reads the activations right away);
+//                           seconds[QK_STAGE_FORWARD] += its time; then for every l with p->sae[l]:
+//                           acts[l] = {resid_pre_l, C, ln1_scale_l, q_l, k_l, ld} (q and k straight
+//                           out of the fused QKV output work too: q = qkv_l, k = qkv_l + C, ld = 3C);
+//                           return qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
+//   analysis_close(an):     qk_ana_cuda_close(dev), then free the activations.
+// With defer_flush = 0 every run adds the batch's dense aggregates to agg (one download of
+// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  Faster: open
+// with defer_flush = 1 and call qk_ana_cuda_flush(dev, agg) only before the aggregates are read
+// (an optional QkBackend hook, called by cmd_run.c before write_aggregates and by agg_comm.c
+// before a rank reduction).  The sketch is updated on the host by every run either way.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "analysis/analysis_batch.h"
+#include "analysis/topk.h"
+
+// One layer's activations on the device, for the batch's N tokens in (window, position) order.
+typedef struct {
+    const float *resid;   // (N, ld_resid): blocks.l.hook_resid_pre
+    long long ld_resid;   // row stride in elements (>= d_model)
+    const float *sigma;   // (N): blocks.l.ln1.hook_scale
+    const float *q, *k;   // (N, ld_qk): hook_q / hook_k, head h in columns [h*dh, (h+1)*dh)
+    long long ld_qk;
+} QkAnaLayerActs;
+
+typedef struct QkAnaCuda QkAnaCuda;
+
+// Uploads the SAEs of the layers with analysed heads and the analysed heads' tables; allocates
+// the batch buffers for p->max_batch windows.  NULL with qk_errmsg() set.  d_model and d_head
+// must be multiples of 16 (the top-k's GEMM alignment), d_head <= 64.
+QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush);
+// acts (L): entries of layers without an SAE are ignored.  valid_len (B, host) or NULL as in
+// qk_analysis_host_run; agg (L*H, host).  seconds[QK_N_ANALYSIS_STAGES] accumulates the SAE and
+// heads stages (the forward is the caller's).
+int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B, HeadAggregates *agg,
+                    QkRecordsFn emit, void *emit_ctx, double *seconds);
+// Adds the device accumulators to agg (L*H) and zeroes them.
+int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg);
+void qk_ana_cuda_close(QkAnaCuda *a);
+
+// Device memory for callers without CUDA headers (the tests): cudaMalloc / cudaMemcpy host to
+// device / cudaFree on the current device; 0 or -1 with qk_errmsg() set.
+int qk_ana_cuda_malloc(void **p, size_t bytes);
+int qk_ana_cuda_upload(void *dst, const void *src, size_t bytes);
+void qk_ana_cuda_free(void *p);
+
+// Tests: the aggregation kernels alone (ana_agg, ana_carry) on given host records of N tokens
+// (windows of T; code idx (N, S) and live (N); metrics (N, N_METRICS); qmarg, kmarg (N, S);
+// att_idx (N, a); valid_len (B) or NULL), added to agg (agg->m = d_sae): the same integers as
+// host/analysis.c's aggregation of the same records.
+int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
+                               const float *metrics, const float *qmarg, const float *kmarg, const int32_t *idx,
+                               const int32_t *live, const int32_t *att_idx, HeadAggregates *agg);

@@ -1,0 +1,57 @@
+// bilinear_topk.h: the bilinear top-k of SPEC §5 on a CUDA device (kernels/bilinear_topk.cu),
+// plain C.  Semantics are those of host/topk.h (qk_topk), which stays the reference:
+//
+//     s_ij = a_i * (U_i . V_j) + c_j,   out_i = the k best j of row i (k <= 64)
+//
+// with the same total order (value, then lower index), NaN never selected, the same activations
+// (PLAIN / RELU / GATED with per-column gates), bottom, and top + bottom in one pass
+// (opts.bottom_idx / bottom_val).  Batched: `batch` independent problems (e.g. a layer's heads)
+// in one call, problem b reading U + b*U_stride etc.; outputs are [batch x n x k] and [batch x n].
+//
+// Precision: FP32 (the parity mode: fp32 GEMM, no TF32), TF32 (tensor-core GEMM on tf32-rounded
+// operands), BF16 (operands rounded to bf16, fp32 accumulation).  Scores, a_i, c_j, the gates and
+// the selection are fp32 in every mode.
+//
+// Memory: U [n x r] rows (stride ldu), V [M x r] contiguous; the scores exist only as
+// (row block x column block) tiles sized to stay in L2; n x M is never materialised.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "analysis/topk.h"
+
+typedef struct QkBtk QkBtk;
+
+// Element strides between the problems of a batch; 0 for c or gates: shared by all problems.
+typedef struct {
+    int batch;  // problems (0 counts as 1)
+    long long U, a, V, c, gates;
+} QkBtkBatch;
+
+// A context on `device`: stream, cuBLASLt handle, workspace, pinned algorithms, scratch (grown on
+// demand).  l2_bytes: the score tile budget (0: half the device's L2).  Returns NULL with
+// qk_errmsg() set.  QK_CUDA_SYNC=1 in the environment synchronises after every launch, so an
+// error is reported by the kernel that caused it.
+QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes);
+void qk_btk_destroy(QkBtk *b);
+QkPrecision qk_btk_precision(const QkBtk *b);
+
+// Device pointers everywhere (opts->gates, bottom_idx, bottom_val included).  r must be a
+// multiple of 16 (cuBLASLt alignment), ldu >= r a multiple of 4.  Returns once the results are
+// on the device, or -1 with qk_errmsg() naming the call, the kernel or the size.
+int qk_btk_run(QkBtk *b, const QkBtkBatch *batch, int n, int M, int r, const float *U, int ldu, const float *a,
+               const float *V, const float *c, const QkTopkOpts *opts, int32_t *idx, float *val, int32_t *count);
+
+// The same on host pointers: uploads, runs, downloads (tests, `qkscope static`).  Any r >= 1
+// (zero-padded to a multiple of 16 on the host); device outputs are poisoned before the run.
+int qk_btk_run_host(QkBtk *b, const QkBtkBatch *batch, int n, int M, int r, const float *U, int ldu,
+                    const float *a, const float *V, const float *c, const QkTopkOpts *opts, int32_t *idx,
+                    float *val, int32_t *count);
+
+// The tile the run uses for these sizes: rows x cols of scores per problem (what row_block /
+// col_block = 0 mean).
+void qk_btk_blocks(const QkBtk *b, int batch, int n, int M, int *row_block, int *col_block);
+
+// Benchmark anchor: one cuBLASLt GEMM S = U V^T over the whole n x M (batch 1) in this context's
+// precision, written to S [n x M] (fp32, or bf16 when out_bf16; device memory of the caller).
+int qk_btk_gemm_full(QkBtk *b, int n, int M, int r, const float *U, const float *V, void *S, int out_bf16);
