@@ -1,6 +1,7 @@
 // commands.h: the CLI subcommands.  Each takes the arguments after its name (argv[0] is the
-// command name) and returns the process exit status.
+// command name) and returns the process exit status (base/exit_status.h).
 #pragma once
+#include "base/exit_status.h"
 
 int cmd_cache(int argc, char **argv);     // run_with_cache for C users (cmd_cache.c)
 int cmd_tokenize(int argc, char **argv);  // GPT-2 BPE encode / decode (cmd_tokenize.c)
@@ -15,7 +16,3 @@ int cmd_planted(int argc, char **argv);   // synthetic GPT-2 + SAEs with planted
 int cmd_report(int argc, char **argv);    // one HTML page of a run (cmd_report.c)
 int cmd_random(int argc, char **argv);    // random GPT-2-shaped model + SAEs for benchmarks (cmd_random.c)
 int cmd_probe(int argc, char **argv);     // probe corpora for known circuits, recovery scores (cmd_probe.c)
-
-// Exit statuses shared by every command.
-// QK_EXIT_INTERRUPTED (EX_TEMPFAIL): stopped by a signal after a checkpoint; requeue and --resume.
-enum { QK_EXIT_OK = 0, QK_EXIT_FAIL = 1, QK_EXIT_USAGE = 2, QK_EXIT_INTERRUPTED = 75 };

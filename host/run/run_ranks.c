@@ -1,9 +1,9 @@
-// cmd_run_ranks.c: `qkscope run --gpus all|N|LIST` and `--ranks N`: one process, R ranks, one
-// host thread each (run_rank.h).  The config, model and SAEs are read from disk once and shared;
+// run_ranks.c: `qkscope run --gpus all|N|LIST` and `--ranks N`: one process, R ranks, one
+// host thread each (run_ranks.h), each a Run of run_loop.h.  The config, model and SAEs are read from disk once and shared;
 // each rank has its own backend (GPU ranks get the weights from rank 0's GPU over NCCL:
 // QkBackend.share_weights).  The corpus is read once (a Feed) and cut into the shards of a
-// sharded run, shard s going to rank s mod R: the pieces (batches cut at shard boundaries) are
-// exactly those a one-rank run analyses, so every per-window record is identical.  Shards are
+// sharded run, shard s going to rank s mod R: the pieces (batches cut at shard boundaries by
+// shard_cut.h) are exactly those a one-rank run analyses, so every per-window record is identical.  Shards are
 // written as OUT/shard-NNNNNN.h5 by their rank, the manifest lists the complete ones, and at the
 // end the aggregates are reduced over the communicator (agg_comm.h: deterministic) and written
 // once as OUT/aggregates.h5, which `qkscope merge OUT` takes instead of summing the shards.
@@ -15,13 +15,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/exit_status.h"
 #include "base/util.h"
-#include "cli/commands.h"
 #include "io/agg_io.h"
 #include "io/h5out.h"
 #include "run/agg_comm.h"
 #include "run/comm.h"
-#include "run/run_rank.h"
+#include "run/run_loop.h"
+#include "run/run_ranks.h"
+#include "run/shard_cut.h"
 
 #define MAX_RANKS 1024
 #define RANK_SHARD_BATCHES 64  // shard size when [output] shard_tokens = 0: batches per shard
@@ -86,16 +88,11 @@ typedef struct {
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    QkCorpus *corpus;
-    QkWindowBatch wb;          // the corpus batch being cut
-    int wb_off;                // its windows already taken
-    int64_t skip;              // windows still to skip (resume: complete shards)
-    int64_t window;            // corpus window index of wb[wb_off]
-    int64_t shard_windows, max_tokens, tokens_read;
+    ShardCut cut;              // the corpus, cut as a one-rank run cuts it
     int ranks;
     Shard **slot;              // (ranks) shard read and not taken yet
     int next_read;             // index of the next shard to read
-    int reading;               // a rank is reading it (outside mu: only the reader touches wb..tokens_read)
+    int reading;               // a rank is reading it (outside mu: only the reader touches cut)
     int eof;                   // no shard from next_read on
     int stop;                  // a rank failed, or a signal: everyone stops
     char error[1024];          // the corpus error, when reading failed
@@ -127,46 +124,27 @@ static void add_piece(Shard *s, const QkWindowBatch *b, int off, int n) {
     s->windows += n;
 }
 
-// Reads shard `index` (the reader only, outside f->mu): the same cuts, skips and max_tokens stop
-// as the loop of a one-rank run, the shard ending at the next multiple of shard_windows (counted
-// from the run's first window, as a one-rank run's after a checkpoint).  *out NULL when the
-// corpus has no more windows; *end 1 when it has none after this shard; -1 on a corpus error.
+// Reads shard `index` (the reader only, outside f->mu): the pieces of f->cut up to the end of
+// a shard.  *out NULL when the corpus has no more windows; *end 1 when it has none after this
+// shard; -1 on a corpus error.
 static int read_shard(Feed *f, int index, Shard **out, int *end) {
     Shard *s = qk_calloc(1, sizeof *s);
     s->index = index;
     *end = 0;
-    for (int64_t last = -1; last < 0 || f->window < last;) {
-        if (f->wb_off == f->wb.n) {
-            int got = qk_corpus_next_batch(f->corpus, &f->wb);
-            f->wb_off = 0;
-            if (got < 0) {
-                shard_free(s);
-                return -1;
-            }
-            if (got == 0) {
-                f->wb.n = 0;
-                *end = 1;
-                break;
-            }
+    ShardPiece p;
+    for (;;) {
+        int got = shard_cut_next(&f->cut, &p);
+        if (got < 0) {
+            shard_free(s);
+            return -1;
         }
-        int avail = f->wb.n - f->wb_off;
-        if (f->skip > 0) {  // windows of shards a previous run completed
-            int take = (int)(f->skip < avail ? f->skip : avail);
-            f->skip -= take, f->wb_off += take, f->window += take;
-            continue;
-        }
-        if (f->max_tokens && f->tokens_read >= f->max_tokens) {
+        if (got == 0) {
             *end = 1;
             break;
         }
-        if (last < 0) {
-            s->first_window = f->window;
-            last = (f->window / f->shard_windows + 1) * f->shard_windows;
-        }
-        int take = (int)(avail < last - f->window ? avail : last - f->window);
-        add_piece(s, &f->wb, f->wb_off, take);
-        for (int b = 0; b < take; b++) f->tokens_read += f->wb.length[f->wb_off + b];
-        f->wb_off += take, f->window += take;
+        if (p.starts_shard) s->first_window = p.first_window;
+        add_piece(s, &f->cut.wb, p.off, p.n);
+        if (p.ends_shard) break;
     }
     if (!s->windows) {
         shard_free(s);
@@ -452,10 +430,8 @@ static int open_ranks(Ranks *g, const RunArgs *a) {
     Feed *f = &g->feed;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
-    f->corpus = run_rank_corpus(g->rank[0].rr);
-    f->skip = g->skip_windows;
-    f->shard_windows = run_rank_shard_windows(g->rank[0].rr);
-    f->max_tokens = c->max_tokens;
+    shard_cut_init(&f->cut, run_rank_corpus(g->rank[0].rr), g->skip_windows, run_rank_shard_windows(g->rank[0].rr),
+                   c->max_tokens);
     f->ranks = g->n;
     f->slot = qk_calloc(g->n, sizeof(Shard *));
     f->next_read = f->complete = g->first_shard;
@@ -478,7 +454,7 @@ static void close_ranks(Ranks *g) {
         pthread_cond_destroy(&f->cv);
     }
     free(f->slot), free(f->done);
-    qk_window_batch_free(&f->wb);
+    shard_cut_free(&f->cut);
     run_setup_close(&g->s);
 }
 
@@ -509,7 +485,7 @@ static void run_threads(Ranks *g, int quiet) {
     free(th);
 }
 
-int cmd_run_ranks(const RunArgs *a) {
+int run_ranks(const RunArgs *a) {
     Ranks *g = qk_calloc(1, sizeof *g);
     g->gpu = a->gpus != NULL;
     int rc = 0;

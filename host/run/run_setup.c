@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/exit_status.h"
 #include "base/util.h"
-#include "cli/commands.h"
 #include "io/h5out.h"
 #include "io/out_check.h"
 #include "io/sha256.h"

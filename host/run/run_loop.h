@@ -1,7 +1,9 @@
-// run_rank.h: multi-rank `qkscope run` (--gpus / --ranks).  cmd_run_ranks.c drives the ranks:
-// one host thread each, the corpus read once and cut into shards, shard s analysed by rank
-// s mod R, the aggregates reduced over a communicator (comm.h) at the end.  A rank is the Run of
-// cmd_run.c (the code of a single sharded run), behind the functions below.
+// run_loop.h: the run of `qkscope run`: a corpus through GPT-2, the SAE code of every analysed
+// layer and the analysis of every analysed head (docs/ANALYSIS.md), into one file or a folder
+// of shards with a manifest (docs/FORMAT.md).  One Run does this for a single process
+// (run_single) and for each rank of a multi-rank run (run_ranks.c, through the RunRank
+// functions below): the same code opens and closes outputs and shards, writes the records and
+// the manifest, and the corpus is cut by the same rule (shard_cut.h).
 #pragma once
 #include <stdint.h>
 
@@ -10,10 +12,11 @@
 #include "run/run_setup.h"
 #include "text/corpus.h"
 
-typedef struct RunRank RunRank;
+// The `qkscope run` of RunArgs without --gpus / --ranks: the exit status (base/exit_status.h),
+// or -1 with qk_errmsg.
+int run_single(const RunArgs *a);
 
-// The `qkscope run` of RunArgs with --gpus or --ranks; returns the exit status.
-int cmd_run_ranks(const RunArgs *a);
+typedef struct RunRank RunRank;
 
 // A rank over the setup s (config, model, SAEs: loaded once and shared read-only by every rank;
 // its hashes joined; s->cfg.backend / device / threads are this rank's), shards written into the
