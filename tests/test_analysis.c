@@ -5,7 +5,6 @@
 #include "analysis/head_tables.h"
 #include "analysis/static_maps.h"
 #include "test_common.h"
-#include "testutil.h"
 #include "text/token_file.h"
 
 #define MODEL REF_DIR "/gpt2_tiny_a"
@@ -100,7 +99,7 @@ static void check_head(Fixture *fx, int l, int h) {
     r.patterns = 1;
     HeadAggregates agg;
     head_agg_init(&agg, t.m, 64);
-    cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], &fx->lc[l], &fx->acts, c, NULL, &r, &agg), 0, "%s", qk_errmsg());
+    cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], &fx->lc[l], &fx->acts, c, NULL, &r, &agg, NULL), 0, "%s", qk_errmsg());
     double agg_sum[N_METRICS];
     head_agg_sums(&agg, agg_sum, NULL, NULL);
     size_t n;

@@ -107,7 +107,7 @@ Test(analysis_batch, backend_batches_equal_direct_analysis) {
     gpt2_acts_alloc(&acts, mc, B, T, 0, 0);
     cr_assert_eq(cpu->forward(cpu, &m, tokens, &acts), 0);
     for (int l = 0; l < 2; l++) {
-        LayerCode lc;
+        LayerCode lc = {0};
         cr_assert_eq(layer_code_compute(&lc, &sae[l], acts_resid(&acts, mc, l), B * T, mc->d_model, 40), 0);
         HeadRecords rec;
         head_records_alloc(&rec, &o, B * T, sae[l].arch == QK_SAE_TOPK ? sae[l].k : 40, &sae[l], 1);
@@ -115,7 +115,7 @@ Test(analysis_batch, backend_batches_equal_direct_analysis) {
         for (int h = 0; h < H; h++) {
             int i = l * H + h;
             rec.enc = recorded[i], rec.records = recorded[i], rec.patterns = recorded[i];
-            cr_assert_eq(analyse_head(&o, &tables[i], &sae[l], &lc, &acts, mc, valid, &rec, &want_agg[i]), 0);
+            cr_assert_eq(analyse_head(&o, &tables[i], &sae[l], &lc, &acts, mc, valid, &rec, &want_agg[i], NULL), 0);
             if (!recorded[i]) continue;
             size_t worst;
             if (exact) {

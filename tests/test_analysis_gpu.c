@@ -13,7 +13,6 @@
 #include "analysis/analysis_cuda.h"
 #include "model/planted.h"
 #include "test_common.h"
-#include "testutil.h"
 #include "text/token_file.h"
 
 #define TOL 1e-4
@@ -450,7 +449,7 @@ Test(analysis_gpu, planted_model_matches_host, .timeout = 300) {
 Test(analysis_gpu, random_model_matches_host, .timeout = 300) {
     need_gpu();
     char *dir = make_tmpdir();
-    cr_assert_eq(shf("./bin/qkscope random -q --out %s --layers 2 --heads 4 --d-model 128 --n-ctx 64 --vocab 300 "
+    cr_assert_eq(shf(QK_BIN " random -q --out %s --layers 2 --heads 4 --d-model 128 --n-ctx 64 --vocab 300 "
                      "--d-sae 1024 --k 16 --tokens 64 --seed 5 && "
                      "sed -i -e 's/\"topk\"/\"standard\"/' -e 's/\\(\"normalize_activations\":[[:space:]]*\\)\"none\"/\\1\"layer_norm\"/' "
                      "%s/sae/layer_0/cfg.json %s/sae/layer_1/cfg.json",
@@ -474,7 +473,7 @@ Test(analysis_gpu, gpt2_small_layer_timing, .timeout = 600) {
     const char *bench = getenv("QK_ANA_GPU_BENCH");
     if (!bench || bench[0] != '1' || dry_run()) cr_skip_test("timing: set QK_ANA_GPU_BENCH=1");
     char *dir = make_tmpdir();
-    cr_assert_eq(shf("./bin/qkscope random -q --out %s --layers 1 --n-ctx 128 --tokens 64 --seed 9", dir), 0);
+    cr_assert_eq(shf(QK_BIN " random -q --out %s --layers 1 --n-ctx 128 --tokens 64 --seed 9", dir), 0);
     char model[600], sae[600];
     snprintf(model, sizeof model, "%s/model", dir);
     snprintf(sae, sizeof sae, "%s/sae/layer_%%d", dir);
@@ -517,7 +516,7 @@ Test(analysis_gpu, aggregates_of_identical_records_bit_exact) {
     for (int l = 0; l < 2; l++) {
         QkSae sae;
         cr_assert_eq(qk_sae_load(&sae, dirs[l], c->d_model, 0), 0, "%s", qk_errmsg());
-        LayerCode lc;
+        LayerCode lc = {0};
         cr_assert_eq(layer_code_compute(&lc, &sae, acts_resid(&acts, c, l), N, c->d_model, 20), 0);
         for (int h = 0; h < c->n_head; h++) {
             HeadTables t;
@@ -526,7 +525,7 @@ Test(analysis_gpu, aggregates_of_identical_records_bit_exact) {
             head_records_alloc(&r, &o, N, lc.code.slots, &sae, 0);
             HeadAggregates want, got;
             head_agg_init(&want, sae.d_sae, 64), head_agg_init(&got, sae.d_sae, 64);
-            cr_assert_eq(analyse_head(&o, &t, &sae, &lc, &acts, c, valid, &r, &want), 0, "%s", qk_errmsg());
+            cr_assert_eq(analyse_head(&o, &t, &sae, &lc, &acts, c, valid, &r, &want, NULL), 0, "%s", qk_errmsg());
             cr_assert_eq(qk_ana_cuda_aggregate_test(0, N, T, lc.code.slots, o.a, valid, B, r.metrics, r.qmarg, r.kmarg,
                                                     lc.code.idx, lc.live, r.att_idx, &got),
                          0, "%s", qk_errmsg());

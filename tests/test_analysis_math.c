@@ -159,7 +159,7 @@ static void check_head(Fx *fx, int l, int h, const int32_t *valid_len) {
     r.patterns = 1;
     HeadAggregates agg, dagg;
     head_agg_init(&agg, t.m, 64), head_agg_init(&dagg, t.m, 64);
-    cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], lc, &fx->acts, c, valid_len, &r, &agg), 0, "%s", qk_errmsg());
+    cr_assert_eq(analyse_head(&fx->o, &t, &fx->sae[l], lc, &fx->acts, c, valid_len, &r, &agg, NULL), 0, "%s", qk_errmsg());
     // The device's inputs, computed with the header's functions.
     const float *sigma = fx->acts.ln1_scale + (size_t)l * N;
     float *buf = qk_malloc(sizeof(float) * (size_t)N * dh * 6), *rows = qk_malloc(sizeof(float) * (size_t)N * T * 4);

@@ -8,6 +8,7 @@
 #include "analysis/analysis.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,12 +39,17 @@ void qk_metric_range(int metric, float *lo, float *hi) {
 // Layer codes
 
 int layer_code_compute(LayerCode *lc, const QkSae *sae, const float *x, int n, int C, int max_active) {
-    memset(lc, 0, sizeof *lc);
+    int slots = qk_sae_slots(sae, max_active);
+    if (lc->cap < n || lc->C != C || lc->code.slots != slots || slots > sae->d_sae) {  // else reused
+        layer_code_free(lc);
+        if (qk_sae_code_alloc(&lc->code, sae, n, max_active)) return -1;
+        lc->live = qk_malloc(sizeof(int32_t) * n);
+        lc->err = qk_malloc(sizeof(float) * (size_t)n * C);
+        lc->cap = n;
+    }
     lc->n = n;
     lc->C = C;
-    if (qk_sae_code_alloc(&lc->code, sae, n, max_active) || qk_sae_encode(sae, x, C, n, &lc->code)) return -1;
-    lc->live = qk_malloc(sizeof(int32_t) * n);
-    lc->err = qk_malloc(sizeof(float) * (size_t)n * C);
+    if (qk_sae_encode(sae, x, C, n, &lc->code)) return -1;
     qk_sae_decode(sae, &lc->code, n, lc->err);  // xhat, turned into e = x - xhat below
     for (int i = 0; i < n; i++) {
         int live = lc->code.n_active[i] < lc->code.slots ? lc->code.n_active[i] : lc->code.slots;
@@ -280,29 +286,29 @@ static void scores(const float *Q, const float *K, int T, int dh, float inv, flo
     qk_gemm(QK_GEMM_T, T, T, dh, inv, Q, dh, K, dh, 0, S, T);
 }
 
-typedef struct {
+struct WindowScratch {
     float *S, *Sb, *Sq, *Sk;  // (T, T) real and reconstructed scores (both, query-only, key-only)
     float *Qh, *Kh;           // (T, dh) reconstructed q and k of the window
     double *W;                // (m) running chance weights: sum over keys so far of [g in F(j)] / |F(j)|
+    double *la, *A;           // (T) log attention and attention of one query over keys j0..i
     PairTop pt;               // (P) pair scratch
-} WindowScratch;
+};
 
 // The 8 metrics of query i over keys j0..i (j0 = 0, or 1 without the sink) into out[8].
+// ls: log-sum-exp of the query's scores over keys j0..i (the caller's, for j0 = 0).
 // G_top: the group totals at the most attended key when already computed (the sink variant:
 // j* is attended key 0), else NULL.
-static void metrics_range(const HeadBatch *hb, const WindowScratch *w, int b, int i, int j0, const int32_t *topk,
+static void metrics_range(const HeadBatch *hb, WindowScratch *w, int b, int i, int j0, double ls, const int32_t *topk,
                           int k, double chance_sum, int chance_n, const float *G_top, float *out) {
     const int T = hb->T;
     const float *s = w->S + (size_t)i * T, *rows[3] = {w->Sb + (size_t)i * T, w->Sq + (size_t)i * T, w->Sk + (size_t)i * T};
     for (int m = 0; m < N_BASE_METRICS; m++) out[m] = NAN;
     if (i < j0) return;
-    double ls = lse(s, j0, i);
+    for (int j = j0; j <= i; j++) w->la[j] = s[j] - ls, w->A[j] = exp(w->la[j]);  // once for the three KLs
     for (int v = 0; v < 3; v++) {  // KL(A || Ahat) for both / query / key reconstructions
         double lh = lse(rows[v], j0, i), kl = 0;
-        for (int j = j0; j <= i; j++) {
-            double la = s[j] - ls, A = exp(la);
-            if (A > 0) kl += A * (la - (rows[v][j] - lh));
-        }
+        for (int j = j0; j <= i; j++)
+            if (w->A[j] > 0) kl += w->A[j] * (w->la[j] - (rows[v][j] - lh));
         out[MET_KL_BOTH + v] = (float)kl;
     }
     int jstar = argmax(s, j0, i);
@@ -425,10 +431,10 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
         const int32_t *topk = r->top_idx + (size_t)n * k;
         float *met = r->metrics + (size_t)n * N_METRICS;
         int n0 = b * T, n0_live = hb->lc->live[n0] > 0;
-        metrics_range(hb, w, b, i, 0, topk, k, chance_sum(hb, w->W, topk, k, -1), nonempty,
+        metrics_range(hb, w, b, i, 0, ls, topk, k, chance_sum(hb, w->W, topk, k, -1), nonempty,
                       r->groups + (size_t)n * a * N_GROUPS * N_GROUPS, met);
-        metrics_range(hb, w, b, i, 1, topk, k, chance_sum(hb, w->W, topk, k, n0), nonempty - n0_live, NULL,
-                      met + N_BASE_METRICS);
+        metrics_range(hb, w, b, i, 1, i >= 1 ? lse(s, 1, i) : 0, topk, k, chance_sum(hb, w->W, topk, k, n0),
+                      nonempty - n0_live, NULL, met + N_BASE_METRICS);
     }
 }
 
@@ -471,16 +477,55 @@ static void aggregate(const HeadBatch *hb, const HeadRecords *r, const int32_t *
     if (g->pending > (1 << 28)) normalize_exact(g);
 }
 
+static void window_scratch_free(WindowScratch *w) {
+    free(w->S), free(w->Qh), free(w->W), free(w->la), free(w->pt.f), free(w->pt.g), free(w->pt.v);
+}
+
+void head_scratch_free(HeadScratch *s) {
+    free(s->buf), free(s->scale), free(s->norm2), free(s->U);
+    for (int i = 0; i < s->n_win; i++) window_scratch_free(&s->win[i]);
+    free(s->win);
+    memset(s, 0, sizeof *s);
+}
+
+// Grows s to N tokens of width dh and n_win window scratches of T tokens, m features, P pairs.
+static void head_scratch_reserve(HeadScratch *s, int N, int dh, int n_win, int T, size_t m, int P) {
+    if ((size_t)N > s->n_tok || dh != s->dh) {
+        free(s->buf), free(s->scale), free(s->norm2), free(s->U);
+        s->n_tok = N;
+        s->buf = qk_malloc(sizeof(float) * (size_t)N * dh * 6);
+        s->scale = qk_malloc(sizeof(float) * N), s->norm2 = qk_malloc(sizeof(float) * N);
+        s->U = qk_malloc(sizeof(float) * (size_t)N * dh);
+    }
+    if (n_win <= s->n_win && T == s->T && m <= s->m && P == s->P && dh == s->dh) return;
+    for (int i = 0; i < s->n_win; i++) window_scratch_free(&s->win[i]);
+    free(s->win);
+    s->n_win = n_win > s->n_win ? n_win : s->n_win, s->T = T, s->m = m > s->m ? m : s->m, s->P = P, s->dh = dh;
+    s->win = qk_calloc(s->n_win, sizeof(WindowScratch));
+    for (int i = 0; i < s->n_win; i++) {
+        WindowScratch *w = &s->win[i];
+        w->S = qk_malloc(sizeof(float) * (size_t)T * T * 4);
+        w->Sb = w->S + (size_t)T * T, w->Sq = w->Sb + (size_t)T * T, w->Sk = w->Sq + (size_t)T * T;
+        w->Qh = qk_malloc(sizeof(float) * (size_t)T * dh * 2), w->Kh = w->Qh + (size_t)T * dh;
+        w->W = qk_malloc(sizeof(double) * s->m);
+        w->la = qk_malloc(sizeof(double) * T * 2), w->A = w->la + T;
+        w->pt = (PairTop){.P = P, .f = qk_malloc(sizeof(int32_t) * P), .g = qk_malloc(sizeof(int32_t) * P),
+                          .v = qk_malloc(sizeof(float) * P)};
+    }
+}
+
 int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, const LayerCode *lc,
                  const GPT2Acts *acts, const GPT2Config *c, const int32_t *valid_len, HeadRecords *r,
-                 HeadAggregates *agg) {
+                 HeadAggregates *agg, HeadScratch *scratch) {
     const int layer = t->qk.layer, head = t->qk.head, C = c->d_model, dh = c->d_head;
     if (dh > 64) return qk_err("analysis: d_head %d > 64 is not supported", dh);
     HeadBatch hb = {.B = acts->B, .T = acts->T, .N = acts->B * acts->T, .C = C, .dh = dh, .m = t->m,
                     .slots = lc->code.slots, .inv = 1.0f / sqrtf((float)dh), .t = t, .lc = lc};
-    const int N = hb.N;
+    const int N = hb.N, P = o->p > o->sketch_pairs ? o->p : o->sketch_pairs;
+    HeadScratch own = {0}, *sc = scratch ? scratch : &own;
+    head_scratch_reserve(sc, N, dh, omp_get_max_threads(), hb.T, (size_t)t->m, P);
     hb.sigma = acts->ln1_scale + (size_t)layer * N;
-    float *buf = qk_malloc(sizeof(float) * (size_t)N * dh * 6);
+    float *buf = sc->buf;
     hb.Qm = buf, hb.Km = buf + (size_t)N * dh, hb.EQ = hb.Km + (size_t)N * dh, hb.EK = hb.EQ + (size_t)N * dh;
     hb.QF = hb.EK + (size_t)N * dh, hb.KF = hb.QF + (size_t)N * dh;
     for (int n = 0; n < N; n++) {
@@ -508,14 +553,14 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
         for (int d = 0; d < dh; d++) hb.QF[(size_t)n * dh + d] = (float)(sc * qf[d]), hb.KF[(size_t)n * dh + d] = (float)(sc * kf[d]);
     }
     // Look-for features: u_i = q_i Kd^T / sqrt(dh), top-k and bottom-k; encoder projection.
-    float *scale = qk_malloc(sizeof(float) * N);
+    float *scale = sc->scale;
     for (int n = 0; n < N; n++) scale[n] = hb.inv;
     // Top-k and (for records) bottom-k from one pass over the same GEMM tiles.
     QkTopkOpts top = {.k = o->k, .bottom_idx = r->records ? r->bot_idx : NULL, .bottom_val = r->records ? r->bot_val : NULL};
     int rc = qk_topk(N, t->m, dh, hb.Qm, dh, scale, t->Kd, NULL, &top, r->top_idx, r->top_val, NULL);
     if (!rc && r->enc) {
         // v_i W_enc = (q_i / sqrt(dh)) E^T and |v_i|^2 = (q_i / sqrt(dh)) G (q_i / sqrt(dh))^T.
-        float *U = qk_malloc(sizeof(float) * (size_t)N * dh), *norm2 = qk_malloc(sizeof(float) * N);
+        float *U = sc->U, *norm2 = sc->norm2;
         for (int n = 0; n < N; n++) {
             for (int d = 0; d < dh; d++) U[(size_t)n * dh + d] = hb.Qm[(size_t)n * dh + d] * hb.inv;
             double s2 = 0;
@@ -523,26 +568,17 @@ int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, c
             norm2[n] = (float)s2;
         }
         rc = qk_sae_encode_projected(sae, N, dh, U, dh, norm2, t->E, &r->enc_code);
-        free(U), free(norm2);
     }
-    free(scale);
     if (!rc) {
-        const int P = o->p > o->sketch_pairs ? o->p : o->sketch_pairs, T = hb.T;
+        // A team no larger than omp_get_max_threads() (reserved above): one window scratch a thread.
 #pragma omp parallel
         {
-            WindowScratch w;
-            w.S = qk_malloc(sizeof(float) * (size_t)T * T * 4);
-            w.Sb = w.S + (size_t)T * T, w.Sq = w.Sb + (size_t)T * T, w.Sk = w.Sq + (size_t)T * T;
-            w.Qh = qk_malloc(sizeof(float) * (size_t)T * dh * 2), w.Kh = w.Qh + (size_t)T * dh;
-            w.W = qk_malloc(sizeof(double) * t->m);
-            w.pt = (PairTop){.P = P, .f = qk_malloc(sizeof(int32_t) * P), .g = qk_malloc(sizeof(int32_t) * P),
-                             .v = qk_malloc(sizeof(float) * P)};
+            WindowScratch *w = &sc->win[omp_get_thread_num()];
 #pragma omp for schedule(dynamic)
-            for (int b = 0; b < hb.B; b++) analyse_window(o, &hb, &w, b, r);
-            free(w.S), free(w.Qh), free(w.W), free(w.pt.f), free(w.pt.g), free(w.pt.v);
+            for (int b = 0; b < hb.B; b++) analyse_window(o, &hb, w, b, r);
         }
         if (agg) aggregate(&hb, r, valid_len, agg);
     }
-    free(buf);
+    if (!scratch) head_scratch_free(&own);
     return rc ? -1 : 0;
 }

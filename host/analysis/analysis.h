@@ -43,8 +43,11 @@ typedef struct {
     QkSaeCode code;  // (n, slots)
     int32_t *live;   // (n): stored active features of token i: the first live[i] slots
     float *err;      // (n, C): e = x - xhat
+    int cap;         // tokens the arrays hold
 } LayerCode;
 
+// lc: zeroed, or filled by an earlier call, whose memory is reused when it holds n tokens of the
+// same slots and width (a batch analysis keeps one LayerCode for every layer and batch).
 int layer_code_compute(LayerCode *lc, const QkSae *sae, const float *x, int n, int C, int max_active);
 void layer_code_free(LayerCode *lc);
 
@@ -115,10 +118,27 @@ void head_agg_fields(HeadAggregates *g, HeadAggFields *f);
 // merged into acc's sketch (pair_sketch_merge).  Shards (qkscope merge) and ranks combine this way.
 void head_agg_add(HeadAggregates *acc, const HeadAggregates *x);
 
+// Working memory of analyse_head, kept from one call to the next (zero it before the first call;
+// head_scratch_free): grown when a call needs more, so a run allocates it once, not per head and
+// batch.  The per-window part is one WindowScratch per OpenMP thread.
+typedef struct WindowScratch WindowScratch;
+typedef struct {
+    size_t n_tok;           // tokens the per-token arrays hold
+    float *buf;             // (n_tok, dh, 6): q, k, their error components and feature sums
+    float *scale, *norm2;   // (n_tok)
+    float *U;               // (n_tok, dh)
+    int dh;
+    int n_win, T, P;        // window scratches: how many, and their shapes
+    size_t m;
+    WindowScratch *win;     // (n_win)
+} HeadScratch;
+void head_scratch_free(HeadScratch *s);
+
 // Analyses head (layer, head) over the batch in `acts` (B windows of T tokens, hook_q / hook_k /
 // ln1 scales of every layer kept) with the layer's SAE code `lc`.  Fills `rec` for every token
 // and adds the batch to `agg` (in token order: deterministic for any thread count), counting
 // only the first valid_len[b] positions of window b (NULL: all; the rest is padding).
+// scratch: kept by the caller between calls, or NULL (one for this call alone).
 int analyse_head(const AnalysisOpts *o, const HeadTables *t, const QkSae *sae, const LayerCode *lc,
                  const GPT2Acts *acts, const GPT2Config *c, const int32_t *valid_len, HeadRecords *rec,
-                 HeadAggregates *agg);
+                 HeadAggregates *agg, HeadScratch *scratch);

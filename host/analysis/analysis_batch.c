@@ -13,6 +13,8 @@ struct QkAnalysis {
     AnalysisPlan p;
     GPT2Acts acts;      // (B, T) the batch's activation cache, in the backend's host memory
     HeadRecords *rec;   // (L) per-layer record scratch, reused by the layer's heads
+    LayerCode lc;       // the SAE code of the layer being analysed, reused by every layer and batch
+    HeadScratch hs;     // analyse_head's working memory, reused by every head and batch
 };
 
 QkAnalysis *qk_analysis_host_open(QkBackend *be, const AnalysisPlan *p) {
@@ -76,10 +78,10 @@ int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *va
     for (int l = 0; l < L; l++) {
         if (!p->sae[l]) continue;
         HeadRecords *rec = &a->rec[l];
-        LayerCode lc;
+        LayerCode *lc = &a->lc;
         if (check_finite(acts, mc, l, valid_len)) return -1;
         t = qk_now();
-        if (layer_code_compute(&lc, p->sae[l], acts_resid(acts, mc, l), B * T, C, p->sae_max_active)) return -1;
+        if (layer_code_compute(lc, p->sae[l], acts_resid(acts, mc, l), B * T, C, p->sae_max_active)) return -1;
         seconds[QK_STAGE_SAE] += qk_now() - t;
         int rc = 0, enc_alloc = rec->enc;
         for (int h = 0; h < H && !rc; h++) {
@@ -89,12 +91,11 @@ int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *va
             rec->records = p->recorded[i];           // and the rest of the records
             rec->patterns = rec->pattern && p->recorded[i];
             t = qk_now();
-            rc = analyse_head(&p->o, &p->tables[i], p->sae[l], &lc, acts, mc, valid_len, rec, &agg[i]);
+            rc = analyse_head(&p->o, &p->tables[i], p->sae[l], lc, acts, mc, valid_len, rec, &agg[i], &a->hs);
             seconds[QK_STAGE_HEADS] += qk_now() - t;
             if (!rc && p->recorded[i] && emit) rc = emit(emit_ctx, l, h, rec, B);
         }
         rec->enc = enc_alloc;
-        layer_code_free(&lc);
         if (rc) return -1;
     }
     return 0;
@@ -104,6 +105,8 @@ void qk_analysis_host_close(QkAnalysis *a) {
     if (!a) return;
     const GPT2Config *c = &a->p.model->cfg;
     gpt2_acts_free(&a->acts);  // before the backend that allocated it closes
+    layer_code_free(&a->lc);
+    head_scratch_free(&a->hs);
     for (int l = 0; l < c->n_layer; l++)
         if (a->rec[l].n) head_records_free(&a->rec[l]);
     free(a->rec);
