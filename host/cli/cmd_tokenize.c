@@ -9,6 +9,7 @@
 
 #include "base/util.h"
 #include "cli/commands.h"
+#include "io/npy.h"
 #include "io/out_check.h"
 #include "text/bpe.h"
 
@@ -77,24 +78,15 @@ static char *read_input(const char *path, size_t *n) {
     return buf;
 }
 
-static int write_npy(FILE *f, const QkIds *ids, int u16) {
-    char hdr[128];
-    int len = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%zu,), }", u16 ? "<u2" : "<i4",
-                       ids->n);
-    int total = 10 + len + 1;
-    int pad = (64 - total % 64) % 64;
-    uint16_t hlen = (uint16_t)(len + pad + 1);
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fputc(hlen & 0xFF, f);
-    fputc(hlen >> 8, f);
-    fwrite(hdr, 1, len, f);
-    for (int i = 0; i < pad; i++) fputc(' ', f);
-    fputc('\n', f);
-    for (size_t i = 0; i < ids->n; i++) {
-        uint8_t b[4] = {ids->ids[i] & 0xFF, (ids->ids[i] >> 8) & 0xFF, (ids->ids[i] >> 16) & 0xFF, (uint32_t)ids->ids[i] >> 24};
-        fwrite(b, 1, u16 ? 2 : 4, f);
-    }
-    return 0;
+// The ids as one 1-D .npy array: int32, or uint16 (each id's low 16 bits; GPT-2's fit).
+static int write_npy(FILE *f, const char *name, const QkIds *ids, int u16) {
+    const int64_t shape[1] = {(int64_t)ids->n};
+    if (!u16) return qk_npy_write_to(f, name, "<i4", 1, shape, ids->ids);
+    uint16_t *v = qk_malloc(sizeof(uint16_t) * (ids->n ? ids->n : 1));
+    for (size_t i = 0; i < ids->n; i++) v[i] = (uint16_t)ids->ids[i];
+    int rc = qk_npy_write_to(f, name, "<u2", 1, shape, v);
+    free(v);
+    return rc;
 }
 
 // -o naming one of the inputs would replace it.
@@ -126,33 +118,22 @@ static int encode_inputs(const Args *a, QkBpe *bpe, FILE *out) {
             fputc('\n', out);
         }
     }
-    if (!rc && a->npy) rc = write_npy(out, &all, !strcmp(a->dtype, "uint16"));
+    if (!rc && a->npy) rc = write_npy(out, a->out ? a->out : "stdout", &all, !strcmp(a->dtype, "uint16"));
     qk_ids_free(&all);
     qk_ids_free(&ids);
     qk_bpe_encoder_free(enc);
     return rc;
 }
 
-// Ids of a .npy file (<u2 / <i4 / <i8, 1-D or C-order) appended to *ids.
+// Ids of a .npy file (any integer dtype, C order; io/npy.h) appended to *ids.
 static int read_npy_ids(const char *path, QkIds *ids) {
-    size_t n;
-    uint8_t *f = (uint8_t *)qk_read_file(path, &n);
-    if (!f) return -1;
-    int rc = 0;
-    size_t hl = n >= 10 ? (size_t)(f[8] | f[9] << 8) : 0;
-    const char *h = (const char *)f + 10;
-    int elem = 0;
-    if (n < 10 || memcmp(f, "\x93NUMPY\x01", 7) || 10 + hl > n) rc = qk_err("%s: not a version 1 .npy file", path);
-    else if (memmem(h, hl, "'<u2'", 5)) elem = 2;
-    else if (memmem(h, hl, "'<i4'", 5)) elem = 4;
-    else rc = qk_err("%s: npy header: descr must be '<u2' or '<i4'", path);
-    if (!rc && (n - 10 - hl) % elem) rc = qk_err("%s: npy data: %zu bytes is not a whole number of ids", path, n - 10 - hl);
-    for (size_t o = 10 + hl; !rc && o < n; o += elem) {
-        int32_t v = elem == 2 ? (int32_t)(f[o] | f[o + 1] << 8)
-                              : (int32_t)((uint32_t)f[o] | (uint32_t)f[o + 1] << 8 | (uint32_t)f[o + 2] << 16 | (uint32_t)f[o + 3] << 24);
-        qk_ids_push(ids, v);
-    }
-    free(f);
+    QkNpy a;
+    if (qk_npy_read(&a, path)) return -1;
+    int32_t *v = qk_malloc(sizeof(int32_t) * (a.numel ? a.numel : 1));
+    int rc = qk_npy_to_i32(&a, v, path);
+    for (size_t i = 0; !rc && i < a.numel; i++) qk_ids_push(ids, v[i]);
+    free(v);
+    qk_npy_free(&a);
     return rc;
 }
 

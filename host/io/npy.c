@@ -129,7 +129,7 @@ int qk_npy_to_i32(const QkNpy *a, int32_t *out, const char *path) {
     return 0;
 }
 
-int qk_npy_write(const char *path, const char *descr, int ndim, const int64_t *shape, const void *data) {
+int qk_npy_write_to(FILE *f, const char *name, const char *descr, int ndim, const int64_t *shape, const void *data) {
     char hdr[256];
     int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
     size_t numel = 1;
@@ -141,12 +141,17 @@ int qk_npy_write(const char *path, const char *descr, int ndim, const int64_t *s
     int total = ((10 + n + 1 + 63) / 64) * 64;  // header padded with spaces to 64 bytes, ending in '\n'
     while (10 + n + 1 < total) hdr[n++] = ' ';
     hdr[n++] = '\n';
-    FILE *f = fopen(path, "wb");
-    if (!f) return qk_err("%s: cannot create: %s", path, strerror(errno));
     uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)(n & 0xFF), (uint8_t)(n >> 8)};
     size_t item = (size_t)atoi(descr + 2);
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, n, f) == (size_t)n &&
              fwrite(data, item, numel, f) == numel;
-    ok &= fclose(f) == 0;
-    return ok ? 0 : qk_err("%s: write failed", path);
+    return ok ? 0 : qk_err("%s: write failed", name);
+}
+
+int qk_npy_write(const char *path, const char *descr, int ndim, const int64_t *shape, const void *data) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return qk_err("%s: cannot create: %s", path, strerror(errno));
+    int rc = qk_npy_write_to(f, path, descr, ndim, shape, data);
+    if (fclose(f) && !rc) rc = qk_err("%s: write failed", path);
+    return rc;
 }

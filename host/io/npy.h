@@ -2,6 +2,7 @@
 // format.  The header is a Python dict literal; it is parsed with every bound checked.
 #pragma once
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 typedef struct {
@@ -23,3 +24,5 @@ int qk_npy_to_i32(const QkNpy *a, int32_t *out, const char *path);
 
 // Writes a C-order array; descr such as "<i4" or "<u2".  Returns -1 with qk_errmsg on failure.
 int qk_npy_write(const char *path, const char *descr, int ndim, const int64_t *shape, const void *data);
+// The same into an open stream (stdout, a .tmp file); `name` names it in errors.
+int qk_npy_write_to(FILE *f, const char *name, const char *descr, int ndim, const int64_t *shape, const void *data);
