@@ -55,10 +55,17 @@ static int dev_alloc(void **p, size_t bytes, const char *what) {
                   cudaGetErrorString(e), free_b >> 20, total_b >> 20);
 }
 
+// The device copy of a GPT2Layer: its tensors first, at GPT2Layer's offsets, so the host's table
+// of layer tensors (gpt2_layer_tensors) names the device fields too.
 typedef struct {
     float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
     __nv_bfloat16 *attn_w16, *proj_w16, *fc_w16, *fc_b16, *fcproj_w16;  // the bf16 mode's copies
 } DevLayer;
+static_assert(offsetof(DevLayer, ln1_w) == offsetof(GPT2Layer, ln1_w) &&
+                  offsetof(DevLayer, attn_b) == offsetof(GPT2Layer, attn_b) &&
+                  offsetof(DevLayer, fcproj_b) == offsetof(GPT2Layer, fcproj_b) && sizeof(GPT2Layer) == 12 * sizeof(float *),
+              "DevLayer's tensors mirror GPT2Layer's");
+static float **dev_layer_tensor(DevLayer *d, int q) { return (float **)((char *)d + gpt2_layer_tensors[q].field); }
 
 // What the device weights are a copy of: the model's dimensions, its address and a fingerprint
 // of sampled values of every tensor (a model loaded at the freed address of another is seen).
@@ -109,10 +116,9 @@ struct CudaCtx {
 static void free_weights(DevWeights *w) {
     for (int l = 0; l < w->n_layer && w->layers; l++) {
         DevLayer *d = &w->layers[l];
-        void *p[] = {d->ln1_w,    d->ln1_b,    d->attn_w,    d->attn_b, d->proj_w, d->proj_b, d->ln2_w,
-                     d->ln2_b,    d->fc_w,     d->fc_b,      d->fcproj_w, d->fcproj_b, d->attn_w16, d->proj_w16,
-                     d->fc_w16,   d->fc_b16,   d->fcproj_w16};
-        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
+        for (int q = 0; q < GPT2_LAYER_TENSORS; q++) cudaFree(*dev_layer_tensor(d, q));
+        void *p16[] = {d->attn_w16, d->proj_w16, d->fc_w16, d->fc_b16, d->fcproj_w16};
+        for (size_t i = 0; i < sizeof p16 / sizeof p16[0]; i++) cudaFree(p16[i]);
     }
     free(w->layers);
     cudaFree(w->wte);
@@ -149,13 +155,13 @@ typedef struct {
 } WeightSlot;
 
 // The weight tensors of m in a fixed order with their device slots in *w (NULL: slots not
-// wanted, only the list): *slots (free it) gets 4 + 12 L of them; returns the count.
+// wanted, only the list): *slots (free it) gets 4 + 12 L of them (gpt2_layer_tensors); returns the count.
 static int weight_slots(DevWeights *w, const GPT2Model *m, WeightSlot **slots) {
     const GPT2Config *c = &m->cfg;
-    size_t C = c->d_model, F = c->d_mlp;
+    size_t C = c->d_model;
     static float *sink;
     DevLayer dummy;
-    WeightSlot *s = (WeightSlot *)qk_malloc(sizeof(WeightSlot) * (4 + 12 * (size_t)c->n_layer));
+    WeightSlot *s = (WeightSlot *)qk_malloc(sizeof(WeightSlot) * (4 + GPT2_LAYER_TENSORS * (size_t)c->n_layer));
     int n = 0;
 #define SLOT(dev, host, count, name) (s[n++] = WeightSlot{w ? &(dev) : &sink, (host), (count), (name)})
     SLOT(w->wte, m->wte, (size_t)c->vocab_size * C, "wte"), SLOT(w->wpe, m->wpe, (size_t)c->n_ctx * C, "wpe");
@@ -163,12 +169,9 @@ static int weight_slots(DevWeights *w, const GPT2Model *m, WeightSlot **slots) {
     for (int l = 0; l < c->n_layer; l++) {
         const GPT2Layer *h = &m->layers[l];
         DevLayer *d = w ? &w->layers[l] : &dummy;
-        SLOT(d->ln1_w, h->ln1_w, C, "ln_1.weight"), SLOT(d->ln1_b, h->ln1_b, C, "ln_1.bias");
-        SLOT(d->attn_w, h->attn_w, C * 3 * C, "attn.c_attn.weight"), SLOT(d->attn_b, h->attn_b, 3 * C, "attn.c_attn.bias");
-        SLOT(d->proj_w, h->proj_w, C * C, "attn.c_proj.weight"), SLOT(d->proj_b, h->proj_b, C, "attn.c_proj.bias");
-        SLOT(d->ln2_w, h->ln2_w, C, "ln_2.weight"), SLOT(d->ln2_b, h->ln2_b, C, "ln_2.bias");
-        SLOT(d->fc_w, h->fc_w, C * F, "mlp.c_fc.weight"), SLOT(d->fc_b, h->fc_b, F, "mlp.c_fc.bias");
-        SLOT(d->fcproj_w, h->fcproj_w, F * C, "mlp.c_proj.weight"), SLOT(d->fcproj_b, h->fcproj_b, C, "mlp.c_proj.bias");
+        for (int q = 0; q < GPT2_LAYER_TENSORS; q++)
+            SLOT(*dev_layer_tensor(d, q), *gpt2_layer_tensor((GPT2Layer *)h, q), gpt2_layer_tensor_numel(c, q),
+                 gpt2_layer_tensors[q].suffix);
     }
 #undef SLOT
     *slots = s;

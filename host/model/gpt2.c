@@ -95,13 +95,8 @@ static float *load(const QkSafetensors *st, const char *prefix, const char *name
     return qk_st_load_f32(st, full, ndim, shape);
 }
 
-// The tensors of a layer: name suffix, field, shape in units of the config (D_NONE: 1-D).
-enum { D_NONE, D_C, D_3C, D_F };
-static const struct {
-    const char *suffix;
-    size_t field;
-    uint8_t d0, d1;
-} k_layer[12] = {
+enum { D_NONE = GPT2_DIM_NONE, D_C = GPT2_DIM_C, D_3C = GPT2_DIM_3C, D_F = GPT2_DIM_F };
+const GPT2TensorSpec gpt2_layer_tensors[GPT2_LAYER_TENSORS] = {
     {"ln_1.weight", offsetof(GPT2Layer, ln1_w), D_C, D_NONE},          {"ln_1.bias", offsetof(GPT2Layer, ln1_b), D_C, D_NONE},
     {"attn.c_attn.weight", offsetof(GPT2Layer, attn_w), D_C, D_3C},    {"attn.c_attn.bias", offsetof(GPT2Layer, attn_b), D_3C, D_NONE},
     {"attn.c_proj.weight", offsetof(GPT2Layer, proj_w), D_C, D_C},     {"attn.c_proj.bias", offsetof(GPT2Layer, proj_b), D_C, D_NONE},
@@ -110,16 +105,16 @@ static const struct {
     {"mlp.c_proj.weight", offsetof(GPT2Layer, fcproj_w), D_F, D_C},    {"mlp.c_proj.bias", offsetof(GPT2Layer, fcproj_b), D_C, D_NONE},
 };
 
-static int64_t dim(const GPT2Config *c, int d) {
-    return d == D_C ? c->d_model : d == D_3C ? 3 * (int64_t)c->d_model : d == D_F ? c->d_mlp : 0;
+long long gpt2_dim(const GPT2Config *c, int d) {
+    return d == D_C ? c->d_model : d == D_3C ? 3 * (long long)c->d_model : d == D_F ? c->d_mlp : 0;
 }
 
 static int load_layer(GPT2Layer *ly, const QkSafetensors *st, const char *pre, int l, const GPT2Config *c) {
     char n[128];
-    for (int q = 0; q < 12; q++) {
-        snprintf(n, sizeof n, "h.%d.%s", l, k_layer[q].suffix);
-        float **dst = (float **)((char *)ly + k_layer[q].field);
-        if (!(*dst = load(st, pre, n, k_layer[q].d1 ? 2 : 1, dim(c, k_layer[q].d0), dim(c, k_layer[q].d1)))) return -1;
+    for (int q = 0; q < GPT2_LAYER_TENSORS; q++) {
+        const GPT2TensorSpec *t = &gpt2_layer_tensors[q];
+        snprintf(n, sizeof n, "h.%d.%s", l, t->suffix);
+        if (!(*gpt2_layer_tensor(ly, q) = load(st, pre, n, t->d1 ? 2 : 1, gpt2_dim(c, t->d0), gpt2_dim(c, t->d1)))) return -1;
     }
     return 0;
 }
@@ -155,9 +150,10 @@ static int check_shapes(const QkSafetensors *st, const char *pre, const GPT2Conf
         if (!qk_st_check(st, n, top_shape[q][1] ? 2 : 1, top_shape[q])) return -1;
     }
     for (int l = 0; l < c->n_layer; l++)
-        for (int q = 0; q < 12; q++) {
-            const int64_t want[2] = {dim(c, k_layer[q].d0), dim(c, k_layer[q].d1)};
-            snprintf(n, sizeof n, "%sh.%d.%s", pre, l, k_layer[q].suffix);
+        for (int q = 0; q < GPT2_LAYER_TENSORS; q++) {
+            const GPT2TensorSpec *t = &gpt2_layer_tensors[q];
+            const int64_t want[2] = {gpt2_dim(c, t->d0), gpt2_dim(c, t->d1)};
+            snprintf(n, sizeof n, "%sh.%d.%s", pre, l, t->suffix);
             if (!qk_st_check(st, n, want[1] ? 2 : 1, want)) return -1;
         }
     return 0;
@@ -207,10 +203,7 @@ int gpt2_load_st(GPT2Model *m, const GPT2Config *cfg, const QkSafetensors *st) {
 void gpt2_free(GPT2Model *m) {
     if (m->layers)
         for (int l = 0; l < m->cfg.n_layer; l++) {
-            GPT2Layer *ly = &m->layers[l];
-            float *p[] = {ly->ln1_w, ly->ln1_b, ly->attn_w, ly->attn_b, ly->proj_w, ly->proj_b,
-                          ly->ln2_w, ly->ln2_b, ly->fc_w,   ly->fc_b,   ly->fcproj_w, ly->fcproj_b};
-            for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+            for (int q = 0; q < GPT2_LAYER_TENSORS; q++) free(*gpt2_layer_tensor(&m->layers[l], q));
         }
     free(m->layers);
     free(m->wte);

@@ -25,6 +25,27 @@ typedef struct {
     float *fcproj_w, *fcproj_b;// (d_mlp, C), (C)
 } GPT2Layer;
 
+// The tensors of a layer, in Hugging Face's order (the fields of GPT2Layer): the one list that
+// loading, writing, freeing and the device copy go through.  Name "h.L." + suffix; shape in
+// units of the config (GPT2_DIM_NONE as d1: a 1-D tensor).
+enum { GPT2_DIM_NONE, GPT2_DIM_C, GPT2_DIM_3C, GPT2_DIM_F };
+#define GPT2_LAYER_TENSORS 12
+typedef struct {
+    const char *suffix;
+    size_t field;  // offsetof(GPT2Layer, ...)
+    unsigned char d0, d1;
+} GPT2TensorSpec;
+extern const GPT2TensorSpec gpt2_layer_tensors[GPT2_LAYER_TENSORS];
+// A dimension of the table (GPT2_DIM_*) for config c (GPT2_DIM_NONE: 0).
+long long gpt2_dim(const GPT2Config *c, int d);
+// Elements of layer tensor q.
+static inline size_t gpt2_layer_tensor_numel(const GPT2Config *c, int q) {
+    const GPT2TensorSpec *t = &gpt2_layer_tensors[q];
+    return (size_t)gpt2_dim(c, t->d0) * (size_t)(t->d1 ? gpt2_dim(c, t->d1) : 1);
+}
+// The field of layer tensor q in ly.
+static inline float **gpt2_layer_tensor(GPT2Layer *ly, int q) { return (float **)((char *)ly + gpt2_layer_tensors[q].field); }
+
 typedef struct {
     GPT2Config cfg;
     float *wte;        // (V, C); the unembedding is tied: logits = ln_f(x) @ wte^T

@@ -71,8 +71,7 @@ int qk_write_gpt2(const char *model_dir, const GPT2Model *m, const char *note) {
     int rc = qk_make_dirs(model_dir);
     if (rc) cJSON_Delete(cfg);
     else rc = qk_write_json(model_dir, "config.json", cfg);  // frees cfg
-    enum { PER_LAYER = 12 };
-    int n = 4 + PER_LAYER * c->n_layer, k = 0;
+    int n = 4 + GPT2_LAYER_TENSORS * c->n_layer, k = 0;
     QkStTensor *t = qk_calloc(n, sizeof(QkStTensor));
     char (*names)[64] = qk_calloc(n, 64);
 #define ADD(nm, p, d0, d1)                                              \
@@ -81,26 +80,18 @@ int qk_write_gpt2(const char *model_dir, const GPT2Model *m, const char *note) {
         t[k] = (QkStTensor){names[k], (d1) ? 2 : 1, {(d0), (d1)}, (p)}; \
         k++;                                                            \
     } while (0)
-    const int C = c->d_model, F = c->d_mlp;
+    const int C = c->d_model;
     ADD("wte.weight", m->wte, c->vocab_size, C);
     ADD("wpe.weight", m->wpe, c->n_ctx, C);
     ADD("ln_f.weight", m->lnf_w, C, 0);
     ADD("ln_f.bias", m->lnf_b, C, 0);
-    for (int l = 0; l < c->n_layer; l++) {
-        const GPT2Layer *y = &m->layers[l];
-        const struct { const char *suffix; const float *p; int d0, d1; } parts[PER_LAYER] = {
-            {"ln_1.weight", y->ln1_w, C, 0},           {"ln_1.bias", y->ln1_b, C, 0},
-            {"attn.c_attn.weight", y->attn_w, C, 3 * C}, {"attn.c_attn.bias", y->attn_b, 3 * C, 0},
-            {"attn.c_proj.weight", y->proj_w, C, C},   {"attn.c_proj.bias", y->proj_b, C, 0},
-            {"ln_2.weight", y->ln2_w, C, 0},           {"ln_2.bias", y->ln2_b, C, 0},
-            {"mlp.c_fc.weight", y->fc_w, C, F},        {"mlp.c_fc.bias", y->fc_b, F, 0},
-            {"mlp.c_proj.weight", y->fcproj_w, F, C},  {"mlp.c_proj.bias", y->fcproj_b, C, 0}};
-        for (int i = 0; i < PER_LAYER; i++) {
+    for (int l = 0; l < c->n_layer; l++)
+        for (int q = 0; q < GPT2_LAYER_TENSORS; q++) {
+            const GPT2TensorSpec *ts = &gpt2_layer_tensors[q];
             char nm[64];
-            snprintf(nm, sizeof nm, "h.%d.%s", l, parts[i].suffix);
-            ADD(nm, parts[i].p, parts[i].d0, parts[i].d1);
+            snprintf(nm, sizeof nm, "h.%d.%s", l, ts->suffix);
+            ADD(nm, *gpt2_layer_tensor(&m->layers[l], q), gpt2_dim(c, ts->d0), gpt2_dim(c, ts->d1));
         }
-    }
 #undef ADD
     static const char *const meta[] = {"format", "pt", NULL};
     char *path = qk_path_join(model_dir, "model.safetensors");
