@@ -1,9 +1,9 @@
-// test_analysis_gpu.c: the device analysis (kernels/analysis_cuda.h) against the host analysis
+// test_analysis_gpu.c: the device analysis (kernels/analysis/analysis_cuda.h) against the host analysis
 // (qk_analysis_host_run) on the planted-circuit model and a small random model: the same batches,
 // the CPU forward's activations uploaded, every recorded head's records and every analysed head's
 // aggregates compared.  fp32: values within 1e-4 (relative, floor 1% of the array's largest |value|),
 // top-k / attended-key indices equal except at counted near-ties (the SAE code and the look-for
-// top-k run on cuBLASLt GEMMs whose rounding differs from host/gemm.c: a token whose code flips at
+// top-k run on cuBLASLt GEMMs whose rounding differs from host/base/gemm.c: a token whose code flips at
 // a near-tie moves everything downstream of it, so a few such tokens are allowed and counted);
 // the device run twice gives the same bits.  Runs with QK_BACKEND=cuda on a machine with a GPU
 // (make test-gpu); skips, saying why, otherwise.  Set QK_CUDA_SYNC=1 to name a failing kernel.

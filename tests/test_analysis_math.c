@@ -1,5 +1,5 @@
-// test_analysis_math.c: the per-thread logic of the device analysis (kernels/analysis_math.h),
-// run on the CPU, against host/sae.c and host/analysis.c on gpt2_tiny_a (a `none` + standard SAE
+// test_analysis_math.c: the per-thread logic of the device analysis (kernels/analysis/analysis_math.h),
+// run on the CPU, against host/model/sae.c and host/analysis/analysis.c on gpt2_tiny_a (a `none` + standard SAE
 // on layer 0, `layer_norm` + topk on layer 1): the SAE normalisation, decode and error bit for bit;
 // every query's records (attended keys, pairs, group totals, metrics, marginals, sketch pairs,
 // patterns) from qk_ana_query fed the host's look-for top-k, within float rounding of the host's
@@ -120,7 +120,7 @@ static void add_marginal(const int32_t *F, int live, const float *x, int64_t *su
     }
 }
 
-// The device's aggregation of one head's batch (kernels/analysis_cuda.cu ana_agg + ana_carry),
+// The device's aggregation of one head's batch (kernels/analysis/analysis_cuda.cu ana_agg + ana_carry),
 // run serially here: integer limb sums, in reverse token order to show order does not matter.
 static void device_agg(const Fx *fx, int l, const HeadRecords *r, const int32_t *valid_len, HeadAggregates *g) {
     const LayerCode *lc = &fx->lc[l];

@@ -7,6 +7,7 @@
 
 #include "base/util.h"
 #include "text/bpe.h"
+#include "test_common.h"
 
 #define VOCAB "../shared/data/gpt2"
 #define REF "tests/reference/data/tokenizer/"
@@ -185,7 +186,7 @@ Test(bpe, cli_encode_npy_decode_roundtrip_and_clean_failure) {
     char dir[] = "/tmp/qk_tok_cli_XXXXXX";
     cr_assert(mkdtemp(dir));
     // uint16 .npy of tinyshakespeare: the data equals tiktoken's reference ids byte for byte.
-    cr_assert_eq(sh("bin/qkscope tokenize --vocab " VOCAB " --npy --dtype uint16 -o %s/ts.npy "
+    cr_assert_eq(sh(QK_BIN " tokenize --vocab " VOCAB " --npy --dtype uint16 -o %s/ts.npy "
                     "../shared/data/text/tinyshakespeare.txt", dir), 0);
     char path[256];
     snprintf(path, sizeof path, "%s/ts.npy", dir);
@@ -196,13 +197,13 @@ Test(bpe, cli_encode_npy_decode_roundtrip_and_clean_failure) {
     size_t hl = 10 + ((uint8_t)npy[8] | (uint8_t)npy[9] << 8);
     cr_assert(n - hl == nref && memcmp(npy + hl, ref, nref) == 0, "npy data differs from the reference ids");
     // Text ids, decoded back (from the text ids and from the .npy): the original bytes.
-    cr_assert_eq(sh("bin/qkscope tokenize --vocab " VOCAB " ../shared/data/text/utf8-demo.txt > %s/ids.txt && "
-                    "bin/qkscope tokenize --vocab " VOCAB " --decode -o %s/back.txt %s/ids.txt && "
+    cr_assert_eq(sh(QK_BIN " tokenize --vocab " VOCAB " ../shared/data/text/utf8-demo.txt > %s/ids.txt && "
+                    QK_BIN " tokenize --vocab " VOCAB " --decode -o %s/back.txt %s/ids.txt && "
                     "cmp -s %s/back.txt ../shared/data/text/utf8-demo.txt", dir), 0);
-    cr_assert_eq(sh("bin/qkscope tokenize --vocab " VOCAB " --decode %s/ts.npy > %s/ts.txt && "
+    cr_assert_eq(sh(QK_BIN " tokenize --vocab " VOCAB " --decode %s/ts.npy > %s/ts.txt && "
                     "cmp -s %s/ts.txt ../shared/data/text/tinyshakespeare.txt%.0s", dir), 0);
     // Bad input: non-zero exit, one line on stderr naming the input and line, no output file.
-    cr_assert_neq(sh("printf '1 2\\n3 banana\\n' | bin/qkscope tokenize --vocab " VOCAB " --decode -o %s/bad.txt "
+    cr_assert_neq(sh("printf '1 2\\n3 banana\\n' | " QK_BIN " tokenize --vocab " VOCAB " --decode -o %s/bad.txt "
                      "2> %s/err.txt", dir), 0);
     snprintf(path, sizeof path, "%s/bad.txt", dir);
     cr_assert(!qk_file_exists(path));
@@ -211,10 +212,10 @@ Test(bpe, cli_encode_npy_decode_roundtrip_and_clean_failure) {
     snprintf(path, sizeof path, "%s/err.txt", dir);
     char *err = qk_read_file(path, &n);
     cr_assert(err && strstr(err, "stdin: line 2: 'banana") && strchr(err, '\n') == err + n - 1, "stderr: %s", err);
-    cr_assert_eq(sh("echo 50257 | bin/qkscope tokenize --vocab " VOCAB " --decode -o %s/big.txt 2> %s/err2.txt; "
+    cr_assert_eq(sh("echo 50257 | " QK_BIN " tokenize --vocab " VOCAB " --decode -o %s/big.txt 2> %s/err2.txt; "
                     "test $? = 1 && grep -q 'outside the vocabulary' %s/err2.txt && test ! -e %s/big.txt", dir), 0);
     // --help names every option.
-    cr_assert_eq(sh("bin/qkscope tokenize --help > %s/help.txt", dir), 0);
+    cr_assert_eq(sh(QK_BIN " tokenize --help > %s/help.txt", dir), 0);
     snprintf(path, sizeof path, "%s/help.txt", dir);
     char *help = qk_read_file(path, &n);
     const char *opts[] = {"--vocab", "--decode", "--allow-special", "--npy", "--dtype", "-o FILE", "--help"};

@@ -31,7 +31,7 @@ static void check(const char *name, int dense_none_check) {
     snprintf(out, sizeof out, "%s/out.h5", g_dir);
     snprintf(sae_dir, sizeof sae_dir, REF_DIR "/sae/%s", name);
     snprintf(cmd, sizeof cmd,
-             "./bin/qkscope cache -q --backend cpu --batch 2 --model " MODEL " --tokens " MODEL "/tokens.txt "
+             QK_BIN " cache -q --backend cpu --batch 2 --model " MODEL " --tokens " MODEL "/tokens.txt "
              "--hooks logits --sae 1=%s --sae-max-active 16 -o %s",
              sae_dir, out);
     cr_assert_eq(system(cmd), 0, "%s", cmd);
@@ -104,7 +104,7 @@ Test(cache_sae, relu_sae_with_truncation_visible) { check("standard_none_bdec", 
 Test(cache_sae, sae_for_another_stream_is_refused) {
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "./bin/qkscope cache -q --model " MODEL " --tokens " MODEL "/tokens.txt --sae 1=" REF_DIR
+             QK_BIN " cache -q --model " MODEL " --tokens " MODEL "/tokens.txt --sae 1=" REF_DIR
              "/sae/v5_oldstyle -o %s/o.h5 2> %s/err.txt",
              g_dir, g_dir);
     int st = system(cmd);

@@ -4,7 +4,6 @@
 #include "io/chunk_writer.h"
 #include "io/h5out.h"
 #include "test_common.h"
-#include "testutil.h"
 
 typedef struct {
     const char *name;

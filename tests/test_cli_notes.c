@@ -30,14 +30,14 @@ static char *out_of(int *status, const char *fmt, ...) {
 
 // A small planted demo in dir (seed), and the --set flags that point demo.ini at it.
 static void planted(const char *dir, int seed, char *sets, size_t n) {
-    cr_assert_eq(shf("./bin/qkscope planted --out %s --tokens 256 --seed %d -q", dir, seed), 0);
+    cr_assert_eq(shf(QK_BIN " planted --out %s --tokens 256 --seed %d -q", dir, seed), 0);
     snprintf(sets, n, "--set model.dir=%s/model --set sae.layer.0=%s/sae/layer_0 --set sae.layer.1=%s/sae/layer_1 "
                       "--set corpus.paths=%s/corpus.npy --set run.backend=cpu", dir, dir, dir, dir);
 }
 
 Test(cli_notes, version) {
     int st;
-    char *o = out_of(&st, "./bin/qkscope --version 2>&1");
+    char *o = out_of(&st, QK_BIN " --version 2>&1");
     cr_assert_eq(st, 0, "%s", o);
     cr_assert(strstr(o, "qkscope 0.1.0\n") && strstr(o, "\ncommit: ") && strstr(o, "\nbuild: "), "%s", o);
 #ifdef QK_HAVE_CUDA
@@ -56,13 +56,13 @@ Test(cli_notes, version) {
 Test(cli_notes, status_of_a_shard_folder) {
     char *d = make_tmpdir(), sets[2048];
     planted(d, 1, sets, sizeof sets);
-    cr_assert_eq(shf("./bin/qkscope run configs/demo.ini %s --set output.shard_tokens=128 -q -o %s/out", sets, d), 0);
+    cr_assert_eq(shf(QK_BIN " run configs/demo.ini %s --set output.shard_tokens=128 -q -o %s/out", sets, d), 0);
     int st;
-    char *o = out_of(&st, "./bin/qkscope status %s/out 2>&1", d);
+    char *o = out_of(&st, QK_BIN " status %s/out 2>&1", d);
     cr_assert_eq(st, 0, "%s", o);
     cr_assert(strstr(o, "sharded run, done, 2 complete shard(s)") && strstr(o, "qkscope merge"), "%s", o);
     free(o);
-    o = out_of(&st, "./bin/qkscope status %s 2>&1", d);  // neither a sweep nor a sharded run
+    o = out_of(&st, QK_BIN " status %s 2>&1", d);  // neither a sweep nor a sharded run
     cr_assert(st != 0 && strstr(o, "neither plan.json") && strstr(o, "manifest.json"), "%s", o);
     free(o);
     rm_rf(d), free(d);
@@ -70,11 +70,11 @@ Test(cli_notes, status_of_a_shard_folder) {
 
 Test(cli_notes, missing_model_points_at_the_download) {
     int st;
-    char *o = out_of(&st, "./bin/qkscope run configs/gpt2-small.ini --set model.dir=/nonexistent/gpt2 -q -o /tmp/x.h5 2>&1");
+    char *o = out_of(&st, QK_BIN " run configs/gpt2-small.ini --set model.dir=/nonexistent/gpt2 -q -o /tmp/x.h5 2>&1");
     cr_assert(st != 0 && strstr(o, "scripts/download_gpt2.sh") && strstr(o, "model.dir") && strstr(o, "/nonexistent/gpt2"),
               "%s", o);
     free(o);
-    o = out_of(&st, "./bin/qkscope static configs/demo.ini --set model.dir=/nonexistent/m -q -o /tmp/x.h5 2>&1");
+    o = out_of(&st, QK_BIN " static configs/demo.ini --set model.dir=/nonexistent/m -q -o /tmp/x.h5 2>&1");
     cr_assert(st != 0 && strstr(o, "scripts/download_gpt2.sh"), "%s", o);
     free(o);
 }
@@ -83,12 +83,12 @@ Test(cli_notes, check_run_of_another_model) {
     char *a = make_tmpdir(), *b = make_tmpdir(), sets[2048], sets_b[2048];
     planted(a, 1, sets, sizeof sets);
     planted(b, 2, sets_b, sizeof sets_b);
-    cr_assert_eq(shf("./bin/qkscope run configs/demo.ini %s -q -o %s/run.h5", sets, a), 0);
+    cr_assert_eq(shf(QK_BIN " run configs/demo.ini %s -q -o %s/run.h5", sets, a), 0);
     int st;
-    char *o = out_of(&st, "./bin/qkscope planted --out %s --check-run %s/run.h5 2>&1", b, a);
+    char *o = out_of(&st, QK_BIN " planted --out %s --check-run %s/run.h5 2>&1", b, a);
     cr_assert(st != 0 && strstr(o, "model_sha256") && strstr(o, "another model") && !strstr(o, "MISSED"), "%s", o);
     free(o);
-    o = out_of(&st, "./bin/qkscope planted --out %s --check-run %s/run.h5 2>&1", a, a);  // its own: found
+    o = out_of(&st, QK_BIN " planted --out %s --check-run %s/run.h5 2>&1", a, a);  // its own: found
     cr_assert(st == 0 && strstr(o, "FOUND") && !strstr(o, "MISSED"), "%s", o);
     free(o);
     rm_rf(a), rm_rf(b), free(a), free(b);
@@ -99,7 +99,7 @@ Test(cli_notes, notices_progress_and_stage_times) {
     planted(d, 1, sets, sizeof sets);
     int st;
     // backend auto, not quiet, stderr to a pipe (not a TTY).
-    char *o = out_of(&st, "./bin/qkscope run configs/demo.ini %s --set run.backend=auto -o %s/run.h5 2>&1 >/dev/null", sets, d);
+    char *o = out_of(&st, QK_BIN " run configs/demo.ini %s --set run.backend=auto -o %s/run.h5 2>&1 >/dev/null", sets, d);
     cr_assert_eq(st, 0, "%s", o);
 #if defined(QK_HAVE_CUDA)
     if (access("/proc/driver/nvidia/version", F_OK) && access("/dev/nvidia0", F_OK))
@@ -116,7 +116,7 @@ Test(cli_notes, notices_progress_and_stage_times) {
     size_t n = strcspn(prog, "\n");
     cr_assert(n > 10 && !strncmp(prog, fin, n) && fin[n] == '\n', "stage shares differ:\n%s", o);
     free(o);
-    o = out_of(&st, "./bin/qkscope static configs/demo.ini %s -o %s/static.h5 2>&1 >/dev/null", sets, d);
+    o = out_of(&st, QK_BIN " static configs/demo.ini %s -o %s/static.h5 2>&1 >/dev/null", sets, d);
     cr_assert(st == 0 && !strchr(o, '\r') && strstr(o, "(8 of 8)\n"), "static progress in a log:\n%s", o);
     free(o);
     rm_rf(d), free(d);
@@ -126,7 +126,7 @@ Test(cli_notes, notices_progress_and_stage_times) {
 // config key corpus.vocab), never an option `run` does not have.
 Test(cli_notes, token_outside_the_model_vocabulary) {
     char *d = make_tmpdir();
-    cr_assert_eq(shf("./bin/qkscope random --out %s --layers 2 --heads 2 --d-model 16 --n-ctx 16 --vocab 512 --d-sae 32 "
+    cr_assert_eq(shf(QK_BIN " random --out %s --layers 2 --heads 2 --d-model 16 --n-ctx 16 --vocab 512 --d-sae 32 "
                      "--k 4 --tokens 64 -q", d), 0);
     int32_t ids[16];
     for (int i = 0; i < 16; i++) ids[i] = i == 5 ? 3797 : i;
@@ -135,7 +135,7 @@ Test(cli_notes, token_outside_the_model_vocabulary) {
     int64_t shape[1] = {16};
     cr_assert_eq(qk_npy_write(npy, "<i4", 1, shape, ids), 0);
     int st;
-    char *o = out_of(&st, "./bin/qkscope run configs/demo.ini --set model.dir=%s/model --set sae.layer.0=%s/sae/layer_0 "
+    char *o = out_of(&st, QK_BIN " run configs/demo.ini --set model.dir=%s/model --set sae.layer.0=%s/sae/layer_0 "
                           "--set sae.layer.1=%s/sae/layer_1 --set corpus.paths=%s --set corpus.n_ctx=16 --set analysis.record_heads=0.0 "
                           "--set run.backend=cpu -q -o %s/x.h5 2>&1", d, d, d, npy, d);
     cr_assert(st != 0 && strstr(o, npy) && strstr(o, "token id 3797") && strstr(o, "[0, 512)") && strstr(o, "[corpus] vocab") &&

@@ -11,7 +11,6 @@
 #include "run/agg_comm.h"
 #include "run/comm.h"
 #include "test_common.h"
-#include "testutil.h"
 
 // ---------------------------------------------------------------------------------------------
 // Ranks as threads.  Criterion asserts only on the main thread: a rank reports a failure as text.

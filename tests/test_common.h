@@ -1,8 +1,11 @@
-// test_common.h: helpers shared by the Criterion suites.  Tests run from the repository root.
+// test_common.h: the one header of helpers shared by the Criterion suites (every suite includes
+// it): the binary under test, reference data, a deterministic RNG, temporary folders, planted
+// models and their configs, output comparisons.  Tests run from the repository root.
 #pragma once
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,36 @@
 #include "model/planted.h"
 
 #define REF_DIR "tests/reference/data"
+// The qkscope binary the CLI tests start, from the repository root (make test-asan runs the suites
+// from a root whose bin/ is the sanitized build).  String literal: QK_BIN " run ..." .
+#ifndef QK_BIN
+#define QK_BIN "./bin/qkscope"
+#endif
+
+// xorshift64*: deterministic across platforms.
+typedef struct {
+    uint64_t s;
+} TRng;
+
+static inline uint64_t trng_u64(TRng *g) {
+    g->s ^= g->s >> 12;
+    g->s ^= g->s << 25;
+    g->s ^= g->s >> 27;
+    return g->s * 2685821657736338717ull;
+}
+// Uniform in [0, 1).
+static inline double trng_unif(TRng *g) { return (trng_u64(g) >> 11) * (1.0 / 9007199254740992.0); }
+// Standard normal (Box-Muller).
+static inline double trng_normal(TRng *g) {
+    double u = trng_unif(g), v = trng_unif(g);
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+// Integer in [lo, hi].
+static inline int trng_int(TRng *g, int lo, int hi) { return lo + (int)(trng_u64(g) % (uint64_t)(hi - lo + 1)); }
+
+static inline void trng_fill_normal(TRng *g, float *x, size_t n, double mean, double sd) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)(mean + sd * trng_normal(g));
+}
 
 // The backend under test: QK_BACKEND=cpu (default) or cuda.  A CUDA suite on a machine without
 // a usable device is skipped, saying why.
@@ -66,15 +99,17 @@ static inline char *make_tmpdir(void) {
 }
 
 // A fresh temporary directory holding the planted model, SAEs and a corpus of `windows` windows
-// of 64 tokens (qkscope planted); 160 are long enough to interrupt a run mid-way.
-static inline char *make_planted_dir(int windows) {
+// of 64 tokens (qkscope planted; 0: its default size); 160 are long enough to interrupt a run
+// mid-way.  info: what was planted, or NULL.
+static inline char *make_planted_dir_info(int windows, QkPlanted *info) {
     char *d = make_tmpdir();
     QkPlantedOpts o;
     qk_planted_default_opts(&o);
-    o.n_tokens = 64 * windows;
-    cr_assert_eq(qk_planted_write(d, &o, NULL), 0, "%s", qk_errmsg());
+    if (windows) o.n_tokens = 64 * windows;
+    cr_assert_eq(qk_planted_write(d, &o, info), 0, "%s", qk_errmsg());
     return d;
 }
+static inline char *make_planted_dir(int windows) { return make_planted_dir_info(windows, NULL); }
 
 static inline void rm_rf(const char *dir) {
     char cmd[512];
@@ -93,6 +128,21 @@ static inline int32_t *read_windows_npy(const char *path, int *B, int *T) {
     cr_assert_eq(qk_npy_to_i32(&a, tok, path), 0);
     qk_npy_free(&a);
     return tok;
+}
+
+static inline void write_bytes(const char *path, const void *data, size_t n);
+
+// Writes the INI file `path` for the planted model in `dir` (model, both SAEs, corpus.npy in
+// 64-token windows without BOS, batches of 4) followed by `rest` (more keys and sections).
+static inline void write_planted_ini(const char *path, const char *dir, const char *rest) {
+    size_t cap = strlen(rest) + 4 * strlen(dir) + 512;
+    char *text = qk_malloc(cap);
+    snprintf(text, cap,
+             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
+             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n%s",
+             dir, dir, dir, dir, rest);
+    write_bytes(path, text, strlen(text));
+    free(text);
 }
 
 static inline void write_bytes(const char *path, const void *data, size_t n) {

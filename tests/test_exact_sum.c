@@ -1,8 +1,7 @@
-// test_exact_sum.c: exact sums (host/exact_sum.h) are independent of the order and grouping of
+// test_exact_sum.c: exact sums (host/analysis/exact_sum.h) are independent of the order and grouping of
 // their terms, and their value is the terms' sum to within the 2^-64 rounding of each term.
 #include "analysis/exact_sum.h"
 #include "test_common.h"
-#include "testutil.h"
 
 #define N 20000
 

@@ -1,4 +1,4 @@
-// test_forward_math.c: the per-thread arithmetic of the CUDA forward pass (kernels/forward_math.h,
+// test_forward_math.c: the per-thread arithmetic of the CUDA forward pass (kernels/model/forward_math.h,
 // __host__ __device__ functions compiled here as C), checked on the CPU: bf16 rounding, the index
 // maps of the attention layouts, and the warp-order LayerNorm / softmax reductions against the
 // CPU backend's sequential double sums.  Also the precision setting of the backend interface.
@@ -8,7 +8,6 @@
 #include "model/forward_math.h"
 #include "model/forward_mem.h"
 #include "test_common.h"
-#include "testutil.h"
 
 static float bits_f(uint32_t u) {
     float f;
@@ -57,7 +56,7 @@ Test(forward_math, qkv_perm_index_is_the_head_layout) {
     for (size_t row = 0; row < (size_t)B * H * T; row++) cr_assert_eq(qk_score_row_query(row, T), (int)(row % T));
 }
 
-// host/forward_cpu.c's LayerNorm: sequential double sums.
+// host/model/forward_cpu.c's LayerNorm: sequential double sums.
 static void ln_reference(float *out, float *scale, const float *x, const float *w, const float *b, int C, float eps) {
     double mean = 0, var = 0;
     for (int i = 0; i < C; i++) mean += x[i];

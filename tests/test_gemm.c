@@ -10,7 +10,7 @@
 #include "base/cpu_features.h"
 #include "base/gemm.h"
 #include "base/util.h"
-#include "testutil.h"
+#include "test_common.h"
 
 // The definition, one element at a time.
 static void gemm_chain(QkGemmTrans tr, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
@@ -139,7 +139,7 @@ Test(gemm, topk_avx512_path_equals_avx2_path) {
 
 // The CLI checks the ISA switch before any work: a bad value is one line naming it, exit 2.
 Test(gemm, bad_isa_switch_is_refused_by_the_cli) {
-    FILE *p = popen("QK_ISA=sse2 bin/qkscope info tests/reference/data/gpt2_tiny_a 2>&1; echo \"exit=$?\"", "r");
+    FILE *p = popen("QK_ISA=sse2 " QK_BIN " info tests/reference/data/gpt2_tiny_a 2>&1; echo \"exit=$?\"", "r");
     cr_assert_not_null(p);
     char out[512] = {0};
     size_t n = fread(out, 1, sizeof out - 1, p);

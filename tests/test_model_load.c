@@ -125,7 +125,7 @@ Test(model_load, token_checks) {
 // Runs the CLI; returns its exit status and leaves its stderr in DIR/err.txt.
 static int run_cli(const char *args) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "./bin/qkscope %s 2> %s/err.txt > /dev/null", args, g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " %s 2> %s/err.txt > /dev/null", args, g_dir);
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

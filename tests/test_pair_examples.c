@@ -3,7 +3,6 @@
 // itself checked against a direct computation (per-pair cap, then capacity, in the total order).
 #include "analysis/pair_examples.h"
 #include "test_common.h"
-#include "testutil.h"
 
 #define N_OCC 20000
 

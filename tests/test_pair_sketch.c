@@ -1,7 +1,6 @@
 // test_pair_sketch.c: the space-saving sketch against exact totals on random skewed streams.
 #include "analysis/pair_sketch.h"
 #include "test_common.h"
-#include "testutil.h"
 
 #define NF 40
 #define NG 30

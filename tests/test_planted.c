@@ -18,12 +18,7 @@
 
 static char *g_dir;
 static QkPlanted g_info;
-static void setup(void) {
-    g_dir = make_tmpdir();
-    QkPlantedOpts o;
-    qk_planted_default_opts(&o);
-    cr_assert_eq(qk_planted_write(g_dir, &o, &g_info), 0, "%s", qk_errmsg());
-}
+static void setup(void) { g_dir = make_planted_dir_info(0, &g_info); }
 static void teardown(void) {
     rm_rf(g_dir);
     free(g_dir);
@@ -217,8 +212,8 @@ Test(planted, cli_is_deterministic_per_seed) {
                            "sae/layer_1/cfg.json", "corpus.npy", "planted.json"};
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
-             "./bin/qkscope planted -q --out %s/a --seed 7 --tokens 1000 && ./bin/qkscope planted -q --out %s/b --seed 7 "
-             "--tokens 1000 && ./bin/qkscope planted -q --out %s/c --seed 8 --tokens 1000",
+             QK_BIN " planted -q --out %s/a --seed 7 --tokens 1000 && " QK_BIN " planted -q --out %s/b --seed 7 "
+             "--tokens 1000 && " QK_BIN " planted -q --out %s/c --seed 8 --tokens 1000",
              g_dir, g_dir, g_dir);
     cr_assert_eq(system(cmd), 0, "%s", cmd);
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
@@ -233,9 +228,9 @@ Test(planted, cli_is_deterministic_per_seed) {
     cr_assert_eq(qk_planted_read(dir, &r), 0, "%s", qk_errmsg());
     cr_expect(r.seed == 7 && r.n_windows == 16, "seed %llu, %d windows (1000 tokens -> 16 windows of 64)",
               (unsigned long long)r.seed, r.n_windows);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope planted -q --seed 7 2>/dev/null");
+    snprintf(cmd, sizeof cmd, QK_BIN " planted -q --seed 7 2>/dev/null");
     cr_expect_neq(system(cmd), 0, "--out is required");
-    snprintf(cmd, sizeof cmd, "./bin/qkscope planted -q --out %s/d --tokens 0 2>/dev/null", g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " planted -q --out %s/d --tokens 0 2>/dev/null", g_dir);
     cr_expect_neq(system(cmd), 0, "--tokens 0 is rejected");
 }
 

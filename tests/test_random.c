@@ -5,13 +5,12 @@
 #include "model/gpt2.h"
 #include "model/sae.h"
 #include "test_common.h"
-#include "testutil.h"
 
 #define ARGS "--layers 3 --heads 4 --d-model 48 --d-mlp 96 --n-ctx 64 --vocab 300 --d-sae 200 --k 5 --tokens 777"
 
 Test(random, files_load_with_the_shapes_asked_for) {
     char *dir = make_tmpdir();
-    cr_assert_eq(shf("./bin/qkscope random -q --out %s/a " ARGS " --seed 7", dir), 0);
+    cr_assert_eq(shf(QK_BIN " random -q --out %s/a " ARGS " --seed 7", dir), 0);
     char path[700];
     snprintf(path, sizeof path, "%s/a/model", dir);
     GPT2Model m;
@@ -41,7 +40,7 @@ Test(random, files_load_with_the_shapes_asked_for) {
     for (int i = 0; i < 777; i++) cr_assert(ids[i] >= 0 && ids[i] < 300, "id %d = %d", i, ids[i]);
     free(npy);
     // The same seed: the same bytes; another seed: other weights.
-    cr_assert_eq(shf("./bin/qkscope random -q --out %s/b " ARGS " --seed 7 && ./bin/qkscope random -q --out %s/c " ARGS
+    cr_assert_eq(shf(QK_BIN " random -q --out %s/b " ARGS " --seed 7 && " QK_BIN " random -q --out %s/c " ARGS
                      " --seed 8", dir, dir), 0);
     cr_expect_eq(shf("cmp -s %s/a/model/model.safetensors %s/b/model/model.safetensors && "
                      "cmp -s %s/a/sae/layer_2/sae_weights.safetensors %s/b/sae/layer_2/sae_weights.safetensors && "
@@ -55,7 +54,7 @@ Test(random, bad_options_are_one_line_and_exit_2) {
     char *dir = make_tmpdir();
     const char *bad[] = {"--k 0", "--d-model x", "--tokens -5", "--seed 9007199254740992", "--heads 5000"};
     for (int i = 0; i < 5; i++) {
-        cr_expect_eq(shf("./bin/qkscope random -q --out %s/x %s 2> %s/err.txt", dir, bad[i], dir), 2, "%s", bad[i]);
+        cr_expect_eq(shf(QK_BIN " random -q --out %s/x %s 2> %s/err.txt", dir, bad[i], dir), 2, "%s", bad[i]);
         char p[700];
         snprintf(p, sizeof p, "%s/err.txt", dir);
         char *err = qk_read_file(p, NULL);
@@ -64,7 +63,7 @@ Test(random, bad_options_are_one_line_and_exit_2) {
         free(err);
     }
     // Shapes that cannot be: exit 1, one line.
-    cr_expect_eq(shf("./bin/qkscope random -q --out %s/y --d-model 50 --heads 4 2> /dev/null", dir), 1);
+    cr_expect_eq(shf(QK_BIN " random -q --out %s/y --d-model 50 --heads 4 2> /dev/null", dir), 1);
     rm_rf(dir);
     free(dir);
 }

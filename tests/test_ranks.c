@@ -19,7 +19,7 @@ static char g_sets[4096];
 // configs/demo.ini at it, with a pair sketch that is never full (so pair tables compare).
 static void planted(int tokens) {
     g_dir = make_tmpdir();
-    cr_assert_eq(shf("./bin/qkscope planted --out %s --tokens %d -q", g_dir, tokens), 0);
+    cr_assert_eq(shf(QK_BIN " planted --out %s --tokens %d -q", g_dir, tokens), 0);
     snprintf(g_sets, sizeof g_sets,
              "--set model.dir=%s/model --set sae.layer.0=%s/sae/layer_0 --set sae.layer.1=%s/sae/layer_1 "
              "--set corpus.paths=%s/corpus.npy --set analysis.sketch_capacity=1000000",
@@ -131,9 +131,9 @@ static char *slurp(const char *path) {
 // short) against one single-file run.
 Test(ranks, cpu_ranks_merge_to_the_one_rank_run, .timeout = 300, .fini = cleanup) {
     planted(64 * 125);
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s -o %s/one.h5", g_sets, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s -o %s/one.h5", g_sets, g_dir), 0);
     for (int n = 1; n <= 3; n++) {
-        cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set output.shard_tokens=640 --ranks %d -o %s/r%d", g_sets, n,
+        cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --set output.shard_tokens=640 --ranks %d -o %s/r%d", g_sets, n,
                         g_dir, n),
                      0, "%d ranks", n);
         char path[1024], what[64];
@@ -155,7 +155,7 @@ Test(ranks, cpu_ranks_merge_to_the_one_rank_run, .timeout = 300, .fini = cleanup
         cr_expect_eq(qk_h5_attr_read_int(f, "windows"), 125);
         cr_expect_eq(qk_h5_attr_read_int(f, "tokens_processed"), 64 * 125);
         H5Fclose(f);
-        cr_assert_eq(shf("./bin/qkscope merge %s/r%d -o %s/m%d.h5 > /dev/null", g_dir, n, g_dir, n), 0);
+        cr_assert_eq(shf(QK_BIN " merge %s/r%d -o %s/m%d.h5 > /dev/null", g_dir, n, g_dir, n), 0);
         snprintf(path, sizeof path, "%s/m%d.h5", g_dir, n);
         snprintf(what, sizeof what, "%d ranks, merged", n);
         expect_same_run(one, path, what);
@@ -167,19 +167,19 @@ Test(ranks, cpu_ranks_merge_to_the_one_rank_run, .timeout = 300, .fini = cleanup
 Test(ranks, max_tokens_and_no_write, .timeout = 300, .fini = cleanup) {
     planted(64 * 60);
     const char *cut = "--set corpus.max_tokens=1500 --set corpus.batch=3";
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s %s -o %s/one.h5", g_sets, cut, g_dir), 0);
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s %s --set output.shard_tokens=320 --ranks 2 -o %s/r2 && "
-                    "./bin/qkscope merge %s/r2 -o %s/m2.h5 > /dev/null",
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s %s -o %s/one.h5", g_sets, cut, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s %s --set output.shard_tokens=320 --ranks 2 -o %s/r2 && "
+                    QK_BIN " merge %s/r2 -o %s/m2.h5 > /dev/null",
                     g_sets, cut, g_dir, g_dir, g_dir),
                  0);
     char one[1024], m2[1024];
     snprintf(one, sizeof one, "%s/one.h5", g_dir), snprintf(m2, sizeof m2, "%s/m2.h5", g_dir);
     expect_same_run(one, m2, "max_tokens, 2 ranks");
     // The summary tables printed by each: same numbers.
-    cr_assert_eq(shf("./bin/qkscope run configs/demo.ini %s %s --set output.write=false -o %s/x.h5 > %s/s1.txt 2>/dev/null", g_sets,
+    cr_assert_eq(shf(QK_BIN " run configs/demo.ini %s %s --set output.write=false -o %s/x.h5 > %s/s1.txt 2>/dev/null", g_sets,
                     cut, g_dir, g_dir),
                  0);
-    cr_assert_eq(shf("./bin/qkscope run configs/demo.ini %s %s --set output.write=false --ranks 3 -o %s/nw > %s/s3.txt 2>/dev/null",
+    cr_assert_eq(shf(QK_BIN " run configs/demo.ini %s %s --set output.write=false --ranks 3 -o %s/nw > %s/s3.txt 2>/dev/null",
                     g_sets, cut, g_dir, g_dir),
                  0);
     cr_expect_eq(shf("cmp -s %s/s1.txt %s/s3.txt", g_dir, g_dir), 0, "the summaries differ");
@@ -190,14 +190,14 @@ Test(ranks, max_tokens_and_no_write, .timeout = 300, .fini = cleanup) {
 // and the merge equals one uninterrupted run.
 Test(ranks, interrupted_then_resumed_with_other_rank_count, .timeout = 300, .fini = cleanup) {
     planted(64 * 400);
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s -o %s/one.h5", g_sets, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s -o %s/one.h5", g_sets, g_dir), 0);
     char out[1024], probe[1100], cfg_sets[4200];
     snprintf(out, sizeof out, "%s/b", g_dir);
     snprintf(cfg_sets, sizeof cfg_sets, "%s --set output.shard_tokens=640", g_sets);
     pid_t pid = fork();
     if (pid == 0) {
         char cmd[16384];
-        snprintf(cmd, sizeof cmd, "exec ./bin/qkscope run -q configs/demo.ini %s --ranks 2 -o %s", cfg_sets, out);
+        snprintf(cmd, sizeof cmd, "exec " QK_BIN " run -q configs/demo.ini %s --ranks 2 -o %s", cfg_sets, out);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
@@ -215,8 +215,8 @@ Test(ranks, interrupted_then_resumed_with_other_rank_count, .timeout = 300, .fin
     cr_expect(strstr(m, "\"complete\": false") && strstr(m, "\"ranks\": 2") && !strstr(m, "aggregates.h5"), "%s", m);
     free(m);
     cr_expect_eq(shf("ls %s | grep -q tmp", out), 1, "a .tmp shard was left behind");
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --ranks 3 --resume -o %s", cfg_sets, out), 0);
-    cr_assert_eq(shf("./bin/qkscope merge %s -o %s/merged.h5 > /dev/null", out, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --ranks 3 --resume -o %s", cfg_sets, out), 0);
+    cr_assert_eq(shf(QK_BIN " merge %s -o %s/merged.h5 > /dev/null", out, g_dir), 0);
     char one[1024], merged[1024];
     snprintf(one, sizeof one, "%s/one.h5", g_dir), snprintf(merged, sizeof merged, "%s/merged.h5", g_dir);
     expect_same_run(one, merged, "interrupted, resumed with 3 ranks");
@@ -225,11 +225,11 @@ Test(ranks, interrupted_then_resumed_with_other_rank_count, .timeout = 300, .fin
 // merge refuses a multi-rank run whose aggregates.h5 is missing (nothing silently summed short).
 Test(ranks, merge_refuses_missing_aggregates, .timeout = 120, .fini = cleanup) {
     planted(64 * 20);
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set output.shard_tokens=640 --ranks 2 -o %s/r && "
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --set output.shard_tokens=640 --ranks 2 -o %s/r && "
                     "mv %s/r/aggregates.h5 %s/away.h5",
                     g_sets, g_dir, g_dir, g_dir),
                  0);
-    cr_expect_eq(shf("./bin/qkscope merge %s/r -o %s/m.h5 2> %s/err.txt", g_dir, g_dir, g_dir), 1);
+    cr_expect_eq(shf(QK_BIN " merge %s/r -o %s/m.h5 2> %s/err.txt", g_dir, g_dir, g_dir), 1);
     char p[1024];
     snprintf(p, sizeof p, "%s/err.txt", g_dir);
     char *err = slurp(p);
@@ -256,7 +256,7 @@ Test(ranks, bad_rank_options_are_one_line, .timeout = 60, .fini = cleanup) {
         {"--gpus 63,", gpus > 0 ? "but only" : "no usable CUDA device", 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int code = shf("./bin/qkscope run -q configs/demo.ini %s %s -o %s/out 2> %s/err.txt", g_sets, cases[i].args, g_dir, g_dir);
+        int code = shf(QK_BIN " run -q configs/demo.ini %s %s -o %s/out 2> %s/err.txt", g_sets, cases[i].args, g_dir, g_dir);
         char p[1024];
         snprintf(p, sizeof p, "%s/err.txt", g_dir);
         char *err = slurp(p);
@@ -280,11 +280,11 @@ Test(ranks, gpus_merge_to_the_one_gpu_run, .timeout = 600, .fini = cleanup) {
     int gpus = qk_cuda_probe(why, sizeof why);
     if (gpus < 1) cr_skip_test("--gpus: no usable CUDA device (%s)", why);
     planted(64 * 125);
-    cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set run.backend=cuda -o %s/one.h5", g_sets, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --set run.backend=cuda -o %s/one.h5", g_sets, g_dir), 0);
     const char *specs[2] = {"1", "all"};
     for (int i = 0; i < (gpus > 1 ? 2 : 1); i++) {
-        cr_assert_eq(shf("./bin/qkscope run -q configs/demo.ini %s --set output.shard_tokens=1024 --gpus %s -o %s/g%d && "
-                        "./bin/qkscope merge %s/g%d -o %s/m%d.h5 > /dev/null",
+        cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --set output.shard_tokens=1024 --gpus %s -o %s/g%d && "
+                        QK_BIN " merge %s/g%d -o %s/m%d.h5 > /dev/null",
                         g_sets, specs[i], g_dir, i, g_dir, i, g_dir, i),
                      0, "--gpus %s", specs[i]);
         char one[1024], m[1024], what[64];

@@ -30,12 +30,8 @@ static char *at(const char *name) {
 // The planted model's run config, with `extra` INI lines; returns its path.
 static char *write_config(const char *extra) {
     char text[4096], *path = at("run.ini");
-    snprintf(text, sizeof text,
-             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
-             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n"
-             "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[run]\nbackend = cpu\nthreads = 1\n%s",
-             g_dir, g_dir, g_dir, g_dir, extra);
-    write_bytes(path, text, strlen(text));
+    snprintf(text, sizeof text, "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[run]\nbackend = cpu\nthreads = 1\n%s", extra);
+    write_planted_ini(path, g_dir, text);
     return path;
 }
 
@@ -75,9 +71,9 @@ Test(robust, cache_refuses_float_and_huge_token_ids) {
     write_npy("f32.npy", "<f4", f, 3);
     write_npy("i64.npy", "<i8", big, 3);
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens %s/f32.npy -o %s/c.h5", g_dir, g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " cache -q --backend cpu --model " TINY " --tokens %s/f32.npy -o %s/c.h5", g_dir, g_dir);
     free(expect_fail(1, "f32.npy: npy 'descr' <f4: token ids must be integers", cmd));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens %s/i64.npy -o %s/c.h5", g_dir, g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " cache -q --backend cpu --model " TINY " --tokens %s/i64.npy -o %s/c.h5", g_dir, g_dir);
     free(expect_fail(1, "i64.npy: npy element 2: value 2147483648 is outside the int32 range", cmd));
     char *out = at("c.h5"), *tmp = at("c.h5.tmp");
     cr_expect(!qk_file_exists(out) && !qk_file_exists(tmp));
@@ -87,7 +83,7 @@ Test(robust, cache_refuses_float_and_huge_token_ids) {
 // --hooks '' selects nothing: an error, not an empty file with exit 0.
 Test(robust, cache_with_no_hook_is_an_error) {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens " TINY "/tokens.txt --hooks '' -o %s/c.h5",
+    snprintf(cmd, sizeof cmd, QK_BIN " cache -q --backend cpu --model " TINY " --tokens " TINY "/tokens.txt --hooks '' -o %s/c.h5",
              g_dir);
     free(expect_fail(2, "--hooks '' names no hook and there is no --sae: nothing to write", cmd));
     char *out = at("c.h5");
@@ -106,33 +102,33 @@ Test(robust, outputs_are_checked_before_any_work, .timeout = 120) {
     for (int i = 0; i < 3; i++) {
         char out[700];
         snprintf(out, sizeof out, "%s/%s", g_dir, bad[i][0]);
-        snprintf(cmd, sizeof cmd, "./bin/qkscope run %s -o %s", cfg, out);
+        snprintf(cmd, sizeof cmd, QK_BIN " run %s -o %s", cfg, out);
         char *err = expect_fail(1, bad[i][1], cmd);
         cr_expect(!strstr(err, "tokens/s"), "the analysis ran before the output was checked: %s", err);
         free(err);
-        snprintf(cmd, sizeof cmd, "./bin/qkscope static -q %s -o %s", cfg, out);
+        snprintf(cmd, sizeof cmd, QK_BIN " static -q %s -o %s", cfg, out);
         free(expect_fail(1, bad[i][1], cmd));
-        snprintf(cmd, sizeof cmd, "./bin/qkscope cache -q --backend cpu --model " TINY " --tokens " TINY "/tokens.txt -o %s", out);
+        snprintf(cmd, sizeof cmd, QK_BIN " cache -q --backend cpu --model " TINY " --tokens " TINY "/tokens.txt -o %s", out);
         free(expect_fail(1, bad[i][1], cmd));
-        snprintf(cmd, sizeof cmd, "./bin/qkscope merge %s -o %s", g_dir, out);
+        snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s", g_dir, out);
         free(expect_fail(1, bad[i][1], cmd));
     }
     char *text = qk_read_file(ini, NULL);
     cr_expect_str_eq(text, "[model]\n", "the config was overwritten");
     free(text);
     // Folders: a file where a folder goes; a folder whose parent is missing.
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run %s --set output.shard_tokens=1280 -o %s", cfg, ini);
+    snprintf(cmd, sizeof cmd, QK_BIN " run %s --set output.shard_tokens=1280 -o %s", cfg, ini);
     free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run %s --ranks 2 -o %s", cfg, ini);
+    snprintf(cmd, sizeof cmd, QK_BIN " run %s --ranks 2 -o %s", cfg, ini);
     free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope planted -q --out %s", ini);
+    snprintf(cmd, sizeof cmd, QK_BIN " planted -q --out %s", ini);
     free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope random -q --out %s/missing/r", g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " random -q --out %s/missing/r", g_dir);
     free(expect_fail(1, "its parent is not an existing folder", cmd));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope submit %s --dry-run -o %s", cfg, ini);
+    snprintf(cmd, sizeof cmd, QK_BIN " submit %s --dry-run -o %s", cfg, ini);
     free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
     // tokenize: -o naming its own input.
-    snprintf(cmd, sizeof cmd, "./bin/qkscope tokenize --vocab ../shared/data/gpt2 %s -o %s", ini, ini);
+    snprintf(cmd, sizeof cmd, QK_BIN " tokenize --vocab ../shared/data/gpt2 %s -o %s", ini, ini);
     free(expect_fail(1, "-o names an input; refusing to overwrite it", cmd));
     text = qk_read_file(ini, NULL);
     cr_expect_str_eq(text, "[model]\n");
@@ -159,8 +155,8 @@ Test(robust, non_finite_activations_stop_the_run, .timeout = 120) {
     char *st = at("model/model.safetensors"), *cfg = write_config(""), cmd[2048];
     poke_f32(st, "h.0.attn.c_proj.bias", 0, 3e38f);
     poke_f32(st, "h.0.mlp.c_proj.bias", 0, 3e38f);
-    // the backend under test (CUDA: the device analysis's own check, kernels/finite_check.cu)
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s --set run.backend=%s -o %s/r.h5", cfg, run_backend(), g_dir);
+    // the backend under test (CUDA: the device analysis's own check, kernels/model/finite_check.cu)
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s --set run.backend=%s -o %s/r.h5", cfg, run_backend(), g_dir);
     free(expect_fail(1, "layer 1, window 0 of the batch, position 0: non-finite resid_pre", cmd));
     char *out = at("r.h5"), *tmp = at("r.h5.tmp");
     cr_expect(!qk_file_exists(out) && !qk_file_exists(tmp));
@@ -171,7 +167,7 @@ Test(robust, non_finite_activations_stop_the_run, .timeout = 120) {
 Test(robust, nan_weight_is_refused_naming_the_tensor) {
     char *st = at("model/model.safetensors"), cmd[2048];
     poke_f32(st, "h.0.attn.c_attn.weight", 0, NAN);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope info %s/model", g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " info %s/model", g_dir);
     free(expect_fail(1, "tensor 'h.0.attn.c_attn.weight' element 0 is NaN: weights must be finite", cmd));
     free(st);
 }
@@ -180,7 +176,7 @@ Test(robust, nan_weight_is_refused_naming_the_tensor) {
 Test(robust, empty_corpus_folder_is_a_clear_error) {
     char *empty = at("empty"), *cfg = write_config(""), cmd[2048];
     cr_assert_eq(mkdir(empty, 0777), 0);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s --set corpus.paths=%s -o %s/r.h5", cfg, empty, g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s --set corpus.paths=%s -o %s/r.h5", cfg, empty, g_dir);
     free(expect_fail(1, "empty: no corpus files found (an empty directory?", cmd));
     free(empty), free(cfg);
 }
@@ -194,7 +190,7 @@ static void interrupt_single_file(int twice) {
     if (pid == 0) {
         FILE *f = freopen(log, "w", stderr);
         (void)f;
-        execl("./bin/qkscope", "qkscope", "run", cfg, "-o", out, (char *)NULL);
+        execl(QK_BIN, "qkscope", "run", cfg, "-o", out, (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 6000 && !qk_file_exists(tmp); i++) usleep(5000);  // the analysis is under way
@@ -224,13 +220,13 @@ Test(robust, status_and_merge_check_plan_and_manifest, .timeout = 60) {
     char *plan = at("plan.json"), *man = at("manifest.json"), cmd[2048];
     const char *p = "{\"format\": \"qkscope-plan\", \"tasks\": 1e12}";
     write_bytes(plan, p, strlen(p));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope status %s", g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " status %s", g_dir);
     free(expect_fail(1, "plan.json: field 'tasks' must be an integer in [1, 100000]", cmd));
     remove(plan);
     const char *m = "{\"config_hash\": \"0000000000000000000000000000000000000000000000000000000000000000\", "
                     "\"complete\": true, \"shards\": [\"..\"]}";
     write_bytes(man, m, strlen(m));
-    snprintf(cmd, sizeof cmd, "./bin/qkscope merge %s -o %s/all.h5", g_dir, g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s/all.h5", g_dir, g_dir);
     free(expect_fail(1, "manifest.json: shards[0] is not a file name", cmd));
     free(plan), free(man);
 }

@@ -12,12 +12,7 @@
 static char *g_dir;
 static QkPlanted g_info;
 
-static void setup(void) {
-    g_dir = make_tmpdir();
-    QkPlantedOpts o;
-    qk_planted_default_opts(&o);
-    cr_assert_eq(qk_planted_write(g_dir, &o, &g_info), 0, "%s", qk_errmsg());
-}
+static void setup(void) { g_dir = make_planted_dir_info(0, &g_info); }
 static void teardown(void) { rm_rf(g_dir); free(g_dir); }
 TestSuite(run, .init = setup, .fini = teardown);
 
@@ -26,12 +21,10 @@ static char *write_config(const char *name, const char *extra) {
     char text[4096], *path = qk_malloc(600);
     snprintf(path, 600, "%s/%s.ini", g_dir, name);
     snprintf(text, sizeof text,
-             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
-             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n"
              "[analysis]\nheads = all\nrecord_heads = 0.1,1.2\nk = 8\na = 2\np = 4\nencoder = true\nstatic_k = 4\n"
              "[run]\nbackend = cpu\n%s",
-             g_dir, g_dir, g_dir, g_dir, extra);
-    write_bytes(path, text, strlen(text));
+             extra);
+    write_planted_ini(path, g_dir, text);
     return path;
 }
 
@@ -63,8 +56,8 @@ static int is_planted(int l, int h) {
 
 Test(run, planted_circuits_found_by_run_and_static) {
     char *cfg = write_config("run", "");
-    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/run.h5", cfg, g_dir), 0);
-    cr_assert_eq(shf("./bin/qkscope static -q %s -o %s/static.h5", cfg, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q %s -o %s/run.h5", cfg, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " static -q %s -o %s/static.h5", cfg, g_dir), 0);
     char path[700];
     snprintf(path, sizeof path, "%s/run.h5", g_dir);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -128,8 +121,8 @@ Test(run, planted_circuits_found_by_run_and_static) {
 // Same config at 1 and 2 threads and batch 4 vs 8: bit-identical records and aggregates.
 Test(run, deterministic_across_threads_and_batches) {
     char *a = write_config("a", "threads = 1\n"), *b = write_config("b", "threads = 2\n");
-    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/a.h5", a, g_dir), 0);
-    cr_assert_eq(shf("./bin/qkscope run -q %s --set corpus.batch=8 -o %s/b.h5", b, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q %s -o %s/a.h5", a, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q %s --set corpus.batch=8 -o %s/b.h5", b, g_dir), 0);
     const char *objs[] = {"/heads", "/aggregates", "/summary", "/tokens", "/provenance"};
     char pa[700], pb[700];
     snprintf(pa, sizeof pa, "%s/a.h5", g_dir);
@@ -146,8 +139,8 @@ Test(run, avx512_and_avx2_paths_write_the_same_file) {
     qk_cpu_reload();
     if (!qk_cpu_avx512()) cr_skip_test("this CPU has no AVX-512: only the AVX2 path exists here");
     char *a = write_config("isa", "threads = 2\n");
-    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/isa_auto.h5", a, g_dir), 0);
-    cr_assert_eq(shf("QK_ISA=avx2 ./bin/qkscope run -q %s -o %s/isa_avx2.h5", a, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q %s -o %s/isa_auto.h5", a, g_dir), 0);
+    cr_assert_eq(shf("QK_ISA=avx2 " QK_BIN " run -q %s -o %s/isa_avx2.h5", a, g_dir), 0);
     const char *objs[] = {"/heads", "/aggregates", "/summary"};
     char pa[700], pb[700];
     snprintf(pa, sizeof pa, "%s/isa_auto.h5", g_dir);
@@ -158,7 +151,7 @@ Test(run, avx512_and_avx2_paths_write_the_same_file) {
 
 // A bad config: one line naming the file, line and key; exit 1; nothing left that looks complete.
 static void expect_failure(const char *cfg, const char *sets, const char *out, const char *what) {
-    int rc = shf("./bin/qkscope run -q %s %s -o %s 2> %s/err.txt", cfg, sets, out, g_dir);
+    int rc = shf(QK_BIN " run -q %s %s -o %s 2> %s/err.txt", cfg, sets, out, g_dir);
     cr_expect_eq(rc, 1, "%s", what);
     char p[700];
     snprintf(p, sizeof p, "%s/err.txt", g_dir);
@@ -188,7 +181,7 @@ Test(run, bad_configs_fail_cleanly) {
 // With heads = all and no SAE for layer 0, layer 0 is skipped with a notice (SPEC §3).
 Test(run, layer_without_sae_is_skipped_when_all_heads) {
     char *c = write_config("skip", "");
-    cr_assert_eq(shf("./bin/qkscope run %s --set sae.layer.0=none --set analysis.record_heads=1.0 -o %s/s.h5 > /dev/null 2> %s/err.txt",
+    cr_assert_eq(shf(QK_BIN " run %s --set sae.layer.0=none --set analysis.record_heads=1.0 -o %s/s.h5 > /dev/null 2> %s/err.txt",
                     c, g_dir, g_dir),
                  0);
     char p[700];
@@ -206,9 +199,9 @@ Test(run, layer_without_sae_is_skipped_when_all_heads) {
 // qkscope info describes a run file, a model folder and an SAE folder; a bad path is an error.
 Test(run, info_describes_files_and_folders) {
     char *cfg = write_config("info", "");
-    cr_assert_eq(shf("./bin/qkscope run -q %s -o %s/info.h5", cfg, g_dir), 0);
-    cr_expect_eq(shf("./bin/qkscope info %s/info.h5 > %s/i1.txt && ./bin/qkscope info %s/model > %s/i2.txt && "
-                    "./bin/qkscope info %s/sae/layer_1 > %s/i3.txt", g_dir, g_dir, g_dir, g_dir, g_dir, g_dir), 0);
+    cr_assert_eq(shf(QK_BIN " run -q %s -o %s/info.h5", cfg, g_dir), 0);
+    cr_expect_eq(shf(QK_BIN " info %s/info.h5 > %s/i1.txt && " QK_BIN " info %s/model > %s/i2.txt && "
+                    QK_BIN " info %s/sae/layer_1 > %s/i3.txt", g_dir, g_dir, g_dir, g_dir, g_dir, g_dir), 0);
     const char *want[3][2] = {{"i1.txt", "qkscope-run"}, {"i2.txt", "GPT-2 model, 2 layers x 4 heads"},
                               {"i3.txt", "hook blocks.1.hook_resid_pre"}};
     for (int i = 0; i < 3; i++) {
@@ -218,6 +211,6 @@ Test(run, info_describes_files_and_folders) {
         cr_expect(t && strstr(t, want[i][1]), "%s lacks '%s': %s", want[i][0], want[i][1], t ? t : "");
         free(t);
     }
-    cr_expect_eq(shf("./bin/qkscope info %s/nothing-here 2>/dev/null", g_dir), 1);
+    cr_expect_eq(shf(QK_BIN " info %s/nothing-here 2>/dev/null", g_dir), 1);
     free(cfg);
 }

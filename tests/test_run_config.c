@@ -1,4 +1,4 @@
-// test_run_config.c: the INI run config (host/run_config.c) on what the first fuzzing pass found:
+// test_run_config.c: the INI run config (host/run/run_config.c) on what the first fuzzing pass found:
 // values of any length in the config hash, error lines for long paths, [sweep]s whose number of
 // settings would overflow.
 #include "run/run_config.h"

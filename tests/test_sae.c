@@ -12,8 +12,9 @@
 #include "base/util.h"
 #include "io/safetensors.h"
 #include "model/sae.h"
+#include "test_common.h"
 
-#define REF_DIR "tests/reference/data/sae/"
+#define SAE_DIR REF_DIR "/sae/"
 
 typedef struct {
     int n, d, m;
@@ -30,7 +31,7 @@ static float *load_ref_tensor(const QkSafetensors *st, const char *name, int row
 // Loads ref.safetensors of a case; acts_name/xhat_name pick the plain or centred outputs.
 static void ref_load(Ref *r, const char *name, const char *acts_name, const char *xhat_name) {
     char path[256];
-    snprintf(path, sizeof path, REF_DIR "%s/ref.safetensors", name);
+    snprintf(path, sizeof path, SAE_DIR "%s/ref.safetensors", name);
     QkSafetensors st;
     cr_assert_eq(qk_st_open(&st, path), 0, "%s", qk_errmsg());
     const QkTensorInfo *x = qk_st_find(&st, "x"), *pre = qk_st_find(&st, "pre");
@@ -122,7 +123,7 @@ static void check_case(const char *name, int center, const char *acts_name, cons
     Ref r;
     ref_load(&r, name, acts_name, xhat_name);
     char dir[256];
-    snprintf(dir, sizeof dir, REF_DIR "%s", name);
+    snprintf(dir, sizeof dir, SAE_DIR "%s", name);
     QkSae s;
     cr_assert_eq(qk_sae_load(&s, dir, r.d, center), 0, "%s", qk_errmsg());
     cr_assert(s.d_in == r.d && s.d_sae == r.m, "%s: dims", name);
@@ -183,7 +184,7 @@ Test(sae, jumprelu_ln_nobdec) { check_case("jumprelu_ln_nobdec", 0, "acts", "xha
 Test(sae, v5_oldstyle) {
     check_case("v5_oldstyle", 0, "acts", "xhat");
     QkSae s;
-    cr_assert_eq(qk_sae_load(&s, REF_DIR "v5_oldstyle", 0, 0), 0, "%s", qk_errmsg());
+    cr_assert_eq(qk_sae_load(&s, SAE_DIR "v5_oldstyle", 0, 0), 0, "%s", qk_errmsg());
     cr_assert(s.arch == QK_SAE_TOPK && s.k == 8 && s.norm == QK_SAE_NORM_LAYER_NORM && s.apply_b_dec_to_input,
               "old-style config read as %s k=%d", qk_sae_arch_name(s.arch), s.k);
     cr_assert_str_eq(s.hook_name, "blocks.4.hook_resid_post");
@@ -194,7 +195,7 @@ Test(sae, truncation_visible) {
     Ref r;
     ref_load(&r, "standard_none_bdec", "acts", "xhat");
     QkSae s;
-    cr_assert_eq(qk_sae_load(&s, REF_DIR "standard_none_bdec", r.d, 0), 0, "%s", qk_errmsg());
+    cr_assert_eq(qk_sae_load(&s, SAE_DIR "standard_none_bdec", r.d, 0), 0, "%s", qk_errmsg());
     QkSaeCode c;
     cr_assert_eq(qk_sae_code_alloc(&c, &s, r.n, 4), 0);
     cr_assert_eq(qk_sae_encode(&s, r.x, r.d, r.n, &c), 0, "%s", qk_errmsg());
@@ -244,10 +245,10 @@ static const char *make_case(const char *cfg_from, const char *weights_from, Edi
     snprintf(dir, sizeof g_cases[0], "/tmp/qk_sae_XXXXXX");
     cr_assert(mkdtemp(dir), "mkdtemp");
     char src[256], dst[256];
-    snprintf(src, sizeof src, REF_DIR "%s/sae_weights.safetensors", weights_from);
+    snprintf(src, sizeof src, SAE_DIR "%s/sae_weights.safetensors", weights_from);
     snprintf(dst, sizeof dst, "%s/sae_weights.safetensors", dir);
     copy_file(src, dst);
-    snprintf(src, sizeof src, REF_DIR "%s/cfg.json", cfg_from);
+    snprintf(src, sizeof src, SAE_DIR "%s/cfg.json", cfg_from);
     snprintf(dst, sizeof dst, "%s/cfg.json", dir);
     char *out;
     if (e == SET_RAW) {
@@ -317,7 +318,7 @@ Test(sae, malformed_configs, .fini = remove_cases) {
     // tensors: misshapen (cfg d_sae disagrees with the file) and missing (jumprelu without threshold)
     expect_error(make_case(J, J, SET_NUM, "d_sae", NULL, 65), 0, "sae_weights.safetensors", "'W_enc'", "shape");
     expect_error(make_case(J, S, DEL, "nothing", NULL, 0), 0, "sae_weights.safetensors", "'threshold'", "missing");
-    expect_error(REF_DIR "no_such_sae", 0, "cfg.json", "no_such_sae", NULL);
+    expect_error(SAE_DIR "no_such_sae", 0, "cfg.json", "no_such_sae", NULL);
 }
 
 Test(sae, old_style_defaults_load, .fini = remove_cases) {
@@ -343,13 +344,13 @@ Test(sae, topk_k_without_version_and_bad_metadata, .fini = remove_cases) {
     cr_expect(s.arch == QK_SAE_TOPK && s.k == 3, "arch %d k %d", s.arch, s.k);
     qk_sae_free(&s);
     char cmd[256];
-    snprintf(cmd, sizeof cmd, "./bin/qkscope info %s | grep -q 'topk (k 3)'", dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " info %s | grep -q 'topk (k 3)'", dir);
     cr_expect_eq(system(cmd), 0, "qkscope info does not say topk (k 3)");
     const char *list_meta = "{\"architecture\": \"topk\", \"k\": 3, \"d_in\": 32, \"d_sae\": 64, \"metadata\": [\"6.0\"]}";
     expect_error(make_case(T, T, SET_RAW, NULL, list_meta, 0), 0, "cfg.json", "'metadata'", "an array, expected an object");
     const char *no_k = "{\"architecture\": \"topk\", \"d_in\": 32, \"d_sae\": 64}";
     expect_error(make_case(T, T, SET_RAW, NULL, no_k, 0), 0, "cfg.json", "'k'", "missing");
-    snprintf(cmd, sizeof cmd, "./bin/qkscope info %s 2>/dev/null", g_cases[g_n_cases - 1]);
+    snprintf(cmd, sizeof cmd, QK_BIN " info %s 2>/dev/null", g_cases[g_n_cases - 1]);
     int st = system(cmd);
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "qkscope info must fail on a topk SAE without k");
 }

@@ -1,7 +1,7 @@
-// test_select.c: the selection rules of the device bilinear top-k (kernels/select.h), run by a
-// 32-lane emulation of btk_select (kernels/bilinear_topk.cu, step for step: float4 steps,
+// test_select.c: the selection rules of the device bilinear top-k (kernels/analysis/select.h), run by a
+// 32-lane emulation of btk_select (kernels/analysis/bilinear_topk.cu, step for step: float4 steps,
 // ballot-ordered buffer, merges, column blocks, outputs) and compared bit for bit with
-// host/topk.c.  With r = 1 and U = 1 the scores are exactly V's values, so both see the same
+// host/analysis/topk.c.  With r = 1 and U = 1 the scores are exactly V's values, so both see the same
 // numbers and adversarial orders can be written directly.
 #include <criterion/criterion.h>
 #include <math.h>
@@ -10,7 +10,7 @@
 #include "analysis/select.h"
 #include "analysis/topk.h"
 #include "base/util.h"
-#include "testutil.h"
+#include "test_common.h"
 
 #define W QK_SEL_WARP
 

@@ -7,21 +7,15 @@
 #include "io/h5out.h"
 #include "model/planted.h"
 #include "test_common.h"
-#include "testutil.h"
 
 static char *g_dir, *g_cfg;
 
 static void setup(void) {
     g_dir = make_planted_dir(160);
-    char text[2048];
     g_cfg = qk_malloc(600);
     snprintf(g_cfg, 600, "%s/shards.ini", g_dir);
-    snprintf(text, sizeof text,
-             "[model]\ndir = %s/model\n[sae]\nlayer.0 = %s/sae/layer_0\nlayer.1 = %s/sae/layer_1\n"
-             "[corpus]\npaths = %s/corpus.npy\nn_ctx = 64\nbos = false\nbatch = 4\n"
-             "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[output]\nshard_tokens = 1280\n[run]\nbackend = cpu\nthreads = 1\n",
-             g_dir, g_dir, g_dir, g_dir);
-    write_bytes(g_cfg, text, strlen(text));
+    write_planted_ini(g_cfg, g_dir,
+                      "[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[output]\nshard_tokens = 1280\n[run]\nbackend = cpu\nthreads = 1\n");
 }
 static void teardown(void) { if (getenv("QK_KEEP")) return; rm_rf(g_dir); free(g_dir); free(g_cfg); }
 TestSuite(shards, .init = setup, .fini = teardown);
@@ -62,14 +56,14 @@ static void interrupt_and_resume(int sig, int twice) {
     snprintf(out_a, sizeof out_a, "%s/a", g_dir);
     snprintf(out_b, sizeof out_b, "%s/b", g_dir);
     snprintf(log, sizeof log, "%s/signal.log", g_dir);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s", g_cfg, out_a);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s -o %s", g_cfg, out_a);
     cr_assert_eq(sh(cmd), 0);
     // Interrupted run: SIGUSR1 (Slurm's warning) once the second shard is complete.
     pid_t pid = fork();
     if (pid == 0) {
         FILE *f = freopen(log, "w", stderr);
         (void)f;
-        execl("./bin/qkscope", "qkscope", "run", g_cfg, "-o", out_b, (char *)NULL);
+        execl(QK_BIN, "qkscope", "run", g_cfg, "-o", out_b, (char *)NULL);
         _exit(127);
     }
     snprintf(probe, sizeof probe, "%s/shard-000001.h5", out_b);
@@ -107,13 +101,13 @@ static void interrupt_and_resume(int sig, int twice) {
     else cr_expect(held >= 40, "shards hold %lld windows", held);
     free(text);
     // Resume: the result equals the uninterrupted run's.
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q --resume %s -o %s", g_cfg, out_b);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q --resume %s -o %s", g_cfg, out_b);
     cr_assert_eq(sh(cmd), 0);
     snprintf(probe, sizeof probe, "%s/manifest.json", out_b);
     manifest = qk_read_file(probe, NULL);
     cr_expect(strstr(manifest, "\"complete\": true") != NULL, "%s", manifest);
     free(manifest);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope merge %s -o %s.h5 > /dev/null && ./bin/qkscope merge %s -o %s.h5 > /dev/null",
+    snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s.h5 > /dev/null && " QK_BIN " merge %s -o %s.h5 > /dev/null",
              out_a, out_a, out_b, out_b);
     cr_assert_eq(sh(cmd), 0);
     snprintf(probe, sizeof probe, "%s.h5", out_a);
@@ -131,11 +125,11 @@ Test(shards, second_signal_exits_at_once_and_resume_equals_uninterrupted, .timeo
 Test(shards, resume_with_another_config_is_refused, .timeout = 120) {
     char cmd[8192], out_b[600];
     snprintf(out_b, sizeof out_b, "%s/b", g_dir);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s", g_cfg, out_b);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s -o %s", g_cfg, out_b);
     cr_assert_eq(sh(cmd), 0);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q --resume %s --set analysis.k=4 -o %s 2>/dev/null", g_cfg, out_b);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q --resume %s --set analysis.k=4 -o %s 2>/dev/null", g_cfg, out_b);
     cr_expect_eq(sh(cmd), 1);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s 2>/dev/null", g_cfg, out_b);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s -o %s 2>/dev/null", g_cfg, out_b);
     cr_expect_eq(sh(cmd), 1);
 }
 
@@ -144,8 +138,8 @@ Test(shards, resume_with_another_config_is_refused, .timeout = 120) {
 Test(shards, merge_equals_single_file_and_refuses_holes, .timeout = 120) {
     char cmd[8192];
     snprintf(cmd, sizeof cmd,
-             "./bin/qkscope run -q %s -o %s/sh && ./bin/qkscope run -q %s --set output.shard_tokens=0 -o %s/single.h5 && "
-             "./bin/qkscope merge %s/sh -o %s/merged.h5 > /dev/null",
+             QK_BIN " run -q %s -o %s/sh && " QK_BIN " run -q %s --set output.shard_tokens=0 -o %s/single.h5 && "
+             QK_BIN " merge %s/sh -o %s/merged.h5 > /dev/null",
              g_cfg, g_dir, g_cfg, g_dir, g_dir, g_dir);
     cr_assert_eq(sh(cmd), 0);
     char fa[700], fb[700];
@@ -153,7 +147,7 @@ Test(shards, merge_equals_single_file_and_refuses_holes, .timeout = 120) {
     snprintf(fb, sizeof fb, "%s/merged.h5", g_dir);
     expect_runs_equal(fa, fb);
     // A missing shard: refused, nothing written.
-    snprintf(cmd, sizeof cmd, "mv %s/sh/shard-000003.h5 %s/away.h5 && ! ./bin/qkscope merge %s/sh -o %s/bad.h5 2> %s/err.txt",
+    snprintf(cmd, sizeof cmd, "mv %s/sh/shard-000003.h5 %s/away.h5 && ! " QK_BIN " merge %s/sh -o %s/bad.h5 2> %s/err.txt",
              g_dir, g_dir, g_dir, g_dir, g_dir);
     cr_expect_eq(sh(cmd), 0);
     char p[700];
@@ -172,7 +166,7 @@ Test(shards, sigkill_anywhere_then_resume_equals_uninterrupted, .timeout = 600) 
     snprintf(ref, sizeof ref, "%s/ref", g_dir);
     snprintf(out, sizeof out, "%s/killed", g_dir);
     double t0 = qk_now();
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s -o %s", g_cfg, ref);
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s -o %s", g_cfg, ref);
     cr_assert_eq(sh(cmd), 0);
     double full = qk_now() - t0;
     TRng g = {2024};
@@ -181,13 +175,13 @@ Test(shards, sigkill_anywhere_then_resume_equals_uninterrupted, .timeout = 600) 
         cr_assert_eq(sh(cmd), 0);
         pid_t pid = fork();
         if (pid == 0) {
-            execl("./bin/qkscope", "qkscope", "run", "-q", g_cfg, "-o", out, (char *)NULL);
+            execl(QK_BIN, "qkscope", "run", "-q", g_cfg, "-o", out, (char *)NULL);
             _exit(127);
         }
         usleep((useconds_t)(trng_unif(&g) * full * 1e6));
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        snprintf(cmd, sizeof cmd, "./bin/qkscope run -q --resume %s -o %s", g_cfg, out);
+        snprintf(cmd, sizeof cmd, QK_BIN " run -q --resume %s -o %s", g_cfg, out);
         cr_assert_eq(sh(cmd), 0, "trial %d: resume failed", trial);
         for (int s = 0; s < 8; s++) {
             char fa[700], fb[700];
@@ -203,8 +197,8 @@ Test(shards, sigkill_anywhere_then_resume_equals_uninterrupted, .timeout = 600) 
 Test(shards, merge_refuses_unfinished_and_foreign_shards, .timeout = 120) {
     char cmd[8192], p[700];
     snprintf(cmd, sizeof cmd,
-             "./bin/qkscope run -q %s -o %s/a && ./bin/qkscope run -q %s --set analysis.k=4 -o %s/b && "
-             "cp %s/b/shard-000002.h5 %s/a/shard-000002.h5 && ! ./bin/qkscope merge %s/a -o %s/m.h5 2> %s/err.txt",
+             QK_BIN " run -q %s -o %s/a && " QK_BIN " run -q %s --set analysis.k=4 -o %s/b && "
+             "cp %s/b/shard-000002.h5 %s/a/shard-000002.h5 && ! " QK_BIN " merge %s/a -o %s/m.h5 2> %s/err.txt",
              g_cfg, g_dir, g_cfg, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir);
     cr_assert_eq(sh(cmd), 0);
     snprintf(p, sizeof p, "%s/err.txt", g_dir);
@@ -214,7 +208,7 @@ Test(shards, merge_refuses_unfinished_and_foreign_shards, .timeout = 120) {
     // An unfinished run (the manifest says so) is refused.
     snprintf(cmd, sizeof cmd,
              "sed -i 's/\"complete\": true/\"complete\": false/' %s/b/manifest.json && "
-             "! ./bin/qkscope merge %s/b -o %s/m.h5 2> %s/err.txt",
+             "! " QK_BIN " merge %s/b -o %s/m.h5 2> %s/err.txt",
              g_dir, g_dir, g_dir, g_dir);
     cr_assert_eq(sh(cmd), 0);
     err = qk_read_file(p, NULL);
@@ -230,7 +224,7 @@ Test(shards, disk_full_is_a_clear_error, .timeout = 120) {
     snprintf(mnt, sizeof mnt, "%s/full", g_dir);
     snprintf(cmd, sizeof cmd, "mkdir -p %s && mount -t tmpfs -o size=1m tmpfs %s 2>/dev/null", mnt, mnt);
     if (sh(cmd) != 0) cr_skip_test("cannot mount a small tmpfs here (needs root): disk-full test skipped");
-    snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s --set output.shard_tokens=0 -o %s/out.h5 2> %s/err.txt", g_cfg, mnt,
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s --set output.shard_tokens=0 -o %s/out.h5 2> %s/err.txt", g_cfg, mnt,
              g_dir);
     int rc = sh(cmd);
     char p[700];

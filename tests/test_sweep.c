@@ -51,16 +51,16 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
     snprintf(path, sizeof path, "%s/sweep.ini", g_dir);
     write_bytes(path, text, strlen(text));
 
-    cr_assert_eq(sh("./bin/qkscope plan %s/sweep.ini --tasks 3 > %s/plan.txt", g_dir, g_dir), 0);
+    cr_assert_eq(sh(QK_BIN " plan %s/sweep.ini --tasks 3 > %s/plan.txt", g_dir, g_dir), 0);
     char *plan = slurp(g_dir, "plan.txt");
     cr_expect(strstr(plan, "part 0/3: files 0..0") && strstr(plan, "part 2/3: files 3..3"), "%s", plan);
     free(plan);
-    cr_expect_eq(sh("./bin/qkscope plan %s/sweep.ini --tasks 5 2> %s/err.txt", g_dir, g_dir), 1, "5 parts of 4 files");
+    cr_expect_eq(sh(QK_BIN " plan %s/sweep.ini --tasks 5 2> %s/err.txt", g_dir, g_dir), 1, "5 parts of 4 files");
     char *err = slurp(g_dir, "err.txt");
     cr_expect(strstr(err, "4 file(s) cannot make 5 parts") != NULL, "%s", err);
     free(err);
 
-    cr_assert_eq(sh("./bin/qkscope submit %s/sweep.ini --tasks 3 --gpus-per-task 2 --partition gpu -o %s/out --dry-run > /dev/null",
+    cr_assert_eq(sh(QK_BIN " submit %s/sweep.ini --tasks 3 --gpus-per-task 2 --partition gpu -o %s/out --dry-run > /dev/null",
                     g_dir, g_dir), 0);
     char out[700];
     snprintf(out, sizeof out, "%s/out", g_dir);
@@ -71,28 +71,28 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_expect(strstr(sb, want[i]) != NULL, "array script lacks %s", want[i]);
     cr_expect(strstr(mb, " merge ") != NULL && strstr(mb, "all.h5") != NULL, "%s", mb);
     free(sb), free(mb);
-    cr_expect_eq(sh("./bin/qkscope status %s/out > %s/st.txt", g_dir, g_dir), 0);
+    cr_expect_eq(sh(QK_BIN " status %s/out > %s/st.txt", g_dir, g_dir), 0);
     char *st = slurp(g_dir, "st.txt");
     cr_expect(strstr(st, "0 of 3 part(s) done, 3 missing") != NULL, "%s", st);
     free(st);
     // Another sweep into the same folder is refused (nothing overwritten); a part out of range too.
-    cr_expect_eq(sh("./bin/qkscope submit %s/sweep.ini --tasks 2 -o %s/out --dry-run 2> /dev/null", g_dir, g_dir), 1);
-    cr_expect_eq(sh("./bin/qkscope run -q %s/sweep.ini --part 3/3 -o %s/p3 2> /dev/null", g_dir, g_dir), 2);
+    cr_expect_eq(sh(QK_BIN " submit %s/sweep.ini --tasks 2 -o %s/out --dry-run 2> /dev/null", g_dir, g_dir), 1);
+    cr_expect_eq(sh(QK_BIN " run -q %s/sweep.ini --part 3/3 -o %s/p3 2> /dev/null", g_dir, g_dir), 2);
     // Merging before the parts exist is refused.
-    cr_expect_eq(sh("./bin/qkscope merge %s/out -o %s/out/all.h5 2>/dev/null", g_dir, g_dir), 1);
+    cr_expect_eq(sh(QK_BIN " merge %s/out -o %s/out/all.h5 2>/dev/null", g_dir, g_dir), 1);
     // The array tasks, as Slurm would run them.
     for (int p = 0; p < 3; p++) {
         char cmd[4096];
-        snprintf(cmd, sizeof cmd, "./bin/qkscope run -q %s/sweep.ini --set output.shard_tokens=1000 --part %d/3 --resume -o %s/out/part-%03d",
+        snprintf(cmd, sizeof cmd, QK_BIN " run -q %s/sweep.ini --set output.shard_tokens=1000 --part %d/3 --resume -o %s/out/part-%03d",
                  g_dir, p, g_dir, p);
         cr_assert_eq(system(cmd), 0, "part %d", p);
     }
-    cr_expect_eq(sh("./bin/qkscope status %s/out > %s/st.txt", g_dir, g_dir), 0);
+    cr_expect_eq(sh(QK_BIN " status %s/out > %s/st.txt", g_dir, g_dir), 0);
     st = slurp(g_dir, "st.txt");
     cr_expect(strstr(st, "3 of 3 part(s) done, 0 missing") != NULL, "%s", st);
     free(st);
-    cr_assert_eq(sh("./bin/qkscope merge %s/out -o %s/out/all.h5 > /dev/null", g_dir, g_dir), 0);
-    cr_assert_eq(sh("./bin/qkscope run -q %s/sweep.ini -o %s/whole.h5", g_dir, g_dir), 0);
+    cr_assert_eq(sh(QK_BIN " merge %s/out -o %s/out/all.h5 > /dev/null", g_dir, g_dir), 0);
+    cr_assert_eq(sh(QK_BIN " run -q %s/sweep.ini -o %s/whole.h5", g_dir, g_dir), 0);
     const char *objs[] = {"/heads", "/tokens", "/length", "/provenance"};
     char whole[700], merged[700];
     snprintf(whole, sizeof whole, "%s/whole.h5", g_dir);
@@ -125,7 +125,7 @@ Test(sweep, settings_run_through_the_generated_scripts, .timeout = 300) {
              "chmod +x %s/stub/srun %s/stub/scontrol",
              g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir, g_dir);
     cr_assert_eq(system(cmd), 0);
-    snprintf(cmd, sizeof cmd, "./bin/qkscope submit %s/sweep.ini --tasks 2 -o %s/out --dry-run > /dev/null", g_dir, g_dir);
+    snprintf(cmd, sizeof cmd, QK_BIN " submit %s/sweep.ini --tasks 2 -o %s/out --dry-run > /dev/null", g_dir, g_dir);
     cr_assert_eq(system(cmd), 0);
     char out[700];
     snprintf(out, sizeof out, "%s/out", g_dir);
@@ -138,7 +138,7 @@ Test(sweep, settings_run_through_the_generated_scripts, .timeout = 300) {
                  g_dir, task);
         cr_assert_eq(system(cmd), 0, "array task %d", task);
     }
-    snprintf(cmd, sizeof cmd, "./bin/qkscope status %s > %s/st.txt && bash %s/merge.sbatch > /dev/null", out, g_dir, out);
+    snprintf(cmd, sizeof cmd, QK_BIN " status %s > %s/st.txt && bash %s/merge.sbatch > /dev/null", out, g_dir, out);
     cr_assert_eq(system(cmd), 0);
     char *st = slurp(g_dir, "st.txt");
     cr_expect(strstr(st, "4 of 4 part(s) done, 0 missing") != NULL, "%s", st);

@@ -6,7 +6,7 @@
 
 #include "analysis/topk.h"
 #include "base/util.h"
-#include "testutil.h"
+#include "test_common.h"
 
 typedef struct {
     double v;

@@ -1,4 +1,4 @@
-// test_topk_gpu.c: the device bilinear top-k (kernels/bilinear_topk.h) against host/topk.c, at
+// test_topk_gpu.c: the device bilinear top-k (kernels/analysis/bilinear_topk.h) against host/analysis/topk.c, at
 // small and GPT-2-small shapes.  Runs with QK_BACKEND=cuda on a machine with a GPU (make
 // test-gpu); skips, saying why, otherwise.
 //
@@ -15,7 +15,7 @@
 #include "analysis/bilinear_topk.h"
 #include "backend.h"
 #include "base/util.h"
-#include "testutil.h"
+#include "test_common.h"
 
 static QkBtk *g_ctx[3];
 

@@ -1,4 +1,4 @@
-// Fuzz target (libFuzzer): GPT-2 BPE (host/bpe.c) on arbitrary bytes: decode(encode(x)) must equal
+// Fuzz target (libFuzzer): GPT-2 BPE (host/text/bpe.c) on arbitrary bytes: decode(encode(x)) must equal
 // x, and every id must be in the vocabulary.  A first byte 'S' turns <|endoftext|> on.  The
 // vocabulary comes from ../shared/data/gpt2 (run from the repository root).
 #include <stdint.h>

@@ -1,4 +1,4 @@
-// Fuzz target (libFuzzer): every corpus reader of host/corpus.c through the public streaming API:
+// Fuzz target (libFuzzer): every corpus reader of host/text/corpus.c through the public streaming API:
 // plain text, JSONL (`jsonl_field`), .gz and .zst (bytes as given, and text compressed here so the
 // readers behind the decompressors see fuzzed text too), .npy and llm.c .bin token files.
 // Input: two option bytes, then the file.  The GPT-2 vocabulary comes from ../shared/data/gpt2

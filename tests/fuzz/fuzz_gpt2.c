@@ -1,4 +1,4 @@
-// Fuzz target (libFuzzer): a GPT-2 model folder: config.json (host/gpt2.c) and, when it parses,
+// Fuzz target (libFuzzer): a GPT-2 model folder: config.json (host/model/gpt2.c) and, when it parses,
 // its weights checked and loaded from a model.safetensors.  Input: fuzz_split(config, weights).
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 // Fuzz target (libFuzzer): a sharded run's manifest.json and a sweep's plan.json
-// (host/manifest.c); the first byte picks which.
+// (host/run/manifest.c); the first byte picks which.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

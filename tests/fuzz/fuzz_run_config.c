@@ -1,4 +1,4 @@
-// Fuzz target (libFuzzer): the INI run config and --set overrides (host/run_config.c), then what
+// Fuzz target (libFuzzer): the INI run config and --set overrides (host/run/run_config.c), then what
 // the commands derive from a config that loads: its hash, the [sweep] settings, the head lists.
 // Input: the config's path (first line, so long paths reach the error messages), the INI text,
 // then after a NUL byte the --set overrides, one a line.

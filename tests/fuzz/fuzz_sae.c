@@ -1,4 +1,4 @@
-// Fuzz target (libFuzzer): a SAELens SAE folder: cfg.json (host/sae.c, old and new styles) and,
+// Fuzz target (libFuzzer): a SAELens SAE folder: cfg.json (host/model/sae.c, old and new styles) and,
 // when it parses, the weights of sae_weights.safetensors.  Input: fuzz_split(cfg, weights).
 #include <stdint.h>
 #include <stdlib.h>

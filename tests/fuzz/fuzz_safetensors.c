@@ -1,4 +1,4 @@
-// Fuzz target (libFuzzer): the safetensors reader (host/safetensors.c) on arbitrary bytes, and the
+// Fuzz target (libFuzzer): the safetensors reader (host/io/safetensors.c) on arbitrary bytes, and the
 // float conversion and finite check of every small float tensor it accepts.
 #include <stdint.h>
 #include <stdlib.h>

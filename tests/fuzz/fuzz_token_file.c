@@ -1,5 +1,5 @@
-// Fuzz target (libFuzzer): the token files of `qkscope cache --tokens` (host/token_file.c): text
-// ids and .npy (host/npy.c); the first byte picks the format.
+// Fuzz target (libFuzzer): the token files of `qkscope cache --tokens` (host/text/token_file.c): text
+// ids and .npy (host/io/npy.c); the first byte picks the format.
 #include <stdint.h>
 #include <stdlib.h>
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Emits host/unicode_classes.c: the three Unicode classes of GPT-2's pre-tokenizer regex
+"""Emits host/text/unicode_classes.c: the three Unicode classes of GPT-2's pre-tokenizer regex
 (\\p{L}, \\p{N}, \\s) as sorted code point range tables.
 
 Source of truth: the regex engine tiktoken 0.14 actually runs (Rust fancy-regex over the regex

@@ -315,7 +315,7 @@ differs() {
 #  - per-window datasets (/tokens, /length, /provenance, /heads/...), every count and histogram,
 #    and the dense sums (metric_sum, metric_mean, query/key_marginal and their *_exact limbs,
 #    the summary's metric_mean) must be equal to the bit: each part computes its windows exactly
-#    as the single run does, and the sums are exact (host/exact_sum.h), whatever the split;
+#    as the single run does, and the sums are exact (host/analysis/exact_sum.h), whatever the split;
 #  - the heavy-hitter pair sketches (aggregates pairs_*) are approximate by design: merging the
 #    shards' sketches keeps other light pairs and wider error bounds than one pass does, so
 #    they are not compared value by value; instead `qkscope planted --check-run` checks that
