@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "analysis/analysis_math.h"
 #include "analysis/topk.h"
 #include "base/gemm.h"
 #include "base/util.h"
@@ -253,33 +254,12 @@ static float overlap_at(const HeadBatch *hb, const int32_t *topk, int k, int nj)
     return (float)hit / live;
 }
 
-// error_share from group totals (ANALYSIS.md §4): key-side attention-bias column left out.
-static float error_share(float G[N_GROUPS][N_GROUPS]) {
-    double num = 0, den = 0;
-    for (int al = 0; al < N_GROUPS; al++)
-        for (int be = 0; be < GRP_ATTN_BIAS; be++) {
-            double v = fabs(G[al][be]);
-            den += v;
-            if (al == GRP_ERROR || be == GRP_ERROR) num += v;
-        }
-    return den > 0 ? (float)(num / den) : NAN;
-}
-
-// log-sum-exp of row[j0..i] (double).
-static double lse(const float *row, int j0, int i) {
-    double mx = -INFINITY, s = 0;
-    for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-    for (int j = j0; j <= i; j++) s += exp(row[j] - mx);
-    return mx + log(s);
-}
-
-// argmax of row[j0..i], ties to the lower j.
-static int argmax(const float *row, int j0, int i) {
-    int best = j0;
-    for (int j = j0 + 1; j <= i; j++)
-        if (row[j] > row[best]) best = j;
-    return best;
-}
+// error_share (ANALYSIS.md §4), log-sum-exp and argmax (ties to the lower j) over keys j0..i: the
+// per-query rules of the device analysis (kernels/analysis/analysis_math.h, __host__ __device__),
+// one definition for both backends.
+_Static_assert(N_GROUPS == QK_ANA_GROUPS && GRP_ERROR == 2 && GRP_ATTN_BIAS == QK_ANA_GROUPS - 1,
+               "analysis_math.h's group order is ANALYSIS.md's");
+static float error_share(float G[N_GROUPS][N_GROUPS]) { return qk_ana_error_share(&G[0][0]); }
 
 // Scores of window rows (T, T): S = Q K^T / sqrt(dh) for Q, K (T, dh) row blocks.
 static void scores(const float *Q, const float *K, int T, int dh, float inv, float *S) {
@@ -306,13 +286,13 @@ static void metrics_range(const HeadBatch *hb, WindowScratch *w, int b, int i, i
     if (i < j0) return;
     for (int j = j0; j <= i; j++) w->la[j] = s[j] - ls, w->A[j] = exp(w->la[j]);  // once for the three KLs
     for (int v = 0; v < 3; v++) {  // KL(A || Ahat) for both / query / key reconstructions
-        double lh = lse(rows[v], j0, i), kl = 0;
+        double lh = qk_ana_lse(rows[v], j0, i), kl = 0;
         for (int j = j0; j <= i; j++)
             if (w->A[j] > 0) kl += w->A[j] * (w->la[j] - (rows[v][j] - lh));
         out[MET_KL_BOTH + v] = (float)kl;
     }
-    int jstar = argmax(s, j0, i);
-    out[MET_TOP1] = argmax(rows[0], j0, i) == jstar ? 1.0f : 0.0f;
+    int jstar = qk_ana_argmax(s, j0, i);
+    out[MET_TOP1] = qk_ana_argmax(rows[0], j0, i) == jstar ? 1.0f : 0.0f;
     if (i > j0) {
         double mean = 0, tot = 0, res = 0;
         for (int j = j0; j <= i; j++) mean += s[j];
@@ -367,10 +347,10 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
         }
         // Attended keys: the a largest A_ij (= largest s_ij), ties to the lower j.
         const float *s = w->S + (size_t)i * T;
-        double ls = lse(s, 0, i);
+        double ls = qk_ana_lse(s, 0, i);
         if (r->patterns) {  // the full rows, real and reconstructed (both sides)
             const float *sb = w->Sb + (size_t)i * T;
-            double lb = lse(sb, 0, i);
+            double lb = qk_ana_lse(sb, 0, i);
             for (int j = 0; j < T; j++) {
                 r->pattern[(size_t)n * T + j] = j <= i ? (float)exp(s[j] - ls) : 0.0f;
                 r->pattern_hat[(size_t)n * T + j] = j <= i ? (float)exp(sb[j] - lb) : 0.0f;
@@ -433,7 +413,7 @@ static void analyse_window(const AnalysisOpts *o, const HeadBatch *hb, WindowScr
         int n0 = b * T, n0_live = hb->lc->live[n0] > 0;
         metrics_range(hb, w, b, i, 0, ls, topk, k, chance_sum(hb, w->W, topk, k, -1), nonempty,
                       r->groups + (size_t)n * a * N_GROUPS * N_GROUPS, met);
-        metrics_range(hb, w, b, i, 1, i >= 1 ? lse(s, 1, i) : 0, topk, k, chance_sum(hb, w->W, topk, k, n0),
+        metrics_range(hb, w, b, i, 1, i >= 1 ? qk_ana_lse(s, 1, i) : 0, topk, k, chance_sum(hb, w->W, topk, k, n0),
                       nonempty - n0_live, NULL, met + N_BASE_METRICS);
     }
 }
