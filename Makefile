@@ -5,9 +5,9 @@
 # committed reference values from the real Python libraries.
 
 # A portable baseline: x86-64-v3 (AVX2 + FMA), so a binary built on an AVX-512 login node runs on
-# every AVX2 compute node; code with AVX-512 paths takes them at run time (host/cpu_features.h).
+# every AVX2 compute node; code with AVX-512 paths takes them at run time (host/base/cpu_features.h).
 # `make NATIVE=1` builds for this CPU only.  Either way the results are the same bits: qkscope's
-# GEMM has one summation order (host/gemm.h) and floating-point contraction is off.
+# GEMM has one summation order (host/base/gemm.h) and floating-point contraction is off.
 CC      ?= gcc
 NATIVE  ?= 0
 ARCH    ?= $(if $(filter 1,$(NATIVE)),-march=native,-march=x86-64-v3 -mtune=generic)
@@ -43,7 +43,7 @@ HOST_SRC := $(filter-out host/cli/main.c,$(wildcard host/*.c host/*/*.c))
 HOST_OBJ := $(HOST_SRC:host/%.c=$(BUILD)/host/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_OBJ := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
-# NCCL (multi-GPU runs, kernels/comm_nccl.cu): with CUDA, when nccl.h is found; NCCL=0 leaves it out.
+# NCCL (multi-GPU runs, kernels/run/comm_nccl.cu): with CUDA, when nccl.h is found; NCCL=0 leaves it out.
 NCCL      ?= $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
 ifeq ($(CUDA),1)
 CU_SRC   := $(wildcard kernels/*.cu kernels/*/*.cu)
@@ -287,7 +287,7 @@ bench-topk-gpu: $(BIN)/bench_topk_gpu
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
-# qk_gemm (one summation order, host/gemm.h) vs OpenBLAS sgemm on qkscope's shapes, one thread.
+# qk_gemm (one summation order, host/base/gemm.h) vs OpenBLAS sgemm on qkscope's shapes, one thread.
 bench-gemm: $(BIN)/bench_gemm
 	$(BIN)/bench_gemm
 bench-topk: $(BIN)/bench_topk $(VENV)/.ok

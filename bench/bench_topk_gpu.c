@@ -1,4 +1,4 @@
-// bench_topk_gpu.c: the device bilinear top-k (kernels/bilinear_topk.h) against its anchor, one
+// bench_topk_gpu.c: the device bilinear top-k (kernels/analysis/bilinear_topk.h) against its anchor, one
 // cuBLASLt GEMM writing every score, on the same GPU in one run (issue 15's table).
 //
 //   bench_topk_gpu [--n 65536] [--m 32768] [--k 32] [--r 64,768] [--prec bf16,tf32,fp32] [--reps 10]

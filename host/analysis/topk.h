@@ -28,7 +28,7 @@
 
 typedef enum { QK_TOPK_PLAIN = 0, QK_TOPK_RELU = 1, QK_TOPK_GATED = 2 } QkTopkAct;
 
-// GEMM precision of a device top-k (kernels/bilinear_topk.h); the CPU computes in fp32 only.
+// GEMM precision of a device top-k (kernels/analysis/bilinear_topk.h); the CPU computes in fp32 only.
 typedef enum { QK_PREC_FP32 = 0, QK_PREC_TF32 = 1, QK_PREC_BF16 = 2 } QkPrecision;
 // Parses "fp32", "tf32" or "bf16".
 int qk_precision_parse(const char *s, QkPrecision *p);

@@ -56,7 +56,7 @@ typedef struct {
 } GPT2Model;
 
 // Parses config.json (model_type gpt2, activation gelu_new) into *cfg.  Sizes are capped far
-// above any GPT-2 (host/gpt2.c), so a bad file fails here, naming the field.
+// above any GPT-2 (host/model/gpt2.c), so a bad file fails here, naming the field.
 int gpt2_config_load(GPT2Config *cfg, const char *config_json_path);
 // The same on the file's text in memory (text[len]); `path` names it in errors.
 int gpt2_config_parse(GPT2Config *cfg, const char *text, size_t len, const char *path);

@@ -303,7 +303,7 @@ static int write_manifest(const char *dir, const Gen *g, const QkPlanted *info, 
     cJSON_AddBoolToObject(r, "synthetic", 1);
     cJSON_AddStringToObject(r, "note",
                             "This model is synthetic: a tiny GPT-2-shaped model written by `qkscope planted` with "
-                            "planted circuits (see host/planted.c). It is not GPT-2; its token ids are GPT-2's (50257), so GPT-2-"
+                            "planted circuits (see host/model/planted.c). It is not GPT-2; its token ids are GPT-2's (50257), so GPT-2-"
                             "tokenized text runs through it, and query_tokens / key_tokens are the GPT-2 ids that carry "
                             "each planted feature.");
     cJSON_AddStringToObject(r, "generator", "qkscope planted");

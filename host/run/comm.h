@@ -1,6 +1,6 @@
 // comm.h: a communicator between the ranks of one multi-rank run (one host thread per rank), as
 // a struct of function pointers like QkBackend: the run and the aggregate reduction call through
-// it and never know whether CPU threads (comm_cpu.c) or NCCL over GPUs (kernels/comm_nccl.cu)
+// it and never know whether CPU threads (comm_cpu.c) or NCCL over GPUs (kernels/run/comm_nccl.cu)
 // move the bytes.
 //
 // Collectives: every rank of the group calls the same collectives in the same order (a rank that

@@ -51,7 +51,7 @@ int run_args_parse(int argc, char **argv, const char *cmd, int allow_resume, voi
 // says (run: a folder of shards when [output] shard_tokens > 0).
 typedef enum { QK_OUT_FILE, QK_OUT_FOLDER, QK_OUT_BY_CONFIG } QkOutKind;
 
-// Loads the config (with --set overrides), checks the output `out` (host/out_check.h; not for a
+// Loads the config (with --set overrides), checks the output `out` (host/io/out_check.h; not for a
 // run that writes nothing, [output] write = false), then loads the model and the SAEs and
 // resolves the head lists.  A head asked for explicitly whose layer has no SAE is an error; with
 // heads = all, such layers are skipped with a notice (layer 0 with resid_post SAEs, SPEC §3),

@@ -431,7 +431,7 @@ static int read_jsonl(Builder *b, LineReader *r) {
             return qk_err("%s: line %lld: field '%s' is not a string", r->s.path, (long long)r->line_no, field);
         }
         // cJSON's strings end at a NUL: a line that may hold the escape \u0000 is decoded again,
-        // NULs kept (host/json_field.h).
+        // NULs kept (host/text/json_field.h).
         char *text = NULL;
         size_t len = strlen(t->valuestring);
         if (memmem(p, n, "\\u0000", 6) && qk_json_field_string((const char *)p, n, field, &text, &len) != 1) {

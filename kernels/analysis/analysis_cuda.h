@@ -1,9 +1,9 @@
-// analysis_cuda.h: the analysis of docs/ANALYSIS.md on a CUDA device (kernels/analysis_cuda.cu),
+// analysis_cuda.h: the analysis of docs/ANALYSIS.md on a CUDA device (kernels/analysis/analysis_cuda.cu),
 // plain C: everything qk_analysis_host_run computes after the forward pass, from activations
-// already on the device.  host/analysis_batch.c (qk_analysis_host_run) stays the reference.
+// already on the device.  host/analysis/analysis_batch.c (qk_analysis_host_run) stays the reference.
 //
 // Per batch of B windows of T tokens (N = B*T), for every layer with an SAE: the SAE code of its
-// resid_pre (normalisation in double as host/sae.c, the bilinear top-k of kernels/bilinear_topk.h
+// resid_pre (normalisation in double as host/model/sae.c, the bilinear top-k of kernels/analysis/bilinear_topk.h
 // for topk / ReLU / JumpReLU, decode and error in double), then for every analysed head: look-for
 // top-k (and bottom-k for recorded heads) with the same top-k, the encoder projection (recorded
 // heads, plan->encoder), the four score rows (real, reconstructed both / query / key sides), the
@@ -17,7 +17,7 @@
 // candidates are downloaded and added to the host sketch in token order, exactly as the host.
 //
 // Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
-// host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
+// host/base/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
 //
 // Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
 //   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 0); allocate the forward's
@@ -36,7 +36,7 @@
 // With defer_flush = 0 every run adds the batch's dense aggregates to agg (one download of
 // 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  Faster: open
 // with defer_flush = 1 and call qk_ana_cuda_flush(dev, agg) only before the aggregates are read
-// (an optional QkBackend hook, called by cmd_run.c before write_aggregates and by agg_comm.c
+// (an optional QkBackend hook, called by run/run_loop.c before write_aggregates and by agg_comm.c
 // before a rank reduction).  The sketch is updated on the host by every run either way.
 #pragma once
 #include <stddef.h>
@@ -78,7 +78,7 @@ void qk_ana_cuda_free(void *p);
 // Tests: the aggregation kernels alone (ana_agg, ana_carry) on given host records of N tokens
 // (windows of T; code idx (N, S) and live (N); metrics (N, N_METRICS); qmarg, kmarg (N, S);
 // att_idx (N, a); valid_len (B) or NULL), added to agg (agg->m = d_sae): the same integers as
-// host/analysis.c's aggregation of the same records.
+// host/analysis/analysis.c's aggregation of the same records.
 int qk_ana_cuda_aggregate_test(int device, int N, int T, int S, int a, const int32_t *valid_len, int B,
                                const float *metrics, const float *qmarg, const float *kmarg, const int32_t *idx,
                                const int32_t *live, const int32_t *att_idx, HeadAggregates *agg);

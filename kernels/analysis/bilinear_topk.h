@@ -1,5 +1,5 @@
-// bilinear_topk.h: the bilinear top-k of SPEC §5 on a CUDA device (kernels/bilinear_topk.cu),
-// plain C.  Semantics are those of host/topk.h (qk_topk), which stays the reference:
+// bilinear_topk.h: the bilinear top-k of SPEC §5 on a CUDA device (kernels/analysis/bilinear_topk.cu),
+// plain C.  Semantics are those of host/analysis/topk.h (qk_topk), which stays the reference:
 //
 //     s_ij = a_i * (U_i . V_j) + c_j,   out_i = the k best j of row i (k <= 64)
 //

@@ -1,6 +1,6 @@
-// select.h: the selection rules of the device bilinear top-k (kernels/bilinear_topk.cu) as
+// select.h: the selection rules of the device bilinear top-k (kernels/analysis/bilinear_topk.cu) as
 // __host__ __device__ functions, so the CPU suite (tests/test_select.c) checks the very rules
-// the kernel runs, lane by lane, against host/topk.c.  Plain C when not compiled by nvcc.
+// the kernel runs, lane by lane, against host/analysis/topk.c.  Plain C when not compiled by nvcc.
 //
 // Shapes (one warp selects for one row, 32 lanes):
 //   key        uint64: (value, index) packed so that unsigned order IS topk.h's total order
@@ -50,7 +50,7 @@ QK_HD float qk_sel_float(uint32_t u) {
 #endif
 }
 
-// s = a * dot + c, rounded twice (no FMA), as host/topk.c computes it.
+// s = a * dot + c, rounded twice (no FMA), as host/analysis/topk.c computes it.
 QK_HD float qk_sel_score(float dot, float a, float c) {
 #ifdef __CUDA_ARCH__
     return __fadd_rn(__fmul_rn(a, dot), c);

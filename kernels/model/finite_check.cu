@@ -1,6 +1,6 @@
 // finite_check.cu: which token rows of a layer's activations hold a non-finite value, so a run
 // stops (naming layer, window and position) before such a value reaches any aggregate, as the
-// host's check in host/analysis_batch.c does.
+// host's check in host/analysis/analysis_batch.c does.
 //   resid (N, ld_r), sigma (N), q, k (N, ld_qk) with C columns each -> flags (N) uint8:
 //   1 resid_pre, 2 ln1 scale, 4 q, 8 k (0: the row is finite)
 // One block of 128 threads per row; __syncthreads_or folds the block's findings.

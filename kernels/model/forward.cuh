@@ -1,5 +1,5 @@
 // forward.cuh: the CUDA forward pass's kernel families, one file each, mirroring
-// host/forward_cpu.c (llm.c's llmc/ layout):
+// host/model/forward_cpu.c (llm.c's llmc/ layout):
 //   forward_encoder.cu    x (N, C) = wte[tokens] + wpe[pos]
 //   forward_layernorm.cu  LayerNorm (N, C) -> (N, C) fp32 or bf16 + scale (N); stats in double
 //   forward_matmul.cu     cuBLASLt GEMMs with bias / GELU epilogues and a fused residual (beta = 1),

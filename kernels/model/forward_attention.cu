@@ -1,4 +1,4 @@
-// forward_attention.cu: causal self-attention of one layer (host/forward_cpu.c's attention).
+// forward_attention.cu: causal self-attention of one layer (host/model/forward_cpu.c's attention).
 //   qkv (B, T, 3C) fp32 [columns: Q | K | V, head h owning h*dh .. (h+1)*dh of each]
 //   -> hooks hq, hk (B, T, C) (blocks.l.attn.hook_q / hook_k, [pos, head, d_head] per token)
 //   -> qkvp (3, B, H, T, dh) per-head copies (permute_kernel)

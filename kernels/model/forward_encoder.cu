@@ -1,4 +1,4 @@
-// forward_encoder.cu: the elementwise kernels of the forward pass (host/forward_cpu.c's
+// forward_encoder.cu: the elementwise kernels of the forward pass (host/model/forward_cpu.c's
 // embedding and gelu_new), and the fp32 -> bf16 conversion of the weights.
 //   embed:   tokens (N) int, wte (V, C), wpe (n_ctx, C) -> x (N, C); position = n mod T
 //   to_bf16: in (n) fp32 -> out (n) bf16, round to nearest even

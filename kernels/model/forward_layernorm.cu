@@ -1,4 +1,4 @@
-// forward_layernorm.cu: LayerNorm, one warp per row (host/forward_cpu.c's layernorm).
+// forward_layernorm.cu: LayerNorm, one warp per row (host/model/forward_cpu.c's layernorm).
 //   x (N, C) fp32, w, b (C) -> out (N, C) fp32 or bf16 (the GEMM input of the bf16 mode),
 //   scale (N) = sqrt(var + eps): blocks.l.ln1.hook_scale
 // Statistics in double, two passes (mean, then the centred variance: torch.nn.LayerNorm's biased

@@ -20,7 +20,7 @@
 
 #define QK_WARP 32
 
-// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as host/forward_cpu.c.
+// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as host/model/forward_cpu.c.
 QK_HD float qk_gelu_new(float v) { return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); }
 
 // Round to the nearest bfloat16 (ties to even), returned as the float it represents; NaN stays
@@ -57,7 +57,7 @@ QK_HD double qk_lane_sum(const float *x, int n, int lane) {
     return s;
 }
 // Lane's partial sum of (x[i] - mean)^2 over its elements, in double (the centred two-pass
-// variance of torch.nn.LayerNorm and host/forward_cpu.c).
+// variance of torch.nn.LayerNorm and host/model/forward_cpu.c).
 QK_HD double qk_lane_sqdev(const float *x, int n, int lane, double mean) {
     double s = 0;
     for (int i = lane; i < n; i += QK_WARP) {
@@ -73,7 +73,7 @@ QK_HD double qk_lane_expsum(const float *s, int last, int lane, float mx) {
     return t;
 }
 
-// LayerNorm of one value given the row's mean and scale sqrt(var + eps), as host/forward_cpu.c
+// LayerNorm of one value given the row's mean and scale sqrt(var + eps), as host/model/forward_cpu.c
 // but with the final multiply-add fused (fmaf), so host and device round it the same way.
 QK_HD float qk_ln_apply(float x, double mean, double scale, float w, float b) {
     return fmaf((float)((x - mean) / scale), w, b);
