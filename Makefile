@@ -92,7 +92,7 @@ $(VERSION_INFO): FORCE | $(BUILD)/host
 	   echo '#define QK_BUILD_CFLAGS "$(subst ",,$(CFLAGS))"'; \
 	   echo '#define QK_BUILD_CUDA_ARCH "$(subst ",,$(NVCCFLAGS_ARCH))"'; } > $@.new
 	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
-$(BUILD)/host/base/version.o: host/base/version.c $(VERSION_INFO) $(FLAGS_STAMP) | $(BUILD)/host
+$(BUILD)/host/cli/version.o: host/cli/version.c $(VERSION_INFO) $(FLAGS_STAMP) | $(BUILD)/host
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -I$(BUILD) -c -o $@ $<
 .PHONY: FORCE

@@ -8,8 +8,8 @@
 
 #include "base/cpu_features.h"
 #include "base/util.h"
-#include "base/version.h"
 #include "cli/commands.h"
+#include "cli/version.h"
 
 typedef struct {
     const char *name;
