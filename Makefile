@@ -44,7 +44,7 @@ TEST_OBJ := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
 # NCCL (multi-GPU runs, kernels/comm_nccl.cu): with CUDA, when nccl.h is found; NCCL=0 leaves it out.
 NCCL      ?= $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
 ifeq ($(CUDA),1)
-CU_SRC   := $(wildcard kernels/*.cu)
+CU_SRC   := $(wildcard kernels/*.cu kernels/analysis/*.cu)
 ifneq ($(NCCL),1)
 CU_SRC   := $(filter-out kernels/comm_nccl.cu,$(CU_SRC))
 endif
@@ -96,9 +96,14 @@ FORCE:
 
 # Every kernel object is built with ptxas's resource figures kept beside it (.ptxas); a stack
 # frame, a spill or an nvcc warning in any kernel fails the build (scripts/check_ptxas.sh --log).
-$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh kernels/analysis/*.h kernels/analysis/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
+	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
 	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
+	$(if $(SASS_CHECK),scripts/check_sass.sh $@ || { rm -f $@; exit 1; })
+# The fused top-k's tensor-core kernels must show HMMA in their SASS (scripts/check_sass.sh;
+# says SKIP where cuobjdump is missing, QK_REQUIRE_SASS=1 makes that a failure).
+$(BUILD)/kernels/analysis/topk_fused_sm80.o: SASS_CHECK := 1
 # The device analysis: -fmad=false so every expression rounds as written, as the host's
 # -ffp-contract=off (kernels/analysis_math.h is shared with the CPU suite).
 $(BUILD)/kernels/analysis_cuda.o: NVCC_EXTRA := -fmad=false

@@ -46,7 +46,7 @@ FLAGS=${2:-"-O3 -std=c++17 -Ihost $(pkg-config --cflags-only-I hdf5) -Xcompiler 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bad=0
-for f in kernels/*.cu; do
+for f in kernels/*.cu kernels/analysis/*.cu; do
     # shellcheck disable=SC2086
     if ! $NVCC $FLAGS -Xptxas -v -c -o "$tmp/x.o" "$f" >"$tmp/log" 2>&1; then
         cat "$tmp/log"
