@@ -282,8 +282,12 @@ $(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 # BENCH_TOPK_GPU_ARGS e.g. "--r 64 --prec bf16 --reps 5".
 $(BIN)/bench_topk_gpu: bench/bench_topk_gpu.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -I$(CUDA_HOME)/include $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
-bench-topk-gpu: $(BIN)/bench_topk_gpu
-	$(BIN)/bench_topk_gpu $(BENCH_TOPK_GPU_ARGS)
+# Adds the fused kernel's column and the cuBLAS + torch.topk anchor (bench/bench_topk_torch.py, where
+# PyTorch is); the table goes to results/bench_topk_gpu.md only when a GPU measured it.
+bench-topk-gpu: $(BIN)/bench_topk_gpu | $(BUILD)/host
+	{ $(BIN)/bench_topk_gpu $(BENCH_TOPK_GPU_ARGS) && python3 bench/bench_topk_torch.py; } | tee $(BUILD)/bench_topk_gpu.md
+	@if grep -q '^| [0-9]' $(BUILD)/bench_topk_gpu.md; then cp $(BUILD)/bench_topk_gpu.md results/bench_topk_gpu.md; \
+	   echo "bench-topk-gpu: results/bench_topk_gpu.md"; else echo "bench-topk-gpu: nothing measured (no GPU)"; fi
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
