@@ -101,9 +101,12 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh kernels/
 	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
 	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
 	$(if $(SASS_CHECK),scripts/check_sass.sh $@ || { rm -f $@; exit 1; })
-# The fused top-k's tensor-core kernels must show HMMA in their SASS (scripts/check_sass.sh;
+# The fused top-k's tensor-core kernels must show HMMA / HGMMA in their SASS (scripts/check_sass.sh;
 # says SKIP where cuobjdump is missing, QK_REQUIRE_SASS=1 makes that a failure).
 $(BUILD)/kernels/analysis/topk_fused_sm80.o: SASS_CHECK := 1
+# wgmma exists only on sm_90a: the fused top-k's wgmma flavour is built for it alone.
+$(BUILD)/kernels/analysis/topk_fused_sm90.o: override NVCCFLAGS_ARCH := -gencode arch=compute_90a,code=sm_90a
+$(BUILD)/kernels/analysis/topk_fused_sm90.o: SASS_CHECK := 1
 # The device analysis: -fmad=false so every expression rounds as written, as the host's
 # -ffp-contract=off (kernels/analysis_math.h is shared with the CPU suite).
 $(BUILD)/kernels/analysis_cuda.o: NVCC_EXTRA := -fmad=false

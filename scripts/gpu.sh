@@ -29,8 +29,9 @@
 #                           sanitizers on its small cases, qkscope static timed, bench_topk_gpu).
 #   scripts/gpu.sh fused    ON THE GPU MACHINE: only the fused top-k's checks (issue 15; one device call
 #                           of ~7 minutes: carry the bundle, timeout_s 480): SASS of the bundled
-#                           qkscope (HMMA in topk_fused_sm80<bf16>), the topk_gpu suite's fused_* tests
-#                           and the whole suite with QK_BTK_PATH=fused, compute-sanitizer memcheck /
+#                           qkscope (HMMA in topk_fused<mma.sync>, HGMMA in topk_fused<wgmma>), the
+#                           topk_gpu suite's fused_* tests (mma.sync, then QK_FUSED_MMA=wgmma) and
+#                           the whole suite with QK_BTK_PATH=fused, compute-sanitizer memcheck /
 #                           racecheck / synccheck on its small cases, qkscope static and run with the
 #                           fused kernel against the CPU backend (planted model; 2-layer random
 #                           GPT-2-small-shaped model, fp32 parity, bf16 overlap), then the benchmark
@@ -409,14 +410,18 @@ run_all() {
     finish
 }
 
-# The fused bilinear top-k (kernels/analysis/topk_fused_sm80.cu): every check of issue 15 that
+# The fused bilinear top-k (kernels/analysis/topk_fused_kernel.cuh): every check of issue 15 that
 # needs a GPU.  Every kernel or shape that fails is named in its step's log (Criterion messages
 # carry kernel, precision, shape, row, slot and both values).
 fused_checks() {
     local t=$BIN/test_qkscope peak
-    NOTE_FN=note_last step sass_hmma 60 env QK_REQUIRE_SASS=1 scripts/check_sass.sh "$BIN/qkscope"
+    # HMMA / HGMMA in the bundled binary's fused kernels (a dry run here may lack cuobjdump: SKIP)
+    NOTE_FN=note_last step sass_tensor_cores 60 env QK_REQUIRE_SASS="$([ -n "$DRY" ] && echo 0 || echo 1)" \
+        scripts/check_sass.sh "$BIN/qkscope"
     NOTE_FN=note_suite step suite_topk_fused 200 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 "$t" \
         --verbose --jobs 1 --filter 'topk_gpu/fused_*'
+    NOTE_FN=note_suite step suite_topk_fused_wgmma 120 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        QK_FUSED_MMA=wgmma "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_*'
     NOTE_FN=note_suite step suite_topk_path_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
         QK_BTK_PATH=fused "$t" --verbose --jobs 1 --filter '@(topk_gpu/*|run/planted_circuits_found_by_run_and_static)'
     local tool
@@ -427,6 +432,9 @@ fused_checks() {
             NOTE_FN=note_san step "san_${tool}_fused" 60 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
                 compute-sanitizer --tool $tool --error-exitcode 9 "$t" --jobs 1 --filter 'topk_gpu/small_shapes_every_k'
         done
+        NOTE_FN=note_san step san_memcheck_fused_wgmma 60 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
+            QK_FUSED_MMA=wgmma compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --jobs 1 \
+            --filter 'topk_gpu/integer_scores_equal_host_bit_for_bit'
     fi
     # qkscope static / run with the fused kernel vs the CPU backend: 2 layers of GPT-2 small's shapes
     local shape="--layers 2"

@@ -48,7 +48,7 @@ typedef struct {
     uint64_t seed;  // the slot order of each pass (the kernel's atomics: any order)
 } SimOpts;
 
-// One row of topk_fused_sm80's epilogue over all M columns of scores dot (a = 1, c = 0).
+// One row of topk_fused's epilogue (topk_fused_kernel.cuh) over all M columns of scores dot (a = 1, c = 0).
 // Returns the number of rescans it took.
 static int sim_row(const SimOpts *o, int M, const float *dot, int32_t *idx, float *val, int32_t *count, int32_t *bidx,
                    float *bval) {

@@ -107,7 +107,9 @@ static void run_host(const Prob *p, int both, Out *o) {
 
 // The name of the device path ctx's last run took, for failure messages.
 static const char *path_name(const QkBtk *ctx) {
-    return qk_btk_last_path(ctx, NULL) ? "topk_fused_sm80" : "btk_select";
+    const char *mma = getenv("QK_FUSED_MMA");
+    if (!qk_btk_last_path(ctx, NULL)) return "btk_select";
+    return mma && !strcmp(mma, "wgmma") ? "topk_fused (wgmma if bf16 on sm_90)" : "topk_fused";
 }
 
 static void run_dev(QkBtk *ctx, const Prob *p, int both, Out *o) {
@@ -401,7 +403,8 @@ Test(topk_gpu, static_maps_backend_equals_host) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fused kernel (kernels/analysis/topk_fused_sm80.cu), whatever QK_BTK_PATH says.
+// The fused kernel (kernels/analysis/topk_fused_kernel.cuh), whatever QK_BTK_PATH says; its bf16
+// runs take the wgmma flavour with QK_FUSED_MMA=wgmma on a compute capability 9.0 device.
 
 // U and V rounded to bf16 in place: the host's fp32 top-k of these operands is then the exact
 // reference of a bf16 run, which differs from it only by the order of its fp32 accumulation.
@@ -421,8 +424,8 @@ static void check_fused(const char *name, Prob *p, QkPrecision q, int both) {
     cr_assert(qk_btk_last_path(ctx, &why), "%s %s [batch %d n %d M %d r %d k %d]: the fused kernel declined: %s", name,
               qk_precision_name(q), p->batch, p->n, p->M, p->r, p->o.k, why);
     char kernel[200];
-    snprintf(kernel, sizeof kernel, "topk_fused_sm80<%s%s> %s act %d bottom %d", qk_precision_name(q), both ? ",both" : "",
-             name, (int)p->o.act, p->o.bottom);
+    snprintf(kernel, sizeof kernel, "%s <%s%s> %s act %d bottom %d", path_name(ctx), qk_precision_name(q),
+             both ? ",both" : "", name, (int)p->o.act, p->o.bottom);
     int ties = compare(kernel, p, h.idx, h.val, d.idx, d.val, p->o.bottom ? -1.0f : 1.0f);
     if (both) ties += compare(kernel, p, h.bidx, h.bval, d.bidx, d.bval, -1.0f);
     const int rows = p->batch * p->n;
@@ -466,10 +469,26 @@ Test(topk_gpu, fused_awkward_shapes_every_activation, .timeout = 600) {
             p.o.gates = NULL, p.o.gate = 0.25f;
             check_fused(name, &p, (QkPrecision)q, 0);
             p.o.act = QK_TOPK_RELU;
-            for (int i = 0; i < p.batch * p.n; i++) p.a[i] = -50.0f;  // every score negative
-            check_fused("relu, negative rows", &p, (QkPrecision)q, 0);
+            for (int j = 0; j < p.M; j++) p.c[j] = -100.0f - fabsf(p.c[j]);  // every score negative: count 0
+            check_fused("relu, every score negative", &p, (QkPrecision)q, 0);
             prob_free(&p);
         }
+}
+
+// NaN operands: a row of U all NaN (every score NaN: nothing selected, count 0), a row with one
+// NaN, a column of V with one NaN (never selected).
+Test(topk_gpu, fused_nan_scores_never_selected) {
+    for (int q = QK_PREC_FP32; q <= QK_PREC_BF16; q += QK_PREC_BF16 - QK_PREC_FP32) {
+        Prob p;
+        prob_make(&p, 1, 70, 1000, 64, 16, 990);
+        for (int t = 0; t < 64; t++) p.U[3 * 64 + t] = NAN;
+        p.U[5 * 64 + 17] = NAN, p.V[7 * 64 + 9] = NAN;
+        check_fused("NaN", &p, (QkPrecision)q, 0);
+        check_fused("NaN", &p, (QkPrecision)q, 1);
+        p.o.bottom = 1;
+        check_fused("NaN", &p, (QkPrecision)q, 0);
+        prob_free(&p);
+    }
 }
 
 static double now_s(void) {
@@ -498,7 +517,7 @@ Test(topk_gpu, fused_bf16_equals_gemm_path_gpt2_small, .timeout = 600) {
         double t2 = now_s();
         cr_assert(qk_btk_last_path(fused, NULL) && !qk_btk_last_path(gemm, NULL), "paths not as asked");
         char kernel[128];
-        snprintf(kernel, sizeof kernel, "topk_fused_sm80<bf16,both> vs GEMM path, r %d", p.r);
+        snprintf(kernel, sizeof kernel, "%s <bf16,both> vs GEMM path, r %d", path_name(fused), p.r);
         const int ties = compare(kernel, &p, g.idx, g.val, f.idx, f.val, 1.0f) + compare(kernel, &p, g.bidx, g.bval, f.bidx, f.bval, -1.0f);
         for (int i = 0; i < p.n; i++) cr_assert_eq(f.cnt[i], g.cnt[i], "%s: row %d: count %d, GEMM path %d", kernel, i, f.cnt[i], g.cnt[i]);
         fprintf(stderr, "topk_gpu: %s [n %d M %d k 32]: %d near-ties; host-pointer calls (with transfers) GEMM path %.3f s, fused %.3f s\n",

@@ -1,7 +1,9 @@
-// topk_fused.h: the fused bilinear top-k (kernels/analysis/topk_fused_sm80.cu): the scores of
-// SPEC §5, s_ij = a_i * (U_i . V_j) + c_j, made tile by tile on the tensor cores (BF16:
-// mma.sync m16n8k16, fp32 accumulation) or by fp32 FMAs (FP32, the parity mode), and selected in
-// the same kernel's epilogue: no score leaves the chip.  Semantics: host/topk.h (kernels/
+// topk_fused.h: the fused bilinear top-k (kernel: topk_fused_kernel.cuh; host side and the
+// mma.sync / fp32 kernels: topk_fused_sm80.cu; the wgmma kernel: topk_fused_sm90.cu): the scores
+// of SPEC §5, s_ij = a_i * (U_i . V_j) + c_j, made tile by tile on the tensor cores (BF16:
+// mma.sync m16n8k16, or wgmma m64n64k16 on sm_90a with QK_FUSED_MMA=wgmma; fp32 accumulation)
+// or by fp32 FMAs (FP32, the parity mode), and selected in the same kernel's epilogue: no score
+// leaves the chip.  Semantics: host/topk.h (kernels/
 // bilinear_topk.h's qk_btk_run dispatches here; QK_BTK_PATH chooses).  Selection rules:
 // topk_fused_select.h.
 //

@@ -1,5 +1,5 @@
 // topk_fused_select.h: the selection rules of the fused bilinear top-k (kernels/analysis/
-// topk_fused_sm80.cu), as __host__ __device__ functions, so the CPU suite
+// topk_fused_kernel.cuh), as __host__ __device__ functions, so the CPU suite
 // (tests/test_topk_fused_select.c) runs the very rules the kernel runs against host/topk.c.
 // Keys, their order and the output rules are select.h's.
 //

@@ -1,6 +1,6 @@
 // warp_queue.cuh: the register bitonic networks of a warp's running top-64 queue, shared by the
 // device selections (kernels/bilinear_topk.cu after its GEMM tiles, kernels/analysis/
-// topk_fused_sm80.cu in its MMA epilogue).  The rules they apply (key order, which lane keeps
+// topk_fused_kernel.cuh in its MMA epilogue).  The rules they apply (key order, which lane keeps
 // the max, the mirror partner) are select.h's, checked lane by lane on the CPU by
 // tests/test_select.c.
 //
