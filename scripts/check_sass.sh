@@ -17,7 +17,7 @@ for d in "${CUDA_HOME:-}/bin" /usr/local/cuda/bin; do
     [ -z "$CO" ] && [ -x "$d/cuobjdump" ] && CO=$d/cuobjdump
 done
 if [ -z "$CO" ]; then
-    echo "check-sass: SKIP: no cuobjdump here (QK_CUOBJDUMP, PATH, CUDA_HOME/bin): HMMA not checked in $*"
+    echo "check-sass: SKIP: no cuobjdump here (QK_CUOBJDUMP, PATH, CUDA_HOME/bin): tensor-core opcodes not checked in $*"
     [ "${QK_REQUIRE_SASS:-0}" = 1 ] && exit 1
     exit 0
 fi

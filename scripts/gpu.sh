@@ -97,6 +97,8 @@ bundle() {
         echo "run  command: PYTHONUNBUFFERED=1 scripts/gpu.sh run"
         echo "     carry:   [\"$BUNDLE\"]"
         echo "     timeout_s: 420"
+        echo "# The fused top-k's own call (issue 15): the same carry, command: PYTHONUNBUFFERED=1 scripts/gpu.sh fused,"
+        echo "#     timeout_s: 480; its table lands in bench_topk.md beside summary.txt."
         echo "# Afterwards: read summary.txt (and gpu-check.tar.gz) under the returned files_at; call give_back"
         echo "# unless you rerun at once.  The call sends the session's own checkout: it must be this branch."
     } | tee "$CMDFILE"
@@ -105,7 +107,7 @@ bundle() {
 # ----------------------------------------------------------------------------------------------
 # On the GPU machine
 
-W=/tmp/qkgpu          # work folder (outputs, logs), tarred into $OUT at the end
+W=${GPU_SH_WORK:-/tmp/qkgpu}  # work folder (outputs, logs), tarred into $OUT at the end
 # GPU_SH_DRY=1 (`scripts/gpu.sh dry`): the whole run's plumbing on a machine without a GPU: the
 # "CUDA" side runs on the CPU backend in fp32, the model is small (2 layers, d 128, m 2048), the
 # preflight's failure does not stop it and the sanitizers are skipped.  Checks the script, not CUDA.
@@ -173,7 +175,7 @@ finish() {
         [ -f "$W/logs/run_$p.log" ] && echo "| qkscope run ($p; 4096 tokens, every head, the analysis on the host): $(note_tps "$W/logs/run_$p.log")" >>"$W/bench.txt"
     done
     {
-        echo "# scripts/gpu.sh run: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
+        echo "# scripts/gpu.sh ${GPU_SH_MODE:-run}: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
         echo "# $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
         [ -n "$DRY" ] && echo "# DRY RUN: the CUDA side ran on the CPU backend (fp32, small model): this checks the script only"
         [ -f "$W/nogpu.txt" ] && echo "# $(cat "$W/nogpu.txt")"
@@ -444,10 +446,10 @@ fused_checks() {
         --tokens 8192 -q
     export QK_BTK_PATH=fused
     NL=2 compare_run
+    topk_bench_static  # qkscope static on 12 heads at m 32768, fused, timed
     [ -n "$DRY" ] && { unset QK_BTK_PATH; skip_row bench_fused "dry run (no GPU)"; return; }
     bench_peak
     peak=$(sed -n 's/.*: \([0-9]*\) TFLOP\/s.*/\1/p' "$W/logs/bench_torch_bf16_gemm.log" | tail -n 1)
-    topk_bench_static
     NOTE_FN=note_last step bench_topk_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/bench_topk_gpu" --n 65536 --m 32768 \
         --k 32 --r 64,768 --prec bf16,fp32 --reps 3 ${peak:+--peak $peak}
     NOTE_FN=note_last step bench_topk_torch 120 python3 bench/bench_topk_torch.py --n 65536 --m 32768 --k 32 --r 64,768 --reps 3
@@ -482,7 +484,7 @@ topk)
     ;;
 fused)
     OUT=${OUT:-$ROOT/gpu-out}
-    BUDGET=${GPU_BUDGET_S:-420}
+    GPU_SH_MODE=fused BUDGET=${GPU_BUDGET_S:-420}
     setup_run
     mkdir -p "$ROOT/bin"
     if preflight; then
@@ -491,7 +493,7 @@ fused)
     fi
     finish
     ;;
-dry-fused) GPU_SH_DRY=1 exec "$0" fused ;;
+dry-fused) GPU_SH_DRY=1 GPU_SH_MODE=fused exec "$0" fused ;;
 preflight)
     OUT=${OUT:-}
     setup_run

@@ -64,6 +64,7 @@ static int sim_row(const SimOpts *o, int M, const float *dot, int32_t *idx, floa
     }
     for (int j0 = 0; j0 < M; j0 += QK_FSEL_BN) {
         uint64_t key[2][QK_FSEL_BN];
+        float sval[2][QK_FSEL_BN];  // the scores as the keys order them (sign * v)
         for (int e = 0; e < QK_FSEL_BN; e++) {
             const int j = j0 + e, ok = j < M;
             const float gj = o->gates && ok ? o->gates[j] : o->gate;
@@ -71,6 +72,7 @@ static int sim_row(const SimOpts *o, int M, const float *dot, int32_t *idx, floa
             act += gated && ok && v > gj;
             key[0][e] = ok ? qk_sel_key(v, j, sign, gated, gj) : QK_SEL_EMPTY;
             key[1][e] = ok ? qk_sel_key(v, j, -1.0f, 0, 0.0f) : QK_SEL_EMPTY;
+            sval[0][e] = sign * v, sval[1][e] = -v;
         }
         for (int s = 0; s < nside; s++) side[s].pthr = side[s].thr;
         for (int pass = 0;; pass++) {
@@ -85,8 +87,10 @@ static int sim_row(const SimOpts *o, int M, const float *dot, int32_t *idx, floa
             for (int s = 0; s < nside; s++) {
                 SimSide *d = &side[s];
                 d->cnt = 0;
+                const float bv = qk_fsel_bar_value(d->pthr);
                 for (int e = 0; e < QK_FSEL_BN; e++) {
                     const uint64_t kk = key[s][order[e]];
+                    if (kk != QK_SEL_EMPTY && !qk_fsel_may_pass(sval[s][order[e]], bv)) continue;  // the kernel's first test
                     if (qk_sel_passes(kk, d->pthr)) qk_fsel_store(d->q, o->qcap, d->cnt++, kk);
                 }
                 if (d->cnt == 0) {
@@ -155,6 +159,39 @@ Test(topk_fused_select, queue_size_rules) {
     thr = 5;
     cr_assert_eq(qk_fsel_resolve(5, 4, 77, &thr, &pthr), 0, "a lost survivor means a rescan");
     cr_assert(thr == 5 && pthr == 76 && qk_sel_passes(77, pthr) && !qk_sel_passes(76, pthr), "rescan bar: keys >= kth");
+}
+
+// The float first test is conservative: whenever a key is above a bar, its score passes the
+// bar's value; EMPTY lets every non-NaN score through, DONE none.  Bars: EMPTY, DONE, real keys and
+// rescan bars (kth - 1), over values with signed zeros, infinities, ties and NaN.
+Test(topk_fused_select, float_first_test_never_rejects_a_passing_key) {
+    static const float vals[] = {0.0f, -0.0f, 1.0f, -1.0f, 1.5f, INFINITY, -INFINITY, NAN, 3e38f, -3e38f, 1e-45f, -1e-45f};
+    const int nv = sizeof vals / sizeof *vals;
+    static const int32_t idx[] = {0, 1, 7, 65535, 131071, 0x7fffffbf};
+    const int ni = sizeof idx / sizeof *idx;
+    cr_assert(qk_fsel_may_pass(-INFINITY, qk_fsel_bar_value(QK_SEL_EMPTY)) && !qk_fsel_may_pass(NAN, qk_fsel_bar_value(QK_SEL_EMPTY)));
+    cr_assert(!qk_fsel_may_pass(INFINITY, qk_fsel_bar_value(QK_FSEL_DONE)));
+    long long checked = 0;
+    for (int sg = 0; sg < 2; sg++) {
+        const float sign = sg ? -1.0f : 1.0f;
+        for (int a = 0; a < nv; a++)
+            for (int ia = 0; ia < ni; ia++) {
+                const uint64_t key = qk_sel_key(vals[a], idx[ia], sign, 0, 0.0f);
+                for (int b = 0; b < nv; b++)
+                    for (int ib = 0; ib < ni; ib++)
+                        for (int form = 0; form < 4; form++) {
+                            const uint64_t kb = qk_sel_key(vals[b], idx[ib], 1.0f, 0, 0.0f);
+                            if (form < 2 && kb == QK_SEL_EMPTY) continue;
+                            const uint64_t bar = form == 0 ? kb : form == 1 ? kb - 1 : form == 2 ? QK_SEL_EMPTY : QK_FSEL_DONE;
+                            if (!qk_sel_passes(key, bar)) continue;
+                            checked++;
+                            cr_assert(qk_fsel_may_pass(sign * vals[a], qk_fsel_bar_value(bar)),
+                                      "key (%a, %d, sign %g) passes bar %llx but its score %a fails the float test against %a",
+                                      vals[a], idx[ia], sign, (unsigned long long)bar, sign * vals[a], qk_fsel_bar_value(bar));
+                        }
+            }
+    }
+    cr_assert(checked > 1000, "only %lld passing pairs checked", checked);
 }
 
 typedef enum { ORD_RANDOM, ORD_ASC, ORD_DESC, ORD_EQUAL, ORD_TIES, ORD_NAN, ORD_ZEROS, ORD_NEG, ORD_COUNT } Order;

@@ -309,10 +309,14 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
                 ft_chunk<FL>(acc, Us, Vs, w, g, t, p.r - k0);
             }
         }
-        // Epilogue, warp-local from here: the warp's 16 rows, every score compared with its bar.
+        // Epilogue, warp-local from here: the warp's 16 rows, every score compared with its bar:
+        // first as a float against the bar's value (fA.. : qk_fsel_bar_value), and only a score
+        // that may pass gets its key, compared exactly.
         u64 pA = top.thr[rA], pB = top.thr[rB], qA = 0, qB = 0;
         if (BOTH) qA = bot.thr[rA], qB = bot.thr[rB];
         for (int pass = 0;; pass++) {
+            const float fA = qk_fsel_bar_value(pA), fB = qk_fsel_bar_value(pB);
+            const float gA = BOTH ? qk_fsel_bar_value(qA) : 0.0f, gB = BOTH ? qk_fsel_bar_value(qB) : 0.0f;
 #pragma unroll
             for (int nt = 0; nt < FT_NT; nt++)
 #pragma unroll
@@ -322,9 +326,10 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
                     const float cj = c && ok ? __ldg(c + j) : 0.0f, gj = gt && ok ? __ldg(gt + j) : p.gate;
                     const float v = qk_sel_score(acc[nt][e], e < 2 ? aA : aB, cj);
                     if (pass == 0 && p.gated && ok && v > gj) (e < 2 ? actA : actB)++;
-                    const u64 key = ok ? qk_sel_key(v, j, p.sign, p.gated, gj) : QK_SEL_EMPTY;
-                    ft_offer(top, row, p.qcap, key, e < 2 ? pA : pB);
-                    if (BOTH) ft_offer(bot, row, p.qcap, ok ? qk_sel_key(v, j, -1.0f, 0, 0.0f) : QK_SEL_EMPTY, e < 2 ? qA : qB);
+                    if (ok && qk_fsel_may_pass(p.sign * v, e < 2 ? fA : fB))
+                        ft_offer(top, row, p.qcap, qk_sel_key(v, j, p.sign, p.gated, gj), e < 2 ? pA : pB);
+                    if (BOTH && ok && qk_fsel_may_pass(-v, e < 2 ? gA : gB))
+                        ft_offer(bot, row, p.qcap, qk_sel_key(v, j, -1.0f, 0, 0.0f), e < 2 ? qA : qB);
                 }
             __syncwarp();
             int again = ft_merge_rows(top, p.qcap, p.k, w, lane);

@@ -57,3 +57,15 @@ QK_HD int qk_fsel_resolve(int cnt, int qcap, uint64_t kth, uint64_t *thr, uint64
     *pthr = kth - 1;
     return 0;
 }
+
+// The cheap first test of a score, before its key is built: the value of a bar (keys order by
+// value first, so key > bar implies value(key) >= value(bar)).  EMPTY: -inf (every non-NaN score
+// may pass); DONE: NaN (no score passes).  sv is the score as the key orders it (sign * v).
+QK_HD float qk_fsel_bar_value(uint64_t bar) {
+    if (bar == QK_SEL_EMPTY) return -__builtin_inff();
+    if (bar == QK_FSEL_DONE) return __builtin_nanf("");
+    return qk_sel_unpack_v(bar);
+}
+
+// 0 only when sv's key cannot be above the bar whose value is bv (NaN scores never pass).
+QK_HD int qk_fsel_may_pass(float sv, float bv) { return sv >= bv; }
