@@ -280,14 +280,13 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
 
     // r within one k chunk (look-for, static maps: r = 64 in bf16): the row block stays in Us for
     // the whole walk and the next tile of V is fetched while this one is used.
+    // Otherwise (SAE encodes: r = 768) each k chunk of U and V is fetched into registers while the
+    // previous chunk is multiplied: the chunk after (k0, j0) is (k0 + kchunk, j0), or (0, j0 + BN).
     const bool resident = p.r <= kchunk;
-    uint4 xv[FT_LOADS];
-    if (resident) {
-        uint4 xu[FT_LOADS];
-        ft_fetch<BF16>(xu, U, p.ldu, row0, p.n, 0, p.r);
-        ft_store<FL>(Us, xu);  // read after the loop's first barrier
-        ft_fetch<BF16>(xv, V, p.r, 0, p.M, 0, p.r);
-    }
+    uint4 xu[FT_LOADS], xv[FT_LOADS];
+    ft_fetch<BF16>(xu, U, p.ldu, row0, p.n, 0, p.r);
+    ft_fetch<BF16>(xv, V, p.r, 0, p.M, 0, p.r);
+    if (resident) ft_store<FL>(Us, xu);  // read after the loop's first barrier
     for (int j0 = 0; j0 < p.M; j0 += QK_FSEL_BN) {
         float acc[FT_NT][4];
 #pragma unroll
@@ -301,11 +300,15 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
         } else {
             for (int k0 = 0; k0 < p.r; k0 += kchunk) {
                 __syncthreads();  // the previous chunk's (and the init's) readers are done
-                ft_fetch<BF16>(xv, U, p.ldu, row0, p.n, k0, p.r);
-                ft_store<FL>(Us, xv);
-                ft_fetch<BF16>(xv, V, p.r, j0, p.M, k0, p.r);
+                ft_store<FL>(Us, xu);
                 ft_store<FL>(Vs, xv);
                 __syncthreads();
+                const bool last_k = k0 + kchunk >= p.r;
+                if (!last_k || j0 + QK_FSEL_BN < p.M) {
+                    const int nk = last_k ? 0 : k0 + kchunk, nj = last_k ? j0 + QK_FSEL_BN : j0;
+                    ft_fetch<BF16>(xu, U, p.ldu, row0, p.n, nk, p.r);
+                    ft_fetch<BF16>(xv, V, p.r, nj, p.M, nk, p.r);
+                }
                 ft_chunk<FL>(acc, Us, Vs, w, g, t, p.r - k0);
             }
         }
