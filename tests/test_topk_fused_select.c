@@ -16,7 +16,7 @@
 #include "topk.h"
 #include "util.h"
 
-#define TS 64  // T slots per row, as the kernel's warp queue
+#define TS 64  // T slots per row at most, as the kernel's warp queue (qk_fsel_tslots keeps 32 or 64)
 
 typedef struct {
     uint64_t T[TS], thr, pthr;
@@ -100,7 +100,10 @@ static int sim_row(const SimOpts *o, int M, const float *dot, int32_t *idx, floa
                 uint64_t m[TS];
                 sim_merge(d, qk_fsel_held(d->cnt, o->qcap), m);
                 const uint64_t kth = m[o->k - 1];
-                if (qk_fsel_resolve(d->cnt, o->qcap, kth, &d->thr, &d->pthr)) memcpy(d->T, m, sizeof m);
+                if (qk_fsel_resolve(d->cnt, o->qcap, kth, &d->thr, &d->pthr)) {
+                    memcpy(d->T, m, sizeof m);
+                    for (int x = qk_fsel_tslots(o->k); x < TS; x++) d->T[x] = QK_SEL_EMPTY;  // slots not kept
+                }
                 else again = 1, rescans++;
             }
             if (!again) break;
@@ -145,8 +148,9 @@ static int qcaps(int k, int out[2]) {
 
 Test(topk_fused_select, queue_size_rules) {
     for (int k = 1; k <= 64; k++) {
-        const int q = qk_fsel_qcap(k);
+        const int q = qk_fsel_qcap(k), ts = qk_fsel_tslots(k);
         cr_assert(q >= k + 1 && q >= QK_FSEL_BN && q % 32 == 0 && q <= 256, "k %d: qcap %d", k, q);
+        cr_assert(ts >= k && (ts == 32 || ts == 64), "k %d: %d T slots", k, ts);
     }
     uint64_t queue[4] = {0}, thr = 5, pthr = 0;
     cr_assert_eq(qk_fsel_store(queue, 4, 3, 9), 1);

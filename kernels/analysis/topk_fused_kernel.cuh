@@ -15,7 +15,8 @@
 // epilogue is shared.
 //
 // Shared memory (dynamic; one "side" = the top queue, two with top + bottom):
-//   per side  T [64 x 64] u64, queue [64 x qcap] u64, thr [64] u64, pthr [64] u64, cnt [64] int
+//   per side  T [64 x ts] u64 (ts = 32 or 64), queue [64 x qcap] u64, thr [64] u64, pthr [64] u64,
+//             cnt [64] int
 //   operands  Us [64 x 36] and Vs [64 x 36] 32-bit words: a k chunk of 64 bf16 or 32 fp32 per row
 //             (128 bytes) in rows of 144 bytes, so the fragment loads hit 32 distinct banks
 //             (WGMMA: the same 128 bytes per row in wgmma's core-matrix layout, ft_word).
@@ -41,17 +42,19 @@ enum FtFlavor { FT_FP32 = 0, FT_MMA = 1, FT_WGMMA = 2 };
 #define FT_NT (QK_FSEL_BN / 8)      // n8 accumulator tiles per warp per column tile
 #define FT_LDS 36                   // 32-bit words per operand row in shared memory (32 + 4 pad)
 #define FT_VECS 8                   // 16-byte vectors per operand row of a k chunk
-#define FT_TSLOTS 64                // T slots per row (the warp queue)
+#define FT_TSLOTS 64                // T slots per row at most (the warp queue; qk_fsel_tslots)
 
 struct FtSide {
-    u64 *T, *q, *thr, *pthr;
+    u64 *T, *q, *thr, *pthr;  // T [64 x ts]
     int *cnt;
+    int ts;                   // T slots per row: qk_fsel_tslots(k)
 };
 
 // Carves one side out of shared memory at p (u64 arrays first: 8-byte aligned).
-__device__ __forceinline__ FtSide ft_side(u64 *&p, int *&ip, int qcap) {
+__device__ __forceinline__ FtSide ft_side(u64 *&p, int *&ip, int qcap, int ts) {
     FtSide s;
-    s.T = p, p += QK_FSEL_BM * FT_TSLOTS;
+    s.ts = ts;
+    s.T = p, p += QK_FSEL_BM * ts;
     s.q = p, p += QK_FSEL_BM * qcap;
     s.thr = p, p += QK_FSEL_BM;
     s.pthr = p, p += QK_FSEL_BM;
@@ -61,7 +64,7 @@ __device__ __forceinline__ FtSide ft_side(u64 *&p, int *&ip, int qcap) {
 
 // Queue and count of every row emptied, T empty, thr EMPTY (every key passes the first tile).
 __device__ __forceinline__ void ft_side_init(const FtSide &s, int qcap) {
-    for (int e = threadIdx.x; e < QK_FSEL_BM * FT_TSLOTS; e += FT_THREADS) s.T[e] = QK_SEL_EMPTY;
+    for (int e = threadIdx.x; e < QK_FSEL_BM * s.ts; e += FT_THREADS) s.T[e] = QK_SEL_EMPTY;
     for (int e = threadIdx.x; e < QK_FSEL_BM; e += FT_THREADS) s.thr[e] = QK_SEL_EMPTY, s.pthr[e] = 0, s.cnt[e] = 0;
     (void)qcap;
 }
@@ -71,6 +74,12 @@ __device__ __forceinline__ void ft_offer(const FtSide &s, int row, int qcap, u64
     if (!qk_sel_passes(key, bar)) return;
     const int slot = atomicAdd(&s.cnt[row], 1);
     qk_fsel_store(reinterpret_cast<uint64_t *>(s.q) + (long long)row * qcap, qcap, slot, key);
+}
+
+// Row `row`'s T as a warp queue (q0: slots 0-31, q1: 32-63; EMPTY past the slots kept).
+__device__ __forceinline__ void ft_load_T(const FtSide &s, int row, int lane, u64 &q0, u64 &q1) {
+    q0 = s.T[row * s.ts + lane];
+    q1 = s.ts > QK_SEL_WARP ? s.T[row * s.ts + QK_SEL_WARP + lane] : QK_SEL_EMPTY;
 }
 
 // Merges the queues of warp w's rows into their T (topk_fused_select.h: commit or rescan);
@@ -86,7 +95,8 @@ __device__ __forceinline__ int ft_merge_rows(const FtSide &s, int qcap, int k, i
             continue;
         }
         const int held = qk_fsel_held(c, qcap);
-        u64 q0 = s.T[row * FT_TSLOTS + lane], q1 = s.T[row * FT_TSLOTS + QK_SEL_WARP + lane];
+        u64 q0, q1;
+        ft_load_T(s, row, lane, q0, q1);
         for (int base = 0; base < held; base += QK_SEL_WARP) {
             const u64 x = base + lane < held ? s.q[(long long)row * qcap + base + lane] : QK_SEL_EMPTY;
             qk_wq_insert32(q0, q1, x, lane);
@@ -95,7 +105,10 @@ __device__ __forceinline__ int ft_merge_rows(const FtSide &s, int qcap, int k, i
         uint64_t thr = s.thr[row], pthr;
         const int commit = qk_fsel_resolve(c, qcap, kth, &thr, &pthr);
         __syncwarp();  // every lane has read cnt, thr and the queue before they are rewritten
-        if (commit) s.T[row * FT_TSLOTS + lane] = q0, s.T[row * FT_TSLOTS + QK_SEL_WARP + lane] = q1;
+        if (commit) {
+            s.T[row * s.ts + lane] = q0;
+            if (s.ts > QK_SEL_WARP) s.T[row * s.ts + QK_SEL_WARP + lane] = q1;
+        }
         if (lane == 0) s.thr[row] = thr, s.pthr[row] = pthr, s.cnt[row] = 0;
         again |= !commit;
     }
@@ -258,12 +271,13 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
     int *ip;
     // Layout: sides' u64 arrays, then the operand words, then the counts (all 16-byte multiples).
     const int sides = BOTH ? 2 : 1;
-    uint32_t *Us = reinterpret_cast<uint32_t *>(smem + sides * QK_FSEL_BM * (FT_TSLOTS + p.qcap + 2));
+    const int ts = qk_fsel_tslots(p.k);
+    uint32_t *Us = reinterpret_cast<uint32_t *>(smem + sides * QK_FSEL_BM * (ts + p.qcap + 2));
     uint32_t *Vs = Us + QK_FSEL_BM * FT_LDS;
     ip = reinterpret_cast<int *>(Vs + QK_FSEL_BN * FT_LDS);
-    const FtSide top = ft_side(up, ip, p.qcap);
+    const FtSide top = ft_side(up, ip, p.qcap, ts);
     FtSide bot = top;
-    if (BOTH) bot = ft_side(up, ip, p.qcap);
+    if (BOTH) bot = ft_side(up, ip, p.qcap, ts);
     ft_side_init(top, p.qcap);
     if (BOTH) ft_side_init(bot, p.qcap);
 
@@ -351,11 +365,13 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
         const unsigned act = __shfl_sync(QK_WQ_FULL, rr < 8 ? actA : actB, (rr % 8) * 4);
         if (i >= p.n) continue;  // warp-uniform
         const long long o = ((long long)b * p.n + i) * p.k;
-        const int counted = qk_wq_output(top.T[row * FT_TSLOTS + lane], top.T[row * FT_TSLOTS + QK_SEL_WARP + lane], lane,
-                                         p.k, p.sign, p.relu, p.idx + o, p.val + o);
-        if (BOTH)
-            qk_wq_output(bot.T[row * FT_TSLOTS + lane], bot.T[row * FT_TSLOTS + QK_SEL_WARP + lane], lane, p.k, -1.0f, 0,
-                         p.bidx + o, p.bval + o);
+        u64 q0, q1;
+        ft_load_T(top, row, lane, q0, q1);
+        const int counted = qk_wq_output(q0, q1, lane, p.k, p.sign, p.relu, p.idx + o, p.val + o);
+        if (BOTH) {
+            ft_load_T(bot, row, lane, q0, q1);
+            qk_wq_output(q0, q1, lane, p.k, -1.0f, 0, p.bidx + o, p.bval + o);
+        }
         if (lane == 0 && p.count) p.count[(long long)b * p.n + i] = p.gated ? (int32_t)act : counted;
     }
 }

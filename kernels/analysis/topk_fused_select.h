@@ -4,7 +4,8 @@
 // Keys, their order and the output rules are select.h's.
 //
 // Per row of a block's BM rows, in shared memory:
-//   T      [64] keys: the row's running top-64, sorted descending (the warp queue of select.h)
+//   T      [tslots] keys: the row's running best, sorted descending (the warp queue of select.h;
+//          tslots = qk_fsel_tslots(k): 32 or 64)
 //   queue  [qcap] keys: this column tile's survivors, unsorted (slots taken by atomicAdd)
 //   cnt    how many survivors tried to enter (may exceed qcap: the excess is not stored)
 //   thr    slot k-1 of T: a tile's score matters only when its key is above it
@@ -32,6 +33,11 @@
 
 // Queue slots per row: >= BN and >= k + 1 (see above), a multiple of 32 (merged 32 at a time).
 QK_HD int qk_fsel_qcap(int k) { return k <= 32 ? 64 : 96; }
+
+// T slots kept per row between merges: the merge makes the best 64 (the warp queue's two halves),
+// but only the best k can ever be output or set the bar, so k <= 32 keeps the first half alone
+// (the second reloads as EMPTY): less shared memory, more blocks per SM.
+QK_HD int qk_fsel_tslots(int k) { return k <= 32 ? 32 : 64; }
 
 // Stores a survivor in the slot it took; returns 0 when the slot is past the queue (lost: the
 // row will be rescanned).

@@ -24,8 +24,8 @@ static int qk_fused_wgmma(void) {
 // Host side
 
 extern "C" size_t qk_fused_smem_bytes(int k, int both) {
-    const size_t sides = both ? 2 : 1, qcap = (size_t)qk_fsel_qcap(k);
-    return sides * QK_FSEL_BM * (FT_TSLOTS + qcap + 2) * sizeof(u64) +
+    const size_t sides = both ? 2 : 1, qcap = (size_t)qk_fsel_qcap(k), ts = (size_t)qk_fsel_tslots(k);
+    return sides * QK_FSEL_BM * (ts + qcap + 2) * sizeof(u64) +
            (size_t)(QK_FSEL_BM + QK_FSEL_BN) * FT_LDS * sizeof(uint32_t) + sides * QK_FSEL_BM * sizeof(int);
 }
 
