@@ -426,18 +426,6 @@ fused_checks() {
         QK_FUSED_MMA=wgmma "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_*'
     NOTE_FN=note_suite step suite_topk_path_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
         QK_BTK_PATH=fused "$t" --verbose --jobs 1 --filter '@(topk_gpu/*|run/planted_circuits_found_by_run_and_static)'
-    local tool
-    if [ -n "$DRY" ] || ! command -v compute-sanitizer >/dev/null; then
-        skip_row sanitizers_fused "dry run or no compute-sanitizer"
-    else
-        for tool in memcheck racecheck synccheck; do
-            NOTE_FN=note_san step "san_${tool}_fused" 60 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
-                compute-sanitizer --tool $tool --error-exitcode 9 "$t" --jobs 1 --filter 'topk_gpu/small_shapes_every_k'
-        done
-        NOTE_FN=note_san step san_memcheck_fused_wgmma 60 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
-            QK_FUSED_MMA=wgmma compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --jobs 1 \
-            --filter 'topk_gpu/integer_scores_equal_host_bit_for_bit'
-    fi
     # qkscope static / run with the fused kernel vs the CPU backend: 2 layers of GPT-2 small's shapes
     local shape="--layers 2"
     [ -n "$DRY" ] && shape=$RANDOM_ARGS  # (a dry run's CPU side: small widths)
@@ -447,7 +435,7 @@ fused_checks() {
     export QK_BTK_PATH=fused
     NL=2 compare_run
     topk_bench_static  # qkscope static on 12 heads at m 32768, fused, timed
-    [ -n "$DRY" ] && { unset QK_BTK_PATH; skip_row bench_fused "dry run (no GPU)"; return; }
+    [ -n "$DRY" ] && { unset QK_BTK_PATH; skip_row bench_fused "dry run (no GPU)"; fused_sanitize; return; }
     bench_peak
     peak=$(sed -n 's/.*: \([0-9]*\) TFLOP\/s.*/\1/p' "$W/logs/bench_torch_bf16_gemm.log" | tail -n 1)
     NOTE_FN=note_last step bench_topk_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/bench_topk_gpu" --n 65536 --m 32768 \
@@ -462,6 +450,26 @@ fused_checks() {
     } >"$W/bench_topk.md"
     cat "$W/bench_topk.md" >>"$W/bench.txt"
     [ -n "${OUT:-}" ] && mkdir -p "$OUT" && cp "$W/bench_topk.md" "$OUT/bench_topk.md"
+    fused_sanitize
+}
+
+# compute-sanitizer on the fused kernel's small cases, last (the slowest steps; the budget may end
+# them): memcheck, racecheck (its warps share queues through shared-memory atomics), synccheck.
+fused_sanitize() {
+    local t=$BIN/test_qkscope
+    local tool
+    if [ -n "$DRY" ] || ! command -v compute-sanitizer >/dev/null; then
+        skip_row sanitizers_fused "dry run or no compute-sanitizer"
+    else
+        for tool in memcheck racecheck synccheck; do
+            NOTE_FN=note_san step "san_${tool}_fused" 45 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
+                compute-sanitizer --tool $tool --error-exitcode 9 "$t" --jobs 1 \
+                --filter 'topk_gpu/@(small_shapes_every_k|integer_scores_equal_host_bit_for_bit)'
+        done
+        NOTE_FN=note_san step san_memcheck_fused_wgmma 45 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
+            QK_FUSED_MMA=wgmma compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --jobs 1 \
+            --filter 'topk_gpu/integer_scores_equal_host_bit_for_bit'
+    fi
 }
 
 case "${1:-}" in
