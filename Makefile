@@ -104,6 +104,13 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh kernels/
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
 	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
+	$(if $(SASS_CHECK),scripts/check_sass.sh $@ || { rm -f $@; exit 1; })
+# The fused top-k's tensor-core kernels must show HMMA / HGMMA in their SASS (scripts/check_sass.sh;
+# says SKIP where cuobjdump is missing, QK_REQUIRE_SASS=1 makes that a failure).
+$(BUILD)/kernels/analysis/topk_fused_sm80.o: SASS_CHECK := 1
+# wgmma exists only on sm_90a: the fused top-k's wgmma flavour is built for it alone.
+$(BUILD)/kernels/analysis/topk_fused_sm90.o: override NVCCFLAGS_ARCH := -gencode arch=compute_90a,code=sm_90a
+$(BUILD)/kernels/analysis/topk_fused_sm90.o: SASS_CHECK := 1
 # The device analysis: -fmad=false so every expression rounds as written, as the host's
 # -ffp-contract=off (kernels/analysis/analysis_math.h is shared with the CPU suite).
 $(BUILD)/kernels/analysis/analysis_cuda.o: NVCC_EXTRA := -fmad=false
@@ -282,8 +289,12 @@ $(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 # BENCH_TOPK_GPU_ARGS e.g. "--r 64 --prec bf16 --reps 5".
 $(BIN)/bench_topk_gpu: bench/bench_topk_gpu.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -I$(CUDA_HOME)/include $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
-bench-topk-gpu: $(BIN)/bench_topk_gpu
-	$(BIN)/bench_topk_gpu $(BENCH_TOPK_GPU_ARGS)
+# Adds the fused kernel's column and the cuBLAS + torch.topk anchor (bench/bench_topk_torch.py, where
+# PyTorch is); the table goes to results/bench_topk_gpu.md only when a GPU measured it.
+bench-topk-gpu: $(BIN)/bench_topk_gpu | $(BUILD)/host
+	{ $(BIN)/bench_topk_gpu $(BENCH_TOPK_GPU_ARGS) && python3 bench/bench_topk_torch.py; } | tee $(BUILD)/bench_topk_gpu.md
+	@if grep -q '^| [0-9]' $(BUILD)/bench_topk_gpu.md; then cp $(BUILD)/bench_topk_gpu.md results/bench_topk_gpu.md; \
+	   echo "bench-topk-gpu: results/bench_topk_gpu.md"; else echo "bench-topk-gpu: nothing measured (no GPU)"; fi
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)

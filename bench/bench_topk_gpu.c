@@ -1,7 +1,10 @@
 // bench_topk_gpu.c: the device bilinear top-k (kernels/analysis/bilinear_topk.h) against its anchor, one
-// cuBLASLt GEMM writing every score, on the same GPU in one run (issue 15's table).
+// cuBLASLt GEMM writing every score, on the same GPU in one run (issue 15's table): GEMM alone,
+// GEMM + select (the GEMM-then-select path) and the fused kernel (kernels/analysis/topk_fused.h;
+// "-" where it declines, e.g. TF32).  --peak T (TFLOP/s, e.g. gpu.sh's measured bf16 GEMM rate)
+// adds the fused kernel's fraction of it.  bench/bench_topk_torch.py adds cuBLAS + torch.topk.
 //
-//   bench_topk_gpu [--n 65536] [--m 32768] [--k 32] [--r 64,768] [--prec bf16,tf32,fp32] [--reps 10]
+//   bench_topk_gpu [--n 65536] [--m 32768] [--k 32] [--r 64,768] [--prec bf16,tf32,fp32] [--reps 10] [--peak T]
 //
 // Shapes: U [n x r], V [m x r] (random normal, fresh per shape), c [m]; GEMM alone: S [n x m]
 // (bf16 in bf16 mode, else fp32) = U V^T; GEMM + select: top-k of a_i U.V + c (a = 1), k per
@@ -46,7 +49,8 @@ static float *dev_random(size_t count, float scale) {
 
 static int cmp_f(const void *a, const void *b) { return (*(const float *)a > *(const float *)b) - (*(const float *)a < *(const float *)b); }
 
-// Median milliseconds of reps runs of one case (0: GEMM alone, 1: GEMM + select).
+// Median milliseconds of reps runs of one case (0: GEMM alone, 1: GEMM + select, 2: fused; b is
+// the context of that path).
 typedef struct {
     QkBtk *b;
     int n, m, r, k, what;
@@ -59,7 +63,7 @@ typedef struct {
 static int run_case(const Case *x) {
     if (x->what == 0) return qk_btk_gemm_full(x->b, x->n, x->m, x->r, x->U, x->V, x->S, qk_btk_precision(x->b) == QK_PREC_BF16);
     QkTopkOpts o = {.k = x->k};
-    return qk_btk_run(x->b, NULL, x->n, x->m, x->r, x->U, x->r, NULL, x->V, x->c, &o, x->idx, x->val, NULL);
+    return qk_btk_run(x->b, NULL, x->n, x->m, x->r, x->U, x->r, NULL, x->V, x->c, &o, x->idx, x->val, NULL);  // path: qk_btk_set_path
 }
 
 static double median_ms(const Case *x, int reps) {
@@ -93,6 +97,7 @@ static int parse_list(const char *s, int *out, int max) {
 
 int main(int argc, char **argv) {
     int n = 65536, m = 32768, k = 32, reps = 10, rs[4] = {64, 768}, nr = 2;
+    double peak = 0;
     const char *precs = "bf16,tf32,fp32";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--n")) n = atoi(argv[i + 1]);
@@ -101,8 +106,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--r")) nr = parse_list(argv[i + 1], rs, 4);
         else if (!strcmp(argv[i], "--prec")) precs = argv[i + 1];
+        else if (!strcmp(argv[i], "--peak")) peak = atof(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: bench_topk_gpu [--n N] [--m M] [--k K] [--r R,R] [--prec bf16,tf32,fp32] [--reps N]\n");
+            fprintf(stderr, "usage: bench_topk_gpu [--n N] [--m M] [--k K] [--r R,R] [--prec bf16,tf32,fp32] [--reps N] [--peak TFLOPS]\n");
             return 2;
         }
     }
@@ -116,8 +122,8 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("# bench_topk_gpu on %s (%d SMs, L2 %d MiB): n %d, m %d, k %d, median of %d after 2 warm-ups\n", prop.name,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, n, m, k, reps);
-    printf("| r | precision | GEMM alone ms | GEMM TFLOP/s | GEMM+select ms | scores/s | select/GEMM time | tile |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
+    printf("| r | precision | GEMM alone ms | GEMM TFLOP/s | GEMM+select ms | scores/s | select/GEMM time | tile | fused ms | fused scores/s | fused TFLOP/s | fused of peak | fused/GEMM time |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int ri = 0; ri < nr; ri++) {
         const int r = rs[ri];
         Case x = {.n = n, .m = m, .r = r, .k = k};
@@ -146,10 +152,26 @@ int main(int argc, char **argv) {
             x.what = 0;
             double g = median_ms(&x, reps);
             x.what = 1;
+            qk_btk_set_path(x.b, 0);
             double s = median_ms(&x, reps);
             double scores = (double)n * m;
-            printf("| %d | %s | %.3f | %.1f | %.3f | %.3g | %.2f | %d x %d |\n", r, name, g, 2.0 * scores * r / (g * 1e9), s,
+            printf("| %d | %s | %.3f | %.1f | %.3f | %.3g | %.2f | %d x %d |", r, name, g, 2.0 * scores * r / (g * 1e9), s,
                    scores / (s * 1e-3), s / g, RB, CB);
+            // The fused kernel: timed only when it takes the problem (asserted after one run).
+            qk_btk_set_path(x.b, 1);
+            x.what = 2;
+            const char *why = NULL;
+            if (run_case(&x) || cudaDeviceSynchronize() != cudaSuccess) {
+                fprintf(stderr, "bench_topk_gpu: fused r %d %s: %s\n", r, name, qk_errmsg());
+                return 1;
+            }
+            if (qk_btk_last_path(x.b, &why)) {
+                const double f = median_ms(&x, reps), tf = 2.0 * scores * r / (f * 1e9);
+                if (peak > 0) printf(" %.3f | %.3g | %.1f | %.2f | %.2f |\n", f, scores / (f * 1e-3), tf, tf / peak, f / g);
+                else printf(" %.3f | %.3g | %.1f | - | %.2f |\n", f, scores / (f * 1e-3), tf, f / g);
+            } else {
+                printf(" - | - | - | - | - (%s) |\n", why);
+            }
             fflush(stdout);
             qk_btk_destroy(x.b);
         }

@@ -95,6 +95,11 @@ QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes) {
 void qk_btk_destroy(QkBtk *b) { (void)b; }
 // Unreachable without a context; here so that callers link in a CPU-only build.
 QkPrecision qk_btk_precision(const QkBtk *b) { return (void)b, QK_PREC_FP32; }
+void qk_btk_set_path(QkBtk *b, int fused) { (void)b, (void)fused; }
+int qk_btk_last_path(const QkBtk *b, const char **why) {
+    if (why) *why = "this build has no CUDA backend (built with CUDA=0)";
+    return (void)b, 0;
+}
 void qk_btk_blocks(const QkBtk *b, int batch, int n, int M, int *row_block, int *col_block) {
     (void)b, (void)batch, (void)n, (void)M, *row_block = *col_block = 0;
 }

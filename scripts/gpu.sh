@@ -27,9 +27,20 @@
 #                              the summary table printed last.
 #   scripts/gpu.sh topk     ON THE GPU MACHINE: only the device bilinear top-k's checks (its suite,
 #                           sanitizers on its small cases, qkscope static timed, bench_topk_gpu).
+#   scripts/gpu.sh fused    ON THE GPU MACHINE: only the fused top-k's checks (issue 15; one device call
+#                           of ~7 minutes: carry the bundle, timeout_s 480): SASS of the bundled
+#                           qkscope (HMMA in topk_fused<mma.sync>, HGMMA in topk_fused<wgmma>), the
+#                           topk_gpu suite's fused_* tests (mma.sync, then QK_FUSED_MMA=wgmma) and
+#                           the whole suite with QK_BTK_PATH=fused, compute-sanitizer memcheck /
+#                           racecheck / synccheck on its small cases, qkscope static and run with the
+#                           fused kernel against the CPU backend (planted model; 2-layer random
+#                           GPT-2-small-shaped model, fp32 parity, bf16 overlap), then the benchmark
+#                           (bench_topk_gpu with the fused column and --peak, the measured bf16 GEMM
+#                           rate, cuBLAS + torch.topk) into $OUT/bench_topk.md.
 #   scripts/gpu.sh preflight  step 1 alone (here: shows that the bundle loads and that there is
 #                           no GPU).
-#   scripts/gpu.sh dry      the whole run here without a GPU (GPU_SH_DRY=1): its plumbing only.
+#   scripts/gpu.sh dry      the whole run here without a GPU (GPU_SH_DRY=1): its plumbing only;
+#                           `dry-fused` the same for `fused`.
 # Nothing here needs ../shared (absent on the GPU machine): the suites chosen read only
 # tests/reference/data (tracked, so it travels) and what qkscope random / planted write.
 set -uo pipefail
@@ -86,6 +97,8 @@ bundle() {
         echo "run  command: PYTHONUNBUFFERED=1 scripts/gpu.sh run"
         echo "     carry:   [\"$BUNDLE\"]"
         echo "     timeout_s: 420"
+        echo "# The fused top-k's own call (issue 15): the same carry, command: PYTHONUNBUFFERED=1 scripts/gpu.sh fused,"
+        echo "#     timeout_s: 480; its table lands in bench_topk.md beside summary.txt."
         echo "# Afterwards: read summary.txt (and gpu-check.tar.gz) under the returned files_at; call give_back"
         echo "# unless you rerun at once.  The call sends the session's own checkout: it must be this branch."
     } | tee "$CMDFILE"
@@ -94,7 +107,7 @@ bundle() {
 # ----------------------------------------------------------------------------------------------
 # On the GPU machine
 
-W=/tmp/qkgpu          # work folder (outputs, logs), tarred into $OUT at the end
+W=${GPU_SH_WORK:-/tmp/qkgpu}  # work folder (outputs, logs), tarred into $OUT at the end
 # GPU_SH_DRY=1 (`scripts/gpu.sh dry`): the whole run's plumbing on a machine without a GPU: the
 # "CUDA" side runs on the CPU backend in fp32, the model is small (2 layers, d 128, m 2048), the
 # preflight's failure does not stop it and the sanitizers are skipped.  Checks the script, not CUDA.
@@ -162,7 +175,7 @@ finish() {
         [ -f "$W/logs/run_$p.log" ] && echo "| qkscope run ($p; 4096 tokens, every head, the analysis on the host): $(note_tps "$W/logs/run_$p.log")" >>"$W/bench.txt"
     done
     {
-        echo "# scripts/gpu.sh run: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
+        echo "# scripts/gpu.sh ${GPU_SH_MODE:-run}: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
         echo "# $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
         [ -n "$DRY" ] && echo "# DRY RUN: the CUDA side ran on the CPU backend (fp32, small model): this checks the script only"
         [ -f "$W/nogpu.txt" ] && echo "# $(cat "$W/nogpu.txt")"
@@ -339,6 +352,14 @@ topk_sanitize() {
 # qkscope static on the device: one layer's 12 heads of the random GPT-2-small-shaped model (x 12 =
 # all 144), fp32 and bf16; then the top-k against one cuBLASLt GEMM writing every score.
 topk_bench() {
+    topk_bench_static
+    [ -n "$DRY" ] && { skip_row bench_topk_gpu "dry run (no GPU)"; return; }
+    NOTE_FN=note_last step bench_topk_gpu 120 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/bench_topk_gpu" --n 65536 --m 32768 --k 32 \
+        --r 64,768 --prec bf16,fp32 --reps 5
+    grep '^|' "$W/logs/bench_topk_gpu.log" >>"$W/bench.txt" 2>/dev/null
+}
+
+topk_bench_static() {
     local R=$W/rnd p
     if [ -d "$R/model" ]; then
         for p in fp32 bf16; do
@@ -350,10 +371,18 @@ topk_bench() {
     else
         skip_row static "no random model"
     fi
-    [ -n "$DRY" ] && { skip_row bench_topk_gpu "dry run (no GPU)"; return; }
-    NOTE_FN=note_last step bench_topk_gpu 120 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/bench_topk_gpu" --n 65536 --m 32768 --k 32 \
-        --r 64,768 --prec bf16,fp32 --reps 5
-    grep '^|' "$W/logs/bench_topk_gpu.log" >>"$W/bench.txt" 2>/dev/null
+}
+
+# The measured bf16 peak: an 8192^3 GEMM through PyTorch (the method of /work/shared/GPU-NOTES.md).
+bench_peak() {
+    NOTE_FN=note_last step bench_torch_bf16_gemm 60 python3 -c '
+import torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16); b = torch.randn_like(a)
+for _ in range(3): a @ b
+torch.cuda.synchronize(); e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True); ts = []
+for _ in range(20):
+    e0.record(); a @ b; e1.record(); torch.cuda.synchronize(); ts.append(e0.elapsed_time(e1) / 1e3)
+ts.sort(); print("bf16 GEMM 8192^3 (PyTorch): %.0f TFLOP/s (median of 20)" % (2 * 8192**3 / ts[10] / 1e12))'
 }
 
 bench() {
@@ -362,14 +391,7 @@ bench() {
     NOTE_FN=note_last step bench_forward 90 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/bench_cuda_forward" "$R/model" "$R/corpus.npy" \
         32 128 fp32,tf32,bf16
     grep '^|' "$W/logs/bench_forward.log" >"$W/bench.txt" 2>/dev/null
-    NOTE_FN=note_last step bench_torch_bf16_gemm 60 python3 -c '
-import torch, time
-a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16); b = torch.randn_like(a)
-for _ in range(3): a @ b
-torch.cuda.synchronize(); e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True); ts = []
-for _ in range(20):
-    e0.record(); a @ b; e1.record(); torch.cuda.synchronize(); ts.append(e0.elapsed_time(e1) / 1e3)
-ts.sort(); print("bf16 GEMM 8192^3 (PyTorch): %.0f TFLOP/s (median of 20)" % (2 * 8192**3 / ts[10] / 1e12))'
+    bench_peak
     grep 'TFLOP' "$W/logs/bench_torch_bf16_gemm.log" | sed 's/^/| /' >>"$W/bench.txt"
     topk_bench
 }
@@ -390,6 +412,66 @@ run_all() {
     finish
 }
 
+# The fused bilinear top-k (kernels/analysis/topk_fused_kernel.cuh): every check of issue 15 that
+# needs a GPU.  Every kernel or shape that fails is named in its step's log (Criterion messages
+# carry kernel, precision, shape, row, slot and both values).
+fused_checks() {
+    local t=$BIN/test_qkscope peak
+    # HMMA / HGMMA in the bundled binary's fused kernels (a dry run here may lack cuobjdump: SKIP)
+    NOTE_FN=note_last step sass_tensor_cores 60 env QK_REQUIRE_SASS="$([ -n "$DRY" ] && echo 0 || echo 1)" \
+        scripts/check_sass.sh "$BIN/qkscope"
+    NOTE_FN=note_suite step suite_topk_fused 200 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 "$t" \
+        --verbose --jobs 1 --filter 'topk_gpu/fused_*'
+    NOTE_FN=note_suite step suite_topk_fused_wgmma 120 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        QK_FUSED_MMA=wgmma "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_*'
+    NOTE_FN=note_suite step suite_topk_path_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        QK_BTK_PATH=fused "$t" --verbose --jobs 1 --filter '@(topk_gpu/*|run/planted_circuits_found_by_run_and_static)'
+    # qkscope static / run with the fused kernel vs the CPU backend: 2 layers of GPT-2 small's shapes
+    local shape="--layers 2"
+    [ -n "$DRY" ] && shape=$RANDOM_ARGS  # (a dry run's CPU side: small widths)
+    # shellcheck disable=SC2086
+    NOTE_FN=note_last step random_model 90 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/qkscope" random --out "$W/rnd" $shape \
+        --tokens 8192 -q
+    export QK_BTK_PATH=fused
+    NL=2 compare_run
+    topk_bench_static  # qkscope static on 12 heads at m 32768, fused, timed
+    [ -n "$DRY" ] && { unset QK_BTK_PATH; skip_row bench_fused "dry run (no GPU)"; fused_sanitize; return; }
+    bench_peak
+    peak=$(sed -n 's/.*: \([0-9]*\) TFLOP\/s.*/\1/p' "$W/logs/bench_torch_bf16_gemm.log" | tail -n 1)
+    NOTE_FN=note_last step bench_topk_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/bench_topk_gpu" --n 65536 --m 32768 \
+        --k 32 --r 64,768 --prec bf16,fp32 --reps 3 ${peak:+--peak $peak}
+    NOTE_FN=note_last step bench_topk_torch 120 python3 bench/bench_topk_torch.py --n 65536 --m 32768 --k 32 --r 64,768 --reps 3
+    unset QK_BTK_PATH
+    {
+        echo "# fused bilinear top-k benchmark (scripts/gpu.sh fused), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null)"
+        grep -h 'TFLOP' "$W/logs/bench_torch_bf16_gemm.log" | sed 's/^/measured peak: /'
+        grep -h '^#\|^|' "$W/logs/bench_topk_fused.log" "$W/logs/bench_topk_torch.log" 2>/dev/null
+        grep -h '^| qkscope static' "$W/bench.txt" 2>/dev/null
+    } >"$W/bench_topk.md"
+    cat "$W/bench_topk.md" >>"$W/bench.txt"
+    [ -n "${OUT:-}" ] && mkdir -p "$OUT" && cp "$W/bench_topk.md" "$OUT/bench_topk.md"
+    fused_sanitize
+}
+
+# compute-sanitizer on the fused kernel's small cases, last (the slowest steps; the budget may end
+# them): memcheck, racecheck (its warps share queues through shared-memory atomics), synccheck.
+fused_sanitize() {
+    local t=$BIN/test_qkscope
+    local tool
+    if [ -n "$DRY" ] || ! command -v compute-sanitizer >/dev/null; then
+        skip_row sanitizers_fused "dry run or no compute-sanitizer"
+    else
+        for tool in memcheck racecheck synccheck; do
+            NOTE_FN=note_san step "san_${tool}_fused" 45 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
+                compute-sanitizer --tool $tool --error-exitcode 9 "$t" --jobs 1 \
+                --filter 'topk_gpu/@(small_shapes_every_k|integer_scores_equal_host_bit_for_bit)'
+        done
+        NOTE_FN=note_san step san_memcheck_fused_wgmma 45 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
+            QK_FUSED_MMA=wgmma compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --jobs 1 \
+            --filter 'topk_gpu/integer_scores_equal_host_bit_for_bit'
+    fi
+}
+
 case "${1:-}" in
 bundle) bundle ;;
 run) run_all ;;
@@ -408,11 +490,23 @@ topk)
     fi
     finish
     ;;
+fused)
+    OUT=${OUT:-$ROOT/gpu-out}
+    GPU_SH_MODE=fused BUDGET=${GPU_BUDGET_S:-420}
+    setup_run
+    mkdir -p "$ROOT/bin"
+    if preflight; then
+        [ -n "$DRY" ] && [ -x "$ROOT/bin/qkscope" ] || cp "$BIN/qkscope" "$ROOT/bin/qkscope"
+        fused_checks
+    fi
+    finish
+    ;;
+dry-fused) GPU_SH_DRY=1 GPU_SH_MODE=fused exec "$0" fused ;;
 preflight)
     OUT=${OUT:-}
     setup_run
     preflight
     finish
     ;;
-*) echo "usage: scripts/gpu.sh bundle|run|topk|preflight|dry" >&2; exit 2 ;;
+*) echo "usage: scripts/gpu.sh bundle|run|topk|fused|preflight|dry|dry-fused" >&2; exit 2 ;;
 esac

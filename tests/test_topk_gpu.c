@@ -7,10 +7,17 @@
 // equal.  tf32 / bf16: the overlap of their sets with the device fp32 sets is measured and logged.
 // Host and device outputs are poisoned before each run.  A failure names the kernel, the
 // precision, the shape, the row and slot, and both values.
+//
+// The fused kernel (kernels/analysis/topk_fused.h): the whole suite runs on it with
+// QK_BTK_PATH=fused (every run then asserts that the fused kernel took it, TF32 excepted); the
+// fused_* tests run it whatever QK_BTK_PATH says: bf16 against an fp64 reference on bf16-rounded
+// operands (same sets except counted near-ties, values within fp32 accumulation), and against
+// the GEMM-then-select path at GPT-2-small sizes.
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "analysis/bilinear_topk.h"
 #include "backend.h"
@@ -29,8 +36,22 @@ static QkBtk *ctx_for(QkPrecision p) {
     return g_ctx[p];
 }
 
+static QkBtk *g_fused[3];
+
+// A context that runs the fused kernel whatever QK_BTK_PATH says.
+static QkBtk *fused_ctx(QkPrecision p) {
+    ctx_for(p);  // skips without a GPU
+    if (!g_fused[p]) g_fused[p] = qk_btk_create(0, p, 0);
+    cr_assert(g_fused[p], "qk_btk_create(%s): %s", qk_precision_name(p), qk_errmsg());
+    qk_btk_set_path(g_fused[p], 1);
+    return g_fused[p];
+}
+
 static void fini(void) {
-    for (int p = 0; p < 3; p++) qk_btk_destroy(g_ctx[p]), g_ctx[p] = NULL;
+    for (int p = 0; p < 3; p++) {
+        qk_btk_destroy(g_ctx[p]), g_ctx[p] = NULL;
+        qk_btk_destroy(g_fused[p]), g_fused[p] = NULL;
+    }
 }
 
 // One problem: batch x (U [n x r], a [n], V [M x r], c [M]), gates [M] (shared), opts.
@@ -84,6 +105,13 @@ static void run_host(const Prob *p, int both, Out *o) {
     }
 }
 
+// The name of the device path ctx's last run took, for failure messages.
+static const char *path_name(const QkBtk *ctx) {
+    const char *mma = getenv("QK_FUSED_MMA");
+    if (!qk_btk_last_path(ctx, NULL)) return "btk_select";
+    return mma && !strcmp(mma, "wgmma") ? "topk_fused (wgmma if bf16 on sm_90)" : "topk_fused";
+}
+
 static void run_dev(QkBtk *ctx, const Prob *p, int both, Out *o) {
     out_alloc(o, p);
     QkTopkOpts d = p->o;
@@ -91,6 +119,20 @@ static void run_dev(QkBtk *ctx, const Prob *p, int both, Out *o) {
     QkBtkBatch bt = {p->batch, (long long)p->n * p->r, p->n, (long long)p->M * p->r, 0, 0};
     cr_assert_eq(qk_btk_run_host(ctx, &bt, p->n, p->M, p->r, p->U, p->r, p->a, p->V, p->c, &d, o->idx, o->val, o->cnt),
                  0, "qk_btk_run_host: %s", qk_errmsg());
+    const char *path = getenv("QK_BTK_PATH"), *why = NULL;
+    if (path && !strcmp(path, "fused") && qk_btk_precision(ctx) != QK_PREC_TF32)
+        cr_assert(qk_btk_last_path(ctx, &why), "QK_BTK_PATH=fused, %s [batch %d n %d M %d r %d k %d]: the fused kernel did not run (%s)",
+                  qk_precision_name(qk_btk_precision(ctx)), p->batch, p->n, p->M, p->r, p->o.k, why);
+}
+
+// x rounded to bf16 (nearest, ties to even), as __float2bfloat16_rn; NaN stays NaN.
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return x;
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
 }
 
 // Row (b, i)'s score of column j in double, and a bound on the fp32 GEMM's rounding of it.
@@ -153,8 +195,8 @@ static void check(const char *name, Prob *p, int both, int other_precisions) {
     run_host(p, both, &h);
     run_dev(ctx_for(QK_PREC_FP32), p, both, &d);
     char kernel[160];
-    snprintf(kernel, sizeof kernel, "btk_select%s fp32 %s act %d bottom %d", both ? "<both>" : "", name, (int)p->o.act,
-             p->o.bottom);
+    snprintf(kernel, sizeof kernel, "%s%s fp32 %s act %d bottom %d", path_name(ctx_for(QK_PREC_FP32)), both ? "<both>" : "",
+             name, (int)p->o.act, p->o.bottom);
     const float sign = p->o.bottom ? -1.0f : 1.0f;
     int ties = compare(kernel, p, h.idx, h.val, d.idx, d.val, sign);
     if (both) ties += compare(kernel, p, h.bidx, h.bval, d.bidx, d.bval, -1.0f);
@@ -178,7 +220,7 @@ static void check(const char *name, Prob *p, int both, int other_precisions) {
         for (int i = 0; i < rows; i++)
             for (int s = 0; s < p->o.k; s++) {
                 int32_t j = o.idx[(size_t)i * p->o.k + s];
-                cr_assert(j >= -1 && j < p->M, "btk_select %s %s: row %d slot %d: index %d out of range",
+                cr_assert(j >= -1 && j < p->M, "device %s %s: row %d slot %d: index %d out of range",
                           qk_precision_name((QkPrecision)q), name, i, s, j);
                 if (d.idx[(size_t)i * p->o.k + s] < 0) continue;
                 total++;
@@ -189,7 +231,7 @@ static void check(const char *name, Prob *p, int both, int other_precisions) {
                     p->M, p->r, p->o.k, overlap);
         fprintf(stderr, "topk_gpu: overlap %s vs fp32, %s [n %d M %d r %d k %d]: %.4f\n", qk_precision_name((QkPrecision)q),
                 name, p->n, p->M, p->r, p->o.k, overlap);
-        cr_assert(overlap > 0.5, "btk_select %s %s: overlap with fp32 %.3f: not a rounding effect",
+        cr_assert(overlap > 0.5, "device %s %s: overlap with fp32 %.3f: not a rounding effect",
                   qk_precision_name((QkPrecision)q), name, overlap);
         out_free(&o);
     }
@@ -252,18 +294,18 @@ static void expect_identical(const char *what, const Prob *p, const Out *h, cons
     const size_t nk = (size_t)p->batch * p->n * p->o.k;
     for (size_t x = 0; x < nk; x++) {
         cr_assert(h->idx[x] == d->idx[x] && !memcmp(&h->val[x], &d->val[x], 4),
-                  "btk_select %s: row %zu slot %zu: device (%d, %.9g), host (%d, %.9g)", what, x / p->o.k, x % p->o.k,
+                  "%s: row %zu slot %zu: device (%d, %.9g), host (%d, %.9g)", what, x / p->o.k, x % p->o.k,
                   d->idx[x], d->val[x], h->idx[x], h->val[x]);
         if (both)
             cr_assert(h->bidx[x] == d->bidx[x] && !memcmp(&h->bval[x], &d->bval[x], 4),
-                      "btk_select<both> %s: bottom row %zu slot %zu: device (%d, %.9g), host (%d, %.9g)", what, x / p->o.k,
+                      "%s, both: bottom row %zu slot %zu: device (%d, %.9g), host (%d, %.9g)", what, x / p->o.k,
                       x % p->o.k, d->bidx[x], d->bval[x], h->bidx[x], h->bval[x]);
     }
     for (int i = 0; i < p->batch * p->n; i++)
-        cr_assert_eq(d->cnt[i], h->cnt[i], "btk_select %s: row %d: device count %d, host %d", what, i, d->cnt[i], h->cnt[i]);
+        cr_assert_eq(d->cnt[i], h->cnt[i], "%s: row %d: device count %d, host %d", what, i, d->cnt[i], h->cnt[i]);
 }
 
-Test(topk_gpu, integer_scores_equal_host_bit_for_bit) {
+static void integer_scores_check(QkBtk *(*ctx)(QkPrecision)) {
     Prob p;
     prob_make(&p, 2, 40, 3001, 32, 32, 71);
     TRng g = {72};
@@ -279,15 +321,19 @@ Test(topk_gpu, integer_scores_equal_host_bit_for_bit) {
             const int both = v == 4;
             Out h, d;
             run_host(&p, both, &h);
-            run_dev(ctx_for((QkPrecision)q), &p, both, &d);
-            char what[96];
-            snprintf(what, sizeof what, "%s act %d bottom %d, integer scores", qk_precision_name((QkPrecision)q),
-                     (int)p.o.act, p.o.bottom);
+            run_dev(ctx((QkPrecision)q), &p, both, &d);
+            char what[128];
+            snprintf(what, sizeof what, "%s %s act %d bottom %d, integer scores", path_name(ctx((QkPrecision)q)),
+                     qk_precision_name((QkPrecision)q), (int)p.o.act, p.o.bottom);
             expect_identical(what, &p, &h, &d, both);
             out_free(&h), out_free(&d);
         }
     prob_free(&p);
 }
+
+Test(topk_gpu, integer_scores_equal_host_bit_for_bit) { integer_scores_check(ctx_for); }
+
+Test(topk_gpu, fused_integer_scores_and_duplicate_columns_equal_host_bit_for_bit) { integer_scores_check(fused_ctx); }
 
 Test(topk_gpu, batched_heads_equal_separate_problems) {
     Prob p;
@@ -354,4 +400,131 @@ Test(topk_gpu, static_maps_backend_equals_host) {
     static_maps_free(&hs), static_maps_free(&ds);
     qk_backend_close(be);
     prob_free(&p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused kernel (kernels/analysis/topk_fused_kernel.cuh), whatever QK_BTK_PATH says; its bf16
+// runs take the wgmma flavour with QK_FUSED_MMA=wgmma on a compute capability 9.0 device.
+
+// U and V rounded to bf16 in place: the host's fp32 top-k of these operands is then the exact
+// reference of a bf16 run, which differs from it only by the order of its fp32 accumulation.
+static void prob_round_bf16(Prob *p) {
+    for (size_t x = 0; x < (size_t)p->batch * p->n * p->r; x++) p->U[x] = bf16_round(p->U[x]);
+    for (size_t x = 0; x < (size_t)p->batch * p->M * p->r; x++) p->V[x] = bf16_round(p->V[x]);
+}
+
+// The fused kernel in precision q against the host on the same operands: same sets except
+// counted near-ties, values within accumulation rounding, counts as check() wants them.
+static void check_fused(const char *name, Prob *p, QkPrecision q, int both) {
+    Out h, d;
+    run_host(p, both, &h);
+    QkBtk *ctx = fused_ctx(q);
+    run_dev(ctx, p, both, &d);
+    const char *why = NULL;
+    cr_assert(qk_btk_last_path(ctx, &why), "%s %s [batch %d n %d M %d r %d k %d]: the fused kernel declined: %s", name,
+              qk_precision_name(q), p->batch, p->n, p->M, p->r, p->o.k, why);
+    char kernel[200];
+    snprintf(kernel, sizeof kernel, "%s <%s%s> %s act %d bottom %d", path_name(ctx), qk_precision_name(q),
+             both ? ",both" : "", name, (int)p->o.act, p->o.bottom);
+    int ties = compare(kernel, p, h.idx, h.val, d.idx, d.val, p->o.bottom ? -1.0f : 1.0f);
+    if (both) ties += compare(kernel, p, h.bidx, h.bval, d.bidx, d.bval, -1.0f);
+    const int rows = p->batch * p->n;
+    for (int i = 0; i < rows; i++) {
+        if (p->o.act == QK_TOPK_GATED) {
+            cr_assert(abs(d.cnt[i] - h.cnt[i]) <= 2, "%s: row %d: device active count %d, host %d", kernel, i, d.cnt[i], h.cnt[i]);
+            ties += d.cnt[i] != h.cnt[i];
+        } else if (p->o.act == QK_TOPK_PLAIN) {
+            cr_assert_eq(d.cnt[i], h.cnt[i], "%s: row %d: device count %d, host %d", kernel, i, d.cnt[i], h.cnt[i]);
+        }
+    }
+    fprintf(stderr, "topk_gpu: %s [batch %d n %d M %d r %d k %d]: %d near-ties in %d rows\n", kernel, p->batch, p->n, p->M,
+            p->r, p->o.k, ties, rows);
+    cr_assert(ties <= rows / 20 + 2, "%s: %d near-ties in %d rows: more than rounding explains", kernel, ties, rows);
+    out_free(&h), out_free(&d);
+}
+
+// m not a multiple of the tile, n = 1, n not a multiple of 64, k = 1 and 64, k = M, r = 16 .. 768,
+// a batch; every activation, bottom, top + bottom; ReLU rows with every score negative.
+Test(topk_gpu, fused_awkward_shapes_every_activation, .timeout = 600) {
+    static const int shapes[][5] = {  // batch, n, M, r, k
+        {1, 1, 4099, 64, 64}, {1, 130, 777, 48, 5}, {1, 37, 1003, 16, 1}, {1, 65, 64, 16, 64},
+        {1, 200, 65, 32, 33}, {3, 50, 3000, 64, 32}, {1, 64, 5000, 768, 32}};
+    for (int q = QK_PREC_FP32; q <= QK_PREC_BF16; q += QK_PREC_BF16 - QK_PREC_FP32)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            const int *z = shapes[s];
+            Prob p;
+            prob_make(&p, z[0], z[1], z[2], z[3], z[4], 900 + s);
+            if (q == QK_PREC_BF16) prob_round_bf16(&p);
+            char name[64];
+            snprintf(name, sizeof name, "shape %zu", s);
+            check_fused(name, &p, (QkPrecision)q, 0);
+            p.o.bottom = 1;
+            check_fused(name, &p, (QkPrecision)q, 0);
+            p.o.bottom = 0;
+            check_fused(name, &p, (QkPrecision)q, 1);
+            p.o.act = QK_TOPK_RELU;
+            check_fused(name, &p, (QkPrecision)q, 0);
+            p.o.act = QK_TOPK_GATED, p.o.gates = p.gates;
+            check_fused(name, &p, (QkPrecision)q, 0);
+            p.o.gates = NULL, p.o.gate = 0.25f;
+            check_fused(name, &p, (QkPrecision)q, 0);
+            p.o.act = QK_TOPK_RELU;
+            for (int j = 0; j < p.M; j++) p.c[j] = -100.0f - fabsf(p.c[j]);  // every score negative: count 0
+            check_fused("relu, every score negative", &p, (QkPrecision)q, 0);
+            prob_free(&p);
+        }
+}
+
+// NaN operands: a row of U all NaN (every score NaN: nothing selected, count 0), a row with one
+// NaN, a column of V with one NaN (never selected).
+Test(topk_gpu, fused_nan_scores_never_selected) {
+    for (int q = QK_PREC_FP32; q <= QK_PREC_BF16; q += QK_PREC_BF16 - QK_PREC_FP32) {
+        Prob p;
+        prob_make(&p, 1, 70, 1000, 64, 16, 990);
+        for (int t = 0; t < 64; t++) p.U[3 * 64 + t] = NAN;
+        p.U[5 * 64 + 17] = NAN, p.V[7 * 64 + 9] = NAN;
+        check_fused("NaN", &p, (QkPrecision)q, 0);
+        check_fused("NaN", &p, (QkPrecision)q, 1);
+        p.o.bottom = 1;
+        check_fused("NaN", &p, (QkPrecision)q, 0);
+        prob_free(&p);
+    }
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+// GPT-2-small sizes, m = 32768, k = 32: the fused bf16 kernel against the GEMM-then-select path
+// (cuBLASLt bf16 GEMM + btk_select) on the same bf16 operands; exact values in fp64 judge every
+// difference.
+Test(topk_gpu, fused_bf16_equals_gemm_path_gpt2_small, .timeout = 600) {
+    static const int shapes[][2] = {{4096, 64}, {1024, 768}};  // n, r
+    QkBtk *fused = fused_ctx(QK_PREC_BF16), *gemm = qk_btk_create(0, QK_PREC_BF16, 0);
+    cr_assert(gemm, "%s", qk_errmsg());
+    qk_btk_set_path(gemm, 0);
+    for (int s = 0; s < 2; s++) {
+        Prob p;
+        prob_make(&p, 1, shapes[s][0], 32768, shapes[s][1], 32, 77 + s);
+        prob_round_bf16(&p);
+        Out g, f;
+        double t0 = now_s();
+        run_dev(gemm, &p, 1, &g);
+        double t1 = now_s();
+        run_dev(fused, &p, 1, &f);
+        double t2 = now_s();
+        cr_assert(qk_btk_last_path(fused, NULL) && !qk_btk_last_path(gemm, NULL), "paths not as asked");
+        char kernel[128];
+        snprintf(kernel, sizeof kernel, "%s <bf16,both> vs GEMM path, r %d", path_name(fused), p.r);
+        const int ties = compare(kernel, &p, g.idx, g.val, f.idx, f.val, 1.0f) + compare(kernel, &p, g.bidx, g.bval, f.bidx, f.bval, -1.0f);
+        for (int i = 0; i < p.n; i++) cr_assert_eq(f.cnt[i], g.cnt[i], "%s: row %d: count %d, GEMM path %d", kernel, i, f.cnt[i], g.cnt[i]);
+        fprintf(stderr, "topk_gpu: %s [n %d M %d k 32]: %d near-ties; host-pointer calls (with transfers) GEMM path %.3f s, fused %.3f s\n",
+                kernel, p.n, p.M, ties, t1 - t0, t2 - t1);
+        cr_assert(ties <= p.n / 20 + 2, "%s: %d near-ties in %d rows", kernel, ties, p.n);
+        out_free(&g), out_free(&f);
+        prob_free(&p);
+    }
+    qk_btk_destroy(gemm);
 }

@@ -23,6 +23,8 @@
 
 #include "analysis/select.h"
 #include "cuda_try.h"
+#include "analysis/topk_fused.h"
+#include "analysis/warp_queue.cuh"
 extern "C" {
 #include "analysis/bilinear_topk.h"
 }
@@ -37,26 +39,6 @@ typedef unsigned long long u64;
 // ---------------------------------------------------------------------------------------------
 // Warp-level selection
 
-__device__ __forceinline__ u64 shfl_xor64(u64 x, int m) { return __shfl_xor_sync(FULL_MASK, x, m); }
-
-// 32 keys, one per lane, sorted descending (lane 0 the best).
-__device__ __forceinline__ u64 warp_sort32(u64 x, int lane) {
-#pragma unroll
-    for (int size = 2; size <= QK_SEL_WARP; size *= 2)
-#pragma unroll
-        for (int stride = size / 2; stride > 0; stride /= 2)
-            x = qk_sel_cmpx(x, shfl_xor64(x, stride), qk_sel_keeps_max(lane, size, stride));
-    return x;
-}
-
-// A bitonic sequence of 32 keys sorted descending.
-__device__ __forceinline__ u64 warp_merge32(u64 x, int lane) {
-#pragma unroll
-    for (int stride = QK_SEL_WARP / 2; stride > 0; stride /= 2)
-        x = qk_sel_cmpx(x, shfl_xor64(x, stride), qk_sel_keeps_max(lane, 2 * QK_SEL_WARP, stride));
-    return x;
-}
-
 // The running selection of one row: queue (q0, q1), threshold, candidate buffer in shared memory.
 struct WarpQueue {
     u64 q0, q1, thr;
@@ -64,9 +46,7 @@ struct WarpQueue {
     u64 *buf;  // [QK_SEL_BUF]
 };
 
-__device__ __forceinline__ void wq_threshold(WarpQueue &w, int k) {
-    w.thr = __shfl_sync(FULL_MASK, qk_sel_thr_in_q1(k) ? w.q1 : w.q0, qk_sel_thr_lane(k));
-}
+__device__ __forceinline__ void wq_threshold(WarpQueue &w, int k) { w.thr = qk_wq_kth(w.q0, w.q1, k); }
 
 // Moves the first min(nb, 32) buffered keys into the queue (EMPTY pads a short flush); the rest
 // of the buffer moves down by 32.
@@ -82,13 +62,7 @@ __device__ __forceinline__ void wq_merge(WarpQueue &w, int lane, int k) {
     }
     __syncwarp();
     w.nb = w.nb > QK_SEL_WARP ? w.nb - QK_SEL_WARP : 0;
-    b = warp_sort32(b, lane);
-    // Q' = q0 U top32(q1 U B), both halves re-sorted (select.h).
-    u64 m = warp_merge32(qk_sel_cmpx(w.q1, shfl_xor64(b, QK_SEL_MIRROR), 1), lane);
-    u64 r = shfl_xor64(m, QK_SEL_MIRROR);
-    u64 hi = qk_sel_cmpx(w.q0, r, 1), lo = qk_sel_cmpx(w.q0, r, 0);
-    w.q0 = warp_merge32(hi, lane);
-    w.q1 = warp_merge32(lo, lane);
+    qk_wq_insert32(w.q0, w.q1, b, lane);
     wq_threshold(w, k);
 }
 
@@ -123,18 +97,6 @@ __device__ __forceinline__ void wq_load(WarpQueue &w, const SelArgs &p, const u6
     w.q1 = p.first ? QK_SEL_EMPTY : q[at + QK_SEL_WARP + lane];
     w.nb = 0;
     wq_threshold(w, p.k);
-}
-
-// Writes slots < k of the queue; returns how many count (qk_sel_output).
-__device__ __forceinline__ int wq_output(const WarpQueue &w, int lane, int k, float sign, int relu, int32_t *idx,
-                                         float *val) {
-    int32_t i0, i1;
-    float v0, v1;
-    const int c0 = qk_sel_output(w.q0, sign, relu, &i0, &v0) && lane < k;
-    const int c1 = qk_sel_output(w.q1, sign, relu, &i1, &v1) && lane + QK_SEL_WARP < k;
-    if (lane < k) idx[lane] = i0, val[lane] = v0;
-    if (lane + QK_SEL_WARP < k) idx[lane + QK_SEL_WARP] = i1, val[lane + QK_SEL_WARP] = v1;
-    return __popc(__ballot_sync(FULL_MASK, c0)) + __popc(__ballot_sync(FULL_MASK, c1));
 }
 
 // One warp per row of the tile: scores a_i * S + c_j, each compared once with the threshold;
@@ -206,8 +168,8 @@ __global__ void __launch_bounds__(BTK_WARPS * QK_SEL_WARP, 8) btk_select(const S
         return;
     }
     const long long orow = (long long)b * p.n + p.row0 + row;
-    const int counted = wq_output(top, lane, p.k, p.sign, p.relu, p.idx + orow * p.k, p.val + orow * p.k);
-    if (BOTH) wq_output(bot, lane, p.k, -1.0f, 0, p.bidx + orow * p.k, p.bval + orow * p.k);
+    const int counted = qk_wq_output(top.q0, top.q1, lane, p.k, p.sign, p.relu, p.idx + orow * p.k, p.val + orow * p.k);
+    if (BOTH) qk_wq_output(bot.q0, bot.q1, lane, p.k, -1.0f, 0, p.bidx + orow * p.k, p.bval + orow * p.k);
     if (lane == 0 && p.count) p.count[orow] = p.gated ? (int32_t)act : counted;
 }
 
@@ -232,6 +194,8 @@ struct AlgoSlot {
 
 struct QkBtk {
     int device, sync_each;
+    int fused, last_fused;  // the fused kernel allowed (QK_BTK_PATH); whether the last run took it
+    const char *last_why;   // why the last run did not, when allowed
     QkPrecision prec;
     size_t l2_bytes;
     cudaStream_t stream;
@@ -391,6 +355,13 @@ extern "C" QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes) {
     b->device = device, b->prec = prec, b->l2_bytes = l2_bytes;
     const char *sync = getenv("QK_CUDA_SYNC");
     b->sync_each = sync && !strcmp(sync, "1");
+    const char *path = getenv("QK_BTK_PATH");
+    if (path && *path && strcmp(path, "gemm") && strcmp(path, "fused")) {
+        free(b);
+        qk_err("QK_BTK_PATH=%s: expected gemm or fused", path);
+        return NULL;
+    }
+    b->fused = path && !strcmp(path, "fused");
     if (btk_init(b)) {
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
@@ -414,6 +385,13 @@ extern "C" void qk_btk_destroy(QkBtk *b) {
 }
 
 extern "C" QkPrecision qk_btk_precision(const QkBtk *b) { return b->prec; }
+
+extern "C" void qk_btk_set_path(QkBtk *b, int fused) { b->fused = fused != 0; }
+
+extern "C" int qk_btk_last_path(const QkBtk *b, const char **why) {
+    if (why) *why = b->last_fused ? NULL : !b->fused ? "QK_BTK_PATH is not fused" : b->last_why;
+    return b->last_fused;
+}
 
 static int round4(int x) { return (x + 3) & ~3; }
 
@@ -450,6 +428,15 @@ static int check_args(const QkBtkBatch *bt, int n, int M, int r, const float *U,
     return 0;
 }
 
+// Waits for the run on the context's stream; an asynchronous error named with the run's shape.
+static int btk_finish(QkBtk *b, const char *shape) {
+    cudaError_t e = cudaStreamSynchronize(b->stream);
+    if (e != cudaSuccess)
+        return qk_err("qk_btk_run [%s]: cudaStreamSynchronize: %s (run with QK_CUDA_SYNC=1 to name the kernel)", shape,
+                      cudaGetErrorString(e));
+    return 0;
+}
+
 extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, const float *U, int ldu, const float *a,
                           const float *V, const float *c, const QkTopkOpts *o, int32_t *idx, float *val,
                           int32_t *count) {
@@ -467,14 +454,6 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
     char shape[240];
     snprintf(shape, sizeof shape, "batch %d n %d M %d r %d k %d act %d bottom %d both %d tile %d x %d", batch, n, M, r,
              o->k, (int)o->act, o->bottom, both, RB, CB);
-    const size_t S_cap0 = b->S_cap;
-    if (GROW(b, S, (size_t)batch * RB * LD * sizeof(float), "the score tile") ||
-        GROW(b, q, (size_t)batch * RB * QK_SEL_QUEUE * sizeof(u64), "the running queues") ||
-        (both && GROW(b, qb, (size_t)batch * RB * QK_SEL_QUEUE * sizeof(u64), "the bottom queues")) ||
-        GROW(b, act, (size_t)batch * RB * sizeof(unsigned), "the active counts"))
-        return -1;
-    // A float4 may read up to 3 padding columns past a row's last (ignored): never uninitialised.
-    if (b->S_cap != S_cap0) CUDA_TRY(cudaMemsetAsync(b->S, 0, b->S_cap, b->stream));
     // BF16: the operands rounded once per call into contiguous copies.
     const void *Ug = U, *Vg = V;
     int ldb = ldu;
@@ -491,6 +470,27 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
         if (launch_check(b, "btk_to_bf16(V)", dim3(grid), threads, shape)) return -1;
         Ug = b->ubf, Vg = b->vbf, ldb = r, sUg = (long long)n * r, sVg = (long long)M * r;
     }
+    if (b->fused) {  // the fused kernel where it takes the problem (QK_BTK_PATH, qk_btk_set_path)
+        const QkFusedArgs f = {b->prec == QK_PREC_BF16, Ug, Vg, ldb, sUg, sVg, batch > 1 ? bt->a : 0,
+                               batch > 1 ? bt->c : 0, batch > 1 ? bt->gates : 0, a, c, o->gates, o->gate, batch, n, M,
+                               r, o->k, o->bottom, o->act, idx, count, o->bottom_idx, val, o->bottom_val};
+        const char *why = "no TF32 variant";
+        if (b->prec != QK_PREC_TF32 && qk_fused_supported(&f, b->device, &why)) {
+            b->last_fused = 1, b->last_why = NULL;
+            if (qk_fused_launch(&f, b->stream, b->sync_each)) return -1;
+            return btk_finish(b, shape);
+        }
+        b->last_why = why;
+    }
+    b->last_fused = 0;
+    const size_t S_cap0 = b->S_cap;
+    if (GROW(b, S, (size_t)batch * RB * LD * sizeof(float), "the score tile") ||
+        GROW(b, q, (size_t)batch * RB * QK_SEL_QUEUE * sizeof(u64), "the running queues") ||
+        (both && GROW(b, qb, (size_t)batch * RB * QK_SEL_QUEUE * sizeof(u64), "the bottom queues")) ||
+        GROW(b, act, (size_t)batch * RB * sizeof(unsigned), "the active counts"))
+        return -1;
+    // A float4 may read up to 3 padding columns past a row's last (ignored): never uninitialised.
+    if (b->S_cap != S_cap0) CUDA_TRY(cudaMemsetAsync(b->S, 0, b->S_cap, b->stream));
     const size_t elt = b->prec == QK_PREC_BF16 ? sizeof(__nv_bfloat16) : sizeof(float);
     SelArgs p;
     memset(&p, 0, sizeof p);
@@ -518,11 +518,7 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
             if (launch_check(b, both ? "btk_select<both>" : "btk_select", grid, BTK_WARPS * QK_SEL_WARP, where)) return -1;
         }
     }
-    cudaError_t e = cudaStreamSynchronize(b->stream);
-    if (e != cudaSuccess)
-        return qk_err("qk_btk_run [%s]: cudaStreamSynchronize: %s (run with QK_CUDA_SYNC=1 to name the kernel)", shape,
-                      cudaGetErrorString(e));
-    return 0;
+    return btk_finish(b, shape);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,6 +36,14 @@ QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes);
 void qk_btk_destroy(QkBtk *b);
 QkPrecision qk_btk_precision(const QkBtk *b);
 
+// Which device path qk_btk_run takes.  GEMM-then-select (cuBLASLt tiles + btk_select), the
+// default; or the fused kernel (kernels/analysis/topk_fused.h: scores made and selected on chip,
+// BF16 and FP32, k <= 64) wherever it takes the problem, the GEMM path otherwise.  The
+// environment's QK_BTK_PATH=gemm|fused sets it at qk_btk_create; this overrides it.
+void qk_btk_set_path(QkBtk *b, int fused);
+// 1 when the last qk_btk_run used the fused kernel; else 0 and, when why != NULL, *why says why.
+int qk_btk_last_path(const QkBtk *b, const char **why);
+
 // Device pointers everywhere (opts->gates, bottom_idx, bottom_val included).  r must be a
 // multiple of 16 (cuBLASLt alignment), ldu >= r a multiple of 4.  Returns once the results are
 // on the device, or -1 with qk_errmsg() naming the call, the kernel or the size.
