@@ -114,6 +114,9 @@ void head_agg_fields(HeadAggregates *g, HeadAggFields *f);
 // Adds x to acc (the same d_sae): the dense fields element by element, and x's heavy-hitter pairs
 // merged into acc's sketch (pair_sketch_merge).  Shards (qkscope merge) and ranks combine this way.
 void head_agg_add(HeadAggregates *acc, const HeadAggregates *x);
+// The dense fields alone: acc += x, and g's set to zero (the sketch and examples untouched).
+void head_agg_add_dense(HeadAggregates *acc, const HeadAggregates *x);
+void head_agg_zero_dense(HeadAggregates *g);
 
 // Analyses head (layer, head) over the batch in `acts` (B windows of T tokens, hook_q / hook_k /
 // ln1 scales of every layer kept) with the layer's SAE code `lc`.  Fills `rec` for every token

@@ -807,7 +807,9 @@ extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
         HeadAggregates *g = &agg[i];
         const size_t m = g->m, n = acc_size((int)m);
         int64_t *h = (int64_t *)malloc(n * 8);
-        cudaError_t e = cudaMemcpy(h, hd->acc, n * 8, cudaMemcpyDeviceToHost);
+        // on the analysis's stream (non-blocking: the legacy stream would not wait for its kernels)
+        cudaError_t e = cudaMemcpyAsync(h, hd->acc, n * 8, cudaMemcpyDeviceToHost, a->st);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(a->st);
         if (e == cudaSuccess) e = cudaMemsetAsync(hd->acc, 0, n * 8, a->st);
         if (e != cudaSuccess) {
             free(h);

@@ -34,10 +34,11 @@
 //                           return qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
 //   analysis_close(an):     qk_ana_cuda_close(dev), then free the activations.
 // With defer_flush = 0 every run adds the batch's dense aggregates to agg (one download of
-// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  Faster: open
-// with defer_flush = 1 and call qk_ana_cuda_flush(dev, agg) only before the aggregates are read
-// (an optional QkBackend hook, called by cmd_run.c before write_aggregates and by agg_comm.c
-// before a rank reduction).  The sketch is updated on the host by every run either way.
+// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  The backend
+// opens with defer_flush = 1 and flushes through QkBackend.analysis_flush, which the pipeline
+// calls before anything reads the aggregates (a shard's close, a rank's totals, the summary; the
+// CPU backend's QK_AGG_DEFER=1 checks those places on the CPU).  The sketch and the examples are
+// updated on the host by every run either way.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
