@@ -24,6 +24,11 @@
 //     ana_pair_sums   grid ceil(N*sp/128)      thread per segment: sum |v|, sum v (double, token
 //                                              order), count; downloaded and merged into the
 //                                              host sketch heaviest first (pair_sketch_add_entry)
+//     ana_pair_examples grid ceil(N*sp/128)    thread per segment: the pair's 4 strongest occurrences
+//     [cub radix sort, stable: |term| desc, token]   (analysis_math.h: the batch's R of
+//     ana_examples_gather grid ceil(1024/128)  pair_examples.h), the first 1024 downloaded and
+//                                              added to the host's examples (composable: the same
+//                                              as adding every candidate)
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -242,6 +247,43 @@ __global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos
     w[s] = ws, sum[s] = vs, count[s] = e1 - e0;
 }
 
+// ---- example contexts of the heavy pairs: the batch's R (pair_examples.h) on the device --------
+
+// Thread per segment slot s < np: the pair's per_pair strongest occurrences (analysis_math.h
+// qk_ana_segment_examples) as sort keys and candidate indices at [s * per_pair, (s+1) * per_pair);
+// slots past the segment count, the empty-slot segment and unfilled places: QK_ANA_EXAMPLE_NONE.
+__global__ void ana_pair_examples(const unsigned long long *key, const uint32_t *pos, const float *val,
+                                  const int32_t *start, const int32_t *nseg, int np, int sp, int per_pair,
+                                  unsigned long long *ex_key, int32_t *ex_idx) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= np) return;
+    int32_t kept[QK_ANA_EXAMPLES_MAX_PER_PAIR];
+    const int live = s < *nseg && key[start[s]] != PAIR_NONE;
+    qk_ana_segment_examples(pos, val, live ? start[s] : 0, live ? start[s + 1] : 0, per_pair, kept);
+#pragma unroll
+    for (int q = 0; q < QK_ANA_EXAMPLES_MAX_PER_PAIR; q++) {  // constant indices: kept[] in registers
+        if (q >= per_pair) break;
+        const size_t o = (size_t)s * per_pair + q;
+        ex_key[o] = kept[q] >= 0 ? qk_ana_example_key(val[kept[q]], (uint32_t)(kept[q] / sp)) : QK_ANA_EXAMPLE_NONE;
+        ex_idx[o] = kept[q];
+    }
+}
+
+// Thread per rank r < capacity of the sorted examples: the candidate's pair, term, token and key
+// position (att_idx (N, a): the query's most attended key); f = -1 past the last.
+__global__ void ana_examples_gather(const unsigned long long *ex_key, const int32_t *ex_idx, int n, int capacity,
+                                    const int32_t *sk_f, const int32_t *sk_g, const float *sk_val, const int32_t *att_idx,
+                                    int sp, int a, int32_t *f, int32_t *g, float *v, int32_t *tok, int32_t *kpos) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= capacity) return;
+    const int e = r < n && ex_key[r] != QK_ANA_EXAMPLE_NONE ? ex_idx[r] : -1;
+    f[r] = e >= 0 ? sk_f[e] : -1;
+    g[r] = e >= 0 ? sk_g[e] : -1;
+    v[r] = e >= 0 ? sk_val[e] : 0.0f;
+    tok[r] = e >= 0 ? e / sp : -1;
+    kpos[r] = e >= 0 ? att_idx[(size_t)(e / sp) * a] : -1;
+}
+
 // ---- state -------------------------------------------------------------------------------------
 
 struct LayerDev {
@@ -289,6 +331,13 @@ struct QkAnaCuda {
     int32_t *phead, *pseg, *pstart, *pnseg, *pf, *pg;
     double *pw, *psum;
     long long *pcnt;
+    // example contexts (device): keys and candidate indices (np * per_pair), sorted copies, and the
+    // batch's first `capacity` (f, g, term, token, key position), staged in pinned host memory
+    unsigned long long *xk, *xk2;
+    int32_t *xi, *xi2, *xf, *xg, *xt, *xj;
+    float *xv;
+    int32_t *h_xf, *h_xg, *h_xt, *h_xj;
+    float *h_xv;
     void *cub_tmp;
     size_t cub_bytes;
     int32_t *h_pf, *h_pg;
@@ -365,6 +414,7 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views);
     cudaFreeHost(a->h_pf), cudaFreeHost(a->h_pg), cudaFreeHost(a->h_pw), cudaFreeHost(a->h_psum);
     cudaFreeHost(a->h_pcnt);
+    cudaFreeHost(a->h_xf), cudaFreeHost(a->h_xg), cudaFreeHost(a->h_xt), cudaFreeHost(a->h_xj), cudaFreeHost(a->h_xv);
     free(a->h_order);
     free(a);
 }
@@ -418,16 +468,28 @@ static int open_buffers(QkAnaCuda *a) {
         ALLOC(a->pf, np, "pair f") || ALLOC(a->pg, np, "pair g") || ALLOC(a->pw, np, "pair weights") ||
         ALLOC(a->psum, np, "pair sums") || ALLOC(a->pcnt, np, "pair counts"))
         return -1;
-    size_t sort_b = 0, scan_b = 0;
+    const size_t nx = np * QK_EXAMPLES_PER_PAIR, cap = QK_EXAMPLES_CAPACITY;
+    if (ALLOC(a->xk, nx, "example keys") || ALLOC(a->xk2, nx, "example keys (sorted)") || ALLOC(a->xi, nx, "example index") ||
+        ALLOC(a->xi2, nx, "example index (sorted)") || ALLOC(a->xf, cap, "examples f") || ALLOC(a->xg, cap, "examples g") ||
+        ALLOC(a->xt, cap, "examples token") || ALLOC(a->xj, cap, "examples key pos") || ALLOC(a->xv, cap, "examples term"))
+        return -1;
+    size_t sort_b = 0, scan_b = 0, sort_x = 0;
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_b, a->pk, a->pk2, a->pp, a->pp2, (int)np, 0, 64, a->st));
     CUDA_TRY(cub::DeviceScan::InclusiveSum(NULL, scan_b, a->phead, a->pseg, (int)np, a->st));
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_x, a->xk, a->xk2, a->xi, a->xi2, (int)nx, 0, 64, a->st));
     a->cub_bytes = sort_b > scan_b ? sort_b : scan_b;
+    if (sort_x > a->cub_bytes) a->cub_bytes = sort_x;
     if (dev_alloc(a, &a->cub_tmp, a->cub_bytes, "cub scratch")) return -1;
     CUDA_TRY(cudaMallocHost((void **)&a->h_pf, np * 4));
     CUDA_TRY(cudaMallocHost((void **)&a->h_pg, np * 4));
     CUDA_TRY(cudaMallocHost((void **)&a->h_pw, np * 8));
     CUDA_TRY(cudaMallocHost((void **)&a->h_psum, np * 8));
     CUDA_TRY(cudaMallocHost((void **)&a->h_pcnt, np * 8));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_xf, cap * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_xg, cap * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_xt, cap * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_xj, cap * 4));
+    CUDA_TRY(cudaMallocHost((void **)&a->h_xv, cap * 4));
     a->h_order = (int *)malloc(np * sizeof(int));
     return 0;
 }
@@ -591,7 +653,12 @@ static int pair_cmp(const void *x, const void *y, void *ctx) {
 
 // The batch's sketch candidates of one head reduced by (f, g) on the device, then merged into the
 // host sketch heaviest first (as pair_sketch_merge): one entry per distinct pair of the batch.
-static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int with_valid, PairSketch *sk) {
+static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int with_valid, HeadAggregates *g) {
+    PairSketch *sk = &g->sketch;
+    static_assert(QK_EXAMPLES_PER_PAIR <= QK_ANA_EXAMPLES_MAX_PER_PAIR, "per-pair examples beyond the device's");
+    if (g->examples.per_pair != QK_EXAMPLES_PER_PAIR || g->examples.capacity != QK_EXAMPLES_CAPACITY)
+        return qk_err("analysis: head %d.%d: examples kept %d per pair, %d in all; the device reduces for %d and %d", l, h,
+                      g->examples.per_pair, g->examples.capacity, QK_EXAMPLES_PER_PAIR, QK_EXAMPLES_CAPACITY);
     const int sp = a->p.o.sketch_pairs, np = N * sp;
     ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(b->sk_f, b->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
     if (launched(a, "ana_pair_keys", l, h, N)) return -1;
@@ -608,6 +675,19 @@ static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int 
     ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
                                                       a->psum, a->pcnt);
     if (launched(a, "ana_pair_sums", l, h, N)) return -1;
+    // The example contexts: each pair's strongest occurrences, then the batch's strongest of those.
+    const int pp = QK_EXAMPLES_PER_PAIR, nx = np * pp, cap = QK_EXAMPLES_CAPACITY;
+    ana_pair_examples<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, np, sp, pp,
+                                                          a->xk, a->xi);
+    if (launched(a, "ana_pair_examples", l, h, N)) return -1;
+    bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->xk, a->xk2, a->xi, a->xi2, nx, 0, 64, a->st));
+    if (launched(a, "cub::DeviceRadixSort::SortPairs (examples)", l, h, N)) return -1;
+    ana_examples_gather<<<blocks(cap, 128), 128, 0, a->st>>>(a->xk2, a->xi2, nx, cap, b->sk_f, b->sk_g, b->sk_val,
+                                                             b->att_idx, sp, a->p.o.a, a->xf, a->xg, a->xv, a->xt, a->xj);
+    if (launched(a, "ana_examples_gather", l, h, N)) return -1;
+    DL(a->h_xf, a->xf, cap); DL(a->h_xg, a->xg, cap); DL(a->h_xv, a->xv, cap); DL(a->h_xt, a->xt, cap);
+    DL(a->h_xj, a->xj, cap);
     int nseg = 0;
     CUDA_TRY(cudaMemcpyAsync(&nseg, a->pnseg, sizeof(int), cudaMemcpyDeviceToHost, a->st));
     if (sync_st(a, "the heavy-pair reduction")) return -1;
@@ -625,6 +705,10 @@ static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int 
     for (int q = 0; q < n; q++) {
         int s = a->h_order[q];
         pair_sketch_add_entry(sk, a->h_pf[s], a->h_pg[s], a->h_pw[s], 0, a->h_psum[s], a->h_pcnt[s]);
+    }
+    for (int r = 0; r < cap && a->h_xf[r] >= 0; r++) {
+        const int t = a->h_xt[r];
+        pair_examples_add(&g->examples, a->h_xf[r], a->h_xg[r], a->h_xv[r], g->window0 + t / a->T, t % a->T, a->h_xj[r]);
     }
     return 0;
 }
@@ -726,7 +810,7 @@ static int head_finish(QkAnaCuda *a, int l, int h, int N, int B, const int32_t *
         if (launched(a, "ana_agg", l, h, N)) return -1;
         ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
         if (launched(a, "ana_carry", l, h, N)) return -1;
-        if (merge_pairs(a, b, l, h, N, valid_len != NULL, &agg[i].sketch)) return -1;
+        if (merge_pairs(a, b, l, h, N, valid_len != NULL, &agg[i])) return -1;
     }
     if (rec && emit) {
         HeadRecords *r = &a->rec[l];

@@ -14,7 +14,10 @@
 // atomics (order-free, so bit-identical run to run), counts and histograms likewise; they stay on
 // the device and are added to the host HeadAggregates by qk_ana_cuda_flush (run flushes after
 // every batch unless opened with defer_flush).  The heavy-pair sketch: each batch's pair
-// candidates are downloaded and added to the host sketch in token order, exactly as the host.
+// candidates are reduced by pair on the device and the distinct pairs merged into the host sketch
+// heaviest first, as pair_sketch_merge.  The example contexts: the batch's R of pair_examples.h
+// (each pair's 4 strongest occurrences, the strongest 1024 of those) computed on the device and
+// added to the host's examples: R is composable, so the result is the host analysis's.
 //
 // Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
 // host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.

@@ -292,8 +292,8 @@ static int cmp_field(const char *name, int head, int H, int T, int q, const void
     return bad;
 }
 
-static void compare(const Case *k, const Capture *got, const Capture *want, const HeadAggregates *ga,
-                    const HeadAggregates *wa) {
+static void compare(const Case *k, const Capture *got, const Capture *want, HeadAggregates *ga,
+                    HeadAggregates *wa) {
     const GPT2Config *c = &k->m.cfg;
     const int H = c->n_head, T = k->plan.T;
     const size_t n_tok = want->n_tok;
@@ -316,7 +316,7 @@ static void compare(const Case *k, const Capture *got, const Capture *want, cons
         }
     }
     for (int i = 0; i < c->n_layer * H; i++) {
-        const HeadAggregates *g = &ga[i], *w = &wa[i];
+        HeadAggregates *g = &ga[i], *w = &wa[i];
         cr_expect_eq(g->queries, w->queries, "%s head %d.%d aggregates: queries %lld, host %lld", k->name, i / H, i % H,
                      (long long)g->queries, (long long)w->queries);
         double gs[N_METRICS], ws[N_METRICS];
@@ -369,6 +369,24 @@ static void compare(const Case *k, const Capture *got, const Capture *want, cons
                       i / H, i % H, e, we[e].f, we[e].g, we[e].weight, at >= 0 ? "has weight" : "lacks it", at >= 0 ? ge[at].weight : 0.0);
         }
         free(ge), free(we);
+        // The example contexts: the device adds each batch's R (its 4 strongest per pair, the
+        // strongest 1024 of those), the host every candidate; R is composable, so both hold the
+        // same examples up to near-equal terms: the host's strongest 3 must be the device's.
+        const int xg = pair_examples_finish(&g->examples), xw = pair_examples_finish(&w->examples);
+        cr_expect(xg == xw, "%s head %d.%d examples (ana_pair_examples, ana_examples_gather): %d kept, host %d", k->name,
+                  i / H, i % H, xg, xw);
+        for (int e = 0; e < 3 && e < xw; e++) {
+            const PairExample *a = &w->examples.e[e];
+            int at = -1;
+            for (int u = 0; u < xg && at < 0; u++) {
+                const PairExample *b = &g->examples.e[u];
+                if (b->f == a->f && b->g == a->g && b->window == a->window && b->qpos == a->qpos && b->kpos == a->kpos) at = u;
+            }
+            cr_expect(at >= 0 && fabsf(g->examples.e[at].term - a->term) <= TOL * fabsf(a->term) + 1e-6f,
+                      "%s head %d.%d host's example %d ((%d, %d), window %lld, i %d, j %d, term %.9g): device %s %.9g",
+                      k->name, i / H, i % H, e, a->f, a->g, (long long)a->window, a->qpos, a->kpos, a->term,
+                      at >= 0 ? "has term" : "lacks it", at >= 0 ? g->examples.e[at].term : 0.0f);
+        }
     }
 }
 
