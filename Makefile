@@ -100,8 +100,9 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(FLAGS
 	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
 	scripts/check_ptxas.sh --log $(@:.o=.ptxas) $< > /dev/null || { scripts/check_ptxas.sh --log $(@:.o=.ptxas) $<; rm -f $@; exit 1; }
 # The device analysis: -fmad=false so every expression rounds as written, as the host's
-# -ffp-contract=off (kernels/analysis_math.h is shared with the CPU suite).
-$(BUILD)/kernels/analysis_cuda.o: NVCC_EXTRA := -fmad=false
+# -ffp-contract=off (kernels/analysis_math.h is shared with the CPU suite); OpenMP for the host
+# merges of a layer's heads' sketches, in parallel.
+$(BUILD)/kernels/analysis_cuda.o: NVCC_EXTRA := -fmad=false -Xcompiler -fopenmp
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)

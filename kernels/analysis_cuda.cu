@@ -247,7 +247,50 @@ __global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos
     w[s] = ws, sum[s] = vs, count[s] = e1 - e0;
 }
 
+// Thread per segment slot s < np: the merge order of the batch's distinct pairs as an ascending
+// key, weight descending (w >= 0: its bits rise with it), slot s as the value; a stable sort keeps
+// (f, g) order on equal weights (pair_sketch_sorted's order).  Past the segments and the empty
+// slots' segment: ~0, last.
+__global__ void ana_pair_wkeys(const int32_t *f, const double *w, const int32_t *nseg, int np, unsigned long long *key,
+                               int32_t *slot) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= np) return;
+    key[s] = s < *nseg && f[s] >= 0 ? ~(unsigned long long)__double_as_longlong(w[s]) : ~0ull;
+    slot[s] = s;
+}
+
+// The first `top` pairs in merge order into the head's download buffers (f = -1 past the last),
+// and rest[0] = the summed weight of the others (one block, a fixed order: the same bits every
+// run), which the sketch's total takes.
+#define PAIR_TOP_THREADS 256
+__global__ void __launch_bounds__(PAIR_TOP_THREADS)
+ana_pair_top(const int32_t *slot, const int32_t *nseg, int np, int top, const int32_t *f, const int32_t *g,
+             const double *w, const double *sum, const long long *count, int32_t *of, int32_t *og, double *ow,
+             double *osum, long long *ocount, double *rest) {
+    __shared__ double part[PAIR_TOP_THREADS];
+    const int n = *nseg;
+    for (int r = threadIdx.x; r < top; r += blockDim.x) {
+        const int s = r < np ? slot[r] : -1, live = s >= 0 && s < n && f[s] >= 0;
+        of[r] = live ? f[s] : -1, og[r] = live ? g[s] : -1;
+        ow[r] = live ? w[s] : 0, osum[r] = live ? sum[s] : 0, ocount[r] = live ? count[s] : 0;
+    }
+    double acc = 0;
+    for (int r = top + threadIdx.x; r < np; r += blockDim.x) {
+        const int s = slot[r];
+        if (s < n && f[s] >= 0) acc += w[s];
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int h = PAIR_TOP_THREADS / 2; h > 0; h /= 2) {
+        if (threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) rest[0] = part[0];
+}
+
 // ---- example contexts of the heavy pairs: the batch's R (pair_examples.h) on the device --------
+
+static_assert(QK_EXAMPLES_PER_PAIR <= QK_ANA_EXAMPLES_MAX_PER_PAIR, "per-pair examples beyond the device's");
 
 // Thread per segment slot s < np: the pair's per_pair strongest occurrences (analysis_math.h
 // qk_ana_segment_examples) as sort keys and candidate indices at [s * per_pair, (s+1) * per_pair);
@@ -307,6 +350,20 @@ struct HeadBuf {
         *sk_val, *pt_v, *pattern, *pattern_hat;
 };
 
+// One head's per-batch results for the host's sketch and examples: the `top` heaviest distinct
+// pairs in merge order and the rest's weight; the batch's strongest examples.  Device d_*, pinned
+// host h_* (a layer's heads download together, then merge on the host in parallel).
+struct PairOut {
+    int32_t *d_f, *d_g, *d_xf, *d_xg, *d_xt, *d_xj, *d_nseg;
+    double *d_w, *d_sum, *d_rest;
+    long long *d_cnt;
+    float *d_xv;
+    int32_t *h_f, *h_g, *h_xf, *h_xg, *h_xt, *h_xj, *h_nseg;
+    double *h_w, *h_sum, *h_rest;
+    long long *h_cnt;
+    float *h_xv;
+};
+
 struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
@@ -331,19 +388,15 @@ struct QkAnaCuda {
     int32_t *phead, *pseg, *pstart, *pnseg, *pf, *pg;
     double *pw, *psum;
     long long *pcnt;
-    // example contexts (device): keys and candidate indices (np * per_pair), sorted copies, and the
-    // batch's first `capacity` (f, g, term, token, key position), staged in pinned host memory
+    unsigned long long *wk, *wk2;  // (np) merge-order keys, sorted
+    int32_t *ws, *ws2;             // (np) their segment slots, sorted
+    // example contexts: keys and candidate indices (np * per_pair), sorted copies
     unsigned long long *xk, *xk2;
-    int32_t *xi, *xi2, *xf, *xg, *xt, *xj;
-    float *xv;
-    int32_t *h_xf, *h_xg, *h_xt, *h_xj;
-    float *h_xv;
+    int32_t *xi, *xi2;
     void *cub_tmp;
     size_t cub_bytes;
-    int32_t *h_pf, *h_pg;
-    double *h_pw, *h_psum;
-    long long *h_pcnt;
-    int *h_order;
+    int top;                       // pairs merged per head and batch: min(sketch_capacity, N * sketch_pairs)
+    PairOut *out;                  // (H) a layer's heads' downloads (device and pinned host)
     // every device allocation, freed at close
     void **allocs;
     int n_allocs, cap_allocs;
@@ -411,11 +464,12 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     if (a->rec)
         for (int l = 0; l < a->L; l++)
             if (a->rec[l].n) head_records_free(&a->rec[l]);
-    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views);
-    cudaFreeHost(a->h_pf), cudaFreeHost(a->h_pg), cudaFreeHost(a->h_pw), cudaFreeHost(a->h_psum);
-    cudaFreeHost(a->h_pcnt);
-    cudaFreeHost(a->h_xf), cudaFreeHost(a->h_xg), cudaFreeHost(a->h_xt), cudaFreeHost(a->h_xj), cudaFreeHost(a->h_xv);
-    free(a->h_order);
+    for (int h = 0; a->out && h < a->H; h++) {
+        PairOut *q = &a->out[h];
+        void *hp[12] = {q->h_f, q->h_g, q->h_w, q->h_sum, q->h_cnt, q->h_rest, q->h_nseg, q->h_xf, q->h_xg, q->h_xt, q->h_xj, q->h_xv};
+        for (int u = 0; u < 12; u++) cudaFreeHost(hp[u]);
+    }
+    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views), free(a->out);
     free(a);
 }
 
@@ -470,27 +524,43 @@ static int open_buffers(QkAnaCuda *a) {
         return -1;
     const size_t nx = np * QK_EXAMPLES_PER_PAIR, cap = QK_EXAMPLES_CAPACITY;
     if (ALLOC(a->xk, nx, "example keys") || ALLOC(a->xk2, nx, "example keys (sorted)") || ALLOC(a->xi, nx, "example index") ||
-        ALLOC(a->xi2, nx, "example index (sorted)") || ALLOC(a->xf, cap, "examples f") || ALLOC(a->xg, cap, "examples g") ||
-        ALLOC(a->xt, cap, "examples token") || ALLOC(a->xj, cap, "examples key pos") || ALLOC(a->xv, cap, "examples term"))
+        ALLOC(a->xi2, nx, "example index (sorted)") || ALLOC(a->wk, np, "pair merge keys") ||
+        ALLOC(a->wk2, np, "pair merge keys (sorted)") || ALLOC(a->ws, np, "pair merge slots") ||
+        ALLOC(a->ws2, np, "pair merge slots (sorted)"))
         return -1;
-    size_t sort_b = 0, scan_b = 0, sort_x = 0;
+    a->top = o->sketch_capacity < (int)np ? o->sketch_capacity : (int)np;
+    const size_t top = a->top;
+    a->out = (PairOut *)calloc(a->H, sizeof(PairOut));
+    for (int h = 0; h < a->H; h++) {
+        PairOut *q = &a->out[h];
+        if (ALLOC(q->d_f, top, "merged pairs f") || ALLOC(q->d_g, top, "merged pairs g") || ALLOC(q->d_w, top, "merged pairs w") ||
+            ALLOC(q->d_sum, top, "merged pairs sum") || ALLOC(q->d_cnt, top, "merged pairs count") ||
+            ALLOC(q->d_rest, 1, "pairs' rest weight") || ALLOC(q->d_nseg, 1, "pair count") ||
+            ALLOC(q->d_xf, cap, "examples f") || ALLOC(q->d_xg, cap, "examples g") || ALLOC(q->d_xt, cap, "examples token") ||
+            ALLOC(q->d_xj, cap, "examples key pos") || ALLOC(q->d_xv, cap, "examples term"))
+            return -1;
+        CUDA_TRY(cudaMallocHost((void **)&q->h_f, top * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_g, top * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_w, top * 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_sum, top * 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_cnt, top * 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_rest, 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_nseg, 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xf, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xg, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xt, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xj, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xv, cap * 4));
+    }
+    size_t sort_b = 0, scan_b = 0, sort_x = 0, sort_w = 0;
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_b, a->pk, a->pk2, a->pp, a->pp2, (int)np, 0, 64, a->st));
     CUDA_TRY(cub::DeviceScan::InclusiveSum(NULL, scan_b, a->phead, a->pseg, (int)np, a->st));
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_x, a->xk, a->xk2, a->xi, a->xi2, (int)nx, 0, 64, a->st));
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_w, a->wk, a->wk2, a->ws, a->ws2, (int)np, 0, 64, a->st));
     a->cub_bytes = sort_b > scan_b ? sort_b : scan_b;
     if (sort_x > a->cub_bytes) a->cub_bytes = sort_x;
+    if (sort_w > a->cub_bytes) a->cub_bytes = sort_w;
     if (dev_alloc(a, &a->cub_tmp, a->cub_bytes, "cub scratch")) return -1;
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pf, np * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pg, np * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pw, np * 8));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_psum, np * 8));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pcnt, np * 8));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_xf, cap * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_xg, cap * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_xt, cap * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_xj, cap * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_xv, cap * 4));
-    a->h_order = (int *)malloc(np * sizeof(int));
     return 0;
 }
 
@@ -642,23 +712,13 @@ static int download_records(QkAnaCuda *a, const HeadBuf *b, HeadRecords *r, int 
     return sync_st(a, "the records' download");
 }
 
-// Heaviest first, ties: lower f, then lower g (pair_sketch_sorted's order); ctx: the QkAnaCuda.
-static int pair_cmp(const void *x, const void *y, void *ctx) {
-    const QkAnaCuda *a = (const QkAnaCuda *)ctx;
-    int i = *(const int *)x, j = *(const int *)y;
-    if (a->h_pw[i] != a->h_pw[j]) return a->h_pw[i] > a->h_pw[j] ? -1 : 1;
-    if (a->h_pf[i] != a->h_pf[j]) return a->h_pf[i] < a->h_pf[j] ? -1 : 1;
-    return (a->h_pg[i] > a->h_pg[j]) - (a->h_pg[i] < a->h_pg[j]);
-}
-
-// The batch's sketch candidates of one head reduced by (f, g) on the device, then merged into the
-// host sketch heaviest first (as pair_sketch_merge): one entry per distinct pair of the batch.
-static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int with_valid, HeadAggregates *g) {
-    PairSketch *sk = &g->sketch;
-    static_assert(QK_EXAMPLES_PER_PAIR <= QK_ANA_EXAMPLES_MAX_PER_PAIR, "per-pair examples beyond the device's");
-    if (g->examples.per_pair != QK_EXAMPLES_PER_PAIR || g->examples.capacity != QK_EXAMPLES_CAPACITY)
-        return qk_err("analysis: head %d.%d: examples kept %d per pair, %d in all; the device reduces for %d and %d", l, h,
-                      g->examples.per_pair, g->examples.capacity, QK_EXAMPLES_PER_PAIR, QK_EXAMPLES_CAPACITY);
+// Enqueues, for the layer's head slot h (b = its buffers, q = its downloads): the batch's sketch
+// candidates reduced by (f, g) (sorted by pair, token order kept inside a pair), the distinct
+// pairs sorted into merge order (weight descending, then f, g: pair_sketch_sorted's order) of
+// which the heaviest a->top are downloaded with the others' summed weight, and the example
+// contexts (the batch's R of pair_examples.h).  Nothing waits: merge_pairs reads q after the
+// layer's sync.
+static int pairs_enqueue(QkAnaCuda *a, const HeadBuf *b, PairOut *q, int l, int h, int N, int with_valid) {
     const int sp = a->p.o.sketch_pairs, np = N * sp;
     ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(b->sk_f, b->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
     if (launched(a, "ana_pair_keys", l, h, N)) return -1;
@@ -675,6 +735,16 @@ static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int 
     ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
                                                       a->psum, a->pcnt);
     if (launched(a, "ana_pair_sums", l, h, N)) return -1;
+    // merge order on the device; the host merges only the heaviest a->top (sketch_capacity)
+    ana_pair_wkeys<<<blocks(np, 256), 256, 0, a->st>>>(a->pf, a->pw, a->pnseg, np, a->wk, a->ws);
+    if (launched(a, "ana_pair_wkeys", l, h, N)) return -1;
+    bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->wk, a->wk2, a->ws, a->ws2, np, 0, 64, a->st));
+    if (launched(a, "cub::DeviceRadixSort::SortPairs (merge order)", l, h, N)) return -1;
+    ana_pair_top<<<1, PAIR_TOP_THREADS, 0, a->st>>>(a->ws2, a->pnseg, np, a->top, a->pf, a->pg, a->pw, a->psum, a->pcnt,
+                                                    q->d_f, q->d_g, q->d_w, q->d_sum, q->d_cnt, q->d_rest);
+    if (launched(a, "ana_pair_top", l, h, N)) return -1;
+    CUDA_TRY(cudaMemcpyAsync(q->d_nseg, a->pnseg, 4, cudaMemcpyDeviceToDevice, a->st));
     // The example contexts: each pair's strongest occurrences, then the batch's strongest of those.
     const int pp = QK_EXAMPLES_PER_PAIR, nx = np * pp, cap = QK_EXAMPLES_CAPACITY;
     ana_pair_examples<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, np, sp, pp,
@@ -684,33 +754,29 @@ static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int 
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->xk, a->xk2, a->xi, a->xi2, nx, 0, 64, a->st));
     if (launched(a, "cub::DeviceRadixSort::SortPairs (examples)", l, h, N)) return -1;
     ana_examples_gather<<<blocks(cap, 128), 128, 0, a->st>>>(a->xk2, a->xi2, nx, cap, b->sk_f, b->sk_g, b->sk_val,
-                                                             b->att_idx, sp, a->p.o.a, a->xf, a->xg, a->xv, a->xt, a->xj);
+                                                             b->att_idx, sp, a->p.o.a, q->d_xf, q->d_xg, q->d_xv, q->d_xt,
+                                                             q->d_xj);
     if (launched(a, "ana_examples_gather", l, h, N)) return -1;
-    DL(a->h_xf, a->xf, cap); DL(a->h_xg, a->xg, cap); DL(a->h_xv, a->xv, cap); DL(a->h_xt, a->xt, cap);
-    DL(a->h_xj, a->xj, cap);
-    int nseg = 0;
-    CUDA_TRY(cudaMemcpyAsync(&nseg, a->pnseg, sizeof(int), cudaMemcpyDeviceToHost, a->st));
-    if (sync_st(a, "the heavy-pair reduction")) return -1;
-    if (nseg < 1 || nseg > np) return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
-    CUDA_TRY(cudaMemcpyAsync(a->h_pf, a->pf, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_pg, a->pg, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_pw, a->pw, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_psum, a->psum, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_pcnt, a->pcnt, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
-    if (sync_st(a, "the heavy pairs' download")) return -1;
-    int n = 0;
-    for (int s = 0; s < nseg; s++)
-        if (a->h_pf[s] >= 0) a->h_order[n++] = s;
-    qsort_r(a->h_order, n, sizeof(int), pair_cmp, a);
-    for (int q = 0; q < n; q++) {
-        int s = a->h_order[q];
-        pair_sketch_add_entry(sk, a->h_pf[s], a->h_pg[s], a->h_pw[s], 0, a->h_psum[s], a->h_pcnt[s]);
-    }
-    for (int r = 0; r < cap && a->h_xf[r] >= 0; r++) {
-        const int t = a->h_xt[r];
-        pair_examples_add(&g->examples, a->h_xf[r], a->h_xg[r], a->h_xv[r], g->window0 + t / a->T, t % a->T, a->h_xj[r]);
-    }
+    const int top = a->top;
+    DL(q->h_f, q->d_f, top); DL(q->h_g, q->d_g, top); DL(q->h_w, q->d_w, top); DL(q->h_sum, q->d_sum, top);
+    DL(q->h_cnt, q->d_cnt, top); DL(q->h_rest, q->d_rest, 1); DL(q->h_nseg, q->d_nseg, 1);
+    DL(q->h_xf, q->d_xf, cap); DL(q->h_xg, q->d_xg, cap); DL(q->h_xv, q->d_xv, cap); DL(q->h_xt, q->d_xt, cap);
+    DL(q->h_xj, q->d_xj, cap);
     return 0;
+}
+
+// After the layer's sync: head slot h's downloads merged into its sketch (heaviest first, as
+// pair_sketch_merge; the pairs past a->top count in the total only) and its examples.  Touches
+// only g: the layer's heads run this in parallel.
+static void merge_pairs(const QkAnaCuda *a, const PairOut *q, HeadAggregates *g) {
+    PairSketch *sk = &g->sketch;
+    for (int r = 0; r < a->top && q->h_f[r] >= 0; r++)
+        pair_sketch_add_entry(sk, q->h_f[r], q->h_g[r], q->h_w[r], 0, q->h_sum[r], q->h_cnt[r]);
+    pair_sketch_add_pruned(sk, *q->h_rest);
+    for (int r = 0; r < QK_EXAMPLES_CAPACITY && q->h_xf[r] >= 0; r++) {
+        const int t = q->h_xt[r];
+        pair_examples_add(&g->examples, q->h_xf[r], q->h_xg[r], q->h_xv[r], g->window0 + t / a->T, t % a->T, q->h_xj[r]);
+    }
 }
 
 // Head (l, h)'s vectors: Q, K, EQ, EK, QF, KF.
@@ -792,36 +858,62 @@ static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N)
     return 0;
 }
 
-// Head (l, h) after ana_query: aggregates, heavy pairs, records.
-static int head_finish(QkAnaCuda *a, int l, int h, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
-                       QkRecordsFn emit, void *emit_ctx) {
-    const AnalysisPlan *p = &a->p;
-    const AnalysisOpts *o = &p->o;
-    const LayerDev *ld = &a->lay[l];
-    const QkSae *s = ld->sae;
-    const int i = l * a->H + h, rec = p->recorded[i], T = a->T, m = s->d_sae, S = ld->S;
-    const HeadDev *hd = &a->head[i];
+// Head (l, h) after ana_query: its aggregates' kernels, then its pair reductions and their
+// downloads enqueued (pairs_enqueue); nothing waits.
+static int head_aggregate(QkAnaCuda *a, int l, int h, int N, const int32_t *valid_len) {
+    const AnalysisOpts *o = &a->p.o;
+    const int i = l * a->H + h, m = a->lay[l].sae->d_sae;
     const HeadBuf *b = &a->hb[h];
-    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
+    AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
+                 N, a->T, a->lay[l].S, o->a, a->head[i].acc, m};
+    ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
+    if (launched(a, "ana_agg", l, h, N)) return -1;
+    ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(a->head[i].acc, m);
+    if (launched(a, "ana_carry", l, h, N)) return -1;
+    return pairs_enqueue(a, b, &a->out[h], l, h, N, valid_len != NULL);
+}
+
+// Recorded head (l, h): its records downloaded and handed to emit.
+static int head_records(QkAnaCuda *a, int l, int h, int N, int B, QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const QkSae *s = a->lay[l].sae;
+    HeadRecords *r = &a->rec[l];
+    const int enc = p->encoder && r->enc, es = qk_sae_slots(s, p->o.enc_slots), enc_alloc = r->enc;
+    r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
+    int rc = download_records(a, &a->hb[h], r, N, a->lay[l].S, es);
+    if (!rc) rc = emit(emit_ctx, l, h, r, B);
+    r->enc = enc_alloc;
+    return rc ? -1 : 0;
+}
+
+// Layer l's heads after ana_query: every analysed head's aggregates and pair reductions enqueued,
+// one wait, the host merges of the heads' sketches and examples in parallel (each touches only its
+// own head's aggregates), then the recorded heads' records in head order.
+static int layer_finish(QkAnaCuda *a, int l, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
+                        QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const int H = a->H;
     if (agg) {
-        AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
-                     N, T, S, o->a, hd->acc, m};
-        ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
-        if (launched(a, "ana_agg", l, h, N)) return -1;
-        ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
-        if (launched(a, "ana_carry", l, h, N)) return -1;
-        if (merge_pairs(a, b, l, h, N, valid_len != NULL, &agg[i])) return -1;
+        for (int h = 0; h < H; h++)
+            if (p->analysed[l * H + h] && head_aggregate(a, l, h, N, valid_len)) return -1;
+        if (sync_st(a, "the layer's aggregates and heavy pairs")) return -1;
+        for (int h = 0; h < H; h++) {  // checked first: the parallel merges cannot fail
+            const int i = l * H + h, nseg = *a->out[h].h_nseg, np = N * p->o.sketch_pairs;
+            if (!p->analysed[i]) continue;
+            if (nseg < 1 || nseg > np)
+                return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
+            if (agg[i].examples.per_pair != QK_EXAMPLES_PER_PAIR || agg[i].examples.capacity != QK_EXAMPLES_CAPACITY)
+                return qk_err("analysis: head %d.%d: examples kept %d per pair, %d in all; the device reduces for %d and %d",
+                              l, h, agg[i].examples.per_pair, agg[i].examples.capacity, QK_EXAMPLES_PER_PAIR,
+                              QK_EXAMPLES_CAPACITY);
+        }
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int h = 0; h < H; h++)
+            if (p->analysed[l * H + h]) merge_pairs(a, &a->out[h], &agg[l * H + h]);
     }
-    if (rec && emit) {
-        HeadRecords *r = &a->rec[l];
-        int enc_alloc = r->enc;
-        r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
-        int rc = download_records(a, b, r, N, S, es);
-        if (!rc) rc = emit(emit_ctx, l, h, r, B);
-        r->enc = enc_alloc;
-        if (rc) return -1;
-    }
-    return sync_st(a, "the head's kernels");
+    for (int h = 0; emit && h < H; h++)
+        if (p->recorded[l * H + h] && head_records(a, l, h, N, B, emit, emit_ctx)) return -1;
+    return 0;
 }
 
 // ana_query over the analysed heads of layer l, one launch (grid.y: the heads).
@@ -855,12 +947,11 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
         for (int h = 0; h < a->H; h++)
             if (p->analysed[l * a->H + h] && head_rows(a, l, h, &acts[l], N)) return -1;
         if (layer_queries(a, l, N)) return -1;
-        for (int h = 0; h < a->H; h++)
-            if (p->analysed[l * a->H + h] && head_finish(a, l, h, N, B, valid_len, agg, emit, emit_ctx)) return -1;
+        if (layer_finish(a, l, N, B, valid_len, agg, emit, emit_ctx)) return -1;
         if (seconds) seconds[QK_STAGE_HEADS] += qk_now() - t;
     }
     if (agg && !a->defer) return qk_ana_cuda_flush(a, agg);
-    return 0;
+    return sync_st(a, "the batch's analysis");
 }
 
 // Adds a downloaded accumulator (acc_size(g->m) int64) to g, normalising the exact sums.
