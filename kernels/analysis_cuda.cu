@@ -3,7 +3,10 @@
 //   ana_normalise   grid ceil(N/128) x 128     thread per token: z (N, C), scale, shift (N)
 //   [qk_btk_run]    z (N, C) x W_encT (m, C)   the SAE activation: idx/val (N, S), n_active (N)
 //   ana_err         grid ceil(N*C/256) x 256   thread per (n, t): live (N), err (N, C)
-//   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK, QF, KF (N, dh)
+//   [cublasSgemm]   err (N, C) x Wqk (C, 2 H dh)   the error projections of all the layer's heads
+//                                              at once: EQK (N, 2 H dh), fp32 (no TF32)
+//   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK (EQK's
+//                                              columns / sigma), QF, KF (N, dh)
 //   [qk_btk_run]    H x (Q (N, dh) x Kd (m, dh))  look-for top-k / bottom-k (H, N, k): the
 //                                              layer's heads as one batched top-k
 //   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
@@ -29,6 +32,7 @@
 //     ana_examples_gather grid ceil(1024/128)  pair_examples.h), the first 1024 downloaded and
 //                                              added to the host's examples (composable: the same
 //                                              as adding every candidate)
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -84,9 +88,11 @@ __global__ void ana_err(const float *x, long long ldx, int N, int C, const int32
 struct HeadVecArgs {
     const float *q, *k;  // hook pointers at the head's first column
     long long ld;
-    const float *err, *sigma, *scale, *val, *Wq, *Wk, *Qd, *Kd;
+    const float *eq, *ek;  // EQK's columns of the head's e Wq~ and e Wk~ (row stride ld_e)
+    long long ld_e;
+    const float *sigma, *scale, *val, *Qd, *Kd;
     const int32_t *idx, *live;
-    int N, C, dh, S;
+    int N, dh, S;
     float inv;
     float *Q, *K, *EQ, *EK, *QF, *KF, *ainv;
 };
@@ -97,9 +103,8 @@ __global__ void ana_head_vec(const HeadVecArgs p) {
     int n = (int)(e / p.dh), d = (int)(e % p.dh);
     p.Q[e] = p.q[(size_t)n * p.ld + d];
     p.K[e] = p.k[(size_t)n * p.ld + d];
-    const float *er = p.err + (size_t)n * p.C;
-    p.EQ[e] = qk_ana_err_proj(er, p.C, p.Wq, p.dh, d, p.sigma[n]);
-    p.EK[e] = qk_ana_err_proj(er, p.C, p.Wk, p.dh, d, p.sigma[n]);
+    p.EQ[e] = p.eq[(size_t)n * p.ld_e + d] / p.sigma[n];  // as the host: the product, then / sigma
+    p.EK[e] = p.ek[(size_t)n * p.ld_e + d] / p.sigma[n];
     float sc = p.scale[n] / p.sigma[n];
     const int32_t *ix = p.idx + (size_t)n * p.S;
     const float *vl = p.val + (size_t)n * p.S;
@@ -334,10 +339,11 @@ struct LayerDev {
     int S, any_rec;
     float *W_encT, *c_enc, *gates, *W_dec, *b_dec;
     float *Kd;  // (H, m, dh): the heads' Kd, one batched look-for (zeros for heads not analysed)
+    float *Wqk;  // (C, 2 H dh): every head's Wq~, then every head's Wk~ (zeros for heads not analysed)
 };
 
 struct HeadDev {
-    float *Wq, *Wk, *bq, *bk, *Qd, *Kd, *qb, *kb, *E, *G;
+    float *bq, *bk, *Qd, *Kd, *qb, *kb, *E, *G;
     int64_t *acc;
 };
 
@@ -375,6 +381,9 @@ struct QkAnaCuda {
     HeadRecords *rec;  // (L) host records, as host/analysis_batch.c
     // batch buffers (device)
     float *z, *err, *val, *scale, *shift;
+    float *EQK;                   // (Nmax, 2 H dh): err Wqk, the layer's error projections
+    cublasHandle_t blas;          // on st; fp32 GEMMs (the error projections)
+    float *h_wqk;                 // (C, 2 H dh) host staging of a layer's Wqk
     int32_t *idx, *nact, *live;
     int32_t *vlen;
     HeadBuf *hb;                  // (H) a layer's heads, analysed together
@@ -469,7 +478,8 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
         void *hp[12] = {q->h_f, q->h_g, q->h_w, q->h_sum, q->h_cnt, q->h_rest, q->h_nseg, q->h_xf, q->h_xg, q->h_xt, q->h_xj, q->h_xv};
         for (int u = 0; u < 12; u++) cudaFreeHost(hp[u]);
     }
-    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views), free(a->out);
+    if (a->blas) cublasDestroy(a->blas);
+    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views), free(a->out), free(a->h_wqk);
     free(a);
 }
 
@@ -477,7 +487,7 @@ static int open_buffers(QkAnaCuda *a) {
     const AnalysisOpts *o = &a->p.o;
     const size_t N = a->Nmax, C = a->C, dh = a->dh, S = a->S_max, T = a->T;
     const size_t na = N * o->a;
-    if (ALLOC(a->z, N * C, "z") || ALLOC(a->err, N * C, "err") || ALLOC(a->val, N * S, "code val") ||
+    if (ALLOC(a->z, N * C, "z") || ALLOC(a->err, N * C, "err") || ALLOC(a->EQK, N * 2 * a->H * dh, "EQK") || ALLOC(a->val, N * S, "code val") ||
         ALLOC(a->idx, N * S, "code idx") || ALLOC(a->nact, N, "n_active") || ALLOC(a->live, N, "live") ||
         ALLOC(a->scale, N, "scale") || ALLOC(a->shift, N, "shift"))
         return -1;
@@ -578,7 +588,10 @@ static int open_weights(QkAnaCuda *a) {
             upload(a, &ld->gates, s->gates, m, "gates") || upload(a, &ld->W_dec, s->W_dec, m * C, "W_dec") ||
             upload(a, &ld->b_dec, s->b_dec, C, "b_dec"))
             return -1;
-        const size_t mdh = m * dh;
+        const size_t mdh = m * dh, nqk = (size_t)C * 2 * a->H * dh;
+        if (!a->h_wqk) a->h_wqk = (float *)malloc(nqk * sizeof(float));
+        float *wqk = a->h_wqk;
+        memset(wqk, 0, nqk * sizeof(float));
         if (dev_alloc(a, (void **)&ld->Kd, a->H * mdh * sizeof(float), "Kd (all heads)")) return -1;
         CUDA_TRY(cudaMemset(ld->Kd, 0, a->H * mdh * sizeof(float)));
         for (int h = 0; h < a->H; h++) {
@@ -589,8 +602,12 @@ static int open_weights(QkAnaCuda *a) {
             HeadDev *hd = &a->head[i];
             hd->Kd = ld->Kd + h * mdh;
             CUDA_TRY(cudaMemcpy(hd->Kd, t->Kd, mdh * sizeof(float), cudaMemcpyHostToDevice));
-            if (upload(a, &hd->Wq, t->qk.Wq, (size_t)C * dh, "Wq~") || upload(a, &hd->Wk, t->qk.Wk, (size_t)C * dh, "Wk~") ||
-                upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
+            for (int c = 0; c < C; c++)  // the head's columns of Wqk
+                for (int d = 0; d < dh; d++) {
+                    wqk[(size_t)c * 2 * a->H * dh + h * dh + d] = t->qk.Wq[(size_t)c * dh + d];
+                    wqk[(size_t)c * 2 * a->H * dh + (a->H + h) * dh + d] = t->qk.Wk[(size_t)c * dh + d];
+                }
+            if (upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
                 upload(a, &hd->Qd, t->Qd, m * dh, "Qd") ||
                 upload(a, &hd->qb, t->qb, dh, "qb") || upload(a, &hd->kb, t->kb, dh, "kb") ||
                 upload(a, &hd->G, t->G, (size_t)dh * dh, "G"))
@@ -599,6 +616,7 @@ static int open_weights(QkAnaCuda *a) {
             if (dev_alloc(a, (void **)&hd->acc, acc_size((int)m) * 8, "aggregates")) return -1;
             CUDA_TRY(cudaMemset(hd->acc, 0, acc_size((int)m) * 8));
         }
+        if (upload(a, &ld->Wqk, wqk, nqk, "Wq~ and Wk~ of the layer's heads")) return -1;
     }
     return 0;
 }
@@ -646,6 +664,14 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     }
     if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking) != cudaSuccess) {
         qk_err("qk_ana_cuda_open: device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    cublasStatus_t bs = cublasCreate(&a->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(a->blas, a->st);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetMathMode(a->blas, CUBLAS_DEFAULT_MATH);  // fp32: no TF32
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        qk_err("qk_ana_cuda_open: cuBLAS handle on device %d: %s", device, cublasGetStatusString(bs));
         qk_ana_cuda_close(a);
         return NULL;
     }
@@ -779,16 +805,30 @@ static void merge_pairs(const QkAnaCuda *a, const PairOut *q, HeadAggregates *g)
     }
 }
 
+// Layer l's error projections for all its heads in one fp32 GEMM (row-major EQK = err Wqk, as
+// column-major EQK^T = Wqk^T err^T); the host's are qk_gemm's, equal within float rounding.
+static int layer_err_proj(QkAnaCuda *a, int l, int N) {
+    const int M = 2 * a->H * a->dh, C = a->C;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = cublasSgemm(a->blas, CUBLAS_OP_N, CUBLAS_OP_N, M, N, C, &one, a->lay[l].Wqk, M, a->err, C, &zero,
+                                   a->EQK, M);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return qk_err("analysis: cublasSgemm (error projections of layer %d: %d x %d x %d): %s", l, N, M, C,
+                      cublasGetStatusString(s));
+    return launched(a, "cublasSgemm (error projections)", l, -1, N);
+}
+
 // Head (l, h)'s vectors: Q, K, EQ, EK, QF, KF.
 static int head_prep(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
     HeadBuf *b = &a->hb[h];
     const LayerDev *ld = &a->lay[l];
-    const int dh = a->dh, C = a->C, S = ld->S;
+    const int dh = a->dh, S = ld->S;
     const HeadDev *hd = &a->head[l * a->H + h];
     const float inv = 1.0f / sqrtf((float)dh);
-    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
-                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF,
-                      b->ainv};
+    const long long ld_e = 2LL * a->H * dh;
+    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->EQK + (size_t)h * dh,
+                      a->EQK + (size_t)(a->H + h) * dh, ld_e, x->sigma, a->scale, a->val, hd->Qd, hd->Kd, a->idx, a->live,
+                      N, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF, b->ainv};
     ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
     return launched(a, "ana_head_vec", l, h, N);
 }
@@ -938,7 +978,7 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     for (int l = 0; l < a->L; l++) {
         if (!p->sae[l]) continue;
         double t = qk_now();
-        if (layer_code(a, l, &acts[l], N) || sync_st(a, "the SAE code")) return -1;
+        if (layer_code(a, l, &acts[l], N) || layer_err_proj(a, l, N) || sync_st(a, "the SAE code")) return -1;
         if (seconds) seconds[QK_STAGE_SAE] += qk_now() - t;
         t = qk_now();
         for (int h = 0; h < a->H; h++)

@@ -20,7 +20,9 @@
 // added to the host's examples: R is composable, so the result is the host analysis's.
 //
 // Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
-// host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
+// host/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open;
+// the error projections e Wq~, e Wk~ of a layer's heads are one cuBLAS fp32 GEMM (no TF32; another
+// summation order than qk_gemm: equal within float rounding).
 //
 // Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
 //   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 0); allocate the forward's

@@ -86,13 +86,6 @@ QK_HD void qk_ana_proj_scale(double norm2, int d_in, int layer_norm, float *a, f
 
 // ---- per-token head vectors -------------------------------------------------------------------
 
-// One element of e W (C, dh) / sigma as host qk_gemm then the division: a chain of FMAs over c.
-QK_HD float qk_ana_err_proj(const float *e, int C, const float *W, int dh, int d, float sigma) {
-    float acc = 0.0f;
-    for (int c = 0; c < C; c++) acc = fmaf(e[c], W[(size_t)c * dh + d], acc);
-    return acc / sigma;
-}
-
 // One element of the summed feature components (r/sigma) sum_f a_f Qd[f] (host analyse_head).
 QK_HD float qk_ana_feat_sum(const int32_t *idx, const float *val, int live, const float *Qd, int dh, int d, float sc) {
     double acc = 0;

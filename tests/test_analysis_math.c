@@ -7,6 +7,7 @@
 // bin and carry functions (integer sums in another order) equal to the host's bit for bit.
 #include "../kernels/analysis_math.h"
 #include "analysis.h"
+#include "gemm.h"
 #include "head_tables.h"
 #include "test_common.h"
 #include "testutil.h"
@@ -167,12 +168,15 @@ static void check_head(Fx *fx, int l, int h, const int32_t *valid_len) {
     float *Q = buf, *K = Q + (size_t)N * dh, *EQ = K + (size_t)N * dh, *EK = EQ + (size_t)N * dh, *QF = EK + (size_t)N * dh,
           *KF = QF + (size_t)N * dh;
     const float inv = 1.0f / sqrtf((float)dh);
+    // The error projections: a GEMM on the device (cuBLAS fp32), the host's qk_gemm here; then / sigma.
+    qk_gemm(QK_GEMM_N, N, dh, C, 1.0f, lc->err, C, t.qk.Wq, dh, 0, EQ, dh);
+    qk_gemm(QK_GEMM_N, N, dh, C, 1.0f, lc->err, C, t.qk.Wk, dh, 0, EK, dh);
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < dh; d++) EQ[(size_t)n * dh + d] /= sigma[n], EK[(size_t)n * dh + d] /= sigma[n];
     for (int n = 0; n < N; n++)
         for (int d = 0; d < dh; d++) {
             size_t e = (size_t)n * dh + d;
             Q[e] = fx->acts.q[((size_t)l * N + n) * C + h * dh + d], K[e] = fx->acts.k[((size_t)l * N + n) * C + h * dh + d];
-            EQ[e] = qk_ana_err_proj(lc->err + (size_t)n * C, C, t.qk.Wq, dh, d, sigma[n]);
-            EK[e] = qk_ana_err_proj(lc->err + (size_t)n * C, C, t.qk.Wk, dh, d, sigma[n]);
             float sc = lc->code.scale[n] / sigma[n];
             QF[e] = qk_ana_feat_sum(lc->code.idx + (size_t)n * S, lc->code.val + (size_t)n * S, lc->live[n], t.Qd, dh, d, sc);
             KF[e] = qk_ana_feat_sum(lc->code.idx + (size_t)n * S, lc->code.val + (size_t)n * S, lc->live[n], t.Kd, dh, d, sc);
