@@ -370,12 +370,23 @@ struct PairOut {
     float *h_xv;
 };
 
+// A layer's aggregates-and-pairs sequence (head_aggregate of every analysed head: ~35 launches and
+// copies per head, ~5000 per batch at GPT-2-small shapes) captured as a CUDA graph on its first
+// batch of N tokens and replayed by later batches of the same N.  Every pointer in it is fixed at
+// open, so a replay is the same work.
+struct LayerGraph {
+    cudaGraphExec_t exec;
+    int N, with_valid;
+};
+
 struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
     QkBtk *btk;
     cudaStream_t st;
     int sync_each;
+    int graphs;                   // capture layer_aggregates as CUDA graphs (QK_CUDA_GRAPHS=0: off; off with sync_each)
+    LayerGraph *graph;            // (L)
     LayerDev *lay;
     HeadDev *head;
     HeadRecords *rec;  // (L) host records, as host/analysis_batch.c
@@ -479,6 +490,9 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
         for (int u = 0; u < 12; u++) cudaFreeHost(hp[u]);
     }
     if (a->blas) cublasDestroy(a->blas);
+    for (int l = 0; a->graph && l < a->L; l++)
+        if (a->graph[l].exec) cudaGraphExecDestroy(a->graph[l].exec);
+    free(a->graph);
     free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views), free(a->out), free(a->h_wqk);
     free(a);
 }
@@ -643,6 +657,9 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     a->rec = (HeadRecords *)calloc(a->L, sizeof(HeadRecords));
     const char *sync = getenv("QK_CUDA_SYNC");
     a->sync_each = sync && sync[0] == '1';
+    const char *graphs = getenv("QK_CUDA_GRAPHS");
+    a->graphs = !a->sync_each && !(graphs && graphs[0] == '0');
+    a->graph = (LayerGraph *)calloc(a->L, sizeof(LayerGraph));
     for (int l = 0; l < a->L; l++) {
         const QkSae *s = p->sae[l];
         if (!s) continue;
@@ -926,6 +943,39 @@ static int head_records(QkAnaCuda *a, int l, int h, int N, int B, QkRecordsFn em
     return rc ? -1 : 0;
 }
 
+// Every analysed head of layer l: head_aggregate, enqueued directly or as the layer's CUDA graph.
+static int layer_aggregates(QkAnaCuda *a, int l, int N, const int32_t *valid_len) {
+    const int H = a->H;
+    if (!a->graphs) {
+        for (int h = 0; h < H; h++)
+            if (a->p.analysed[l * H + h] && head_aggregate(a, l, h, N, valid_len)) return -1;
+        return 0;
+    }
+    LayerGraph *g = &a->graph[l];
+    const int with_valid = valid_len != NULL;
+    if (!g->exec || g->N != N || g->with_valid != with_valid) {
+        if (g->exec) cudaGraphExecDestroy(g->exec), g->exec = NULL;
+        CUDA_TRY(cudaStreamBeginCapture(a->st, cudaStreamCaptureModeThreadLocal));
+        int rc = 0;
+        for (int h = 0; h < H && !rc; h++)
+            if (a->p.analysed[l * H + h]) rc = head_aggregate(a, l, h, N, valid_len);
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamEndCapture(a->st, &graph);  // ends the capture whatever happened
+        if (rc) {
+            if (graph) cudaGraphDestroy(graph);
+            return -1;
+        }
+        if (e == cudaSuccess) e = cudaGraphInstantiate(&g->exec, graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+        if (e != cudaSuccess)
+            return qk_err("analysis: layer %d's aggregates as a CUDA graph (N %d): %s (QK_CUDA_GRAPHS=0 launches them "
+                          "one by one)", l, N, cudaGetErrorString(e));
+        g->N = N, g->with_valid = with_valid;
+    }
+    CUDA_TRY(cudaGraphLaunch(g->exec, a->st));
+    return 0;
+}
+
 // Layer l's heads after ana_query: every analysed head's aggregates and pair reductions enqueued,
 // one wait, the host merges of the heads' sketches and examples in parallel (each touches only its
 // own head's aggregates), then the recorded heads' records in head order.
@@ -934,8 +984,7 @@ static int layer_finish(QkAnaCuda *a, int l, int N, int B, const int32_t *valid_
     const AnalysisPlan *p = &a->p;
     const int H = a->H;
     if (agg) {
-        for (int h = 0; h < H; h++)
-            if (p->analysed[l * H + h] && head_aggregate(a, l, h, N, valid_len)) return -1;
+        if (layer_aggregates(a, l, N, valid_len)) return -1;
         if (sync_st(a, "the layer's aggregates and heavy pairs")) return -1;
         for (int h = 0; h < H; h++) {  // checked first: the parallel merges cannot fail
             const int i = l * H + h, nseg = *a->out[h].h_nseg, np = N * p->o.sketch_pairs;
