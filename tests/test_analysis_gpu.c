@@ -407,8 +407,11 @@ static void check_case(Case *k) {
     run_host(k, &want, wa);
     run_device(k, QK_PREC_FP32, &got, ga);
     compare(k, &got, &want, ga, wa);
-    // Run to run: the same bits.
+    // Run to run: the same bits, and the same with every kernel launched one by one as with each
+    // layer's aggregation replayed as a CUDA graph (the first run; later batches replay it).
+    setenv("QK_CUDA_GRAPHS", "0", 1);
     run_device(k, QK_PREC_FP32, &again, aa);
+    unsetenv("QK_CUDA_GRAPHS");
     for (int s = 0; s < got.n_rec; s++)
         for (int q = 0; q < N_FIELDS; q++)
             if (got.f[s][q])
@@ -421,6 +424,17 @@ static void check_case(Case *k) {
         for (int q = 0; q < HEAD_AGG_I64; q++)
             cr_expect_eq(memcmp(fa.i64[q], fb.i64[q], fa.n_i64[q] * 8), 0, "%s head %d.%d aggregate field %d: two device runs differ",
                          k->name, i / c->n_head, i % c->n_head, q);
+        const int na = pair_examples_finish(&ga[i].examples), nb = pair_examples_finish(&aa[i].examples);
+        int same = na == nb;
+        for (int e = 0; same && e < na; e++) {  // field by field: the struct has padding
+            const PairExample *x = &ga[i].examples.e[e], *y = &aa[i].examples.e[e];
+            same = x->window == y->window && x->qpos == y->qpos && x->kpos == y->kpos && x->f == y->f && x->g == y->g &&
+                   !memcmp(&x->term, &y->term, sizeof x->term);
+        }
+        cr_expect(ga[i].sketch.total == aa[i].sketch.total && ga[i].sketch.size == aa[i].sketch.size && same,
+                  "%s head %d.%d: two device runs differ in the sketch (total %.17g / %.17g, %d / %d pairs) or the "
+                  "examples (%d / %d)", k->name, i / c->n_head, i % c->n_head, ga[i].sketch.total, aa[i].sketch.total,
+                  ga[i].sketch.size, aa[i].sketch.size, na, nb);
         head_agg_free(&wa[i]), head_agg_free(&ga[i]), head_agg_free(&aa[i]);
     }
     // tf32 and bf16 (the SAE encodes and look-for GEMMs; everything else fp32): they run, and their
