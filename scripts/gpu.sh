@@ -398,6 +398,11 @@ for _ in range(20):
     e0.record(); a @ b; e1.record(); torch.cuda.synchronize(); ts.append(e0.elapsed_time(e1) / 1e3)
 ts.sort(); print("bf16 GEMM 8192^3 (PyTorch): %.0f TFLOP/s (median of 20)" % (2 * 8192**3 / ts[10] / 1e12))'
     grep 'TFLOP' "$W/logs/bench_torch_bf16_gemm.log" | sed 's/^/| /' >>"$W/bench.txt"
+    # the seed's route (SAE.encode(M x) per head, torch.topk) in PyTorch on the same GPU and model
+    local dev=cuda win=32
+    [ -n "$DRY" ] && dev=cpu win=2
+    NOTE_FN=note_last step bench_seed_route 150 python3 bench/bench_seed_gpu.py "$R" --device $dev --windows $win
+    grep -h '^|' "$W/logs/bench_seed_route.log" >>"$W/bench.txt" 2>/dev/null
     topk_bench
 }
 
