@@ -112,8 +112,9 @@ $(BUILD)/kernels/analysis/topk_fused_sm80.o: SASS_CHECK := 1
 $(BUILD)/kernels/analysis/topk_fused_sm90.o: override NVCCFLAGS_ARCH := -gencode arch=compute_90a,code=sm_90a
 $(BUILD)/kernels/analysis/topk_fused_sm90.o: SASS_CHECK := 1
 # The device analysis: -fmad=false so every expression rounds as written, as the host's
-# -ffp-contract=off (kernels/analysis/analysis_math.h is shared with the CPU suite).
-$(BUILD)/kernels/analysis/analysis_cuda.o: NVCC_EXTRA := -fmad=false
+# -ffp-contract=off (kernels/analysis/analysis_math.h is shared with the CPU suite); OpenMP for the host
+# merges of a layer's heads' sketches, in parallel.
+$(BUILD)/kernels/analysis/analysis_cuda.o: NVCC_EXTRA := -fmad=false -Xcompiler -fopenmp
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)

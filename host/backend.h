@@ -23,6 +23,13 @@ struct QkBackend {
     int (*analyse)(QkAnalysis *a, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
                    QkRecordsFn emit, void *emit_ctx, double *seconds);
     void (*analysis_close)(QkAnalysis *a);
+    // Optional (NULL: analyse adds every batch to agg itself).  Adds the dense aggregates the
+    // analysis holds back to agg (L*H; sums, counts, histograms, marginals) and zeroes its own:
+    // the CUDA backend keeps them on the device across batches, so that a batch downloads only
+    // records and heavy-pair candidates, not 8 x d_sae int64 per head.  The sketch and examples
+    // reach agg with every batch either way.  The pipeline calls qk_analysis_flush before anything
+    // reads the aggregates: a shard's close, a rank's totals, the summary.
+    int (*analysis_flush)(QkAnalysis *a, HeadAggregates *agg);
     // Optional (NULL: nothing to do, forward reads the host model).  A multi-rank run: places m's
     // weights on this backend's device, the root uploading them from the host and the other ranks
     // receiving them over comm (the CUDA backend: an NCCL broadcast between GPUs).  A collective:
@@ -55,6 +62,12 @@ void qk_backend_close(QkBackend *be);
 // (an error naming the backend otherwise).
 int qk_backend_set_precision(QkBackend *be, const char *precision);
 
+// The analysis's held-back aggregates into agg (L*H): be->analysis_flush, or nothing to do.
+int qk_analysis_flush(QkBackend *be, QkAnalysis *a, HeadAggregates *agg);
+
+// The CPU backend.  With QK_AGG_DEFER=1 in the environment its analysis holds the dense aggregates
+// back until qk_analysis_flush, as the CUDA backend does: the CPU tests check with it that every
+// place the pipeline reads aggregates flushes first.
 QkBackend *qk_backend_cpu_new(void);
 
 // Implemented in kernels/backend_cuda.cu when built with CUDA; stubs otherwise.

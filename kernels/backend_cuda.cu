@@ -571,7 +571,7 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     const size_t rows = (size_t)p->max_batch * p->T;
     if (dev_alloc((void **)&an->flags_d, rows, "the finite-check flags") ||
         cudaHostAlloc((void **)&an->flags_h, rows, cudaHostAllocPortable) != cudaSuccess ||
-        !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 0))) {
+        !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 1))) {
         if (!an->flags_h) {
             (void)cudaGetLastError();
             if (an->flags_d) qk_err("cudaHostAlloc of %zu bytes for the finite-check flags failed", rows);
@@ -611,6 +611,13 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
     }
     if (!rc) rc = qk_ana_cuda_run(an->dev, acts, valid_len, B, agg, emit, emit_ctx, seconds);
     return rc;
+}
+
+// The dense aggregates stay on the device across batches (qk_ana_cuda_open's defer_flush): one
+// download per shard, not 8 x d_sae int64 per analysed head and batch.
+static int cuda_analysis_flush(QkAnalysis *qa, HeadAggregates *agg) {
+    CudaAnalysis *an = (CudaAnalysis *)qa;
+    return qk_ana_cuda_flush(an->dev, agg);
 }
 
 static void cuda_analysis_close(QkAnalysis *qa) {
@@ -728,6 +735,7 @@ extern "C" int qk_backend_cuda_new(QkBackend **out, int device) {
     be->analysis_open = cuda_analysis_open;
     be->analyse = cuda_analyse;
     be->analysis_close = cuda_analysis_close;
+    be->analysis_flush = cuda_analysis_flush;
     be->share_weights = cuda_share_weights;
     be->static_maps = cuda_static_maps;
     be->set_precision = cuda_set_precision;

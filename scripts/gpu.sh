@@ -19,7 +19,9 @@
 #                              aggregates (qkscope run), compared by tests/tools/h5compare: fp32 within
 #                              1e-4 with near ties counted, tf32 / bf16 top-k overlap against fp32;
 #                           4. benchmarks: forward tokens/s per precision (bench_cuda_forward), the
-#                              measured bf16 GEMM rate (PyTorch), qkscope run tokens/s per precision;
+#                              measured bf16 GEMM rate (PyTorch), qkscope run tokens/s per precision
+#                              (262144 tokens, 144 heads' aggregates: the 100k tokens/s target) with
+#                              its stage shares;
 #                           5. compute-sanitizer memcheck / initcheck / racecheck / synccheck on a
 #                              tiny reference model (and memcheck on a small qkscope run), last;
 #                           6. $OUT/gpu-check.tar.gz (every log and comparison report; not the
@@ -113,9 +115,9 @@ W=${GPU_SH_WORK:-/tmp/qkgpu}  # work folder (outputs, logs), tarred into $OUT at
 # preflight's failure does not stop it and the sanitizers are skipped.  Checks the script, not CUDA.
 DRY=${GPU_SH_DRY:-}
 if [ -n "$DRY" ]; then
-    GPU_BE=cpu NL=2 RANDOM_ARGS="--layers 2 --heads 4 --d-model 128 --d-sae 2048 --k 16"
+    GPU_BE=cpu NL=2 RANDOM_ARGS="--layers 2 --heads 4 --d-model 128 --d-sae 2048 --k 16" RANDOM_TOKENS=8192 THROUGHPUT_TOKENS=4096
 else
-    GPU_BE=cuda NL=12 RANDOM_ARGS=""
+    GPU_BE=cuda NL=12 RANDOM_ARGS="" RANDOM_TOKENS=262144 THROUGHPUT_TOKENS=262144
 fi
 prec_of() { if [ -n "$DRY" ]; then echo fp32; else echo "$1"; fi; }
 ROWS=$W/rows          # the summary table: step|status|seconds|note
@@ -172,7 +174,7 @@ note_tps() { sed -n 's/.* tokens in .* (\([0-9.]*\) tokens\/s).*/\1 tokens\/s/p'
 finish() {
     local total=$(($(date +%s) - T_START)) p
     for p in cpu fp32 bf16; do
-        [ -f "$W/logs/run_$p.log" ] && echo "| qkscope run ($p; 4096 tokens, every head, the analysis on the host): $(note_tps "$W/logs/run_$p.log")" >>"$W/bench.txt"
+        [ -f "$W/logs/run_$p.log" ] && echo "| qkscope run ($p; 4096 tokens, every head, records of 12, setup included): $(note_tps "$W/logs/run_$p.log")" >>"$W/bench.txt"
     done
     {
         echo "# scripts/gpu.sh ${GPU_SH_MODE:-run}: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
@@ -260,7 +262,7 @@ suites() {
 compare_cache() {
     local R=$W/rnd Q=$BIN/qkscope C=$BIN/h5compare toks=$W/gpu-bundle/data/tokens_32x128.txt
     # shellcheck disable=SC2086
-    NOTE_FN=note_last step random_model 90 env LD_LIBRARY_PATH="$QK_LIBS" "$Q" random --out "$R" --tokens 8192 $RANDOM_ARGS -q ||
+    NOTE_FN=note_last step random_model 90 env LD_LIBRARY_PATH="$QK_LIBS" "$Q" random --out "$R" --tokens $RANDOM_TOKENS $RANDOM_ARGS -q ||
         { skip_row compare "qkscope random failed"; return; }
     local saes="" l
     for l in $(seq 0 $((NL - 1))); do saes="$saes --sae $l=$R/sae/layer_$l"; done
@@ -303,6 +305,31 @@ compare_run() {
     for p in bf16; do
         NOTE_FN=note_cmp step "cmp_run_$p" 90 env LD_LIBRARY_PATH="$QK_LIBS" "$C" --mode overlap --overlap-min 0.95 \
             "$W/run_fp32.h5" "$W/run_$p.h5"
+    done
+}
+
+# The issue's throughput target (>= 100k tokens/s on one H200): qkscope run at GPT-2-small shapes
+# (all 144 heads analysed with their aggregates, no per-token records, batches of 64 windows of
+# 128), per precision; tokens/s and the stage shares from the run's own summary.
+throughput() {
+    local R=$W/rnd Q=$BIN/qkscope
+    [ -d "$R/model" ] || { skip_row throughput "no random model"; return; }
+    local cfg=$W/throughput.ini p
+    {
+        echo "[model]"; echo "dir = $R/model"; echo "[sae]"
+        for l in $(seq 0 $((NL - 1))); do echo "layer.$l = $R/sae/layer_$l"; done
+        echo "[corpus]"; echo "paths = $R/corpus.npy"; echo "n_ctx = 128"; echo "bos = false"; echo "batch = 64"
+        echo "max_tokens = $THROUGHPUT_TOKENS"
+        echo "[analysis]"; echo "heads = all"; echo "record_heads = none"; echo "k = 32"
+        echo "[run]"; echo "backend = $GPU_BE"
+    } >"$cfg"
+    for p in bf16 fp32; do
+        NOTE_FN=note_tps step "throughput_$p" 120 env LD_LIBRARY_PATH="$QK_LIBS" "$Q" run "$cfg" \
+            --set run.precision=$(prec_of $p) -o "$W/throughput_$p.h5"
+        {
+            echo "| qkscope run ($p; $THROUGHPUT_TOKENS tokens, 144 heads' aggregates, no records, batch 64 x 128): $(note_tps "$W/logs/throughput_$p.log")"
+            grep -h 'time per stage' "$W/logs/throughput_$p.log" | sed 's/^/|   /'
+        } >>"$W/bench.txt"
     done
 }
 
@@ -393,6 +420,11 @@ bench() {
     grep '^|' "$W/logs/bench_forward.log" >"$W/bench.txt" 2>/dev/null
     bench_peak
     grep 'TFLOP' "$W/logs/bench_torch_bf16_gemm.log" | sed 's/^/| /' >>"$W/bench.txt"
+    # the seed's route (SAE.encode(M x) per head, torch.topk) in PyTorch on the same GPU and model
+    local dev=cuda win=32
+    [ -n "$DRY" ] && dev=cpu win=2
+    NOTE_FN=note_last step bench_seed_route 150 python3 bench/bench_seed_gpu.py "$R" --device $dev --windows $win
+    grep -h '^|' "$W/logs/bench_seed_route.log" >>"$W/bench.txt" 2>/dev/null
     topk_bench
 }
 
@@ -405,6 +437,7 @@ run_all() {
         compare_cache
         bench
         compare_run
+        throughput
         sanitize
     elif [ $? = 1 ]; then
         echo "gpu.sh: some binary does not load here: see $W/logs/preflight_ldd.log"

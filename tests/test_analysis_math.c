@@ -8,6 +8,7 @@
 #include "analysis/analysis.h"
 #include "analysis/analysis_math.h"
 #include "analysis/head_tables.h"
+#include "base/gemm.h"
 #include "test_common.h"
 #include "text/token_file.h"
 
@@ -166,12 +167,15 @@ static void check_head(Fx *fx, int l, int h, const int32_t *valid_len) {
     float *Q = buf, *K = Q + (size_t)N * dh, *EQ = K + (size_t)N * dh, *EK = EQ + (size_t)N * dh, *QF = EK + (size_t)N * dh,
           *KF = QF + (size_t)N * dh;
     const float inv = 1.0f / sqrtf((float)dh);
+    // The error projections: a GEMM on the device (cuBLAS fp32), the host's qk_gemm here; then / sigma.
+    qk_gemm(QK_GEMM_N, N, dh, C, 1.0f, lc->err, C, t.qk.Wq, dh, 0, EQ, dh);
+    qk_gemm(QK_GEMM_N, N, dh, C, 1.0f, lc->err, C, t.qk.Wk, dh, 0, EK, dh);
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < dh; d++) EQ[(size_t)n * dh + d] /= sigma[n], EK[(size_t)n * dh + d] /= sigma[n];
     for (int n = 0; n < N; n++)
         for (int d = 0; d < dh; d++) {
             size_t e = (size_t)n * dh + d;
             Q[e] = fx->acts.q[((size_t)l * N + n) * C + h * dh + d], K[e] = fx->acts.k[((size_t)l * N + n) * C + h * dh + d];
-            EQ[e] = qk_ana_err_proj(lc->err + (size_t)n * C, C, t.qk.Wq, dh, d, sigma[n]);
-            EK[e] = qk_ana_err_proj(lc->err + (size_t)n * C, C, t.qk.Wk, dh, d, sigma[n]);
             float sc = lc->code.scale[n] / sigma[n];
             QF[e] = qk_ana_feat_sum(lc->code.idx + (size_t)n * S, lc->code.val + (size_t)n * S, lc->live[n], t.Qd, dh, d, sc);
             KF[e] = qk_ana_feat_sum(lc->code.idx + (size_t)n * S, lc->code.val + (size_t)n * S, lc->live[n], t.Kd, dh, d, sc);
@@ -288,4 +292,102 @@ Test(analysis_math, limbs_equal_exact_add) {
     cr_expect_eq(QK_ANA_METRICS, N_METRICS);
     cr_expect_eq(QK_ANA_BINS, N_HIST_BINS);
     cr_expect_eq(QK_ANA_GROUPS, N_GROUPS);
+}
+
+// ---- example contexts: the device's per-batch reduction (analysis_math.h) against every candidate
+
+typedef struct {
+    unsigned long long key;
+    uint32_t pos;
+} KeyPos;
+
+// Ascending key, then position: what the device's stable radix sorts give.
+static int keypos_cmp(const void *a, const void *b) {
+    const KeyPos *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+// One batch's candidates (N tokens x sp slots, packed in front, f < 0 empty) reduced as the device
+// does (by-pair sort, qk_ana_segment_examples, qk_ana_example_key sort, first `capacity`) and added
+// to x.
+static void add_batch_as_device(PairExamples *x, const int32_t *f, const int32_t *g, const float *v, const int32_t *kpos,
+                                int N, int T, int sp, int64_t window0) {
+    const int np = N * sp, pp = x->per_pair;
+    KeyPos *byp = qk_malloc(sizeof(KeyPos) * np), *ex = qk_malloc(sizeof(KeyPos) * np * pp);
+    for (int e = 0; e < np; e++)
+        byp[e] = (KeyPos){f[e] >= 0 ? (unsigned long long)(uint32_t)f[e] << 32 | (uint32_t)g[e] : ~0ull, (uint32_t)e};
+    qsort(byp, np, sizeof *byp, keypos_cmp);
+    uint32_t *pos = qk_malloc(sizeof(uint32_t) * np);
+    for (int e = 0; e < np; e++) pos[e] = byp[e].pos;
+    int n_ex = 0;
+    for (int e0 = 0, e1; e0 < np; e0 = e1) {
+        for (e1 = e0 + 1; e1 < np && byp[e1].key == byp[e0].key; e1++) {
+        }
+        int32_t kept[QK_ANA_EXAMPLES_MAX_PER_PAIR];
+        qk_ana_segment_examples(pos, v, e0, e1, pp, kept);
+        for (int q = 0; q < pp; q++)
+            ex[n_ex++] = byp[e0].key == ~0ull || kept[q] < 0
+                             ? (KeyPos){QK_ANA_EXAMPLE_NONE, (uint32_t)n_ex}
+                             : (KeyPos){qk_ana_example_key(v[kept[q]], (uint32_t)(kept[q] / sp)), (uint32_t)kept[q]};
+    }
+    // Stable in the order of ex (pairs in (f, g) order): ties of (|term|, n) keep it.
+    KeyPos *sorted = qk_malloc(sizeof(KeyPos) * (n_ex + 1));
+    for (int q = 0; q < n_ex; q++) sorted[q] = (KeyPos){ex[q].key, (uint32_t)q};
+    qsort(sorted, n_ex, sizeof *sorted, keypos_cmp);
+    for (int r = 0; r < n_ex && r < x->capacity; r++) {
+        if (sorted[r].key == QK_ANA_EXAMPLE_NONE) break;
+        int e = (int)ex[sorted[r].pos].pos, n = e / sp;
+        pair_examples_add(x, f[e], g[e], v[e], window0 + n / T, n % T, kpos[n]);
+    }
+    free(byp), free(ex), free(pos), free(sorted);
+}
+
+Test(analysis_math, batch_examples_equal_every_candidate) {
+    TRng rng = {0x5eedull};
+    for (int trial = 0; trial < 2000; trial++) {
+        const int T = trng_int(&rng, 1, 12), B = trng_int(&rng, 1, 4), N = B * T, sp = trng_int(&rng, 1, 6);
+        const int per_pair = trng_int(&rng, 1, 4), capacity = trng_int(&rng, 1, 40);
+        PairExamples want, got;
+        pair_examples_init(&want, per_pair, capacity), pair_examples_init(&got, per_pair, capacity);
+        int32_t *f = qk_malloc(4 * N * sp), *g = qk_malloc(4 * N * sp), *kpos = qk_malloc(4 * N);
+        float *v = qk_malloc(4 * N * sp);
+        int64_t window0 = 0;
+        for (int batch = 0; batch < 3; batch++, window0 += B) {
+            for (int n = 0; n < N; n++) {
+                int live = trng_int(&rng, 0, sp), used[16] = {0};
+                kpos[n] = trng_int(&rng, 0, n % T);
+                for (int u = 0; u < sp; u++) {
+                    const int e = n * sp + u;
+                    if (u >= live) {
+                        f[e] = g[e] = -1, v[e] = 0;
+                        continue;
+                    }
+                    int id;
+                    do id = trng_int(&rng, 0, 15);  // 16 pairs: many repeats, one query gives a pair once
+                    while (used[id]);
+                    used[id] = 1;
+                    f[e] = id / 4, g[e] = id % 4;
+                    v[e] = 0.25f * (float)trng_int(&rng, -6, 6);  // many ties in |term|, zeros, both signs
+                }
+                for (int u = 0; u < live; u++) {
+                    const int e = n * sp + u;
+                    pair_examples_add(&want, f[e], g[e], v[e], window0 + n / T, n % T, kpos[n]);
+                }
+            }
+            add_batch_as_device(&got, f, g, v, kpos, N, T, sp, window0);
+        }
+        const int nw = pair_examples_finish(&want), ng = pair_examples_finish(&got);
+        cr_assert_eq(ng, nw, "trial %d: %d examples kept, every candidate gives %d", trial, ng, nw);
+        for (int q = 0; q < nw; q++) {
+            const PairExample *a = &want.e[q], *b = &got.e[q];
+            cr_assert(a->f == b->f && a->g == b->g && a->window == b->window && a->qpos == b->qpos && a->kpos == b->kpos &&
+                          a->term == b->term,
+                      "trial %d example %d: (%d, %d) w %lld i %d j %d %g, every candidate gives (%d, %d) w %lld i %d j %d %g",
+                      trial, q, b->f, b->g, (long long)b->window, b->qpos, b->kpos, b->term, a->f, a->g,
+                      (long long)a->window, a->qpos, a->kpos, a->term);
+        }
+        pair_examples_free(&want), pair_examples_free(&got);
+        free(f), free(g), free(kpos), free(v);
+    }
 }

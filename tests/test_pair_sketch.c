@@ -47,3 +47,25 @@ static void run_stream(int capacity, int n_updates, uint64_t seed) {
 Test(pair_sketch, exact_when_everything_fits) { run_stream(NF * NG, 5000, 7); }
 Test(pair_sketch, heavy_hitters_kept_small_capacity) { run_stream(16, 20000, 11); }
 Test(pair_sketch, heavy_hitters_kept_medium_capacity) { run_stream(100, 20000, 12); }
+
+// Weight summarised away before the table (the CUDA analysis's per-batch cut) is in the total and
+// in `pruned`, and merging (directly or packed, as ranks do) carries both.
+Test(pair_sketch, pruned_weight_survives_merges) {
+    PairSketch a, b, c;
+    pair_sketch_init(&a, 4), pair_sketch_init(&b, 4), pair_sketch_init(&c, 4);
+    pair_sketch_add(&a, 1, 2, 3.0);
+    pair_sketch_add_pruned(&a, 0.5);
+    cr_expect(a.total == 3.5 && a.pruned == 0.5, "total %g pruned %g", a.total, a.pruned);
+    pair_sketch_add(&b, 1, 2, -1.0);
+    pair_sketch_add_pruned(&b, 0.25);
+    pair_sketch_merge(&b, &a);
+    cr_expect(b.total == 4.75 && b.pruned == 0.75, "merged: total %g pruned %g", b.total, b.pruned);
+    size_t n = pair_sketch_packed_size(&b), used = 0;
+    void *buf = qk_malloc(n);
+    pair_sketch_pack(&b, buf);
+    cr_assert_eq(pair_sketch_merge_packed(&c, buf, n, &used), 0, "%s", qk_errmsg());
+    cr_expect(used == n && c.total == 4.75 && c.pruned == 0.75, "packed: used %zu of %zu, total %g pruned %g", used, n,
+              c.total, c.pruned);
+    free(buf);
+    pair_sketch_free(&a), pair_sketch_free(&b), pair_sketch_free(&c);
+}

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include "base/cpu_features.h"
+#include "io/agg_io.h"
 #include "model/planted.h"
 #include "test_common.h"
 
@@ -130,6 +131,59 @@ Test(run, deterministic_across_threads_and_batches) {
     for (int i = 0; i < 5; i++)
         cr_expect(h5_same(pa, pb, objs[i], 0), "%s differs", objs[i]);
     free(a), free(b);
+}
+
+// A backend that holds the dense aggregates back until QkBackend.analysis_flush (the CUDA backend
+// keeps them on the device) writes the same files: the pipeline flushes wherever it reads them.
+// QK_AGG_DEFER=1 makes the CPU backend hold them back: a single file, shards, two ranks (shards
+// and aggregates.h5) and the summary of a run that writes nothing, each against the plain run.
+Test(run, held_back_aggregates_are_flushed_wherever_they_are_read, .timeout = 240) {
+    char *c = write_config("defer", "threads = 2\n");
+    const char *modes[2] = {"", "QK_AGG_DEFER=1 "}, *tag[2] = {"plain", "defer"};
+    for (int q = 0; q < 2; q++) {
+        cr_assert_eq(shf("%s" QK_BIN " run -q %s -o %s/%s.h5", modes[q], c, g_dir, tag[q]), 0, "%s", tag[q]);
+        cr_assert_eq(shf("%s" QK_BIN " run -q %s --set output.shard_tokens=1024 -o %s/%s_shards", modes[q], c, g_dir,
+                         tag[q]), 0, "%s shards", tag[q]);
+        cr_assert_eq(shf("%s" QK_BIN " run -q %s --set output.shard_tokens=1024 --ranks 2 -o %s/%s_ranks", modes[q], c,
+                         g_dir, tag[q]), 0, "%s ranks", tag[q]);
+        cr_assert_eq(shf("%s" QK_BIN " run %s --set output.write=false -o %s/%s_nw.h5 > %s/%s_summary.txt 2>/dev/null",
+                         modes[q], c, g_dir, tag[q], g_dir, tag[q]), 0, "%s no-write", tag[q]);
+    }
+    const char *files[] = {"%s.h5", "%s_shards/shard-000000.h5", "%s_shards/shard-000003.h5",
+                           "%s_ranks/shard-000001.h5"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char name[64], pa[700], pb[700];
+        snprintf(name, sizeof name, files[i], "plain");
+        snprintf(pa, sizeof pa, "%s/%s", g_dir, name);
+        snprintf(name, sizeof name, files[i], "defer");
+        snprintf(pb, sizeof pb, "%s/%s", g_dir, name);
+        cr_expect(h5_same(pa, pb, "/aggregates", 0), "%s: the aggregates differ with QK_AGG_DEFER=1", pb);
+    }
+    // The ranks' reduced aggregates.h5 (no examples there: h5diff cannot compare empty datasets):
+    // every dense field of every head, read back, equal as integers.
+    char pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/plain_ranks/aggregates.h5", g_dir);
+    snprintf(pb, sizeof pb, "%s/defer_ranks/aggregates.h5", g_dir);
+    hid_t fa = H5Fopen(pa, H5F_ACC_RDONLY, H5P_DEFAULT), fb = H5Fopen(pb, H5F_ACC_RDONLY, H5P_DEFAULT);
+    cr_assert(fa >= 0 && fb >= 0);
+    for (int l = 0; l < g_info.n_layer; l++)
+        for (int h = 0; h < g_info.n_head; h++) {
+            HeadAggregates x, y;
+            head_agg_init(&x, g_info.d_sae, 16), head_agg_init(&y, g_info.d_sae, 16);
+            cr_assert_eq(agg_read_add(fa, pa, l, h, &x), 0, "%s", qk_errmsg());
+            cr_assert_eq(agg_read_add(fb, pb, l, h, &y), 0, "%s", qk_errmsg());
+            HeadAggFields u, v;
+            head_agg_fields(&x, &u), head_agg_fields(&y, &v);
+            cr_expect_gt(x.queries, 0, "head %d.%d counted no query", l, h);
+            for (int q = 0; q < HEAD_AGG_I64; q++)
+                cr_expect(!memcmp(u.i64[q], v.i64[q], u.n_i64[q] * 8), "aggregates.h5: head %d.%d field %d differs with "
+                          "QK_AGG_DEFER=1", l, h, q);
+            head_agg_free(&x), head_agg_free(&y);
+        }
+    H5Fclose(fa), H5Fclose(fb);
+    cr_expect_eq(shf("grep -q '^' %s/plain_summary.txt && cmp -s %s/plain_summary.txt %s/defer_summary.txt", g_dir, g_dir,
+                     g_dir), 0, "the summary of a run that writes nothing differs with QK_AGG_DEFER=1");
+    free(c);
 }
 
 // The AVX-512 paths (taken at run time where the CPU has them) and the AVX2 ones write the same

@@ -145,12 +145,22 @@ void head_agg_fields(HeadAggregates *g, HeadAggFields *f) {
                                    m * QK_EXACT_LIMBS, m * QK_EXACT_LIMBS}};
 }
 
-void head_agg_add(HeadAggregates *acc, const HeadAggregates *x) {
+void head_agg_add_dense(HeadAggregates *acc, const HeadAggregates *x) {
     HeadAggFields a, b;
     head_agg_fields(acc, &a);
     head_agg_fields((HeadAggregates *)x, &b);  // normalises x's limbs: its value is unchanged
     for (int q = 0; q < HEAD_AGG_I64; q++)
         for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] = qk_exact_sat_add(a.i64[q][i], b.i64[q][i]);
+}
+
+void head_agg_zero_dense(HeadAggregates *g) {
+    HeadAggFields f;
+    head_agg_fields(g, &f);
+    for (int q = 0; q < HEAD_AGG_I64; q++) memset(f.i64[q], 0, f.n_i64[q] * sizeof(int64_t));
+}
+
+void head_agg_add(HeadAggregates *acc, const HeadAggregates *x) {
+    head_agg_add_dense(acc, x);
     pair_sketch_merge(&acc->sketch, &x->sketch);
 }
 

@@ -117,6 +117,9 @@ void head_agg_fields(HeadAggregates *g, HeadAggFields *f);
 // Adds x to acc (the same d_sae): the dense fields element by element, and x's heavy-hitter pairs
 // merged into acc's sketch (pair_sketch_merge).  Shards (qkscope merge) and ranks combine this way.
 void head_agg_add(HeadAggregates *acc, const HeadAggregates *x);
+// The dense fields alone: acc += x, and g's set to zero (the sketch and examples untouched).
+void head_agg_add_dense(HeadAggregates *acc, const HeadAggregates *x);
+void head_agg_zero_dense(HeadAggregates *g);
 
 // Working memory of analyse_head, kept from one call to the next (zero it before the first call;
 // head_scratch_free): grown when a call needs more, so a run allocates it once, not per head and

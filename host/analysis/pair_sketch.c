@@ -121,21 +121,27 @@ void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value) {
     pair_sketch_add_entry(s, f, g, fabs(value), 0, value, 1);
 }
 
-// Adds n entries (heaviest first) of a sketch whose total was `total`.
-static void merge_entries(PairSketch *s, const PairEntry *e, int n, double total) {
+void pair_sketch_add_pruned(PairSketch *s, double w) {
+    s->total += w;
+    s->pruned += w;
+}
+
+// Adds n entries (heaviest first) of a sketch whose total was `total`, `pruned` of it pruned.
+static void merge_entries(PairSketch *s, const PairEntry *e, int n, double total, double pruned) {
     double before = s->total;
     for (int i = 0; i < n; i++) pair_sketch_add_entry(s, e[i].f, e[i].g, e[i].weight, e[i].err, e[i].sum, e[i].count);
     s->total = before + total;
+    s->pruned += pruned;
 }
 
 void pair_sketch_merge(PairSketch *s, const PairSketch *o) {
     PairEntry *e = qk_malloc(sizeof(PairEntry) * (o->size ? o->size : 1));
     int n = pair_sketch_sorted(o, e);
-    merge_entries(s, e, n, o->total);
+    merge_entries(s, e, n, o->total, o->pruned);
     free(e);
 }
 
-#define PACKED_HEAD 16   // total, count
+#define PACKED_HEAD 24   // total, count, pruned
 #define PACKED_ENTRY 40  // f, g, weight, err, sum, count
 
 size_t pair_sketch_packed_size(const PairSketch *s) { return PACKED_HEAD + (size_t)s->size * PACKED_ENTRY; }
@@ -144,7 +150,7 @@ void pair_sketch_pack(const PairSketch *s, void *out) {
     uint8_t *p = out;
     PairEntry *e = qk_malloc(sizeof(PairEntry) * (s->size ? s->size : 1));
     int64_t n = pair_sketch_sorted(s, e);
-    memcpy(p, &s->total, 8), memcpy(p + 8, &n, 8);
+    memcpy(p, &s->total, 8), memcpy(p + 8, &n, 8), memcpy(p + 16, &s->pruned, 8);
     p += PACKED_HEAD;
     for (int64_t i = 0; i < n; i++, p += PACKED_ENTRY) {
         memcpy(p, &e[i].f, 4), memcpy(p + 4, &e[i].g, 4), memcpy(p + 8, &e[i].weight, 8);
@@ -155,10 +161,10 @@ void pair_sketch_pack(const PairSketch *s, void *out) {
 
 int pair_sketch_merge_packed(PairSketch *s, const void *buf, size_t len, size_t *used) {
     const uint8_t *p = buf;
-    double total;
+    double total, pruned;
     int64_t n;
-    if (len < PACKED_HEAD) return qk_err("packed pair sketch: %zu bytes, shorter than its 16-byte header", len);
-    memcpy(&total, p, 8), memcpy(&n, p + 8, 8);
+    if (len < PACKED_HEAD) return qk_err("packed pair sketch: %zu bytes, shorter than its %d-byte header", len, PACKED_HEAD);
+    memcpy(&total, p, 8), memcpy(&n, p + 8, 8), memcpy(&pruned, p + 16, 8);
     if (n < 0 || (size_t)n > (len - PACKED_HEAD) / PACKED_ENTRY)
         return qk_err("packed pair sketch: %lld entries announced, %zu bytes given", (long long)n, len);
     PairEntry *e = qk_malloc(sizeof(PairEntry) * (n ? n : 1));
@@ -167,7 +173,7 @@ int pair_sketch_merge_packed(PairSketch *s, const void *buf, size_t len, size_t 
         memcpy(&e[i].f, p, 4), memcpy(&e[i].g, p + 4, 4), memcpy(&e[i].weight, p + 8, 8);
         memcpy(&e[i].err, p + 16, 8), memcpy(&e[i].sum, p + 24, 8), memcpy(&e[i].count, p + 32, 8);
     }
-    merge_entries(s, e, (int)n, total);
+    merge_entries(s, e, (int)n, total, pruned);
     free(e);
     *used = PACKED_HEAD + (size_t)n * PACKED_ENTRY;
     return 0;

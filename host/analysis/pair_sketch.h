@@ -23,6 +23,7 @@ typedef struct {
     int32_t *slot;    // (table_size) hash table: heap position or -1
     int table_size;   // power of two >= 2 * capacity
     double total;     // total weight of all updates
+    double pruned;    // of which summarised away before reaching the table (pair_sketch_add_pruned)
 } PairSketch;
 
 void pair_sketch_init(PairSketch *s, int capacity);
@@ -31,6 +32,11 @@ void pair_sketch_add(PairSketch *s, int32_t f, int32_t g, double value);
 // Adds a summarised entry (another sketch's): weight w of which err is over-estimate, signed sum
 // and count.  The merged table keeps the guarantees with err bounds summed.
 void pair_sketch_add_entry(PairSketch *s, int32_t f, int32_t g, double w, double err, double value, int64_t count);
+// Counts weight w of updates that were summarised away before reaching the table (the CUDA
+// analysis merges only each batch's heaviest distinct pairs): w enters the total and `pruned`, and
+// the guarantees widen by it: true weight <= weight + pruned; every pair heavier than
+// total / capacity + pruned is kept.
+void pair_sketch_add_pruned(PairSketch *s, double w);
 // Adds every entry of `other`, heaviest first (used to combine shards, threads or ranks;
 // order-dependent only through ties).  The total becomes the sum of both totals (all updates
 // either sketch saw), not of the weights kept.

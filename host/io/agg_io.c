@@ -75,9 +75,14 @@ static int write_head(QkH5Out *o, ChunkWriter *cw, int l, int h, const HeadAggre
         hid_t grp = H5Gopen2(o->file, n, H5P_DEFAULT);
         rc = qk_h5_attr_int(grp, "queries", g->queries) || qk_h5_attr_int(grp, "sketch_capacity", g->sketch.capacity) ||
              qk_h5_attr_double(grp, "sketch_total_weight", g->sketch.total) ||
+             qk_h5_attr_double(grp, "sketch_pruned_weight", g->sketch.pruned) ||
              qk_h5_attr_str(grp, "sketch_note",
-                            "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; every pair heavier "
-                            "than sketch_total_weight / sketch_capacity is kept");
+                            g->sketch.pruned > 0
+                                ? "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight + "
+                                  "sketch_pruned_weight; every pair heavier than sketch_total_weight / sketch_capacity + "
+                                  "sketch_pruned_weight is kept"
+                                : "pairs_weight - pairs_weight_err <= true summed |value| <= pairs_weight; every pair "
+                                  "heavier than sketch_total_weight / sketch_capacity is kept");
         if (!rc) rc = qk_h5_attr_int(grp, "examples_per_pair", g->examples.per_pair) ||
                       qk_h5_attr_int(grp, "examples_capacity", g->examples.capacity);
         H5Gclose(grp);
@@ -158,12 +163,13 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
                         x->key_marginal_exact) ||
              read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
              read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
-    double total = NAN;
+    double total = NAN, pruned = 0;
     if (!rc) {
         snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
         hid_t g = H5Gopen2(f, n, H5P_DEFAULT);
         x->queries = qk_h5_attr_read_int(g, "queries");
         total = qk_h5_attr_read_double(g, "sketch_total_weight");
+        if (H5Aexists(g, "sketch_pruned_weight") > 0) pruned = qk_h5_attr_read_double(g, "sketch_pruned_weight");
         H5Gclose(g);
         if (x->queries < 0) rc = qk_err("%s: attribute %s/queries is missing", path, n);
     }
@@ -184,6 +190,7 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
     }
 #undef AGG
     if (isfinite(total)) x->sketch.total = total;  // every update the shard's sketch saw, not only those kept
+    if (isfinite(pruned)) x->sketch.pruned = pruned;
     return rc ? -1 : 0;
 }
 

@@ -344,10 +344,16 @@ static int write_aggregates(Run *r) {
     return rc;
 }
 
-static void print_summary(const Run *r) {
+// The aggregates the backend holds back (QkBackend.analysis_flush) into r->agg: before anything
+// reads r->agg.
+static int flush_aggregates(Run *r) { return r->an ? qk_analysis_flush(r->be, r->an, r->agg) : 0; }
+
+static int print_summary(Run *r) {
+    if (flush_aggregates(r)) return -1;
     const HeadAggregates **aggs = analysed_aggs(r);
     agg_print_summary(stdout, r->L, r->H, aggs);
     free(aggs);
+    return 0;
 }
 
 static void sinks_close(RunSink *k, size_t n) {
@@ -381,7 +387,7 @@ static void close_run(Run *r) {
 static int close_output(Run *r) {
     if (!r->s.cfg.write) return r->shard_open = 0, 0;
     double t = qk_now();
-    int rc = write_aggregates(r);
+    int rc = flush_aggregates(r) || write_aggregates(r);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     for (int q = 0; !rc && q < N_STAGES; q++) {  // stage times (seconds) for the benchmark
         char name[64];
@@ -609,7 +615,7 @@ int run_single(const RunArgs *a) {
                     (int)g_stop, strsignal(g_stop), (long long)r.windows_done, interrupted_status(g_stop));
     }
     if (!rc && !interrupted && !quiet) {
-        if (!r.sharded) print_summary(&r);
+        if (!r.sharded && print_summary(&r)) rc = -1;
         double total = qk_now() - t0;
         double busy = 0;
         for (int q = 0; q < N_STAGES; q++) busy += r.t_stage[q];
@@ -692,18 +698,22 @@ int run_rank_open_shard(RunRank *rr, int shard, int64_t first_window) {
 int run_rank_process(RunRank *rr, const QkWindowBatch *wb) { return process_batch(&rr->r, wb, 0, wb->n); }
 
 // Adds the aggregates the rank holds to totals[L*H] (the analysed heads).
-static void add_aggregates(const Run *r, HeadAggregates *totals) {
+static int add_aggregates(Run *r, HeadAggregates *totals) {
+    if (flush_aggregates(r)) return -1;
     for (int i = 0; i < r->L * r->H; i++)
         if (r->s.analysed[i]) head_agg_add(&totals[i], &r->agg[i]);
+    return 0;
 }
 
 int run_rank_close_shard(RunRank *rr, HeadAggregates *totals) {
-    if (rr->r.s.cfg.write) add_aggregates(&rr->r, totals);  // close_output writes them, then starts afresh
+    // close_output writes them, then starts afresh
+    if (rr->r.s.cfg.write && add_aggregates(&rr->r, totals)) return -1;
     return close_output(&rr->r);
 }
 
-void run_rank_finish(RunRank *rr, HeadAggregates *totals) {
-    if (!rr->r.s.cfg.write) add_aggregates(&rr->r, totals);  // kept over every shard: nothing was written
+int run_rank_finish(RunRank *rr, HeadAggregates *totals) {
+    // kept over every shard: nothing was written
+    return rr->r.s.cfg.write ? 0 : add_aggregates(&rr->r, totals);
 }
 
 void run_rank_abandon_shard(RunRank *rr) {

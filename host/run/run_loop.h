@@ -42,7 +42,7 @@ int run_rank_process(RunRank *rr, const QkWindowBatch *piece);
 int run_rank_close_shard(RunRank *rr, HeadAggregates *totals);
 void run_rank_abandon_shard(RunRank *rr);
 // After the last shard: adds to totals what close_shard did not ([output] write = false).
-void run_rank_finish(RunRank *rr, HeadAggregates *totals);
+int run_rank_finish(RunRank *rr, HeadAggregates *totals);
 int64_t run_rank_tokens(const RunRank *rr);   // processed by this rank
 int64_t run_rank_windows(const RunRank *rr);
 // The windows analysed in the open shard, whose index goes to *shard; -1 when none is open.

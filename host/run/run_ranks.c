@@ -294,11 +294,14 @@ static void *rank_main(void *arg) {
         if (!rc) snprintf(k->error, sizeof k->error, "%s", qk_errmsg());
         rc = -1;
     } else if (!status[0] && !status[1]) {
-        run_rank_finish(k->rr, k->totals);
-        if (head_aggs_allreduce(k->comm, k->analysed, k->n_heads)) {
+        // A failed flush still joins the reduction (a collective), then fails the run.
+        int frc = run_rank_finish(k->rr, k->totals);
+        if (frc) snprintf(k->error, sizeof k->error, "%s", qk_errmsg());
+        if (head_aggs_allreduce(k->comm, k->analysed, k->n_heads) && !frc) {
             snprintf(k->error, sizeof k->error, "%s", qk_errmsg());
-            rc = -1;
+            frc = -1;
         }
+        if (frc) rc = -1;
     } else
         k->stopped |= !rc;  // another rank failed or stopped: this one stops too
     k->rc = rc;

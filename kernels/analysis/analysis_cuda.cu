@@ -3,7 +3,10 @@
 //   ana_normalise   grid ceil(N/128) x 128     thread per token: z (N, C), scale, shift (N)
 //   [qk_btk_run]    z (N, C) x W_encT (m, C)   the SAE activation: idx/val (N, S), n_active (N)
 //   ana_err         grid ceil(N*C/256) x 256   thread per (n, t): live (N), err (N, C)
-//   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK, QF, KF (N, dh)
+//   [cublasSgemm]   err (N, C) x Wqk (C, 2 H dh)   the error projections of all the layer's heads
+//                                              at once: EQK (N, 2 H dh), fp32 (no TF32)
+//   ana_head_vec    grid ceil(N*dh/128) x 128  thread per (n, d): Q, K (gathered), EQ, EK (EQK's
+//                                              columns / sigma), QF, KF (N, dh)
 //   [qk_btk_run]    H x (Q (N, dh) x Kd (m, dh))  look-for top-k / bottom-k (H, N, k): the
 //                                              layer's heads as one batched top-k
 //   ana_proj        grid ceil(N/128) x 128     thread per token: U = Q/sqrt(dh), row scale, |v|^2
@@ -24,6 +27,12 @@
 //     ana_pair_sums   grid ceil(N*sp/128)      thread per segment: sum |v|, sum v (double, token
 //                                              order), count; downloaded and merged into the
 //                                              host sketch heaviest first (pair_sketch_add_entry)
+//     ana_pair_examples grid ceil(N*sp/128)    thread per segment: the pair's 4 strongest occurrences
+//     [cub radix sort, stable: |term| desc, token]   (analysis_math.h: the batch's R of
+//     ana_examples_gather grid ceil(1024/128)  pair_examples.h), the first 1024 downloaded and
+//                                              added to the host's examples (composable: the same
+//                                              as adding every candidate)
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -79,9 +88,11 @@ __global__ void ana_err(const float *x, long long ldx, int N, int C, const int32
 struct HeadVecArgs {
     const float *q, *k;  // hook pointers at the head's first column
     long long ld;
-    const float *err, *sigma, *scale, *val, *Wq, *Wk, *Qd, *Kd;
+    const float *eq, *ek;  // EQK's columns of the head's e Wq~ and e Wk~ (row stride ld_e)
+    long long ld_e;
+    const float *sigma, *scale, *val, *Qd, *Kd;
     const int32_t *idx, *live;
-    int N, C, dh, S;
+    int N, dh, S;
     float inv;
     float *Q, *K, *EQ, *EK, *QF, *KF, *ainv;
 };
@@ -92,9 +103,8 @@ __global__ void ana_head_vec(const HeadVecArgs p) {
     int n = (int)(e / p.dh), d = (int)(e % p.dh);
     p.Q[e] = p.q[(size_t)n * p.ld + d];
     p.K[e] = p.k[(size_t)n * p.ld + d];
-    const float *er = p.err + (size_t)n * p.C;
-    p.EQ[e] = qk_ana_err_proj(er, p.C, p.Wq, p.dh, d, p.sigma[n]);
-    p.EK[e] = qk_ana_err_proj(er, p.C, p.Wk, p.dh, d, p.sigma[n]);
+    p.EQ[e] = p.eq[(size_t)n * p.ld_e + d] / p.sigma[n];  // as the host: the product, then / sigma
+    p.EK[e] = p.ek[(size_t)n * p.ld_e + d] / p.sigma[n];
     float sc = p.scale[n] / p.sigma[n];
     const int32_t *ix = p.idx + (size_t)n * p.S;
     const float *vl = p.val + (size_t)n * p.S;
@@ -242,6 +252,86 @@ __global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos
     w[s] = ws, sum[s] = vs, count[s] = e1 - e0;
 }
 
+// Thread per segment slot s < np: the merge order of the batch's distinct pairs as an ascending
+// key, weight descending (w >= 0: its bits rise with it), slot s as the value; a stable sort keeps
+// (f, g) order on equal weights (pair_sketch_sorted's order).  Past the segments and the empty
+// slots' segment: ~0, last.
+__global__ void ana_pair_wkeys(const int32_t *f, const double *w, const int32_t *nseg, int np, unsigned long long *key,
+                               int32_t *slot) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= np) return;
+    key[s] = s < *nseg && f[s] >= 0 ? ~(unsigned long long)__double_as_longlong(w[s]) : ~0ull;
+    slot[s] = s;
+}
+
+// The first `top` pairs in merge order into the head's download buffers (f = -1 past the last),
+// and rest[0] = the summed weight of the others (one block, a fixed order: the same bits every
+// run), which the sketch's total takes.
+#define PAIR_TOP_THREADS 256
+__global__ void __launch_bounds__(PAIR_TOP_THREADS)
+ana_pair_top(const int32_t *slot, const int32_t *nseg, int np, int top, const int32_t *f, const int32_t *g,
+             const double *w, const double *sum, const long long *count, int32_t *of, int32_t *og, double *ow,
+             double *osum, long long *ocount, double *rest) {
+    __shared__ double part[PAIR_TOP_THREADS];
+    const int n = *nseg;
+    for (int r = threadIdx.x; r < top; r += blockDim.x) {
+        const int s = r < np ? slot[r] : -1, live = s >= 0 && s < n && f[s] >= 0;
+        of[r] = live ? f[s] : -1, og[r] = live ? g[s] : -1;
+        ow[r] = live ? w[s] : 0, osum[r] = live ? sum[s] : 0, ocount[r] = live ? count[s] : 0;
+    }
+    double acc = 0;
+    for (int r = top + threadIdx.x; r < np; r += blockDim.x) {
+        const int s = slot[r];
+        if (s < n && f[s] >= 0) acc += w[s];
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int h = PAIR_TOP_THREADS / 2; h > 0; h /= 2) {
+        if (threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) rest[0] = part[0];
+}
+
+// ---- example contexts of the heavy pairs: the batch's R (pair_examples.h) on the device --------
+
+static_assert(QK_EXAMPLES_PER_PAIR <= QK_ANA_EXAMPLES_MAX_PER_PAIR, "per-pair examples beyond the device's");
+
+// Thread per segment slot s < np: the pair's per_pair strongest occurrences (analysis_math.h
+// qk_ana_segment_examples) as sort keys and candidate indices at [s * per_pair, (s+1) * per_pair);
+// slots past the segment count, the empty-slot segment and unfilled places: QK_ANA_EXAMPLE_NONE.
+__global__ void ana_pair_examples(const unsigned long long *key, const uint32_t *pos, const float *val,
+                                  const int32_t *start, const int32_t *nseg, int np, int sp, int per_pair,
+                                  unsigned long long *ex_key, int32_t *ex_idx) {
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= np) return;
+    int32_t kept[QK_ANA_EXAMPLES_MAX_PER_PAIR];
+    const int live = s < *nseg && key[start[s]] != PAIR_NONE;
+    qk_ana_segment_examples(pos, val, live ? start[s] : 0, live ? start[s + 1] : 0, per_pair, kept);
+#pragma unroll
+    for (int q = 0; q < QK_ANA_EXAMPLES_MAX_PER_PAIR; q++) {  // constant indices: kept[] in registers
+        if (q >= per_pair) break;
+        const size_t o = (size_t)s * per_pair + q;
+        ex_key[o] = kept[q] >= 0 ? qk_ana_example_key(val[kept[q]], (uint32_t)(kept[q] / sp)) : QK_ANA_EXAMPLE_NONE;
+        ex_idx[o] = kept[q];
+    }
+}
+
+// Thread per rank r < capacity of the sorted examples: the candidate's pair, term, token and key
+// position (att_idx (N, a): the query's most attended key); f = -1 past the last.
+__global__ void ana_examples_gather(const unsigned long long *ex_key, const int32_t *ex_idx, int n, int capacity,
+                                    const int32_t *sk_f, const int32_t *sk_g, const float *sk_val, const int32_t *att_idx,
+                                    int sp, int a, int32_t *f, int32_t *g, float *v, int32_t *tok, int32_t *kpos) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= capacity) return;
+    const int e = r < n && ex_key[r] != QK_ANA_EXAMPLE_NONE ? ex_idx[r] : -1;
+    f[r] = e >= 0 ? sk_f[e] : -1;
+    g[r] = e >= 0 ? sk_g[e] : -1;
+    v[r] = e >= 0 ? sk_val[e] : 0.0f;
+    tok[r] = e >= 0 ? e / sp : -1;
+    kpos[r] = e >= 0 ? att_idx[(size_t)(e / sp) * a] : -1;
+}
+
 // ---- state -------------------------------------------------------------------------------------
 
 struct LayerDev {
@@ -249,10 +339,11 @@ struct LayerDev {
     int S, any_rec;
     float *W_encT, *c_enc, *gates, *W_dec, *b_dec;
     float *Kd;  // (H, m, dh): the heads' Kd, one batched look-for (zeros for heads not analysed)
+    float *Wqk;  // (C, 2 H dh): every head's Wq~, then every head's Wk~ (zeros for heads not analysed)
 };
 
 struct HeadDev {
-    float *Wq, *Wk, *bq, *bk, *Qd, *Kd, *qb, *kb, *E, *G;
+    float *bq, *bk, *Qd, *Kd, *qb, *kb, *E, *G;
     int64_t *acc;
 };
 
@@ -265,17 +356,45 @@ struct HeadBuf {
         *sk_val, *pt_v, *pattern, *pattern_hat;
 };
 
+// One head's per-batch results for the host's sketch and examples: the `top` heaviest distinct
+// pairs in merge order and the rest's weight; the batch's strongest examples.  Device d_*, pinned
+// host h_* (a layer's heads download together, then merge on the host in parallel).
+struct PairOut {
+    int32_t *d_f, *d_g, *d_xf, *d_xg, *d_xt, *d_xj, *d_nseg;
+    double *d_w, *d_sum, *d_rest;
+    long long *d_cnt;
+    float *d_xv;
+    int32_t *h_f, *h_g, *h_xf, *h_xg, *h_xt, *h_xj, *h_nseg;
+    double *h_w, *h_sum, *h_rest;
+    long long *h_cnt;
+    float *h_xv;
+};
+
+// A layer's aggregates-and-pairs sequence (head_aggregate of every analysed head: ~35 launches and
+// copies per head, ~5000 per batch at GPT-2-small shapes) captured as a CUDA graph on its first
+// batch of N tokens and replayed by later batches of the same N.  Every pointer in it is fixed at
+// open, so a replay is the same work.
+struct LayerGraph {
+    cudaGraphExec_t exec;
+    int N, with_valid;
+};
+
 struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
     QkBtk *btk;
     cudaStream_t st;
     int sync_each;
+    int graphs;                   // capture layer_aggregates as CUDA graphs (QK_CUDA_GRAPHS=0: off; off with sync_each)
+    LayerGraph *graph;            // (L)
     LayerDev *lay;
     HeadDev *head;
     HeadRecords *rec;  // (L) host records, as host/analysis_batch.c
     // batch buffers (device)
     float *z, *err, *val, *scale, *shift;
+    float *EQK;                   // (Nmax, 2 H dh): err Wqk, the layer's error projections
+    cublasHandle_t blas;          // on st; fp32 GEMMs (the error projections)
+    float *h_wqk;                 // (C, 2 H dh) host staging of a layer's Wqk
     int32_t *idx, *nact, *live;
     int32_t *vlen;
     HeadBuf *hb;                  // (H) a layer's heads, analysed together
@@ -289,12 +408,15 @@ struct QkAnaCuda {
     int32_t *phead, *pseg, *pstart, *pnseg, *pf, *pg;
     double *pw, *psum;
     long long *pcnt;
+    unsigned long long *wk, *wk2;  // (np) merge-order keys, sorted
+    int32_t *ws, *ws2;             // (np) their segment slots, sorted
+    // example contexts: keys and candidate indices (np * per_pair), sorted copies
+    unsigned long long *xk, *xk2;
+    int32_t *xi, *xi2;
     void *cub_tmp;
     size_t cub_bytes;
-    int32_t *h_pf, *h_pg;
-    double *h_pw, *h_psum;
-    long long *h_pcnt;
-    int *h_order;
+    int top;                       // pairs merged per head and batch: min(sketch_capacity, N * sketch_pairs)
+    PairOut *out;                  // (H) a layer's heads' downloads (device and pinned host)
     // every device allocation, freed at close
     void **allocs;
     int n_allocs, cap_allocs;
@@ -362,10 +484,16 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     if (a->rec)
         for (int l = 0; l < a->L; l++)
             if (a->rec[l].n) head_records_free(&a->rec[l]);
-    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views);
-    cudaFreeHost(a->h_pf), cudaFreeHost(a->h_pg), cudaFreeHost(a->h_pw), cudaFreeHost(a->h_psum);
-    cudaFreeHost(a->h_pcnt);
-    free(a->h_order);
+    for (int h = 0; a->out && h < a->H; h++) {
+        PairOut *q = &a->out[h];
+        void *hp[12] = {q->h_f, q->h_g, q->h_w, q->h_sum, q->h_cnt, q->h_rest, q->h_nseg, q->h_xf, q->h_xg, q->h_xt, q->h_xj, q->h_xv};
+        for (int u = 0; u < 12; u++) cudaFreeHost(hp[u]);
+    }
+    if (a->blas) cublasDestroy(a->blas);
+    for (int l = 0; a->graph && l < a->L; l++)
+        if (a->graph[l].exec) cudaGraphExecDestroy(a->graph[l].exec);
+    free(a->graph);
+    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views), free(a->out), free(a->h_wqk);
     free(a);
 }
 
@@ -373,7 +501,7 @@ static int open_buffers(QkAnaCuda *a) {
     const AnalysisOpts *o = &a->p.o;
     const size_t N = a->Nmax, C = a->C, dh = a->dh, S = a->S_max, T = a->T;
     const size_t na = N * o->a;
-    if (ALLOC(a->z, N * C, "z") || ALLOC(a->err, N * C, "err") || ALLOC(a->val, N * S, "code val") ||
+    if (ALLOC(a->z, N * C, "z") || ALLOC(a->err, N * C, "err") || ALLOC(a->EQK, N * 2 * a->H * dh, "EQK") || ALLOC(a->val, N * S, "code val") ||
         ALLOC(a->idx, N * S, "code idx") || ALLOC(a->nact, N, "n_active") || ALLOC(a->live, N, "live") ||
         ALLOC(a->scale, N, "scale") || ALLOC(a->shift, N, "shift"))
         return -1;
@@ -418,17 +546,45 @@ static int open_buffers(QkAnaCuda *a) {
         ALLOC(a->pf, np, "pair f") || ALLOC(a->pg, np, "pair g") || ALLOC(a->pw, np, "pair weights") ||
         ALLOC(a->psum, np, "pair sums") || ALLOC(a->pcnt, np, "pair counts"))
         return -1;
-    size_t sort_b = 0, scan_b = 0;
+    const size_t nx = np * QK_EXAMPLES_PER_PAIR, cap = QK_EXAMPLES_CAPACITY;
+    if (ALLOC(a->xk, nx, "example keys") || ALLOC(a->xk2, nx, "example keys (sorted)") || ALLOC(a->xi, nx, "example index") ||
+        ALLOC(a->xi2, nx, "example index (sorted)") || ALLOC(a->wk, np, "pair merge keys") ||
+        ALLOC(a->wk2, np, "pair merge keys (sorted)") || ALLOC(a->ws, np, "pair merge slots") ||
+        ALLOC(a->ws2, np, "pair merge slots (sorted)"))
+        return -1;
+    a->top = o->sketch_capacity < (int)np ? o->sketch_capacity : (int)np;
+    const size_t top = a->top;
+    a->out = (PairOut *)calloc(a->H, sizeof(PairOut));
+    for (int h = 0; h < a->H; h++) {
+        PairOut *q = &a->out[h];
+        if (ALLOC(q->d_f, top, "merged pairs f") || ALLOC(q->d_g, top, "merged pairs g") || ALLOC(q->d_w, top, "merged pairs w") ||
+            ALLOC(q->d_sum, top, "merged pairs sum") || ALLOC(q->d_cnt, top, "merged pairs count") ||
+            ALLOC(q->d_rest, 1, "pairs' rest weight") || ALLOC(q->d_nseg, 1, "pair count") ||
+            ALLOC(q->d_xf, cap, "examples f") || ALLOC(q->d_xg, cap, "examples g") || ALLOC(q->d_xt, cap, "examples token") ||
+            ALLOC(q->d_xj, cap, "examples key pos") || ALLOC(q->d_xv, cap, "examples term"))
+            return -1;
+        CUDA_TRY(cudaMallocHost((void **)&q->h_f, top * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_g, top * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_w, top * 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_sum, top * 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_cnt, top * 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_rest, 8));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_nseg, 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xf, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xg, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xt, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xj, cap * 4));
+        CUDA_TRY(cudaMallocHost((void **)&q->h_xv, cap * 4));
+    }
+    size_t sort_b = 0, scan_b = 0, sort_x = 0, sort_w = 0;
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_b, a->pk, a->pk2, a->pp, a->pp2, (int)np, 0, 64, a->st));
     CUDA_TRY(cub::DeviceScan::InclusiveSum(NULL, scan_b, a->phead, a->pseg, (int)np, a->st));
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_x, a->xk, a->xk2, a->xi, a->xi2, (int)nx, 0, 64, a->st));
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_w, a->wk, a->wk2, a->ws, a->ws2, (int)np, 0, 64, a->st));
     a->cub_bytes = sort_b > scan_b ? sort_b : scan_b;
+    if (sort_x > a->cub_bytes) a->cub_bytes = sort_x;
+    if (sort_w > a->cub_bytes) a->cub_bytes = sort_w;
     if (dev_alloc(a, &a->cub_tmp, a->cub_bytes, "cub scratch")) return -1;
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pf, np * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pg, np * 4));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pw, np * 8));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_psum, np * 8));
-    CUDA_TRY(cudaMallocHost((void **)&a->h_pcnt, np * 8));
-    a->h_order = (int *)malloc(np * sizeof(int));
     return 0;
 }
 
@@ -446,7 +602,10 @@ static int open_weights(QkAnaCuda *a) {
             upload(a, &ld->gates, s->gates, m, "gates") || upload(a, &ld->W_dec, s->W_dec, m * C, "W_dec") ||
             upload(a, &ld->b_dec, s->b_dec, C, "b_dec"))
             return -1;
-        const size_t mdh = m * dh;
+        const size_t mdh = m * dh, nqk = (size_t)C * 2 * a->H * dh;
+        if (!a->h_wqk) a->h_wqk = (float *)malloc(nqk * sizeof(float));
+        float *wqk = a->h_wqk;
+        memset(wqk, 0, nqk * sizeof(float));
         if (dev_alloc(a, (void **)&ld->Kd, a->H * mdh * sizeof(float), "Kd (all heads)")) return -1;
         CUDA_TRY(cudaMemset(ld->Kd, 0, a->H * mdh * sizeof(float)));
         for (int h = 0; h < a->H; h++) {
@@ -457,8 +616,12 @@ static int open_weights(QkAnaCuda *a) {
             HeadDev *hd = &a->head[i];
             hd->Kd = ld->Kd + h * mdh;
             CUDA_TRY(cudaMemcpy(hd->Kd, t->Kd, mdh * sizeof(float), cudaMemcpyHostToDevice));
-            if (upload(a, &hd->Wq, t->qk.Wq, (size_t)C * dh, "Wq~") || upload(a, &hd->Wk, t->qk.Wk, (size_t)C * dh, "Wk~") ||
-                upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
+            for (int c = 0; c < C; c++)  // the head's columns of Wqk
+                for (int d = 0; d < dh; d++) {
+                    wqk[(size_t)c * 2 * a->H * dh + h * dh + d] = t->qk.Wq[(size_t)c * dh + d];
+                    wqk[(size_t)c * 2 * a->H * dh + (a->H + h) * dh + d] = t->qk.Wk[(size_t)c * dh + d];
+                }
+            if (upload(a, &hd->bq, t->qk.bq, dh, "bq'") || upload(a, &hd->bk, t->qk.bk, dh, "bk'") ||
                 upload(a, &hd->Qd, t->Qd, m * dh, "Qd") ||
                 upload(a, &hd->qb, t->qb, dh, "qb") || upload(a, &hd->kb, t->kb, dh, "kb") ||
                 upload(a, &hd->G, t->G, (size_t)dh * dh, "G"))
@@ -467,6 +630,7 @@ static int open_weights(QkAnaCuda *a) {
             if (dev_alloc(a, (void **)&hd->acc, acc_size((int)m) * 8, "aggregates")) return -1;
             CUDA_TRY(cudaMemset(hd->acc, 0, acc_size((int)m) * 8));
         }
+        if (upload(a, &ld->Wqk, wqk, nqk, "Wq~ and Wk~ of the layer's heads")) return -1;
     }
     return 0;
 }
@@ -493,6 +657,9 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     a->rec = (HeadRecords *)calloc(a->L, sizeof(HeadRecords));
     const char *sync = getenv("QK_CUDA_SYNC");
     a->sync_each = sync && sync[0] == '1';
+    const char *graphs = getenv("QK_CUDA_GRAPHS");
+    a->graphs = !a->sync_each && !(graphs && graphs[0] == '0');
+    a->graph = (LayerGraph *)calloc(a->L, sizeof(LayerGraph));
     for (int l = 0; l < a->L; l++) {
         const QkSae *s = p->sae[l];
         if (!s) continue;
@@ -514,6 +681,14 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     }
     if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking) != cudaSuccess) {
         qk_err("qk_ana_cuda_open: device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
+    cublasStatus_t bs = cublasCreate(&a->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(a->blas, a->st);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetMathMode(a->blas, CUBLAS_DEFAULT_MATH);  // fp32: no TF32
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        qk_err("qk_ana_cuda_open: cuBLAS handle on device %d: %s", device, cublasGetStatusString(bs));
         qk_ana_cuda_close(a);
         return NULL;
     }
@@ -580,18 +755,13 @@ static int download_records(QkAnaCuda *a, const HeadBuf *b, HeadRecords *r, int 
     return sync_st(a, "the records' download");
 }
 
-// Heaviest first, ties: lower f, then lower g (pair_sketch_sorted's order); ctx: the QkAnaCuda.
-static int pair_cmp(const void *x, const void *y, void *ctx) {
-    const QkAnaCuda *a = (const QkAnaCuda *)ctx;
-    int i = *(const int *)x, j = *(const int *)y;
-    if (a->h_pw[i] != a->h_pw[j]) return a->h_pw[i] > a->h_pw[j] ? -1 : 1;
-    if (a->h_pf[i] != a->h_pf[j]) return a->h_pf[i] < a->h_pf[j] ? -1 : 1;
-    return (a->h_pg[i] > a->h_pg[j]) - (a->h_pg[i] < a->h_pg[j]);
-}
-
-// The batch's sketch candidates of one head reduced by (f, g) on the device, then merged into the
-// host sketch heaviest first (as pair_sketch_merge): one entry per distinct pair of the batch.
-static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int with_valid, PairSketch *sk) {
+// Enqueues, for the layer's head slot h (b = its buffers, q = its downloads): the batch's sketch
+// candidates reduced by (f, g) (sorted by pair, token order kept inside a pair), the distinct
+// pairs sorted into merge order (weight descending, then f, g: pair_sketch_sorted's order) of
+// which the heaviest a->top are downloaded with the others' summed weight, and the example
+// contexts (the batch's R of pair_examples.h).  Nothing waits: merge_pairs reads q after the
+// layer's sync.
+static int pairs_enqueue(QkAnaCuda *a, const HeadBuf *b, PairOut *q, int l, int h, int N, int with_valid) {
     const int sp = a->p.o.sketch_pairs, np = N * sp;
     ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(b->sk_f, b->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
     if (launched(a, "ana_pair_keys", l, h, N)) return -1;
@@ -608,37 +778,74 @@ static int merge_pairs(QkAnaCuda *a, const HeadBuf *b, int l, int h, int N, int 
     ana_pair_sums<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, a->pf, a->pg, a->pw,
                                                       a->psum, a->pcnt);
     if (launched(a, "ana_pair_sums", l, h, N)) return -1;
-    int nseg = 0;
-    CUDA_TRY(cudaMemcpyAsync(&nseg, a->pnseg, sizeof(int), cudaMemcpyDeviceToHost, a->st));
-    if (sync_st(a, "the heavy-pair reduction")) return -1;
-    if (nseg < 1 || nseg > np) return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
-    CUDA_TRY(cudaMemcpyAsync(a->h_pf, a->pf, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_pg, a->pg, (size_t)nseg * 4, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_pw, a->pw, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_psum, a->psum, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
-    CUDA_TRY(cudaMemcpyAsync(a->h_pcnt, a->pcnt, (size_t)nseg * 8, cudaMemcpyDeviceToHost, a->st));
-    if (sync_st(a, "the heavy pairs' download")) return -1;
-    int n = 0;
-    for (int s = 0; s < nseg; s++)
-        if (a->h_pf[s] >= 0) a->h_order[n++] = s;
-    qsort_r(a->h_order, n, sizeof(int), pair_cmp, a);
-    for (int q = 0; q < n; q++) {
-        int s = a->h_order[q];
-        pair_sketch_add_entry(sk, a->h_pf[s], a->h_pg[s], a->h_pw[s], 0, a->h_psum[s], a->h_pcnt[s]);
-    }
+    // merge order on the device; the host merges only the heaviest a->top (sketch_capacity)
+    ana_pair_wkeys<<<blocks(np, 256), 256, 0, a->st>>>(a->pf, a->pw, a->pnseg, np, a->wk, a->ws);
+    if (launched(a, "ana_pair_wkeys", l, h, N)) return -1;
+    bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->wk, a->wk2, a->ws, a->ws2, np, 0, 64, a->st));
+    if (launched(a, "cub::DeviceRadixSort::SortPairs (merge order)", l, h, N)) return -1;
+    ana_pair_top<<<1, PAIR_TOP_THREADS, 0, a->st>>>(a->ws2, a->pnseg, np, a->top, a->pf, a->pg, a->pw, a->psum, a->pcnt,
+                                                    q->d_f, q->d_g, q->d_w, q->d_sum, q->d_cnt, q->d_rest);
+    if (launched(a, "ana_pair_top", l, h, N)) return -1;
+    CUDA_TRY(cudaMemcpyAsync(q->d_nseg, a->pnseg, 4, cudaMemcpyDeviceToDevice, a->st));
+    // The example contexts: each pair's strongest occurrences, then the batch's strongest of those.
+    const int pp = QK_EXAMPLES_PER_PAIR, nx = np * pp, cap = QK_EXAMPLES_CAPACITY;
+    ana_pair_examples<<<blocks(np, 128), 128, 0, a->st>>>(a->pk2, a->pp2, b->sk_val, a->pstart, a->pnseg, np, sp, pp,
+                                                          a->xk, a->xi);
+    if (launched(a, "ana_pair_examples", l, h, N)) return -1;
+    bytes = a->cub_bytes;
+    CUDA_TRY(cub::DeviceRadixSort::SortPairs(a->cub_tmp, bytes, a->xk, a->xk2, a->xi, a->xi2, nx, 0, 64, a->st));
+    if (launched(a, "cub::DeviceRadixSort::SortPairs (examples)", l, h, N)) return -1;
+    ana_examples_gather<<<blocks(cap, 128), 128, 0, a->st>>>(a->xk2, a->xi2, nx, cap, b->sk_f, b->sk_g, b->sk_val,
+                                                             b->att_idx, sp, a->p.o.a, q->d_xf, q->d_xg, q->d_xv, q->d_xt,
+                                                             q->d_xj);
+    if (launched(a, "ana_examples_gather", l, h, N)) return -1;
+    const int top = a->top;
+    DL(q->h_f, q->d_f, top); DL(q->h_g, q->d_g, top); DL(q->h_w, q->d_w, top); DL(q->h_sum, q->d_sum, top);
+    DL(q->h_cnt, q->d_cnt, top); DL(q->h_rest, q->d_rest, 1); DL(q->h_nseg, q->d_nseg, 1);
+    DL(q->h_xf, q->d_xf, cap); DL(q->h_xg, q->d_xg, cap); DL(q->h_xv, q->d_xv, cap); DL(q->h_xt, q->d_xt, cap);
+    DL(q->h_xj, q->d_xj, cap);
     return 0;
+}
+
+// After the layer's sync: head slot h's downloads merged into its sketch (heaviest first, as
+// pair_sketch_merge; the pairs past a->top count in the total only) and its examples.  Touches
+// only g: the layer's heads run this in parallel.
+static void merge_pairs(const QkAnaCuda *a, const PairOut *q, HeadAggregates *g) {
+    PairSketch *sk = &g->sketch;
+    for (int r = 0; r < a->top && q->h_f[r] >= 0; r++)
+        pair_sketch_add_entry(sk, q->h_f[r], q->h_g[r], q->h_w[r], 0, q->h_sum[r], q->h_cnt[r]);
+    pair_sketch_add_pruned(sk, *q->h_rest);
+    for (int r = 0; r < QK_EXAMPLES_CAPACITY && q->h_xf[r] >= 0; r++) {
+        const int t = q->h_xt[r];
+        pair_examples_add(&g->examples, q->h_xf[r], q->h_xg[r], q->h_xv[r], g->window0 + t / a->T, t % a->T, q->h_xj[r]);
+    }
+}
+
+// Layer l's error projections for all its heads in one fp32 GEMM (row-major EQK = err Wqk, as
+// column-major EQK^T = Wqk^T err^T); the host's are qk_gemm's, equal within float rounding.
+static int layer_err_proj(QkAnaCuda *a, int l, int N) {
+    const int M = 2 * a->H * a->dh, C = a->C;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = cublasSgemm(a->blas, CUBLAS_OP_N, CUBLAS_OP_N, M, N, C, &one, a->lay[l].Wqk, M, a->err, C, &zero,
+                                   a->EQK, M);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return qk_err("analysis: cublasSgemm (error projections of layer %d: %d x %d x %d): %s", l, N, M, C,
+                      cublasGetStatusString(s));
+    return launched(a, "cublasSgemm (error projections)", l, -1, N);
 }
 
 // Head (l, h)'s vectors: Q, K, EQ, EK, QF, KF.
 static int head_prep(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
     HeadBuf *b = &a->hb[h];
     const LayerDev *ld = &a->lay[l];
-    const int dh = a->dh, C = a->C, S = ld->S;
+    const int dh = a->dh, S = ld->S;
     const HeadDev *hd = &a->head[l * a->H + h];
     const float inv = 1.0f / sqrtf((float)dh);
-    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->err, x->sigma, a->scale, a->val, hd->Wq,
-                      hd->Wk, hd->Qd, hd->Kd, a->idx, a->live, N, C, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF,
-                      b->ainv};
+    const long long ld_e = 2LL * a->H * dh;
+    HeadVecArgs hv = {x->q + (size_t)h * dh, x->k + (size_t)h * dh, x->ld_qk, a->EQK + (size_t)h * dh,
+                      a->EQK + (size_t)(a->H + h) * dh, ld_e, x->sigma, a->scale, a->val, hd->Qd, hd->Kd, a->idx, a->live,
+                      N, dh, S, inv, b->Q, b->K, b->EQ, b->EK, b->QF, b->KF, b->ainv};
     ana_head_vec<<<blocks((long long)N * dh, 128), 128, 0, a->st>>>(hv);
     return launched(a, "ana_head_vec", l, h, N);
 }
@@ -708,36 +915,94 @@ static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N)
     return 0;
 }
 
-// Head (l, h) after ana_query: aggregates, heavy pairs, records.
-static int head_finish(QkAnaCuda *a, int l, int h, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
-                       QkRecordsFn emit, void *emit_ctx) {
-    const AnalysisPlan *p = &a->p;
-    const AnalysisOpts *o = &p->o;
-    const LayerDev *ld = &a->lay[l];
-    const QkSae *s = ld->sae;
-    const int i = l * a->H + h, rec = p->recorded[i], T = a->T, m = s->d_sae, S = ld->S;
-    const HeadDev *hd = &a->head[i];
+// Head (l, h) after ana_query: its aggregates' kernels, then its pair reductions and their
+// downloads enqueued (pairs_enqueue); nothing waits.
+static int head_aggregate(QkAnaCuda *a, int l, int h, int N, const int32_t *valid_len) {
+    const AnalysisOpts *o = &a->p.o;
+    const int i = l * a->H + h, m = a->lay[l].sae->d_sae;
     const HeadBuf *b = &a->hb[h];
-    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
+    AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
+                 N, a->T, a->lay[l].S, o->a, a->head[i].acc, m};
+    ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
+    if (launched(a, "ana_agg", l, h, N)) return -1;
+    ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(a->head[i].acc, m);
+    if (launched(a, "ana_carry", l, h, N)) return -1;
+    return pairs_enqueue(a, b, &a->out[h], l, h, N, valid_len != NULL);
+}
+
+// Recorded head (l, h): its records downloaded and handed to emit.
+static int head_records(QkAnaCuda *a, int l, int h, int N, int B, QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const QkSae *s = a->lay[l].sae;
+    HeadRecords *r = &a->rec[l];
+    const int enc = p->encoder && r->enc, es = qk_sae_slots(s, p->o.enc_slots), enc_alloc = r->enc;
+    r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
+    int rc = download_records(a, &a->hb[h], r, N, a->lay[l].S, es);
+    if (!rc) rc = emit(emit_ctx, l, h, r, B);
+    r->enc = enc_alloc;
+    return rc ? -1 : 0;
+}
+
+// Every analysed head of layer l: head_aggregate, enqueued directly or as the layer's CUDA graph.
+static int layer_aggregates(QkAnaCuda *a, int l, int N, const int32_t *valid_len) {
+    const int H = a->H;
+    if (!a->graphs) {
+        for (int h = 0; h < H; h++)
+            if (a->p.analysed[l * H + h] && head_aggregate(a, l, h, N, valid_len)) return -1;
+        return 0;
+    }
+    LayerGraph *g = &a->graph[l];
+    const int with_valid = valid_len != NULL;
+    if (!g->exec || g->N != N || g->with_valid != with_valid) {
+        if (g->exec) cudaGraphExecDestroy(g->exec), g->exec = NULL;
+        CUDA_TRY(cudaStreamBeginCapture(a->st, cudaStreamCaptureModeThreadLocal));
+        int rc = 0;
+        for (int h = 0; h < H && !rc; h++)
+            if (a->p.analysed[l * H + h]) rc = head_aggregate(a, l, h, N, valid_len);
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamEndCapture(a->st, &graph);  // ends the capture whatever happened
+        if (rc) {
+            if (graph) cudaGraphDestroy(graph);
+            return -1;
+        }
+        if (e == cudaSuccess) e = cudaGraphInstantiate(&g->exec, graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+        if (e != cudaSuccess)
+            return qk_err("analysis: layer %d's aggregates as a CUDA graph (N %d): %s (QK_CUDA_GRAPHS=0 launches them "
+                          "one by one)", l, N, cudaGetErrorString(e));
+        g->N = N, g->with_valid = with_valid;
+    }
+    CUDA_TRY(cudaGraphLaunch(g->exec, a->st));
+    return 0;
+}
+
+// Layer l's heads after ana_query: every analysed head's aggregates and pair reductions enqueued,
+// one wait, the host merges of the heads' sketches and examples in parallel (each touches only its
+// own head's aggregates), then the recorded heads' records in head order.
+static int layer_finish(QkAnaCuda *a, int l, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
+                        QkRecordsFn emit, void *emit_ctx) {
+    const AnalysisPlan *p = &a->p;
+    const int H = a->H;
     if (agg) {
-        AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
-                     N, T, S, o->a, hd->acc, m};
-        ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
-        if (launched(a, "ana_agg", l, h, N)) return -1;
-        ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(hd->acc, m);
-        if (launched(a, "ana_carry", l, h, N)) return -1;
-        if (merge_pairs(a, b, l, h, N, valid_len != NULL, &agg[i].sketch)) return -1;
+        if (layer_aggregates(a, l, N, valid_len)) return -1;
+        if (sync_st(a, "the layer's aggregates and heavy pairs")) return -1;
+        for (int h = 0; h < H; h++) {  // checked first: the parallel merges cannot fail
+            const int i = l * H + h, nseg = *a->out[h].h_nseg, np = N * p->o.sketch_pairs;
+            if (!p->analysed[i]) continue;
+            if (nseg < 1 || nseg > np)
+                return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
+            if (agg[i].examples.per_pair != QK_EXAMPLES_PER_PAIR || agg[i].examples.capacity != QK_EXAMPLES_CAPACITY)
+                return qk_err("analysis: head %d.%d: examples kept %d per pair, %d in all; the device reduces for %d and %d",
+                              l, h, agg[i].examples.per_pair, agg[i].examples.capacity, QK_EXAMPLES_PER_PAIR,
+                              QK_EXAMPLES_CAPACITY);
+        }
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int h = 0; h < H; h++)
+            if (p->analysed[l * H + h]) merge_pairs(a, &a->out[h], &agg[l * H + h]);
     }
-    if (rec && emit) {
-        HeadRecords *r = &a->rec[l];
-        int enc_alloc = r->enc;
-        r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
-        int rc = download_records(a, b, r, N, S, es);
-        if (!rc) rc = emit(emit_ctx, l, h, r, B);
-        r->enc = enc_alloc;
-        if (rc) return -1;
-    }
-    return sync_st(a, "the head's kernels");
+    for (int h = 0; emit && h < H; h++)
+        if (p->recorded[l * H + h] && head_records(a, l, h, N, B, emit, emit_ctx)) return -1;
+    return 0;
 }
 
 // ana_query over the analysed heads of layer l, one launch (grid.y: the heads).
@@ -762,7 +1027,7 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     for (int l = 0; l < a->L; l++) {
         if (!p->sae[l]) continue;
         double t = qk_now();
-        if (layer_code(a, l, &acts[l], N) || sync_st(a, "the SAE code")) return -1;
+        if (layer_code(a, l, &acts[l], N) || layer_err_proj(a, l, N) || sync_st(a, "the SAE code")) return -1;
         if (seconds) seconds[QK_STAGE_SAE] += qk_now() - t;
         t = qk_now();
         for (int h = 0; h < a->H; h++)
@@ -771,12 +1036,11 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
         for (int h = 0; h < a->H; h++)
             if (p->analysed[l * a->H + h] && head_rows(a, l, h, &acts[l], N)) return -1;
         if (layer_queries(a, l, N)) return -1;
-        for (int h = 0; h < a->H; h++)
-            if (p->analysed[l * a->H + h] && head_finish(a, l, h, N, B, valid_len, agg, emit, emit_ctx)) return -1;
+        if (layer_finish(a, l, N, B, valid_len, agg, emit, emit_ctx)) return -1;
         if (seconds) seconds[QK_STAGE_HEADS] += qk_now() - t;
     }
     if (agg && !a->defer) return qk_ana_cuda_flush(a, agg);
-    return 0;
+    return sync_st(a, "the batch's analysis");
 }
 
 // Adds a downloaded accumulator (acc_size(g->m) int64) to g, normalising the exact sums.
@@ -807,7 +1071,9 @@ extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
         HeadAggregates *g = &agg[i];
         const size_t m = g->m, n = acc_size((int)m);
         int64_t *h = (int64_t *)malloc(n * 8);
-        cudaError_t e = cudaMemcpy(h, hd->acc, n * 8, cudaMemcpyDeviceToHost);
+        // on the analysis's stream (non-blocking: the legacy stream would not wait for its kernels)
+        cudaError_t e = cudaMemcpyAsync(h, hd->acc, n * 8, cudaMemcpyDeviceToHost, a->st);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(a->st);
         if (e == cudaSuccess) e = cudaMemsetAsync(hd->acc, 0, n * 8, a->st);
         if (e != cudaSuccess) {
             free(h);

@@ -14,10 +14,15 @@
 // atomics (order-free, so bit-identical run to run), counts and histograms likewise; they stay on
 // the device and are added to the host HeadAggregates by qk_ana_cuda_flush (run flushes after
 // every batch unless opened with defer_flush).  The heavy-pair sketch: each batch's pair
-// candidates are downloaded and added to the host sketch in token order, exactly as the host.
+// candidates are reduced by pair on the device and the distinct pairs merged into the host sketch
+// heaviest first, as pair_sketch_merge.  The example contexts: the batch's R of pair_examples.h
+// (each pair's 4 strongest occurrences, the strongest 1024 of those) computed on the device and
+// added to the host's examples: R is composable, so the result is the host analysis's.
 //
 // Numerics: fp32 everywhere (the .cu is compiled with -fmad=false; explicit FMA chains where
-// host/base/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open.
+// host/base/gemm.h has them); the SAE encodes and look-for GEMMs run in the QkPrecision given to open;
+// the error projections e Wq~, e Wk~ of a layer's heads are one cuBLAS fp32 GEMM (no TF32; another
+// summation order than qk_gemm: equal within float rounding).
 //
 // Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
 //   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 0); allocate the forward's
@@ -34,10 +39,11 @@
 //                           return qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
 //   analysis_close(an):     qk_ana_cuda_close(dev), then free the activations.
 // With defer_flush = 0 every run adds the batch's dense aggregates to agg (one download of
-// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  Faster: open
-// with defer_flush = 1 and call qk_ana_cuda_flush(dev, agg) only before the aggregates are read
-// (an optional QkBackend hook, called by run/run_loop.c before write_aggregates and by agg_comm.c
-// before a rank reduction).  The sketch is updated on the host by every run either way.
+// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  The backend
+// opens with defer_flush = 1 and flushes through QkBackend.analysis_flush, which the pipeline
+// calls before anything reads the aggregates (a shard's close, a rank's totals, the summary; the
+// CPU backend's QK_AGG_DEFER=1 checks those places on the CPU).  The sketch and the examples are
+// updated on the host by every run either way.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

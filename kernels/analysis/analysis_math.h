@@ -86,13 +86,6 @@ QK_HD void qk_ana_proj_scale(double norm2, int d_in, int layer_norm, float *a, f
 
 // ---- per-token head vectors -------------------------------------------------------------------
 
-// One element of e W (C, dh) / sigma as host qk_gemm then the division: a chain of FMAs over c.
-QK_HD float qk_ana_err_proj(const float *e, int C, const float *W, int dh, int d, float sigma) {
-    float acc = 0.0f;
-    for (int c = 0; c < C; c++) acc = fmaf(e[c], W[(size_t)c * dh + d], acc);
-    return acc / sigma;
-}
-
 // One element of the summed feature components (r/sigma) sum_f a_f Qd[f] (host analyse_head).
 QK_HD float qk_ana_feat_sum(const int32_t *idx, const float *val, int live, const float *Qd, int dh, int d, float sc) {
     double acc = 0;
@@ -427,4 +420,56 @@ QK_HD void qk_ana_range(int metric, float *lo, float *hi) {
     if (b <= 2) *lo = 0, *hi = 5;
     else if (b == 4) *lo = -1, *hi = 1;
     else *lo = 0, *hi = 1;
+}
+
+// ---- example contexts of the heavy pairs (host/pair_examples.h), reduced per batch ------------
+// The device sorts a batch's sketch candidates by pair (f, g), token order kept inside a pair
+// (ana_pair_keys + a stable radix sort).  Each pair's `per_pair` strongest occurrences
+// (qk_ana_segment_examples), sorted by qk_ana_example_key with a stable sort (pairs stay in
+// (f, g) order on ties), are the batch's R of pair_examples.h in its "stronger" order, of which
+// the first `capacity` are downloaded: R is composable, so adding R(batch) to the host's examples
+// gives what adding every candidate would.  Inside one batch (window, query pos) ascending is
+// token n ascending and the key position is a function of n, so (|term|, n) orders a pair.
+#define QK_ANA_EXAMPLES_MAX_PER_PAIR 8
+
+QK_HD uint32_t qk_ana_float_bits(float x) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(x);
+#else
+    union { float f; uint32_t u; } b;
+    b.f = x;
+    return b.u;
+#endif
+}
+
+// kept[0 .. per_pair): the candidate indices pos[e] of segment [e0, e1) (one pair, token order)
+// with the largest |val|, strongest first, the earlier token first on ties; -1 past the segment.
+// per_pair <= QK_ANA_EXAMPLES_MAX_PER_PAIR.  A bubbling insertion over a fixed-size array, fully
+// unrolled on the device so that best[] and kept[] stay in registers.
+QK_HD void qk_ana_segment_examples(const uint32_t *pos, const float *val, int e0, int e1, int per_pair, int32_t *kept) {
+    float best[QK_ANA_EXAMPLES_MAX_PER_PAIR];
+    QK_ANA_UNROLL
+    for (int q = 0; q < QK_ANA_EXAMPLES_MAX_PER_PAIR; q++) best[q] = -1.0f, kept[q] = -1;  // |term| >= 0 beats -1
+    for (int e = e0; e < e1; e++) {
+        int32_t cp = (int32_t)pos[e];
+        float ct = fabsf(val[cp]);
+        // It goes in before the first entry it is strictly stronger than (on ties the earlier
+        // token stays ahead); from there every entry moves down one place.
+        int moving = 0;
+        QK_ANA_UNROLL
+        for (int q = 0; q < QK_ANA_EXAMPLES_MAX_PER_PAIR; q++)
+            if (q < per_pair && (moving || ct > best[q])) {
+                const float t = best[q];
+                const int32_t p = kept[q];
+                best[q] = ct, kept[q] = cp;
+                ct = t, cp = p, moving = 1;
+            }
+    }
+}
+
+// Ascending sort key of a kept candidate of token n: |term| descending, then n ascending.
+// Empty slots: ~0 (last).  (The run stops before non-finite activations, so terms are finite.)
+#define QK_ANA_EXAMPLE_NONE (~0ull)
+QK_HD unsigned long long qk_ana_example_key(float term, uint32_t n) {
+    return (unsigned long long)(0xFFFFFFFFu - qk_ana_float_bits(fabsf(term))) << 32 | n;
 }
