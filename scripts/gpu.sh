@@ -282,20 +282,27 @@ compare_cache() {
     done
 }
 
+# run_ini FILE BATCH MAX_TOKENS RECORD_HEADS: a run config on the random model (every head, k 32,
+# windows of 128 tokens).
+run_ini() {
+    local R=$W/rnd l
+    {
+        echo "[model]"; echo "dir = $R/model"; echo "[sae]"
+        for l in $(seq 0 $((NL - 1))); do echo "layer.$l = $R/sae/layer_$l"; done
+        echo "[corpus]"; echo "paths = $R/corpus.npy"; echo "n_ctx = 128"; echo "bos = false"; echo "batch = $2"
+        echo "max_tokens = $3"
+        echo "[analysis]"; echo "heads = all"; echo "record_heads = $4"; echo "k = 32"
+        echo "[run]"; echo "backend = $GPU_BE"
+    } >"$1"
+}
+
 # records + aggregates: qkscope run on the CPU and on CUDA (fp32 parity, bf16 overlap)
 compare_run() {
     local R=$W/rnd Q=$BIN/qkscope C=$BIN/h5compare
     [ -d "$R/model" ] || { skip_row compare_run "no random model"; return; }
     # run: all 144 heads' aggregates, records for 12 heads, k 32, one batch of 32 windows of 128
     local cfg=$W/cmp.ini
-    {
-        echo "[model]"; echo "dir = $R/model"; echo "[sae]"
-        for l in $(seq 0 $((NL - 1))); do echo "layer.$l = $R/sae/layer_$l"; done
-        echo "[corpus]"; echo "paths = $R/corpus.npy"; echo "n_ctx = 128"; echo "bos = false"; echo "batch = 32"
-        echo "max_tokens = 4096"
-        echo "[analysis]"; echo "heads = all"; echo "record_heads = $(seq -s, -f '%g.0' 0 $((NL - 1)))"; echo "k = 32"
-        echo "[run]"; echo "backend = $GPU_BE"
-    } >"$cfg"
+    run_ini "$cfg" 32 4096 "$(seq -s, -f '%g.0' 0 $((NL - 1)))"
     for p in cpu fp32 bf16; do
         local sets="--set run.precision=$(prec_of $p)"
         [ $p = cpu ] && sets="--set run.backend=cpu --set run.precision=fp32"
@@ -315,14 +322,7 @@ throughput() {
     local R=$W/rnd Q=$BIN/qkscope
     [ -d "$R/model" ] || { skip_row throughput "no random model"; return; }
     local cfg=$W/throughput.ini p
-    {
-        echo "[model]"; echo "dir = $R/model"; echo "[sae]"
-        for l in $(seq 0 $((NL - 1))); do echo "layer.$l = $R/sae/layer_$l"; done
-        echo "[corpus]"; echo "paths = $R/corpus.npy"; echo "n_ctx = 128"; echo "bos = false"; echo "batch = 64"
-        echo "max_tokens = $THROUGHPUT_TOKENS"
-        echo "[analysis]"; echo "heads = all"; echo "record_heads = none"; echo "k = 32"
-        echo "[run]"; echo "backend = $GPU_BE"
-    } >"$cfg"
+    run_ini "$cfg" 64 "$THROUGHPUT_TOKENS" none
     for p in bf16 fp32; do
         NOTE_FN=note_tps step "throughput_$p" 120 env LD_LIBRARY_PATH="$QK_LIBS" "$Q" run "$cfg" \
             --set run.precision=$(prec_of $p) -o "$W/throughput_$p.h5"
