@@ -996,7 +996,9 @@ static int layer_finish(QkAnaCuda *a, int l, int N, int B, const int32_t *valid_
                               l, h, agg[i].examples.per_pair, agg[i].examples.capacity, QK_EXAMPLES_PER_PAIR,
                               QK_EXAMPLES_CAPACITY);
         }
+#ifdef _OPENMP  // the Makefile builds this object with -Xcompiler -fopenmp
 #pragma omp parallel for schedule(dynamic, 1)
+#endif
         for (int h = 0; h < H; h++)
             if (p->analysed[l * H + h]) merge_pairs(a, &a->out[h], &agg[l * H + h]);
     }
