@@ -7,7 +7,8 @@
 // feature-pair mass whose query feature's current-token label is the key feature's previous-token
 // label) ranks the heads PyTorch measured as induction heads first, >= 0.5 for each of them and
 // <= 0.1 for every head with induction score < 0.1; the weights-only q2k map of each induction
-// head sends most labelled current-token features to the matching previous-token feature.
+// head sends many labelled current-token features (>= STATIC_MATCH_MIN, ~200 times chance) to the
+// matching previous-token feature.
 #include <cJSON.h>
 
 #include "npy.h"

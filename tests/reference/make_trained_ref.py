@@ -3,6 +3,7 @@
 
 Run from the repo root (CPU only, ~15 min on one thread):
     make trained-reference          # .venv-ref/bin/python tests/reference/make_trained_ref.py, then make ground-truth
+    make trained-reference-sae      # the same with QK_TRAINED_STAGE=sae: SAEs and labels only, on the committed model
 Pinned versions: tests/reference/requirements.txt (the same virtualenv as `make reference`).  Seeds
 are fixed and torch runs deterministic algorithms on one thread (OMP_NUM_THREADS=1), so a rerun on
 the same versions gives the same numbers.
@@ -24,9 +25,10 @@ What it does, and writes into tests/reference/data/trained/ (the fixture, ~1 MB)
      i - 31, the token after the earlier occurrence of the current token;
    - previous-token score: the mean attention from i to i - 1 over held-out tinyshakespeare windows.
 4. SAEs: SAELens TopKSAE on blocks.L.hook_resid_pre of both layers (layer 0: the embeddings;
-   layer 1: what the induction heads read), trained here on activations of the same mix, saved with
+   layer 1: what the induction heads read), trained here on activations of windows of random tokens
+   holding repeated runs (SAE_P_REPEAT: every token equally frequent), dead latents restarted, saved with
    SAELens's save_model (float16) and loaded back with SAE.load_from_disk to check the files.
-5. Feature labels: over held-out activations (text and random runs), each feature's top-N
+5. Feature labels: over held-out activations of the same kind, each feature's top-N
    activations (N = 64); its current-token label is the most frequent token at those positions, its
    previous-token label the most frequent token just before them; with their counts.
 6. probe/corpus.npy: the repeated random sequences of step 3, int32 [windows, 64].
