@@ -32,8 +32,7 @@ def read_npy_i32(path):
 
 
 # Hand-written: the experiments behind the fixture's SAE settings (tests/reference/make_trained_ref.py),
-# each measured with a PyTorch copy of qkscope's share (the same figures as `qkscope probe score` on
-# the fixture of the time: 0.054 / 0.052 / 0.045 / 0.058 for 1.0-1.3) on the committed model.
+# all on the committed model; the table says how each share was measured.
 WHAT_CHANGED = """## What changed and why
 
 The first fixture's layer-1 SAE (1024 latents, k = 6, trained on a quarter text and three quarters random
@@ -61,9 +60,14 @@ Layer-1 SAE tried (2048 latents unless said; FVU and labelled features on held-o
 | random runs only | 3 | 2000 | 0.180 | 1084 | 438 / 167 | 0.378 / 0.388 / 0.355 / 0.395 |
 | random runs only | 2 | 1500 | 0.226 | 1201 | 412 / 183 | 0.403 / 0.400 / 0.398 / 0.397 |
 | random runs only (this fixture) | 2 | 3000 | 0.215 | 1291 | 475 / 255 | 0.554 / 0.603 / 0.562 / 0.577 |
+| random runs only, 4096 latents | 2 | 2000 | 0.211 | 1906 | 602 / 267 | 0.563 / 0.587 / 0.576 / 0.579 |
+
+(Labels from held-out windows of the SAE's own training mix.  Shares up to k = 3: a PyTorch copy of qkscope's
+share, which gives the first fixture's figures exactly; k = 2: `qkscope probe score` itself.)
 
 The remaining mismatched heavy pairs join a current-token latent with a previous-token latent labelled with
-another token that also fires for this one: 255 previous-token latents for 511 tokens.  The previous token
+another token that also fires for this one: 255 previous-token latents for 511 tokens (267 with 4096 latents,
+which adds current-token latents but hardly any previous-token ones).  The previous token
 reaches layer 1 through head 0.0's OV circuit, of rank d_head = 16, so 511 previous tokens share 16
 dimensions (the current token has all 64) and the SAE merges some of them.
 
