@@ -3,6 +3,7 @@
 
 Run from the repo root (CPU only, ~15 min on one thread):
     make trained-reference          # .venv-ref/bin/python tests/reference/make_trained_ref.py, then make ground-truth
+    make trained-reference-sae      # the same with QK_TRAINED_STAGE=sae: SAEs and labels only, on the committed model
 Pinned versions: tests/reference/requirements.txt (the same virtualenv as `make reference`).  Seeds
 are fixed and torch runs deterministic algorithms on one thread (OMP_NUM_THREADS=1), so a rerun on
 the same versions gives the same numbers.
@@ -24,9 +25,10 @@ What it does, and writes into tests/reference/data/trained/ (the fixture, ~1 MB)
      i - 31, the token after the earlier occurrence of the current token;
    - previous-token score: the mean attention from i to i - 1 over held-out tinyshakespeare windows.
 4. SAEs: SAELens TopKSAE on blocks.L.hook_resid_pre of both layers (layer 0: the embeddings;
-   layer 1: what the induction heads read), trained here on activations of the same mix, saved with
+   layer 1: what the induction heads read), trained here on activations of windows of random tokens
+   holding repeated runs (SAE_P_REPEAT: every token equally frequent), dead latents restarted, saved with
    SAELens's save_model (float16) and loaded back with SAE.load_from_disk to check the files.
-5. Feature labels: over held-out activations (text and random runs), each feature's top-N
+5. Feature labels: over held-out activations of the same kind, each feature's top-N
    activations (N = 64); its current-token label is the most frequent token at those positions, its
    previous-token label the most frequent token just before them; with their counts.
 6. probe/corpus.npy: the repeated random sequences of step 3, int32 [windows, 64].
@@ -70,7 +72,14 @@ STEPS, BATCH, LR, WARMUP = 3000, 32, 5e-3, 100
 # a circuit that is not the classic one: layer-0 heads fixed on absolute positions, no previous-token
 # head, TL induction scores < 0.1), and a 50/50 mix from step 0 (second copies still on the ln 511
 # plateau after 3000 steps).
-SAE_D, SAE_K, SAE_STEPS, SAE_BATCH, SAE_LR = 1024, 6, 2500, 1024, 2e-3
+SAE_D, SAE_K = (1024, 2048), (6, 2)  # per layer: latents, top-k
+SAE_STEPS = (600, 3000)  # per layer: the embeddings (token + position) need fewer
+SAE_BATCH, SAE_LR = 1024, 2e-3
+SAE_P_REPEAT = 1.0     # SAE training and labelling windows: random tokens only (training_repeats), so every
+                       # token is as frequent as current and as previous token (results/ground_truth.md, "What
+                       # changed and why": on the text mix, or with k >= 3, the layer-1 SAE spends its latents on
+                       # dense directions that fire on 20-50% of tokens, and the induction signal is spread thin)
+SAE_RESAMPLE = 250    # dead latents (no activation for this many steps) restarted every this many steps
 SAE_TOKENS = 262144    # activations per layer the SAEs are trained on
 LABEL_TOKENS = 131072  # held-out activations the features are labelled on
 LABEL_TOP = 64
@@ -222,10 +231,10 @@ def head_scores(model, probe, val):
 
 
 def sae_inputs(model, gen, stream, n_tokens):
-    """resid_pre of every layer on mixed windows: [n_tokens, d] per layer, with the tokens and the
-    previous tokens (-1 at position 0) of every row."""
+    """resid_pre of every layer on SAE_P_REPEAT-mixed windows: [n_tokens, d] per layer, with the tokens
+    and the previous tokens (-1 at position 0) of every row."""
     n = n_tokens // N_CTX
-    windows = mixed_batch(gen, stream, n)
+    windows = mixed_batch(gen, stream, n, SAE_P_REPEAT)
     res, tok = [[] for _ in range(N_LAYER)], []
     for s in range(0, n, 256):
         hs, _ = resid_and_patterns(model, windows[s:s + 256])
@@ -235,18 +244,40 @@ def sae_inputs(model, gen, stream, n_tokens):
     return [torch.cat(r) for r in res], windows.reshape(-1), prev.reshape(-1)
 
 
-def topk_encode(x, W_enc, b_enc, b_dec):
-    """SAELens TopKSAE's encode (normalize none, b_dec applied to the input): the k largest
-    pre-activations, then ReLU."""
-    pre = (x - b_dec) @ W_enc + b_enc
-    val, idx = pre.topk(SAE_K, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(val))
+def resample_dead(sae, opt, x, dead, gen):
+    """Dead latents restarted where the SAE does worst (Bricken et al. 2023, "Towards Monosemanticity"):
+    each takes the direction of the reconstruction error of an input drawn with probability ~ its
+    squared error, an encoder column of the live latents' mean norm and their mean bias, and fresh Adam
+    moments.  Every latent gets a chance at a niche of its own (AuxK alone left 1361 of 2048 dead); those
+    that find none die again, which is harmless (results/ground_truth.md, "What changed and why")."""
+    idx = dead.nonzero().flatten()
+    if len(idx) == 0:
+        return idx
+    with torch.no_grad():
+        xb = x[torch.randint(0, len(x), (16 * SAE_BATCH,), generator=gen)]  # [16 * SAE_BATCH, d]
+        pre = (xb - sae.b_dec) @ sae.W_enc + sae.b_enc
+        val, top = pre.topk(sae.cfg.k, dim=-1)
+        err = xb - torch.zeros_like(pre).scatter(-1, top, torch.relu(val)) @ sae.W_dec - sae.b_dec
+        e2 = (err ** 2).sum(-1)
+        pick = torch.multinomial(e2 / e2.sum(), len(idx), replacement=False, generator=gen)
+        d = err[pick] / err[pick].norm(dim=1, keepdim=True)
+        live = ~dead
+        sae.W_dec[idx] = d
+        sae.W_enc[:, idx] = d.T * sae.W_enc[:, live].norm(dim=0).mean()
+        sae.b_enc[idx] = sae.b_enc[live].mean()
+        for p, sl in ((sae.W_dec, (idx,)), (sae.W_enc, (slice(None), idx)), (sae.b_enc, (idx,))):
+            st = opt.state.get(p)
+            if st:
+                st["exp_avg"][sl] = 0
+                st["exp_avg_sq"][sl] = 0
+    return idx
 
 
 def train_sae(x, layer, gen):
     """A TopK SAE fitted with Adam on MSE, plus the AuxK loss of Gao et al. (2024) on latents dead
     for 200 steps, so few latents die.  Parameters live in SAELens's own TopKSAE."""
-    cfg = TopKSAEConfig(d_in=D_MODEL, d_sae=SAE_D, k=SAE_K, normalize_activations="none", apply_b_dec_to_input=True,
+    d_sae, k, steps = SAE_D[layer], SAE_K[layer], SAE_STEPS[layer]
+    cfg = TopKSAEConfig(d_in=D_MODEL, d_sae=d_sae, k=k, normalize_activations="none", apply_b_dec_to_input=True,
                         dtype="float32", device="cpu")
     cfg.metadata.hook_name = f"blocks.{layer}.hook_resid_pre"
     cfg.metadata.model_name = "qkscope-trained-gpt2"
@@ -254,7 +285,7 @@ def train_sae(x, layer, gen):
     cfg.metadata.prepend_bos = False
     sae = TopKSAE(cfg)
     with torch.no_grad():
-        w = torch.randn(SAE_D, D_MODEL, generator=gen)
+        w = torch.randn(d_sae, D_MODEL, generator=gen)
         w /= w.norm(dim=1, keepdim=True)
         sae.W_dec.copy_(w)
         sae.W_enc.copy_(w.T)
@@ -263,12 +294,12 @@ def train_sae(x, layer, gen):
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     opt = torch.optim.Adam(params, lr=SAE_LR)
     var = float(((x - x.mean(0)) ** 2).sum(-1).mean())
-    last_fired = torch.zeros(SAE_D, dtype=torch.long)
+    last_fired = torch.zeros(d_sae, dtype=torch.long)
     curve = []
-    for step in range(SAE_STEPS):
+    for step in range(steps):
         xb = x[torch.randint(0, len(x), (SAE_BATCH,), generator=gen)]
         pre = (xb - sae.b_dec) @ sae.W_enc + sae.b_enc
-        val, idx = pre.topk(SAE_K, dim=-1)
+        val, idx = pre.topk(k, dim=-1)
         acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(val))
         xhat = acts @ sae.W_dec + sae.b_dec
         err = xb - xhat
@@ -280,7 +311,7 @@ def train_sae(x, layer, gen):
         dead = last_fired > 200
         if dead.any():
             pre_dead = pre.masked_fill(~dead, -float("inf"))
-            kk = min(int(dead.sum()), 2 * SAE_K)
+            kk = min(int(dead.sum()), 2 * k)
             dv, di = pre_dead.topk(kk, dim=-1)
             aux = torch.zeros_like(pre).scatter(-1, di, torch.relu(dv)) @ sae.W_dec
             loss = loss + ((err.detach() - aux) ** 2).sum(-1).mean() / var / 32
@@ -289,7 +320,11 @@ def train_sae(x, layer, gen):
         opt.step()
         with torch.no_grad():  # unit-norm decoder rows: activations carry the scale
             sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
-        if step % 250 == 0 or step == SAE_STEPS - 1:
+        if SAE_RESAMPLE and step % SAE_RESAMPLE == 0 and 0 < step <= steps // 2:
+            restarted = resample_dead(sae, opt, x, last_fired >= SAE_RESAMPLE, gen)
+            last_fired[restarted] = 0
+            print(f"  sae layer {layer} step {step:5d}  restarted {len(restarted)} dead latents", flush=True)
+        if step % 250 == 0 or step == steps - 1:
             with torch.no_grad():
                 fvu = float((err ** 2).sum(-1).mean()) / var
             curve.append({"step": step, "fvu": fvu, "dead": int(dead.sum())})
@@ -304,15 +339,16 @@ def sae_quality(sae, x):
     var = float(((x - x.mean(0)) ** 2).sum(-1).mean())
     fired = (acts > 0).any(0)
     return {"fvu": float(((x - xhat) ** 2).sum(-1).mean()) / var, "l0": float((acts > 0).float().sum(-1).mean()),
-            "features_fired": int(fired.sum()), "d_sae": SAE_D}, acts
+            "features_fired": int(fired.sum()), "d_sae": sae.cfg.d_sae, "k": sae.cfg.k}, acts
 
 
 def labels(acts, tok, prev):
     """[d_sae, 4] int32: current-token label, count, previous-token label, count (top LABEL_TOP)."""
-    out = np.full((SAE_D, 4), -1, dtype=np.int32)
+    d_sae = acts.shape[1]
+    out = np.full((d_sae, 4), -1, dtype=np.int32)
     n_act = (acts > 0).sum(0)
     val, idx = acts.topk(LABEL_TOP, dim=0)  # [LABEL_TOP, d_sae]
-    for f in range(SAE_D):
+    for f in range(d_sae):
         rows = idx[:, f][val[:, f] > 0]
         if len(rows) == 0:
             continue
@@ -337,8 +373,12 @@ def main():
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(SEED)
     t_start = time.time()
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(OUT)
+    # QK_TRAINED_STAGE=sae: keep the committed model, probe and head scores; redo the SAEs and labels
+    # only (their own generators, so the files equal those of a full run on the same versions)
+    sae_only = os.environ.get("QK_TRAINED_STAGE", "all") == "sae"
+    if not sae_only:
+        shutil.rmtree(OUT, ignore_errors=True)
+        os.makedirs(OUT)
 
     text = open(DATA, encoding="utf-8").read()
     enc = gpt2_encoding()
@@ -347,29 +387,41 @@ def main():
     stream = torch.from_numpy(lut[ids])
     cut = int(len(stream) * (1 - HELDOUT))
     train, val = stream[:cut], stream[cut:]
-    vocab = {"vocab_size": VOCAB, "unknown_id": VOCAB - 1, "gpt2_ids": keep + [-1],
-             "text": [enc.decode([t]) for t in keep] + ["<unk>"],
-             "note": "model id i is GPT-2 token gpt2_ids[i]; the last id stands for every other GPT-2 token"}
-    json.dump(vocab, open(os.path.join(OUT, "vocab.json"), "w"), indent=0)
-    print(f"{len(ids)} GPT-2 tokens; {VOCAB - 1} kept cover {coverage:.3f}", flush=True)
+    if sae_only:
+        model = GPT2LMHeadModel.from_pretrained(os.path.join(OUT, "model"), dtype=torch.float32)
+        model.eval()
+        model.set_attn_implementation("eager")
+        heads = json.load(open(os.path.join(OUT, "ground_truth.json")))["heads"]
+        prior = json.load(open(os.path.join(OUT, "training.json")))
+        curve = prior["model_curve"]
+        t_start -= prior.get("model_seconds", curve[-1]["seconds"])
+        for d in ("sae", "labels"):
+            shutil.rmtree(os.path.join(OUT, d), ignore_errors=True)
+    else:
+        vocab = {"vocab_size": VOCAB, "unknown_id": VOCAB - 1, "gpt2_ids": keep + [-1],
+                 "text": [enc.decode([t]) for t in keep] + ["<unk>"],
+                 "note": "model id i is GPT-2 token gpt2_ids[i]; the last id stands for every other GPT-2 token"}
+        json.dump(vocab, open(os.path.join(OUT, "vocab.json"), "w"), indent=0)
+        print(f"{len(ids)} GPT-2 tokens; {VOCAB - 1} kept cover {coverage:.3f}", flush=True)
 
-    model, curve = train_model(train, val, gen)
-    model.config.torch_dtype = "float16"
-    model.to(torch.float16).save_pretrained(os.path.join(OUT, "model"), safe_serialization=True)
-    model.float()
-    round_to(model, torch.float16)
-    for f in os.listdir(os.path.join(OUT, "model")):
-        if f not in ("config.json", "model.safetensors"):
-            os.remove(os.path.join(OUT, "model", f))
+        model, curve = train_model(train, val, gen)
+        model.config.torch_dtype = "float16"
+        model.to(torch.float16).save_pretrained(os.path.join(OUT, "model"), safe_serialization=True)
+        model.float()
+        round_to(model, torch.float16)
+        for f in os.listdir(os.path.join(OUT, "model")):
+            if f not in ("config.json", "model.safetensors"):
+                os.remove(os.path.join(OUT, "model", f))
 
-    pgen = torch.Generator().manual_seed(SEED + 3)
-    probe = random_repeats(pgen, PROBE_WINDOWS)
-    os.makedirs(os.path.join(OUT, "probe"))
-    np.save(os.path.join(OUT, "probe", "corpus.npy"), probe.numpy().astype(np.int32))
-    write_probe_json()
-    heads = head_scores(model, probe, val)
-    for h in heads:
-        print(f"head {h['head']}: induction {h['induction_score']:.3f}  previous token {h['previous_token_score']:.3f}")
+        pgen = torch.Generator().manual_seed(SEED + 3)
+        probe = random_repeats(pgen, PROBE_WINDOWS)
+        os.makedirs(os.path.join(OUT, "probe"))
+        np.save(os.path.join(OUT, "probe", "corpus.npy"), probe.numpy().astype(np.int32))
+        write_probe_json()
+        heads = head_scores(model, probe, val)
+        for h in heads:
+            print(f"head {h['head']}: induction {h['induction_score']:.3f}  previous token {h['previous_token_score']:.3f}")
+    model_seconds = round(time.time() - t_start, 1)
 
     sgen = torch.Generator().manual_seed(SEED + 4)
     xs, _, _ = sae_inputs(model, sgen, train, SAE_TOKENS)
@@ -378,7 +430,7 @@ def main():
     os.makedirs(os.path.join(OUT, "labels"))
     sae_info = []
     for layer in range(N_LAYER):
-        sae, scurve = train_sae(xs[layer], layer, gen)
+        sae, scurve = train_sae(xs[layer], layer, torch.Generator().manual_seed(SEED + 6 + layer))
         folder = os.path.join(OUT, "sae", f"layer_{layer}")
         sae.to(torch.float16)
         sae.cfg.dtype = "float16"
@@ -392,7 +444,7 @@ def main():
         pure_prev = int(((lab[:, 3] >= LABEL_TOP // 2)).sum())
         q.update({"layer": layer, "curve": scurve, "current_token_features": pure_cur,
                   "previous_token_features": pure_prev})
-        print(f"sae layer {layer}: FVU {q['fvu']:.4f} L0 {q['l0']:.2f} fired {q['features_fired']}/{SAE_D}; "
+        print(f"sae layer {layer}: FVU {q['fvu']:.4f} L0 {q['l0']:.2f} fired {q['features_fired']}/{q['d_sae']}; "
               f"features with a current-token label >= 50%: {pure_cur}, previous-token: {pure_prev}", flush=True)
         sae_info.append(q)
 
@@ -402,7 +454,7 @@ def main():
              "rep": REP, "n_ctx": N_CTX, "probe_windows": PROBE_WINDOWS, "label_top": LABEL_TOP,
              "vocab_coverage": coverage}
     json.dump(truth, open(os.path.join(OUT, "ground_truth.json"), "w"), indent=1)
-    json.dump({"model_curve": curve, "sae": sae_info, "versions": versions(), "threads": torch.get_num_threads(),
+    json.dump({"model_curve": curve, "model_seconds": model_seconds, "sae": sae_info, "versions": versions(), "threads": torch.get_num_threads(),
                "seconds": round(time.time() - t_start, 1),
                "final": {"val_text_loss": curve[-1]["val_text_loss"],
                          "val_repeat_second_copy_loss": curve[-1]["val_repeat_second_copy_loss"],
