@@ -76,9 +76,9 @@ static void write_config(const char *dir, const char *corpus, int n_ctx, const c
 static char *g_dir;
 static void trained_setup(void) {
     g_dir = make_tmpdir();
-    cr_assert_eq(shf("bin/qkscope run configs/trained.ini " TRAINED_SETS " -o %s/run.h5 > %s/run.log 2>&1", g_dir, g_dir), 0,
+    cr_assert_eq(shf(QK_BIN " run configs/trained.ini " TRAINED_SETS " -o %s/run.h5 > %s/run.log 2>&1", g_dir, g_dir), 0,
                  "qkscope run on the trained fixture failed (%s/run.log)", g_dir);
-    cr_assert_eq(shf("bin/qkscope static configs/trained.ini " TRAINED_SETS " -o %s/static.h5 > %s/static.log 2>&1",
+    cr_assert_eq(shf(QK_BIN " static configs/trained.ini " TRAINED_SETS " -o %s/static.h5 > %s/static.log 2>&1",
                      g_dir, g_dir), 0);
 }
 static void trained_teardown(void) {
@@ -169,8 +169,10 @@ Test(probe_trained, static_q2k_sends_current_to_previous_token_features) {
         cr_assert_eq(sscanf(h->valuestring, "%d.%d", &l, &hh), 2);
         QkLabels lab;
         cr_assert_eq(qk_labels_load(&lab, TRAINED "/labels", l), 0, "%s", qk_errmsg());
-        int n = 0;
-        double frac = qk_probe_static_match(path, l, hh, &lab, label_top / 2, &n);
+        int n = 0, nm = 0;
+        double fm = NAN, frac = qk_probe_static_match(path, l, hh, &lab, label_top / 2, &n, &fm, &nm);
+        cr_log_info("head %s: q2k sends %.3f of %d labelled current-token features to the matching previous-token "
+                    "feature, %.3f of the %d that have one", h->valuestring, frac, n, fm, nm);
         cr_expect_geq(n, 50, "head %s: only %d labelled current-token features", h->valuestring, n);
         cr_expect_geq(frac, STATIC_MATCH_MIN, "head %s: %.3f of %d labelled current-token features map to the matching "
                       "previous-token feature", h->valuestring, frac, n);
@@ -181,7 +183,7 @@ Test(probe_trained, static_q2k_sends_current_to_previous_token_features) {
 
 Test(probe_trained, cli_score_matches_the_library) {
     cJSON *gt = ground_truth();
-    cr_assert_eq(shf("bin/qkscope probe score %s/run.h5 --probe " TRAINED "/probe --labels " TRAINED "/labels "
+    cr_assert_eq(shf(QK_BIN " probe score %s/run.h5 --probe " TRAINED "/probe --labels " TRAINED "/labels "
                      "--expect %s --static %s/static.h5 --json %s/score.json > %s/score.txt",
                      g_dir, induction_list(gt), g_dir, g_dir, g_dir), 0);
     char p[512];
@@ -261,7 +263,7 @@ Test(probe, induction_corpus_repeats_random_runs) {
 
 Test(probe, ioi_gpt2_prompts_record_name_positions) {
     char *d = make_tmpdir();
-    cr_assert_eq(shf("bin/qkscope probe ioi --vocab " VOCAB " --out %s --windows 32 > /dev/null", d), 0);
+    cr_assert_eq(shf(QK_BIN " probe ioi --vocab " VOCAB " --out %s --windows 32 > /dev/null", d), 0);
     int W, T;
     int32_t *t = read_corpus(d, &W, &T);
     cr_assert(W == 32 && T == 31, "%d x %d", W, T);  // n_ctx 32 with the BOS the run adds
@@ -286,7 +288,7 @@ Test(probe, ioi_gpt2_prompts_record_name_positions) {
     cr_expect_eq(w, 32);
     cr_expect(abba > 0 && abba < 32, "both name orders (ABBA, BABA) occur: %d ABBA", abba);
     // the first prompt decodes to the template's text
-    cr_assert_eq(shf("bin/qkscope tokenize --vocab " VOCAB " --decode %s/corpus.npy | head -c 55 | "
+    cr_assert_eq(shf(QK_BIN " tokenize --vocab " VOCAB " --decode %s/corpus.npy | head -c 55 | "
                      "grep -q '^When [A-Z][a-z]* and [A-Z][a-z]* went to the store, [A-Z][a-z]* gave'", d), 0,
                  "the first IOI prompt does not decode to its template");
     cJSON_Delete(j);
@@ -299,13 +301,13 @@ Test(probe, ioi_gpt2_prompts_record_name_positions) {
 // feature g) is a name mover when IO carries g and END carries f; no other head attends END -> IO.
 Test(probe, ioi_scores_the_planted_name_mover, .timeout = 120) {
     char *d = make_tmpdir();
-    cr_assert_eq(shf("bin/qkscope planted --out %s -q && bin/qkscope probe ioi --planted %s --head 0.1 --out %s/ioi "
+    cr_assert_eq(shf(QK_BIN " planted --out %s -q && " QK_BIN " probe ioi --planted %s --head 0.1 --out %s/ioi "
                      "--windows 32 > /dev/null", d, d, d), 0);
     char m[512], s0[512], s1[512], c[512];
     snprintf(m, sizeof m, "%s/model", d), snprintf(s0, sizeof s0, "%s/sae/layer_0", d);
     snprintf(s1, sizeof s1, "%s/sae/layer_1", d), snprintf(c, sizeof c, "%s/ioi/corpus.npy", d);
     write_config(d, c, 32, m, s0, s1);
-    cr_assert_eq(shf("bin/qkscope run %s/probe.ini -o %s/run.h5 > /dev/null 2>&1", d, d), 0);
+    cr_assert_eq(shf(QK_BIN " run %s/probe.ini -o %s/run.h5 > /dev/null 2>&1", d, d), 0);
     char run[512], probe[512];
     snprintf(run, sizeof run, "%s/run.h5", d), snprintf(probe, sizeof probe, "%s/ioi", d);
     QkProbeScoreOpts o = {.run = run, .probe = probe, .expect = "0.1", .top_pairs = 64, .threshold = 0.5};

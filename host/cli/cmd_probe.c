@@ -101,18 +101,21 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
         cJSON_AddItemToObject(e, "top_pairs", pairs);
         if (static_path && h->expected && ind && o->labels) {
             QkLabels lab;
-            int n = 0;
-            double frac = NAN;
+            int n = 0, nm = 0;
+            double frac = NAN, fm = NAN;
             if (!(rc = qk_labels_load(&lab, o->labels, h->layer))) {
-                frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n);
+                frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n, &fm, &nm);
                 qk_labels_free(&lab);
                 if (frac < 0) rc = -1;
             }
             if (rc) break;
             printf("       static q2k: %d labelled current-token features, %.3f send their first key feature to the "
-                   "matching previous-token feature\n", n, frac);
+                   "matching previous-token feature; of the %d whose token has a previous-token feature, %.3f\n", n, frac,
+                   nm, fm);
             cJSON_AddItemToObject(e, "static_q2k_match", num_or_null(frac));
             cJSON_AddNumberToObject(e, "static_q2k_checked", n);
+            cJSON_AddItemToObject(e, "static_q2k_match_matchable", num_or_null(fm));
+            cJSON_AddNumberToObject(e, "static_q2k_matchable", nm);
         }
         cJSON_AddItemToArray(arr, e);
     }

@@ -97,5 +97,7 @@ void qk_labels_free(QkLabels *l);
 // min_count of their top activations, whether q2k's first key feature g of head layer.head has
 // previous-token label == f's current-token label.  *n_checked gets the number of such f.
 // Returns the matching fraction (NaN when none), or -1 with qk_errmsg() on a read error.
+// matchable (NULL: not wanted): the same fraction over the f whose token is some latent's
+// previous-token label (only those can match), their number in *n_matchable.
 double qk_probe_static_match(const char *static_path, int layer, int head, const QkLabels *lab, int min_count,
-                             int *n_checked);
+                             int *n_checked, double *matchable, int *n_matchable);

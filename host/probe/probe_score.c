@@ -69,7 +69,7 @@ static int cur_of(const QkLabels *l, int64_t f) { return f >= 0 && f < l->m ? l-
 static int prev_of(const QkLabels *l, int64_t g) { return g >= 0 && g < l->m ? l->lab[4 * g + 2] : -1; }
 
 double qk_probe_static_match(const char *static_path, int layer, int head, const QkLabels *lab, int min_count,
-                             int *n_checked) {
+                             int *n_checked, double *matchable, int *n_matchable) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t f = H5Fopen(static_path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return qk_err("%s: cannot open", static_path);
@@ -84,14 +84,18 @@ double qk_probe_static_match(const char *static_path, int layer, int head, const
         free(q2k);
         return qk_err("%s: %s has %llu rows, the labels %d", static_path, name, (unsigned long long)dims[0], lab->m);
     }
-    int checked = 0, hit = 0;
+    int checked = 0, hit = 0, can = 0;
     for (int q = 0; q < lab->m; q++) {
         if (lab->lab[4 * q] < 0 || lab->lab[4 * q + 1] < min_count) continue;
         checked++;
         hit += prev_of(lab, q2k[(size_t)q * dims[1]]) == lab->lab[4 * q];
+        int any = 0;  // some latent's previous-token label is f's token (every hit is such a case)
+        for (int g = 0; g < lab->m && !any; g++) any = prev_of(lab, g) == lab->lab[4 * q];
+        can += any;
     }
     free(q2k);
     *n_checked = checked;
+    if (matchable) *matchable = can ? (double)hit / can : NAN, *n_matchable = can;
     return checked ? (double)hit / checked : NAN;
 }
 
