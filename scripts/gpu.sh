@@ -327,7 +327,7 @@ throughput() {
         NOTE_FN=note_tps step "throughput_$p" 120 env LD_LIBRARY_PATH="$QK_LIBS" "$Q" run "$cfg" \
             --set run.precision=$(prec_of $p) -o "$W/throughput_$p.h5"
         {
-            echo "| qkscope run ($p; $THROUGHPUT_TOKENS tokens, 144 heads' aggregates, no records, batch 64 x 128): $(note_tps "$W/logs/throughput_$p.log")"
+            echo "| qkscope run ($p; $THROUGHPUT_TOKENS tokens, every head's aggregates, no records, batch 64 x 128): $(note_tps "$W/logs/throughput_$p.log")"
             grep -h 'time per stage' "$W/logs/throughput_$p.log" | sed 's/^/|   /'
         } >>"$W/bench.txt"
     done
