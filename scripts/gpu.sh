@@ -309,6 +309,10 @@ compare_run() {
         NOTE_FN=note_tps step "run_$p" 90 env LD_LIBRARY_PATH="$QK_LIBS" "$Q" run "$cfg" $sets -o "$W/run_$p.h5"
     done
     NOTE_FN=note_cmp step cmp_run_fp32 90 env LD_LIBRARY_PATH="$QK_LIBS" "$C" --mode parity --tol 1e-4 "$W/run_cpu.h5" "$W/run_fp32.h5"
+    # a batch far beyond the device's memory: refused before any work, naming the batch that fits
+    [ -n "$DRY" ] || NOTE_FN=note_last step oom_names_the_batch 60 bash -c "
+        ! LD_LIBRARY_PATH='$QK_LIBS' '$Q' run '$cfg' --set corpus.batch=65536 -o '$W/oom.h5' 2>'$W/oom.err' &&
+        grep -h 'fits' '$W/oom.err' && [ ! -e '$W/oom.h5' ]"
     for p in bf16; do
         NOTE_FN=note_cmp step "cmp_run_$p" 90 env LD_LIBRARY_PATH="$QK_LIBS" "$C" --mode overlap --overlap-min 0.95 \
             "$W/run_fp32.h5" "$W/run_$p.h5"

@@ -385,6 +385,8 @@ struct QkAnaCuda {
     QkBtk *btk;
     cudaStream_t st;
     int sync_each;
+    int counting;                 // open_buffers only sums its device bytes into counted
+    size_t counted;
     int graphs;                   // capture layer_aggregates as CUDA graphs (QK_CUDA_GRAPHS=0: off; off with sync_each)
     LayerGraph *graph;            // (L)
     LayerDev *lay;
@@ -425,6 +427,10 @@ struct QkAnaCuda {
 static int dev_alloc(QkAnaCuda *a, void **p, size_t bytes, const char *what) {
     *p = NULL;
     if (!bytes) bytes = 4;
+    if (a->counting) {  // open_buffers' sizing pass: nothing allocated
+        a->counted += (bytes + 255) / 256 * 256;
+        return 0;
+    }
     cudaError_t e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
         *p = NULL;
@@ -516,8 +522,10 @@ static int open_buffers(QkAnaCuda *a) {
         ALLOC(a->bot_idx_all, H * nk, "bot_idx") || ALLOC(a->bot_val_all, H * nk, "bot_val"))
         return -1;
     // Heads not analysed take part in the batched look-for on zeros (their outputs are unused).
-    CUDA_TRY(cudaMemset(a->Qall, 0, H * N * dh * sizeof(float)));
-    CUDA_TRY(cudaMemset(a->ainv_all, 0, H * N * sizeof(float)));
+    if (!a->counting) {
+        CUDA_TRY(cudaMemset(a->Qall, 0, H * N * dh * sizeof(float)));
+        CUDA_TRY(cudaMemset(a->ainv_all, 0, H * N * sizeof(float)));
+    }
     for (int h = 0; h < a->H; h++) {
         HeadBuf *b = &a->hb[h];
         b->Q = a->Qall + (size_t)h * N * dh, b->ainv = a->ainv_all + (size_t)h * N;
@@ -563,6 +571,7 @@ static int open_buffers(QkAnaCuda *a) {
             ALLOC(q->d_xf, cap, "examples f") || ALLOC(q->d_xg, cap, "examples g") || ALLOC(q->d_xt, cap, "examples token") ||
             ALLOC(q->d_xj, cap, "examples key pos") || ALLOC(q->d_xv, cap, "examples term"))
             return -1;
+        if (a->counting) continue;  // the sizing pass counts device memory only
         CUDA_TRY(cudaMallocHost((void **)&q->h_f, top * 4));
         CUDA_TRY(cudaMallocHost((void **)&q->h_g, top * 4));
         CUDA_TRY(cudaMallocHost((void **)&q->h_w, top * 8));
@@ -586,6 +595,27 @@ static int open_buffers(QkAnaCuda *a) {
     if (sort_w > a->cub_bytes) a->cub_bytes = sort_w;
     if (dev_alloc(a, &a->cub_tmp, a->cub_bytes, "cub scratch")) return -1;
     return 0;
+}
+
+// Before the batch buffers are allocated: their size for p->max_batch windows (open_buffers
+// counting), against the device's free memory after the weights; too little names the batch
+// that fits (the buffers grow in proportion to it).
+static int check_room(QkAnaCuda *a) {
+    a->counting = 1, a->counted = 0;
+    int rc = open_buffers(a);
+    a->counting = 0;
+    free(a->hb), free(a->h_views), free(a->out);
+    a->hb = NULL, a->h_views = NULL, a->out = NULL;
+    if (rc) return -1;
+    size_t free_b = 0, total_b = 0;
+    CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
+    const size_t need = a->counted, margin = (size_t)256 << 20;  // cuBLAS / CUB workspaces, the context
+    if (need + margin <= free_b) return 0;
+    const long long fit = free_b > margin ? (long long)((double)a->p.max_batch * (free_b - margin) / need) : 0;
+    return qk_err("the analysis on device %d: batches of %d windows of %d tokens need %.0f MiB of buffers, %.0f MiB of "
+                  "%.0f MiB are free after the weights: [corpus] batch = %lld fits%s", a->device, a->p.max_batch, a->p.T,
+                  need / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, fit,
+                  fit < 1 ? " (none: fewer analysed heads or layers, or a larger GPU)" : "");
 }
 
 static int open_weights(QkAnaCuda *a) {
@@ -692,7 +722,7 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         qk_ana_cuda_close(a);
         return NULL;
     }
-    if (!(a->btk = qk_btk_create(device, prec, 0)) || open_buffers(a) || open_weights(a)) {
+    if (!(a->btk = qk_btk_create(device, prec, 0)) || open_weights(a) || check_room(a) || open_buffers(a)) {
         qk_ana_cuda_close(a);
         return NULL;
     }
