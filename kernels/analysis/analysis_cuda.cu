@@ -722,6 +722,16 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         qk_ana_cuda_close(a);
         return NULL;
     }
+    // cuBLAS gives the same bits run to run with one stream per handle and its own workspace
+    // (cublasSetWorkspace): the forward's cuBLASLt runs on other streams of the process.
+    void *ws = NULL;
+    const size_t ws_bytes = (size_t)32 << 20;
+    if (dev_alloc(a, &ws, ws_bytes, "cuBLAS workspace") ||
+        (bs = cublasSetWorkspace(a->blas, ws, ws_bytes)) != CUBLAS_STATUS_SUCCESS) {
+        if (bs != CUBLAS_STATUS_SUCCESS) qk_err("qk_ana_cuda_open: cublasSetWorkspace: %s", cublasGetStatusString(bs));
+        qk_ana_cuda_close(a);
+        return NULL;
+    }
     if (!(a->btk = qk_btk_create(device, prec, 0)) || open_weights(a) || check_room(a) || open_buffers(a)) {
         qk_ana_cuda_close(a);
         return NULL;
