@@ -8,7 +8,8 @@
 #          topk_fused<FT_WGMMA, ...> (mangled _Z10topk_fusedILi2E): HGMMA (wgmma)
 # Usage: scripts/check_sass.sh FILE...
 # Without cuobjdump (+ nvdisasm) it says SKIP and exits 0, or 1 with QK_REQUIRE_SASS=1.  Looks in
-# QK_CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin.
+# QK_CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, build/cuda-tools (scripts/install-deps.sh
+# puts NVIDIA's PyPI wheels there where the CUDA install has no cuobjdump).
 set -uo pipefail
 # QK_SASS_RULES="PATTERN:OPCODE ..." replaces the rules (the check's own test: a rule that must fail).
 read -r -a RULES <<<"${QK_SASS_RULES:-_Z10topk_fusedILi1E:HMMA _Z10topk_fusedILi2E:HGMMA}"
@@ -16,6 +17,11 @@ CO=${QK_CUOBJDUMP:-$(command -v cuobjdump || true)}
 for d in "${CUDA_HOME:-}/bin" /usr/local/cuda/bin; do
     [ -z "$CO" ] && [ -x "$d/cuobjdump" ] && CO=$d/cuobjdump
 done
+TOOLS="$(cd "$(dirname "$0")/.." && pwd)/build/cuda-tools"
+if [ -z "$CO" ] && [ -x "$TOOLS/cuobjdump/nvidia/cu13/bin/cuobjdump" ]; then
+    CO=$TOOLS/cuobjdump/nvidia/cu13/bin/cuobjdump
+    export PATH="$TOOLS/nvdisasm/nvidia/cu13/bin:$PATH"  # cuobjdump -sass runs nvdisasm
+fi
 if [ -z "$CO" ]; then
     echo "check-sass: SKIP: no cuobjdump here (QK_CUOBJDUMP, PATH, CUDA_HOME/bin): tensor-core opcodes not checked in $*"
     [ "${QK_REQUIRE_SASS:-0}" = 1 ] && exit 1
