@@ -528,7 +528,7 @@ static int open_buffers(QkAnaCuda *a) {
     }
     for (int h = 0; h < a->H; h++) {
         HeadBuf *b = &a->hb[h];
-        b->Q = a->Qall + (size_t)h * N * dh, b->ainv = a->ainv_all + (size_t)h * N;
+        if (!a->counting) b->Q = a->Qall + (size_t)h * N * dh, b->ainv = a->ainv_all + (size_t)h * N;  // sizing pass: no memory yet
         if (ALLOC(b->K, N * dh, "K") || ALLOC(b->EQ, N * dh, "EQ") ||
             ALLOC(b->EK, N * dh, "EK") || ALLOC(b->QF, N * dh, "QF") || ALLOC(b->KF, N * dh, "KF") ||
             ALLOC(b->U, N * dh, "U") || ALLOC(b->aenc, N, "aenc") || ALLOC(b->rows, 4 * N * T, "score rows"))
