@@ -167,7 +167,9 @@ def main():
         if "static_q2k_match" in h:
             p(f"\nStatic map (weights only): of the {h['static_q2k_checked']} labelled current-token features of layer "
               f"{layer}, {f3(h['static_q2k_match'])} have as first q2k key feature in {h['head']} the feature whose "
-              "previous-token label is their token.")
+              "previous-token label is their token" +
+              (f"; of the {h['static_q2k_matchable']} whose token is some feature's previous-token label (only those "
+               f"can match), {f3(h['static_q2k_match_matchable'])}." if "static_q2k_matchable" in h else "."))
         p("")
     sys.stdout.write("\n".join(out) + "\n")
 
