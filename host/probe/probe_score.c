@@ -84,16 +84,22 @@ double qk_probe_static_match(const char *static_path, int layer, int head, const
         free(q2k);
         return qk_err("%s: %s has %llu rows, the labels %d", static_path, name, (unsigned long long)dims[0], lab->m);
     }
+    // is_prev[t]: some latent's previous-token label is token t (every hit is such a case)
+    int n_tok = 0;
+    for (int g = 0; g < lab->m; g++)
+        if (prev_of(lab, g) >= n_tok) n_tok = prev_of(lab, g) + 1;
+    unsigned char *is_prev = qk_calloc(n_tok + 1, 1);
+    for (int g = 0; g < lab->m; g++)
+        if (prev_of(lab, g) >= 0) is_prev[prev_of(lab, g)] = 1;
     int checked = 0, hit = 0, can = 0;
     for (int q = 0; q < lab->m; q++) {
-        if (lab->lab[4 * q] < 0 || lab->lab[4 * q + 1] < min_count) continue;
+        const int t = lab->lab[4 * q];
+        if (t < 0 || lab->lab[4 * q + 1] < min_count) continue;
         checked++;
-        hit += prev_of(lab, q2k[(size_t)q * dims[1]]) == lab->lab[4 * q];
-        int any = 0;  // some latent's previous-token label is f's token (every hit is such a case)
-        for (int g = 0; g < lab->m && !any; g++) any = prev_of(lab, g) == lab->lab[4 * q];
-        can += any;
+        hit += prev_of(lab, q2k[(size_t)q * dims[1]]) == t;
+        can += t < n_tok && is_prev[t];
     }
-    free(q2k);
+    free(q2k), free(is_prev);
     *n_checked = checked;
     if (matchable) *matchable = can ? (double)hit / can : NAN, *n_matchable = can;
     return checked ? (double)hit / checked : NAN;
