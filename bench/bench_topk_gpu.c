@@ -49,8 +49,8 @@ static float *dev_random(size_t count, float scale) {
 
 static int cmp_f(const void *a, const void *b) { return (*(const float *)a > *(const float *)b) - (*(const float *)a < *(const float *)b); }
 
-// Median milliseconds of reps runs of one case (0: GEMM alone, 1: GEMM + select, 2: fused; b is
-// the context of that path).
+// Median milliseconds of reps runs of one case (what 0: GEMM alone, 1: the top-k through the path
+// qk_btk_set_path chose, GEMM + select or fused).
 typedef struct {
     QkBtk *b;
     int n, m, r, k, what;
@@ -159,7 +159,6 @@ int main(int argc, char **argv) {
                    scores / (s * 1e-3), s / g, RB, CB);
             // The fused kernel: timed only when it takes the problem (asserted after one run).
             qk_btk_set_path(x.b, 1);
-            x.what = 2;
             const char *why = NULL;
             if (run_case(&x) || cudaDeviceSynchronize() != cudaSuccess) {
                 fprintf(stderr, "bench_topk_gpu: fused r %d %s: %s\n", r, name, qk_errmsg());

@@ -270,6 +270,9 @@ static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, i
             rc = qk_err("cudaMemcpy of %s (%zu floats) to the device: %s", s[i].what, s[i].n,
                         cudaGetErrorString(cudaGetLastError()));
     }
+    // A pageable cudaMemcpy may return before its DMA lands; the broadcast runs on NCCL's stream.
+    if (!rc && is_root && (e = cudaDeviceSynchronize()) != cudaSuccess)
+        rc = qk_err("cudaDeviceSynchronize after uploading the weights: %s", cudaGetErrorString(e));
     // Every rank holds its buffers (or has failed) before any broadcast starts: no rank is left
     // waiting in one.
     int64_t failed = rc != 0;

@@ -461,8 +461,9 @@ fused_checks() {
         --verbose --jobs 1 --filter 'topk_gpu/fused_*'
     NOTE_FN=note_suite step suite_topk_fused_wgmma 120 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
         QK_FUSED_MMA=wgmma "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_*'
+    # the rest of the suite through the fused path (the fused_* tests take it whatever the path, above)
     NOTE_FN=note_suite step suite_topk_path_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
-        QK_BTK_PATH=fused "$t" --verbose --jobs 1 --filter '@(topk_gpu/*|run/planted_circuits_found_by_run_and_static)'
+        QK_BTK_PATH=fused "$t" --verbose --jobs 1 --filter '@(topk_gpu/!(fused_*)|run/planted_circuits_found_by_run_and_static)'
     # qkscope static / run with the fused kernel vs the CPU backend: 2 layers of GPT-2 small's shapes
     local shape="--layers 2"
     [ -n "$DRY" ] && shape=$RANDOM_ARGS  # (a dry run's CPU side: small widths)

@@ -465,11 +465,7 @@ static void check_case(Case *k) {
 
 Test(analysis_gpu, planted_model_matches_host, .timeout = 300) {
     need_gpu();
-    char *dir = make_tmpdir();
-    QkPlantedOpts o;
-    qk_planted_default_opts(&o);
-    QkPlanted info;
-    cr_assert_eq(qk_planted_write(dir, &o, &info), 0, "%s", qk_errmsg());
+    char *dir = make_planted_dir(0);
     char model[600], sae[600];
     snprintf(model, sizeof model, "%s/model", dir);
     snprintf(sae, sizeof sae, "%s/sae/layer_%%d", dir);

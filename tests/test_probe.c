@@ -71,16 +71,18 @@ static void write_config(const char *dir, const char *corpus, int n_ctx, const c
     free(p);
 }
 
-// One run and one static file over the fixture's probe corpus (configs/trained.ini, as `make
-// ground-truth` runs it), shared by the tests of the suite.
+// The run and the static file over the fixture's probe corpus (configs/trained.ini, as `make
+// ground-truth` runs it): each test makes only what it reads (every test is its own process).
 #define TRAINED_SETS "--set run.backend=cpu --set run.threads=2"
 static char *g_dir;
-static void trained_setup(void) {
-    g_dir = make_tmpdir();
-    cr_assert_eq(shf(QK_BIN " run configs/trained.ini " TRAINED_SETS " -o %s/run.h5 > %s/run.log 2>&1", g_dir, g_dir), 0,
-                 "qkscope run on the trained fixture failed (%s/run.log)", g_dir);
-    cr_assert_eq(shf(QK_BIN " static configs/trained.ini " TRAINED_SETS " -o %s/static.h5 > %s/static.log 2>&1",
-                     g_dir, g_dir), 0);
+static void trained_setup(void) { g_dir = make_tmpdir(); }
+static void trained_outputs(int need_run, int need_static) {
+    if (need_run)
+        cr_assert_eq(shf(QK_BIN " run configs/trained.ini " TRAINED_SETS " -o %s/run.h5 > %s/run.log 2>&1", g_dir, g_dir),
+                     0, "qkscope run on the trained fixture failed (%s/run.log)", g_dir);
+    if (need_static)
+        cr_assert_eq(shf(QK_BIN " static configs/trained.ini " TRAINED_SETS " -o %s/static.h5 > %s/static.log 2>&1",
+                         g_dir, g_dir), 0);
 }
 static void trained_teardown(void) {
     rm_rf(g_dir);
@@ -98,6 +100,7 @@ Test(probe_trained, fixture_has_induction_heads) {
 // What holds on the fixture: the measured induction heads ranked first, their token-level top-1
 // above 0.5, and heads with induction score < 0.1 low at both levels.
 Test(probe_trained, induction_heads_ranked_first) {
+    trained_outputs(1, 0);
     cJSON *gt = ground_truth();
     char run[512];
     snprintf(run, sizeof run, "%s/run.h5", g_dir);
@@ -127,6 +130,7 @@ Test(probe_trained, induction_heads_ranked_first) {
 }
 
 Test(probe_trained, induction_heads_ranked_first_at_feature_level) {
+    trained_outputs(1, 0);
     cJSON *gt = ground_truth();
     char run[512];
     snprintf(run, sizeof run, "%s/run.h5", g_dir);
@@ -160,6 +164,7 @@ Test(probe_trained, induction_heads_ranked_first_at_feature_level) {
 }
 
 Test(probe_trained, static_q2k_sends_current_to_previous_token_features) {
+    trained_outputs(0, 1);
     cJSON *gt = ground_truth();
     char path[512];
     snprintf(path, sizeof path, "%s/static.h5", g_dir);
@@ -183,6 +188,7 @@ Test(probe_trained, static_q2k_sends_current_to_previous_token_features) {
 }
 
 Test(probe_trained, cli_score_matches_the_library) {
+    trained_outputs(1, 1);
     cJSON *gt = ground_truth();
     cr_assert_eq(shf(QK_BIN " probe score %s/run.h5 --probe " TRAINED "/probe --labels " TRAINED "/labels "
                      "--expect %s --static %s/static.h5 --json %s/score.json > %s/score.txt",
@@ -215,6 +221,7 @@ Test(probe_trained, cli_score_matches_the_library) {
 }
 
 Test(probe_trained, score_refuses_a_run_over_another_corpus) {
+    trained_outputs(1, 0);
     char p[512];
     snprintf(p, sizeof p, "%s/other", g_dir);
     QkInductionProbe ip = {.windows = 4, .rep = 32, .token_lo = 0, .token_hi = 511, .seed = 99};

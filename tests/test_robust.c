@@ -21,11 +21,7 @@ TestSuite(robust, .init = setup, .fini = teardown);
 #define TINY REF_DIR "/gpt2_tiny_a"
 
 // DIR/NAME as a fresh string.
-static char *at(const char *name) {
-    char *p = qk_malloc(strlen(g_dir) + strlen(name) + 2);
-    sprintf(p, "%s/%s", g_dir, name);
-    return p;
-}
+static char *at(const char *name) { return qk_path_join(g_dir, name); }
 
 // The planted model's run config, with `extra` INI lines; returns its path.
 static char *write_config(const char *extra) {

@@ -24,11 +24,7 @@ static char *slurp(const char *dir, const char *name) {
 }
 
 Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
-    g_dir = make_tmpdir();
-    QkPlantedOpts o;
-    qk_planted_default_opts(&o);
-    o.n_tokens = 64 * 32;
-    cr_assert_eq(qk_planted_write(g_dir, &o, NULL), 0, "%s", qk_errmsg());
+    g_dir = make_planted_dir(32);
     // The corpus as 4 files of 8 windows (one document each: pack = false, no separators).
     QkNpy all;
     char path[700];
@@ -105,11 +101,7 @@ Test(sweep, plan_submit_status_merge_equal_one_run, .timeout = 300) {
 // A [sweep] over two k values: the generated scripts themselves run every (setting, part) task
 // (srun and scontrol stubbed), the merge script writes one file per setting, each with its k.
 Test(sweep, settings_run_through_the_generated_scripts, .timeout = 300) {
-    g_dir = make_tmpdir();
-    QkPlantedOpts o;
-    qk_planted_default_opts(&o);
-    o.n_tokens = 64 * 16;
-    cr_assert_eq(qk_planted_write(g_dir, &o, NULL), 0, "%s", qk_errmsg());
+    g_dir = make_planted_dir(16);
     char text[2048], path[1024];
     // The corpus twice, as two files: two parts.
     snprintf(path, sizeof path, "%s/sweep.ini", g_dir);

@@ -633,7 +633,7 @@ static int open_weights(QkAnaCuda *a) {
             upload(a, &ld->b_dec, s->b_dec, C, "b_dec"))
             return -1;
         const size_t mdh = m * dh, nqk = (size_t)C * 2 * a->H * dh;
-        if (!a->h_wqk) a->h_wqk = (float *)malloc(nqk * sizeof(float));
+        if (!a->h_wqk) a->h_wqk = (float *)qk_malloc(nqk * sizeof(float));  // freed at close, error paths too
         float *wqk = a->h_wqk;
         memset(wqk, 0, nqk * sizeof(float));
         if (dev_alloc(a, (void **)&ld->Kd, a->H * mdh * sizeof(float), "Kd (all heads)")) return -1;

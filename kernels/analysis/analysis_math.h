@@ -432,16 +432,6 @@ QK_HD void qk_ana_range(int metric, float *lo, float *hi) {
 // token n ascending and the key position is a function of n, so (|term|, n) orders a pair.
 #define QK_ANA_EXAMPLES_MAX_PER_PAIR 8
 
-QK_HD uint32_t qk_ana_float_bits(float x) {
-#ifdef __CUDA_ARCH__
-    return __float_as_uint(x);
-#else
-    union { float f; uint32_t u; } b;
-    b.f = x;
-    return b.u;
-#endif
-}
-
 // kept[0 .. per_pair): the candidate indices pos[e] of segment [e0, e1) (one pair, token order)
 // with the largest |val|, strongest first, the earlier token first on ties; -1 past the segment.
 // per_pair <= QK_ANA_EXAMPLES_MAX_PER_PAIR.  A bubbling insertion over a fixed-size array, fully
@@ -471,5 +461,5 @@ QK_HD void qk_ana_segment_examples(const uint32_t *pos, const float *val, int e0
 // Empty slots: ~0 (last).  (The run stops before non-finite activations, so terms are finite.)
 #define QK_ANA_EXAMPLE_NONE (~0ull)
 QK_HD unsigned long long qk_ana_example_key(float term, uint32_t n) {
-    return (unsigned long long)(0xFFFFFFFFu - qk_ana_float_bits(fabsf(term))) << 32 | n;
+    return (unsigned long long)(0xFFFFFFFFu - qk_sel_bits(fabsf(term))) << 32 | n;
 }

@@ -63,10 +63,9 @@ __device__ __forceinline__ FtSide ft_side(u64 *&p, int *&ip, int qcap, int ts) {
 }
 
 // Queue and count of every row emptied, T empty, thr EMPTY (every key passes the first tile).
-__device__ __forceinline__ void ft_side_init(const FtSide &s, int qcap) {
+__device__ __forceinline__ void ft_side_init(const FtSide &s) {
     for (int e = threadIdx.x; e < QK_FSEL_BM * s.ts; e += FT_THREADS) s.T[e] = QK_SEL_EMPTY;
     for (int e = threadIdx.x; e < QK_FSEL_BM; e += FT_THREADS) s.thr[e] = QK_SEL_EMPTY, s.pthr[e] = 0, s.cnt[e] = 0;
-    (void)qcap;
 }
 
 // A survivor of row `row` (block-local) takes a queue slot; past qcap it is counted, not stored.
@@ -278,8 +277,8 @@ __global__ void __launch_bounds__(FT_THREADS, 1) topk_fused(const FtParams p) {
     const FtSide top = ft_side(up, ip, p.qcap, ts);
     FtSide bot = top;
     if (BOTH) bot = ft_side(up, ip, p.qcap, ts);
-    ft_side_init(top, p.qcap);
-    if (BOTH) ft_side_init(bot, p.qcap);
+    ft_side_init(top);
+    if (BOTH) ft_side_init(bot);
 
     const int esz = BF16 ? 2 : 4;
     const char *U = static_cast<const char *>(p.U) + b * p.U_stride * esz;
