@@ -232,7 +232,7 @@ static int open_run(Run *r, int quiet) {
 }
 
 static void shard_path(const Run *r, int shard, char *buf, size_t n) {
-    snprintf(buf, n, "%s/shard-%06d.h5", r->out_path, shard);
+    snprintf(buf, n, "%s/" QK_SHARD_NAME, r->out_path, shard);
 }
 
 // Opens the output file (the single file, or the next shard) with its per-window datasets.
@@ -303,18 +303,14 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
         return qk_err("%s; the batch's window 0 is corpus window %lld", keep, (long long)r->window_index);
     }
+    for (int b = 0; b < B; b++) r->tokens_done += length[b], r->shard_tokens_done += length[b];
+    r->windows_done += B, r->shard_windows_done += B, r->window_index += B;
+    if (!r->s.cfg.write) return 0;  // [output] write = false: the analysis alone
     double t = qk_now();
-    if (!r->s.cfg.write) {  // [output] write = false: the analysis alone
-        for (int b = 0; b < B; b++) r->tokens_done += length[b], r->shard_tokens_done += length[b];
-        r->windows_done += B, r->shard_windows_done += B, r->window_index += B;
-        return 0;
-    }
     int64_t *prov = qk_malloc(sizeof(int64_t) * 3 * B);
     for (int b = 0; b < B; b++) {
         const QkProvenance *pv = &wb->prov[first + b];
         prov[3 * b] = pv->file, prov[3 * b + 1] = pv->doc, prov[3 * b + 2] = pv->offset;
-        r->tokens_done += length[b];
-        r->shard_tokens_done += length[b];
     }
     rc = append(r, &r->tokens, tokens, B) ||
          append(r, &r->length, length, B) ||
@@ -322,9 +318,6 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     free(prov);
     if (r->bpe) qk_token_set_add(&r->seen, tokens, (size_t)B * r->T);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
-    r->windows_done += B;
-    r->shard_windows_done += B;
-    r->window_index += B;
     return rc ? -1 : 0;
 }
 
@@ -448,7 +441,7 @@ static int write_manifest_ex(const Run *r, int n_shards, int done, const char *e
             r->config_hash, r->T, (long long)r->shard_windows, done ? "true" : "false");
     fputs(extra, f);
     fprintf(f, "  \"shards\": [");
-    for (int i = 0; i < n_shards; i++) fprintf(f, "%s\"shard-%06d.h5\"", i ? ", " : "", i);
+    for (int i = 0; i < n_shards; i++) fprintf(f, "%s\"" QK_SHARD_NAME "\"", i ? ", " : "", i);
     fprintf(f, "]\n}\n");
     if (fclose(f)) return qk_err("%s: write failed", tmp);
     if (rename(tmp, path)) return qk_err("%s: rename failed", tmp);

@@ -7,10 +7,14 @@
 #pragma once
 #include <stdint.h>
 
+
 #include "analysis/analysis.h"
 #include "backend.h"
 #include "run/run_setup.h"
 #include "text/corpus.h"
+
+// The file name of shard S of a run folder (docs/FORMAT.md), a printf format of an int.
+#define QK_SHARD_NAME "shard-%06d.h5"
 
 // The `qkscope run` of RunArgs without --gpus / --ranks: the exit status (base/exit_status.h),
 // or -1 with qk_errmsg.

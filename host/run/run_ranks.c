@@ -369,7 +369,7 @@ static int write_aggregates(Ranks *g, const char *out_dir, int64_t windows, int6
 static int add_skipped_shards(Ranks *g, const char *out_dir) {
     for (int s = 0; s < g->first_shard; s++) {
         char name[64];
-        snprintf(name, sizeof name, "shard-%06d.h5", s);
+        snprintf(name, sizeof name, QK_SHARD_NAME, s);
         char *path = qk_path_join(out_dir, name);
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         int rc = f < 0 ? qk_err("%s: cannot open", path) : 0;
