@@ -7,7 +7,6 @@
 #pragma once
 #include <stdint.h>
 
-
 #include "analysis/analysis.h"
 #include "backend.h"
 #include "run/run_setup.h"
