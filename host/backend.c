@@ -19,8 +19,8 @@ int qk_backend_parse(const char *s, QkBackendKind *kind) {
     return 0;
 }
 
-int qk_analysis_flush(QkBackend *be, QkAnalysis *a, HeadAggregates *agg) {
-    return be->analysis_flush && a ? be->analysis_flush(a, agg) : 0;
+int qk_analysis_flush(QkBackend *be, QkAnalysis *a, HeadAggregates *agg, double *seconds) {
+    return be->analysis_flush && a ? be->analysis_flush(a, agg, seconds) : 0;
 }
 
 int qk_backend_open(QkBackend **out, QkBackendKind kind, int device, int quiet) {
@@ -79,6 +79,7 @@ QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes) {
     return NULL;
 }
 void qk_btk_destroy(QkBtk *b) { (void)b; }
+void qk_btk_use_stream(QkBtk *b, void *stream) { (void)b, (void)stream; }
 // Unreachable without a context; here so that callers link in a CPU-only build.
 QkPrecision qk_btk_precision(const QkBtk *b) { return (void)b, QK_PREC_FP32; }
 void qk_btk_set_path(QkBtk *b, int fused) { (void)b, (void)fused; }
@@ -114,11 +115,19 @@ int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *val
     (void)a, (void)acts, (void)valid_len, (void)B, (void)agg, (void)emit, (void)emit_ctx, (void)seconds;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
-int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
-    (void)a, (void)agg;
+int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg, double *seconds) {
+    (void)a, (void)agg, (void)seconds;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
 void qk_ana_cuda_close(QkAnaCuda *a) { (void)a; }
+void *qk_ana_cuda_acts_event(QkAnaCuda *a) {
+    (void)a;
+    return NULL;
+}
+int qk_ana_cuda_acts_wait(QkAnaCuda *a) {
+    (void)a;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
 int qk_ana_cuda_malloc(void **p, size_t bytes) {
     (void)bytes, *p = NULL;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");

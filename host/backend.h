@@ -17,19 +17,23 @@ struct QkBackend {
     int (*forward)(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *a);
     // The analysis of batches of windows under one plan (analysis_batch.h): open once per run,
     // analyse each batch (records of the recorded heads handed to emit, aggregates accumulated
-    // in agg (L*H), seconds per stage added), close before the backend.  Both backends use the
-    // host implementation for now (the analysis on the host after this backend's forward pass).
+    // in agg (L*H), seconds per stage added), close before the backend.  The CPU backend runs the
+    // host implementation; the CUDA backend keeps the activations on the device and analyses them
+    // there (kernels/analysis/analysis_cuda.h).
     QkAnalysis *(*analysis_open)(QkBackend *be, const AnalysisPlan *p);
     int (*analyse)(QkAnalysis *a, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
                    QkRecordsFn emit, void *emit_ctx, double *seconds);
     void (*analysis_close)(QkAnalysis *a);
-    // Optional (NULL: analyse adds every batch to agg itself).  Adds the dense aggregates the
-    // analysis holds back to agg (L*H; sums, counts, histograms, marginals) and zeroes its own:
-    // the CUDA backend keeps them on the device across batches, so that a batch downloads only
-    // records and heavy-pair candidates, not 8 x d_sae int64 per head.  The sketch and examples
-    // reach agg with every batch either way.  The pipeline calls qk_analysis_flush before anything
-    // reads the aggregates: a shard's close, a rank's totals, the summary.
-    int (*analysis_flush)(QkAnalysis *a, HeadAggregates *agg);
+    // Optional (NULL: analyse delivers every batch whole in its own call).  Hands over what the
+    // analysis holds back: the dense aggregates added to agg (L*H; sums, counts, histograms,
+    // marginals; the CUDA backend keeps them on the device across batches, so that a batch
+    // downloads only records and heavy-pair candidates, not 8 x d_sae int64 per head), and, where
+    // a batch's records, sketch and examples arrive one call late (the CUDA backend's pipeline:
+    // batch i's during the call for batch i + 1, to the emit and agg of batch i's own call), the
+    // last batch's.  seconds[QK_N_ANALYSIS_STAGES] (or NULL) takes the stage times of what it
+    // finished.  The pipeline calls qk_analysis_flush before anything reads the aggregates or
+    // closes the record datasets: a shard's close, a rank's totals, the summary.
+    int (*analysis_flush)(QkAnalysis *a, HeadAggregates *agg, double *seconds);
     // Optional (NULL: nothing to do, forward reads the host model).  A multi-rank run: places m's
     // weights on this backend's device, the root uploading them from the host and the other ranks
     // receiving them over comm (the CUDA backend: an NCCL broadcast between GPUs).  A collective:
@@ -63,7 +67,7 @@ void qk_backend_close(QkBackend *be);
 int qk_backend_set_precision(QkBackend *be, const char *precision);
 
 // The analysis's held-back aggregates into agg (L*H): be->analysis_flush, or nothing to do.
-int qk_analysis_flush(QkBackend *be, QkAnalysis *a, HeadAggregates *agg);
+int qk_analysis_flush(QkBackend *be, QkAnalysis *a, HeadAggregates *agg, double *seconds);
 
 // The CPU backend.  With QK_AGG_DEFER=1 in the environment its analysis holds the dense aggregates
 // back until qk_analysis_flush, as the CUDA backend does: the CPU tests check with it that every

@@ -14,24 +14,38 @@ static int cpu_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GPT
 
 static void cpu_destroy(QkBackend *be) { free(be); }
 
-// QK_AGG_DEFER=1: the host analysis into private dense aggregates (per analysed head), added to the
-// caller's at flush.  The caller's sketch and examples are lent to the private ones for each batch
-// (moved in and back), so they see every batch in order as without deferral.
+// QK_AGG_DEFER=1: the CPU backend behaves as the CUDA backend's batch pipeline does, so that the
+// CPU suites check every caller against it: a batch is analysed one call late (its records reach
+// emit, and its sketch and examples reach agg, during the next analyse or at analysis_flush, with
+// the emit and window0 of its own call), and the dense aggregates go to private per-head ones,
+// added to the caller's at flush.  The caller's sketch and examples are lent to the private
+// aggregates for each batch (moved in and back), so they see every batch in order.
 typedef struct {
     QkAnalysis *host;
-    int n;                 // L*H
+    int n, T, max_batch;   // L*H, tokens per window, windows per batch
+    const GPT2Config *cfg;
     const uint8_t *analysed;
     HeadAggregates *held;  // (n) dense fields only (analysed heads)
+    // the batch held back (its own copies: the caller's buffers change by the next call)
+    int pending, B, has_valid;
+    int32_t *tokens, *valid;  // (max_batch, T), (max_batch)
+    HeadAggregates *agg;
+    QkRecordsFn emit;
+    void *emit_ctx;
+    long long *window0;       // (n) the analysed heads' agg->window0 at the batch's call
 } DeferAnalysis;
 
 static QkAnalysis *defer_open(QkBackend *be, const AnalysisPlan *p) {
     const GPT2Config *c = &p->model->cfg;
     DeferAnalysis *d = qk_calloc(1, sizeof *d);
     if (!(d->host = qk_analysis_host_open(be, p))) return free(d), NULL;
-    d->n = c->n_layer * c->n_head, d->analysed = p->analysed;
+    d->n = c->n_layer * c->n_head, d->T = p->T, d->max_batch = p->max_batch, d->cfg = c, d->analysed = p->analysed;
     d->held = qk_calloc(d->n, sizeof(HeadAggregates));
     for (int i = 0; i < d->n; i++)
         if (p->analysed[i]) head_agg_init(&d->held[i], p->sae[i / c->n_head]->d_sae, 1);
+    d->tokens = qk_malloc(sizeof(int32_t) * (size_t)p->max_batch * p->T);
+    d->valid = qk_malloc(sizeof(int32_t) * (size_t)p->max_batch);
+    d->window0 = qk_calloc(d->n, sizeof(long long));
     return (QkAnalysis *)d;
 }
 
@@ -40,34 +54,55 @@ static void swap_lent(HeadAggregates *x, HeadAggregates *y) {
     PairExamples e = x->examples;
     x->sketch = y->sketch, x->examples = y->examples;
     y->sketch = s, y->examples = e;
-    x->window0 = y->window0;
 }
 
-static int defer_run(QkAnalysis *qa, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
-                     QkRecordsFn emit, void *emit_ctx, double *seconds) {
-    DeferAnalysis *d = (DeferAnalysis *)qa;
+// The held-back batch, analysed now into its own call's agg and emit.
+static int defer_finish(DeferAnalysis *d, double *seconds) {
+    if (!d->pending) return 0;
+    d->pending = 0;
+    HeadAggregates *agg = d->agg;
     for (int i = 0; agg && i < d->n; i++)
-        if (d->analysed[i]) swap_lent(&d->held[i], &agg[i]);
-    int rc = qk_analysis_host_run(d->host, tokens, valid_len, B, agg ? d->held : NULL, emit, emit_ctx, seconds);
+        if (d->analysed[i]) swap_lent(&d->held[i], &agg[i]), d->held[i].window0 = d->window0[i];
+    double ignored[QK_N_ANALYSIS_STAGES] = {0};
+    int rc = qk_analysis_host_run(d->host, d->tokens, d->has_valid ? d->valid : NULL, d->B, agg ? d->held : NULL,
+                                  d->emit, d->emit_ctx, seconds ? seconds : ignored);
     for (int i = 0; agg && i < d->n; i++)
         if (d->analysed[i]) swap_lent(&agg[i], &d->held[i]);
     return rc;
 }
 
-static int defer_flush(QkAnalysis *qa, HeadAggregates *agg) {
+static int defer_run(QkAnalysis *qa, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
+                     QkRecordsFn emit, void *emit_ctx, double *seconds) {
     DeferAnalysis *d = (DeferAnalysis *)qa;
+    if (defer_finish(d, seconds)) return -1;  // the batch before this one
+    // what the analysis refuses is refused by this call, as on the CUDA backend
+    if (B > d->max_batch) return qk_err("internal: a batch of %d windows, the plan allows %d", B, d->max_batch);
+    if (gpt2_check_tokens(d->cfg, tokens, B, d->T, "corpus window")) return -1;
+    memcpy(d->tokens, tokens, sizeof(int32_t) * (size_t)B * d->T);
+    d->has_valid = valid_len != NULL;
+    if (valid_len) memcpy(d->valid, valid_len, sizeof(int32_t) * B);
+    for (int i = 0; agg && i < d->n; i++)
+        if (d->analysed[i]) d->window0[i] = agg[i].window0;
+    d->B = B, d->agg = agg, d->emit = emit, d->emit_ctx = emit_ctx, d->pending = 1;
+    return 0;
+}
+
+static int defer_flush(QkAnalysis *qa, HeadAggregates *agg, double *seconds) {
+    DeferAnalysis *d = (DeferAnalysis *)qa;
+    if (defer_finish(d, seconds)) return -1;
     for (int i = 0; i < d->n; i++)
         if (d->analysed[i]) head_agg_add_dense(&agg[i], &d->held[i]), head_agg_zero_dense(&d->held[i]);
     return 0;
 }
 
+// A batch still held back is dropped (close without flush: the caller gave up on it).
 static void defer_close(QkAnalysis *qa) {
     DeferAnalysis *d = (DeferAnalysis *)qa;
     if (!d) return;
     qk_analysis_host_close(d->host);
     for (int i = 0; i < d->n; i++)
         if (d->analysed[i]) head_agg_free(&d->held[i]);
-    free(d->held), free(d);
+    free(d->held), free(d->tokens), free(d->valid), free(d->window0), free(d);
 }
 
 QkBackend *qk_backend_cpu_new(void) {

@@ -478,10 +478,19 @@ static int download_all(CudaCtx *ctx, const GPT2Config *c, GPT2Acts *h, int n_ru
     return 0;
 }
 
+// Where a batch's forward pass meets the analysis pipeline (NULL: a forward alone): its kernels
+// wait for `wait` (the last batch's analysis done reading the activations they overwrite; NULL:
+// nothing in flight) after the tokens' upload, so the upload overlaps that analysis; `start` and
+// `end` (timing events) bracket its kernels.
+typedef struct {
+    cudaEvent_t wait, start, end;
+} FwdSync;
+
 // The forward pass of tokens (h->B, h->T) for layers < n_run (h->n_run; all with logits) on the
 // device; with download, every hook it computed copied into h's host buffers.  Both streams are
 // drained before it returns.  Without download, h gives only the shape (no host buffers needed).
-static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GPT2Acts *h, int download) {
+static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GPT2Acts *h, int download,
+                         const FwdSync *sy) {
     const GPT2Config *c = &m->cfg;
     CUDA_TRYF(cudaSetDevice(ctx->device), "device %d", ctx->device);
     WeightKey key = weight_key(m);
@@ -507,8 +516,12 @@ static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GP
     if (ctx->tok_pinned) tok_src = (const int *)memcpy(ctx->tok_pinned, tokens, BT * sizeof(int));
     CUDA_TRYF(cudaMemcpyAsync(a->tokens, tok_src, BT * sizeof(int), cudaMemcpyHostToDevice, ctx->compute),
               "%d x %d tokens", h->B, h->T);
+    if (sy && sy->wait) CUDA_TRYF(cudaStreamWaitEvent(ctx->compute, sy->wait, 0), "the forward of %d x %d tokens "
+                                  "waiting for the last batch's analysis", h->B, h->T);
+    if (sy) CUDA_TRYF(cudaEventRecord(sy->start, ctx->compute), "the forward's start event");
     const int n_run = h->n_run && !h->want_logits ? h->n_run : c->n_layer;
     int rc = forward_device(ctx, c, n_run);
+    if (!rc && sy) CUDA_TRYF(cudaEventRecord(sy->end, ctx->compute), "the forward's end event");
     if (!rc && download) rc = download_all(ctx, c, h, n_run);
     // Both streams drained before returning (also after a failure: no copy may land later).
     cudaError_t e1 = cudaStreamSynchronize(ctx->compute), e2 = cudaStreamSynchronize(ctx->copy);
@@ -523,7 +536,7 @@ static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GP
 }
 
 static int cuda_forward(QkBackend *be, const GPT2Model *m, const int *tokens, GPT2Acts *h) {
-    return forward_batch((CudaCtx *)be->ctx, m, tokens, h, 1);
+    return forward_batch((CudaCtx *)be->ctx, m, tokens, h, 1, NULL);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -538,6 +551,7 @@ typedef struct {
     unsigned char *flags_d;   // (max_batch T) device: non-finite rows of one layer
     unsigned char *flags_h;   // (max_batch T) host copy
     QkAnaLayerActs *acts;     // (L) the batch's device activations per layer
+    cudaEvent_t fwd_start, fwd_end;  // the forward's device time
 } CudaAnalysis;
 
 // Stops the batch, as the host analysis does, when layer l's activations at a counted position
@@ -560,6 +574,8 @@ static int check_finite_layer(CudaAnalysis *an, const QkAnaLayerActs *x, int l, 
     return 0;
 }
 
+static void cuda_analysis_close(QkAnalysis *qa);
+
 static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;
     if (cudaSetDevice(ctx->device) != cudaSuccess) {
@@ -572,6 +588,11 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     for (int l = 0; l < p->model->cfg.n_layer; l++)
         if (p->sae[l]) an->n_run = l + 1;
     const size_t rows = (size_t)p->max_batch * p->T;
+    if (cudaEventCreate(&an->fwd_start) != cudaSuccess || cudaEventCreate(&an->fwd_end) != cudaSuccess) {
+        qk_err("cudaEventCreate (the forward's timing): %s", cudaGetErrorString(cudaGetLastError()));
+        cuda_analysis_close((QkAnalysis *)an);
+        return NULL;
+    }
     if (dev_alloc((void **)&an->flags_d, rows, "the finite-check flags") ||
         cudaHostAlloc((void **)&an->flags_h, rows, cudaHostAllocPortable) != cudaSuccess ||
         !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 1))) {
@@ -579,10 +600,7 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
             (void)cudaGetLastError();
             if (an->flags_d) qk_err("cudaHostAlloc of %zu bytes for the finite-check flags failed", rows);
         }
-        cudaFree(an->flags_d);
-        cudaFreeHost(an->flags_h);
-        free(an->acts);
-        free(an);
+        cuda_analysis_close((QkAnalysis *)an);
         return NULL;
     }
     return (QkAnalysis *)an;
@@ -599,9 +617,13 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
     GPT2Acts shape;
     memset(&shape, 0, sizeof shape);
     shape.B = B, shape.T = p->T, shape.n_run = an->n_run;
-    double t = qk_now();
-    if (forward_batch(ctx, p->model, tokens, &shape, 0)) return -1;
-    seconds[QK_STAGE_FORWARD] += qk_now() - t;
+    // The forward overwrites the activations the last batch's analysis may still read: its kernels
+    // wait for that (the tokens' upload does not); its time is the device's, between events.
+    const FwdSync sy = {(cudaEvent_t)qk_ana_cuda_acts_event(an->dev), an->fwd_start, an->fwd_end};
+    if (forward_batch(ctx, p->model, tokens, &shape, 0, &sy)) return -1;
+    float fwd_ms = 0;
+    CUDA_TRYF(cudaEventElapsedTime(&fwd_ms, an->fwd_start, an->fwd_end), "the forward's time");
+    seconds[QK_STAGE_FORWARD] += fwd_ms * 1e-3;
     // Layer l's activations: resid_pre l, its LN1 scale, and q / k of every head (N, C each).
     const DevActs *a = &ctx->a;
     const size_t NC = (size_t)B * p->T * c->d_model;
@@ -618,9 +640,9 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
 
 // The dense aggregates stay on the device across batches (qk_ana_cuda_open's defer_flush): one
 // download per shard, not 8 x d_sae int64 per analysed head and batch.
-static int cuda_analysis_flush(QkAnalysis *qa, HeadAggregates *agg) {
+static int cuda_analysis_flush(QkAnalysis *qa, HeadAggregates *agg, double *seconds) {
     CudaAnalysis *an = (CudaAnalysis *)qa;
-    return qk_ana_cuda_flush(an->dev, agg);
+    return qk_ana_cuda_flush(an->dev, agg, seconds);
 }
 
 static void cuda_analysis_close(QkAnalysis *qa) {
@@ -629,6 +651,8 @@ static void cuda_analysis_close(QkAnalysis *qa) {
     qk_ana_cuda_close(an->dev);
     cudaFree(an->flags_d);
     cudaFreeHost(an->flags_h);
+    if (an->fwd_start) cudaEventDestroy(an->fwd_start);
+    if (an->fwd_end) cudaEventDestroy(an->fwd_end);
     free(an->acts);
     free(an);
 }

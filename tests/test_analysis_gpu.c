@@ -35,6 +35,8 @@ static void need_gpu(void) {
 }
 
 // Every record of the recorded heads, appended batch after batch: [slot][field] (n_tok x width).
+// A batch's records may arrive during the next batch's call (the device pipeline): each slot
+// appends at its own count, and every slot must have them all once the analysis is flushed.
 enum { F_TOPI, F_TOPV, F_BOTI, F_BOTV, F_ENCI, F_ENCV, F_ENCN, F_ENCS, F_ATTI, F_ATTW, F_PF, F_PG, F_PV, F_GRP,
        F_MET, F_QM, F_KM, F_PAT, F_PATH, N_FIELDS };
 static const char *k_field[N_FIELDS] = {"look-for top idx", "look-for top val", "look-for bottom idx",
@@ -51,8 +53,9 @@ static const char *k_kernel[N_FIELDS] = {"qk_btk_run (look-for)", "qk_btk_run (l
                                          "ana_rows + ana_query"};
 
 typedef struct {
-    int L, H, T, n_tok;  // n_tok: tokens so far
+    int L, H, T, n_tok;  // n_tok: tokens given to the analysis so far
     int n_rec, rec_head[MAX_REC];
+    size_t got[MAX_REC];  // tokens whose records each slot has received
     int width[N_FIELDS];
     void *f[MAX_REC][N_FIELDS];
     size_t cap;  // tokens
@@ -70,13 +73,14 @@ static int capture(void *ctx, int l, int h, const HeadRecords *r, int B) {
                                  r->enc_code.n_active, r->enc_code.scale, r->att_idx, r->att_w, r->pair_f, r->pair_g,
                                  r->pair_val, r->groups, r->metrics, r->qmarg, r->kmarg, r->pattern, r->pattern_hat};
     size_t n = (size_t)B * c->T;
-    cr_assert(c->n_tok + n <= c->cap);
+    cr_assert(c->got[s] + n <= c->cap, "head %d.%d: records of more tokens than given", l, h);
     for (int q = 0; q < N_FIELDS; q++) {
         if (!c->width[q]) continue;
         cr_assert(src[q], "head %d.%d: field %s missing", l, h, k_field[q]);
         if (!c->f[s][q]) c->f[s][q] = qk_calloc(c->cap * c->width[q], 4);
-        memcpy((char *)c->f[s][q] + (size_t)c->n_tok * c->width[q] * 4, src[q], n * c->width[q] * 4);
+        memcpy((char *)c->f[s][q] + c->got[s] * c->width[q] * 4, src[q], n * c->width[q] * 4);
     }
+    c->got[s] += n;
     return 0;
 }
 
@@ -211,12 +215,17 @@ static void run_device(const Case *k, QkPrecision prec, Capture *cap, HeadAggreg
     double sec[QK_N_ANALYSIS_STAGES] = {0};
     for (int b0 = 0; b0 < k->B; b0 += mb) {
         int nb = k->B - b0 < mb ? k->B - b0 : mb;
+        // the last batch's analysis may still read the device activations this upload overwrites
+        cr_assert_eq(qk_ana_cuda_acts_wait(a), 0, "%s", qk_errmsg());
         upload_batch(k, cpu, &acts, b0, nb, &d, la);
         cr_assert_eq(qk_ana_cuda_run(a, la, k->valid + b0, nb, agg, capture, cap, sec), 0, "%s: qk_ana_cuda_run windows %d..%d: %s",
                      k->name, b0, b0 + nb - 1, qk_errmsg());
         cap->n_tok += nb * T;
     }
-    cr_assert_eq(qk_ana_cuda_flush(a, agg), 0, "%s", qk_errmsg());
+    cr_assert_eq(qk_ana_cuda_flush(a, agg, sec), 0, "%s", qk_errmsg());
+    for (int s = 0; s < cap->n_rec; s++)
+        cr_assert_eq(cap->got[s], (size_t)cap->n_tok, "%s: head %d.%d: records of %zu of %d tokens after the flush",
+                     k->name, cap->rec_head[s] / cap->H, cap->rec_head[s] % cap->H, cap->got[s], cap->n_tok);
     const double tok = (double)k->B * T;
     cr_log_info("%s (%s): device SAE %.3f s, heads %.3f s: %.0f tokens/s (the analysis; forward on the host, uploads "
                 "not counted)", k->name, qk_precision_name(prec), sec[QK_STAGE_SAE], sec[QK_STAGE_HEADS],

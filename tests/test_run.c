@@ -134,9 +134,11 @@ Test(run, deterministic_across_threads_and_batches) {
 }
 
 // A backend that holds the dense aggregates back until QkBackend.analysis_flush (the CUDA backend
-// keeps them on the device) writes the same files: the pipeline flushes wherever it reads them.
-// QK_AGG_DEFER=1 makes the CPU backend hold them back: a single file, shards, two ranks (shards
-// and aggregates.h5) and the summary of a run that writes nothing, each against the plain run.
+// keeps them on the device) and hands a batch's records, sketch and examples over a batch late
+// (the CUDA backend's pipeline) writes the same files: the pipeline flushes wherever it reads them
+// and before a shard's records are closed.  QK_AGG_DEFER=1 makes the CPU backend behave so: a
+// single file, shards, two ranks (shards and aggregates.h5) and the summary of a run that writes
+// nothing, each against the plain run.
 Test(run, held_back_aggregates_are_flushed_wherever_they_are_read, .timeout = 240) {
     char *c = write_config("defer", "threads = 2\n");
     const char *modes[2] = {"", "QK_AGG_DEFER=1 "}, *tag[2] = {"plain", "defer"};
@@ -158,6 +160,9 @@ Test(run, held_back_aggregates_are_flushed_wherever_they_are_read, .timeout = 24
         snprintf(name, sizeof name, files[i], "defer");
         snprintf(pb, sizeof pb, "%s/%s", g_dir, name);
         cr_expect(h5_same(pa, pb, "/aggregates", 0), "%s: the aggregates differ with QK_AGG_DEFER=1", pb);
+        // records arrive a batch late with QK_AGG_DEFER=1: every one before the shard closes
+        cr_expect(h5_same(pa, pb, "/heads", 0), "%s: the records differ with QK_AGG_DEFER=1", pb);
+        cr_expect(h5_same(pa, pb, "/tokens", 0), "%s: the tokens differ with QK_AGG_DEFER=1", pb);
     }
     // The ranks' reduced aggregates.h5 (no examples there: h5diff cannot compare empty datasets):
     // every dense field of every head, read back, equal as integers.

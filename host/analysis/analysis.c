@@ -151,6 +151,7 @@ void head_agg_add_dense(HeadAggregates *acc, const HeadAggregates *x) {
     head_agg_fields((HeadAggregates *)x, &b);  // normalises x's limbs: its value is unchanged
     for (int q = 0; q < HEAD_AGG_I64; q++)
         for (size_t i = 0; i < a.n_i64[q]; i++) a.i64[q][i] = qk_exact_sat_add(a.i64[q][i], b.i64[q][i]);
+    normalize_exact(acc);  // the sum of two normalised limb sets is not one: the same value, one form
 }
 
 void head_agg_zero_dense(HeadAggregates *g) {

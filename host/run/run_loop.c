@@ -287,7 +287,15 @@ static int check_ids(const Run *r, const QkWindowBatch *wb, int first, int B) {
     return 0;
 }
 
-// Windows [first, first + B) of the batch through the model and every analysed head.
+// The backend's stage times (QK_STAGE_*) into the run's.
+static void add_stage_times(Run *r, const double *sec) {
+    r->t_stage[STAGE_FORWARD] += sec[QK_STAGE_FORWARD];
+    r->t_stage[STAGE_SAE] += sec[QK_STAGE_SAE];
+    r->t_stage[STAGE_ANALYSIS] += sec[QK_STAGE_HEADS];
+}
+
+// Windows [first, first + B) of the batch through the model and every analysed head.  A backend
+// may hand this batch's records, sketch and examples over in the next call or at the flush.
 static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     const int32_t *tokens = wb->tokens + (size_t)first * r->T, *length = wb->length + first;
     if (check_ids(r, wb, first, B)) return -1;
@@ -295,9 +303,7 @@ static int process_batch(Run *r, const QkWindowBatch *wb, int first, int B) {
     for (int i = 0; i < r->L * r->H; i++)  // example contexts name corpus windows
         if (r->s.analysed[i]) r->agg[i].window0 = r->window_index;
     int rc = r->be->analyse(r->an, tokens, length, B, r->agg, r->s.cfg.write ? emit_records : NULL, r, sec);
-    r->t_stage[STAGE_FORWARD] += sec[QK_STAGE_FORWARD];
-    r->t_stage[STAGE_SAE] += sec[QK_STAGE_SAE];
-    r->t_stage[STAGE_ANALYSIS] += sec[QK_STAGE_HEADS];
+    add_stage_times(r, sec);
     if (rc) {  // where the batch is in the corpus (the first window is 0 for a resumed run too)
         char keep[1024];
         snprintf(keep, sizeof keep, "%s", qk_errmsg());
@@ -337,9 +343,16 @@ static int write_aggregates(Run *r) {
     return rc;
 }
 
-// The aggregates the backend holds back (QkBackend.analysis_flush) into r->agg: before anything
-// reads r->agg.
-static int flush_aggregates(Run *r) { return r->an ? qk_analysis_flush(r->be, r->an, r->agg) : 0; }
+// What the backend holds back (QkBackend.analysis_flush): the last batch's records to their
+// datasets, its sketch and examples and the dense aggregates into r->agg; before anything reads
+// r->agg or closes the record datasets.
+static int flush_aggregates(Run *r) {
+    if (!r->an) return 0;
+    double sec[QK_N_ANALYSIS_STAGES] = {0};
+    int rc = qk_analysis_flush(r->be, r->an, r->agg, sec);
+    add_stage_times(r, sec);
+    return rc;
+}
 
 static int print_summary(Run *r) {
     if (flush_aggregates(r)) return -1;
@@ -379,8 +392,9 @@ static void close_run(Run *r) {
 // aggregates start again from zero for the next shard.
 static int close_output(Run *r) {
     if (!r->s.cfg.write) return r->shard_open = 0, 0;
+    int rc = flush_aggregates(r);  // its records' writes count as they are made (emit_records)
     double t = qk_now();
-    int rc = flush_aggregates(r) || write_aggregates(r);
+    rc = rc || write_aggregates(r);
     r->t_stage[STAGE_WRITE] += qk_now() - t;
     for (int q = 0; !rc && q < N_STAGES; q++) {  // stage times (seconds) for the benchmark
         char name[64];

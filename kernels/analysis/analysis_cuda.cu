@@ -357,17 +357,41 @@ struct HeadBuf {
 };
 
 // One head's per-batch results for the host's sketch and examples: the `top` heaviest distinct
-// pairs in merge order and the rest's weight; the batch's strongest examples.  Device d_*, pinned
-// host h_* (a layer's heads download together, then merge on the host in parallel).
+// pairs in merge order and the rest's weight; the batch's strongest examples.  PairOut: on the
+// device, one per head slot of a layer (reused layer after layer); PairHost: their page-locked
+// host copies, one per analysed head and batch slot (the host merges them a batch later).
 struct PairOut {
     int32_t *d_f, *d_g, *d_xf, *d_xg, *d_xt, *d_xj, *d_nseg;
     double *d_w, *d_sum, *d_rest;
     long long *d_cnt;
     float *d_xv;
-    int32_t *h_f, *h_g, *h_xf, *h_xg, *h_xt, *h_xj, *h_nseg;
-    double *h_w, *h_sum, *h_rest;
-    long long *h_cnt;
-    float *h_xv;
+};
+struct PairHost {
+    int32_t *f, *g, *xf, *xg, *xt, *xj, *nseg;  // (top), (top), (cap) x 4, (1)
+    double *w, *sum, *rest;                      // (top), (top), (1)
+    long long *cnt;                              // (top)
+    float *xv;                                   // (cap)
+};
+
+// The batch pipeline: batch i is enqueued whole (no host wait inside it) into slot i % 2, and its
+// results are taken by the host (nseg checks, sketch and example merges, records handed to emit)
+// while batch i + 1 computes: in the next qk_ana_cuda_run, or in qk_ana_cuda_flush.  A slot holds
+// where the batch's downloads land (page-locked), what the host does with them, and the events
+// that time its stages on the device.
+struct BatchSlot {
+    int pending;             // enqueued, not yet taken by the host
+    int B, N;
+    HeadAggregates *agg;     // the batch's call's agg, emit and emit_ctx
+    QkRecordsFn emit;
+    void *emit_ctx;
+    long long *window0;      // (L*H) each analysed head's agg->window0 at the batch's call
+    PairHost *ph;            // (L*H) analysed heads' downloads
+    HeadRecords *rec;        // (L*H) recorded heads' records (arrays in the page-locked block)
+    int32_t *vlen;           // (max_batch) the batch's valid lengths, page-locked
+    void *block;             // the page-locked block carved into ph's, rec's and vlen's arrays
+    int block_pinned;        // 0: cudaHostAlloc refused, ordinary memory (copies staged, slower)
+    cudaEvent_t *ev;         // (L, 3): layer l's start, its SAE code done, its heads done
+    cudaEvent_t done;        // every download of the batch landed
 };
 
 // A layer's aggregates-and-pairs sequence (head_aggregate of every analysed head: ~35 launches and
@@ -379,6 +403,11 @@ struct LayerGraph {
     int N, with_valid;
 };
 
+// Stage times (seconds) of finished batches not yet handed to a caller.
+struct StageCarry {
+    double sae, heads;
+};
+
 struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
@@ -388,10 +417,19 @@ struct QkAnaCuda {
     int counting;                 // open_buffers only sums its device bytes into counted
     size_t counted;
     int graphs;                   // capture layer_aggregates as CUDA graphs (QK_CUDA_GRAPHS=0: off; off with sync_each)
-    LayerGraph *graph;            // (L)
+    LayerGraph *graph;            // (2, L): per batch slot (the graphs download into the slot's memory)
     LayerDev *lay;
     HeadDev *head;
-    HeadRecords *rec;  // (L) host records, as host/analysis_batch.c
+    BatchSlot slot[2];            // the batch pipeline (BatchSlot); cur: the next batch's
+    int cur;
+    cudaEvent_t acts_free;        // after the last kernel of the last batch that reads its activations
+    int acts_recorded;
+    // Records download on their own stream, overlapping the next layer's SAE code: layer l's copies
+    // start at heads_done[l] (on st) and end at copied[l] (on cst); st waits for copied[l] before
+    // the next layer writes a head buffer.
+    cudaStream_t cst;
+    cudaEvent_t *heads_done, *copied;  // (L)
+    StageCarry carry;
     // batch buffers (device)
     float *z, *err, *val, *scale, *shift;
     float *EQK;                   // (Nmax, 2 H dh): err Wqk, the layer's error projections
@@ -403,7 +441,7 @@ struct QkAnaCuda {
     float *Qall, *ainv_all;       // (H, Nmax, dh), (H, Nmax): hb[h].Q and .ainv are slices
     int32_t *top_idx_all, *bot_idx_all;  // (H, N, k) for the batch's N: hb[h].top_* point into them
     float *top_val_all, *bot_val_all;
-    QkAnaView *h_views, *d_views;  // (H) the views of ana_query's heads, host and device
+    QkAnaView *h_views, *d_views;  // (L, H) the views of ana_query's heads, host (page-locked) and device
     // heavy-pair reduction (device), and its host staging
     unsigned long long *pk, *pk2;
     uint32_t *pp, *pp2;
@@ -418,7 +456,7 @@ struct QkAnaCuda {
     void *cub_tmp;
     size_t cub_bytes;
     int top;                       // pairs merged per head and batch: min(sketch_capacity, N * sketch_pairs)
-    PairOut *out;                  // (H) a layer's heads' downloads (device and pinned host)
+    PairOut *out;                  // (H) a layer's heads' per-batch pair results (device)
     // every device allocation, freed at close
     void **allocs;
     int n_allocs, cap_allocs;
@@ -480,26 +518,39 @@ static QkTopkOpts sae_opts(const LayerDev *ld, int slots) {
     return o;
 }
 
+static void slot_free(BatchSlot *s, int L) {
+    if (s->block_pinned) cudaFreeHost(s->block);
+    else free(s->block);
+    for (int e = 0; s->ev && e < 3 * L; e++)
+        if (s->ev[e]) cudaEventDestroy(s->ev[e]);
+    if (s->done) cudaEventDestroy(s->done);
+    free(s->ev), free(s->window0), free(s->ph), free(s->rec);
+    memset(s, 0, sizeof *s);
+}
+
+// A batch still pending at close is dropped (close without flush: the caller gave up on it).
 extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     if (!a) return;
     if (a->st) cudaStreamSynchronize(a->st);
+    if (a->cst) cudaStreamSynchronize(a->cst);
+    qk_btk_destroy(a->btk);  // before the stream it enqueues on
     for (int q = 0; q < a->n_allocs; q++) cudaFree(a->allocs[q]);
     free(a->allocs);
+    if (a->cst) cudaStreamDestroy(a->cst);
     if (a->st) cudaStreamDestroy(a->st);
-    qk_btk_destroy(a->btk);
-    if (a->rec)
-        for (int l = 0; l < a->L; l++)
-            if (a->rec[l].n) head_records_free(&a->rec[l]);
-    for (int h = 0; a->out && h < a->H; h++) {
-        PairOut *q = &a->out[h];
-        void *hp[12] = {q->h_f, q->h_g, q->h_w, q->h_sum, q->h_cnt, q->h_rest, q->h_nseg, q->h_xf, q->h_xg, q->h_xt, q->h_xj, q->h_xv};
-        for (int u = 0; u < 12; u++) cudaFreeHost(hp[u]);
+    for (int q = 0; q < 2; q++) slot_free(&a->slot[q], a->L);
+    if (a->acts_free) cudaEventDestroy(a->acts_free);
+    for (int l = 0; l < a->L; l++) {
+        if (a->heads_done && a->heads_done[l]) cudaEventDestroy(a->heads_done[l]);
+        if (a->copied && a->copied[l]) cudaEventDestroy(a->copied[l]);
     }
+    free(a->heads_done), free(a->copied);
     if (a->blas) cublasDestroy(a->blas);
-    for (int l = 0; a->graph && l < a->L; l++)
-        if (a->graph[l].exec) cudaGraphExecDestroy(a->graph[l].exec);
+    for (int g = 0; a->graph && g < 2 * a->L; g++)
+        if (a->graph[g].exec) cudaGraphExecDestroy(a->graph[g].exec);
     free(a->graph);
-    free(a->rec), free(a->lay), free(a->head), free(a->hb), free(a->h_views), free(a->out), free(a->h_wqk);
+    cudaFreeHost(a->h_views);
+    free(a->lay), free(a->head), free(a->hb), free(a->out), free(a->h_wqk);
     free(a);
 }
 
@@ -514,8 +565,7 @@ static int open_buffers(QkAnaCuda *a) {
     const size_t nk = N * o->k, es = a->es_max;
     if (ALLOC(a->vlen, a->p.max_batch, "valid_len")) return -1;
     a->hb = (HeadBuf *)calloc(a->H, sizeof(HeadBuf));
-    a->h_views = (QkAnaView *)calloc(a->H, sizeof(QkAnaView));
-    if (ALLOC(a->d_views, a->H, "head views")) return -1;
+    if (ALLOC(a->d_views, (size_t)a->L * a->H, "head views")) return -1;
     const size_t H = a->H;
     if (ALLOC(a->Qall, H * N * dh, "Q (all heads)") || ALLOC(a->ainv_all, H * N, "1/sqrt(dh) (all heads)") ||
         ALLOC(a->top_idx_all, H * nk, "top_idx") || ALLOC(a->top_val_all, H * nk, "top_val") ||
@@ -571,19 +621,6 @@ static int open_buffers(QkAnaCuda *a) {
             ALLOC(q->d_xf, cap, "examples f") || ALLOC(q->d_xg, cap, "examples g") || ALLOC(q->d_xt, cap, "examples token") ||
             ALLOC(q->d_xj, cap, "examples key pos") || ALLOC(q->d_xv, cap, "examples term"))
             return -1;
-        if (a->counting) continue;  // the sizing pass counts device memory only
-        CUDA_TRY(cudaMallocHost((void **)&q->h_f, top * 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_g, top * 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_w, top * 8));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_sum, top * 8));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_cnt, top * 8));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_rest, 8));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_nseg, 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_xf, cap * 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_xg, cap * 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_xt, cap * 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_xj, cap * 4));
-        CUDA_TRY(cudaMallocHost((void **)&q->h_xv, cap * 4));
     }
     size_t sort_b = 0, scan_b = 0, sort_x = 0, sort_w = 0;
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, sort_b, a->pk, a->pk2, a->pp, a->pp2, (int)np, 0, 64, a->st));
@@ -604,8 +641,8 @@ static int check_room(QkAnaCuda *a) {
     a->counting = 1, a->counted = 0;
     int rc = open_buffers(a);
     a->counting = 0;
-    free(a->hb), free(a->h_views), free(a->out);
-    a->hb = NULL, a->h_views = NULL, a->out = NULL;
+    free(a->hb), free(a->out);
+    a->hb = NULL, a->out = NULL;
     if (rc) return -1;
     size_t free_b = 0, total_b = 0;
     CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
@@ -616,6 +653,92 @@ static int check_room(QkAnaCuda *a) {
                   "%.0f MiB are free after the weights: [corpus] batch = %lld fits%s", a->device, a->p.max_batch, a->p.T,
                   need / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, fit,
                   fit < 1 ? " (none: fewer analysed heads or layers, or a larger GPU)" : "");
+}
+
+// Carves `count` elements of `size` bytes out of a block at *off, 256-byte aligned; base NULL
+// only counts.
+static void *carve(char *base, size_t *off, size_t count, size_t size) {
+    const size_t at = (*off + 255) & ~(size_t)255;
+    *off = at + count * size;
+    return base ? base + at : NULL;
+}
+#define CARVE(ptr, count) ((ptr) = (decltype(ptr))carve(base, off, (size_t)(count), sizeof(*(ptr))))
+
+// Slot s's host arrays in `base` (NULL: the sizing pass; *off ends at the bytes needed): every
+// analysed head's pair downloads, every recorded head's records (head_records_alloc's arrays for
+// Nmax tokens), the valid lengths.
+static void slot_carve(const QkAnaCuda *a, BatchSlot *s, char *base, size_t *off) {
+    const AnalysisPlan *p = &a->p;
+    const AnalysisOpts *o = &p->o;
+    const size_t N = a->Nmax, top = a->top, cap = QK_EXAMPLES_CAPACITY, nk = N * o->k, na = N * o->a;
+    for (int i = 0; i < a->L * a->H; i++) {
+        if (p->analysed[i]) {
+            PairHost *q = &s->ph[i];
+            CARVE(q->f, top), CARVE(q->g, top), CARVE(q->w, top), CARVE(q->sum, top), CARVE(q->cnt, top);
+            CARVE(q->rest, 1), CARVE(q->nseg, 1);
+            CARVE(q->xf, cap), CARVE(q->xg, cap), CARVE(q->xt, cap), CARVE(q->xj, cap), CARVE(q->xv, cap);
+        }
+        if (!p->recorded[i]) continue;
+        const LayerDev *ld = &a->lay[i / a->H];
+        const size_t S = ld->S, es = qk_sae_slots(ld->sae, o->enc_slots);
+        HeadRecords *r = &s->rec[i];
+        r->n = (int)N, r->k = o->k, r->a = o->a, r->p = o->p, r->sp = o->sketch_pairs;
+        r->enc = p->encoder, r->records = 1, r->patterns = p->record_patterns;
+        CARVE(r->top_idx, nk), CARVE(r->top_val, nk), CARVE(r->bot_idx, nk), CARVE(r->bot_val, nk);
+        if (r->enc) {
+            QkSaeCode *e = &r->enc_code;
+            e->n = (int)N, e->slots = (int)es;
+            CARVE(e->idx, N * es), CARVE(e->val, N * es), CARVE(e->n_active, N), CARVE(e->scale, N), CARVE(e->shift, N);
+        }
+        CARVE(r->att_idx, na), CARVE(r->att_w, na);
+        CARVE(r->pair_f, na * o->p), CARVE(r->pair_g, na * o->p), CARVE(r->pair_val, na * o->p);
+        CARVE(r->groups, na * 16), CARVE(r->metrics, N * QK_ANA_METRICS);
+        CARVE(r->qmarg, N * S), CARVE(r->kmarg, N * S);
+        CARVE(r->sk_f, N * o->sketch_pairs), CARVE(r->sk_g, N * o->sketch_pairs), CARVE(r->sk_val, N * o->sketch_pairs);
+        if (r->patterns) CARVE(r->pattern, N * a->T), CARVE(r->pattern_hat, N * a->T);
+    }
+    CARVE(s->vlen, p->max_batch);
+}
+#undef CARVE
+
+// Page-locked host memory (device-to-host copies asynchronous, at bus speed); where the driver
+// refuses it (locked-memory limits), ordinary memory: the copies still land, staged and slower.
+static void *host_block(size_t bytes, int *pinned) {
+    void *p = NULL;
+    *pinned = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess;
+    if (*pinned) return p;
+    (void)cudaGetLastError();
+    return qk_malloc(bytes ? bytes : 1);
+}
+
+// The two batch slots (BatchSlot) and the layers' head views.
+static int open_slots(QkAnaCuda *a) {
+    const int LH = a->L * a->H;
+    CUDA_TRY(cudaHostAlloc((void **)&a->h_views, sizeof(QkAnaView) * LH, cudaHostAllocPortable));
+    CUDA_TRY(cudaEventCreateWithFlags(&a->acts_free, cudaEventDisableTiming));
+    CUDA_TRY(cudaStreamCreateWithFlags(&a->cst, cudaStreamNonBlocking));
+    a->heads_done = (cudaEvent_t *)qk_calloc(a->L, sizeof(cudaEvent_t));
+    a->copied = (cudaEvent_t *)qk_calloc(a->L, sizeof(cudaEvent_t));
+    for (int l = 0; l < a->L; l++) {
+        CUDA_TRY(cudaEventCreateWithFlags(&a->heads_done[l], cudaEventDisableTiming));
+        CUDA_TRY(cudaEventCreateWithFlags(&a->copied[l], cudaEventDisableTiming));
+    }
+    for (int q = 0; q < 2; q++) {
+        BatchSlot *s = &a->slot[q];
+        s->window0 = (long long *)qk_calloc(LH, sizeof(long long));
+        s->ph = (PairHost *)qk_calloc(LH, sizeof(PairHost));
+        s->rec = (HeadRecords *)qk_calloc(LH, sizeof(HeadRecords));
+        s->ev = (cudaEvent_t *)qk_calloc(3 * (size_t)a->L, sizeof(cudaEvent_t));
+        size_t bytes = 0;
+        slot_carve(a, s, NULL, &bytes);
+        s->block = host_block(bytes, &s->block_pinned);
+        if (!s->block_pinned) a->graphs = 0;  // a graph cannot capture a copy to ordinary memory
+        size_t off = 0;
+        slot_carve(a, s, (char *)s->block, &off);
+        for (int e = 0; e < 3 * a->L; e++) CUDA_TRY(cudaEventCreate(&s->ev[e]));
+        CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
+    }
+    return 0;
 }
 
 static int open_weights(QkAnaCuda *a) {
@@ -684,12 +807,11 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     a->P = p->o.p > p->o.sketch_pairs ? p->o.p : p->o.sketch_pairs;
     a->lay = (LayerDev *)calloc(a->L, sizeof(LayerDev));
     a->head = (HeadDev *)calloc((size_t)a->L * a->H, sizeof(HeadDev));
-    a->rec = (HeadRecords *)calloc(a->L, sizeof(HeadRecords));
     const char *sync = getenv("QK_CUDA_SYNC");
     a->sync_each = sync && sync[0] == '1';
     const char *graphs = getenv("QK_CUDA_GRAPHS");
     a->graphs = !a->sync_each && !(graphs && graphs[0] == '0');
-    a->graph = (LayerGraph *)calloc(a->L, sizeof(LayerGraph));
+    a->graph = (LayerGraph *)calloc(2 * (size_t)a->L, sizeof(LayerGraph));
     for (int l = 0; l < a->L; l++) {
         const QkSae *s = p->sae[l];
         if (!s) continue;
@@ -702,12 +824,6 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         }
         a->S_max = S > a->S_max ? S : a->S_max;
         a->es_max = es > a->es_max ? es : a->es_max;
-        int any_rec = 0;
-        for (int h = 0; h < a->H; h++) any_rec |= p->recorded[l * a->H + h];
-        if (any_rec) {
-            head_records_alloc(&a->rec[l], &p->o, a->Nmax, S, s, p->encoder);
-            if (p->record_patterns) head_records_alloc_patterns(&a->rec[l], p->T);
-        }
     }
     if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking) != cudaSuccess) {
         qk_err("qk_ana_cuda_open: device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
@@ -732,10 +848,12 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         qk_ana_cuda_close(a);
         return NULL;
     }
-    if (!(a->btk = qk_btk_create(device, prec, 0)) || open_weights(a) || check_room(a) || open_buffers(a)) {
+    if (!(a->btk = qk_btk_create(device, prec, 0)) || open_weights(a) || check_room(a) || open_buffers(a) ||
+        open_slots(a)) {
         qk_ana_cuda_close(a);
         return NULL;
     }
+    qk_btk_use_stream(a->btk, a->st);  // the batch's top-k runs in its stream order, nothing waits
     cudaError_t e = cudaDeviceSynchronize();  // the uploads and memsets ran on the legacy stream
     if (e != cudaSuccess) {
         qk_err("qk_ana_cuda_open: cudaDeviceSynchronize: %s", cudaGetErrorString(e));
@@ -760,7 +878,7 @@ static int layer_code(QkAnaCuda *a, int l, const QkAnaLayerActs *x, int N) {
     const int C = a->C;
     ana_normalise<<<blocks(N, 128), 128, 0, a->st>>>(x->resid, x->ld_resid, N, C, s->center_input,
                                                      s->norm == QK_SAE_NORM_LAYER_NORM, a->z, a->scale, a->shift);
-    if (launched(a, "ana_normalise", l, -1, N) || sync_st(a, "ana_normalise")) return -1;
+    if (launched(a, "ana_normalise", l, -1, N)) return -1;
     QkTopkOpts o = sae_opts(ld, ld->S);
     if (qk_btk_run(a->btk, NULL, N, s->d_sae, C, a->z, C, NULL, ld->W_encT, ld->c_enc, &o, a->idx, a->val, a->nact))
         return qk_err("analysis: SAE encode of layer %d: %s", l, qk_errmsg());
@@ -770,9 +888,13 @@ static int layer_code(QkAnaCuda *a, int l, const QkAnaLayerActs *x, int N) {
     return launched(a, "ana_err", l, -1, N);
 }
 
-#define DL(dst, src, count) CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(*(dst)) * (size_t)(count), cudaMemcpyDeviceToHost, a->st))
+// A download of `count` elements on the stream dl_st of the function that uses it.
+#define DL(dst, src, count) \
+    CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(*(dst)) * (size_t)(count), cudaMemcpyDeviceToHost, dl_st))
 
+// Enqueues on the copy stream (a->cst) the download of head buffer b's records into r.
 static int download_records(QkAnaCuda *a, const HeadBuf *b, HeadRecords *r, int N, int S, int es) {
+    const cudaStream_t dl_st = a->cst;
     const AnalysisOpts *o = &a->p.o;
     const size_t nk = (size_t)N * o->k, na = (size_t)N * o->a;
     DL(r->top_idx, b->top_idx, nk); DL(r->top_val, b->top_val, nk); DL(r->bot_idx, b->bot_idx, nk);
@@ -792,16 +914,16 @@ static int download_records(QkAnaCuda *a, const HeadBuf *b, HeadRecords *r, int 
         DL(r->pattern, b->pattern, (size_t)N * a->T);
         DL(r->pattern_hat, b->pattern_hat, (size_t)N * a->T);
     }
-    return sync_st(a, "the records' download");
+    return 0;
 }
 
 // Enqueues, for the layer's head slot h (b = its buffers, q = its downloads): the batch's sketch
 // candidates reduced by (f, g) (sorted by pair, token order kept inside a pair), the distinct
 // pairs sorted into merge order (weight descending, then f, g: pair_sketch_sorted's order) of
 // which the heaviest a->top are downloaded with the others' summed weight, and the example
-// contexts (the batch's R of pair_examples.h).  Nothing waits: merge_pairs reads q after the
-// layer's sync.
-static int pairs_enqueue(QkAnaCuda *a, const HeadBuf *b, PairOut *q, int l, int h, int N, int with_valid) {
+// contexts (the batch's R of pair_examples.h), downloaded into ph.  Nothing waits: merge_pairs
+// reads ph when the batch is finished (slot_finish).
+static int pairs_enqueue(QkAnaCuda *a, const HeadBuf *b, PairOut *q, PairHost *ph, int l, int h, int N, int with_valid) {
     const int sp = a->p.o.sketch_pairs, np = N * sp;
     ana_pair_keys<<<blocks(np, 256), 256, 0, a->st>>>(b->sk_f, b->sk_g, N, a->T, sp, with_valid ? a->vlen : NULL, a->pk, a->pp);
     if (launched(a, "ana_pair_keys", l, h, N)) return -1;
@@ -841,24 +963,26 @@ static int pairs_enqueue(QkAnaCuda *a, const HeadBuf *b, PairOut *q, int l, int 
                                                              q->d_xj);
     if (launched(a, "ana_examples_gather", l, h, N)) return -1;
     const int top = a->top;
-    DL(q->h_f, q->d_f, top); DL(q->h_g, q->d_g, top); DL(q->h_w, q->d_w, top); DL(q->h_sum, q->d_sum, top);
-    DL(q->h_cnt, q->d_cnt, top); DL(q->h_rest, q->d_rest, 1); DL(q->h_nseg, q->d_nseg, 1);
-    DL(q->h_xf, q->d_xf, cap); DL(q->h_xg, q->d_xg, cap); DL(q->h_xv, q->d_xv, cap); DL(q->h_xt, q->d_xt, cap);
-    DL(q->h_xj, q->d_xj, cap);
+    const cudaStream_t dl_st = a->st;
+    DL(ph->f, q->d_f, top); DL(ph->g, q->d_g, top); DL(ph->w, q->d_w, top); DL(ph->sum, q->d_sum, top);
+    DL(ph->cnt, q->d_cnt, top); DL(ph->rest, q->d_rest, 1); DL(ph->nseg, q->d_nseg, 1);
+    DL(ph->xf, q->d_xf, cap); DL(ph->xg, q->d_xg, cap); DL(ph->xv, q->d_xv, cap); DL(ph->xt, q->d_xt, cap);
+    DL(ph->xj, q->d_xj, cap);
     return 0;
 }
 
-// After the layer's sync: head slot h's downloads merged into its sketch (heaviest first, as
-// pair_sketch_merge; the pairs past a->top count in the total only) and its examples.  Touches
-// only g: the layer's heads run this in parallel.
-static void merge_pairs(const QkAnaCuda *a, const PairOut *q, HeadAggregates *g) {
+// Once the batch's downloads have landed: a head's pair downloads ph merged into its sketch
+// (heaviest first, as pair_sketch_merge; the pairs past a->top count in the total only) and its
+// examples, whose windows count from window0 (the head's agg->window0 when the batch was given).
+// Touches only g: the heads run this in parallel.
+static void merge_pairs(const QkAnaCuda *a, const PairHost *ph, HeadAggregates *g, long long window0) {
     PairSketch *sk = &g->sketch;
-    for (int r = 0; r < a->top && q->h_f[r] >= 0; r++)
-        pair_sketch_add_entry(sk, q->h_f[r], q->h_g[r], q->h_w[r], 0, q->h_sum[r], q->h_cnt[r]);
-    pair_sketch_add_pruned(sk, *q->h_rest);
-    for (int r = 0; r < QK_EXAMPLES_CAPACITY && q->h_xf[r] >= 0; r++) {
-        const int t = q->h_xt[r];
-        pair_examples_add(&g->examples, q->h_xf[r], q->h_xg[r], q->h_xv[r], g->window0 + t / a->T, t % a->T, q->h_xj[r]);
+    for (int r = 0; r < a->top && ph->f[r] >= 0; r++)
+        pair_sketch_add_entry(sk, ph->f[r], ph->g[r], ph->w[r], 0, ph->sum[r], ph->cnt[r]);
+    pair_sketch_add_pruned(sk, *ph->rest);
+    for (int r = 0; r < QK_EXAMPLES_CAPACITY && ph->xf[r] >= 0; r++) {
+        const int t = ph->xt[r];
+        pair_examples_add(&g->examples, ph->xf[r], ph->xg[r], ph->xv[r], window0 + t / a->T, t % a->T, ph->xj[r]);
     }
 }
 
@@ -902,7 +1026,6 @@ static int layer_lookfor(QkAnaCuda *a, int l, int N) {
         b->top_idx = a->top_idx_all + h * nk, b->top_val = a->top_val_all + h * nk;
         b->bot_idx = a->bot_idx_all + h * nk, b->bot_val = a->bot_val_all + h * nk;
     }
-    if (sync_st(a, "ana_head_vec")) return -1;
     QkBtkBatch bt;
     memset(&bt, 0, sizeof bt);
     bt.batch = a->H, bt.U = (long long)a->Nmax * dh, bt.a = a->Nmax, bt.V = (long long)m * dh;
@@ -916,7 +1039,7 @@ static int layer_lookfor(QkAnaCuda *a, int l, int N) {
 }
 
 // Head (l, h) after its look-for: encoder projection, score rows, its view for ana_query in
-// a->h_views[h].
+// a->h_views[l H + h].
 static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N) {
     HeadBuf *b = &a->hb[h];
     const AnalysisPlan *p = &a->p;
@@ -926,11 +1049,11 @@ static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N)
     const int i = l * a->H + h, rec = p->recorded[i], dh = a->dh, C = a->C, T = a->T, m = s->d_sae, S = ld->S;
     const HeadDev *hd = &a->head[i];
     const float inv = 1.0f / sqrtf((float)dh);
-    const int enc = rec && p->encoder && a->rec[l].enc, es = qk_sae_slots(s, o->enc_slots);
+    const int enc = rec && p->encoder, es = qk_sae_slots(s, o->enc_slots);
     if (enc) {
         ana_proj<<<blocks(N, 128), 128, 0, a->st>>>(b->Q, N, dh, inv, hd->G, C, s->norm == QK_SAE_NORM_LAYER_NORM, b->U,
                                                      b->aenc, b->e_scale, b->e_shift);
-        if (launched(a, "ana_proj", l, h, N) || sync_st(a, "ana_proj")) return -1;
+        if (launched(a, "ana_proj", l, h, N)) return -1;
         QkTopkOpts eo = sae_opts(ld, es);
         if (qk_btk_run(a->btk, NULL, N, m, dh, b->U, dh, b->aenc, hd->E, ld->c_enc, &eo, b->e_idx, b->e_val, b->e_nact))
             return qk_err("analysis: encoder projection of head %d.%d: %s", l, h, qk_errmsg());
@@ -940,7 +1063,7 @@ static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N)
     ana_rows<<<blocks((long long)NT, 128), 128, 0, a->st>>>(b->Q, b->K, b->EQ, b->EK, N, T, dh, inv, R, R + NT, R + 2 * NT,
                                                             R + 3 * NT);
     if (launched(a, "ana_rows", l, h, N)) return -1;
-    QkAnaView &v = a->h_views[h];
+    QkAnaView &v = a->h_views[(size_t)l * a->H + h];
     memset(&v, 0, sizeof v);
     v.T = T, v.dh = dh, v.S = S, v.k = o->k, v.a = o->a, v.p = o->p, v.sp = o->sketch_pairs, v.P = a->P;
     v.records = rec, v.patterns = rec && p->record_patterns, v.inv = inv;
@@ -956,49 +1079,36 @@ static int head_rows(QkAnaCuda *a, int l, int h, const QkAnaLayerActs *x, int N)
 }
 
 // Head (l, h) after ana_query: its aggregates' kernels, then its pair reductions and their
-// downloads enqueued (pairs_enqueue); nothing waits.
-static int head_aggregate(QkAnaCuda *a, int l, int h, int N, const int32_t *valid_len) {
+// downloads into slot s enqueued (pairs_enqueue); nothing waits.
+static int head_aggregate(QkAnaCuda *a, BatchSlot *s, int l, int h, int N, int with_valid) {
     const AnalysisOpts *o = &a->p.o;
     const int i = l * a->H + h, m = a->lay[l].sae->d_sae;
     const HeadBuf *b = &a->hb[h];
-    AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, valid_len ? a->vlen : NULL,
+    AggArgs g = {b->metrics, b->qmarg, b->kmarg, a->idx, a->live, b->att_idx, with_valid ? a->vlen : NULL,
                  N, a->T, a->lay[l].S, o->a, a->head[i].acc, m};
     ana_agg<<<blocks(N, AGG_THREADS), AGG_THREADS, 0, a->st>>>(g);
     if (launched(a, "ana_agg", l, h, N)) return -1;
     ana_carry<<<blocks(2LL * m, 256), 256, 0, a->st>>>(a->head[i].acc, m);
     if (launched(a, "ana_carry", l, h, N)) return -1;
-    return pairs_enqueue(a, b, &a->out[h], l, h, N, valid_len != NULL);
+    return pairs_enqueue(a, b, &a->out[h], &s->ph[i], l, h, N, with_valid);
 }
 
-// Recorded head (l, h): its records downloaded and handed to emit.
-static int head_records(QkAnaCuda *a, int l, int h, int N, int B, QkRecordsFn emit, void *emit_ctx) {
-    const AnalysisPlan *p = &a->p;
-    const QkSae *s = a->lay[l].sae;
-    HeadRecords *r = &a->rec[l];
-    const int enc = p->encoder && r->enc, es = qk_sae_slots(s, p->o.enc_slots), enc_alloc = r->enc;
-    r->enc = enc, r->records = 1, r->patterns = r->pattern && p->record_patterns;
-    int rc = download_records(a, &a->hb[h], r, N, a->lay[l].S, es);
-    if (!rc) rc = emit(emit_ctx, l, h, r, B);
-    r->enc = enc_alloc;
-    return rc ? -1 : 0;
-}
-
-// Every analysed head of layer l: head_aggregate, enqueued directly or as the layer's CUDA graph.
-static int layer_aggregates(QkAnaCuda *a, int l, int N, const int32_t *valid_len) {
+// Every analysed head of layer l: head_aggregate, enqueued directly or as the layer's CUDA graph
+// for slot s (its downloads land in the slot's memory: one graph per layer and slot).
+static int layer_aggregates(QkAnaCuda *a, BatchSlot *s, int l, int N, int with_valid) {
     const int H = a->H;
     if (!a->graphs) {
         for (int h = 0; h < H; h++)
-            if (a->p.analysed[l * H + h] && head_aggregate(a, l, h, N, valid_len)) return -1;
+            if (a->p.analysed[l * H + h] && head_aggregate(a, s, l, h, N, with_valid)) return -1;
         return 0;
     }
-    LayerGraph *g = &a->graph[l];
-    const int with_valid = valid_len != NULL;
+    LayerGraph *g = &a->graph[(s - a->slot) * a->L + l];
     if (!g->exec || g->N != N || g->with_valid != with_valid) {
         if (g->exec) cudaGraphExecDestroy(g->exec), g->exec = NULL;
         CUDA_TRY(cudaStreamBeginCapture(a->st, cudaStreamCaptureModeThreadLocal));
         int rc = 0;
         for (int h = 0; h < H && !rc; h++)
-            if (a->p.analysed[l * H + h]) rc = head_aggregate(a, l, h, N, valid_len);
+            if (a->p.analysed[l * H + h]) rc = head_aggregate(a, s, l, h, N, with_valid);
         cudaGraph_t graph = NULL;
         cudaError_t e = cudaStreamEndCapture(a->st, &graph);  // ends the capture whatever happened
         if (rc) {
@@ -1016,47 +1126,115 @@ static int layer_aggregates(QkAnaCuda *a, int l, int N, const int32_t *valid_len
     return 0;
 }
 
-// Layer l's heads after ana_query: every analysed head's aggregates and pair reductions enqueued,
-// one wait, the host merges of the heads' sketches and examples in parallel (each touches only its
-// own head's aggregates), then the recorded heads' records in head order.
-static int layer_finish(QkAnaCuda *a, int l, int N, int B, const int32_t *valid_len, HeadAggregates *agg,
-                        QkRecordsFn emit, void *emit_ctx) {
+// ana_query over the analysed heads of layer l, one launch (grid.y: the heads), their views
+// (a->h_views' layer l, packed) uploaded first.  Every layer has its own views, so nothing waits
+// for the upload: the host rewrites a layer's views only in a later batch, after qk_ana_cuda_run
+// has waited for acts_free (which follows this launch).
+static int layer_queries(QkAnaCuda *a, int l, int N) {
+    QkAnaView *hv = a->h_views + (size_t)l * a->H;
+    QkAnaView *dv = a->d_views + (size_t)l * a->H;
+    int nh = 0;
+    for (int h = 0; h < a->H; h++)
+        if (a->p.analysed[l * a->H + h]) hv[nh++] = hv[h];  // h >= nh: packed in place
+    if (!nh) return 0;
+    CUDA_TRY(cudaMemcpyAsync(dv, hv, sizeof(QkAnaView) * nh, cudaMemcpyHostToDevice, a->st));
+    ana_query<<<dim3(blocks(N, QUERY_THREADS), nh), QUERY_THREADS, 0, a->st>>>(dv, N);
+    return launched(a, "ana_query", l, -1, N);
+}
+
+// Layer l of the batch in slot s, enqueued whole: the SAE code, the heads' vectors, look-for,
+// score rows, ana_query; after the last layer's ana_query, acts_free (nothing reads the
+// activations after it); then the aggregates and pair reductions (when the batch has agg), all
+// into the slot, and the recorded heads' record downloads on the copy stream, which the next
+// layer's SAE code overlaps (*copying: the layer whose downloads are in flight, or -1; the next
+// layer waits for them before it writes a head buffer).  Events time the SAE and heads stages.
+static int layer_enqueue(QkAnaCuda *a, BatchSlot *s, int l, const QkAnaLayerActs *x, int N, int with_valid,
+                         int last, int *copying) {
     const AnalysisPlan *p = &a->p;
     const int H = a->H;
-    if (agg) {
-        if (layer_aggregates(a, l, N, valid_len)) return -1;
-        if (sync_st(a, "the layer's aggregates and heavy pairs")) return -1;
-        for (int h = 0; h < H; h++) {  // checked first: the parallel merges cannot fail
-            const int i = l * H + h, nseg = *a->out[h].h_nseg, np = N * p->o.sketch_pairs;
+    cudaEvent_t *ev = s->ev + 3 * l;
+    CUDA_TRY(cudaEventRecord(ev[0], a->st));
+    if (layer_code(a, l, x, N) || layer_err_proj(a, l, N)) return -1;
+    CUDA_TRY(cudaEventRecord(ev[1], a->st));
+    if (*copying >= 0) CUDA_TRY(cudaStreamWaitEvent(a->st, a->copied[*copying], 0));  // head buffers rewritten below
+    *copying = -1;
+    for (int h = 0; h < H; h++)
+        if (p->analysed[l * H + h] && head_prep(a, l, h, x, N)) return -1;
+    if (layer_lookfor(a, l, N)) return -1;
+    for (int h = 0; h < H; h++)
+        if (p->analysed[l * H + h] && head_rows(a, l, h, x, N)) return -1;
+    if (layer_queries(a, l, N)) return -1;
+    if (last) {
+        CUDA_TRY(cudaEventRecord(a->acts_free, a->st));
+        a->acts_recorded = 1;
+    }
+    if (s->agg && layer_aggregates(a, s, l, N, with_valid)) return -1;
+    CUDA_TRY(cudaEventRecord(ev[2], a->st));
+    int any = 0;
+    for (int h = 0; h < H; h++) any |= s->emit && p->recorded[l * H + h];
+    if (!any) return 0;
+    CUDA_TRY(cudaEventRecord(a->heads_done[l], a->st));
+    CUDA_TRY(cudaStreamWaitEvent(a->cst, a->heads_done[l], 0));
+    for (int h = 0; h < H; h++) {
+        const int i = l * H + h;
+        if (s->emit && p->recorded[i] &&
+            download_records(a, &a->hb[h], &s->rec[i], N, a->lay[l].S, qk_sae_slots(a->lay[l].sae, p->o.enc_slots)))
+            return -1;
+    }
+    CUDA_TRY(cudaEventRecord(a->copied[l], a->cst));
+    *copying = l;
+    return 0;
+}
+
+// The host's part of the batch in slot s, once its downloads have landed: the device stage times
+// into a->carry, every analysed head's pair count checked, the heads' sketches and examples merged
+// (in parallel: each touches only its own head's), then the recorded heads' records handed to
+// emit, layer by layer in head order (as the host analysis emits them).
+static int slot_finish(QkAnaCuda *a, BatchSlot *s) {
+    const AnalysisPlan *p = &a->p;
+    const int H = a->H, LH = a->L * a->H, N = s->N;
+    s->pending = 0;
+    cudaError_t e = cudaEventSynchronize(s->done);
+    if (e != cudaSuccess)
+        return qk_err("analysis of a batch of %d windows on device %d: %s (run with QK_CUDA_SYNC=1 to name the kernel)",
+                      s->B, a->device, cudaGetErrorString(e));
+    for (int l = 0; l < a->L; l++) {
+        if (!p->sae[l]) continue;
+        float sae_ms = 0, heads_ms = 0;
+        CUDA_TRY(cudaEventElapsedTime(&sae_ms, s->ev[3 * l], s->ev[3 * l + 1]));
+        CUDA_TRY(cudaEventElapsedTime(&heads_ms, s->ev[3 * l + 1], s->ev[3 * l + 2]));
+        a->carry.sae += sae_ms * 1e-3, a->carry.heads += heads_ms * 1e-3;
+    }
+    if (s->agg) {
+        for (int i = 0; i < LH; i++) {  // checked first: the parallel merges cannot fail
             if (!p->analysed[i]) continue;
+            const int nseg = *s->ph[i].nseg, np = N * p->o.sketch_pairs;
+            const HeadAggregates *g = &s->agg[i];
             if (nseg < 1 || nseg > np)
-                return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", l, h, nseg, np);
-            if (agg[i].examples.per_pair != QK_EXAMPLES_PER_PAIR || agg[i].examples.capacity != QK_EXAMPLES_CAPACITY)
+                return qk_err("analysis: head %d.%d: heavy-pair reduction gave %d segments of %d", i / H, i % H, nseg, np);
+            if (g->examples.per_pair != QK_EXAMPLES_PER_PAIR || g->examples.capacity != QK_EXAMPLES_CAPACITY)
                 return qk_err("analysis: head %d.%d: examples kept %d per pair, %d in all; the device reduces for %d and %d",
-                              l, h, agg[i].examples.per_pair, agg[i].examples.capacity, QK_EXAMPLES_PER_PAIR,
+                              i / H, i % H, g->examples.per_pair, g->examples.capacity, QK_EXAMPLES_PER_PAIR,
                               QK_EXAMPLES_CAPACITY);
         }
 #ifdef _OPENMP  // the Makefile builds this object with -Xcompiler -fopenmp
 #pragma omp parallel for schedule(dynamic, 1)
 #endif
-        for (int h = 0; h < H; h++)
-            if (p->analysed[l * H + h]) merge_pairs(a, &a->out[h], &agg[l * H + h]);
+        for (int i = 0; i < LH; i++)
+            if (p->analysed[i]) merge_pairs(a, &s->ph[i], &s->agg[i], s->window0[i]);
     }
-    for (int h = 0; emit && h < H; h++)
-        if (p->recorded[l * H + h] && head_records(a, l, h, N, B, emit, emit_ctx)) return -1;
+    for (int i = 0; s->emit && i < LH; i++)
+        if (p->recorded[i] && s->emit(s->emit_ctx, i / H, i % H, &s->rec[i], s->B)) return -1;
     return 0;
 }
 
-// ana_query over the analysed heads of layer l, one launch (grid.y: the heads).
-static int layer_queries(QkAnaCuda *a, int l, int N) {
-    int nh = 0;
-    for (int h = 0; h < a->H; h++)
-        if (a->p.analysed[l * a->H + h]) a->h_views[nh++] = a->h_views[h];  // h >= nh: packed in place
-    if (!nh) return 0;
-    CUDA_TRY(cudaMemcpyAsync(a->d_views, a->h_views, sizeof(QkAnaView) * nh, cudaMemcpyHostToDevice, a->st));
-    ana_query<<<dim3(blocks(N, QUERY_THREADS), nh), QUERY_THREADS, 0, a->st>>>(a->d_views, N);
-    if (launched(a, "ana_query", l, -1, N)) return -1;
-    return sync_st(a, "ana_query");  // before h_views is rewritten
+static int flush_dense(QkAnaCuda *a, HeadAggregates *agg);
+
+// The stage times of the batches finished so far to the caller's seconds (NULL: kept for the next).
+static void hand_times(QkAnaCuda *a, double *seconds) {
+    if (!seconds) return;
+    seconds[QK_STAGE_SAE] += a->carry.sae, seconds[QK_STAGE_HEADS] += a->carry.heads;
+    a->carry.sae = a->carry.heads = 0;
 }
 
 extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B,
@@ -1064,25 +1242,41 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     const AnalysisPlan *p = &a->p;
     if (B > p->max_batch || B < 1) return qk_err("qk_ana_cuda_run: B=%d: the plan allows 1..%d", B, p->max_batch);
     CUDA_TRY(cudaSetDevice(a->device));
+    // The layers' views and the slot's staging are rewritten below: the batch before must be past
+    // its last reader of them (in the backend it is: the forward of this batch waited for it).
+    if (a->acts_recorded) CUDA_TRY(cudaEventSynchronize(a->acts_free));
+    BatchSlot *s = &a->slot[a->cur];
+    if (s->pending && slot_finish(a, s)) return -1;  // (never: the batch before it was finished by the last call)
     const int N = B * a->T;
-    if (valid_len) CUDA_TRY(cudaMemcpyAsync(a->vlen, valid_len, sizeof(int32_t) * B, cudaMemcpyHostToDevice, a->st));
-    for (int l = 0; l < a->L; l++) {
-        if (!p->sae[l]) continue;
-        double t = qk_now();
-        if (layer_code(a, l, &acts[l], N) || layer_err_proj(a, l, N) || sync_st(a, "the SAE code")) return -1;
-        if (seconds) seconds[QK_STAGE_SAE] += qk_now() - t;
-        t = qk_now();
-        for (int h = 0; h < a->H; h++)
-            if (p->analysed[l * a->H + h] && head_prep(a, l, h, &acts[l], N)) return -1;
-        if (layer_lookfor(a, l, N)) return -1;
-        for (int h = 0; h < a->H; h++)
-            if (p->analysed[l * a->H + h] && head_rows(a, l, h, &acts[l], N)) return -1;
-        if (layer_queries(a, l, N)) return -1;
-        if (layer_finish(a, l, N, B, valid_len, agg, emit, emit_ctx)) return -1;
-        if (seconds) seconds[QK_STAGE_HEADS] += qk_now() - t;
+    s->B = B, s->N = N, s->agg = agg, s->emit = emit, s->emit_ctx = emit_ctx;
+    for (int i = 0; agg && i < a->L * a->H; i++)
+        if (p->analysed[i]) s->window0[i] = agg[i].window0;
+    if (valid_len) {
+        memcpy(s->vlen, valid_len, sizeof(int32_t) * B);
+        CUDA_TRY(cudaMemcpyAsync(a->vlen, s->vlen, sizeof(int32_t) * B, cudaMemcpyHostToDevice, a->st));
     }
-    if (agg && !a->defer) return qk_ana_cuda_flush(a, agg);
-    return sync_st(a, "the batch's analysis");
+    int last = -1;
+    for (int l = 0; l < a->L; l++)
+        if (p->sae[l]) last = l;
+    int copying = -1;
+    for (int l = 0; l <= last; l++)
+        if (p->sae[l] && layer_enqueue(a, s, l, &acts[l], N, valid_len != NULL, l == last, &copying)) return -1;
+    if (copying >= 0) CUDA_TRY(cudaStreamWaitEvent(a->st, a->copied[copying], 0));
+    CUDA_TRY(cudaEventRecord(s->done, a->st));
+    s->pending = 1;
+    a->cur ^= 1;
+    int rc;
+    if (!a->defer) rc = slot_finish(a, s) || (agg && flush_dense(a, agg));
+    else rc = a->slot[a->cur].pending ? slot_finish(a, &a->slot[a->cur]) : 0;  // the batch before this one
+    hand_times(a, seconds);
+    return rc ? -1 : 0;
+}
+
+extern "C" void *qk_ana_cuda_acts_event(QkAnaCuda *a) { return a->acts_recorded ? (void *)a->acts_free : NULL; }
+
+extern "C" int qk_ana_cuda_acts_wait(QkAnaCuda *a) {
+    if (a->acts_recorded) CUDA_TRY(cudaEventSynchronize(a->acts_free));
+    return 0;
 }
 
 // Adds a downloaded accumulator (acc_size(g->m) int64) to g, normalising the exact sums.
@@ -1105,8 +1299,8 @@ static void add_acc(const int64_t *h, HeadAggregates *g) {
     }
 }
 
-extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
-    CUDA_TRY(cudaSetDevice(a->device));
+// The device accumulators added to agg (L*H) and zeroed.
+static int flush_dense(QkAnaCuda *a, HeadAggregates *agg) {
     for (int i = 0; i < a->L * a->H; i++) {
         const HeadDev *hd = &a->head[i];
         if (!hd->acc) continue;
@@ -1125,6 +1319,17 @@ extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg) {
         free(h);
     }
     return sync_st(a, "the aggregates' reset");
+}
+
+// The pending batches taken by the host (the older first), then the dense aggregates.
+extern "C" int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg, double *seconds) {
+    CUDA_TRY(cudaSetDevice(a->device));
+    for (int q = 0; q < 2; q++) {
+        BatchSlot *s = &a->slot[a->cur ^ q];  // slot cur holds the older batch, cur ^ 1 the last one
+        if (s->pending && slot_finish(a, s)) return -1;
+    }
+    hand_times(a, seconds);
+    return flush_dense(a, agg);
 }
 
 extern "C" int qk_ana_cuda_malloc(void **p, size_t bytes) {

@@ -10,6 +10,17 @@
 // attended keys, decomposition, metrics, and the aggregates.  Recorded heads' records are
 // downloaded into host HeadRecords and handed to emit (layer-then-head order, as on the host).
 //
+// The batch pipeline: a batch is enqueued whole on the analysis's stream (the top-k included:
+// qk_btk_use_stream), with no host wait inside it; its downloads land in page-locked memory of
+// one of two slots.  With defer_flush the host takes a batch's results (heavy-pair and example
+// merges into the sketch and examples, records handed to emit) one batch late: in the next
+// qk_ana_cuda_run, after the next batch is enqueued, so the host's merges and the caller's writes
+// overlap the device's next batch; qk_ana_cuda_flush takes the last one.  So emit sees batch i's
+// records during the call for batch i + 1 (with that batch's B and the emit and emit_ctx given
+// with batch i), and agg's sketch and examples hold batch i after that call.  Without
+// defer_flush every call finishes its own batch.  The activations a batch reads must stay
+// unchanged until qk_ana_cuda_acts_event (the forward of the next batch waits for it).
+//
 // Aggregates: metric sums and marginals as exact limbs (exact_sum.h) summed with 64-bit integer
 // atomics (order-free, so bit-identical run to run), counts and histograms likewise; they stay on
 // the device and are added to the host HeadAggregates by qk_ana_cuda_flush (run flushes after
@@ -38,12 +49,13 @@
 //                           out of the fused QKV output work too: q = qkv_l, k = qkv_l + C, ld = 3C);
 //                           return qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
 //   analysis_close(an):     qk_ana_cuda_close(dev), then free the activations.
-// With defer_flush = 0 every run adds the batch's dense aggregates to agg (one download of
-// 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).  The backend
-// opens with defer_flush = 1 and flushes through QkBackend.analysis_flush, which the pipeline
-// calls before anything reads the aggregates (a shard's close, a rank's totals, the summary; the
-// CPU backend's QK_AGG_DEFER=1 checks those places on the CPU).  The sketch and the examples are
-// updated on the host by every run either way.
+// With defer_flush = 0 every run finishes its batch and adds its dense aggregates to agg (one
+// download of 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).
+// The backend opens with defer_flush = 1 (the pipeline above, the dense aggregates held on the
+// device) and flushes through QkBackend.analysis_flush, which the run loop calls before anything
+// reads the aggregates or closes the record datasets (a shard's close, a rank's totals, the
+// summary; the CPU backend's QK_AGG_DEFER=1 holds batches back the same way, to check those
+// places on the CPU).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -68,11 +80,18 @@ typedef struct QkAnaCuda QkAnaCuda;
 QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush);
 // acts (L): entries of layers without an SAE are ignored.  valid_len (B, host) or NULL as in
 // qk_analysis_host_run; agg (L*H, host).  seconds[QK_N_ANALYSIS_STAGES] accumulates the SAE and
-// heads stages (the forward is the caller's).
+// heads stages of the batches this call finished, as device time between events (the forward is
+// the caller's; qk_ana_cuda_flush hands over the times of the batches it finishes).
+// An error of the batch before (its kernels, its merges, emit) is returned by this call.
 int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const int32_t *valid_len, int B, HeadAggregates *agg,
                     QkRecordsFn emit, void *emit_ctx, double *seconds);
-// Adds the device accumulators to agg (L*H) and zeroes them.
-int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg);
+// Finishes the pending batches (records to their emit, merges into their agg; their stage times
+// into seconds, or NULL), then adds the device accumulators to agg (L*H) and zeroes them.
+int qk_ana_cuda_flush(QkAnaCuda *a, HeadAggregates *agg, double *seconds);
+// After the last batch's last reader of its activations (a cudaEvent_t; NULL before any batch):
+// the stream that overwrites them waits for it.  qk_ana_cuda_acts_wait: the host waits for it.
+void *qk_ana_cuda_acts_event(QkAnaCuda *a);
+int qk_ana_cuda_acts_wait(QkAnaCuda *a);
 void qk_ana_cuda_close(QkAnaCuda *a);
 
 // Device memory for callers without CUDA headers (the tests): cudaMalloc / cudaMemcpy host to

@@ -198,7 +198,9 @@ struct QkBtk {
     const char *last_why;   // why the last run did not, when allowed
     QkPrecision prec;
     size_t l2_bytes;
-    cudaStream_t stream;
+    cudaStream_t stream;      // where runs are enqueued: own_stream, or the caller's (qk_btk_use_stream)
+    cudaStream_t own_stream;  // made at create, destroyed at destroy
+    int async;                // runs return once enqueued (qk_btk_use_stream)
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t desc;
     void *ws;
@@ -337,7 +339,8 @@ static int btk_init(QkBtk *b) {
         CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, b->device));
         b->l2_bytes = l2 > 0 ? (size_t)l2 / 2 : (size_t)8 << 20;
     }
-    CUDA_TRY(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamCreateWithFlags(&b->own_stream, cudaStreamNonBlocking));
+    b->stream = b->own_stream;
     LT_TRY(cublasLtCreate(&b->lt));
     const cublasComputeType_t ct = b->prec == QK_PREC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     LT_TRY(cublasLtMatmulDescCreate(&b->desc, ct, CUDA_R_32F));
@@ -375,16 +378,21 @@ extern "C" QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes) {
 extern "C" void qk_btk_destroy(QkBtk *b) {
     if (!b) return;
     cudaSetDevice(b->device);
-    if (b->stream) cudaStreamSynchronize(b->stream);
+    if (b->stream) cudaStreamSynchronize(b->stream);  // the caller's stream too: nothing in flight on what is freed
     void *p[] = {b->ws, b->S, b->q, b->qb, b->act, b->ubf, b->vbf};
     for (size_t t = 0; t < sizeof p / sizeof p[0]; t++) cudaFree(p[t]);
     if (b->desc) cublasLtMatmulDescDestroy(b->desc);
     if (b->lt) cublasLtDestroy(b->lt);
-    if (b->stream) cudaStreamDestroy(b->stream);
+    if (b->own_stream) cudaStreamDestroy(b->own_stream);
     free(b);
 }
 
 extern "C" QkPrecision qk_btk_precision(const QkBtk *b) { return b->prec; }
+
+extern "C" void qk_btk_use_stream(QkBtk *b, void *stream) {
+    b->stream = stream ? (cudaStream_t)stream : b->own_stream;
+    b->async = stream != NULL;
+}
 
 extern "C" void qk_btk_set_path(QkBtk *b, int fused) { b->fused = fused != 0; }
 
@@ -429,7 +437,9 @@ static int check_args(const QkBtkBatch *bt, int n, int M, int r, const float *U,
 }
 
 // Waits for the run on the context's stream; an asynchronous error named with the run's shape.
+// On the caller's stream (qk_btk_use_stream) nothing waits: the caller's next wait reports it.
 static int btk_finish(QkBtk *b, const char *shape) {
+    if (b->async) return 0;
     cudaError_t e = cudaStreamSynchronize(b->stream);
     if (e != cudaSuccess)
         return qk_err("qk_btk_run [%s]: cudaStreamSynchronize: %s (run with QK_CUDA_SYNC=1 to name the kernel)", shape,

@@ -34,6 +34,11 @@ typedef struct {
 // error is reported by the kernel that caused it.
 QkBtk *qk_btk_create(int device, QkPrecision prec, size_t l2_bytes);
 void qk_btk_destroy(QkBtk *b);
+// From now on runs are enqueued on `stream` (a cudaStream_t of the context's device, owned by the
+// caller) and return without waiting: the caller orders its work after them on that stream and
+// waits before it reads results on the host (the device analysis enqueues a whole batch so).
+// QK_CUDA_SYNC=1 still waits after every launch.
+void qk_btk_use_stream(QkBtk *b, void *stream);
 QkPrecision qk_btk_precision(const QkBtk *b);
 
 // Which device path qk_btk_run takes.  GEMM-then-select (cuBLASLt tiles + btk_select), the
@@ -46,7 +51,8 @@ int qk_btk_last_path(const QkBtk *b, const char **why);
 
 // Device pointers everywhere (opts->gates, bottom_idx, bottom_val included).  r must be a
 // multiple of 16 (cuBLASLt alignment), ldu >= r a multiple of 4.  Returns once the results are
-// on the device, or -1 with qk_errmsg() naming the call, the kernel or the size.
+// on the device (after qk_btk_use_stream: once the run is enqueued), or -1 with qk_errmsg() naming
+// the call, the kernel or the size.
 int qk_btk_run(QkBtk *b, const QkBtkBatch *batch, int n, int M, int r, const float *U, int ldu, const float *a,
                const float *V, const float *c, const QkTopkOpts *opts, int32_t *idx, float *val, int32_t *count);
 
