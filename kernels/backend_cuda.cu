@@ -548,29 +548,39 @@ typedef struct {
     AnalysisPlan p;
     QkAnaCuda *dev;
     int n_run;                // layers the forward computes: up to the last with an SAE
-    unsigned char *flags_d;   // (max_batch T) device: non-finite rows of one layer
-    unsigned char *flags_h;   // (max_batch T) host copy
+    unsigned char *flags_d;   // (n_run, max_batch T) device: each analysed layer's non-finite rows
+    unsigned char *flags_h;   // (n_run, max_batch T) host copy
     QkAnaLayerActs *acts;     // (L) the batch's device activations per layer
     cudaEvent_t fwd_start, fwd_end;  // the forward's device time
 } CudaAnalysis;
 
-// Stops the batch, as the host analysis does, when layer l's activations at a counted position
-// (t < valid_len[b]) are not finite: before any of them reaches an aggregate.
-static int check_finite_layer(CudaAnalysis *an, const QkAnaLayerActs *x, int l, int B, const int32_t *valid_len) {
+// Stops the batch, as the host analysis does, when an analysed layer's activations (acts) at a
+// counted position (t < valid_len[b]) are not finite: before any of them reaches an aggregate.
+// Every layer's flags in one download and one wait; the first layer with one is named.
+static int check_finite(CudaAnalysis *an, const QkAnaLayerActs *acts, int B, const int32_t *valid_len) {
     CudaCtx *ctx = an->ctx;
     const int T = an->p.T, N = B * T, C = an->p.model->cfg.d_model;
-    if (fwd_nonfinite_rows(ctx->compute, x->resid, x->ld_resid, x->sigma, x->q, x->k, x->ld_qk, C, N, an->flags_d))
-        return -1;
-    CUDA_TRYF(cudaMemcpyAsync(an->flags_h, an->flags_d, N, cudaMemcpyDeviceToHost, ctx->compute), "%d flags", N);
-    CUDA_TRYF(cudaStreamSynchronize(ctx->compute), "the finite check of layer %d", l);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < (valid_len ? valid_len[b] : T); t++) {
-            const unsigned f = an->flags_h[b * T + t];
-            if (!f) continue;
-            const char *what = f & 1 ? "resid_pre" : f & 2 ? "ln1 scale" : f & 4 ? "attn q" : "attn k";
-            return qk_err("layer %d, window %d of the batch, position %d: non-finite %s (the model overflows on "
-                          "this input); stopped before it reached any aggregate", l, b, t, what);
-        }
+    const size_t rows = (size_t)an->p.max_batch * T;
+    for (int l = 0; l < an->n_run; l++) {
+        const QkAnaLayerActs *x = &acts[l];
+        if (an->p.sae[l] && fwd_nonfinite_rows(ctx->compute, x->resid, x->ld_resid, x->sigma, x->q, x->k, x->ld_qk, C, N,
+                                               an->flags_d + l * rows))
+            return -1;
+    }
+    CUDA_TRYF(cudaMemcpyAsync(an->flags_h, an->flags_d, an->n_run * rows, cudaMemcpyDeviceToHost, ctx->compute),
+              "%d x %zu flags", an->n_run, rows);
+    CUDA_TRYF(cudaStreamSynchronize(ctx->compute), "the finite check of %d layers", an->n_run);
+    for (int l = 0; l < an->n_run; l++) {
+        if (!an->p.sae[l]) continue;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < (valid_len ? valid_len[b] : T); t++) {
+                const unsigned f = an->flags_h[l * rows + b * T + t];
+                if (!f) continue;
+                const char *what = f & 1 ? "resid_pre" : f & 2 ? "ln1 scale" : f & 4 ? "attn q" : "attn k";
+                return qk_err("layer %d, window %d of the batch, position %d: non-finite %s (the model overflows on "
+                              "this input); stopped before it reached any aggregate", l, b, t, what);
+            }
+    }
     return 0;
 }
 
@@ -587,7 +597,7 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     an->acts = (QkAnaLayerActs *)qk_calloc(p->model->cfg.n_layer, sizeof(QkAnaLayerActs));
     for (int l = 0; l < p->model->cfg.n_layer; l++)
         if (p->sae[l]) an->n_run = l + 1;
-    const size_t rows = (size_t)p->max_batch * p->T;
+    const size_t rows = (size_t)p->max_batch * p->T * (an->n_run ? an->n_run : 1);
     if (cudaEventCreate(&an->fwd_start) != cudaSuccess || cudaEventCreate(&an->fwd_end) != cudaSuccess) {
         qk_err("cudaEventCreate (the forward's timing): %s", cudaGetErrorString(cudaGetLastError()));
         cuda_analysis_close((QkAnalysis *)an);
@@ -628,14 +638,11 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
     const DevActs *a = &ctx->a;
     const size_t NC = (size_t)B * p->T * c->d_model;
     QkAnaLayerActs *acts = an->acts;
-    int rc = 0;
-    for (int l = 0; l < an->n_run && !rc; l++) {
+    for (int l = 0; l < an->n_run; l++)
         acts[l] = QkAnaLayerActs{a->resid + l * a->stride, c->d_model, a->ln1_scale + (size_t)l * B * p->T,
                                  a->q + l * NC, a->k + l * NC, c->d_model};
-        if (p->sae[l]) rc = check_finite_layer(an, &acts[l], l, B, valid_len);
-    }
-    if (!rc) rc = qk_ana_cuda_run(an->dev, acts, valid_len, B, agg, emit, emit_ctx, seconds);
-    return rc;
+    if (check_finite(an, acts, B, valid_len)) return -1;
+    return qk_ana_cuda_run(an->dev, acts, valid_len, B, agg, emit, emit_ctx, seconds);
 }
 
 // The dense aggregates stay on the device across batches (qk_ana_cuda_open's defer_flush): one
