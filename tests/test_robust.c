@@ -125,7 +125,25 @@ Test(robust, outputs_are_checked_before_any_work, .timeout = 120) {
     free(expect_fail(1, "keep.ini: exists and is not a folder", cmd));
     // tokenize: -o naming its own input.
     snprintf(cmd, sizeof cmd, QK_BIN " tokenize --vocab ../shared/data/gpt2 %s -o %s", ini, ini);
-    free(expect_fail(1, "-o names an input; refusing to overwrite it", cmd));
+    free(expect_fail(1, "-o names the input", cmd));
+    text = qk_read_file(ini, NULL);
+    cr_expect_str_eq(text, "[model]\n");
+    free(text);
+    // report: -o naming its input (through another name), or any HDF5 file (a run, a static file).
+    char link[700], h5[700];
+    snprintf(link, sizeof link, "%s/keep-link.ini", g_dir);
+    cr_assert_eq(symlink(ini, link), 0);
+    snprintf(cmd, sizeof cmd, QK_BIN " report %s -o %s", ini, link);
+    free(expect_fail(1, "-o names the input", cmd));
+    snprintf(h5, sizeof h5, "%s/other.h5", g_dir);
+    hid_t f = H5Fcreate(h5, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    cr_assert(f >= 0);
+    H5Fclose(f);
+    snprintf(cmd, sizeof cmd, QK_BIN " report %s -o %s", ini, h5);
+    free(expect_fail(1, "other.h5: exists and is an HDF5 file", cmd));
+    snprintf(cmd, sizeof cmd, QK_BIN " tokenize --vocab ../shared/data/gpt2 %s -o %s", ini, h5);
+    free(expect_fail(1, "other.h5: exists and is an HDF5 file", cmd));
+    cr_expect(H5Fis_hdf5(h5) > 0, "the HDF5 file was overwritten");
     text = qk_read_file(ini, NULL);
     cr_expect_str_eq(text, "[model]\n");
     free(text), free(cfg), free(ini), free(sub);

@@ -12,6 +12,7 @@
 
 #include "base/util.h"
 #include "cli/commands.h"
+#include "io/out_check.h"
 #include "io/report_data.h"
 
 enum { EX_PER_PAIR = 3, CONTEXT_BEFORE = 10 };
@@ -264,6 +265,10 @@ int cmd_report(int argc, char **argv) {
         fprintf(stderr, "qkscope report: %s is required (qkscope report RUN.h5 [STATIC.h5] -o report.html)\n",
                 !n_paths ? "RUN.h5" : "-o FILE");
         return QK_EXIT_USAGE;
+    }
+    if (qk_out_check_file(out, 0) || qk_out_check_not_input(out, paths, n_paths)) {  // before any work
+        fprintf(stderr, "qkscope report: %s\n", qk_errmsg());
+        return QK_EXIT_FAIL;
     }
     ReportData d;
     if (report_load(&d, paths[0], paths[1])) {

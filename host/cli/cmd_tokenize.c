@@ -90,15 +90,6 @@ static int write_npy(FILE *f, const char *name, const QkIds *ids, int u16) {
 }
 
 // -o naming one of the inputs would replace it.
-static int out_is_input(const Args *a) {
-    struct stat o, in;
-    if (stat(a->out, &o)) return 0;
-    for (int k = 0; k < a->n_inputs; k++)
-        if (!stat(a->inputs[k], &in) && in.st_dev == o.st_dev && in.st_ino == o.st_ino)
-            return qk_err("%s: -o names an input; refusing to overwrite it", a->out);
-    return 0;
-}
-
 static int encode_inputs(const Args *a, QkBpe *bpe, FILE *out) {
     QkBpeEncoder *enc = qk_bpe_encoder_new(bpe);
     QkIds all = {0}, ids = {0};
@@ -189,7 +180,7 @@ int cmd_tokenize(int argc, char **argv) {
         free(a.inputs);
         return pr > 0 ? QK_EXIT_OK : QK_EXIT_USAGE;
     }
-    QkBpe *bpe = a.out && (qk_out_check_file(a.out, 0) || out_is_input(&a)) ? NULL : qk_bpe_load(a.vocab);
+    QkBpe *bpe = a.out && (qk_out_check_file(a.out, 0) || qk_out_check_not_input(a.out, (const char *const *)a.inputs, a.n_inputs)) ? NULL : qk_bpe_load(a.vocab);
     if (!bpe) {
         fprintf(stderr, "qkscope: %s\n", qk_errmsg());
         free(a.inputs);
@@ -203,8 +194,11 @@ int cmd_tokenize(int argc, char **argv) {
         if (!(out = fopen(tmp, "wb"))) qk_err("%s: cannot create: %s", tmp, strerror(errno));
     }
     int rc = !out ? -1 : a.decode ? decode_inputs(&a, bpe, out) : encode_inputs(&a, bpe, out);
-    if (out && out != stdout && fclose(out) && !rc) rc = qk_err("%s: write error: %s", tmp, strerror(errno));
-    if (out == stdout && fflush(stdout) && !rc) rc = qk_err("stdout: write error: %s", strerror(errno));
+    if (out == stdout) {
+        if (fflush(stdout) && !rc) rc = qk_err("stdout: write error: %s", strerror(errno));
+    } else if (out && fclose(out) && !rc) {
+        rc = qk_err("%s: write error: %s", tmp, strerror(errno));
+    }
     if (tmp) {
         if (rc) remove(tmp);
         else if (rename(tmp, a.out)) rc = qk_err("%s: cannot rename to %s: %s", tmp, a.out, strerror(errno));

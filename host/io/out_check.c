@@ -44,6 +44,8 @@ int qk_out_check_file(const char *path, int hdf5) {
         if (!S_ISREG(st.st_mode)) return qk_err("%s: exists and is not a regular file; refusing to write there", path);
         if (hdf5 && !is_hdf5(path, st.st_size))
             return qk_err("%s: exists and is not an HDF5 file (an input?); refusing to overwrite it", path);
+        if (!hdf5 && is_hdf5(path, st.st_size))
+            return qk_err("%s: exists and is an HDF5 file (a run or static file?); refusing to overwrite it", path);
     }
     // NAME.tmp is probed as a file of another name in its folder (a process watching for NAME.tmp,
     // or a stale one, is not disturbed); only a folder named NAME.tmp is in the way itself.
@@ -55,6 +57,15 @@ int qk_out_check_file(const char *path, int hdf5) {
                  : 0;
     free(tmp), free(copy);
     return rc;
+}
+
+int qk_out_check_not_input(const char *path, const char *const *inputs, int n) {
+    struct stat o, in;
+    if (stat(path, &o)) return 0;
+    for (int k = 0; k < n; k++)
+        if (inputs[k] && !stat(inputs[k], &in) && in.st_dev == o.st_dev && in.st_ino == o.st_ino)
+            return qk_err("%s: -o names the input %s; refusing to overwrite it", path, inputs[k]);
+    return 0;
 }
 
 int qk_out_check_folder(const char *path) {
