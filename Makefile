@@ -58,10 +58,13 @@ endif
 .PHONY: check-ptxas all demo test test-notebook test-python test-report docs-report test-gpu test-scripts test-slurm reference trained-reference trained-reference-sae ground-truth bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz fuzz-build fuzz-smoke test-asan clean
 all: $(BIN)/qkscope
 
-# ptxas's resource figures of every kernel (registers, shared memory): fails on a stack frame, a
-# spill or an nvcc warning (scripts/check_ptxas.sh; scripts/gpu.sh bundle runs it).
-check-ptxas:
-	scripts/check_ptxas.sh $(NVCC) "$(NVCCFLAGS)"
+# ptxas's resource figures of every kernel (registers, shared memory) as built, each object with
+# its own flags (the .ptxas logs kept beside the objects): fails on a stack frame, a spill or an
+# nvcc warning (scripts/check_ptxas.sh --log; scripts/gpu.sh bundle keeps the table).
+check-ptxas: $(CU_OBJ)
+	@bad=0; for o in $(CU_OBJ); do scripts/check_ptxas.sh --log $${o%.o}.ptxas $$o || bad=1; done; \
+	if [ $$bad = 0 ]; then echo "check-ptxas: every kernel: no stack frame, no spills; no warnings"; \
+	else echo "check-ptxas: FAILED"; exit 1; fi
 
 $(BIN)/qkscope: $(BUILD)/host/cli/main.o $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)

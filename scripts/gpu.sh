@@ -69,8 +69,10 @@ bundle() {
     make -j"$j" BUILD=build/gpu-nonccl BIN=build/gpu-nonccl/bin NCCL=0 "${common[@]}" \
         build/gpu-nonccl/bin/qkscope build/gpu-nonccl/bin/test_qkscope
     rm -rf "$pkg" && mkdir -p "$pkg/bin" "$pkg/bin-nonccl" "$pkg/lib" "$pkg/data"
-    # Resource figures of every kernel for sm_80 and sm_90 (no stack, no spills, no warnings)
-    scripts/check_ptxas.sh nvcc >"$pkg/ptxas.txt" 2>&1 || { cat "$pkg/ptxas.txt"; echo "gpu.sh: WARNING: check-ptxas failed"; }
+    # Resource figures of every kernel as the bundle's objects were built (no stack, no spills, no
+    # warnings: the build itself fails otherwise), the table kept in the bundle
+    make BUILD=build/gpu BIN=build/gpu/bin NCCL=1 "${common[@]}" check-ptxas >"$pkg/ptxas.txt" 2>&1 ||
+        { cat "$pkg/ptxas.txt"; echo "gpu.sh: WARNING: check-ptxas failed"; }
     tail -n 1 "$pkg/ptxas.txt"
     cp build/gpu/bin/{qkscope,test_qkscope,h5compare,cuda_smoke,bench_cuda_forward,bench_topk_gpu} "$pkg/bin/"
     cp build/gpu-nonccl/bin/{qkscope,test_qkscope} "$pkg/bin-nonccl/"
