@@ -126,18 +126,6 @@ int agg_write_all(QkH5Out *o, ChunkWriter *cw, int L, int H, const HeadAggregate
     return rc ? -1 : 0;
 }
 
-// Reads a whole dataset of n elements of `type` into buf; the element count must be n.
-static int read_exact(hid_t f, const char *path, const char *name, hid_t type, size_t n, void *buf) {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return qk_err("%s: dataset '%s' is missing", path, name);
-    hid_t sp = H5Dget_space(d);
-    size_t have = (size_t)H5Sget_simple_extent_npoints(sp);
-    herr_t e = have == n ? H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
-    H5Sclose(sp), H5Dclose(d);
-    if (have != n) return qk_err("%s: dataset '%s' has %zu elements, expected %zu", path, name, have, n);
-    return e < 0 ? qk_err("%s: cannot read '%s'", path, name) : 0;
-}
-
 static size_t n_elements(hid_t f, const char *name) {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     if (d < 0) return 0;
@@ -154,15 +142,15 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
     size_t np = n_elements(f, AGG("pairs_weight"));
     head_agg_init(x, m, np ? (int)np : 1);  // room for every stored pair: nothing is evicted
     // The sums from their exact limbs (the doubles beside them are derived from those).
-    int rc = read_exact(f, path, AGG("metric_sum_exact"), H5T_NATIVE_INT64, N_METRICS * QK_EXACT_LIMBS, x->sum_exact) ||
-             read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, x->count) ||
-             read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, x->hist) ||
-             read_exact(f, path, AGG("query_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
+    int rc = qk_h5_read_exact(f, path, AGG("metric_sum_exact"), H5T_NATIVE_INT64, N_METRICS * QK_EXACT_LIMBS, x->sum_exact) ||
+             qk_h5_read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, x->count) ||
+             qk_h5_read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, x->hist) ||
+             qk_h5_read_exact(f, path, AGG("query_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
                         x->query_marginal_exact) ||
-             read_exact(f, path, AGG("key_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
+             qk_h5_read_exact(f, path, AGG("key_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
                         x->key_marginal_exact) ||
-             read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
-             read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
+             qk_h5_read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
+             qk_h5_read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
     double total = NAN, pruned = 0;
     if (!rc) {
         snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
@@ -178,12 +166,12 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
         uint32_t *pf = qk_malloc(4 * np), *pg = qk_malloc(4 * np);
         double *pw = qk_malloc(8 * np), *pe = qk_malloc(8 * np), *ps = qk_malloc(8 * np);
         int64_t *pc = qk_malloc(8 * np);
-        rc = read_exact(f, path, AGG("pairs_query_feature"), H5T_NATIVE_UINT32, np, pf) ||
-             read_exact(f, path, AGG("pairs_key_feature"), H5T_NATIVE_UINT32, np, pg) ||
-             read_exact(f, path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, np, pw) ||
-             read_exact(f, path, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, np, pe) ||
-             read_exact(f, path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, np, ps) ||
-             read_exact(f, path, AGG("pairs_count"), H5T_NATIVE_INT64, np, pc);
+        rc = qk_h5_read_exact(f, path, AGG("pairs_query_feature"), H5T_NATIVE_UINT32, np, pf) ||
+             qk_h5_read_exact(f, path, AGG("pairs_key_feature"), H5T_NATIVE_UINT32, np, pg) ||
+             qk_h5_read_exact(f, path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, np, pw) ||
+             qk_h5_read_exact(f, path, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, np, pe) ||
+             qk_h5_read_exact(f, path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, np, ps) ||
+             qk_h5_read_exact(f, path, AGG("pairs_count"), H5T_NATIVE_INT64, np, pc);
         for (size_t q = 0; !rc && q < np; q++)
             pair_sketch_add_entry(&x->sketch, (int32_t)pf[q], (int32_t)pg[q], pw[q], pe[q], ps[q], pc[q]);
         free(pf), free(pg), free(pw), free(pe), free(ps), free(pc);

@@ -268,3 +268,34 @@ int qk_h5_write_features(QkH5Out *o, const char *name, int ndim, const hsize_t *
     free(buf);
     return rc;
 }
+
+void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, size_t elem, int *ndim, hsize_t *dims,
+                     int64_t *n) {
+    hid_t d = H5Lexists(f, name, H5P_DEFAULT) > 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
+    if (d < 0) return qk_err("%s: dataset '%s' is missing", path, name), NULL;
+    hid_t sp = H5Dget_space(d);
+    hsize_t shape[H5S_MAX_RANK];
+    const int nd = H5Sget_simple_extent_ndims(sp);
+    size_t count = 1;
+    if (nd >= 0) H5Sget_simple_extent_dims(sp, shape, NULL);
+    for (int i = 0; i < nd; i++) count *= shape[i];
+    void *buf = nd >= 0 ? qk_malloc(elem * (count + 1)) : NULL;
+    if (buf && count && H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) free(buf), buf = NULL;
+    H5Sclose(sp), H5Dclose(d);
+    if (!buf) return qk_err("%s: cannot read dataset '%s'", path, name), NULL;
+    if (ndim) *ndim = nd;
+    for (int i = 0; dims && i < nd; i++) dims[i] = shape[i];
+    if (n) *n = (int64_t)count;
+    return buf;
+}
+
+int qk_h5_read_exact(hid_t f, const char *path, const char *name, hid_t mem, size_t n, void *buf) {
+    hid_t d = H5Lexists(f, name, H5P_DEFAULT) > 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
+    if (d < 0) return qk_err("%s: dataset '%s' is missing", path, name);
+    hid_t sp = H5Dget_space(d);
+    const hssize_t have = H5Sget_simple_extent_npoints(sp);
+    herr_t e = have == (hssize_t)n ? H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
+    H5Sclose(sp), H5Dclose(d);
+    if (have != (hssize_t)n) return qk_err("%s: dataset '%s' has %lld elements, expected %zu", path, name, (long long)have, n);
+    return e < 0 ? qk_err("%s: cannot read dataset '%s'", path, name) : 0;
+}

@@ -49,6 +49,15 @@ hid_t qk_h5_feature_type(int d_sae);
 // Converts n indices to the file type into a scratch buffer owned by the caller (n * 4 bytes).
 void qk_h5_feature_convert(const int32_t *idx, size_t n, int d_sae, void *out);
 
+// Reading a whole dataset (file f opened from `path`, which the errors name): converted to `mem`
+// (a native type of elem bytes) in a fresh buffer with one spare element (never a zero-size
+// allocation); its rank and shape in *ndim and dims (H5S_MAX_RANK entries) and its element count
+// in *n, each when not NULL.  NULL with one line naming the file and the dataset.
+void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, size_t elem, int *ndim, hsize_t *dims,
+                     int64_t *n);
+// The same into buf, where the dataset must hold exactly n elements (else an error naming both).
+int qk_h5_read_exact(hid_t f, const char *path, const char *name, hid_t mem, size_t n, void *buf);
+
 // Reading attributes: an integer (-1 when absent), a float64 (NaN when absent), a string (fresh,
 // NULL when absent).
 int64_t qk_h5_attr_read_int(hid_t obj, const char *name);

@@ -24,18 +24,6 @@ static int64_t ds_size(hid_t f, const char *name, int64_t *cols) {
     return n;
 }
 
-// A whole dataset converted to `type` (elem bytes each) in a fresh buffer; NULL with an error.
-static void *read_all(hid_t f, const char *path, const char *name, hid_t type, size_t elem, int64_t *n) {
-    *n = ds_size(f, name, NULL);
-    if (*n < 0) return qk_err("%s: dataset %s missing", path, name), NULL;
-    void *buf = qk_malloc(elem * (size_t)(*n + 1));
-    if (*n && H5LTread_dataset(f, name, type, buf) < 0) {
-        free(buf);
-        return qk_err("%s: cannot read %s", path, name), NULL;
-    }
-    return buf;
-}
-
 // Neuronpedia SAE id of the SAE serving layer l (SPEC section 7), "" for unknown releases.
 static void neuronpedia_id(hid_t f, int l, char *out, size_t n) {
     char g[96];
@@ -60,23 +48,23 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
     int64_t n;
     int rc = 0;
 #define AGG(x) (snprintf(p, sizeof p, "aggregates/%d.%d/" x, h->layer, h->head), p)
-    int32_t *pf = read_all(d->run, d->run_path, AGG("pairs_query_feature"), H5T_NATIVE_INT32, 4, &n);
-    int32_t *pg = pf ? read_all(d->run, d->run_path, AGG("pairs_key_feature"), H5T_NATIVE_INT32, 4, &n) : NULL;
-    double *pw = pg ? read_all(d->run, d->run_path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 8, &n) : NULL;
-    double *ps = pw ? read_all(d->run, d->run_path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 8, &n) : NULL;
-    int64_t *pc = ps ? read_all(d->run, d->run_path, AGG("pairs_count"), H5T_NATIVE_INT64, 8, &n) : NULL;
+    int32_t *pf = qk_h5_read_all(d->run, d->run_path, AGG("pairs_query_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n);
+    int32_t *pg = pf ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_key_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
+    double *pw = pg ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 8, NULL, NULL, &n) : NULL;
+    double *ps = pw ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 8, NULL, NULL, &n) : NULL;
+    int64_t *pc = ps ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_count"), H5T_NATIVE_INT64, 8, NULL, NULL, &n) : NULL;
     if (!pc) rc = -1;
     h->n_pairs = rc ? 0 : (int)(n < TOP_PAIRS ? n : TOP_PAIRS);
     h->pairs = qk_calloc(h->n_pairs + 1, sizeof(ReportPair));
     for (int i = 0; i < h->n_pairs; i++) h->pairs[i] = (ReportPair){pf[i], pg[i], pw[i], ps[i], pc[i]};
     free(pf), free(pg), free(pw), free(ps), free(pc);
     if (!rc && ds_size(d->run, AGG("examples_term"), NULL) >= 0) {  // files before example tables: none
-        int32_t *ef = read_all(d->run, d->run_path, AGG("examples_query_feature"), H5T_NATIVE_INT32, 4, &n);
-        int32_t *eg = ef ? read_all(d->run, d->run_path, AGG("examples_key_feature"), H5T_NATIVE_INT32, 4, &n) : NULL;
-        int64_t *ew = eg ? read_all(d->run, d->run_path, AGG("examples_window"), H5T_NATIVE_INT64, 8, &n) : NULL;
-        int32_t *ei = ew ? read_all(d->run, d->run_path, AGG("examples_query_pos"), H5T_NATIVE_INT32, 4, &n) : NULL;
-        int32_t *ej = ei ? read_all(d->run, d->run_path, AGG("examples_key_pos"), H5T_NATIVE_INT32, 4, &n) : NULL;
-        float *et = ej ? read_all(d->run, d->run_path, AGG("examples_term"), H5T_NATIVE_FLOAT, 4, &n) : NULL;
+        int32_t *ef = qk_h5_read_all(d->run, d->run_path, AGG("examples_query_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n);
+        int32_t *eg = ef ? qk_h5_read_all(d->run, d->run_path, AGG("examples_key_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
+        int64_t *ew = eg ? qk_h5_read_all(d->run, d->run_path, AGG("examples_window"), H5T_NATIVE_INT64, 8, NULL, NULL, &n) : NULL;
+        int32_t *ei = ew ? qk_h5_read_all(d->run, d->run_path, AGG("examples_query_pos"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
+        int32_t *ej = ei ? qk_h5_read_all(d->run, d->run_path, AGG("examples_key_pos"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
+        float *et = ej ? qk_h5_read_all(d->run, d->run_path, AGG("examples_term"), H5T_NATIVE_FLOAT, 4, NULL, NULL, &n) : NULL;
         if (!et) rc = -1;
         h->n_ex = rc ? 0 : (int)n;
         h->ex = qk_calloc(h->n_ex + 1, sizeof(ReportExample));
@@ -94,9 +82,9 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
         int64_t K = 0;
         snprintf(p, sizeof p, "static/%d.%d/q2k_val", h->layer, h->head);
         if (ds_size(st, p, &K) < 0) return rc;
-        float *v = read_all(st, d->static_path, p, H5T_NATIVE_FLOAT, 4, &n);
+        float *v = qk_h5_read_all(st, d->static_path, p, H5T_NATIVE_FLOAT, 4, NULL, NULL, &n);
         snprintf(p, sizeof p, "static/%d.%d/q2k_idx", h->layer, h->head);
-        int32_t *ix = v ? read_all(st, d->static_path, p, H5T_NATIVE_INT32, 4, &n) : NULL;
+        int32_t *ix = v ? qk_h5_read_all(st, d->static_path, p, H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
         if (!ix) return free(v), -1;
         h->st_f = qk_malloc(4 * TOP_STATIC), h->st_g = qk_malloc(4 * TOP_STATIC), h->st_v = qk_malloc(4 * TOP_STATIC);
         // Selection by value descending, ties lower f then g (one pass per slot: n is m x K, small).
@@ -149,10 +137,10 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
         snprintf(d->metric_names[d->M++], sizeof d->metric_names[0], "%s", tok);
     free(names);
     int64_t n;
-    int32_t *hl = read_all(d->run, run_path, "summary/head_layer", H5T_NATIVE_INT32, 4, &n);
-    int32_t *hh = hl ? read_all(d->run, run_path, "summary/head_index", H5T_NATIVE_INT32, 4, &n) : NULL;
+    int32_t *hl = qk_h5_read_all(d->run, run_path, "summary/head_layer", H5T_NATIVE_INT32, 4, NULL, NULL, &n);
+    int32_t *hh = hl ? qk_h5_read_all(d->run, run_path, "summary/head_index", H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
     int64_t nm;
-    double *mm = hh ? read_all(d->run, run_path, "summary/metric_mean", H5T_NATIVE_DOUBLE, 8, &nm) : NULL;
+    double *mm = hh ? qk_h5_read_all(d->run, run_path, "summary/metric_mean", H5T_NATIVE_DOUBLE, 8, NULL, NULL, &nm) : NULL;
     if (!mm) return free(hl), free(hh), -1;
     for (int64_t i = 0; i < n; i++) d->L = hl[i] + 1 > d->L ? hl[i] + 1 : d->L, d->H = hh[i] + 1 > d->H ? hh[i] + 1 : d->H;
     d->means = qk_malloc(sizeof(double) * ((size_t)d->L * d->H * d->M + 1));
@@ -163,9 +151,9 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
     // Vocabulary pieces (docs/FORMAT.md vocab/), when the run stored them.
     if (ds_size(d->run, "vocab/ids", NULL) >= 0) {
         int64_t nb;
-        d->v_ids = read_all(d->run, run_path, "vocab/ids", H5T_NATIVE_INT32, 4, &n);
-        d->v_off = d->v_ids ? read_all(d->run, run_path, "vocab/offsets", H5T_NATIVE_INT64, 8, &nm) : NULL;
-        d->v_bytes = d->v_off ? read_all(d->run, run_path, "vocab/bytes", H5T_NATIVE_UINT8, 1, &nb) : NULL;
+        d->v_ids = qk_h5_read_all(d->run, run_path, "vocab/ids", H5T_NATIVE_INT32, 4, NULL, NULL, &n);
+        d->v_off = d->v_ids ? qk_h5_read_all(d->run, run_path, "vocab/offsets", H5T_NATIVE_INT64, 8, NULL, NULL, &nm) : NULL;
+        d->v_bytes = d->v_off ? qk_h5_read_all(d->run, run_path, "vocab/bytes", H5T_NATIVE_UINT8, 1, NULL, NULL, &nb) : NULL;
         if (!d->v_bytes || nm != n + 1) return qk_err("%s: vocab/ is malformed (docs/FORMAT.md)", run_path);
         d->n_vocab = (int)n;
     }

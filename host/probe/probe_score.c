@@ -20,28 +20,6 @@
 static const char *k_expect_induction = "5.5,5.8,5.9,6.9,5.1,7.2,7.10";
 static const char *k_expect_ioi = "9.9,9.6,10.0";
 
-// A whole dataset converted to `mem` (a native type of elem bytes); dims[0..*ndim) its shape.
-static void *read_all(hid_t f, const char *name, hid_t mem, size_t elem, int *ndim, hsize_t *dims, const char *path) {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) {
-        qk_err("%s: dataset '%s' is missing", path, name);
-        return NULL;
-    }
-    hid_t sp = H5Dget_space(d);
-    *ndim = H5Sget_simple_extent_ndims(sp);
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    size_t n = 1;
-    for (int i = 0; i < *ndim; i++) n *= dims[i];
-    void *buf = qk_malloc(n * elem + 1);
-    if (n && H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
-        free(buf);
-        buf = NULL;
-        qk_err("%s: cannot read dataset '%s'", path, name);
-    }
-    H5Sclose(sp), H5Dclose(d);
-    return buf;
-}
-
 int qk_labels_load(QkLabels *l, const char *dir, int layer) {
     char name[64];
     snprintf(name, sizeof name, "layer_%d.npy", layer);
@@ -77,7 +55,7 @@ double qk_probe_static_match(const char *static_path, int layer, int head, const
     snprintf(name, sizeof name, "static/%d.%d/q2k_idx", layer, head);
     int nd;
     hsize_t dims[8];
-    int64_t *q2k = read_all(f, name, H5T_NATIVE_INT64, 8, &nd, dims, static_path);
+    int64_t *q2k = qk_h5_read_all(f, static_path, name, H5T_NATIVE_INT64, 8, &nd, dims, NULL);
     H5Fclose(f);
     if (!q2k) return -1;
     if (nd != 2 || (int64_t)dims[0] != lab->m) {
@@ -173,9 +151,9 @@ static int induction_pairs(hid_t f, const char *run, QkProbeHead *h, const QkLab
     snprintf(c, sizeof c, "aggregates/%d.%d/pairs_weight", h->layer, h->head);
     int nd;
     hsize_t da[8], db[8], dc[8];
-    int64_t *pf = read_all(f, a, H5T_NATIVE_INT64, 8, &nd, da, run);
-    int64_t *pg = pf ? read_all(f, b, H5T_NATIVE_INT64, 8, &nd, db, run) : NULL;
-    double *pw = pg ? read_all(f, c, H5T_NATIVE_DOUBLE, 8, &nd, dc, run) : NULL;
+    int64_t *pf = qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, da, NULL);
+    int64_t *pg = pf ? qk_h5_read_all(f, run, b, H5T_NATIVE_INT64, 8, &nd, db, NULL) : NULL;
+    double *pw = pg ? qk_h5_read_all(f, run, c, H5T_NATIVE_DOUBLE, 8, &nd, dc, NULL) : NULL;
     if (!pw) {
         free(pf), free(pg);
         return -1;
@@ -203,7 +181,7 @@ static int induction_tokens(hid_t f, const char *run, QkProbeHead *h, int window
     snprintf(a, sizeof a, "heads/%d.%d/attended_pos", h->layer, h->head);
     int nd;
     hsize_t d[8];
-    int32_t *pos = read_all(f, a, H5T_NATIVE_INT32, 4, &nd, d, run);
+    int32_t *pos = qk_h5_read_all(f, run, a, H5T_NATIVE_INT32, 4, &nd, d, NULL);
     if (!pos) return -1;
     int A = (int)d[2];
     long hit = 0, n = 0;
@@ -221,17 +199,17 @@ static int ioi_head(hid_t f, const char *run, QkProbeHead *h, const cJSON *promp
     int nd;
     hsize_t d[8], dp[8];
     snprintf(a, sizeof a, "heads/%d.%d/attended_pos", h->layer, h->head);
-    int32_t *pos = read_all(f, a, H5T_NATIVE_INT32, 4, &nd, d, run);
+    int32_t *pos = qk_h5_read_all(f, run, a, H5T_NATIVE_INT32, 4, &nd, d, NULL);
     snprintf(a, sizeof a, "heads/%d.%d/attended_weight", h->layer, h->head);
-    float *wt = pos ? read_all(f, a, H5T_NATIVE_FLOAT, 4, &nd, d, run) : NULL;
+    float *wt = pos ? qk_h5_read_all(f, run, a, H5T_NATIVE_FLOAT, 4, &nd, d, NULL) : NULL;
     snprintf(a, sizeof a, "heads/%d.%d/group_totals", h->layer, h->head);
-    float *gt = wt ? read_all(f, a, H5T_NATIVE_FLOAT, 4, &nd, d, run) : NULL;
+    float *gt = wt ? qk_h5_read_all(f, run, a, H5T_NATIVE_FLOAT, 4, &nd, d, NULL) : NULL;
     snprintf(a, sizeof a, "heads/%d.%d/pair_query_feature", h->layer, h->head);
-    int64_t *pq = gt ? read_all(f, a, H5T_NATIVE_INT64, 8, &nd, dp, run) : NULL;
+    int64_t *pq = gt ? qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, dp, NULL) : NULL;
     snprintf(a, sizeof a, "heads/%d.%d/pair_key_feature", h->layer, h->head);
-    int64_t *pk = pq ? read_all(f, a, H5T_NATIVE_INT64, 8, &nd, dp, run) : NULL;
+    int64_t *pk = pq ? qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, dp, NULL) : NULL;
     snprintf(a, sizeof a, "heads/%d.%d/pair_value", h->layer, h->head);
-    float *pv = pk ? read_all(f, a, H5T_NATIVE_FLOAT, 4, &nd, dp, run) : NULL;
+    float *pv = pk ? qk_h5_read_all(f, run, a, H5T_NATIVE_FLOAT, 4, &nd, dp, NULL) : NULL;
     int rc = pv ? 0 : -1;
     const int A = (int)d[2], P = pv ? (int)dp[3] : 0;
     double att = 0, top1 = 0, ff = 0, all = 0;
@@ -320,7 +298,7 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
     }
     int nd, T = 0, W = 0;
     hsize_t dt[8];
-    int32_t *tok = rc ? NULL : read_all(f, "tokens", H5T_NATIVE_INT32, 4, &nd, dt, o->run);
+    int32_t *tok = rc ? NULL : qk_h5_read_all(f, o->run, "tokens", H5T_NATIVE_INT32, 4, &nd, dt, NULL);
     if (!rc && !tok) rc = -1;
     if (!rc) W = (int)dt[0], T = (int)dt[1], rc = check_windows(o->run, tok, W, T, o->probe, bos, &windows);
     // heads: the run's list, layer-major; L and H from the largest indices
