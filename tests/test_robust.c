@@ -244,3 +244,26 @@ Test(robust, status_and_merge_check_plan_and_manifest, .timeout = 60) {
     free(expect_fail(1, "manifest.json: shards[0] is not a file name", cmd));
     free(plan), free(man);
 }
+
+// Integer options: the whole argument, decimal, in range; nothing a lenient strtol would take
+// (empty, blanks, '+', trailing text, overflow) sets a value.  `random --seed ''` was seed 0.
+Test(robust, integer_options_take_whole_decimals) {
+    int64_t v = 77;
+    const char *bad[] = {"", " 5", "+5", "5 ", "12x", "0x10", "-", "99999999999999999999", "-9"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_expect_eq(qk_parse_int64(bad[i], -5, 1000, &v), -1, "'%s' taken", bad[i]);
+        cr_expect_eq(v, 77, "'%s' set a value", bad[i]);
+    }
+    cr_expect_eq(qk_parse_int64("1000", -5, 1000, &v), 0);
+    cr_expect_eq(v, 1000);
+    cr_expect_eq(qk_parse_int64("-5", -5, 1000, &v), 0);
+    cr_expect_eq(v, -5);
+    cr_expect_eq(qk_parse_int64("1001", -5, 1000, &v), -1);
+    cr_expect_eq(qk_parse_int64("9223372036854775807", 0, INT64_MAX, &v), 0);
+    cr_expect_eq(v, INT64_MAX);
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, QK_BIN " random --seed '' --out %s/never", g_dir);
+    free(expect_fail(2, "--seed '': expected an integer in [0, 2^53)", cmd));
+    snprintf(cmd, sizeof cmd, QK_BIN " planted -q --seed ' 5' --out %s/never", g_dir);
+    free(expect_fail(2, "--seed: ' 5' is not an integer", cmd));
+}

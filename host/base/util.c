@@ -121,6 +121,17 @@ cJSON *qk_json_parse(const char *text, size_t len, const char *path) {
     return root;
 }
 
+int qk_parse_int64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    const char *d = *s == '-' ? s + 1 : s;
+    if (*d < '0' || *d > '9') return -1;  // empty, blanks, '+' (strtoll would take them)
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
 char *qk_path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     char *p = qk_malloc(a + b + 2);

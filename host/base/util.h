@@ -44,6 +44,10 @@ struct cJSON *qk_json_parse(const char *text, size_t len, const char *path);
 
 // "dir/name" in a fresh buffer.
 char *qk_path_join(const char *dir, const char *name);
+
+// A command-line integer: the whole of s is a decimal number (an optional '-', digits; no blanks,
+// no sign '+', nothing after) in [lo, hi].  0, or -1 (nothing set) for anything else.
+int qk_parse_int64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int qk_file_exists(const char *path);
 
 // Decodes the UTF-8 sequence at s[i] (i < n) strictly (shortest form, no surrogates, at most

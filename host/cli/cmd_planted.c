@@ -43,16 +43,6 @@ static void usage(FILE *f) {
             "  -h, --help     this text\n");
 }
 
-static int parse_u64(const char *s, uint64_t *out) {
-    char *end;
-    if (!*s || *s == '-') return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno) return -1;
-    *out = v;
-    return 0;
-}
-
 // Reads element `at` of an integer dataset (any integer type) as uint32; -1 on failure.
 static int64_t read_u32_at(hid_t f, const char *name, hsize_t at) {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
@@ -146,7 +136,7 @@ int cmd_planted(int argc, char **argv) {
     qk_planted_default_opts(&po);
     const char *out = NULL;
     int quiet = 0, rc = 0;
-    uint64_t v;
+    int64_t v;
     optind = 1;
     opterr = 0;
     for (int ch; !rc && (ch = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1;) {
@@ -154,12 +144,11 @@ int cmd_planted(int argc, char **argv) {
         case 'o': out = optarg; break;
         case 'q': quiet = 1; break;
         case 's':
-            if (parse_u64(optarg, &po.seed) || po.seed >= (1ull << 53))
-                rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
+            if (qk_parse_int64(optarg, 0, (1ll << 53) - 1, &v)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
+            else po.seed = (uint64_t)v;
             break;
         case 't':
-            if (parse_u64(optarg, &v) || v < 1 || v > 100000000)
-                rc = qk_err("--tokens: '%s' is not an integer in [1, 1e8]", optarg);
+            if (qk_parse_int64(optarg, 1, 100000000, &v)) rc = qk_err("--tokens: '%s' is not an integer in [1, 1e8]", optarg);
             else po.n_tokens = (int)v;
             break;
         case 'h': usage(stdout); return QK_EXIT_OK;

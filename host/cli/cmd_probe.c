@@ -40,22 +40,11 @@ static void usage(FILE *f) {
             "  token as its previous-token label.  --json FILE writes everything printed.\n");
 }
 
+// An int option in [lo, hi] (qk_parse_int64).
 static int parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return -1;
+    int64_t v;
+    if (qk_parse_int64(s, lo, hi, &v)) return -1;
     *out = (int)v;
-    return 0;
-}
-
-static int parse_seed(const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    if (!*s || *s == '-') return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno || v >= (1ull << 53)) return -1;
-    *out = v;
     return 0;
 }
 
@@ -157,6 +146,7 @@ int cmd_probe(int argc, char **argv) {
         {"min-label", required_argument, 0, 'm'}, {"json", required_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     QkInductionProbe ip = {.windows = 64, .rep = 32, .token_lo = 1000, .token_hi = 50256, .bos = 0, .seed = 1};
+    int64_t seed;
     QkIoiProbe io = {.windows = 64, .n_ctx = 32, .seed = 1, .planted_layer = -1, .planted_head = -1};
     QkProbeScoreOpts so = {.top_pairs = 64, .threshold = 0.5};
     const char *out = NULL, *static_path = NULL, *json_path = NULL;
@@ -178,7 +168,8 @@ int cmd_probe(int argc, char **argv) {
             break;
         case 'b': ip.bos = 1; break;
         case 's':
-            if (parse_seed(optarg, &ip.seed)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
+            if (qk_parse_int64(optarg, 0, (1ll << 53) - 1, &seed)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
+            else ip.seed = (uint64_t)seed;
             io.seed = ip.seed;
             break;
         case 'v': io.vocab = optarg; break;

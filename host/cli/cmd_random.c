@@ -139,9 +139,8 @@ int cmd_random(int argc, char **argv) {
         case O_K: dst = &s.k, hi = 1 << 22; break;
         case O_TOKENS:
         case O_SEED: {
-            char *end;
-            long long v = strtoll(optarg, &end, 10);
-            if (*end || v < (c == O_SEED ? 0 : 1) || (c == O_SEED && v >= (1ll << 53))) {
+            int64_t v;
+            if (qk_parse_int64(optarg, c == O_SEED ? 0 : 1, c == O_SEED ? (1ll << 53) - 1 : INT64_MAX, &v)) {
                 fprintf(stderr, "qkscope random: --%s '%s': expected %s\n", c == O_SEED ? "seed" : "tokens", optarg,
                         c == O_SEED ? "an integer in [0, 2^53)" : "a positive integer");
                 return QK_EXIT_USAGE;
@@ -152,9 +151,8 @@ int cmd_random(int argc, char **argv) {
         }
         default: usage(stderr); return QK_EXIT_USAGE;
         }
-        char *end;
-        long v = strtol(optarg, &end, 10);
-        if (*end || v < lo || v > hi) {
+        int64_t v;
+        if (qk_parse_int64(optarg, lo, hi, &v)) {
             fprintf(stderr, "qkscope random: --%s '%s': expected an integer in [%d, %d]\n", longs[c - O_LAYERS + 1].name,
                     optarg, lo, hi);
             return QK_EXIT_USAGE;

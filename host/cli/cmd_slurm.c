@@ -40,9 +40,8 @@ static void free_files(char **files, int n) {
 }
 
 static int parse_tasks(const char *s, int *tasks) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || v < 1 || v > 100000) return qk_err("--tasks: '%s' is not an integer in [1, 100000]", s);
+    int64_t v;
+    if (qk_parse_int64(s, 1, 100000, &v)) return qk_err("--tasks: '%s' is not an integer in [1, 100000]", s);
     *tasks = (int)v;
     return 0;
 }
