@@ -23,8 +23,8 @@ cuda_tools() {
     d="$(cd "$(dirname "$0")/.." && pwd)/build/cuda-tools"
     [ -x "$d/cuobjdump/nvidia/cu13/bin/cuobjdump" ] && [ -x "$d/nvdisasm/nvidia/cu13/bin/nvdisasm" ] && return 0
     echo "install-deps: cuobjdump and nvdisasm (PyPI nvidia-cuda-*) into $d"
-    python3 -m pip install -q --disable-pip-version-check --target "$d/cuobjdump" nvidia-cuda-cuobjdump==13.5.37 &&
-        python3 -m pip install -q --disable-pip-version-check --target "$d/nvdisasm" nvidia-cuda-nvdisasm==13.5.37
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$d/cuobjdump" nvidia-cuda-cuobjdump==13.5.37 &&
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$d/nvdisasm" nvidia-cuda-nvdisasm==13.5.37
 }
 
 missing=()

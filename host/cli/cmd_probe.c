@@ -60,7 +60,8 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "task", s->task);
     cJSON_AddNumberToObject(root, "threshold", o->threshold);
-    int rc = 0;
+    int rc = 0, lab_layer = -1;  // the layer whose labels are in lab (loaded once per layer)
+    QkLabels lab;
     for (int i = 0; i < s->n_heads; i++) {
         const QkProbeHead *h = &s->heads[i];
         char name[32];
@@ -89,15 +90,15 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
         printf("\n");
         cJSON_AddItemToObject(e, "top_pairs", pairs);
         if (static_path && h->expected && ind && o->labels) {
-            QkLabels lab;
             int n = 0, nm = 0;
             double frac = NAN, fm = NAN;
-            if (!(rc = qk_labels_load(&lab, o->labels, h->layer))) {
-                frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n, &fm, &nm);
-                qk_labels_free(&lab);
-                if (frac < 0) rc = -1;
+            if (lab_layer != h->layer) {
+                if (lab_layer >= 0) qk_labels_free(&lab), lab_layer = -1;
+                if ((rc = qk_labels_load(&lab, o->labels, h->layer))) break;
+                lab_layer = h->layer;
             }
-            if (rc) break;
+            frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n, &fm, &nm);
+            if (frac < 0 && (rc = -1)) break;
             printf("       static q2k: %d labelled current-token features, %.3f send their first key feature to the "
                    "matching previous-token feature; of the %d whose token has a previous-token feature, %.3f\n", n, frac,
                    nm, fm);
@@ -108,6 +109,7 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
         }
         cJSON_AddItemToArray(arr, e);
     }
+    if (lab_layer >= 0) qk_labels_free(&lab);
     printf("singled out %d, expected %d, both %d: precision %.3f recall %.3f F1 %.3f\n", s->n_singled, s->n_expected,
            s->n_hit, s->precision, s->recall, s->f1);
     cJSON_AddItemToObject(root, "heads", arr);
