@@ -195,29 +195,45 @@ static WeightKey weight_key(const GPT2Model *m) {
 
 static int same_key(const WeightKey *a, const WeightKey *b) { return !memcmp(a, b, sizeof *a); }
 
-static int upload_weights(DevWeights *w, const GPT2Model *m) {
+// Device buffers for every weight tensor of m in w (its slots in *slots, their count in *n), each
+// filled from the host when `copy`, and the copies waited for (a pageable cudaMemcpy may return
+// before its DMA lands; the forward pass and NCCL run on non-blocking streams).  On failure w is
+// freed (nothing half-made stays marked as loaded) and *slots is NULL.
+static int place_weights(DevWeights *w, const GPT2Model *m, int copy, WeightSlot **slots, int *n) {
     free_weights(w);
     w->layers = (DevLayer *)qk_calloc(m->cfg.n_layer, sizeof(DevLayer));
     w->n_layer = m->cfg.n_layer;
     WeightSlot *s;
-    int n = weight_slots(w, m, &s), rc = 0;
-    for (int i = 0; i < n && !rc; i++) {
+    int rc = 0;
+    *n = weight_slots(w, m, &s);
+    for (int i = 0; i < *n && !rc; i++) {
         rc = dev_alloc((void **)s[i].dst, s[i].n * sizeof(float), s[i].what);
-        if (!rc && cudaMemcpy(*s[i].dst, s[i].src, s[i].n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
+        if (!rc && copy && cudaMemcpy(*s[i].dst, s[i].src, s[i].n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
             rc = qk_err("cudaMemcpy of %s (%zu floats) to the device: %s", s[i].what, s[i].n,
                         cudaGetErrorString(cudaGetLastError()));
     }
-    free(s);
-    // cudaMemcpy from pageable memory may return before its DMA lands; the forward pass runs on a
-    // non-blocking stream, which does not wait for the legacy stream: wait here.
-    cudaError_t e = rc ? cudaSuccess : cudaDeviceSynchronize();
+    cudaError_t e = rc || !copy ? cudaSuccess : cudaDeviceSynchronize();
     if (e != cudaSuccess) rc = qk_err("uploading the model weights: %s", cudaGetErrorString(e));
     if (rc) {
-        free_weights(w);  // nothing half-uploaded stays marked as loaded
+        free(s), free_weights(w);
+        *slots = NULL;
         return -1;
     }
+    *slots = s;
+    return 0;
+}
+
+static void mark_loaded(DevWeights *w, const GPT2Model *m) {
     w->key = weight_key(m);
     w->loaded = 1;
+}
+
+static int upload_weights(DevWeights *w, const GPT2Model *m) {
+    WeightSlot *s;
+    int n;
+    if (place_weights(w, m, 1, &s, &n)) return -1;
+    free(s);
+    mark_loaded(w, m);
     return 0;
 }
 
@@ -257,22 +273,8 @@ static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, i
     int rc = e == cudaSuccess ? 0 : qk_err("cudaSetDevice(%d): %s", ctx->device, cudaGetErrorString(e));
     if (!comm->bcast_device) return rc ? -1 : upload_weights(&ctx->w, m);  // a host-only communicator
     WeightSlot *s = NULL;
-    int n = 0, is_root = comm->rank(comm) == root;
-    if (!rc) {
-        free_weights(&ctx->w);
-        ctx->w.layers = (DevLayer *)qk_calloc(m->cfg.n_layer, sizeof(DevLayer));
-        ctx->w.n_layer = m->cfg.n_layer;
-        n = weight_slots(&ctx->w, m, &s);
-    }
-    for (int i = 0; i < n && !rc; i++) {
-        rc = dev_alloc((void **)s[i].dst, s[i].n * sizeof(float), s[i].what);
-        if (!rc && is_root && cudaMemcpy(*s[i].dst, s[i].src, s[i].n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
-            rc = qk_err("cudaMemcpy of %s (%zu floats) to the device: %s", s[i].what, s[i].n,
-                        cudaGetErrorString(cudaGetLastError()));
-    }
-    // A pageable cudaMemcpy may return before its DMA lands; the broadcast runs on NCCL's stream.
-    if (!rc && is_root && (e = cudaDeviceSynchronize()) != cudaSuccess)
-        rc = qk_err("cudaDeviceSynchronize after uploading the weights: %s", cudaGetErrorString(e));
+    int n = 0;
+    if (!rc) rc = place_weights(&ctx->w, m, comm->rank(comm) == root, &s, &n);  // the root's filled from the host
     // Every rank holds its buffers (or has failed) before any broadcast starts: no rank is left
     // waiting in one.
     int64_t failed = rc != 0;
@@ -284,8 +286,7 @@ static int cuda_share_weights(QkBackend *be, const GPT2Model *m, QkComm *comm, i
         free_weights(&ctx->w);
         return -1;
     }
-    ctx->w.key = weight_key(m);
-    ctx->w.loaded = 1;
+    mark_loaded(&ctx->w, m);
     return 0;
 }
 
