@@ -21,7 +21,8 @@
 #                           4. benchmarks: forward tokens/s per precision (bench_cuda_forward), the
 #                              measured bf16 GEMM rate (PyTorch), qkscope run tokens/s per precision
 #                              (262144 tokens, 144 heads' aggregates: the 100k tokens/s target) with
-#                              its stage shares;
+#                              its stage shares, and bf16 with the batch pipeline off
+#                              (QK_CUDA_PIPELINE=0: its gain; the files must be identical);
 #                           5. compute-sanitizer memcheck / initcheck / racecheck / synccheck on a
 #                              tiny reference model (and memcheck on a small qkscope run), last;
 #                           6. $OUT/gpu-check.tar.gz (every log and comparison report; not the
@@ -337,6 +338,13 @@ throughput() {
             grep -h 'time per stage' "$W/logs/throughput_$p.log" | sed 's/^/|   /'
         } >>"$W/bench.txt"
     done
+    # the batch pipeline's share: the same bf16 run with every batch finished in its own call
+    NOTE_FN=note_tps step throughput_bf16_nopipe 120 env LD_LIBRARY_PATH="$QK_LIBS" QK_CUDA_PIPELINE=0 "$Q" run "$cfg" \
+        --set run.precision=$(prec_of bf16) -o "$W/throughput_bf16_nopipe.h5"
+    echo "| qkscope run (bf16, QK_CUDA_PIPELINE=0: each batch finished in its own call): $(note_tps "$W/logs/throughput_bf16_nopipe.log")" >>"$W/bench.txt"
+    # the pipeline changes when the host takes a batch, not what it computes
+    NOTE_FN=note_cmp step throughput_pipeline_same 60 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/h5compare" --mode parity \
+        --tol 0 "$W/throughput_bf16.h5" "$W/throughput_bf16_nopipe.h5"
 }
 
 sanitize() {

@@ -411,6 +411,7 @@ struct StageCarry {
 struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
+    int lag;                      // batches taken by the host one call late (defer, unless QK_CUDA_PIPELINE=0)
     QkBtk *btk;
     cudaStream_t st;
     int sync_each;
@@ -802,6 +803,8 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     QkAnaCuda *a = (QkAnaCuda *)calloc(1, sizeof *a);
     a->p = *p;
     a->device = device, a->defer = defer_flush;
+    const char *pipe = getenv("QK_CUDA_PIPELINE");
+    a->lag = defer_flush && !(pipe && pipe[0] == '0');
     a->L = c->n_layer, a->H = c->n_head, a->C = c->d_model, a->dh = c->d_head, a->T = p->T;
     a->Nmax = p->max_batch * p->T;
     a->P = p->o.p > p->o.sketch_pairs ? p->o.p : p->o.sketch_pairs;
@@ -1266,7 +1269,7 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     s->pending = 1;
     a->cur ^= 1;
     int rc;
-    if (!a->defer) rc = slot_finish(a, s) || (agg && flush_dense(a, agg));
+    if (!a->lag) rc = slot_finish(a, s) || (!a->defer && agg && flush_dense(a, agg));
     else rc = a->slot[a->cur].pending ? slot_finish(a, &a->slot[a->cur]) : 0;  // the batch before this one
     hand_times(a, seconds);
     return rc ? -1 : 0;

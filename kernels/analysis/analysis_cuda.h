@@ -18,7 +18,8 @@
 // overlap the device's next batch; qk_ana_cuda_flush takes the last one.  So emit sees batch i's
 // records during the call for batch i + 1 (with that batch's B and the emit and emit_ctx given
 // with batch i), and agg's sketch and examples hold batch i after that call.  Without
-// defer_flush every call finishes its own batch.  The activations a batch reads must stay
+// defer_flush (or with QK_CUDA_PIPELINE=0 in the environment: the pipeline off, to compare) every
+// call finishes its own batch.  The activations a batch reads must stay
 // unchanged until qk_ana_cuda_acts_event (the forward of the next batch waits for it).
 //
 // Aggregates: metric sums and marginals as exact limbs (exact_sum.h) summed with 64-bit integer
