@@ -68,7 +68,20 @@ static QkBtk *flavour_ctx(int f, int seed) {
     return *x;
 }
 
+static QkBtk *g_fp32_seed[2];
+
+// An fp32 context on the fused kernel with seeding on or off, whatever the environment says.
+static QkBtk *fp32_ctx(int seed) {
+    ctx_for(QK_PREC_FP32);  // skips without a GPU
+    if (!g_fp32_seed[seed]) g_fp32_seed[seed] = qk_btk_create(0, QK_PREC_FP32, 0);
+    cr_assert(g_fp32_seed[seed], "qk_btk_create(fp32): %s", qk_errmsg());
+    qk_btk_set_path(g_fp32_seed[seed], 1);
+    cr_assert_eq(qk_btk_set_fused_seed(g_fp32_seed[seed], seed), 0, "qk_btk_set_fused_seed: %s", qk_errmsg());
+    return g_fp32_seed[seed];
+}
+
 static void fini(void) {
+    for (int s = 0; s < 2; s++) qk_btk_destroy(g_fp32_seed[s]), g_fp32_seed[s] = NULL;
     for (int p = 0; p < 3; p++) {
         qk_btk_destroy(g_ctx[p]), g_ctx[p] = NULL;
         qk_btk_destroy(g_fused[p]), g_fused[p] = NULL;
@@ -637,17 +650,8 @@ Test(topk_gpu, fused_seeding_on_and_off_identical, .timeout = 600) {
         p.c_batched = z[0] > 1;
         prob_round_bf16(&p);
         for (int f = -1; f < 3; f++) {  // -1: fp32
-            QkBtk *on = f < 0 ? fused_ctx(QK_PREC_FP32) : flavour_ctx(f, 1), *off = NULL;
+            QkBtk *on = f < 0 ? fp32_ctx(1) : flavour_ctx(f, 1), *off = f < 0 ? fp32_ctx(0) : flavour_ctx(f, 0);
             if (!on) continue;
-            if (f < 0) {
-                cr_assert_eq(qk_btk_set_fused_seed(on, 1), 0, "%s", qk_errmsg());
-                off = qk_btk_create(0, QK_PREC_FP32, 0);
-                cr_assert(off, "%s", qk_errmsg());
-                qk_btk_set_path(off, 1);
-                cr_assert_eq(qk_btk_set_fused_seed(off, 0), 0, "%s", qk_errmsg());
-            } else {
-                off = flavour_ctx(f, 0);
-            }
             for (int v = 0; v < 3; v++) {  // top, top + bottom, bottom
                 p.o.bottom = v == 2;
                 Out a, b;
@@ -661,7 +665,6 @@ Test(topk_gpu, fused_seeding_on_and_off_identical, .timeout = 600) {
                 out_free(&a), out_free(&b);
             }
             p.o.bottom = 0;
-            if (f < 0) qk_btk_destroy(off);
         }
         check_fused("seeded", &p, QK_PREC_BF16, 1);
         check_fused("seeded", &p, QK_PREC_FP32, 0);
