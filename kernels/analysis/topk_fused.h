@@ -67,6 +67,7 @@ typedef struct {
     int wgmma;
     size_t smem_optin;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
     void *encode;
+    char encode_why[128];  // why encode is NULL on a 9.0 device (the refusal of the TMA flavour)
 } QkFusedConfig;
 
 // Fills cfg for `device` from the environment; -1 with qk_errmsg() on an unknown QK_FUSED_MMA /

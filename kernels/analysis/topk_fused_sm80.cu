@@ -19,13 +19,16 @@ extern "C" int qk_fused_mma_parse(const char *name, QkFusedMma *mma) {
 }
 
 // cuTensorMapEncodeTiled through the runtime (CUDA 12.0's signature, cudaTypedefs.h's
-// PFN_cuTensorMapEncodeTiled_v12000); NULL when the driver lacks it.
-static void *ft_encoder(void) {
+// PFN_cuTensorMapEncodeTiled_v12000; cudaGetDriverEntryPoint itself is deprecated in CUDA 13);
+// NULL with *why filled when the driver lacks it.
+static void *ft_encoder(char *why, size_t why_len) {
     void *fn = NULL;
     cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !fn) {
         (void)cudaGetLastError();
+        snprintf(why, why_len, "wgmma (TMA): cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled, 12000): %s, query result %d",
+                 cudaGetErrorString(e), (int)q);
         return NULL;
     }
     return fn;
@@ -47,7 +50,7 @@ extern "C" int qk_fused_config(QkFusedConfig *cfg, int device) {
     CUDA_TRYF(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "device %d", device);
     cfg->wgmma = major == 9 && minor == 0;
     cfg->smem_optin = (size_t)optin;
-    if (cfg->wgmma) cfg->encode = ft_encoder();
+    if (cfg->wgmma) cfg->encode = ft_encoder(cfg->encode_why, sizeof cfg->encode_why);
     return 0;
 }
 
@@ -125,7 +128,7 @@ static int misaligned(const void *p) { return p && ((uintptr_t)p & 15); }
 // What TMA's tensor maps need beyond the other flavours' checks (cuda.h, cuTensorMapEncodeTiled:
 // 16-byte aligned address and strides, strides < 2^40, each stride covering the dimension below).
 static const char *ft_tma_refusal(const QkFusedArgs *a, const QkFusedConfig *cfg) {
-    if (!cfg->encode) return "wgmma (TMA): the driver has no cuTensorMapEncodeTiled";
+    if (!cfg->encode) return cfg->encode_why;
     const long long rowsU = (long long)a->n * a->ldu, rowsV = (long long)a->M * a->r;
     if (a->batch > 1 && (a->U_stride < rowsU || a->V_stride < rowsV))
         return "wgmma (TMA): problem strides below a problem's size (shared or overlapping operands)";
