@@ -20,9 +20,10 @@
 // thresholds start high, and skips them in the walk (topk_fused_select.h, "Seeding"): the
 // output is the unseeded one exactly, with fewer survivors.  Without c there is no seed: the
 // largest ||V_j|| says nothing about the sign of U_i . V_j, so it would seed the top and the
-// bottom of a row alike.  Semantics: host/topk.h (kernels/
-// bilinear_topk.h's qk_btk_run dispatches here; QK_BTK_PATH chooses).  Selection rules:
-// topk_fused_select.h.
+// bottom of a row alike.
+//
+// Semantics: host/topk.h (kernels/bilinear_topk.h's qk_btk_run dispatches here; QK_BTK_PATH
+// chooses).  Selection rules: topk_fused_select.h.
 //
 // Shapes (row-major, b < batch):
 //   U  [batch][n x r]  element stride ldu, problem stride U_stride (bf16 for BF16, fp32 for FP32)
@@ -75,9 +76,8 @@ typedef struct {
 int qk_fused_config(QkFusedConfig *cfg, int device);
 // name: mma | wgmma-st | wgmma; -1 when unknown.
 int qk_fused_mma_parse(const char *name, QkFusedMma *mma);
-// The bf16 flavour cfg gives on its device, and the kernel's name for messages.
+// The bf16 flavour cfg gives on its device.
 QkFusedMma qk_fused_mma_used(const QkFusedConfig *cfg);
-const char *qk_fused_kernel_name(const QkFusedArgs *a, const QkFusedConfig *cfg);
 
 // Device bytes of the seed-list scratch of a launch of `batch` problems.
 size_t qk_fused_seed_bytes(int batch);

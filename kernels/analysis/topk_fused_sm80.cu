@@ -56,21 +56,14 @@ extern "C" int qk_fused_config(QkFusedConfig *cfg, int device) {
 
 extern "C" QkFusedMma qk_fused_mma_used(const QkFusedConfig *cfg) { return cfg->wgmma ? cfg->mma : QK_FUSED_MMA_SYNC; }
 
-// The kernel template's flavour for these arguments.
-static int ft_flavour(const QkFusedArgs *a, const QkFusedConfig *cfg) {
-    if (!a->bf16) return FT_FP32;
-    switch (qk_fused_mma_used(cfg)) {
-    case QK_FUSED_WGMMA_ST: return FT_WGMMA;
-    case QK_FUSED_WGMMA_TMA: return FT_WGMMA_TMA;
-    default: return FT_MMA;
-    }
+// The kernel template's flavour for bf16 or fp32 operands and a bf16 flavour.
+static int ft_flavour_of(int bf16, QkFusedMma mma) {
+    if (!bf16) return FT_FP32;
+    return mma == QK_FUSED_WGMMA_TMA ? FT_WGMMA_TMA : mma == QK_FUSED_WGMMA_ST ? FT_WGMMA : FT_MMA;
 }
 
-extern "C" const char *qk_fused_kernel_name(const QkFusedArgs *a, const QkFusedConfig *cfg) {
-    static const char *names[4] = {"topk_fused<fp32>", "topk_fused<mma.sync bf16>", "topk_fused<wgmma bf16>",
-                                   "topk_fused<wgmma+tma bf16>"};
-    return names[ft_flavour(a, cfg)];
-}
+// ... for these arguments on cfg's device.
+static int ft_flavour(const QkFusedArgs *a, const QkFusedConfig *cfg) { return ft_flavour_of(a->bf16, qk_fused_mma_used(cfg)); }
 
 // ---------------------------------------------------------------------------------------------
 // Seed lists
@@ -117,8 +110,7 @@ __global__ void __launch_bounds__(FT_THREADS) ft_seed_lists(const float *c, long
 // Host side
 
 extern "C" size_t qk_fused_smem_bytes(int bf16, QkFusedMma mma, int k, int both) {
-    const int fl = !bf16 ? FT_FP32 : mma == QK_FUSED_WGMMA_TMA ? FT_WGMMA_TMA : mma == QK_FUSED_WGMMA_ST ? FT_WGMMA : FT_MMA;
-    return ft_smem_bytes(fl, k, both ? 2 : 1);
+    return ft_smem_bytes(ft_flavour_of(bf16, mma), k, both ? 2 : 1);
 }
 
 extern "C" size_t qk_fused_seed_bytes(int batch) { return (size_t)(batch > 1 ? batch : 1) * QK_FSEL_SEEDS * sizeof(int32_t); }
