@@ -1,8 +1,11 @@
 // bench_topk_gpu.c: the device bilinear top-k (kernels/analysis/bilinear_topk.h) against its anchor, one
 // cuBLASLt GEMM writing every score, on the same GPU in one run (issue 15's table): GEMM alone,
 // GEMM + select (the GEMM-then-select path) and the fused kernel (kernels/analysis/topk_fused.h;
-// "-" where it declines, e.g. TF32).  --peak T (TFLOP/s, e.g. gpu.sh's measured bf16 GEMM rate)
-// adds the fused kernel's fraction of it.  bench/bench_topk_torch.py adds cuBLAS + torch.topk.
+// "-" where it declines, e.g. TF32), in the flavour QK_FUSED_MMA gives (mma.sync by default),
+// seeded unless QK_FUSED_SEED=0; then, in bf16, the two wgmma flavours (stored operands, TMA
+// ring; "-" off compute capability 9.0), and the default flavour unseeded, to show what seeding
+// buys.  --peak T (TFLOP/s, e.g. gpu.sh's measured bf16 GEMM rate) adds the fused kernel's
+// fraction of it.  bench/bench_topk_torch.py adds cuBLAS + torch.topk.
 //
 //   bench_topk_gpu [--n 65536] [--m 32768] [--k 32] [--r 64,768] [--prec bf16,tf32,fp32] [--reps 10] [--peak T]
 //
@@ -89,6 +92,28 @@ static double median_ms(const Case *x, int reps) {
     return med;
 }
 
+// The fused kernel's median in flavour mma (NULL: as the environment says) with seeding on, off,
+// or as the environment says (seed -1), printed as one cell: "-" when the flavour does not run on
+// this device, "- (why)" when the kernel declines the problem.
+static void fused_cell(Case *x, const char *mma, int seed, int reps) {
+    const char *env = getenv("QK_FUSED_MMA"), *why = NULL;
+    const int runs = qk_btk_set_fused_mma(x->b, mma ? mma : env && *env ? env : "mma");
+    if (runs < 0 || (seed >= 0 && qk_btk_set_fused_seed(x->b, seed))) {
+        fprintf(stderr, "bench_topk_gpu: %s\n", qk_errmsg());
+        exit(1);
+    }
+    if (!runs) {
+        printf(" - |");
+        return;
+    }
+    if (run_case(x) || cudaDeviceSynchronize() != cudaSuccess) {
+        fprintf(stderr, "bench_topk_gpu: fused %s r %d: %s\n", mma ? mma : "(QK_FUSED_MMA)", x->r, qk_errmsg());
+        exit(1);
+    }
+    if (!qk_btk_last_path(x->b, &why)) printf(" - (%s) |", why);
+    else printf(" %.3f |", median_ms(x, reps));
+}
+
 static int parse_list(const char *s, int *out, int max) {
     int n = 0;
     for (const char *p = s; *p && n < max; p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p)) out[n++] = atoi(p);
@@ -122,8 +147,8 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("# bench_topk_gpu on %s (%d SMs, L2 %d MiB): n %d, m %d, k %d, median of %d after 2 warm-ups\n", prop.name,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, n, m, k, reps);
-    printf("| r | precision | GEMM alone ms | GEMM TFLOP/s | GEMM+select ms | scores/s | select/GEMM time | tile | fused ms | fused scores/s | fused TFLOP/s | fused of peak | fused/GEMM time |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| r | precision | GEMM alone ms | GEMM TFLOP/s | GEMM+select ms | scores/s | select/GEMM time | tile | fused ms | fused scores/s | fused TFLOP/s | fused of peak | fused/GEMM time | wgmma-st ms | wgmma+TMA ms | fused unseeded ms |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int ri = 0; ri < nr; ri++) {
         const int r = rs[ri];
         Case x = {.n = n, .m = m, .r = r, .k = k};
@@ -166,10 +191,14 @@ int main(int argc, char **argv) {
             }
             if (qk_btk_last_path(x.b, &why)) {
                 const double f = median_ms(&x, reps), tf = 2.0 * scores * r / (f * 1e9);
-                if (peak > 0) printf(" %.3f | %.3g | %.1f | %.2f | %.2f |\n", f, scores / (f * 1e-3), tf, tf / peak, f / g);
-                else printf(" %.3f | %.3g | %.1f | - | %.2f |\n", f, scores / (f * 1e-3), tf, f / g);
+                if (peak > 0) printf(" %.3f | %.3g | %.1f | %.2f | %.2f |", f, scores / (f * 1e-3), tf, tf / peak, f / g);
+                else printf(" %.3f | %.3g | %.1f | - | %.2f |", f, scores / (f * 1e-3), tf, f / g);
+                if (prec == QK_PREC_BF16) fused_cell(&x, "wgmma-st", -1, reps), fused_cell(&x, "wgmma", -1, reps);
+                else printf(" - | - |");
+                fused_cell(&x, NULL, 0, reps);
+                printf("\n");
             } else {
-                printf(" - | - | - | - | - (%s) |\n", why);
+                printf(" - | - | - | - | - (%s) | - | - | - |\n", why);
             }
             fflush(stdout);
             qk_btk_destroy(x.b);

@@ -4,15 +4,17 @@
 # whose mangled name matches a rule's pattern must contain the rule's opcode, and every FILE must
 # hold at least one such kernel.  The Makefile runs it on kernels/analysis/topk_fused_sm80.o and
 # topk_fused_sm90.o; scripts/gpu.sh on the bundled binary.
-#   rules: topk_fused<FT_MMA, ...>   (mangled _Z10topk_fusedILi1E): HMMA  (mma.sync)
-#          topk_fused<FT_WGMMA, ...> (mangled _Z10topk_fusedILi2E): HGMMA (wgmma)
+#   rules: topk_fused<FT_MMA, ...>       (mangled _Z10topk_fusedILi1E): HMMA  (mma.sync)
+#          topk_fused<FT_WGMMA, ...>     (mangled _Z10topk_fusedILi2E): HGMMA (wgmma, operands stored)
+#          topk_fused<FT_WGMMA_TMA, ...> (mangled _Z10topk_fusedILi3E): HGMMA and UTMALDG (the SASS of
+#                                        cp.async.bulk.tensor: TMA loads)
 # Usage: scripts/check_sass.sh FILE...
 # Without cuobjdump (+ nvdisasm) it says SKIP and exits 0, or 1 with QK_REQUIRE_SASS=1.  Looks in
 # QK_CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, build/cuda-tools (scripts/install-deps.sh
 # puts NVIDIA's PyPI wheels there where the CUDA install has no cuobjdump).
 set -uo pipefail
 # QK_SASS_RULES="PATTERN:OPCODE ..." replaces the rules (the check's own test: a rule that must fail).
-read -r -a RULES <<<"${QK_SASS_RULES:-_Z10topk_fusedILi1E:HMMA _Z10topk_fusedILi2E:HGMMA}"
+read -r -a RULES <<<"${QK_SASS_RULES:-_Z10topk_fusedILi1E:HMMA _Z10topk_fusedILi2E:HGMMA _Z10topk_fusedILi3E:HGMMA _Z10topk_fusedILi3E:UTMALDG}"
 CO=${QK_CUOBJDUMP:-$(command -v cuobjdump || true)}
 for d in "${CUDA_HOME:-}/bin" /usr/local/cuda/bin; do
     [ -z "$CO" ] && [ -x "$d/cuobjdump" ] && CO=$d/cuobjdump

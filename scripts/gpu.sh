@@ -32,8 +32,11 @@
 #                           sanitizers on its small cases, qkscope static timed, bench_topk_gpu).
 #   scripts/gpu.sh fused    ON THE GPU MACHINE: only the fused top-k's checks (issue 15; one device call
 #                           of ~7 minutes: carry the bundle, timeout_s 480): SASS of the bundled
-#                           qkscope (HMMA in topk_fused<mma.sync>, HGMMA in topk_fused<wgmma>), the
-#                           topk_gpu suite's fused_* tests (mma.sync, then QK_FUSED_MMA=wgmma) and
+#                           qkscope (HMMA in topk_fused<mma.sync>, HGMMA in both wgmma flavours,
+#                           UTMALDG in the TMA one), the topk_gpu suite's fused_* tests (mma.sync,
+#                           seeded; with them the fused_flavour_* / fused_seeding_* tests, which run
+#                           every bf16 flavour seeded and not), then under QK_FUSED_MMA=wgmma (TMA),
+#                           wgmma-st and QK_FUSED_SEED=0, and
 #                           the whole suite with QK_BTK_PATH=fused, compute-sanitizer memcheck /
 #                           racecheck / synccheck on its small cases, qkscope static and run with the
 #                           fused kernel against the CPU backend (planted model; 2-layer random
@@ -469,8 +472,14 @@ fused_checks() {
         scripts/check_sass.sh "$BIN/qkscope"
     NOTE_FN=note_suite step suite_topk_fused 200 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 "$t" \
         --verbose --jobs 1 --filter 'topk_gpu/fused_*'
-    NOTE_FN=note_suite step suite_topk_fused_wgmma 120 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
-        QK_FUSED_MMA=wgmma "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_*'
+    # the other bf16 flavours and seeding off, through the tests that take the environment's (the
+    # fused_flavour_* / fused_seeding_* tests set flavour and seeding themselves: run above, once)
+    NOTE_FN=note_suite step suite_topk_fused_wgmma_tma 100 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        QK_FUSED_MMA=wgmma "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_!(flavour_*|seeding_*)'
+    NOTE_FN=note_suite step suite_topk_fused_wgmma_st 50 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        QK_FUSED_MMA=wgmma-st "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_@(awkward_*|nan_*)'
+    NOTE_FN=note_suite step suite_topk_fused_unseeded 60 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        QK_FUSED_SEED=0 "$t" --verbose --jobs 1 --filter 'topk_gpu/fused_@(awkward_*|nan_*|integer_*)'
     # the rest of the suite through the fused path (the fused_* tests take it whatever the path, above)
     NOTE_FN=note_suite step suite_topk_path_fused 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
         QK_BTK_PATH=fused "$t" --verbose --jobs 1 --filter '@(topk_gpu/!(fused_*)|run/planted_circuits_found_by_run_and_static)'
@@ -514,6 +523,7 @@ fused_sanitize() {
                 compute-sanitizer --tool $tool --error-exitcode 9 "$t" --jobs 1 \
                 --filter 'topk_gpu/@(small_shapes_every_k|integer_scores_equal_host_bit_for_bit)'
         done
+        # (QK_FUSED_MMA=wgmma: the TMA ring, its mbarriers and its tensor maps' zero fill)
         NOTE_FN=note_san step san_memcheck_fused_wgmma 45 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_BTK_PATH=fused \
             QK_FUSED_MMA=wgmma compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --jobs 1 \
             --filter 'topk_gpu/integer_scores_equal_host_bit_for_bit'

@@ -47,16 +47,52 @@ static QkBtk *fused_ctx(QkPrecision p) {
     return g_fused[p];
 }
 
+static QkBtk *g_flav[3][2];  // [bf16 flavour: mma, wgmma-st, wgmma][seeding off, on]
+static const char *flav_name[3] = {"mma", "wgmma-st", "wgmma"};
+
+// A bf16 context on the fused kernel's flavour f with seeding on or off, whatever the
+// environment says; NULL (after a log line) when the device lacks the flavour.
+static QkBtk *flavour_ctx(int f, int seed) {
+    ctx_for(QK_PREC_BF16);  // skips without a GPU
+    QkBtk **x = &g_flav[f][seed];
+    if (!*x) *x = qk_btk_create(0, QK_PREC_BF16, 0);
+    cr_assert(*x, "qk_btk_create(bf16): %s", qk_errmsg());
+    qk_btk_set_path(*x, 1);
+    const int runs = qk_btk_set_fused_mma(*x, flav_name[f]);
+    cr_assert(runs >= 0, "qk_btk_set_fused_mma(%s): %s", flav_name[f], qk_errmsg());
+    cr_assert_eq(qk_btk_set_fused_seed(*x, seed), 0, "qk_btk_set_fused_seed: %s", qk_errmsg());
+    if (!runs) {
+        fprintf(stderr, "topk_gpu: fused flavour %s: not on this device (mma.sync runs instead): not checked here\n", flav_name[f]);
+        return NULL;
+    }
+    return *x;
+}
+
+static QkBtk *g_fp32_seed[2];
+
+// An fp32 context on the fused kernel with seeding on or off, whatever the environment says.
+static QkBtk *fp32_ctx(int seed) {
+    ctx_for(QK_PREC_FP32);  // skips without a GPU
+    if (!g_fp32_seed[seed]) g_fp32_seed[seed] = qk_btk_create(0, QK_PREC_FP32, 0);
+    cr_assert(g_fp32_seed[seed], "qk_btk_create(fp32): %s", qk_errmsg());
+    qk_btk_set_path(g_fp32_seed[seed], 1);
+    cr_assert_eq(qk_btk_set_fused_seed(g_fp32_seed[seed], seed), 0, "qk_btk_set_fused_seed: %s", qk_errmsg());
+    return g_fp32_seed[seed];
+}
+
 static void fini(void) {
+    for (int s = 0; s < 2; s++) qk_btk_destroy(g_fp32_seed[s]), g_fp32_seed[s] = NULL;
     for (int p = 0; p < 3; p++) {
         qk_btk_destroy(g_ctx[p]), g_ctx[p] = NULL;
         qk_btk_destroy(g_fused[p]), g_fused[p] = NULL;
+        for (int s = 0; s < 2; s++) qk_btk_destroy(g_flav[p][s]), g_flav[p][s] = NULL;
     }
 }
 
-// One problem: batch x (U [n x r], a [n], V [M x r], c [M]), gates [M] (shared), opts.
+// One problem: batch x (U [n x r], a [n], V [M x r], c [M]), gates [M] (shared), opts; c shared
+// by the problems (c [0..M)) unless c_batched.
 typedef struct {
-    int batch, n, M, r;
+    int batch, n, M, r, c_batched;
     float *U, *a, *V, *c, *gates;
     QkTopkOpts o;
 } Prob;
@@ -100,7 +136,7 @@ static void run_host(const Prob *p, int both, Out *o) {
         QkTopkOpts h = p->o;
         if (both) h.bottom_idx = o->bidx + nk, h.bottom_val = o->bval + nk;
         cr_assert_eq(qk_topk(p->n, p->M, p->r, p->U + (size_t)b * p->n * p->r, p->r, p->a + (size_t)b * p->n,
-                             p->V + (size_t)b * p->M * p->r, p->c, &h, o->idx + nk, o->val + nk, o->cnt + (size_t)b * p->n),
+                             p->V + (size_t)b * p->M * p->r, p->c + (p->c_batched ? (size_t)b * p->M : 0), &h, o->idx + nk, o->val + nk, o->cnt + (size_t)b * p->n),
                      0, "qk_topk: %s", qk_errmsg());
     }
 }
@@ -109,14 +145,15 @@ static void run_host(const Prob *p, int both, Out *o) {
 static const char *path_name(const QkBtk *ctx) {
     const char *mma = getenv("QK_FUSED_MMA");
     if (!qk_btk_last_path(ctx, NULL)) return "btk_select";
-    return mma && !strcmp(mma, "wgmma") ? "topk_fused (wgmma if bf16 on sm_90)" : "topk_fused";
+    if (mma && !strcmp(mma, "wgmma")) return "topk_fused (wgmma+TMA if bf16 on sm_90)";
+    return mma && !strcmp(mma, "wgmma-st") ? "topk_fused (wgmma, stored operands, if bf16 on sm_90)" : "topk_fused";
 }
 
 static void run_dev(QkBtk *ctx, const Prob *p, int both, Out *o) {
     out_alloc(o, p);
     QkTopkOpts d = p->o;
     if (both) d.bottom_idx = o->bidx, d.bottom_val = o->bval;
-    QkBtkBatch bt = {p->batch, (long long)p->n * p->r, p->n, (long long)p->M * p->r, 0, 0};
+    QkBtkBatch bt = {p->batch, (long long)p->n * p->r, p->n, (long long)p->M * p->r, p->c_batched ? p->M : 0, 0};
     cr_assert_eq(qk_btk_run_host(ctx, &bt, p->n, p->M, p->r, p->U, p->r, p->a, p->V, p->c, &d, o->idx, o->val, o->cnt),
                  0, "qk_btk_run_host: %s", qk_errmsg());
     const char *path = getenv("QK_BTK_PATH"), *why = NULL;
@@ -140,9 +177,9 @@ static double dense(const Prob *p, int b, int i, int j, double *tol) {
     const float *u = p->U + ((size_t)b * p->n + i) * p->r, *v = p->V + ((size_t)b * p->M + j) * p->r;
     double d = 0, mag = 0;
     for (int t = 0; t < p->r; t++) d += (double)u[t] * v[t], mag += fabs((double)u[t] * v[t]);
-    const double a = p->a[(size_t)b * p->n + i];
-    *tol = 4e-6 * fabs(a) * mag * (1 + sqrt(p->r) / 4) + 1e-6 * fabs(p->c[j]) + 1e-30;
-    return a * d + p->c[j];
+    const double a = p->a[(size_t)b * p->n + i], cj = p->c[(p->c_batched ? (size_t)b * p->M : 0) + j];
+    *tol = 4e-6 * fabs(a) * mag * (1 + sqrt(p->r) / 4) + 1e-6 * fabs(cj) + 1e-30;
+    return a * d + cj;
 }
 
 static int in_set(const int32_t *s, int k, int32_t j) {
@@ -404,7 +441,9 @@ Test(topk_gpu, static_maps_backend_equals_host) {
 
 // ---------------------------------------------------------------------------------------------
 // The fused kernel (kernels/analysis/topk_fused_kernel.cuh), whatever QK_BTK_PATH says; its bf16
-// runs take the wgmma flavour with QK_FUSED_MMA=wgmma on a compute capability 9.0 device.
+// runs take the wgmma flavours with QK_FUSED_MMA=wgmma (TMA) or wgmma-st on a compute capability
+// 9.0 device, and seed their thresholds unless QK_FUSED_SEED=0 (the fused_flavour_* and
+// fused_seeding_* tests set both per context, whatever the environment says).
 
 // U and V rounded to bf16 in place: the host's fp32 top-k of these operands is then the exact
 // reference of a bf16 run, which differs from it only by the order of its fp32 accumulation.
@@ -527,4 +566,108 @@ Test(topk_gpu, fused_bf16_equals_gemm_path_gpt2_small, .timeout = 600) {
         prob_free(&p);
     }
     qk_btk_destroy(gemm);
+}
+
+// Integer operands (exact dot products in any order, fp32 or bf16), c in halves: exact ties
+// everywhere; the last third of V's rows (and their c) copies the first: duplicate columns.
+static void int_prob(Prob *p, int batch, int n, int M, int r, int k, uint64_t seed) {
+    prob_make(p, batch, n, M, r, k, seed);
+    TRng g = {seed + 1};
+    p->c_batched = batch > 1;
+    for (size_t x = 0; x < (size_t)batch * n * r; x++) p->U[x] = (float)trng_int(&g, -2, 2);
+    for (size_t x = 0; x < (size_t)batch * M * r; x++) p->V[x] = (float)trng_int(&g, -2, 2);
+    for (size_t x = 0; x < (size_t)batch * M; x++) p->c[x] = (float)trng_int(&g, -6, 6) * 0.5f;
+    const int dup = M / 3;
+    for (int b = 0; b < batch; b++)
+        for (int j = M - dup; j < M; j++) {
+            memcpy(p->V + ((size_t)b * M + j) * r, p->V + ((size_t)b * M + j - (M - dup)) * r, sizeof(float) * r);
+            p->c[(size_t)b * M + j] = p->c[(size_t)b * M + j - (M - dup)];
+        }
+}
+
+// The awkward shapes of the seeding and flavour checks: batch, n, M, r, k (M not a multiple of the
+// tile, M just past it, n = 1, k = 1 and 64, r = 16 .. 768, batches with their own c).
+static const int seed_shapes[][5] = {{1, 1, 4099, 64, 64}, {1, 130, 777, 64, 1}, {1, 65, 65, 768, 64},
+                                     {3, 50, 3000, 64, 32}, {1, 64, 2000, 768, 32}, {2, 70, 200, 16, 33}};
+#define N_SEED_SHAPES (int)(sizeof seed_shapes / sizeof seed_shapes[0])
+
+// Every activation of problem p on ctx against the host, bit for bit (integer scores).
+static void flavour_equals_host(QkBtk *ctx, Prob *p, const char *what) {
+    static const QkTopkAct acts[3] = {QK_TOPK_PLAIN, QK_TOPK_RELU, QK_TOPK_GATED};
+    for (int v = 0; v < 6; v++) {
+        p->o.act = acts[v < 3 ? v : 0], p->o.bottom = v == 3, p->o.gates = v == 2 ? p->gates : NULL;
+        const int both = v == 4;
+        float *keep = NULL;
+        if (v == 5) {  // ReLU with every score negative: count 0, the k largest (negative) indices
+            p->o.act = QK_TOPK_RELU;
+            keep = qk_malloc(sizeof(float) * p->batch * p->M);
+            memcpy(keep, p->c, sizeof(float) * p->batch * p->M);
+            for (int j = 0; j < p->batch * p->M; j++) p->c[j] = -1000.0f + p->c[j];
+        }
+        Out h, d;
+        run_host(p, both, &h);
+        run_dev(ctx, p, both, &d);
+        cr_assert(qk_btk_last_path(ctx, NULL), "%s: the fused kernel declined", what);
+        char name[256];
+        snprintf(name, sizeof name, "%s [batch %d n %d M %d r %d k %d] act %d bottom %d both %d", what, p->batch, p->n, p->M,
+                 p->r, p->o.k, (int)p->o.act, p->o.bottom, both);
+        expect_identical(name, p, &h, &d, both);
+        out_free(&h), out_free(&d);
+        if (keep) memcpy(p->c, keep, sizeof(float) * p->batch * p->M), free(keep);
+    }
+    p->o.act = QK_TOPK_PLAIN, p->o.bottom = 0, p->o.gates = NULL;
+}
+
+// Every bf16 flavour (mma.sync, wgmma with stored operands, wgmma fed by TMA), seeded and not,
+// equals the host bit for bit on integer scores with exact ties and duplicate columns, at the
+// awkward shapes: the TMA boxes' zero fill (n, M and r tails), the seed tile's gather and skip
+// mask, the ring's phases over thousands of tiles.
+Test(topk_gpu, fused_flavour_every_bf16_kernel_seeded_or_not_equals_host, .timeout = 600) {
+    for (int f = 0; f < 3; f++)
+        for (int seed = 0; seed < 2; seed++) {
+            QkBtk *ctx = flavour_ctx(f, seed);
+            if (!ctx) continue;
+            for (int s = 0; s < N_SEED_SHAPES; s++) {
+                const int *z = seed_shapes[s];
+                Prob p;
+                int_prob(&p, z[0], z[1], z[2], z[3], z[4], 700 + s);
+                char what[96];
+                snprintf(what, sizeof what, "topk_fused bf16 flavour %s seeding %d, integer scores", flav_name[f], seed);
+                flavour_equals_host(ctx, &p, what);
+                prob_free(&p);
+            }
+        }
+}
+
+// Seeding changes which scores survive, never the output: seeded and unseeded runs of every flavour
+// give the same bits on random operands (fp32 and bf16), and the seeded one stands against the
+// host as check_fused wants.
+Test(topk_gpu, fused_seeding_on_and_off_identical, .timeout = 600) {
+    for (int s = 0; s < N_SEED_SHAPES; s++) {
+        const int *z = seed_shapes[s];
+        Prob p;
+        prob_make(&p, z[0], z[1], z[2], z[3], z[4], 800 + s);
+        p.c_batched = z[0] > 1;
+        prob_round_bf16(&p);
+        for (int f = -1; f < 3; f++) {  // -1: fp32
+            QkBtk *on = f < 0 ? fp32_ctx(1) : flavour_ctx(f, 1), *off = f < 0 ? fp32_ctx(0) : flavour_ctx(f, 0);
+            if (!on) continue;
+            for (int v = 0; v < 3; v++) {  // top, top + bottom, bottom
+                p.o.bottom = v == 2;
+                Out a, b;
+                run_dev(on, &p, v == 1, &a);
+                run_dev(off, &p, v == 1, &b);
+                cr_assert(qk_btk_last_path(on, NULL) && qk_btk_last_path(off, NULL), "the fused kernel declined");
+                char what[200];
+                snprintf(what, sizeof what, "topk_fused %s seeded vs unseeded [batch %d n %d M %d r %d k %d] bottom %d both %d",
+                         f < 0 ? "fp32" : flav_name[f], p.batch, p.n, p.M, p.r, p.o.k, p.o.bottom, v == 1);
+                expect_identical(what, &p, &a, &b, v == 1);
+                out_free(&a), out_free(&b);
+            }
+            p.o.bottom = 0;
+        }
+        check_fused("seeded", &p, QK_PREC_BF16, 1);
+        check_fused("seeded", &p, QK_PREC_FP32, 0);
+        prob_free(&p);
+    }
 }

@@ -216,6 +216,12 @@ struct QkBtk {
     size_t act_cap;
     __nv_bfloat16 *ubf, *vbf;
     size_t ubf_cap, vbf_cap;
+    // The fused path's configuration (QK_FUSED_MMA, QK_FUSED_SEED, the device's limits), read once,
+    // at its first use (fused_config); its seed-list scratch, grown on demand.
+    QkFusedConfig fz;
+    int fz_ready;
+    int32_t *seeds;
+    size_t seeds_cap;
 };
 
 static int oom(cudaError_t e, size_t bytes, const char *what) {
@@ -379,7 +385,7 @@ extern "C" void qk_btk_destroy(QkBtk *b) {
     if (!b) return;
     cudaSetDevice(b->device);
     if (b->stream) cudaStreamSynchronize(b->stream);  // the caller's stream too: nothing in flight on what is freed
-    void *p[] = {b->ws, b->S, b->q, b->qb, b->act, b->ubf, b->vbf};
+    void *p[] = {b->ws, b->S, b->q, b->qb, b->act, b->ubf, b->vbf, b->seeds};
     for (size_t t = 0; t < sizeof p / sizeof p[0]; t++) cudaFree(p[t]);
     if (b->desc) cublasLtMatmulDescDestroy(b->desc);
     if (b->lt) cublasLtDestroy(b->lt);
@@ -436,6 +442,32 @@ static int check_args(const QkBtkBatch *bt, int n, int M, int r, const float *U,
     return 0;
 }
 
+// The fused path's configuration, read at its first use; NULL with qk_errmsg() set on a bad
+// environment value or a failed device query.
+static const QkFusedConfig *fused_config(QkBtk *b) {
+    if (!b->fz_ready) {
+        if (qk_fused_config(&b->fz, b->device)) return NULL;
+        b->fz_ready = 1;
+    }
+    return &b->fz;
+}
+
+extern "C" int qk_btk_set_fused_mma(QkBtk *b, const char *name) {
+    QkFusedMma m;
+    if (qk_fused_mma_parse(name, &m)) return qk_err("qk_btk_set_fused_mma: %s: expected mma, wgmma-st or wgmma", name);
+    CUDA_TRYF(cudaSetDevice(b->device), "the fused kernel's configuration");
+    if (!fused_config(b)) return -1;
+    b->fz.mma = m;
+    return qk_fused_mma_used(&b->fz) == m;
+}
+
+extern "C" int qk_btk_set_fused_seed(QkBtk *b, int on) {
+    CUDA_TRYF(cudaSetDevice(b->device), "the fused kernel's configuration");
+    if (!fused_config(b)) return -1;
+    b->fz.seed = on != 0;
+    return 0;
+}
+
 // Waits for the run on the context's stream; an asynchronous error named with the run's shape.
 // On the caller's stream (qk_btk_use_stream) nothing waits: the caller's next wait reports it.
 static int btk_finish(QkBtk *b, const char *shape) {
@@ -481,13 +513,17 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
         Ug = b->ubf, Vg = b->vbf, ldb = r, sUg = (long long)n * r, sVg = (long long)M * r;
     }
     if (b->fused) {  // the fused kernel where it takes the problem (QK_BTK_PATH, qk_btk_set_path)
-        const QkFusedArgs f = {b->prec == QK_PREC_BF16, Ug, Vg, ldb, sUg, sVg, batch > 1 ? bt->a : 0,
-                               batch > 1 ? bt->c : 0, batch > 1 ? bt->gates : 0, a, c, o->gates, o->gate, batch, n, M,
-                               r, o->k, o->bottom, o->act, idx, count, o->bottom_idx, val, o->bottom_val};
+        QkFusedArgs f = {b->prec == QK_PREC_BF16, Ug, Vg, ldb, sUg, sVg, batch > 1 ? bt->a : 0,
+                         batch > 1 ? bt->c : 0, batch > 1 ? bt->gates : 0, a, c, o->gates, o->gate, batch, n, M,
+                         r, o->k, o->bottom, o->act, idx, count, o->bottom_idx, val, o->bottom_val, NULL};
+        const QkFusedConfig *cfg = fused_config(b);
+        if (!cfg) return -1;
         const char *why = "no TF32 variant";
-        if (b->prec != QK_PREC_TF32 && qk_fused_supported(&f, b->device, &why)) {
+        if (b->prec != QK_PREC_TF32 && qk_fused_supported(&f, cfg, &why)) {
+            if (cfg->seed && c && GROW(b, seeds, qk_fused_seed_bytes(batch), "the fused kernel's seed lists")) return -1;
+            f.seeds = b->seeds;
             b->last_fused = 1, b->last_why = NULL;
-            if (qk_fused_launch(&f, b->stream, b->sync_each)) return -1;
+            if (qk_fused_launch(&f, cfg, b->stream, b->sync_each)) return -1;
             return btk_finish(b, shape);
         }
         b->last_why = why;

@@ -19,6 +19,14 @@
 //            registers takes exactly the tile's keys >= kth (pthr = kth - 1).  Every key of the
 //            true top-k of T U tile is >= kth (kth is the k-th of a subset), so none is missed, and
 //            none is taken twice (T holds columns of earlier tiles only).
+// Seeding (topk_fused.h, QK_FUSED_SEED): before the walk a block scores a seed tile, the (at most)
+// QK_FSEL_SEEDS columns with the best c_j (seed keys: c_j in the walk's order, ties by lower index,
+// NaN never), sorted by column index, and offers it as its first tile, so T and thr start at the
+// seeds' best instead of EMPTY.  The walk then SKIPS every seed column (the tile's mask,
+// qk_fsel_seed_mask): each column is offered exactly once, so the argument above holds as is (the
+// seed tile is one more tile, in front) and the result is the unseeded one, ties included; only
+// the number of survivors changes.
+//
 // A rescan raises the bar strictly: its queue holds qcap >= k + 1 distinct keys >= kth, so at
 // least k of them are > kth, and the next kth is > kth.  qcap >= BN: the first tile (thr EMPTY,
 // every key passes) never overflows.
@@ -75,3 +83,33 @@ QK_HD float qk_fsel_bar_value(uint64_t bar) {
 
 // 0 only when sv's key cannot be above the bar whose value is bv (NaN scores never pass).
 QK_HD int qk_fsel_may_pass(float sv, float bv) { return sv >= bv; }
+
+#define QK_FSEL_SEEDS 64            // seed columns per problem: one tile
+#define QK_FSEL_NOSEED 0x7fffffff   // an unused slot of a seed list: above every column index
+
+// The key under which column j competes for a seed slot: c_j in the order of the top queue
+// (sign -1 for bottom), lower index first among equals; EMPTY (never a seed) for NaN.
+QK_HD uint64_t qk_fsel_seed_key(float cj, int32_t j, float sign) { return qk_sel_key(cj, j, sign, 0, 0.0f); }
+
+// Where seed key keys[x] goes in the column-sorted list: how many of the n keys (distinct
+// columns, EMPTY = no seed) have a lower column.  -1 for EMPTY.
+QK_HD int qk_fsel_seed_rank(const uint64_t *keys, int n, int x) {
+    if (keys[x] == QK_SEL_EMPTY) return -1;
+    const int32_t jx = qk_sel_unpack_i(keys[x]);
+    int rank = 0;
+    for (int y = 0; y < n; y++) rank += keys[y] != QK_SEL_EMPTY && qk_sel_unpack_i(keys[y]) < jx;
+    return rank;
+}
+
+// The seeded columns of tile [j0, j0 + BN) as bits (bit e: column j0 + e), from seeds
+// [QK_FSEL_SEEDS] sorted ascending, padded with QK_FSEL_NOSEED; *sp is the first seed not yet
+// consumed and advances past this tile's.  Tiles must come in increasing j0 (the walk's order),
+// so every seed left is >= j0; j0 + BN must not overflow (M <= INT_MAX - BN).
+QK_HD uint64_t qk_fsel_seed_mask(const int32_t *seeds, int *sp, int j0) {
+    uint64_t m = 0;
+    while (*sp < QK_FSEL_SEEDS && seeds[*sp] < j0 + QK_FSEL_BN) m |= 1ull << (seeds[*sp] - j0), ++*sp;
+    return m;
+}
+
+// Whether the walk offers column j0 + e of a tile: inside the problem and not a seed.
+QK_HD int qk_fsel_walk_col(int j0, int e, int M, uint64_t seeded) { return j0 + e < M && !((seeded >> e) & 1u); }
