@@ -83,6 +83,14 @@ void qk_btk_use_stream(QkBtk *b, void *stream) { (void)b, (void)stream; }
 // Unreachable without a context; here so that callers link in a CPU-only build.
 QkPrecision qk_btk_precision(const QkBtk *b) { return (void)b, QK_PREC_FP32; }
 void qk_btk_set_path(QkBtk *b, int fused) { (void)b, (void)fused; }
+int qk_btk_set_fused_mma(QkBtk *b, const char *name) {
+    (void)b, (void)name;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
+int qk_btk_set_fused_seed(QkBtk *b, int on) {
+    (void)b, (void)on;
+    return qk_err("this build has no CUDA backend (built with CUDA=0)");
+}
 int qk_btk_last_path(const QkBtk *b, const char **why) {
     if (why) *why = "this build has no CUDA backend (built with CUDA=0)";
     return (void)b, 0;
