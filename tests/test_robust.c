@@ -34,7 +34,11 @@ static char *write_config(const char *extra) {
 // The backend a test's run uses: QK_BACKEND (make test-gpu, scripts/gpu.sh: cuda), else the CPU.
 static const char *run_backend(void) {
     const char *b = getenv("QK_BACKEND");
-    return b && *b ? b : "cpu";
+    b = b && *b ? b : "cpu";
+    char why[256] = "";
+    if (!strcmp(b, "cuda") && qk_cuda_probe(why, sizeof why) < 1)
+        cr_skip_test("QK_BACKEND=cuda: no usable CUDA device (%s)", why);
+    return b;
 }
 
 // Runs `cmd` (stderr to DIR/err.txt) and checks: exit status `code`, stderr one line holding
