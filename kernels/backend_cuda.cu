@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host_pinned.cuh"
 #include "model/forward.cuh"
 extern "C" {  // C headers (gpt2.h among them): C linkage whichever includes them first
 #include "analysis/analysis_cuda.h"
@@ -687,21 +688,9 @@ extern "C" int qk_cuda_probe(char *why, int why_len) {
 // Page-locked host memory for the activation cache: device-to-host copies at full bus speed,
 // and asynchronous copies possible.  When the driver refuses (locked-memory limits), ordinary
 // memory still works, only slower; cudaPointerGetAttributes tells the two apart at free.
-static void *cuda_host_alloc(void *, size_t bytes) {
-    void *p = NULL;
-    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess) return p;
-    (void)cudaGetLastError();
-    return qk_malloc_aligned(bytes);
-}
+static void *cuda_host_alloc(void *, size_t bytes) { return qk_pinned_alloc(bytes, NULL); }
 
-static void cuda_host_free(void *, void *p) {
-    cudaPointerAttributes at;
-    if (cudaPointerGetAttributes(&at, p) == cudaSuccess && at.type == cudaMemoryTypeHost) cudaFreeHost(p);
-    else {
-        (void)cudaGetLastError();
-        free(p);
-    }
-}
+static void cuda_host_free(void *, void *p) { qk_pinned_free(p); }
 
 static void cuda_destroy(QkBackend *be) {
     CudaCtx *ctx = (CudaCtx *)be->ctx;

@@ -44,6 +44,7 @@
 
 #include "analysis/analysis_math.h"
 #include "cuda_try.h"
+#include "host_pinned.cuh"
 
 extern "C" {
 #include "analysis/analysis_cuda.h"
@@ -389,7 +390,7 @@ struct BatchSlot {
     HeadRecords *rec;        // (L*H) recorded heads' records (arrays in the page-locked block)
     int32_t *vlen;           // (max_batch) the batch's valid lengths, page-locked
     void *block;             // the page-locked block carved into ph's, rec's and vlen's arrays
-    int block_pinned;        // 0: cudaHostAlloc refused, ordinary memory (copies staged, slower)
+    int block_pinned;        // 0: ordinary memory (host_pinned.cuh; no CUDA graph may copy into it)
     cudaEvent_t *ev;         // (L, 3): layer l's start, its SAE code done, its heads done
     cudaEvent_t done;        // every download of the batch landed
 };
@@ -412,6 +413,7 @@ struct QkAnaCuda {
     AnalysisPlan p;
     int device, defer, L, H, C, dh, T, Nmax, S_max, es_max, P;
     int lag;                      // batches taken by the host one call late (defer, unless QK_CUDA_PIPELINE=0)
+    int last;                     // the last layer with an SAE
     QkBtk *btk;
     cudaStream_t st;
     int sync_each;
@@ -520,8 +522,7 @@ static QkTopkOpts sae_opts(const LayerDev *ld, int slots) {
 }
 
 static void slot_free(BatchSlot *s, int L) {
-    if (s->block_pinned) cudaFreeHost(s->block);
-    else free(s->block);
+    qk_pinned_free(s->block);
     for (int e = 0; s->ev && e < 3 * L; e++)
         if (s->ev[e]) cudaEventDestroy(s->ev[e]);
     if (s->done) cudaEventDestroy(s->done);
@@ -702,16 +703,6 @@ static void slot_carve(const QkAnaCuda *a, BatchSlot *s, char *base, size_t *off
 }
 #undef CARVE
 
-// Page-locked host memory (device-to-host copies asynchronous, at bus speed); where the driver
-// refuses it (locked-memory limits), ordinary memory: the copies still land, staged and slower.
-static void *host_block(size_t bytes, int *pinned) {
-    void *p = NULL;
-    *pinned = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess;
-    if (*pinned) return p;
-    (void)cudaGetLastError();
-    return qk_malloc(bytes ? bytes : 1);
-}
-
 // The two batch slots (BatchSlot) and the layers' head views.
 static int open_slots(QkAnaCuda *a) {
     const int LH = a->L * a->H;
@@ -732,7 +723,7 @@ static int open_slots(QkAnaCuda *a) {
         s->ev = (cudaEvent_t *)qk_calloc(3 * (size_t)a->L, sizeof(cudaEvent_t));
         size_t bytes = 0;
         slot_carve(a, s, NULL, &bytes);
-        s->block = host_block(bytes, &s->block_pinned);
+        s->block = qk_pinned_alloc(bytes, &s->block_pinned);
         if (!s->block_pinned) a->graphs = 0;  // a graph cannot capture a copy to ordinary memory
         size_t off = 0;
         slot_carve(a, s, (char *)s->block, &off);
@@ -827,6 +818,7 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
         }
         a->S_max = S > a->S_max ? S : a->S_max;
         a->es_max = es > a->es_max ? es : a->es_max;
+        a->last = l;
     }
     if (cudaSetDevice(device) != cudaSuccess || cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking) != cudaSuccess) {
         qk_err("qk_ana_cuda_open: device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
@@ -1173,9 +1165,7 @@ static int layer_enqueue(QkAnaCuda *a, BatchSlot *s, int l, const QkAnaLayerActs
     }
     if (s->agg && layer_aggregates(a, s, l, N, with_valid)) return -1;
     CUDA_TRY(cudaEventRecord(ev[2], a->st));
-    int any = 0;
-    for (int h = 0; h < H; h++) any |= s->emit && p->recorded[l * H + h];
-    if (!any) return 0;
+    if (!s->emit || !a->lay[l].any_rec) return 0;
     CUDA_TRY(cudaEventRecord(a->heads_done[l], a->st));
     CUDA_TRY(cudaStreamWaitEvent(a->cst, a->heads_done[l], 0));
     for (int h = 0; h < H; h++) {
@@ -1247,7 +1237,7 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     CUDA_TRY(cudaSetDevice(a->device));
     // The layers' views and the slot's staging are rewritten below: the batch before must be past
     // its last reader of them (in the backend it is: the forward of this batch waited for it).
-    if (a->acts_recorded) CUDA_TRY(cudaEventSynchronize(a->acts_free));
+    if (qk_ana_cuda_acts_wait(a)) return -1;
     BatchSlot *s = &a->slot[a->cur];
     if (s->pending && slot_finish(a, s)) return -1;  // (never: the batch before it was finished by the last call)
     const int N = B * a->T;
@@ -1258,12 +1248,9 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
         memcpy(s->vlen, valid_len, sizeof(int32_t) * B);
         CUDA_TRY(cudaMemcpyAsync(a->vlen, s->vlen, sizeof(int32_t) * B, cudaMemcpyHostToDevice, a->st));
     }
-    int last = -1;
-    for (int l = 0; l < a->L; l++)
-        if (p->sae[l]) last = l;
     int copying = -1;
-    for (int l = 0; l <= last; l++)
-        if (p->sae[l] && layer_enqueue(a, s, l, &acts[l], N, valid_len != NULL, l == last, &copying)) return -1;
+    for (int l = 0; l <= a->last; l++)
+        if (p->sae[l] && layer_enqueue(a, s, l, &acts[l], N, valid_len != NULL, l == a->last, &copying)) return -1;
     if (copying >= 0) CUDA_TRY(cudaStreamWaitEvent(a->st, a->copied[copying], 0));
     CUDA_TRY(cudaEventRecord(s->done, a->st));
     s->pending = 1;
