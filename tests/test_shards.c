@@ -218,6 +218,52 @@ Test(shards, merge_refuses_unfinished_and_foreign_shards, .timeout = 120) {
     cr_expect(!qk_file_exists(p));
 }
 
+// Replaces shard 0's summary/head_index with `n` int32 values v[0..n).
+static void rewrite_head_index(const char *dir, const int32_t *v, hsize_t n) {
+    char p[800];
+    snprintf(p, sizeof p, "%s/shard-000000.h5", dir);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0, "%s", p);
+    cr_assert_geq(H5Ldelete(f, "summary/head_index", H5P_DEFAULT), 0);
+    hid_t sp = H5Screate_simple(1, &n, NULL);
+    hid_t d = H5Dcreate2(f, "summary/head_index", H5T_NATIVE_INT32, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    cr_assert_geq(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), 0);
+    H5Dclose(d), H5Sclose(sp), H5Fclose(f);
+}
+
+// Merge reads the heads of shard 0's summary (head_layer, head_index) as untrusted input: longer
+// than head_layer, or naming no head, is one line naming the file and the dataset, and no output.
+Test(shards, merge_refuses_a_summary_that_names_no_head, .timeout = 120) {
+    char cmd[4096], p[700], out[700];
+    snprintf(cmd, sizeof cmd, QK_BIN " run -q %s -o %s/c", g_cfg, g_dir);
+    cr_assert_eq(sh(cmd), 0);
+    snprintf(p, sizeof p, "%s/c", g_dir);
+    snprintf(out, sizeof out, "%s/m.h5", g_dir);
+    int32_t v[64];
+    for (int i = 0; i < 64; i++) v[i] = i % 4;
+    const struct {
+        hsize_t n;
+        int32_t first;
+        const char *says;
+    } cases[] = {{64, 0, "summary/head_index has 64 entries, summary/head_layer 8"},
+                 {8, -1, "head 0.-1 is not a head"},
+                 {8, 5000, "head 0.5000 is not a head"},
+                 {8, 1, "head 0.1 listed twice"}};
+    for (int c = 0; c < 4; c++) {
+        v[0] = cases[c].first;
+        rewrite_head_index(p, v, cases[c].n);
+        snprintf(cmd, sizeof cmd, "! " QK_BIN " merge %s -o %s 2> %s/err.txt", p, out, g_dir);
+        cr_assert_eq(sh(cmd), 0, "case %d: merge did not fail", c);
+        char e[700];
+        snprintf(e, sizeof e, "%s/err.txt", g_dir);
+        char *err = qk_read_file(e, NULL);
+        cr_expect(strstr(err, "shard-000000.h5") && strstr(err, cases[c].says), "case %d: %s", c, err);
+        cr_expect(!strchr(err, '\n') || !strchr(strchr(err, '\n') + 1, '\n'), "case %d: more than one line: %s", c, err);
+        free(err);
+        cr_expect(!qk_file_exists(out), "case %d: %s written", c, out);
+    }
+}
+
 // A full disk (a 1 MiB tmpfs): one clear line naming the file, exit 1, nothing that looks complete.
 Test(shards, disk_full_is_a_clear_error, .timeout = 120) {
     char mnt[600], cmd[8192];

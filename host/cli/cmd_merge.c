@@ -171,7 +171,7 @@ typedef struct {
 static int make_vds(VisitCtx *v, const char *name) {
     const Shards *s = v->s;
     hid_t d0 = H5Dopen2(s->file[0], name, H5P_DEFAULT), sp0 = H5Dget_space(d0), type = H5Dget_type(d0);
-    hsize_t dims[8], maxd[8];
+    hsize_t dims[H5S_MAX_RANK], maxd[H5S_MAX_RANK];
     int nd = H5Sget_simple_extent_dims(sp0, dims, maxd);
     if (maxd[0] != H5S_UNLIMITED) {  // not per-window data
         H5Tclose(type), H5Sclose(sp0), H5Dclose(d0);
@@ -179,12 +179,12 @@ static int make_vds(VisitCtx *v, const char *name) {
     }
     dims[0] = (hsize_t)s->total_windows;
     hid_t vspace = H5Screate_simple(nd, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    hsize_t start[8] = {0}, count[8];
+    hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
     for (int i = 0; i < s->n; i++) {
         hid_t di = H5Dopen2(s->file[i], name, H5P_DEFAULT);
         if (di < 0) return qk_err("%s: dataset '%s' missing", s->path[i], name);
         hid_t spi = H5Dget_space(di);
-        hsize_t di_dims[8];
+        hsize_t di_dims[H5S_MAX_RANK];
         H5Sget_simple_extent_dims(spi, di_dims, NULL);
         for (int k = 0; k < nd; k++) count[k] = k ? dims[k] : di_dims[0];
         H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start, NULL, count, NULL);
@@ -251,29 +251,42 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
 static int merge_aggregates(const Shards *s, QkH5Out *out) {
     hid_t f0 = s->file[0];
     int L = 0, H = 0, rc = 0;
-    {  // the heads: summary/head_layer and head_index of shard 0
-        hid_t dl = H5Dopen2(f0, "summary/head_layer", H5P_DEFAULT);
-        if (dl < 0) return qk_err("%s: summary/head_layer missing", s->path[0]);
-        hid_t sp = H5Dget_space(dl);
-        int nh = (int)H5Sget_simple_extent_npoints(sp);
-        H5Sclose(sp);
-        int32_t *hl = qk_malloc(4 * (nh + 1)), *hh = qk_malloc(4 * (nh + 1));
-        H5Dread(dl, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, hl);
-        H5Dclose(dl);
-        hid_t dh = H5Dopen2(f0, "summary/head_index", H5P_DEFAULT);
-        H5Dread(dh, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, hh);
-        H5Dclose(dh);
-        for (int i = 0; i < nh; i++) L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
+    {  // the heads: summary/head_layer and head_index of shard 0 (qk_h5_read_all: read checked)
+        int64_t nh = 0, nh2 = 0;
+        int32_t *hl = qk_h5_read_all(f0, s->path[0], "summary/head_layer", H5T_NATIVE_INT32, 4, NULL, NULL, &nh);
+        int32_t *hh = hl ? qk_h5_read_all(f0, s->path[0], "summary/head_index", H5T_NATIVE_INT32, 4, NULL, NULL, &nh2) : NULL;
+        if (!hh) return free(hl), -1;
+        if (nh2 != nh) rc = qk_err("%s: summary/head_index has %lld entries, summary/head_layer %lld", s->path[0],
+                                   (long long)nh2, (long long)nh);
+        for (int64_t i = 0; i < nh && !rc; i++) {  // within gpt2.h's caps on n_layer and n_head
+            if (hl[i] < 0 || hl[i] >= 1024 || hh[i] < 0 || hh[i] >= 4096)
+                rc = qk_err("%s: summary/head_layer, head_index [%lld]: head %d.%d is not a head", s->path[0],
+                            (long long)i, hl[i], hh[i]);
+            L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
+        }
+        if (rc) return free(hl), free(hh), -1;
         HeadAggregates *agg = qk_calloc((size_t)L * H, sizeof(HeadAggregates));
         const HeadAggregates **ptr = qk_calloc((size_t)L * H, sizeof(HeadAggregates *));
         for (int i = 0; i < nh && !rc; i++) {
             char g[64];
             snprintf(g, sizeof g, "aggregates/%d.%d", hl[i], hh[i]);
+            if (ptr[hl[i] * H + hh[i]]) {
+                rc = qk_err("%s: summary/head_layer, head_index: head %d.%d listed twice", s->path[0], hl[i], hh[i]);
+                break;
+            }
+            if (H5Lexists(f0, g, H5P_DEFAULT) <= 0) {
+                rc = qk_err("%s: group %s (summary/ lists its head) is missing", s->path[0], g);
+                break;
+            }
             hid_t grp = H5Gopen2(f0, g, H5P_DEFAULT), dm = H5Dopen2(grp, "query_marginal", H5P_DEFAULT);
             hid_t msp = H5Dget_space(dm);
             int m = (int)H5Sget_simple_extent_npoints(msp);
             int cap = (int)qk_h5_attr_read_int(grp, "sketch_capacity");
             H5Sclose(msp), H5Dclose(dm), H5Gclose(grp);
+            if (m < 1) {
+                rc = qk_err("%s: %s/query_marginal is missing or empty", s->path[0], g);
+                break;
+            }
             HeadAggregates *a = &agg[hl[i] * H + hh[i]];
             head_agg_init(a, m, cap > 0 ? cap : 1);
             ptr[hl[i] * H + hh[i]] = a;

@@ -54,7 +54,7 @@ double qk_probe_static_match(const char *static_path, int layer, int head, const
     char name[64];
     snprintf(name, sizeof name, "static/%d.%d/q2k_idx", layer, head);
     int nd;
-    hsize_t dims[8];
+    hsize_t dims[H5S_MAX_RANK];
     int64_t *q2k = qk_h5_read_all(f, static_path, name, H5T_NATIVE_INT64, 8, &nd, dims, NULL);
     H5Fclose(f);
     if (!q2k) return -1;
@@ -150,7 +150,7 @@ static int induction_pairs(hid_t f, const char *run, QkProbeHead *h, const QkLab
     snprintf(b, sizeof b, "aggregates/%d.%d/pairs_key_feature", h->layer, h->head);
     snprintf(c, sizeof c, "aggregates/%d.%d/pairs_weight", h->layer, h->head);
     int nd;
-    hsize_t da[8], db[8], dc[8];
+    hsize_t da[H5S_MAX_RANK], db[H5S_MAX_RANK], dc[H5S_MAX_RANK];
     int64_t *pf = qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, da, NULL);
     int64_t *pg = pf ? qk_h5_read_all(f, run, b, H5T_NATIVE_INT64, 8, &nd, db, NULL) : NULL;
     double *pw = pg ? qk_h5_read_all(f, run, c, H5T_NATIVE_DOUBLE, 8, &nd, dc, NULL) : NULL;
@@ -180,7 +180,7 @@ static int induction_tokens(hid_t f, const char *run, QkProbeHead *h, int window
     char a[96];
     snprintf(a, sizeof a, "heads/%d.%d/attended_pos", h->layer, h->head);
     int nd;
-    hsize_t d[8];
+    hsize_t d[H5S_MAX_RANK];
     int32_t *pos = qk_h5_read_all(f, run, a, H5T_NATIVE_INT32, 4, &nd, d, NULL);
     if (!pos) return -1;
     int A = (int)d[2];
@@ -197,7 +197,7 @@ static int ioi_head(hid_t f, const char *run, QkProbeHead *h, const cJSON *promp
                     const char *probe_json) {
     char a[96];
     int nd;
-    hsize_t d[8], dp[8];
+    hsize_t d[H5S_MAX_RANK], dp[H5S_MAX_RANK];
     snprintf(a, sizeof a, "heads/%d.%d/attended_pos", h->layer, h->head);
     int32_t *pos = qk_h5_read_all(f, run, a, H5T_NATIVE_INT32, 4, &nd, d, NULL);
     snprintf(a, sizeof a, "heads/%d.%d/attended_weight", h->layer, h->head);
@@ -297,7 +297,7 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
             rc = qk_err("%s: not a qkscope-run file (root attributes format, heads, recorded_heads)", o->run);
     }
     int nd, T = 0, W = 0;
-    hsize_t dt[8];
+    hsize_t dt[H5S_MAX_RANK];
     int32_t *tok = rc ? NULL : qk_h5_read_all(f, o->run, "tokens", H5T_NATIVE_INT32, 4, &nd, dt, NULL);
     if (!rc && !tok) rc = -1;
     if (!rc) W = (int)dt[0], T = (int)dt[1], rc = check_windows(o->run, tok, W, T, o->probe, bos, &windows);
