@@ -22,13 +22,13 @@ static void cpu_destroy(QkBackend *be) { free(be); }
 // aggregates for each batch (moved in and back), so they see every batch in order.
 typedef struct {
     QkAnalysis *host;
-    int n, T, max_batch;   // L*H, tokens per window, windows per batch
-    const GPT2Config *cfg;
-    const uint8_t *analysed;
+    AnalysisPlan p;        // the plan (a copy; what it points to is the caller's)
+    int n;                 // L*H
     HeadAggregates *held;  // (n) dense fields only (analysed heads)
+    int held_dirty;        // a batch added to held since the last flush
     // the batch held back (its own copies: the caller's buffers change by the next call)
     int pending, B, has_valid;
-    int32_t *tokens, *valid;  // (max_batch, T), (max_batch)
+    int32_t *tokens, *valid;  // (p.max_batch, p.T), (p.max_batch)
     HeadAggregates *agg;
     QkRecordsFn emit;
     void *emit_ctx;
@@ -39,7 +39,7 @@ static QkAnalysis *defer_open(QkBackend *be, const AnalysisPlan *p) {
     const GPT2Config *c = &p->model->cfg;
     DeferAnalysis *d = qk_calloc(1, sizeof *d);
     if (!(d->host = qk_analysis_host_open(be, p))) return free(d), NULL;
-    d->n = c->n_layer * c->n_head, d->T = p->T, d->max_batch = p->max_batch, d->cfg = c, d->analysed = p->analysed;
+    d->p = *p, d->n = c->n_layer * c->n_head;
     d->held = qk_calloc(d->n, sizeof(HeadAggregates));
     for (int i = 0; i < d->n; i++)
         if (p->analysed[i]) head_agg_init(&d->held[i], p->sae[i / c->n_head]->d_sae, 1);
@@ -62,12 +62,13 @@ static int defer_finish(DeferAnalysis *d, double *seconds) {
     d->pending = 0;
     HeadAggregates *agg = d->agg;
     for (int i = 0; agg && i < d->n; i++)
-        if (d->analysed[i]) swap_lent(&d->held[i], &agg[i]), d->held[i].window0 = d->window0[i];
+        if (d->p.analysed[i]) swap_lent(&d->held[i], &agg[i]), d->held[i].window0 = d->window0[i];
     double ignored[QK_N_ANALYSIS_STAGES] = {0};
     int rc = qk_analysis_host_run(d->host, d->tokens, d->has_valid ? d->valid : NULL, d->B, agg ? d->held : NULL,
                                   d->emit, d->emit_ctx, seconds ? seconds : ignored);
+    d->held_dirty |= agg != NULL;
     for (int i = 0; agg && i < d->n; i++)
-        if (d->analysed[i]) swap_lent(&agg[i], &d->held[i]);
+        if (d->p.analysed[i]) swap_lent(&agg[i], &d->held[i]);
     return rc;
 }
 
@@ -76,13 +77,12 @@ static int defer_run(QkAnalysis *qa, const int32_t *tokens, const int32_t *valid
     DeferAnalysis *d = (DeferAnalysis *)qa;
     if (defer_finish(d, seconds)) return -1;  // the batch before this one
     // what the analysis refuses is refused by this call, as on the CUDA backend
-    if (B > d->max_batch) return qk_err("internal: a batch of %d windows, the plan allows %d", B, d->max_batch);
-    if (gpt2_check_tokens(d->cfg, tokens, B, d->T, "corpus window")) return -1;
-    memcpy(d->tokens, tokens, sizeof(int32_t) * (size_t)B * d->T);
+    if (qk_analysis_check_batch(&d->p, tokens, B)) return -1;
+    memcpy(d->tokens, tokens, sizeof(int32_t) * (size_t)B * d->p.T);
     d->has_valid = valid_len != NULL;
     if (valid_len) memcpy(d->valid, valid_len, sizeof(int32_t) * B);
     for (int i = 0; agg && i < d->n; i++)
-        if (d->analysed[i]) d->window0[i] = agg[i].window0;
+        if (d->p.analysed[i]) d->window0[i] = agg[i].window0;
     d->B = B, d->agg = agg, d->emit = emit, d->emit_ctx = emit_ctx, d->pending = 1;
     return 0;
 }
@@ -90,8 +90,10 @@ static int defer_run(QkAnalysis *qa, const int32_t *tokens, const int32_t *valid
 static int defer_flush(QkAnalysis *qa, HeadAggregates *agg, double *seconds) {
     DeferAnalysis *d = (DeferAnalysis *)qa;
     if (defer_finish(d, seconds)) return -1;
+    if (!d->held_dirty) return 0;  // as the CUDA backend: nothing added since the last flush
+    d->held_dirty = 0;
     for (int i = 0; i < d->n; i++)
-        if (d->analysed[i]) head_agg_add_dense(&agg[i], &d->held[i]), head_agg_zero_dense(&d->held[i]);
+        if (d->p.analysed[i]) head_agg_add_dense(&agg[i], &d->held[i]), head_agg_zero_dense(&d->held[i]);
     return 0;
 }
 
@@ -101,7 +103,7 @@ static void defer_close(QkAnalysis *qa) {
     if (!d) return;
     qk_analysis_host_close(d->host);
     for (int i = 0; i < d->n; i++)
-        if (d->analysed[i]) head_agg_free(&d->held[i]);
+        if (d->p.analysed[i]) head_agg_free(&d->held[i]);
     free(d->held), free(d->tokens), free(d->valid), free(d->window0), free(d);
 }
 

@@ -624,8 +624,7 @@ static int cuda_analyse(QkAnalysis *qa, const int32_t *tokens, const int32_t *va
     CudaCtx *ctx = an->ctx;
     const AnalysisPlan *p = &an->p;
     const GPT2Config *c = &p->model->cfg;
-    if (B > p->max_batch) return qk_err("internal: a batch of %d windows, the plan allows %d", B, p->max_batch);
-    if (gpt2_check_tokens(c, tokens, B, p->T, "corpus window")) return -1;
+    if (qk_analysis_check_batch(p, tokens, B)) return -1;
     GPT2Acts shape;
     memset(&shape, 0, sizeof shape);
     shape.B = B, shape.T = p->T, shape.n_run = an->n_run;

@@ -35,6 +35,15 @@ extern "C" {
 #define KERNEL_TRY(kernel, ...)                                                                  \
     QK_TRY_("kernel " #kernel, cudaGetLastError(), r_ != cudaSuccess, cudaGetErrorString(r_), __VA_ARGS__)
 
+// After a launch on `stream`: its launch error (bad configuration), and with sync_each (the
+// QK_CUDA_SYNC=1 debugging mode) the error of its execution too, the stream waited for.  For
+// callers that name the kernel in their own message.
+static inline cudaError_t qk_launch_status(cudaStream_t stream, int sync_each) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && sync_each) e = cudaStreamSynchronize(stream);
+    return e;
+}
+
 // cuBLAS / cuBLASLt (include cublas_v2.h or cublasLt.h first)
 #define BLAS_TRYF(call, ...)                                                                     \
     QK_TRY_(#call, call, r_ != CUBLAS_STATUS_SUCCESS, cublasGetStatusString(r_), __VA_ARGS__)

@@ -183,7 +183,7 @@ finish() {
         [ -f "$W/logs/run_$p.log" ] && echo "| qkscope run ($p; 4096 tokens, every head, records of 12, setup included): $(note_tps "$W/logs/run_$p.log")" >>"$W/bench.txt"
     done
     {
-        echo "# scripts/gpu.sh ${GPU_SH_MODE:-run}: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
+        echo "# scripts/gpu.sh $MODE: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(cat "$W/gpu-bundle/commit" 2>/dev/null), ${total}s"
         echo "# $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
         [ -n "$DRY" ] && echo "# DRY RUN: the CUDA side ran on the CPU backend (fp32, small model): this checks the script only"
         [ -f "$W/nogpu.txt" ] && echo "# $(cat "$W/nogpu.txt")"
@@ -252,8 +252,6 @@ preflight() {
 }
 
 suites() {
-    # the CLI tests run ./bin/qkscope (a dry run keeps this checkout's own)
-    [ -n "$DRY" ] && [ -x "$ROOT/bin/qkscope" ] || cp "$BIN/qkscope" "$ROOT/bin/qkscope"
     local t=$BIN/test_qkscope
     NOTE_FN=note_suite step suites_cuda 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda "$t" --verbose --jobs 4 \
         --filter '@(forward|analysis|analysis_batch|analysis_gpu|planted|comm_nccl|topk_gpu|robust)/*'
@@ -445,21 +443,30 @@ bench() {
     topk_bench
 }
 
-run_all() {
+# with_gpu STEP...: a mode's frame: its output folder, the bundle unpacked, the preflight, then
+# each STEP function when the preflight passes (./bin/qkscope the bundle's, which the CLI tests
+# run; a dry run keeps this checkout's own), and the summary.
+with_gpu() {
     OUT=${OUT:-$ROOT/gpu-out}
     setup_run
     mkdir -p "$ROOT/bin"
     if preflight; then
-        suites
-        compare_cache
-        bench
-        compare_run
-        throughput
-        sanitize
+        [ -n "$DRY" ] && [ -x "$ROOT/bin/qkscope" ] || cp "$BIN/qkscope" "$ROOT/bin/qkscope"
+        local s
+        for s in "$@"; do "$s"; done
     elif [ $? = 1 ]; then
         echo "gpu.sh: some binary does not load here: see $W/logs/preflight_ldd.log"
     fi
     finish
+}
+
+# `scripts/gpu.sh topk`: the device top-k alone (GEMM-then-select path), its sanitizers, benchmark.
+topk_checks() {
+    NOTE_FN=note_suite step suite_topk_gpu 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
+        "$BIN/test_qkscope" --verbose --jobs 1 --filter '@(topk_gpu/*|run/planted_circuits_found_by_run_and_static)'
+    [ -n "$DRY" ] || topk_sanitize
+    NOTE_FN=note_last step random_model 90 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/qkscope" random --out "$W/rnd" --layers 2 \
+        --tokens 1024 -q && topk_bench
 }
 
 # The fused bilinear top-k (kernels/analysis/topk_fused_kernel.cuh): every check of issue 15 that
@@ -530,36 +537,14 @@ fused_sanitize() {
     fi
 }
 
-case "${1:-}" in
+MODE=${1:-}  # the summary's header names it
+case "$MODE" in
 bundle) bundle ;;
-run) run_all ;;
+run) with_gpu suites compare_cache bench compare_run throughput sanitize ;;
 dry) GPU_SH_DRY=1 exec "$0" run ;;
-topk)
-    OUT=${OUT:-$ROOT/gpu-out}
-    setup_run
-    mkdir -p "$ROOT/bin"
-    if preflight; then
-        cp "$BIN/qkscope" "$ROOT/bin/qkscope"
-        NOTE_FN=note_suite step suite_topk_gpu 150 env LD_LIBRARY_PATH="$QK_LIBS" QK_BACKEND=cuda QK_CUDA_SYNC=1 \
-            "$BIN/test_qkscope" --verbose --jobs 1 --filter '@(topk_gpu/*|run/planted_circuits_found_by_run_and_static)'
-        [ -n "$DRY" ] || topk_sanitize
-        NOTE_FN=note_last step random_model 90 env LD_LIBRARY_PATH="$QK_LIBS" "$BIN/qkscope" random --out "$W/rnd" --layers 2 \
-            --tokens 1024 -q && topk_bench
-    fi
-    finish
-    ;;
-fused)
-    OUT=${OUT:-$ROOT/gpu-out}
-    GPU_SH_MODE=fused BUDGET=${GPU_BUDGET_S:-420}
-    setup_run
-    mkdir -p "$ROOT/bin"
-    if preflight; then
-        [ -n "$DRY" ] && [ -x "$ROOT/bin/qkscope" ] || cp "$BIN/qkscope" "$ROOT/bin/qkscope"
-        fused_checks
-    fi
-    finish
-    ;;
-dry-fused) GPU_SH_DRY=1 GPU_SH_MODE=fused exec "$0" fused ;;
+topk) with_gpu topk_checks ;;
+fused) BUDGET=${GPU_BUDGET_S:-420} with_gpu fused_checks ;;
+dry-fused) GPU_SH_DRY=1 exec "$0" fused ;;
 preflight)
     OUT=${OUT:-}
     setup_run

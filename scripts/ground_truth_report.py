@@ -125,7 +125,7 @@ def main():
     p("| layer | d_sae | k | FVU (held out) | features fired | current-token features | previous-token features |")
     p("| --- | --- | --- | --- | --- | --- | --- |")
     for s in tr["sae"]:
-        p(f"| {s['layer']} | {s['d_sae']} | {s.get('k', round(s['l0']))} | {s['fvu']:.4f} | {s['features_fired']} | "
+        p(f"| {s['layer']} | {s['d_sae']} | {s['k']} | {s['fvu']:.4f} | {s['features_fired']} | "
           f"{s['current_token_features']} | {s['previous_token_features']} |")
     p(f"\n(A current-token feature: its top {top} activations share one current token at least half the time; "
       "a previous-token feature: they share one previous token.)\n")
@@ -167,9 +167,8 @@ def main():
         if "static_q2k_match" in h:
             p(f"\nStatic map (weights only): of the {h['static_q2k_checked']} labelled current-token features of layer "
               f"{layer}, {f3(h['static_q2k_match'])} have as first q2k key feature in {h['head']} the feature whose "
-              "previous-token label is their token" +
-              (f"; of the {h['static_q2k_matchable']} whose token is some feature's previous-token label (only those "
-               f"can match), {f3(h['static_q2k_match_matchable'])}." if "static_q2k_matchable" in h else "."))
+              f"previous-token label is their token; of the {h['static_q2k_matchable']} whose token is some feature's "
+              f"previous-token label (only those can match), {f3(h['static_q2k_match_matchable'])}.")
         p("")
     sys.stdout.write("\n".join(out) + "\n")
 

@@ -28,10 +28,7 @@ static int dry_run(void) {
 
 static void need_gpu(void) {
     if (dry_run()) return;
-    const char *be = getenv("QK_BACKEND");
-    if (!be || strcmp(be, "cuda")) cr_skip_test("device analysis: runs with QK_BACKEND=cuda (make test-gpu)");
-    char why[256] = "";
-    if (qk_cuda_probe(why, sizeof why) < 1) cr_skip_test("device analysis: no usable CUDA device (%s)", why);
+    test_cuda_gpus("device analysis");
 }
 
 // Every record of the recorded heads, appended batch after batch: [slot][field] (n_tok x width).

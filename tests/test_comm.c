@@ -47,11 +47,7 @@ typedef enum { COMM_CPU, COMM_NCCL } CommKind;
 // test unless QK_BACKEND=cuda and a GPU is there, then min(n, GPUs).
 static int ranks_for(CommKind kind, int n) {
     if (kind == COMM_CPU) return n;
-    const char *be = getenv("QK_BACKEND");
-    if (!be || strcmp(be, "cuda")) cr_skip_test("NCCL communicator: runs with QK_BACKEND=cuda (make test-gpu)");
-    char why[256] = "";
-    int gpus = qk_cuda_probe(why, sizeof why);
-    if (gpus < 1) cr_skip_test("NCCL communicator: no usable CUDA device (%s)", why);
+    const int gpus = test_cuda_gpus("NCCL communicator");
     return n < gpus ? n : gpus;
 }
 

@@ -19,6 +19,17 @@
 #include "io/safetensors.h"
 #include "model/planted.h"
 
+// The gate of the GPU suites (make test-gpu): skips the test, naming `what`, unless QK_BACKEND=cuda
+// and a CUDA device is usable; returns the number of usable devices.
+static inline int test_cuda_gpus(const char *what) {
+    const char *be = getenv("QK_BACKEND");
+    if (!be || strcmp(be, "cuda")) cr_skip_test("%s: runs with QK_BACKEND=cuda (make test-gpu)", what);
+    char why[256] = "";
+    const int gpus = qk_cuda_probe(why, sizeof why);
+    if (gpus < 1) cr_skip_test("%s: no usable CUDA device (%s)", what, why);
+    return gpus;
+}
+
 #define REF_DIR "tests/reference/data"
 // The qkscope binary the CLI tests start, from the repository root (make test-asan runs the suites
 // from a root whose bin/ is the sanitized build).  String literal: QK_BIN " run ..." .

@@ -274,11 +274,7 @@ Test(ranks, bad_rank_options_are_one_line, .timeout = 60, .fini = cleanup) {
 // so every window goes through the GPU in a batch of the same shape as in the one-file run
 // (cuBLAS may pick its kernels by shape).
 Test(ranks, gpus_merge_to_the_one_gpu_run, .timeout = 600, .fini = cleanup) {
-    const char *be = getenv("QK_BACKEND");
-    if (!be || strcmp(be, "cuda")) cr_skip_test("--gpus: runs with QK_BACKEND=cuda (make test-gpu)");
-    char why[256] = "";
-    int gpus = qk_cuda_probe(why, sizeof why);
-    if (gpus < 1) cr_skip_test("--gpus: no usable CUDA device (%s)", why);
+    const int gpus = test_cuda_gpus("--gpus");
     planted(64 * 125);
     cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --set run.backend=cuda -o %s/one.h5", g_sets, g_dir), 0);
     const char *specs[2] = {"1", "all"};

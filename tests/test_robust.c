@@ -35,9 +35,7 @@ static char *write_config(const char *extra) {
 static const char *run_backend(void) {
     const char *b = getenv("QK_BACKEND");
     b = b && *b ? b : "cpu";
-    char why[256] = "";
-    if (!strcmp(b, "cuda") && qk_cuda_probe(why, sizeof why) < 1)
-        cr_skip_test("QK_BACKEND=cuda: no usable CUDA device (%s)", why);
+    if (!strcmp(b, "cuda")) test_cuda_gpus("QK_BACKEND=cuda");
     return b;
 }
 

@@ -109,23 +109,19 @@ static void sim_tile(const SimOpts *o, SimRow *w, const int cols[QK_FSEL_BN], co
     }
 }
 
-static int desc_key(const void *x, const void *y) { return desc_u64(x, y); }
-
 // The seed list of one problem as ft_seed_lists makes it, by brute force: the best min(64, M)
-// seed keys of c (a full sort), placed by qk_fsel_seed_rank, NOSEED after.  Returns the seeds.
-static int seed_list(const float *c, int M, float sign, int32_t seeds[QK_FSEL_SEEDS]) {
+// seed keys of c (a full sort), placed by qk_fsel_seed_rank, NOSEED after.
+static void seed_list(const float *c, int M, float sign, int32_t seeds[QK_FSEL_SEEDS]) {
     uint64_t *all = qk_malloc(sizeof(uint64_t) * (M > QK_FSEL_SEEDS ? M : QK_FSEL_SEEDS));
     for (int j = 0; j < M; j++) all[j] = qk_fsel_seed_key(c[j], j, sign);
     for (int j = M; j < QK_FSEL_SEEDS; j++) all[j] = QK_SEL_EMPTY;
-    qsort(all, M > QK_FSEL_SEEDS ? M : QK_FSEL_SEEDS, sizeof(uint64_t), desc_key);
-    int held = 0;
-    for (int x = 0; x < QK_FSEL_SEEDS; x++) seeds[x] = QK_FSEL_NOSEED, held += all[x] != QK_SEL_EMPTY;
+    qsort(all, M > QK_FSEL_SEEDS ? M : QK_FSEL_SEEDS, sizeof(uint64_t), desc_u64);
+    for (int x = 0; x < QK_FSEL_SEEDS; x++) seeds[x] = QK_FSEL_NOSEED;
     for (int x = 0; x < QK_FSEL_SEEDS; x++) {
         const int rank = qk_fsel_seed_rank(all, QK_FSEL_SEEDS, x);
         if (rank >= 0) seeds[rank] = qk_sel_unpack_i(all[x]);
     }
     free(all);
-    return held;
 }
 
 // One row of topk_fused (topk_fused_kernel.cuh) over all M columns of scores dot + c: the seed

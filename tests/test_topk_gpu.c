@@ -17,50 +17,38 @@
 #include <criterion/logging.h>
 #include <math.h>
 #include <string.h>
-#include <time.h>
 
 #include "analysis/bilinear_topk.h"
 #include "backend.h"
 #include "base/util.h"
+#include "model/forward_math.h"
 #include "test_common.h"
 
 static QkBtk *g_ctx[3];
 
 static QkBtk *ctx_for(QkPrecision p) {
-    const char *be = getenv("QK_BACKEND");
-    if (!be || strcmp(be, "cuda")) cr_skip_test("device top-k: runs with QK_BACKEND=cuda (make test-gpu)");
-    char why[256] = "";
-    if (qk_cuda_probe(why, sizeof why) < 1) cr_skip_test("device top-k: no usable CUDA device (%s)", why);
+    test_cuda_gpus("device top-k");
     if (!g_ctx[p]) g_ctx[p] = qk_btk_create(0, p, 0);
     cr_assert(g_ctx[p], "qk_btk_create(%s): %s", qk_precision_name(p), qk_errmsg());
     return g_ctx[p];
 }
 
-static QkBtk *g_fused[3];
-
-// A context that runs the fused kernel whatever QK_BTK_PATH says.
-static QkBtk *fused_ctx(QkPrecision p) {
-    ctx_for(p);  // skips without a GPU
-    if (!g_fused[p]) g_fused[p] = qk_btk_create(0, p, 0);
-    cr_assert(g_fused[p], "qk_btk_create(%s): %s", qk_precision_name(p), qk_errmsg());
-    qk_btk_set_path(g_fused[p], 1);
-    return g_fused[p];
-}
-
-static QkBtk *g_flav[3][2];  // [bf16 flavour: mma, wgmma-st, wgmma][seeding off, on]
+static QkBtk *g_fz[3][4][3];  // [precision][bf16 flavour + 1][seeding + 1]
 static const char *flav_name[3] = {"mma", "wgmma-st", "wgmma"};
 
-// A bf16 context on the fused kernel's flavour f with seeding on or off, whatever the
-// environment says; NULL (after a log line) when the device lacks the flavour.
-static QkBtk *flavour_ctx(int f, int seed) {
-    ctx_for(QK_PREC_BF16);  // skips without a GPU
-    QkBtk **x = &g_flav[f][seed];
-    if (!*x) *x = qk_btk_create(0, QK_PREC_BF16, 0);
-    cr_assert(*x, "qk_btk_create(bf16): %s", qk_errmsg());
+// A context that runs the fused kernel whatever QK_BTK_PATH says, on bf16 flavour f (mma,
+// wgmma-st, wgmma; -1: the environment's) with seeding on or off (-1: the environment's); NULL
+// (after a log line) when the device lacks flavour f.
+static QkBtk *fused_ctx_with(QkPrecision p, int f, int seed) {
+    ctx_for(p);  // skips without a GPU
+    QkBtk **x = &g_fz[p][f + 1][seed + 1];
+    if (!*x) *x = qk_btk_create(0, p, 0);
+    cr_assert(*x, "qk_btk_create(%s): %s", qk_precision_name(p), qk_errmsg());
     qk_btk_set_path(*x, 1);
+    if (seed >= 0) cr_assert_eq(qk_btk_set_fused_seed(*x, seed), 0, "qk_btk_set_fused_seed: %s", qk_errmsg());
+    if (f < 0) return *x;
     const int runs = qk_btk_set_fused_mma(*x, flav_name[f]);
     cr_assert(runs >= 0, "qk_btk_set_fused_mma(%s): %s", flav_name[f], qk_errmsg());
-    cr_assert_eq(qk_btk_set_fused_seed(*x, seed), 0, "qk_btk_set_fused_seed: %s", qk_errmsg());
     if (!runs) {
         fprintf(stderr, "topk_gpu: fused flavour %s: not on this device (mma.sync runs instead): not checked here\n", flav_name[f]);
         return NULL;
@@ -68,24 +56,15 @@ static QkBtk *flavour_ctx(int f, int seed) {
     return *x;
 }
 
-static QkBtk *g_fp32_seed[2];
-
-// An fp32 context on the fused kernel with seeding on or off, whatever the environment says.
-static QkBtk *fp32_ctx(int seed) {
-    ctx_for(QK_PREC_FP32);  // skips without a GPU
-    if (!g_fp32_seed[seed]) g_fp32_seed[seed] = qk_btk_create(0, QK_PREC_FP32, 0);
-    cr_assert(g_fp32_seed[seed], "qk_btk_create(fp32): %s", qk_errmsg());
-    qk_btk_set_path(g_fp32_seed[seed], 1);
-    cr_assert_eq(qk_btk_set_fused_seed(g_fp32_seed[seed], seed), 0, "qk_btk_set_fused_seed: %s", qk_errmsg());
-    return g_fp32_seed[seed];
-}
+static QkBtk *fused_ctx(QkPrecision p) { return fused_ctx_with(p, -1, -1); }
+static QkBtk *flavour_ctx(int f, int seed) { return fused_ctx_with(QK_PREC_BF16, f, seed); }
+static QkBtk *fp32_ctx(int seed) { return fused_ctx_with(QK_PREC_FP32, -1, seed); }
 
 static void fini(void) {
-    for (int s = 0; s < 2; s++) qk_btk_destroy(g_fp32_seed[s]), g_fp32_seed[s] = NULL;
     for (int p = 0; p < 3; p++) {
         qk_btk_destroy(g_ctx[p]), g_ctx[p] = NULL;
-        qk_btk_destroy(g_fused[p]), g_fused[p] = NULL;
-        for (int s = 0; s < 2; s++) qk_btk_destroy(g_flav[p][s]), g_flav[p][s] = NULL;
+        for (int f = 0; f < 4; f++)
+            for (int s = 0; s < 3; s++) qk_btk_destroy(g_fz[p][f][s]), g_fz[p][f][s] = NULL;
     }
 }
 
@@ -160,16 +139,6 @@ static void run_dev(QkBtk *ctx, const Prob *p, int both, Out *o) {
     if (path && !strcmp(path, "fused") && qk_btk_precision(ctx) != QK_PREC_TF32)
         cr_assert(qk_btk_last_path(ctx, &why), "QK_BTK_PATH=fused, %s [batch %d n %d M %d r %d k %d]: the fused kernel did not run (%s)",
                   qk_precision_name(qk_btk_precision(ctx)), p->batch, p->n, p->M, p->r, p->o.k, why);
-}
-
-// x rounded to bf16 (nearest, ties to even), as __float2bfloat16_rn; NaN stays NaN.
-static float bf16_round(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return x;
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
 }
 
 // Row (b, i)'s score of column j in double, and a bound on the fp32 GEMM's rounding of it.
@@ -448,8 +417,8 @@ Test(topk_gpu, static_maps_backend_equals_host) {
 // U and V rounded to bf16 in place: the host's fp32 top-k of these operands is then the exact
 // reference of a bf16 run, which differs from it only by the order of its fp32 accumulation.
 static void prob_round_bf16(Prob *p) {
-    for (size_t x = 0; x < (size_t)p->batch * p->n * p->r; x++) p->U[x] = bf16_round(p->U[x]);
-    for (size_t x = 0; x < (size_t)p->batch * p->M * p->r; x++) p->V[x] = bf16_round(p->V[x]);
+    for (size_t x = 0; x < (size_t)p->batch * p->n * p->r; x++) p->U[x] = qk_bf16_round(p->U[x]);
+    for (size_t x = 0; x < (size_t)p->batch * p->M * p->r; x++) p->V[x] = qk_bf16_round(p->V[x]);
 }
 
 // The fused kernel in precision q against the host on the same operands: same sets except
@@ -530,12 +499,6 @@ Test(topk_gpu, fused_nan_scores_never_selected) {
     }
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 // GPT-2-small sizes, m = 32768, k = 32: the fused bf16 kernel against the GEMM-then-select path
 // (cuBLASLt bf16 GEMM + btk_select) on the same bf16 operands; exact values in fp64 judge every
 // difference.
@@ -549,11 +512,11 @@ Test(topk_gpu, fused_bf16_equals_gemm_path_gpt2_small, .timeout = 600) {
         prob_make(&p, 1, shapes[s][0], 32768, shapes[s][1], 32, 77 + s);
         prob_round_bf16(&p);
         Out g, f;
-        double t0 = now_s();
+        double t0 = qk_now();
         run_dev(gemm, &p, 1, &g);
-        double t1 = now_s();
+        double t1 = qk_now();
         run_dev(fused, &p, 1, &f);
-        double t2 = now_s();
+        double t2 = qk_now();
         cr_assert(qk_btk_last_path(fused, NULL) && !qk_btk_last_path(gemm, NULL), "paths not as asked");
         char kernel[128];
         snprintf(kernel, sizeof kernel, "%s <bf16,both> vs GEMM path, r %d", path_name(fused), p.r);

@@ -41,14 +41,12 @@ void qk_metric_range(int metric, float *lo, float *hi) {
 
 int layer_code_compute(LayerCode *lc, const QkSae *sae, const float *x, int n, int C, int max_active) {
     int slots = qk_sae_slots(sae, max_active);
-    if (lc->cap < n || lc->C != C || lc->code.slots != slots || slots > sae->d_sae) {  // else reused
+    if (lc->code.n < n || lc->C != C || lc->code.slots != slots || slots > sae->d_sae) {  // else reused
         layer_code_free(lc);
         if (qk_sae_code_alloc(&lc->code, sae, n, max_active)) return -1;
         lc->live = qk_malloc(sizeof(int32_t) * n);
         lc->err = qk_malloc(sizeof(float) * (size_t)n * C);
-        lc->cap = n;
     }
-    lc->n = n;
     lc->C = C;
     if (qk_sae_encode(sae, x, C, n, &lc->code)) return -1;
     qk_sae_decode(sae, &lc->code, n, lc->err);  // xhat, turned into e = x - xhat below

@@ -39,11 +39,10 @@ typedef struct {
 
 // The SAE code of one layer's resid_pre for a batch of n tokens, and the SAE error vectors.
 typedef struct {
-    int n, C;
-    QkSaeCode code;  // (n, slots)
+    int C;
+    QkSaeCode code;  // (code.n, slots): code.n is the tokens the arrays hold (>= the batch's n)
     int32_t *live;   // (n): stored active features of token i: the first live[i] slots
     float *err;      // (n, C): e = x - xhat
-    int cap;         // tokens the arrays hold
 } LayerCode;
 
 // lc: zeroed, or filled by an earlier call, whose memory is reused when it holds n tokens of the

@@ -58,13 +58,17 @@ static int check_finite(const GPT2Acts *acts, const GPT2Config *c, int l, const 
     return 0;
 }
 
+int qk_analysis_check_batch(const AnalysisPlan *p, const int32_t *tokens, int B) {
+    if (B > p->max_batch) return qk_err("internal: a batch of %d windows, the plan allows %d", B, p->max_batch);
+    return gpt2_check_tokens(&p->model->cfg, tokens, B, p->T, "corpus window") ? -1 : 0;
+}
+
 int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
                          QkRecordsFn emit, void *emit_ctx, double *seconds) {
     const AnalysisPlan *p = &a->p;
     const GPT2Config *mc = &p->model->cfg;
     const int T = p->T, C = mc->d_model, L = mc->n_layer, H = mc->n_head;
-    if (B > p->max_batch) return qk_err("internal: a batch of %d windows, the plan allows %d", B, p->max_batch);
-    if (gpt2_check_tokens(mc, tokens, B, T, "corpus window")) return -1;
+    if (qk_analysis_check_batch(p, tokens, B)) return -1;
     GPT2Acts *acts = &a->acts;
     if (acts->B != B) {
         gpt2_acts_free(acts);

@@ -2,9 +2,9 @@
 // each analysed layer's SAE code, and every analysed head (docs/ANALYSIS.md), under one plan fixed
 // for the run.  The pipeline calls it through the backend (QkBackend.analysis_open / analyse /
 // analysis_close) and never knows where it runs.  qk_analysis_host_* is the implementation that
-// runs the analysis on the host after the backend's forward pass; the CPU backend uses it, and
-// so does the CUDA backend until the analysis has its own kernels (docs/ANALYSIS.md is the spec
-// either way).
+// runs the analysis on the host after the backend's forward pass: the CPU backend's, and the
+// reference the CUDA backend's (kernels/analysis/analysis_cuda.h) is tested against
+// (docs/ANALYSIS.md is the spec either way).
 #pragma once
 #include <stdint.h>
 
@@ -42,6 +42,9 @@ struct QkBackend;
 // first valid_len[b] positions of window b counted in the aggregates (NULL: all); agg (L*H)
 // accumulates the analysed heads; seconds[QK_N_ANALYSIS_STAGES] accumulates time per stage.
 QkAnalysis *qk_analysis_host_open(struct QkBackend *be, const AnalysisPlan *p);
+// What every backend's analyse refuses before any work: more than p->max_batch windows, or a
+// token outside the model's vocabulary (gpt2_check_tokens).  0, or -1 with qk_errmsg() set.
+int qk_analysis_check_batch(const AnalysisPlan *p, const int32_t *tokens, int B);
 int qk_analysis_host_run(QkAnalysis *a, const int32_t *tokens, const int32_t *valid_len, int B, HeadAggregates *agg,
                          QkRecordsFn emit, void *emit_ctx, double *seconds);
 void qk_analysis_host_close(QkAnalysis *a);

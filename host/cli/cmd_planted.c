@@ -1,6 +1,5 @@
 // cmd_planted.c: `qkscope planted`: writes the synthetic GPT-2, SAEs and corpus with planted
 // circuits (planted.h) for the offline demo and the end-to-end checks.
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,6 @@
 // cmd_probe.c: `qkscope probe induction|ioi|score`: probe corpora for known circuits and their
 // recovery scores from qkscope's output (probe.h; definitions in docs/PROBE.md).
 #include <cJSON.h>
-#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>

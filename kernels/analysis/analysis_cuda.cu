@@ -427,6 +427,7 @@ struct QkAnaCuda {
     int cur;
     cudaEvent_t acts_free;        // after the last kernel of the last batch that reads its activations
     int acts_recorded;
+    int dense_dirty;              // a batch added to the accumulators since the last flush_dense
     // Records download on their own stream, overlapping the next layer's SAE code: layer l's copies
     // start at heads_done[l] (on st) and end at copied[l] (on cst); st waits for copied[l] before
     // the next layer writes a head buffer.
@@ -502,8 +503,7 @@ static int upload(QkAnaCuda *a, float **dst, const float *src, size_t count, con
 // A launch's error, named with its kernel, layer, head and shape; with QK_CUDA_SYNC=1 also the
 // error of its execution.
 static int launched(QkAnaCuda *a, const char *kernel, int layer, int head, int N) {
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && a->sync_each) e = cudaStreamSynchronize(a->st);
+    const cudaError_t e = qk_launch_status(a->st, a->sync_each);
     if (e != cudaSuccess)
         return qk_err("analysis kernel %s (layer %d head %d, N %d T %d C %d dh %d): %s", kernel, layer, head, N, a->T,
                       a->C, a->dh, cudaGetErrorString(e));
@@ -1170,7 +1170,7 @@ static int layer_enqueue(QkAnaCuda *a, BatchSlot *s, int l, const QkAnaLayerActs
     CUDA_TRY(cudaStreamWaitEvent(a->cst, a->heads_done[l], 0));
     for (int h = 0; h < H; h++) {
         const int i = l * H + h;
-        if (s->emit && p->recorded[i] &&
+        if (p->recorded[i] &&
             download_records(a, &a->hb[h], &s->rec[i], N, a->lay[l].S, qk_sae_slots(a->lay[l].sae, p->o.enc_slots)))
             return -1;
     }
@@ -1254,6 +1254,7 @@ extern "C" int qk_ana_cuda_run(QkAnaCuda *a, const QkAnaLayerActs *acts, const i
     if (copying >= 0) CUDA_TRY(cudaStreamWaitEvent(a->st, a->copied[copying], 0));
     CUDA_TRY(cudaEventRecord(s->done, a->st));
     s->pending = 1;
+    a->dense_dirty |= agg != NULL;
     a->cur ^= 1;
     int rc;
     if (!a->lag) rc = slot_finish(a, s) || (!a->defer && agg && flush_dense(a, agg));
@@ -1289,14 +1290,19 @@ static void add_acc(const int64_t *h, HeadAggregates *g) {
     }
 }
 
-// The device accumulators added to agg (L*H) and zeroed.
+// The device accumulators added to agg (L*H) and zeroed.  Nothing to add when no batch reached
+// them since the last flush (a shard's close and the summary after it flush twice).
 static int flush_dense(QkAnaCuda *a, HeadAggregates *agg) {
+    if (!a->dense_dirty) return 0;
+    size_t cap = 0;
+    for (int i = 0; i < a->L * a->H; i++)
+        if (a->head[i].acc && acc_size(agg[i].m) > cap) cap = acc_size(agg[i].m);
+    int64_t *h = (int64_t *)qk_malloc(cap * 8 + 8);  // one host buffer, head after head
     for (int i = 0; i < a->L * a->H; i++) {
         const HeadDev *hd = &a->head[i];
         if (!hd->acc) continue;
         HeadAggregates *g = &agg[i];
-        const size_t m = g->m, n = acc_size((int)m);
-        int64_t *h = (int64_t *)malloc(n * 8);
+        const size_t n = acc_size(g->m);
         // on the analysis's stream (non-blocking: the legacy stream would not wait for its kernels)
         cudaError_t e = cudaMemcpyAsync(h, hd->acc, n * 8, cudaMemcpyDeviceToHost, a->st);
         if (e == cudaSuccess) e = cudaStreamSynchronize(a->st);
@@ -1306,8 +1312,9 @@ static int flush_dense(QkAnaCuda *a, HeadAggregates *agg) {
             return qk_err("qk_ana_cuda_flush: head %d.%d: %s", i / a->H, i % a->H, cudaGetErrorString(e));
         }
         add_acc(h, g);
-        free(h);
     }
+    free(h);
+    a->dense_dirty = 0;
     return sync_st(a, "the aggregates' reset");
 }
 

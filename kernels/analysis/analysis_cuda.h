@@ -37,26 +37,25 @@
 // summation order than qk_gemm: equal within float rounding).
 //
 // Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
-//   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 0); allocate the forward's
-//                           device activations for p->max_batch windows of p->T tokens, for the
-//                           layers up to the last l with p->sae[l] (no attention rows are needed:
-//                           the analysis recomputes its score rows from q and k in fp32).
+//   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 1); the forward's device
+//                           activations for p->max_batch windows of p->T tokens, for the layers up
+//                           to the last l with p->sae[l] (no attention rows are needed: the
+//                           analysis recomputes its score rows from q and k in fp32).
 //   analyse(an, tokens, valid_len, B, agg, emit, ctx, seconds):
-//                           B <= p->max_batch, gpt2_check_tokens; run the forward on the device;
-//                           cudaStreamSynchronize(the forward's stream) (the analysis runs on its own
-//                           non-blocking stream and reads the activations right away);
-//                           seconds[QK_STAGE_FORWARD] += its time; then for every l with p->sae[l]:
+//                           qk_analysis_check_batch; the forward on the device, its kernels after
+//                           qk_ana_cuda_acts_event (the last batch's analysis done reading the
+//                           activations they overwrite), seconds[QK_STAGE_FORWARD] += its device
+//                           time; the non-finite check of every analysed layer; then
 //                           acts[l] = {resid_pre_l, C, ln1_scale_l, q_l, k_l, ld} (q and k straight
-//                           out of the fused QKV output work too: q = qkv_l, k = qkv_l + C, ld = 3C);
-//                           return qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
+//                           out of the fused QKV output work too: q = qkv_l, k = qkv_l + C, ld = 3C)
+//                           and qk_ana_cuda_run(dev, acts, valid_len, B, agg, emit, ctx, seconds).
+//   analysis_flush(an, agg, seconds): qk_ana_cuda_flush, which the run loop calls before anything
+//                           reads the aggregates or closes the record datasets (a shard's close, a
+//                           rank's totals, the summary; the CPU backend's QK_AGG_DEFER=1 holds
+//                           batches back the same way, to check those places on the CPU).
 //   analysis_close(an):     qk_ana_cuda_close(dev), then free the activations.
 // With defer_flush = 0 every run finishes its batch and adds its dense aggregates to agg (one
 // download of 8 x d_sae int64 per analysed head: ~300 MB per batch for 144 heads at m = 32768).
-// The backend opens with defer_flush = 1 (the pipeline above, the dense aggregates held on the
-// device) and flushes through QkBackend.analysis_flush, which the run loop calls before anything
-// reads the aggregates or closes the record datasets (a shard's close, a rank's totals, the
-// summary; the CPU backend's QK_AGG_DEFER=1 holds batches back the same way, to check those
-// places on the CPU).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -32,7 +32,6 @@ extern "C" {
 #define BTK_WARPS 4          // rows (warps) per selection block
 #define BTK_DEFAULT_CB 4096  // columns per tile
 #define BTK_MAX_ALGOS 16     // pinned cuBLASLt algorithms per context (one per tile shape)
-#define FULL_MASK 0xffffffffu
 
 typedef unsigned long long u64;
 
@@ -69,7 +68,7 @@ __device__ __forceinline__ void wq_merge(WarpQueue &w, int lane, int k) {
 // Appends this lane's key when it is above the threshold (slots in ballot order).
 __device__ __forceinline__ void wq_push(WarpQueue &w, u64 key, int lane) {
     const int pass = qk_sel_passes(key, w.thr);
-    const unsigned m = __ballot_sync(FULL_MASK, pass);
+    const unsigned m = __ballot_sync(QK_WQ_FULL, pass);
     if (pass) w.buf[qk_sel_buf_slot(w.nb, m, lane)] = key;
     w.nb += __popc(m);
 }
@@ -146,7 +145,7 @@ __global__ void __launch_bounds__(BTK_WARPS * QK_SEL_WARP, 8) btk_select(const S
                 any |= qk_sel_passes(keyb[e], bot.thr);
             }
         }
-        if (!__any_sync(FULL_MASK, any)) continue;  // the common case once the queue is full
+        if (!__any_sync(QK_WQ_FULL, any)) continue;  // the common case once the queue is full
 #pragma unroll
         for (int e = 0; e < QK_SEL_VEC; e++) {
             wq_push(top, key[e], lane);
@@ -158,7 +157,7 @@ __global__ void __launch_bounds__(BTK_WARPS * QK_SEL_WARP, 8) btk_select(const S
     if (top.nb) wq_merge(top, lane, p.k);
     if (BOTH && bot.nb) wq_merge(bot, lane, p.k);
 #pragma unroll
-    for (int m = QK_SEL_WARP / 2; m > 0; m /= 2) act += __shfl_xor_sync(FULL_MASK, act, m);
+    for (int m = QK_SEL_WARP / 2; m > 0; m /= 2) act += __shfl_xor_sync(QK_WQ_FULL, act, m);
     const long long arow = (long long)b * p.RB + row;
     if (p.gated && !p.first) act += p.act[arow];  // same value in every lane
     if (!p.last) {
@@ -249,8 +248,7 @@ static int grow(void **p, size_t *cap, size_t bytes, const char *what) {
 
 // A launch's error, named with its kernel and shape; with QK_CUDA_SYNC=1 also its execution's.
 static int launch_check(QkBtk *b, const char *kernel, dim3 grid, int threads, const char *shape) {
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && b->sync_each) e = cudaStreamSynchronize(b->stream);
+    const cudaError_t e = qk_launch_status(b->stream, b->sync_each);
     if (e != cudaSuccess)
         return qk_err("kernel %s<<<(%u,%u),%d>>> [%s]: %s", kernel, grid.x, grid.y, threads, shape, cudaGetErrorString(e));
     return 0;
@@ -520,8 +518,10 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
         if (!cfg) return -1;
         const char *why = "no TF32 variant";
         if (b->prec != QK_PREC_TF32 && qk_fused_supported(&f, cfg, &why)) {
-            if (cfg->seed && c && GROW(b, seeds, qk_fused_seed_bytes(batch), "the fused kernel's seed lists")) return -1;
-            f.seeds = b->seeds;
+            if (cfg->seed && c) {  // QK_FUSED_SEED: the seed lists' scratch
+                if (GROW(b, seeds, qk_fused_seed_bytes(batch), "the fused kernel's seed lists")) return -1;
+                f.seeds = b->seeds;
+            }
             b->last_fused = 1, b->last_why = NULL;
             if (qk_fused_launch(&f, cfg, b->stream, b->sync_each)) return -1;
             return btk_finish(b, shape);

@@ -54,7 +54,8 @@ typedef struct {
     QkTopkAct act;
     int32_t *idx, *count, *bidx;  // bidx/bval: the bottom of top + bottom, or NULL
     float *val, *bval;
-    int32_t *seeds;  // scratch of qk_fused_seed_bytes(batch) device bytes for the seed lists; NULL: no seeding
+    int32_t *seeds;  // scratch of qk_fused_seed_bytes(batch) device bytes for the seed lists; NULL: no
+                     // seeding (the caller's choice: QkFusedConfig.seed)
 } QkFusedArgs;
 
 typedef enum { QK_FUSED_MMA_SYNC = 0, QK_FUSED_WGMMA_ST = 1, QK_FUSED_WGMMA_TMA = 2 } QkFusedMma;
@@ -90,10 +91,6 @@ int qk_fused_supported(const QkFusedArgs *a, const QkFusedConfig *cfg, const cha
 // Launches on `stream` (the seed lists first, when seeding); with sync_each, waits and reports the
 // kernel's own error.  Returns 0 or -1 with qk_errmsg() naming the kernel, its grid and the shape.
 int qk_fused_launch(const QkFusedArgs *a, const QkFusedConfig *cfg, cudaStream_t stream, int sync_each);
-
-// Dynamic shared memory of one block of the kernel for this bf16 flavour (ignored for fp32), k
-// and top + bottom (bytes).
-size_t qk_fused_smem_bytes(int bf16, QkFusedMma mma, int k, int both);
 
 #ifdef __cplusplus
 }

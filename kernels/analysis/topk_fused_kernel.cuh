@@ -685,9 +685,8 @@ static int ft_launch(const FtParams &p, int batch, cudaStream_t stream, int sync
     cudaError_t e = cudaFuncSetAttribute(topk_fused<FL, BOTH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e == cudaSuccess) {
         topk_fused<FL, BOTH><<<grid, FT_THREADS, smem, stream>>>(p);
-        e = cudaGetLastError();
+        e = qk_launch_status(stream, sync_each);
     }
-    if (e == cudaSuccess && sync_each) e = cudaStreamSynchronize(stream);
     if (e != cudaSuccess)
         return qk_err("kernel %s<<<(%u,%u),%d,%zu>>> [%s]: %s", name, grid.x, grid.y, FT_THREADS, smem, shape,
                       cudaGetErrorString(e));

@@ -56,14 +56,13 @@ extern "C" int qk_fused_config(QkFusedConfig *cfg, int device) {
 
 extern "C" QkFusedMma qk_fused_mma_used(const QkFusedConfig *cfg) { return cfg->wgmma ? cfg->mma : QK_FUSED_MMA_SYNC; }
 
-// The kernel template's flavour for bf16 or fp32 operands and a bf16 flavour.
-static int ft_flavour_of(int bf16, QkFusedMma mma) {
-    if (!bf16) return FT_FP32;
+// The kernel template's flavour for these arguments on cfg's device: fp32 operands, or the bf16
+// flavour cfg gives.
+static int ft_flavour(const QkFusedArgs *a, const QkFusedConfig *cfg) {
+    if (!a->bf16) return FT_FP32;
+    const QkFusedMma mma = qk_fused_mma_used(cfg);
     return mma == QK_FUSED_WGMMA_TMA ? FT_WGMMA_TMA : mma == QK_FUSED_WGMMA_ST ? FT_WGMMA : FT_MMA;
 }
-
-// ... for these arguments on cfg's device.
-static int ft_flavour(const QkFusedArgs *a, const QkFusedConfig *cfg) { return ft_flavour_of(a->bf16, qk_fused_mma_used(cfg)); }
 
 // ---------------------------------------------------------------------------------------------
 // Seed lists
@@ -109,10 +108,6 @@ __global__ void __launch_bounds__(FT_THREADS) ft_seed_lists(const float *c, long
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-extern "C" size_t qk_fused_smem_bytes(int bf16, QkFusedMma mma, int k, int both) {
-    return ft_smem_bytes(ft_flavour_of(bf16, mma), k, both ? 2 : 1);
-}
-
 extern "C" size_t qk_fused_seed_bytes(int batch) { return (size_t)(batch > 1 ? batch : 1) * QK_FSEL_SEEDS * sizeof(int32_t); }
 
 static int misaligned(const void *p) { return p && ((uintptr_t)p & 15); }
@@ -141,7 +136,7 @@ extern "C" int qk_fused_supported(const QkFusedArgs *a, const QkFusedConfig *cfg
     else if (a->batch < 1 || a->batch > 65535) *why = "batch outside 1..65535";
     else if (ft_flavour(a, cfg) == FT_WGMMA_TMA) *why = ft_tma_refusal(a, cfg);
     if (*why) return 0;
-    if (qk_fused_smem_bytes(a->bf16, qk_fused_mma_used(cfg), a->k, both) > cfg->smem_optin) {
+    if (ft_smem_bytes(ft_flavour(a, cfg), a->k, both ? 2 : 1) > cfg->smem_optin) {
         *why = "shared memory per block too small for this k (top + bottom)";
         return 0;
     }
@@ -152,8 +147,7 @@ extern "C" int qk_fused_supported(const QkFusedArgs *a, const QkFusedConfig *cfg
 static int ft_seed_launch(const QkFusedArgs *a, float sign, cudaStream_t stream, int sync_each, const char *shape) {
     const int blocks = a->c_stride ? a->batch : 1;
     ft_seed_lists<<<blocks, FT_THREADS, 0, stream>>>(a->c, a->c_stride, a->M, sign, a->seeds);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && sync_each) e = cudaStreamSynchronize(stream);
+    const cudaError_t e = qk_launch_status(stream, sync_each);
     if (e != cudaSuccess)
         return qk_err("kernel ft_seed_lists<<<%d,%d>>> [%s]: %s", blocks, FT_THREADS, shape, cudaGetErrorString(e));
     return 0;
@@ -163,7 +157,7 @@ extern "C" int qk_fused_launch(const QkFusedArgs *a, const QkFusedConfig *cfg, c
     if (a->n == 0) return 0;
     const int both = a->bidx != NULL, fl = ft_flavour(a, cfg);
     // Seeds only where they can help: c given (the seed order) and more than one tile to walk.
-    const int seeded = cfg->seed && a->c && a->seeds && a->M > QK_FSEL_BN;
+    const int seeded = a->seeds && a->c && a->M > QK_FSEL_BN;
     FtParams p;
     memset(&p, 0, sizeof p);
     p.U = a->U, p.V = a->V, p.ldu = a->ldu, p.U_stride = a->U_stride, p.V_stride = a->V_stride;
