@@ -244,6 +244,13 @@ def sae_inputs(model, gen, stream, n_tokens):
     return [torch.cat(r) for r in res], windows.reshape(-1), prev.reshape(-1)
 
 
+def topk_code(sae, xb, k):
+    """The TopK SAE's pre-activations of xb [B, d] and its code: the k largest, ReLU'd, the rest 0."""
+    pre = (xb - sae.b_dec) @ sae.W_enc + sae.b_enc
+    val, top = pre.topk(k, dim=-1)
+    return pre, torch.zeros_like(pre).scatter(-1, top, torch.relu(val))
+
+
 def resample_dead(sae, opt, x, dead, gen):
     """Dead latents restarted where the SAE does worst (Bricken et al. 2023, "Towards Monosemanticity"):
     each takes the direction of the reconstruction error of an input drawn with probability ~ its
@@ -255,9 +262,7 @@ def resample_dead(sae, opt, x, dead, gen):
         return idx
     with torch.no_grad():
         xb = x[torch.randint(0, len(x), (16 * SAE_BATCH,), generator=gen)]  # [16 * SAE_BATCH, d]
-        pre = (xb - sae.b_dec) @ sae.W_enc + sae.b_enc
-        val, top = pre.topk(sae.cfg.k, dim=-1)
-        err = xb - torch.zeros_like(pre).scatter(-1, top, torch.relu(val)) @ sae.W_dec - sae.b_dec
+        err = xb - topk_code(sae, xb, sae.cfg.k)[1] @ sae.W_dec - sae.b_dec
         e2 = (err ** 2).sum(-1)
         pick = torch.multinomial(e2 / e2.sum(), len(idx), replacement=False, generator=gen)
         d = err[pick] / err[pick].norm(dim=1, keepdim=True)
@@ -298,9 +303,7 @@ def train_sae(x, layer, gen):
     curve = []
     for step in range(steps):
         xb = x[torch.randint(0, len(x), (SAE_BATCH,), generator=gen)]
-        pre = (xb - sae.b_dec) @ sae.W_enc + sae.b_enc
-        val, idx = pre.topk(k, dim=-1)
-        acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(val))
+        pre, acts = topk_code(sae, xb, k)
         xhat = acts @ sae.W_dec + sae.b_dec
         err = xb - xhat
         loss = (err ** 2).sum(-1).mean() / var
