@@ -550,33 +550,36 @@ typedef struct {
     AnalysisPlan p;
     QkAnaCuda *dev;
     int n_run;                // layers the forward computes: up to the last with an SAE
-    unsigned char *flags_d;   // (n_run, max_batch T) device: each analysed layer's non-finite rows
-    unsigned char *flags_h;   // (n_run, max_batch T) host copy
+    int n_sae;                // layers with an SAE (the analysed layers)
+    unsigned char *flags_d;   // (n_sae, N) device, N = B T of the batch (room for max_batch T): each
+                              // analysed layer's non-finite rows
+    unsigned char *flags_h;   // (n_sae, N) host copy
     QkAnaLayerActs *acts;     // (L) the batch's device activations per layer
     cudaEvent_t fwd_start, fwd_end;  // the forward's device time
 } CudaAnalysis;
 
 // Stops the batch, as the host analysis does, when an analysed layer's activations (acts) at a
 // counted position (t < valid_len[b]) are not finite: before any of them reaches an aggregate.
-// Every layer's flags in one download and one wait; the first layer with one is named.
+// Every analysed layer's flags, packed (n_sae, N), in one download of the bytes the checks wrote
+// and one wait; the first layer with one is named.
 static int check_finite(CudaAnalysis *an, const QkAnaLayerActs *acts, int B, const int32_t *valid_len) {
     CudaCtx *ctx = an->ctx;
     const int T = an->p.T, N = B * T, C = an->p.model->cfg.d_model;
-    const size_t rows = (size_t)an->p.max_batch * T;
-    for (int l = 0; l < an->n_run; l++) {
+    for (int l = 0, j = 0; l < an->n_run; l++) {
         const QkAnaLayerActs *x = &acts[l];
         if (an->p.sae[l] && fwd_nonfinite_rows(ctx->compute, x->resid, x->ld_resid, x->sigma, x->q, x->k, x->ld_qk, C, N,
-                                               an->flags_d + l * rows))
+                                               an->flags_d + (size_t)j++ * N))
             return -1;
     }
-    CUDA_TRYF(cudaMemcpyAsync(an->flags_h, an->flags_d, an->n_run * rows, cudaMemcpyDeviceToHost, ctx->compute),
-              "%d x %zu flags", an->n_run, rows);
-    CUDA_TRYF(cudaStreamSynchronize(ctx->compute), "the finite check of %d layers", an->n_run);
-    for (int l = 0; l < an->n_run; l++) {
+    CUDA_TRYF(cudaMemcpyAsync(an->flags_h, an->flags_d, (size_t)an->n_sae * N, cudaMemcpyDeviceToHost, ctx->compute),
+              "%d x %d flags", an->n_sae, N);
+    CUDA_TRYF(cudaStreamSynchronize(ctx->compute), "the finite check of %d layers", an->n_sae);
+    for (int l = 0, j = 0; l < an->n_run; l++) {
         if (!an->p.sae[l]) continue;
+        const unsigned char *fl = an->flags_h + (size_t)j++ * N;
         for (int b = 0; b < B; b++)
             for (int t = 0; t < (valid_len ? valid_len[b] : T); t++) {
-                const unsigned f = an->flags_h[l * rows + b * T + t];
+                const unsigned f = fl[b * T + t];
                 if (!f) continue;
                 const char *what = f & 1 ? "resid_pre" : f & 2 ? "ln1 scale" : f & 4 ? "attn q" : "attn k";
                 return qk_err("layer %d, window %d of the batch, position %d: non-finite %s (the model overflows on "
@@ -598,8 +601,8 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     an->ctx = ctx, an->p = *p;
     an->acts = (QkAnaLayerActs *)qk_calloc(p->model->cfg.n_layer, sizeof(QkAnaLayerActs));
     for (int l = 0; l < p->model->cfg.n_layer; l++)
-        if (p->sae[l]) an->n_run = l + 1;
-    const size_t rows = (size_t)p->max_batch * p->T * (an->n_run ? an->n_run : 1);
+        if (p->sae[l]) an->n_run = l + 1, an->n_sae++;
+    const size_t rows = (size_t)p->max_batch * p->T * (an->n_sae ? an->n_sae : 1);
     if (cudaEventCreate(&an->fwd_start) != cudaSuccess || cudaEventCreate(&an->fwd_end) != cudaSuccess) {
         qk_err("cudaEventCreate (the forward's timing): %s", cudaGetErrorString(cudaGetLastError()));
         cuda_analysis_close((QkAnalysis *)an);

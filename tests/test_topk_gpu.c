@@ -421,12 +421,13 @@ static void prob_round_bf16(Prob *p) {
     for (size_t x = 0; x < (size_t)p->batch * p->M * p->r; x++) p->V[x] = qk_bf16_round(p->V[x]);
 }
 
-// The fused kernel in precision q against the host on the same operands: same sets except
-// counted near-ties, values within accumulation rounding, counts as check() wants them.
-static void check_fused(const char *name, Prob *p, QkPrecision q, int both) {
+// The fused kernel in precision q (seeding: 1 on, 0 off, -1 as the environment says) against the
+// host on the same operands: same sets except counted near-ties, values within accumulation
+// rounding, counts as check() wants them.
+static void check_fused_seeding(const char *name, Prob *p, QkPrecision q, int seed, int both) {
     Out h, d;
     run_host(p, both, &h);
-    QkBtk *ctx = fused_ctx(q);
+    QkBtk *ctx = fused_ctx_with(q, -1, seed);
     run_dev(ctx, p, both, &d);
     const char *why = NULL;
     cr_assert(qk_btk_last_path(ctx, &why), "%s %s [batch %d n %d M %d r %d k %d]: the fused kernel declined: %s", name,
@@ -450,6 +451,8 @@ static void check_fused(const char *name, Prob *p, QkPrecision q, int both) {
     cr_assert(ties <= rows / 20 + 2, "%s: %d near-ties in %d rows: more than rounding explains", kernel, ties, rows);
     out_free(&h), out_free(&d);
 }
+
+static void check_fused(const char *name, Prob *p, QkPrecision q, int both) { check_fused_seeding(name, p, q, -1, both); }
 
 // m not a multiple of the tile, n = 1, n not a multiple of 64, k = 1 and 64, k = M, r = 16 .. 768,
 // a batch; every activation, bottom, top + bottom; ReLU rows with every score negative.
@@ -629,8 +632,8 @@ Test(topk_gpu, fused_seeding_on_and_off_identical, .timeout = 600) {
             }
             p.o.bottom = 0;
         }
-        check_fused("seeded", &p, QK_PREC_BF16, 1);
-        check_fused("seeded", &p, QK_PREC_FP32, 0);
+        check_fused_seeding("seeded", &p, QK_PREC_BF16, 1, 1);
+        check_fused_seeding("seeded", &p, QK_PREC_FP32, 1, 0);
         prob_free(&p);
     }
 }

@@ -456,7 +456,9 @@ extern "C" int qk_btk_set_fused_mma(QkBtk *b, const char *name) {
     CUDA_TRYF(cudaSetDevice(b->device), "the fused kernel's configuration");
     if (!fused_config(b)) return -1;
     b->fz.mma = m;
-    return qk_fused_mma_used(&b->fz) == m;
+    // runs: the device has it, and for TMA the driver's tensor-map encoder (else the fused path
+    // declines every bf16 problem, qk_fused_supported)
+    return qk_fused_mma_used(&b->fz) == m && (m != QK_FUSED_WGMMA_TMA || b->fz.encode);
 }
 
 extern "C" int qk_btk_set_fused_seed(QkBtk *b, int on) {
@@ -518,7 +520,7 @@ extern "C" int qk_btk_run(QkBtk *b, const QkBtkBatch *bt, int n, int M, int r, c
         if (!cfg) return -1;
         const char *why = "no TF32 variant";
         if (b->prec != QK_PREC_TF32 && qk_fused_supported(&f, cfg, &why)) {
-            if (cfg->seed && c) {  // QK_FUSED_SEED: the seed lists' scratch
+            if (qk_fused_seeds(&f, cfg)) {  // QK_FUSED_SEED: the seed lists' scratch
                 if (GROW(b, seeds, qk_fused_seed_bytes(batch), "the fused kernel's seed lists")) return -1;
                 f.seeds = b->seeds;
             }

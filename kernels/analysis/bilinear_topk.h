@@ -49,7 +49,8 @@ void qk_btk_set_path(QkBtk *b, int fused);
 // The fused kernel's bf16 flavour (mma | wgmma-st | wgmma: kernels/analysis/topk_fused.h) and
 // its seeding (on by default), read from QK_FUSED_MMA / QK_FUSED_SEED at the first fused run;
 // these override them.  set_fused_mma returns 1 when the flavour runs on this device, 0 when the
-// device lacks it (mma.sync runs instead), -1 with qk_errmsg() on an unknown name.
+// device lacks it (mma.sync runs instead) or, for wgmma, the driver gives no tensor-map encoder
+// (the fused path declines bf16 problems), -1 with qk_errmsg() on an unknown name.
 int qk_btk_set_fused_mma(QkBtk *b, const char *name);
 int qk_btk_set_fused_seed(QkBtk *b, int on);
 // 1 when the last qk_btk_run used the fused kernel; else 0 and, when why != NULL, *why says why.

@@ -54,8 +54,8 @@ typedef struct {
     QkTopkAct act;
     int32_t *idx, *count, *bidx;  // bidx/bval: the bottom of top + bottom, or NULL
     float *val, *bval;
-    int32_t *seeds;  // scratch of qk_fused_seed_bytes(batch) device bytes for the seed lists; NULL: no
-                     // seeding (the caller's choice: QkFusedConfig.seed)
+    int32_t *seeds;  // scratch of qk_fused_seed_bytes(batch) device bytes for the seed lists where
+                     // qk_fused_seeds says the launch seeds; NULL: no seeding
 } QkFusedArgs;
 
 typedef enum { QK_FUSED_MMA_SYNC = 0, QK_FUSED_WGMMA_ST = 1, QK_FUSED_WGMMA_TMA = 2 } QkFusedMma;
@@ -80,6 +80,9 @@ int qk_fused_mma_parse(const char *name, QkFusedMma *mma);
 // The bf16 flavour cfg gives on its device.
 QkFusedMma qk_fused_mma_used(const QkFusedConfig *cfg);
 
+// Whether a launch of these arguments seeds (the one rule: cfg->seed, c given for the seed order,
+// and more than one tile of columns to walk); only then does it read a->seeds.
+int qk_fused_seeds(const QkFusedArgs *a, const QkFusedConfig *cfg);
 // Device bytes of the seed-list scratch of a launch of `batch` problems.
 size_t qk_fused_seed_bytes(int batch);
 

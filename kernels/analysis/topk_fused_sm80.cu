@@ -108,6 +108,10 @@ __global__ void __launch_bounds__(FT_THREADS) ft_seed_lists(const float *c, long
 // ---------------------------------------------------------------------------------------------
 // Host side
 
+extern "C" int qk_fused_seeds(const QkFusedArgs *a, const QkFusedConfig *cfg) {
+    return cfg->seed && a->c && a->M > QK_FSEL_BN;  // seeds help only with c (their order) and tiles to skip
+}
+
 extern "C" size_t qk_fused_seed_bytes(int batch) { return (size_t)(batch > 1 ? batch : 1) * QK_FSEL_SEEDS * sizeof(int32_t); }
 
 static int misaligned(const void *p) { return p && ((uintptr_t)p & 15); }
@@ -156,8 +160,7 @@ static int ft_seed_launch(const QkFusedArgs *a, float sign, cudaStream_t stream,
 extern "C" int qk_fused_launch(const QkFusedArgs *a, const QkFusedConfig *cfg, cudaStream_t stream, int sync_each) {
     if (a->n == 0) return 0;
     const int both = a->bidx != NULL, fl = ft_flavour(a, cfg);
-    // Seeds only where they can help: c given (the seed order) and more than one tile to walk.
-    const int seeded = a->seeds && a->c && a->M > QK_FSEL_BN;
+    const int seeded = a->seeds && qk_fused_seeds(a, cfg);
     FtParams p;
     memset(&p, 0, sizeof p);
     p.U = a->U, p.V = a->V, p.ldu = a->ldu, p.U_stride = a->U_stride, p.V_stride = a->V_stride;
