@@ -175,6 +175,22 @@ static inline int shf(const char *fmt, ...) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+// Runs `cmd` (stdout to /dev/null, stderr to DIR/err.txt) and checks: exit status `code`, stderr
+// one line holding `want`, no sanitizer report.  Returns the stderr text (free it).
+static inline char *expect_fail_in(const char *dir, int code, const char *want, const char *cmd) {
+    char *err = qk_path_join(dir, "err.txt");
+    int st = shf("%s > /dev/null 2> %s", cmd, err);
+    char *text = qk_read_file(err, NULL);
+    cr_assert_not_null(text);
+    cr_expect_eq(st, code, "exit %d, want %d: %s\n%s", st, code, cmd, text);
+    cr_expect(strstr(text, want) != NULL, "stderr lacks '%s': %s", want, text);
+    const char *nl = strchr(text, '\n');
+    cr_expect(nl && !nl[1], "not one line: %s", text);
+    cr_expect(!strstr(text, "double free") && !strstr(text, "Sanitizer"), "%s", text);
+    free(err);
+    return text;
+}
+
 // Whether object `obj` (a dataset, or a group with everything under it) holds the same values in
 // two HDF5 files: exactly, or to `rel` relative when rel > 0.  h5diff exits 0 on objects it cannot
 // compare (another shape, a member missing on one side), so its report of them (-c) counts as a

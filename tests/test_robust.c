@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "io/h5out.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "model/planted.h"
@@ -39,21 +40,8 @@ static const char *run_backend(void) {
     return b;
 }
 
-// Runs `cmd` (stderr to DIR/err.txt) and checks: exit status `code`, stderr one line holding
-// `want`, nothing but `quiet_ok` on stdout.  Returns the stderr text (free it).
-static char *expect_fail(int code, const char *want, const char *cmd) {
-    char *err = at("err.txt");
-    int st = shf("%s > /dev/null 2> %s", cmd, err);
-    char *text = qk_read_file(err, NULL);
-    cr_assert_not_null(text);
-    cr_expect_eq(st, code, "exit %d, want %d: %s\n%s", st, code, cmd, text);
-    cr_expect(strstr(text, want) != NULL, "stderr lacks '%s': %s", want, text);
-    const char *nl = strchr(text, '\n');
-    cr_expect(nl && !nl[1], "not one line: %s", text);
-    cr_expect(!strstr(text, "double free") && !strstr(text, "Sanitizer"), "%s", text);
-    free(err);
-    return text;
-}
+// expect_fail_in (test_common.h) in the suite's folder.
+static char *expect_fail(int code, const char *want, const char *cmd) { return expect_fail_in(g_dir, code, want, cmd); }
 
 static void write_npy(const char *name, const char *descr, const void *data, int64_t n) {
     char *p = at(name);
@@ -268,4 +256,93 @@ Test(robust, integer_options_take_whole_decimals) {
     free(expect_fail(2, "--seed '': expected an integer in [0, 2^53)", cmd));
     snprintf(cmd, sizeof cmd, QK_BIN " planted -q --seed ' 5' --out %s/never", g_dir);
     free(expect_fail(2, "--seed: ' 5' is not an integer", cmd));
+}
+
+// Dataset NAME of FILE replaced by an int32 one of shape dims[0..nd): `v` (NULL: zeros), or with
+// `unwritten` chunked and never written, so that its shape alone may be any size.
+static void replace_i32(const char *file, const char *name, int nd, const hsize_t *dims, const int32_t *v, int unwritten) {
+    hid_t f = H5Fopen(file, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0, "%s", file);
+    cr_assert_geq(H5Ldelete(f, name, H5P_DEFAULT), 0, "%s: %s", file, name);
+    hid_t sp = H5Screate_simple(nd, dims, NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t chunk[2] = {1024, 1}, n = 1;
+    for (int i = 0; i < nd; i++) n *= dims[i];
+    if (unwritten) cr_assert_geq(H5Pset_chunk(pl, nd, chunk), 0);
+    hid_t d = H5Dcreate2(f, name, H5T_NATIVE_INT32, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
+    cr_assert_geq(d, 0, "%s: %s", file, name);
+    if (!unwritten) {
+        int32_t *zeros = v ? NULL : qk_calloc(n, 4);
+        cr_assert_geq(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v ? v : zeros), 0);
+        free(zeros);
+    }
+    H5Dclose(d), H5Pclose(pl), H5Sclose(sp), H5Fclose(f);
+}
+
+// Elements of dataset NAME of FILE.
+static hsize_t ds_points(const char *file, const char *name) {
+    hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT), d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
+    cr_assert_geq(sp, 0, "%s: %s", file, name);
+    const hsize_t n = (hsize_t)H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp), H5Dclose(d), H5Fclose(f);
+    return n;
+}
+
+// Merge and report read the datasets of their input files as untrusted: a shape of 2^62 elements
+// (a few bytes of file), an example or vocabulary dataset of another rank or length, a summary head
+// that is not a head, metric means not one per head and metric: each one line naming the file
+// and the dataset, exit 1, no output.  (Merge overflowed its buffers on the first two, report
+// wrote out of bounds on a negative head.)  A head listed twice in recorded_heads is loaded once.
+Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
+    char *pv = at("pv"), *ini = at("pv.ini"), *shards = at("pv/c"), *run = at("pv/r.h5"), *out = at("pv/out");
+    char cmd[4096], vocab[700], shard0[700], keep[700], keep_run[700], want[400];
+    snprintf(cmd, sizeof cmd, QK_BIN " planted -q --out %s --tokens 4096 --vocab ../shared/data/gpt2", pv);
+    cr_assert_eq(shf("%s", cmd), 0, "%s", cmd);
+    snprintf(vocab, sizeof vocab, "vocab = %s/vocab\n[analysis]\nrecord_heads = 1.3\nk = 8\np = 4\n[run]\nbackend = cpu\n"
+             "threads = 1\n", pv);
+    write_planted_ini(ini, pv, vocab);
+    cr_assert_eq(shf(QK_BIN " run -q %s --set output.shard_tokens=1280 -o %s", ini, shards), 0);
+    cr_assert_eq(shf(QK_BIN " run -q %s -o %s", ini, run), 0);
+    snprintf(shard0, sizeof shard0, "%s/shard-000000.h5", shards);
+    snprintf(keep, sizeof keep, "%s/kept.h5", pv);
+    snprintf(keep_run, sizeof keep_run, "%s/kept-run.h5", pv);
+    cr_assert_eq(shf("cp %s %s && cp %s %s", shard0, keep, run, keep_run), 0);
+
+    const hsize_t huge = (hsize_t)1 << 62, ex[2] = {ds_points(shard0, "aggregates/0.0/examples_query_feature"), 3};
+    const hsize_t ids[2] = {ds_points(shard0, "vocab/ids"), 2};
+    replace_i32(shard0, "summary/head_layer", 1, &huge, NULL, 1);
+    snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s", shards, out);
+    free(expect_fail(1, "shard-000000.h5: dataset 'summary/head_layer': its shape needs more memory than there is", cmd));
+    cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    replace_i32(shard0, "aggregates/0.0/examples_key_feature", 2, ex, NULL, 0);
+    snprintf(want, sizeof want, "aggregates/0.0/examples_key_feature: %llu entries, aggregates/0.0/examples_query_feature has %llu",
+             (unsigned long long)(ex[0] * 3), (unsigned long long)ex[0]);
+    free(expect_fail(1, want, cmd));
+    cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    replace_i32(shard0, "vocab/ids", 2, ids, NULL, 0);
+    free(expect_fail(1, "shard-000000.h5: vocab/: expected ids (N), offsets (N + 1) and bytes", cmd));
+    cr_expect(!qk_file_exists(out), "%s written", out);
+    cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    cr_expect_eq(shf("%s > /dev/null", cmd), 0, "the restored shards do not merge");
+
+    const hsize_t eight = 8, one = 1;
+    const int32_t bad_head[8] = {-1, 1, 2, 3, 0, 1, 2, 3}, zero = 0;
+    snprintf(cmd, sizeof cmd, QK_BIN " report %s -o %s.html", run, out);
+    replace_i32(run, "summary/head_index", 1, &eight, bad_head, 0);
+    free(expect_fail(1, "r.h5: summary/head_layer, head_index [0]: head 0.-1 is not a head", cmd));
+    cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
+    replace_i32(run, "summary/metric_mean", 1, &one, &zero, 0);
+    free(expect_fail(1, "r.h5: summary/metric_mean has 1 values, not one per head (8) and metric", cmd));
+    snprintf(want, sizeof want, "%s.html", out);
+    cr_expect(!qk_file_exists(want), "%s written", want);
+    cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
+    hid_t f = H5Fopen(run, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0);
+    char heads[4 * 200 + 1] = "";
+    for (int i = 0; i < 200; i++) strcat(heads, i ? ",1.3" : "1.3");
+    cr_assert_geq(H5Adelete(f, "recorded_heads"), 0);
+    cr_assert_eq(qk_h5_attr_str(f, "recorded_heads", heads), 0, "%s", qk_errmsg());
+    H5Fclose(f);
+    cr_expect_eq(shf("%s 2> /dev/null", cmd), 0, "report with a head listed 200 times in recorded_heads");
+    cr_expect(qk_file_exists(want), "%s missing", want);
+    free(pv), free(ini), free(shards), free(run), free(out);
 }

@@ -252,13 +252,9 @@ Test(shards, merge_refuses_a_summary_that_names_no_head, .timeout = 120) {
     for (int c = 0; c < 4; c++) {
         v[0] = cases[c].first;
         rewrite_head_index(p, v, cases[c].n);
-        snprintf(cmd, sizeof cmd, "! " QK_BIN " merge %s -o %s 2> %s/err.txt", p, out, g_dir);
-        cr_assert_eq(sh(cmd), 0, "case %d: merge did not fail", c);
-        char e[700];
-        snprintf(e, sizeof e, "%s/err.txt", g_dir);
-        char *err = qk_read_file(e, NULL);
-        cr_expect(strstr(err, "shard-000000.h5") && strstr(err, cases[c].says), "case %d: %s", c, err);
-        cr_expect(!strchr(err, '\n') || !strchr(strchr(err, '\n') + 1, '\n'), "case %d: more than one line: %s", c, err);
+        snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s", p, out);
+        char *err = expect_fail_in(g_dir, 1, cases[c].says, cmd);
+        cr_expect(strstr(err, "shard-000000.h5"), "case %d: %s", c, err);
         free(err);
         cr_expect(!qk_file_exists(out), "case %d: %s written", c, out);
     }

@@ -96,28 +96,24 @@ int pair_examples_read_add(PairExamples *x, hid_t file, const char *path, const 
     char name[6][192];
     for (int k = 0; k < 6; k++) snprintf(name[k], sizeof name[k], "%sexamples_%s", prefix, k_names[k]);
     if (H5Lexists(file, name[0], H5P_DEFAULT) <= 0) return 0;
-    hsize_t n = 0;
-    H5T_class_t cls;
-    size_t sz;
-    for (int k = 0; k < 6; k++) {
-        hsize_t nk = 0;
-        if (H5LTget_dataset_info(file, name[k], &nk, &cls, &sz) < 0 || (k && nk != n))
-            return qk_err("%s: %s: missing or not the length of %s", path, name[k], name[0]);
+    // Each dataset whole (qk_h5_read_all: its buffer sized from its own shape), all of one length.
+    const hid_t type[6] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_INT64,
+                           H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_FLOAT};
+    static const size_t elem[6] = {4, 4, 8, 4, 4, 4};
+    void *buf[6] = {NULL};
+    int64_t n = 0;
+    int rc = 0;
+    for (int k = 0; k < 6 && !rc; k++) {
+        int64_t nk = 0;
+        buf[k] = qk_h5_read_all(file, path, name[k], type[k], elem[k], NULL, NULL, &nk);
+        if (!buf[k]) rc = -1;
+        else if (k && nk != n) rc = qk_err("%s: %s: %lld entries, %s has %lld", path, name[k], (long long)nk, name[0], (long long)n);
         if (!k) n = nk;
     }
-    int32_t *f = qk_malloc(4 * (n + 1)), *g = qk_malloc(4 * (n + 1)), *qp = qk_malloc(4 * (n + 1)),
-            *kp = qk_malloc(4 * (n + 1));
-    int64_t *w = qk_malloc(8 * (n + 1));
-    float *t = qk_malloc(4 * (n + 1));
-    int rc = 0;
-    if (n && (H5LTread_dataset(file, name[0], H5T_NATIVE_INT32, f) < 0 ||
-              H5LTread_dataset(file, name[1], H5T_NATIVE_INT32, g) < 0 ||
-              H5LTread_dataset(file, name[2], H5T_NATIVE_INT64, w) < 0 ||
-              H5LTread_dataset(file, name[3], H5T_NATIVE_INT32, qp) < 0 ||
-              H5LTread_dataset(file, name[4], H5T_NATIVE_INT32, kp) < 0 ||
-              H5LTread_dataset(file, name[5], H5T_NATIVE_FLOAT, t) < 0))
-        rc = qk_err("%s: cannot read %sexamples_*", path, prefix);
-    for (hsize_t i = 0; !rc && i < n; i++) pair_examples_add(x, f[i], g[i], t[i], w[i] + rebase, qp[i], kp[i]);
-    free(f), free(g), free(qp), free(kp), free(w), free(t);
+    const int32_t *f = buf[0], *g = buf[1], *qp = buf[3], *kp = buf[4];
+    const int64_t *w = buf[2];
+    const float *t = buf[5];
+    for (int64_t i = 0; !rc && i < n; i++) pair_examples_add(x, f[i], g[i], t[i], w[i] + rebase, qp[i], kp[i]);
+    for (int k = 0; k < 6; k++) free(buf[k]);
     return rc;
 }

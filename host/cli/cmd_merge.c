@@ -251,29 +251,15 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
 static int merge_aggregates(const Shards *s, QkH5Out *out) {
     hid_t f0 = s->file[0];
     int L = 0, H = 0, rc = 0;
-    {  // the heads: summary/head_layer and head_index of shard 0 (qk_h5_read_all: read checked)
-        int64_t nh = 0, nh2 = 0;
-        int32_t *hl = qk_h5_read_all(f0, s->path[0], "summary/head_layer", H5T_NATIVE_INT32, 4, NULL, NULL, &nh);
-        int32_t *hh = hl ? qk_h5_read_all(f0, s->path[0], "summary/head_index", H5T_NATIVE_INT32, 4, NULL, NULL, &nh2) : NULL;
-        if (!hh) return free(hl), -1;
-        if (nh2 != nh) rc = qk_err("%s: summary/head_index has %lld entries, summary/head_layer %lld", s->path[0],
-                                   (long long)nh2, (long long)nh);
-        for (int64_t i = 0; i < nh && !rc; i++) {  // within gpt2.h's caps on n_layer and n_head
-            if (hl[i] < 0 || hl[i] >= 1024 || hh[i] < 0 || hh[i] >= 4096)
-                rc = qk_err("%s: summary/head_layer, head_index [%lld]: head %d.%d is not a head", s->path[0],
-                            (long long)i, hl[i], hh[i]);
-            L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
-        }
-        if (rc) return free(hl), free(hh), -1;
+    {  // the heads: shard 0's summary/ (agg_read_summary_heads: checked as untrusted input)
+        int64_t nh = 0;
+        int32_t *hl, *hh;
+        if (agg_read_summary_heads(f0, s->path[0], &hl, &hh, &nh, &L, &H)) return -1;
         HeadAggregates *agg = qk_calloc((size_t)L * H, sizeof(HeadAggregates));
         const HeadAggregates **ptr = qk_calloc((size_t)L * H, sizeof(HeadAggregates *));
         for (int i = 0; i < nh && !rc; i++) {
             char g[64];
             snprintf(g, sizeof g, "aggregates/%d.%d", hl[i], hh[i]);
-            if (ptr[hl[i] * H + hh[i]]) {
-                rc = qk_err("%s: summary/head_layer, head_index: head %d.%d listed twice", s->path[0], hl[i], hh[i]);
-                break;
-            }
             if (H5Lexists(f0, g, H5P_DEFAULT) <= 0) {
                 rc = qk_err("%s: group %s (summary/ lists its head) is missing", s->path[0], g);
                 break;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/util.h"
+#include "model/gpt2.h"
 
 // Metric means, from the exact sums.
 static void means(const HeadAggregates *g, double *mean) {
@@ -180,6 +181,31 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
     if (isfinite(total)) x->sketch.total = total;  // every update the shard's sketch saw, not only those kept
     if (isfinite(pruned)) x->sketch.pruned = pruned;
     return rc ? -1 : 0;
+}
+
+int agg_read_summary_heads(hid_t f, const char *path, int32_t **hl_out, int32_t **hh_out, int64_t *n_out, int *L_out,
+                           int *H_out) {
+    int64_t n = 0, n2 = 0;
+    int32_t *hl = qk_h5_read_all(f, path, "summary/head_layer", H5T_NATIVE_INT32, 4, NULL, NULL, &n);
+    int32_t *hh = hl ? qk_h5_read_all(f, path, "summary/head_index", H5T_NATIVE_INT32, 4, NULL, NULL, &n2) : NULL;
+    if (!hh) return free(hl), -1;
+    int L = 0, H = 0, rc = 0;
+    if (n2 != n)
+        rc = qk_err("%s: summary/head_index has %lld entries, summary/head_layer %lld", path, (long long)n2, (long long)n);
+    for (int64_t i = 0; i < n && !rc; i++) {
+        if (hl[i] < 0 || hl[i] >= GPT2_MAX_LAYER || hh[i] < 0 || hh[i] >= GPT2_MAX_HEAD)
+            rc = qk_err("%s: summary/head_layer, head_index [%lld]: head %d.%d is not a head", path, (long long)i, hl[i],
+                        hh[i]);
+        L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
+    }
+    unsigned char *seen = rc ? NULL : qk_calloc((size_t)L * H + 1, 1);
+    for (int64_t i = 0; i < n && !rc; i++)
+        if (seen[(size_t)hl[i] * H + hh[i]]++)
+            rc = qk_err("%s: summary/head_layer, head_index: head %d.%d listed twice", path, hl[i], hh[i]);
+    free(seen);
+    if (rc) return free(hl), free(hh), -1;
+    *hl_out = hl, *hh_out = hh, *n_out = n, *L_out = L, *H_out = H;
+    return 0;
 }
 
 int agg_read_add(hid_t f, const char *path, int l, int h, HeadAggregates *acc) {

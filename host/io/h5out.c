@@ -276,12 +276,17 @@ void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, siz
     hid_t sp = H5Dget_space(d);
     hsize_t shape[H5S_MAX_RANK];
     const int nd = H5Sget_simple_extent_ndims(sp);
-    size_t count = 1;
-    if (nd >= 0) H5Sget_simple_extent_dims(sp, shape, NULL);
-    for (int i = 0; i < nd; i++) count *= shape[i];
-    void *buf = nd >= 0 ? qk_malloc(elem * (count + 1)) : NULL;
+    size_t count = 1, bytes = 0;
+    const int shaped = nd >= 0 && H5Sget_simple_extent_dims(sp, shape, NULL) == nd;
+    int fits = shaped;
+    for (int i = 0; fits && i < nd; i++) fits = !qk_mul_size(count, shape[i], &count);
+    fits = fits && count < SIZE_MAX && !qk_mul_size(elem, count + 1, &bytes);
+    void *buf = fits ? malloc(bytes) : NULL;
+    const int held = buf != NULL;
     if (buf && count && H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) free(buf), buf = NULL;
     H5Sclose(sp), H5Dclose(d);
+    if (shaped && !held)  // its shape alone is too large: from the header, whatever the storage
+        return qk_err("%s: dataset '%s': its shape needs more memory than there is", path, name), NULL;
     if (!buf) return qk_err("%s: cannot read dataset '%s'", path, name), NULL;
     if (ndim) *ndim = nd;
     for (int i = 0; dims && i < nd; i++) dims[i] = shape[i];

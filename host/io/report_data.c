@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/util.h"
+#include "io/agg_io.h"
 #include "io/h5out.h"
 
 enum { TOP_PAIRS = 8, TOP_STATIC = 10 };
@@ -136,13 +137,14 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
     for (char *tok = strtok(names, ","); tok && d->M < 16; tok = strtok(NULL, ","))
         snprintf(d->metric_names[d->M++], sizeof d->metric_names[0], "%s", tok);
     free(names);
-    int64_t n;
-    int32_t *hl = qk_h5_read_all(d->run, run_path, "summary/head_layer", H5T_NATIVE_INT32, 4, NULL, NULL, &n);
-    int32_t *hh = hl ? qk_h5_read_all(d->run, run_path, "summary/head_index", H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
-    int64_t nm;
-    double *mm = hh ? qk_h5_read_all(d->run, run_path, "summary/metric_mean", H5T_NATIVE_DOUBLE, 8, NULL, NULL, &nm) : NULL;
+    int64_t n, nm;
+    int32_t *hl, *hh;
+    if (agg_read_summary_heads(d->run, run_path, &hl, &hh, &n, &d->L, &d->H)) return -1;
+    double *mm = qk_h5_read_all(d->run, run_path, "summary/metric_mean", H5T_NATIVE_DOUBLE, 8, NULL, NULL, &nm);
+    if (mm && nm != n * d->M)
+        free(mm), mm = NULL, qk_err("%s: summary/metric_mean has %lld values, not one per head (%lld) and metric (%d)",
+                                    run_path, (long long)nm, (long long)n, d->M);
     if (!mm) return free(hl), free(hh), -1;
-    for (int64_t i = 0; i < n; i++) d->L = hl[i] + 1 > d->L ? hl[i] + 1 : d->L, d->H = hh[i] + 1 > d->H ? hh[i] + 1 : d->H;
     d->means = qk_malloc(sizeof(double) * ((size_t)d->L * d->H * d->M + 1));
     for (int64_t i = 0; i < (int64_t)d->L * d->H * d->M; i++) d->means[i] = NAN;
     for (int64_t i = 0; i < n; i++)
@@ -173,7 +175,12 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
     d->rec = qk_calloc(d->L * d->H + 1, sizeof(ReportHead));
     for (char *tok = rec ? strtok(rec, ",") : NULL; tok && !rc; tok = strtok(NULL, ",")) {
         ReportHead *h = &d->rec[d->n_rec];
-        if (sscanf(tok, "%d.%d", &h->layer, &h->head) != 2 || h->layer >= d->L || h->head >= d->H) continue;
+        if (sscanf(tok, "%d.%d", &h->layer, &h->head) != 2 || h->layer < 0 || h->layer >= d->L || h->head < 0 ||
+            h->head >= d->H)
+            continue;
+        int twice = 0;  // a head listed again is loaded once (d->rec holds each head at most once)
+        for (int r = 0; r < d->n_rec && !twice; r++) twice = d->rec[r].layer == h->layer && d->rec[r].head == h->head;
+        if (twice) continue;
         d->n_rec++;
         rc = load_head(d, st, h);
     }

@@ -82,23 +82,17 @@ typedef struct {
 static int read_pieces(hid_t file, const char *path, Pieces *p) {
     memset(p, 0, sizeof *p);
     if (H5Lexists(file, "vocab", H5P_DEFAULT) <= 0) return 0;
-    hsize_t n = 0, n1 = 0, nb = 0;
-    H5T_class_t cls;
-    size_t sz;
-    if (H5LTget_dataset_info(file, "vocab/ids", &n, &cls, &sz) < 0 ||
-        H5LTget_dataset_info(file, "vocab/offsets", &n1, &cls, &sz) < 0 ||
-        H5LTget_dataset_info(file, "vocab/bytes", &nb, &cls, &sz) < 0 || n1 != n + 1)
-        return qk_err("%s: vocab/: expected ids (N), offsets (N + 1) and bytes", path);
-    p->n = n;
-    p->ids = qk_malloc(sizeof(int32_t) * (n + 1));
-    p->off = qk_malloc(sizeof(int64_t) * (n + 1));
-    p->bytes = qk_malloc(nb + 1);
-    if (H5LTread_dataset(file, "vocab/ids", H5T_NATIVE_INT32, p->ids) < 0 ||
-        H5LTread_dataset(file, "vocab/offsets", H5T_NATIVE_INT64, p->off) < 0 ||
-        (nb && H5LTread_dataset(file, "vocab/bytes", H5T_NATIVE_UINT8, p->bytes) < 0))
-        return qk_err("%s: cannot read vocab/", path);
-    for (size_t i = 0; i < n; i++)
-        if (p->off[i] < 0 || p->off[i] > p->off[i + 1] || (hsize_t)p->off[i + 1] > nb || p->ids[i] < 0 ||
+    // Each dataset whole (qk_h5_read_all: its buffer sized from its own shape); free_pieces frees
+    // what was read on every path.
+    int64_t n = 0, n1 = 0, nb = 0;
+    if (!(p->ids = qk_h5_read_all(file, path, "vocab/ids", H5T_NATIVE_INT32, 4, NULL, NULL, &n)) ||
+        !(p->off = qk_h5_read_all(file, path, "vocab/offsets", H5T_NATIVE_INT64, 8, NULL, NULL, &n1)) ||
+        !(p->bytes = qk_h5_read_all(file, path, "vocab/bytes", H5T_NATIVE_UINT8, 1, NULL, NULL, &nb)))
+        return -1;
+    if (n1 != n + 1) return qk_err("%s: vocab/: expected ids (N), offsets (N + 1) and bytes", path);
+    p->n = (size_t)n;
+    for (size_t i = 0; i < p->n; i++)
+        if (p->off[i] < 0 || p->off[i] > p->off[i + 1] || p->off[i + 1] > nb || p->ids[i] < 0 ||
             (i && p->ids[i] <= p->ids[i - 1]))
             return qk_err("%s: vocab/: entry %zu (id %d) has bad offsets or ids out of order", path, i, p->ids[i]);
     return 0;

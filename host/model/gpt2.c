@@ -18,7 +18,7 @@
 static const struct {
     const char *key;
     int max;
-} k_caps[] = {{"n_layer", 1024}, {"n_head", 4096}, {"n_embd", 1 << 16}, {"vocab_size", 1 << 24},
+} k_caps[] = {{"n_layer", GPT2_MAX_LAYER}, {"n_head", GPT2_MAX_HEAD}, {"n_embd", 1 << 16}, {"vocab_size", 1 << 24},
               {"n_positions", 1 << 20}, {"n_inner", 1 << 20}};
 
 // Reads integer key `key` of the config object (1 <= value <= its cap); `def` < 0 means the key

@@ -55,6 +55,11 @@ typedef struct {
     char *dir;
 } GPT2Model;
 
+// Caps of config.json's n_layer and n_head (gpt2.c has every size's): a file that names a head
+// beyond them (a run's summary/) names no head of any model qkscope loads.
+#define GPT2_MAX_LAYER 1024
+#define GPT2_MAX_HEAD 4096
+
 // Parses config.json (model_type gpt2, activation gelu_new) into *cfg.  Sizes are capped far
 // above any GPT-2 (host/model/gpt2.c), so a bad file fails here, naming the field.
 int gpt2_config_load(GPT2Config *cfg, const char *config_json_path);
