@@ -42,6 +42,7 @@ if [ "${1:-}" = --log ]; then
     check_log "$2" "${3:-$2}"
     exit
 fi
+[ $# -gt 0 ] || { echo "check-ptxas: no kernel objects to check (a CUDA=0 build has none)"; exit 1; }
 bad=0
 for o in "$@"; do
     check_log "${o%.o}.ptxas" "$o" || bad=1

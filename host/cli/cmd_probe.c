@@ -90,14 +90,21 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
         cJSON_AddItemToObject(e, "top_pairs", pairs);
         if (static_path && h->expected && ind && o->labels) {
             int n = 0, nm = 0;
-            double frac = NAN, fm = NAN;
+            double fm = NAN;
             if (lab_layer != h->layer) {
                 if (lab_layer >= 0) qk_labels_free(&lab), lab_layer = -1;
-                if ((rc = qk_labels_load(&lab, o->labels, h->layer))) break;
+                if ((rc = qk_labels_load(&lab, o->labels, h->layer))) {
+                    cJSON_Delete(e);  // not yet in arr
+                    break;
+                }
                 lab_layer = h->layer;
             }
-            frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n, &fm, &nm);
-            if (frac < 0 && (rc = -1)) break;
+            const double frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n, &fm, &nm);
+            if (frac < 0) {
+                rc = -1;
+                cJSON_Delete(e);
+                break;
+            }
             printf("       static q2k: %d labelled current-token features, %.3f send their first key feature to the "
                    "matching previous-token feature; of the %d whose token has a previous-token feature, %.3f\n", n, frac,
                    nm, fm);

@@ -88,7 +88,6 @@ static int write_npy(FILE *f, const char *name, const QkIds *ids, int u16) {
     return rc;
 }
 
-// -o naming one of the inputs would replace it.
 static int encode_inputs(const Args *a, QkBpe *bpe, FILE *out) {
     QkBpeEncoder *enc = qk_bpe_encoder_new(bpe);
     QkIds all = {0}, ids = {0};

@@ -53,7 +53,7 @@ enum FtFlavor { FT_FP32 = 0, FT_MMA = 1, FT_WGMMA = 2, FT_WGMMA_TMA = 3 };
 #define FT_VECS 8                   // 16-byte vectors per operand row of a k chunk
 #define FT_TSLOTS 64                // T slots per row at most (the warp queue; qk_fsel_tslots)
 #define FT_STAGES 3                 // WGMMA_TMA ring stages: 3 x 16 KiB; with k <= 32 and one side a
-                                    // block needs ~106 KiB, so two blocks share an SM
+                                    // block needs ~99 KiB (ft_smem_bytes), so two blocks share an SM
 #define FT_BOX_BYTES (QK_FSEL_BM * 128)  // one TMA box: 64 rows x 64 bf16 (8 KiB)
 #define FT_SW_ALIGN 1024            // SWIZZLE_128B repeats every 8 rows x 128 bytes: boxes start there
 #define FT_BARS (2 * FT_STAGES + 1)  // WGMMA_TMA's mbarriers: full [FT_STAGES], empty [FT_STAGES], U
