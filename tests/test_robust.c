@@ -289,9 +289,10 @@ static hsize_t ds_points(const char *file, const char *name) {
 
 // Merge and report read the datasets of their input files as untrusted: a shape of 2^62 elements
 // (a few bytes of file), an example or vocabulary dataset of another rank or length, a summary head
-// that is not a head, metric means not one per head and metric: each one line naming the file
-// and the dataset, exit 1, no output.  (Merge overflowed its buffers on the first two, report
-// wrote out of bounds on a negative head.)  A head listed twice in recorded_heads is loaded once.
+// that is not a head, metric means not one per head and metric, an example position outside the
+// window: each one line naming the file and the dataset, exit 1, no output.  (Merge overflowed
+// its buffers on the first two, report wrote out of bounds on a negative head and read out of
+// bounds on the position.)  A head listed twice in recorded_heads is loaded once.
 Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     char *pv = at("pv"), *ini = at("pv.ini"), *shards = at("pv/c"), *run = at("pv/r.h5"), *out = at("pv/out");
     char cmd[4096], vocab[700], shard0[700], keep[700], keep_run[700], want[400];
@@ -314,7 +315,7 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     free(expect_fail(1, "shard-000000.h5: dataset 'summary/head_layer': its shape needs more memory than there is", cmd));
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
     replace_i32(shard0, "aggregates/0.0/examples_key_feature", 2, ex, NULL, 0);
-    snprintf(want, sizeof want, "aggregates/0.0/examples_key_feature: %llu entries, aggregates/0.0/examples_query_feature has %llu",
+    snprintf(want, sizeof want, "aggregates/0.0/examples_key_feature has %llu elements, aggregates/0.0/examples_query_feature %llu",
              (unsigned long long)(ex[0] * 3), (unsigned long long)ex[0]);
     free(expect_fail(1, want, cmd));
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
@@ -332,6 +333,13 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
     replace_i32(run, "summary/metric_mean", 1, &one, &zero, 0);
     free(expect_fail(1, "r.h5: summary/metric_mean has 1 values, not one per head (8) and metric", cmd));
+    cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
+    const hsize_t nq = ds_points(run, "aggregates/1.3/examples_query_pos");
+    int32_t *far = qk_malloc(4 * nq + 4);
+    for (hsize_t i = 0; i < nq; i++) far[i] = 1 << 20;
+    replace_i32(run, "aggregates/1.3/examples_query_pos", 1, &nq, far, 0);
+    free(far);
+    free(expect_fail(1, "r.h5: aggregates/1.3/examples_window [0]: window ", cmd));
     snprintf(want, sizeof want, "%s.html", out);
     cr_expect(!qk_file_exists(want), "%s written", want);
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);

@@ -96,24 +96,18 @@ int pair_examples_read_add(PairExamples *x, hid_t file, const char *path, const 
     char name[6][192];
     for (int k = 0; k < 6; k++) snprintf(name[k], sizeof name[k], "%sexamples_%s", prefix, k_names[k]);
     if (H5Lexists(file, name[0], H5P_DEFAULT) <= 0) return 0;
-    // Each dataset whole (qk_h5_read_all: its buffer sized from its own shape), all of one length.
+    const char *names[6];
+    for (int k = 0; k < 6; k++) names[k] = name[k];
     const hid_t type[6] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_INT64,
                            H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_FLOAT};
     static const size_t elem[6] = {4, 4, 8, 4, 4, 4};
-    void *buf[6] = {NULL};
+    void *buf[6];
     int64_t n = 0;
-    int rc = 0;
-    for (int k = 0; k < 6 && !rc; k++) {
-        int64_t nk = 0;
-        buf[k] = qk_h5_read_all(file, path, name[k], type[k], elem[k], NULL, NULL, &nk);
-        if (!buf[k]) rc = -1;
-        else if (k && nk != n) rc = qk_err("%s: %s: %lld entries, %s has %lld", path, name[k], (long long)nk, name[0], (long long)n);
-        if (!k) n = nk;
-    }
+    if (qk_h5_read_columns(file, path, 6, names, type, elem, buf, &n)) return -1;
     const int32_t *f = buf[0], *g = buf[1], *qp = buf[3], *kp = buf[4];
     const int64_t *w = buf[2];
     const float *t = buf[5];
-    for (int64_t i = 0; !rc && i < n; i++) pair_examples_add(x, f[i], g[i], t[i], w[i] + rebase, qp[i], kp[i]);
+    for (int64_t i = 0; i < n; i++) pair_examples_add(x, f[i], g[i], t[i], w[i] + rebase, qp[i], kp[i]);
     for (int k = 0; k < 6; k++) free(buf[k]);
-    return rc;
+    return 0;
 }

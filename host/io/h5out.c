@@ -294,6 +294,22 @@ void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, siz
     return buf;
 }
 
+int qk_h5_read_columns(hid_t f, const char *path, int k, const char *const *names, const hid_t *mem, const size_t *elem,
+                       void **bufs, int64_t *n) {
+    int rc = 0;
+    for (int c = 0; c < k; c++) bufs[c] = NULL;
+    for (int c = 0; c < k && !rc; c++) {
+        int64_t nc = 0;
+        if (!(bufs[c] = qk_h5_read_all(f, path, names[c], mem[c], elem[c], NULL, NULL, &nc))) rc = -1;
+        else if (c && nc != *n)
+            rc = qk_err("%s: %s has %lld elements, %s %lld", path, names[c], (long long)nc, names[0], (long long)*n);
+        if (!c) *n = nc;
+    }
+    if (rc)
+        for (int c = 0; c < k; c++) free(bufs[c]), bufs[c] = NULL;
+    return rc;
+}
+
 int qk_h5_read_exact(hid_t f, const char *path, const char *name, hid_t mem, size_t n, void *buf) {
     hid_t d = H5Lexists(f, name, H5P_DEFAULT) > 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
     if (d < 0) return qk_err("%s: dataset '%s' is missing", path, name);

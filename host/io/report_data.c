@@ -44,33 +44,57 @@ static void neuronpedia_id(hid_t f, int l, char *out, size_t n) {
     free(hook);
 }
 
+// Columns cols[0..k <= 8) of head h's aggregates group, read as one table (qk_h5_read_columns).
+static int head_columns(const ReportData *d, const ReportHead *h, int k, const char *const *cols, const hid_t *type,
+                        const size_t *elem, void **b, int64_t *n) {
+    char name[8][96];
+    const char *names[8];
+    for (int c = 0; c < k; c++)
+        snprintf(name[c], sizeof name[c], "aggregates/%d.%d/%s", h->layer, h->head, cols[c]), names[c] = name[c];
+    return qk_h5_read_columns(d->run, d->run_path, k, names, type, elem, b, n);
+}
+
 static int load_head(ReportData *d, hid_t st, ReportHead *h) {
     char p[160];
     int64_t n;
     int rc = 0;
 #define AGG(x) (snprintf(p, sizeof p, "aggregates/%d.%d/" x, h->layer, h->head), p)
-    int32_t *pf = qk_h5_read_all(d->run, d->run_path, AGG("pairs_query_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n);
-    int32_t *pg = pf ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_key_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
-    double *pw = pg ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, 8, NULL, NULL, &n) : NULL;
-    double *ps = pw ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, 8, NULL, NULL, &n) : NULL;
-    int64_t *pc = ps ? qk_h5_read_all(d->run, d->run_path, AGG("pairs_count"), H5T_NATIVE_INT64, 8, NULL, NULL, &n) : NULL;
-    if (!pc) rc = -1;
-    h->n_pairs = rc ? 0 : (int)(n < TOP_PAIRS ? n : TOP_PAIRS);
-    h->pairs = qk_calloc(h->n_pairs + 1, sizeof(ReportPair));
-    for (int i = 0; i < h->n_pairs; i++) h->pairs[i] = (ReportPair){pf[i], pg[i], pw[i], ps[i], pc[i]};
-    free(pf), free(pg), free(pw), free(ps), free(pc);
+    // The pair table and the example table: each a set of columns of one length (qk_h5_read_columns).
+    {
+        static const char *const col[5] = {"pairs_query_feature", "pairs_key_feature", "pairs_weight", "pairs_sum",
+                                           "pairs_count"};
+        const hid_t type[5] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_DOUBLE, H5T_NATIVE_DOUBLE, H5T_NATIVE_INT64};
+        static const size_t elem[5] = {4, 4, 8, 8, 8};
+        void *b[5];
+        rc = head_columns(d, h, 5, col, type, elem, b, &n);
+        const int32_t *pf = b[0], *pg = b[1];
+        const double *pw = b[2], *ps = b[3];
+        const int64_t *pc = b[4];
+        h->n_pairs = rc ? 0 : (int)(n < TOP_PAIRS ? n : TOP_PAIRS);
+        h->pairs = qk_calloc(h->n_pairs + 1, sizeof(ReportPair));
+        for (int i = 0; i < h->n_pairs; i++) h->pairs[i] = (ReportPair){pf[i], pg[i], pw[i], ps[i], pc[i]};
+        for (int c = 0; c < 5; c++) free(b[c]);
+    }
     if (!rc && ds_size(d->run, AGG("examples_term"), NULL) >= 0) {  // files before example tables: none
-        int32_t *ef = qk_h5_read_all(d->run, d->run_path, AGG("examples_query_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n);
-        int32_t *eg = ef ? qk_h5_read_all(d->run, d->run_path, AGG("examples_key_feature"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
-        int64_t *ew = eg ? qk_h5_read_all(d->run, d->run_path, AGG("examples_window"), H5T_NATIVE_INT64, 8, NULL, NULL, &n) : NULL;
-        int32_t *ei = ew ? qk_h5_read_all(d->run, d->run_path, AGG("examples_query_pos"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
-        int32_t *ej = ei ? qk_h5_read_all(d->run, d->run_path, AGG("examples_key_pos"), H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
-        float *et = ej ? qk_h5_read_all(d->run, d->run_path, AGG("examples_term"), H5T_NATIVE_FLOAT, 4, NULL, NULL, &n) : NULL;
-        if (!et) rc = -1;
+        static const char *const col[6] = {"examples_query_feature", "examples_key_feature", "examples_window",
+                                           "examples_query_pos", "examples_key_pos", "examples_term"};
+        const hid_t type[6] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_INT64,
+                               H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_FLOAT};
+        static const size_t elem[6] = {4, 4, 8, 4, 4, 4};
+        void *b[6];
+        rc = head_columns(d, h, 6, col, type, elem, b, &n);
+        const int32_t *ef = b[0], *eg = b[1], *ei = b[3], *ej = b[4];
+        const int64_t *ew = b[2];
+        const float *et = b[5];
+        for (int64_t i = 0; !rc && i < n; i++)  // the page indexes the window's tokens with them
+            if (ew[i] < 0 || ew[i] >= d->windows || ej[i] < 0 || ej[i] > ei[i] || ei[i] >= d->T)
+                rc = qk_err("%s: %s [%lld]: window %lld, key %d, query %d: not a position of the run's %lld windows of "
+                            "%d tokens (key <= query)", d->run_path, AGG("examples_window"), (long long)i, (long long)ew[i], ej[i],
+                            ei[i], (long long)d->windows, d->T);
         h->n_ex = rc ? 0 : (int)n;
         h->ex = qk_calloc(h->n_ex + 1, sizeof(ReportExample));
         for (int i = 0; i < h->n_ex; i++) h->ex[i] = (ReportExample){ef[i], eg[i], ew[i], ei[i], ej[i], et[i]};
-        free(ef), free(eg), free(ew), free(ei), free(ej), free(et);
+        for (int c = 0; c < 6; c++) free(b[c]);
     }
     snprintf(p, sizeof p, "sae/blocks.%d.hook_resid_pre", h->layer);
     if (H5Lexists(d->run, "sae", H5P_DEFAULT) > 0 && H5Lexists(d->run, p, H5P_DEFAULT) > 0) {
@@ -83,10 +107,15 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
         int64_t K = 0;
         snprintf(p, sizeof p, "static/%d.%d/q2k_val", h->layer, h->head);
         if (ds_size(st, p, &K) < 0) return rc;
-        float *v = qk_h5_read_all(st, d->static_path, p, H5T_NATIVE_FLOAT, 4, NULL, NULL, &n);
-        snprintf(p, sizeof p, "static/%d.%d/q2k_idx", h->layer, h->head);
-        int32_t *ix = v ? qk_h5_read_all(st, d->static_path, p, H5T_NATIVE_INT32, 4, NULL, NULL, &n) : NULL;
-        if (!ix) return free(v), -1;
+        char idx_name[96];
+        snprintf(idx_name, sizeof idx_name, "static/%d.%d/q2k_idx", h->layer, h->head);
+        const char *names[2] = {p, idx_name};
+        const hid_t type[2] = {H5T_NATIVE_FLOAT, H5T_NATIVE_INT32};
+        static const size_t elem[2] = {4, 4};
+        void *b[2];
+        if (qk_h5_read_columns(st, d->static_path, 2, names, type, elem, b, &n)) return -1;
+        const float *v = b[0];
+        const int32_t *ix = b[1];
         h->st_f = qk_malloc(4 * TOP_STATIC), h->st_g = qk_malloc(4 * TOP_STATIC), h->st_v = qk_malloc(4 * TOP_STATIC);
         // Selection by value descending, ties lower f then g (one pass per slot: n is m x K, small).
         char *taken = qk_calloc((size_t)n + 1, 1);
@@ -102,7 +131,7 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
             h->st_f[s] = (int32_t)(best / K), h->st_g[s] = ix[best], h->st_v[s] = v[best];
             h->n_static = s + 1;
         }
-        free(taken), free(v), free(ix);
+        free(taken), free(b[0]), free(b[1]);
     }
     return rc;
 #undef AGG
