@@ -290,7 +290,8 @@ static hsize_t ds_points(const char *file, const char *name) {
 // Merge and report read the datasets of their input files as untrusted: a shape of 2^62 elements
 // (a few bytes of file), an example or vocabulary dataset of another rank or length, a summary head
 // that is not a head, metric means not one per head and metric, an example position outside the
-// window: each one line naming the file and the dataset, exit 1, no output.  (Merge overflowed
+// window, vocabulary offsets past its bytes: each one line naming the file and the dataset, exit
+// 1, no output.  (Merge overflowed
 // its buffers on the first two, report wrote out of bounds on a negative head and read out of
 // bounds on the position.)  A head listed twice in recorded_heads is loaded once.
 Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
@@ -340,6 +341,13 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     replace_i32(run, "aggregates/1.3/examples_query_pos", 1, &nq, far, 0);
     free(far);
     free(expect_fail(1, "r.h5: aggregates/1.3/examples_window [0]: window ", cmd));
+    cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
+    const hsize_t no = ds_points(run, "vocab/offsets");
+    int32_t *off = qk_malloc(4 * no + 4);
+    for (hsize_t i = 0; i < no; i++) off[i] = i ? 1 << 30 : 0;  // entry 0 ends past the bytes
+    replace_i32(run, "vocab/offsets", 1, &no, off, 0);
+    free(off);
+    free(expect_fail(1, "r.h5: vocab/: entry 0 (id ", cmd));
     snprintf(want, sizeof want, "%s.html", out);
     cr_expect(!qk_file_exists(want), "%s written", want);
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);

@@ -210,7 +210,7 @@ static int write_page(FILE *o, const ReportData *d) {
     fprintf(o, "</code>: %lld tokens in %lld windows, model <code>", (long long)d->tokens, (long long)d->windows);
     if (d->model_dir) esc(o, (const uint8_t *)d->model_dir, (int64_t)strlen(d->model_dir));
     fprintf(o, "</code> (sha256 %.12s&hellip;), backend %s%s</p>\n", d->model_sha ? d->model_sha : "?", d->backend ? d->backend : "?",
-            d->n_vocab ? "" : "; this run stored no vocabulary (set [corpus] vocab): tokens show as #id");
+            d->vocab.n ? "" : "; this run stored no vocabulary (set [corpus] vocab): tokens show as #id");
     fputs("<section id=\"metrics\"><h2>Fidelity per head</h2>\n<p class=\"note\">Means over every valid query "
           "(docs/ANALYSIS.md): top-1 agreement of the reconstructed pattern's argmax, KL(real || reconstructed) in nats, "
           "the share of the top key's score carried by SAE error terms, and overlap of the look-for top-k with the top "

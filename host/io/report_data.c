@@ -180,14 +180,7 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
         memcpy(d->means + ((size_t)hl[i] * d->H + hh[i]) * d->M, mm + i * d->M, sizeof(double) * d->M);
     free(hl), free(hh), free(mm);
     // Vocabulary pieces (docs/FORMAT.md vocab/), when the run stored them.
-    if (ds_size(d->run, "vocab/ids", NULL) >= 0) {
-        int64_t nb;
-        d->v_ids = qk_h5_read_all(d->run, run_path, "vocab/ids", H5T_NATIVE_INT32, 4, NULL, NULL, &n);
-        d->v_off = d->v_ids ? qk_h5_read_all(d->run, run_path, "vocab/offsets", H5T_NATIVE_INT64, 8, NULL, NULL, &nm) : NULL;
-        d->v_bytes = d->v_off ? qk_h5_read_all(d->run, run_path, "vocab/bytes", H5T_NATIVE_UINT8, 1, NULL, NULL, &nb) : NULL;
-        if (!d->v_bytes || nm != n + 1) return qk_err("%s: vocab/ is malformed (docs/FORMAT.md)", run_path);
-        d->n_vocab = (int)n;
-    }
+    if (qk_vocab_read(d->run, run_path, &d->vocab)) return -1;
     hid_t st = -1;
     if (static_path) {
         st = H5Fopen(static_path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -233,11 +226,12 @@ int report_tokens(const ReportData *d, int64_t w, int32_t *out) {
 }
 
 const uint8_t *report_piece(const ReportData *d, int32_t id, int64_t *len) {
-    int lo = 0, hi = d->n_vocab - 1;
-    while (lo <= hi) {  // ids are increasing
-        int mid = (lo + hi) / 2;
-        if (d->v_ids[mid] == id) return *len = d->v_off[mid + 1] - d->v_off[mid], d->v_bytes + d->v_off[mid];
-        if (d->v_ids[mid] < id) lo = mid + 1;
+    const QkVocabPieces *v = &d->vocab;
+    int64_t lo = 0, hi = (int64_t)v->n - 1;
+    while (lo <= hi) {  // ids are increasing (qk_vocab_read)
+        const int64_t mid = (lo + hi) / 2;
+        if (v->ids[mid] == id) return *len = v->off[mid + 1] - v->off[mid], v->bytes + v->off[mid];
+        if (v->ids[mid] < id) lo = mid + 1;
         else hi = mid - 1;
     }
     *len = 0;
@@ -249,7 +243,8 @@ void report_free(ReportData *d) {
         free(d->rec[i].pairs), free(d->rec[i].ex);
         free(d->rec[i].st_f), free(d->rec[i].st_g), free(d->rec[i].st_v);
     }
-    free(d->rec), free(d->means), free(d->v_ids), free(d->v_off), free(d->v_bytes);
+    free(d->rec), free(d->means);
+    qk_vocab_pieces_free(&d->vocab);
     free(d->model_dir), free(d->model_sha), free(d->backend), free(d->heads_attr);
     if (d->run > 0) H5Fclose(d->run);
     memset(d, 0, sizeof *d);

@@ -5,6 +5,8 @@
 #include <hdf5.h>
 #include <stdint.h>
 
+#include "io/vocab_out.h"
+
 typedef struct {
     int32_t f, g;
     double weight, sum;
@@ -41,11 +43,7 @@ typedef struct {
     double *means;         // (L * H * M), NaN where a head was not analysed
     ReportHead *rec;       // recorded heads
     int n_rec;
-    // Token text: ids[n] has bytes[off[n] .. off[n + 1]); none when the run had no vocabulary.
-    int32_t *v_ids;
-    int64_t *v_off;
-    uint8_t *v_bytes;
-    int n_vocab;
+    QkVocabPieces vocab;   // token text (n 0 when the run had no vocabulary)
 } ReportData;
 
 int report_load(ReportData *d, const char *run_path, const char *static_path);

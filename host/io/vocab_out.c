@@ -71,19 +71,10 @@ int qk_vocab_write(hid_t file, const QkBpe *bpe, const QkTokenSet *s, const char
     return rc;
 }
 
-// One file's vocab/ group in memory.
-typedef struct {
-    int32_t *ids;
-    int64_t *off;
-    uint8_t *bytes;
-    size_t n;
-} Pieces;
-
-static int read_pieces(hid_t file, const char *path, Pieces *p) {
+int qk_vocab_read(hid_t file, const char *path, QkVocabPieces *p) {
     memset(p, 0, sizeof *p);
     if (H5Lexists(file, "vocab", H5P_DEFAULT) <= 0) return 0;
-    // Each dataset whole (qk_h5_read_all: its buffer sized from its own shape); free_pieces frees
-    // what was read on every path.
+    // Each dataset whole (qk_h5_read_all: its buffer sized from its own shape).
     int64_t n = 0, n1 = 0, nb = 0;
     if (!(p->ids = qk_h5_read_all(file, path, "vocab/ids", H5T_NATIVE_INT32, 4, NULL, NULL, &n)) ||
         !(p->off = qk_h5_read_all(file, path, "vocab/offsets", H5T_NATIVE_INT64, 8, NULL, NULL, &n1)) ||
@@ -98,15 +89,15 @@ static int read_pieces(hid_t file, const char *path, Pieces *p) {
     return 0;
 }
 
-static void free_pieces(Pieces *p) { free(p->ids), free(p->off), free(p->bytes); }
+void qk_vocab_pieces_free(QkVocabPieces *p) { free(p->ids), free(p->off), free(p->bytes); }
 
 int qk_vocab_merge(hid_t out, const hid_t *files, const char *const *paths, int nf) {
     // Union by id: for each id the first file's bytes; every later file must agree.
-    Pieces *p = qk_calloc(nf ? nf : 1, sizeof(Pieces));
+    QkVocabPieces *p = qk_calloc(nf ? nf : 1, sizeof(QkVocabPieces));
     int rc = 0, max_id = -1;
     char *source = NULL;
     for (int f = 0; !rc && f < nf; f++) {
-        rc = read_pieces(files[f], paths[f], &p[f]);
+        rc = qk_vocab_read(files[f], paths[f], &p[f]);
         if (!rc && p[f].n && p[f].ids[p[f].n - 1] > max_id) max_id = p[f].ids[p[f].n - 1];
         if (!rc && p[f].n && !source) {
             hid_t g = H5Gopen2(files[f], "vocab", H5P_DEFAULT);
@@ -126,7 +117,7 @@ int qk_vocab_merge(hid_t out, const hid_t *files, const char *const *paths, int 
                     owner[id] = f, at[id] = (int)e;
                     continue;
                 }
-                const Pieces *q = &p[owner[id]];
+                const QkVocabPieces *q = &p[owner[id]];
                 int64_t qlen = q->off[at[id] + 1] - q->off[at[id]];
                 if (qlen != len || memcmp(q->bytes + q->off[at[id]], p[f].bytes + p[f].off[e], (size_t)len))
                     rc = qk_err("%s and %s: token %d has different bytes in vocab/ (runs with different vocabularies)",
@@ -142,7 +133,7 @@ int qk_vocab_merge(hid_t out, const hid_t *files, const char *const *paths, int 
             size_t k = 0, b = 0;
             for (int i = 0; i <= max_id; i++) {
                 if (owner[i] < 0) continue;
-                const Pieces *q = &p[owner[i]];
+                const QkVocabPieces *q = &p[owner[i]];
                 size_t len = (size_t)(q->off[at[i] + 1] - q->off[at[i]]);
                 ids[k] = i, off[k++] = (int64_t)b;
                 memcpy(bytes + b, q->bytes + q->off[at[i]], len);
@@ -153,7 +144,7 @@ int qk_vocab_merge(hid_t out, const hid_t *files, const char *const *paths, int 
             free(ids), free(off), free(bytes);
         }
     }
-    for (int f = 0; f < nf; f++) free_pieces(&p[f]);
+    for (int f = 0; f < nf; f++) qk_vocab_pieces_free(&p[f]);
     free(p), free(owner), free(at), free(source);
     return rc;
 }

@@ -29,6 +29,19 @@ void qk_token_set_add(QkTokenSet *s, const int32_t *ids, size_t count);
 // Writes group vocab/ of `file` with the pieces of the ids in `s` (nothing when `s` is empty).
 int qk_vocab_write(hid_t file, const QkBpe *bpe, const QkTokenSet *s, const char *source);
 
+// A file's vocab/ group in memory: ids[i] has bytes[off[i] .. off[i + 1]).
+typedef struct {
+    int32_t *ids;
+    int64_t *off;
+    uint8_t *bytes;
+    size_t n;
+} QkVocabPieces;
+// Reads the vocab/ group of `file` (opened from `path`, which errors name) as untrusted input:
+// ids (N) non-negative and increasing, offsets (N + 1) non-decreasing within bytes.  No group:
+// p empty (n 0).  0, or -1 with one line naming the file; free p either way.
+int qk_vocab_read(hid_t file, const char *path, QkVocabPieces *p);
+void qk_vocab_pieces_free(QkVocabPieces *p);
+
 // Writes into `out` the union of the vocab/ groups of files[0..n) (nothing when none has one).
 // A token id whose bytes differ between two files is an error naming both.
 int qk_vocab_merge(hid_t out, const hid_t *files, const char *const *paths, int n);
