@@ -191,6 +191,26 @@ static inline char *expect_fail_in(const char *dir, int code, const char *want, 
     return text;
 }
 
+// Dataset NAME of FILE replaced by an int32 one of shape dims[0..nd): `v` (NULL: zeros), or with
+// `unwritten` chunked and never written, so that its shape alone may be any size.
+static inline void h5_replace_i32(const char *file, const char *name, int nd, const hsize_t *dims, const int32_t *v, int unwritten) {
+    hid_t f = H5Fopen(file, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0, "%s", file);
+    cr_assert_geq(H5Ldelete(f, name, H5P_DEFAULT), 0, "%s: %s", file, name);
+    hid_t sp = H5Screate_simple(nd, dims, NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t chunk[2] = {1024, 1}, n = 1;
+    for (int i = 0; i < nd; i++) n *= dims[i];
+    if (unwritten) cr_assert_geq(H5Pset_chunk(pl, nd, chunk), 0);
+    hid_t d = H5Dcreate2(f, name, H5T_NATIVE_INT32, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
+    cr_assert_geq(d, 0, "%s: %s", file, name);
+    if (!unwritten) {
+        int32_t *zeros = v ? NULL : qk_calloc(n, 4);
+        cr_assert_geq(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v ? v : zeros), 0);
+        free(zeros);
+    }
+    H5Dclose(d), H5Pclose(pl), H5Sclose(sp), H5Fclose(f);
+}
+
 // Whether object `obj` (a dataset, or a group with everything under it) holds the same values in
 // two HDF5 files: exactly, or to `rel` relative when rel > 0.  h5diff exits 0 on objects it cannot
 // compare (another shape, a member missing on one side), so its report of them (-c) counts as a

@@ -339,6 +339,12 @@ Test(probe, ioi_scores_the_planted_name_mover, .timeout = 120) {
     }
     cr_expect(s.precision == 1.0 && s.recall == 1.0 && s.f1 == 1.0);
     qk_probe_score_free(&s);
+    // A recorded head's dataset of another shape is an error naming it (its extents were indexed unchecked).
+    const hsize_t one = 1;
+    h5_replace_i32(run, "heads/0.1/group_totals", 1, &one, NULL, 0);
+    cr_assert_eq(qk_probe_score(&o, &s), -1, "a group_totals of shape (1) was scored");
+    cr_expect(strstr(qk_errmsg(), "run.h5: heads/0.1/group_totals has shape (1), expected (") != NULL, "%s", qk_errmsg());
+    qk_probe_score_free(&s);
     rm_rf(d);
     free(d);
 }

@@ -258,26 +258,6 @@ Test(robust, integer_options_take_whole_decimals) {
     free(expect_fail(2, "--seed: ' 5' is not an integer", cmd));
 }
 
-// Dataset NAME of FILE replaced by an int32 one of shape dims[0..nd): `v` (NULL: zeros), or with
-// `unwritten` chunked and never written, so that its shape alone may be any size.
-static void replace_i32(const char *file, const char *name, int nd, const hsize_t *dims, const int32_t *v, int unwritten) {
-    hid_t f = H5Fopen(file, H5F_ACC_RDWR, H5P_DEFAULT);
-    cr_assert_geq(f, 0, "%s", file);
-    cr_assert_geq(H5Ldelete(f, name, H5P_DEFAULT), 0, "%s: %s", file, name);
-    hid_t sp = H5Screate_simple(nd, dims, NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
-    hsize_t chunk[2] = {1024, 1}, n = 1;
-    for (int i = 0; i < nd; i++) n *= dims[i];
-    if (unwritten) cr_assert_geq(H5Pset_chunk(pl, nd, chunk), 0);
-    hid_t d = H5Dcreate2(f, name, H5T_NATIVE_INT32, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
-    cr_assert_geq(d, 0, "%s: %s", file, name);
-    if (!unwritten) {
-        int32_t *zeros = v ? NULL : qk_calloc(n, 4);
-        cr_assert_geq(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v ? v : zeros), 0);
-        free(zeros);
-    }
-    H5Dclose(d), H5Pclose(pl), H5Sclose(sp), H5Fclose(f);
-}
-
 // Elements of dataset NAME of FILE.
 static hsize_t ds_points(const char *file, const char *name) {
     hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT), d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
@@ -311,16 +291,16 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
 
     const hsize_t huge = (hsize_t)1 << 62, ex[2] = {ds_points(shard0, "aggregates/0.0/examples_query_feature"), 3};
     const hsize_t ids[2] = {ds_points(shard0, "vocab/ids"), 2};
-    replace_i32(shard0, "summary/head_layer", 1, &huge, NULL, 1);
+    h5_replace_i32(shard0, "summary/head_layer", 1, &huge, NULL, 1);
     snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s", shards, out);
     free(expect_fail(1, "shard-000000.h5: dataset 'summary/head_layer': its shape needs more memory than there is", cmd));
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
-    replace_i32(shard0, "aggregates/0.0/examples_key_feature", 2, ex, NULL, 0);
+    h5_replace_i32(shard0, "aggregates/0.0/examples_key_feature", 2, ex, NULL, 0);
     snprintf(want, sizeof want, "aggregates/0.0/examples_key_feature has %llu elements, aggregates/0.0/examples_query_feature %llu",
              (unsigned long long)(ex[0] * 3), (unsigned long long)ex[0]);
     free(expect_fail(1, want, cmd));
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
-    replace_i32(shard0, "vocab/ids", 2, ids, NULL, 0);
+    h5_replace_i32(shard0, "vocab/ids", 2, ids, NULL, 0);
     free(expect_fail(1, "shard-000000.h5: vocab/: expected ids (N), offsets (N + 1) and bytes", cmd));
     cr_expect(!qk_file_exists(out), "%s written", out);
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
@@ -329,23 +309,23 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     const hsize_t eight = 8, one = 1;
     const int32_t bad_head[8] = {-1, 1, 2, 3, 0, 1, 2, 3}, zero = 0;
     snprintf(cmd, sizeof cmd, QK_BIN " report %s -o %s.html", run, out);
-    replace_i32(run, "summary/head_index", 1, &eight, bad_head, 0);
+    h5_replace_i32(run, "summary/head_index", 1, &eight, bad_head, 0);
     free(expect_fail(1, "r.h5: summary/head_layer, head_index [0]: head 0.-1 is not a head", cmd));
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
-    replace_i32(run, "summary/metric_mean", 1, &one, &zero, 0);
+    h5_replace_i32(run, "summary/metric_mean", 1, &one, &zero, 0);
     free(expect_fail(1, "r.h5: summary/metric_mean has 1 values, not one per head (8) and metric", cmd));
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
     const hsize_t nq = ds_points(run, "aggregates/1.3/examples_query_pos");
     int32_t *far = qk_malloc(4 * nq + 4);
     for (hsize_t i = 0; i < nq; i++) far[i] = 1 << 20;
-    replace_i32(run, "aggregates/1.3/examples_query_pos", 1, &nq, far, 0);
+    h5_replace_i32(run, "aggregates/1.3/examples_query_pos", 1, &nq, far, 0);
     free(far);
     free(expect_fail(1, "r.h5: aggregates/1.3/examples_window [0]: window ", cmd));
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
     const hsize_t no = ds_points(run, "vocab/offsets");
     int32_t *off = qk_malloc(4 * no + 4);
     for (hsize_t i = 0; i < no; i++) off[i] = i ? 1 << 30 : 0;  // entry 0 ends past the bytes
-    replace_i32(run, "vocab/offsets", 1, &no, off, 0);
+    h5_replace_i32(run, "vocab/offsets", 1, &no, off, 0);
     free(off);
     free(expect_fail(1, "r.h5: vocab/: entry 0 (id ", cmd));
     snprintf(want, sizeof want, "%s.html", out);

@@ -218,23 +218,10 @@ Test(shards, merge_refuses_unfinished_and_foreign_shards, .timeout = 120) {
     cr_expect(!qk_file_exists(p));
 }
 
-// Replaces shard 0's summary/head_index with `n` int32 values v[0..n).
-static void rewrite_head_index(const char *dir, const int32_t *v, hsize_t n) {
-    char p[800];
-    snprintf(p, sizeof p, "%s/shard-000000.h5", dir);
-    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
-    cr_assert_geq(f, 0, "%s", p);
-    cr_assert_geq(H5Ldelete(f, "summary/head_index", H5P_DEFAULT), 0);
-    hid_t sp = H5Screate_simple(1, &n, NULL);
-    hid_t d = H5Dcreate2(f, "summary/head_index", H5T_NATIVE_INT32, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    cr_assert_geq(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), 0);
-    H5Dclose(d), H5Sclose(sp), H5Fclose(f);
-}
-
 // Merge reads the heads of shard 0's summary (head_layer, head_index) as untrusted input: longer
 // than head_layer, or naming no head, is one line naming the file and the dataset, and no output.
 Test(shards, merge_refuses_a_summary_that_names_no_head, .timeout = 120) {
-    char cmd[4096], p[700], out[700];
+    char cmd[4096], p[700], out[700], shard0[800];
     snprintf(cmd, sizeof cmd, QK_BIN " run -q %s -o %s/c", g_cfg, g_dir);
     cr_assert_eq(sh(cmd), 0);
     snprintf(p, sizeof p, "%s/c", g_dir);
@@ -251,7 +238,8 @@ Test(shards, merge_refuses_a_summary_that_names_no_head, .timeout = 120) {
                  {8, 1, "head 0.1 listed twice"}};
     for (int c = 0; c < 4; c++) {
         v[0] = cases[c].first;
-        rewrite_head_index(p, v, cases[c].n);
+        snprintf(shard0, sizeof shard0, "%s/shard-000000.h5", p);
+        h5_replace_i32(shard0, "summary/head_index", 1, &cases[c].n, v, 0);
         snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s", p, out);
         char *err = expect_fail_in(g_dir, 1, cases[c].says, cmd);
         cr_expect(strstr(err, "shard-000000.h5"), "case %d: %s", c, err);

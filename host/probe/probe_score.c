@@ -5,6 +5,7 @@
 #include <cJSON.h>
 #include <hdf5.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "base/util.h"
 #include "io/h5out.h"
 #include "io/npy.h"
+#include "model/gpt2.h"
 #include "probe/probe.h"
 #include "run/run_config.h"
 #include "text/bpe.h"
@@ -143,22 +145,37 @@ static int check_windows(const char *run, const int32_t *tok, int W, int T, cons
     return rc;
 }
 
+// Whether dataset `name` of `run` (rank nd, shape d) has rank want_nd and at least want[i] (exactly,
+// where exact[i]) along each axis: the extents the caller indexes with.  Else an error naming both.
+static int shape_is(const char *run, const char *name, int nd, const hsize_t *d, int want_nd, const hsize_t *want,
+                    const int *exact) {
+    int ok = nd == want_nd;
+    for (int i = 0; ok && i < nd; i++) ok = exact[i] ? d[i] == want[i] : d[i] >= want[i];
+    if (ok) return 0;
+    char got[160] = "", exp[160] = "";
+    for (int i = 0; i < nd && i < 8; i++)
+        snprintf(got + strlen(got), sizeof got - strlen(got), "%s%llu", i ? " x " : "", (unsigned long long)d[i]);
+    for (int i = 0; i < want_nd; i++)
+        snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%s%llu", i ? " x " : "", exact[i] ? "" : ">=",
+                 (unsigned long long)want[i]);
+    return qk_err("%s: %s has shape (%s), expected (%s)", run, name, got, exp);
+}
+
 // Induction, feature level: the head's heaviest pairs from the aggregates.
 static int induction_pairs(hid_t f, const char *run, QkProbeHead *h, const QkLabels *lab, int top_pairs) {
     char a[96], b[96], c[96];
     snprintf(a, sizeof a, "aggregates/%d.%d/pairs_query_feature", h->layer, h->head);
     snprintf(b, sizeof b, "aggregates/%d.%d/pairs_key_feature", h->layer, h->head);
     snprintf(c, sizeof c, "aggregates/%d.%d/pairs_weight", h->layer, h->head);
-    int nd;
-    hsize_t da[H5S_MAX_RANK], db[H5S_MAX_RANK], dc[H5S_MAX_RANK];
-    int64_t *pf = qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, da, NULL);
-    int64_t *pg = pf ? qk_h5_read_all(f, run, b, H5T_NATIVE_INT64, 8, &nd, db, NULL) : NULL;
-    double *pw = pg ? qk_h5_read_all(f, run, c, H5T_NATIVE_DOUBLE, 8, &nd, dc, NULL) : NULL;
-    if (!pw) {
-        free(pf), free(pg);
-        return -1;
-    }
-    int n = (int)da[0] < top_pairs ? (int)da[0] : top_pairs;
+    const char *names[3] = {a, b, c};
+    const hid_t type[3] = {H5T_NATIVE_INT64, H5T_NATIVE_INT64, H5T_NATIVE_DOUBLE};
+    static const size_t elem[3] = {8, 8, 8};
+    void *buf[3];
+    int64_t count = 0;
+    if (qk_h5_read_columns(f, run, 3, names, type, elem, buf, &count)) return -1;
+    const int64_t *pf = buf[0], *pg = buf[1];
+    const double *pw = buf[2];
+    const int n = count < top_pairs ? (int)count : top_pairs;
     double tot = 0, hit = 0;
     for (int i = 0; i < n; i++) {
         int match = lab && cur_of(lab, pf[i]) >= 0 && cur_of(lab, pf[i]) == prev_of(lab, pg[i]);
@@ -171,7 +188,7 @@ static int induction_pairs(hid_t f, const char *run, QkProbeHead *h, const QkLab
     }
     h->n_pairs = n;
     h->feature_share = lab && tot > 0 ? hit / tot : NAN;
-    free(pf), free(pg), free(pw);
+    free(buf[0]), free(buf[1]), free(buf[2]);
     return 0;
 }
 
@@ -183,7 +200,9 @@ static int induction_tokens(hid_t f, const char *run, QkProbeHead *h, int window
     hsize_t d[H5S_MAX_RANK];
     int32_t *pos = qk_h5_read_all(f, run, a, H5T_NATIVE_INT32, 4, &nd, d, NULL);
     if (!pos) return -1;
-    int A = (int)d[2];
+    const hsize_t want[3] = {(hsize_t)windows, (hsize_t)T, 1};
+    if (shape_is(run, a, nd, d, 3, want, (const int[3]){0, 1, 0})) return free(pos), -1;
+    const int A = (int)d[2];
     long hit = 0, n = 0;
     for (int w = 0; w < windows; w++)
         for (int i = bos + rep; i < T; i++, n++) hit += pos[((size_t)w * T + i) * A] == i - rep + 1;
@@ -195,23 +214,33 @@ static int induction_tokens(hid_t f, const char *run, QkProbeHead *h, int window
 // IOI (recorded heads): attention END -> IO, top-1, and the (feature, feature) share of that score.
 static int ioi_head(hid_t f, const char *run, QkProbeHead *h, const cJSON *prompts, int windows, int T,
                     const char *probe_json) {
-    char a[96];
-    int nd;
-    hsize_t d[H5S_MAX_RANK], dp[H5S_MAX_RANK];
-    snprintf(a, sizeof a, "heads/%d.%d/attended_pos", h->layer, h->head);
-    int32_t *pos = qk_h5_read_all(f, run, a, H5T_NATIVE_INT32, 4, &nd, d, NULL);
-    snprintf(a, sizeof a, "heads/%d.%d/attended_weight", h->layer, h->head);
-    float *wt = pos ? qk_h5_read_all(f, run, a, H5T_NATIVE_FLOAT, 4, &nd, d, NULL) : NULL;
-    snprintf(a, sizeof a, "heads/%d.%d/group_totals", h->layer, h->head);
-    float *gt = wt ? qk_h5_read_all(f, run, a, H5T_NATIVE_FLOAT, 4, &nd, d, NULL) : NULL;
-    snprintf(a, sizeof a, "heads/%d.%d/pair_query_feature", h->layer, h->head);
-    int64_t *pq = gt ? qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, dp, NULL) : NULL;
-    snprintf(a, sizeof a, "heads/%d.%d/pair_key_feature", h->layer, h->head);
-    int64_t *pk = pq ? qk_h5_read_all(f, run, a, H5T_NATIVE_INT64, 8, &nd, dp, NULL) : NULL;
-    snprintf(a, sizeof a, "heads/%d.%d/pair_value", h->layer, h->head);
-    float *pv = pk ? qk_h5_read_all(f, run, a, H5T_NATIVE_FLOAT, 4, &nd, dp, NULL) : NULL;
-    int rc = pv ? 0 : -1;
-    const int A = (int)d[2], P = pv ? (int)dp[3] : 0;
+    // The recorded head's datasets, each checked for the extents indexed below: attended_pos
+    // (W >= windows, T, A), attended_weight its shape, group_totals (W, T, A, 4, 4), the pair
+    // datasets (W, T, A, P).
+    static const char *const col[6] = {"attended_pos",       "attended_weight",  "group_totals",
+                                       "pair_query_feature", "pair_key_feature", "pair_value"};
+    const hid_t type[6] = {H5T_NATIVE_INT32, H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT,
+                           H5T_NATIVE_INT64, H5T_NATIVE_INT64, H5T_NATIVE_FLOAT};
+    static const size_t elem[6] = {4, 4, 4, 8, 8, 4};
+    static const int exact[5] = {1, 1, 1, 1, 1};
+    char name[6][96];
+    void *b[6] = {NULL};
+    int nds[6], rc = 0;
+    hsize_t dd[6][H5S_MAX_RANK];
+    for (int c = 0; c < 6 && !rc; c++) {
+        snprintf(name[c], sizeof name[c], "heads/%d.%d/%s", h->layer, h->head, col[c]);
+        if (!(b[c] = qk_h5_read_all(f, run, name[c], type[c], elem[c], &nds[c], dd[c], NULL))) rc = -1;
+    }
+    const hsize_t *d = dd[0], want_pos[3] = {(hsize_t)windows, (hsize_t)T, 1};
+    if (!rc) rc = shape_is(run, name[0], nds[0], d, 3, want_pos, (const int[3]){0, 1, 0});
+    if (!rc) rc = shape_is(run, name[1], nds[1], dd[1], 3, d, exact);
+    const hsize_t groups[5] = {d[0], d[1], d[2], 4, 4}, pairs[4] = {d[0], d[1], d[2], nds[3] == 4 ? dd[3][3] : 0};
+    if (!rc) rc = shape_is(run, name[2], nds[2], dd[2], 5, groups, exact);
+    for (int c = 3; c < 6 && !rc; c++) rc = shape_is(run, name[c], nds[c], dd[c], 4, pairs, exact);
+    const int32_t *pos = b[0];
+    const float *wt = b[1], *gt = b[2], *pv = b[5];
+    const int64_t *pq = b[3], *pk = b[4];
+    const int A = rc ? 0 : (int)d[2], P = rc ? 0 : (int)pairs[3];
     double att = 0, top1 = 0, ff = 0, all = 0;
     PairAcc *acc = NULL;
     int n_acc = 0, cap = 0, w = 0;
@@ -253,7 +282,8 @@ static int ioi_head(hid_t f, const char *run, QkProbeHead *h, const cJSON *promp
             h->top_f[h->n_top] = acc[i].f, h->top_g[h->n_top] = acc[i].g, h->top_mass[h->n_top] = acc[i].mass,
             h->top_match[h->n_top] = -1;
     }
-    free(acc), free(pos), free(wt), free(gt), free(pq), free(pk), free(pv);
+    free(acc);
+    for (int c = 0; c < 6; c++) free(b[c]);
     return rc;
 }
 
@@ -300,13 +330,15 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
     hsize_t dt[H5S_MAX_RANK];
     int32_t *tok = rc ? NULL : qk_h5_read_all(f, o->run, "tokens", H5T_NATIVE_INT32, 4, &nd, dt, NULL);
     if (!rc && !tok) rc = -1;
+    if (!rc && (nd != 2 || dt[0] > INT32_MAX || dt[1] > INT32_MAX))
+        rc = qk_err("%s: tokens is not a (windows, n_ctx) table", o->run);
     if (!rc) W = (int)dt[0], T = (int)dt[1], rc = check_windows(o->run, tok, W, T, o->probe, bos, &windows);
     // heads: the run's list, layer-major; L and H from the largest indices
     int L = 0, H = 0;
     for (const char *p = heads; !rc && p && *p;) {
         int l, h, n;
-        if (sscanf(p, "%d.%d%n", &l, &h, &n) != 2) {
-            rc = qk_err("%s: root attribute 'heads' is not a list of L.H", o->run);
+        if (sscanf(p, "%d.%d%n", &l, &h, &n) != 2 || l < 0 || l >= GPT2_MAX_LAYER || h < 0 || h >= GPT2_MAX_HEAD) {
+            rc = qk_err("%s: root attribute 'heads' is not a list of L.H (heads of a model within gpt2.h's caps)", o->run);
             break;
         }
         out->heads = qk_realloc(out->heads, sizeof(QkProbeHead) * (out->n_heads + 1));
