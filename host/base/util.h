@@ -45,6 +45,9 @@ struct cJSON *qk_json_parse(const char *text, size_t len, const char *path);
 // "dir/name" in a fresh buffer.
 char *qk_path_join(const char *dir, const char *name);
 
+// The largest seed the commands take: seeds are recorded in JSON, whose numbers are exact below 2^53.
+#define QK_SEED_MAX ((1ll << 53) - 1)
+
 // A command-line integer: the whole of s is a decimal number (an optional '-', digits; no blanks,
 // no sign '+', nothing after) in [lo, hi].  0, or -1 (nothing set) for anything else.
 int qk_parse_int64(const char *s, int64_t lo, int64_t hi, int64_t *out);

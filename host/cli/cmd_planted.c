@@ -143,7 +143,7 @@ int cmd_planted(int argc, char **argv) {
         case 'o': out = optarg; break;
         case 'q': quiet = 1; break;
         case 's':
-            if (qk_parse_int64(optarg, 0, (1ll << 53) - 1, &v)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
+            if (qk_parse_int64(optarg, 0, QK_SEED_MAX, &v)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
             else po.seed = (uint64_t)v;
             break;
         case 't':

@@ -176,7 +176,7 @@ int cmd_probe(int argc, char **argv) {
             break;
         case 'b': ip.bos = 1; break;
         case 's':
-            if (qk_parse_int64(optarg, 0, (1ll << 53) - 1, &seed)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
+            if (qk_parse_int64(optarg, 0, QK_SEED_MAX, &seed)) rc = qk_err("--seed: '%s' is not an integer in [0, 2^53)", optarg);
             else ip.seed = (uint64_t)seed;
             io.seed = ip.seed;
             break;

@@ -140,7 +140,7 @@ int cmd_random(int argc, char **argv) {
         case O_TOKENS:
         case O_SEED: {
             int64_t v;
-            if (qk_parse_int64(optarg, c == O_SEED ? 0 : 1, c == O_SEED ? (1ll << 53) - 1 : INT64_MAX, &v)) {
+            if (qk_parse_int64(optarg, c == O_SEED ? 0 : 1, c == O_SEED ? QK_SEED_MAX : INT64_MAX, &v)) {
                 fprintf(stderr, "qkscope random: --%s '%s': expected %s\n", c == O_SEED ? "seed" : "tokens", optarg,
                         c == O_SEED ? "an integer in [0, 2^53)" : "a positive integer");
                 return QK_EXIT_USAGE;

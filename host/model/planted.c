@@ -365,7 +365,7 @@ int qk_planted_write(const char *dir, const QkPlantedOpts *opts, QkPlanted *info
     qk_planted_default_opts(&def);
     if (!opts) opts = &def;
     if (opts->n_tokens < 1) return qk_err("planted: n_tokens must be positive (got %d)", opts->n_tokens);
-    if (opts->seed >= (1ull << 53)) return qk_err("planted: seed must be below 2^53 (recorded exactly in planted.json)");
+    if (opts->seed > (uint64_t)QK_SEED_MAX) return qk_err("planted: seed must be below 2^53 (recorded exactly in planted.json)");
     if (qk_make_dirs(dir)) return -1;
 
     Gen *g = qk_calloc(1, sizeof(Gen));
