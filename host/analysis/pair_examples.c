@@ -67,7 +67,8 @@ void pair_examples_merge(PairExamples *x, const PairExamples *o) {
     }
 }
 
-static const char *const k_names[6] = {"query_feature", "key_feature", "window", "query_pos", "key_pos", "term"};
+static const char *const k_names[6] = {"examples_query_feature", "examples_key_feature", "examples_window",
+                                       "examples_query_pos",     "examples_key_pos",     "examples_term"};
 
 int pair_examples_write(PairExamples *x, QkH5Out *o, const char *prefix, int d_sae) {
     int n = pair_examples_finish(x);
@@ -81,7 +82,7 @@ int pair_examples_write(PairExamples *x, QkH5Out *o, const char *prefix, int d_s
         f[i] = x->e[i].f, g[i] = x->e[i].g, w[i] = x->e[i].window, qp[i] = x->e[i].qpos, kp[i] = x->e[i].kpos,
         t[i] = x->e[i].term;
     char name[6][192];
-    for (int k = 0; k < 6; k++) snprintf(name[k], sizeof name[k], "%sexamples_%s", prefix, k_names[k]);
+    for (int k = 0; k < 6; k++) snprintf(name[k], sizeof name[k], "%s%s", prefix, k_names[k]);
     int rc = qk_h5_write_features(o, name[0], 1, dims, lbl, f, d_sae) ||
              qk_h5_write_features(o, name[1], 1, dims, lbl, g, d_sae) ||
              qk_h5_write(o, name[2], H5T_NATIVE_INT64, 1, dims, lbl, w) ||
@@ -93,17 +94,15 @@ int pair_examples_write(PairExamples *x, QkH5Out *o, const char *prefix, int d_s
 }
 
 int pair_examples_read_add(PairExamples *x, hid_t file, const char *path, const char *prefix, int64_t rebase) {
-    char name[6][192];
-    for (int k = 0; k < 6; k++) snprintf(name[k], sizeof name[k], "%sexamples_%s", prefix, k_names[k]);
-    if (H5Lexists(file, name[0], H5P_DEFAULT) <= 0) return 0;
-    const char *names[6];
-    for (int k = 0; k < 6; k++) names[k] = name[k];
+    char first[192];
+    snprintf(first, sizeof first, "%s%s", prefix, k_names[0]);
+    if (H5Lexists(file, first, H5P_DEFAULT) <= 0) return 0;
     const hid_t type[6] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_INT64,
                            H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_FLOAT};
     static const size_t elem[6] = {4, 4, 8, 4, 4, 4};
     void *buf[6];
     int64_t n = 0;
-    if (qk_h5_read_columns(file, path, 6, names, type, elem, buf, &n)) return -1;
+    if (qk_h5_read_columns(file, path, prefix, 6, k_names, type, elem, buf, &n)) return -1;
     const int32_t *f = buf[0], *g = buf[1], *qp = buf[3], *kp = buf[4];
     const int64_t *w = buf[2];
     const float *t = buf[5];

@@ -251,48 +251,47 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
 static int merge_aggregates(const Shards *s, QkH5Out *out) {
     hid_t f0 = s->file[0];
     int L = 0, H = 0, rc = 0;
-    {  // the heads: shard 0's summary/ (agg_read_summary_heads: checked as untrusted input)
-        int64_t nh = 0;
-        int32_t *hl, *hh;
-        if (agg_read_summary_heads(f0, s->path[0], &hl, &hh, &nh, &L, &H)) return -1;
-        HeadAggregates *agg = qk_calloc((size_t)L * H, sizeof(HeadAggregates));
-        const HeadAggregates **ptr = qk_calloc((size_t)L * H, sizeof(HeadAggregates *));
-        for (int i = 0; i < nh && !rc; i++) {
-            char g[64];
-            snprintf(g, sizeof g, "aggregates/%d.%d", hl[i], hh[i]);
-            if (H5Lexists(f0, g, H5P_DEFAULT) <= 0) {
-                rc = qk_err("%s: group %s (summary/ lists its head) is missing", s->path[0], g);
-                break;
-            }
-            hid_t grp = H5Gopen2(f0, g, H5P_DEFAULT), dm = H5Dopen2(grp, "query_marginal", H5P_DEFAULT);
-            hid_t msp = H5Dget_space(dm);
-            int m = (int)H5Sget_simple_extent_npoints(msp);
-            int cap = (int)qk_h5_attr_read_int(grp, "sketch_capacity");
-            H5Sclose(msp), H5Dclose(dm), H5Gclose(grp);
-            if (m < 1) {
-                rc = qk_err("%s: %s/query_marginal is missing or empty", s->path[0], g);
-                break;
-            }
-            HeadAggregates *a = &agg[hl[i] * H + hh[i]];
-            head_agg_init(a, m, cap > 0 ? cap : 1);
-            ptr[hl[i] * H + hh[i]] = a;
-            for (int k = 0; k < s->n_agg && !rc; k++) rc = agg_read_add(s->agg_file[k], s->agg_path[k], hl[i], hh[i], a);
-            // Example contexts always from the shards (an aggregates.h5 has none), their corpus
-            // window indices rebased to the merged file's rows.
-            int64_t row = 0;
-            for (int k = 0; k < s->n && !rc; k++) {
-                snprintf(g, sizeof g, "aggregates/%d.%d/", hl[i], hh[i]);
-                rc = pair_examples_read_add(&a->examples, s->file[k], s->path[k], g,
-                                            row - qk_h5_attr_read_int(s->file[k], "first_window"));
-                row += s->windows[k];
-            }
+    // The heads: shard 0's summary/ (agg_read_summary_heads: checked as untrusted input)
+    int64_t nh = 0;
+    int32_t *hl, *hh;
+    if (agg_read_summary_heads(f0, s->path[0], &hl, &hh, &nh, &L, &H)) return -1;
+    HeadAggregates *agg = qk_calloc((size_t)L * H, sizeof(HeadAggregates));
+    const HeadAggregates **ptr = qk_calloc((size_t)L * H, sizeof(HeadAggregates *));
+    for (int i = 0; i < nh && !rc; i++) {
+        char g[64];
+        snprintf(g, sizeof g, "aggregates/%d.%d", hl[i], hh[i]);
+        if (H5Lexists(f0, g, H5P_DEFAULT) <= 0) {
+            rc = qk_err("%s: group %s (summary/ lists its head) is missing", s->path[0], g);
+            break;
         }
-        if (!rc) rc = agg_write_all(out, NULL, L, H, ptr);
-        if (!rc) agg_print_summary(stdout, L, H, ptr);
-        for (int i = 0; i < L * H; i++)
-            if (ptr[i]) head_agg_free(&agg[i]);
-        free(agg), free(ptr), free(hl), free(hh);
+        hid_t grp = H5Gopen2(f0, g, H5P_DEFAULT), dm = H5Dopen2(grp, "query_marginal", H5P_DEFAULT);
+        hid_t msp = H5Dget_space(dm);
+        int m = (int)H5Sget_simple_extent_npoints(msp);
+        int cap = (int)qk_h5_attr_read_int(grp, "sketch_capacity");
+        H5Sclose(msp), H5Dclose(dm), H5Gclose(grp);
+        if (m < 1) {
+            rc = qk_err("%s: %s/query_marginal is missing or empty", s->path[0], g);
+            break;
+        }
+        HeadAggregates *a = &agg[hl[i] * H + hh[i]];
+        head_agg_init(a, m, cap > 0 ? cap : 1);
+        ptr[hl[i] * H + hh[i]] = a;
+        for (int k = 0; k < s->n_agg && !rc; k++) rc = agg_read_add(s->agg_file[k], s->agg_path[k], hl[i], hh[i], a);
+        // Example contexts always from the shards (an aggregates.h5 has none), their corpus
+        // window indices rebased to the merged file's rows.
+        int64_t row = 0;
+        for (int k = 0; k < s->n && !rc; k++) {
+            snprintf(g, sizeof g, "aggregates/%d.%d/", hl[i], hh[i]);
+            rc = pair_examples_read_add(&a->examples, s->file[k], s->path[k], g,
+                                        row - qk_h5_attr_read_int(s->file[k], "first_window"));
+            row += s->windows[k];
+        }
     }
+    if (!rc) rc = agg_write_all(out, NULL, L, H, ptr);
+    if (!rc) agg_print_summary(stdout, L, H, ptr);
+    for (int i = 0; i < L * H; i++)
+        if (ptr[i]) head_agg_free(&agg[i]);
+    free(agg), free(ptr), free(hl), free(hh);
     return rc;
 }
 

@@ -59,8 +59,7 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "task", s->task);
     cJSON_AddNumberToObject(root, "threshold", o->threshold);
-    int rc = 0, lab_layer = -1;  // the layer whose labels are in lab (loaded once per layer)
-    QkLabels lab;
+    int rc = 0;
     for (int i = 0; i < s->n_heads; i++) {
         const QkProbeHead *h = &s->heads[i];
         char name[32];
@@ -91,18 +90,11 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
         if (static_path && h->expected && ind && o->labels) {
             int n = 0, nm = 0;
             double fm = NAN;
-            if (lab_layer != h->layer) {
-                if (lab_layer >= 0) qk_labels_free(&lab), lab_layer = -1;
-                if ((rc = qk_labels_load(&lab, o->labels, h->layer))) {
-                    cJSON_Delete(e);  // not yet in arr
-                    break;
-                }
-                lab_layer = h->layer;
-            }
-            const double frac = qk_probe_static_match(static_path, h->layer, h->head, &lab, min_label, &n, &fm, &nm);
+            const double frac = qk_probe_static_match(static_path, h->layer, h->head, &s->labels[h->layer], min_label,
+                                                      &n, &fm, &nm);
             if (frac < 0) {
                 rc = -1;
-                cJSON_Delete(e);
+                cJSON_Delete(e);  // not yet in arr
                 break;
             }
             printf("       static q2k: %d labelled current-token features, %.3f send their first key feature to the "
@@ -115,7 +107,6 @@ static int print_score(const QkProbeScore *s, const QkProbeScoreOpts *o, const c
         }
         cJSON_AddItemToArray(arr, e);
     }
-    if (lab_layer >= 0) qk_labels_free(&lab);
     printf("singled out %d, expected %d, both %d: precision %.3f recall %.3f F1 %.3f\n", s->n_singled, s->n_expected,
            s->n_hit, s->precision, s->recall, s->f1);
     cJSON_AddItemToObject(root, "heads", arr);
@@ -228,7 +219,7 @@ int cmd_probe(int argc, char **argv) {
     if (is_score) {
         QkProbeScore s;
         if (qk_probe_score(&so, &s) || print_score(&s, &so, static_path, min_label, json_path)) rc = -1;
-        if (!rc) qk_probe_score_free(&s);
+        qk_probe_score_free(&s);  // emptied already when the scoring failed
     } else if (!strcmp(what, "induction")) {
         rc = qk_probe_induction_write(out, &ip);
         if (!rc) printf("wrote %s/corpus.npy: %d windows of a %d-token random run written twice (run with bos = %s, "

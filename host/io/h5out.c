@@ -294,15 +294,17 @@ void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, siz
     return buf;
 }
 
-int qk_h5_read_columns(hid_t f, const char *path, int k, const char *const *names, const hid_t *mem, const size_t *elem,
-                       void **bufs, int64_t *n) {
+int qk_h5_read_columns(hid_t f, const char *path, const char *group, int k, const char *const *names, const hid_t *mem,
+                       const size_t *elem, void **bufs, int64_t *n) {
     int rc = 0;
+    char name[512];
     for (int c = 0; c < k; c++) bufs[c] = NULL;
     for (int c = 0; c < k && !rc; c++) {
         int64_t nc = 0;
-        if (!(bufs[c] = qk_h5_read_all(f, path, names[c], mem[c], elem[c], NULL, NULL, &nc))) rc = -1;
+        snprintf(name, sizeof name, "%s%s", group, names[c]);
+        if (!(bufs[c] = qk_h5_read_all(f, path, name, mem[c], elem[c], NULL, NULL, &nc))) rc = -1;
         else if (c && nc != *n)
-            rc = qk_err("%s: %s has %lld elements, %s %lld", path, names[c], (long long)nc, names[0], (long long)*n);
+            rc = qk_err("%s: %s has %lld elements, %s%s %lld", path, name, (long long)nc, group, names[0], (long long)*n);
         if (!c) *n = nc;
     }
     if (rc)

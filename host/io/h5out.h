@@ -55,11 +55,12 @@ void qk_h5_feature_convert(const int32_t *idx, size_t n, int d_sae, void *out);
 // in *n, each when not NULL.  NULL with one line naming the file and the dataset.
 void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, size_t elem, int *ndim, hsize_t *dims,
                      int64_t *n);
-// The columns of one table: datasets names[0..k) each read whole (qk_h5_read_all, as mem[c] of
-// elem[c] bytes) into a fresh bufs[c], all of one element count *n (else one line naming the file
-// and two of them).  -1 with every bufs[c] NULL on error.
-int qk_h5_read_columns(hid_t f, const char *path, int k, const char *const *names, const hid_t *mem, const size_t *elem,
-                       void **bufs, int64_t *n);
+// The columns of one table: datasets group + names[c], c < k (group a path prefix such as
+// "aggregates/1.3/", or ""), each read whole (qk_h5_read_all, as mem[c] of elem[c] bytes) into a
+// fresh bufs[c], all of one element count *n (else one line naming the file and two of them).
+// -1 with every bufs[c] NULL on error.
+int qk_h5_read_columns(hid_t f, const char *path, const char *group, int k, const char *const *names, const hid_t *mem,
+                       const size_t *elem, void **bufs, int64_t *n);
 // The same into buf, where the dataset must hold exactly n elements (else an error naming both).
 int qk_h5_read_exact(hid_t f, const char *path, const char *name, hid_t mem, size_t n, void *buf);
 

@@ -42,10 +42,10 @@ int qk_out_check_file(const char *path, int hdf5) {
     if (stat(path, &st) == 0) {
         if (S_ISDIR(st.st_mode)) return qk_err("%s: is a folder; the output is a file (give a file name)", path);
         if (!S_ISREG(st.st_mode)) return qk_err("%s: exists and is not a regular file; refusing to write there", path);
-        if (hdf5 && !is_hdf5(path, st.st_size))
-            return qk_err("%s: exists and is not an HDF5 file (an input?); refusing to overwrite it", path);
-        if (!hdf5 && is_hdf5(path, st.st_size))
-            return qk_err("%s: exists and is an HDF5 file (a run or static file?); refusing to overwrite it", path);
+        const int is = is_hdf5(path, st.st_size);  // an output replaces only a file of its own kind
+        if (is != !!hdf5)
+            return qk_err("%s: exists and is %s HDF5 file (%s); refusing to overwrite it", path, is ? "an" : "not an",
+                          is ? "a run or static file?" : "an input?");
     }
     // NAME.tmp is probed as a file of another name in its folder (a process watching for NAME.tmp,
     // or a stale one, is not disturbed); only a folder named NAME.tmp is in the way itself.

@@ -44,21 +44,12 @@ static void neuronpedia_id(hid_t f, int l, char *out, size_t n) {
     free(hook);
 }
 
-// Columns cols[0..k <= 8) of head h's aggregates group, read as one table (qk_h5_read_columns).
-static int head_columns(const ReportData *d, const ReportHead *h, int k, const char *const *cols, const hid_t *type,
-                        const size_t *elem, void **b, int64_t *n) {
-    char name[8][96];
-    const char *names[8];
-    for (int c = 0; c < k; c++)
-        snprintf(name[c], sizeof name[c], "aggregates/%d.%d/%s", h->layer, h->head, cols[c]), names[c] = name[c];
-    return qk_h5_read_columns(d->run, d->run_path, k, names, type, elem, b, n);
-}
-
 static int load_head(ReportData *d, hid_t st, ReportHead *h) {
-    char p[160];
+    char p[160], grp[64];
     int64_t n;
     int rc = 0;
-#define AGG(x) (snprintf(p, sizeof p, "aggregates/%d.%d/" x, h->layer, h->head), p)
+    snprintf(grp, sizeof grp, "aggregates/%d.%d/", h->layer, h->head);
+#define AGG(x) (snprintf(p, sizeof p, "%s" x, grp), p)
     // The pair table and the example table: each a set of columns of one length (qk_h5_read_columns).
     {
         static const char *const col[5] = {"pairs_query_feature", "pairs_key_feature", "pairs_weight", "pairs_sum",
@@ -66,7 +57,7 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
         const hid_t type[5] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_DOUBLE, H5T_NATIVE_DOUBLE, H5T_NATIVE_INT64};
         static const size_t elem[5] = {4, 4, 8, 8, 8};
         void *b[5];
-        rc = head_columns(d, h, 5, col, type, elem, b, &n);
+        rc = qk_h5_read_columns(d->run, d->run_path, grp, 5, col, type, elem, b, &n);
         const int32_t *pf = b[0], *pg = b[1];
         const double *pw = b[2], *ps = b[3];
         const int64_t *pc = b[4];
@@ -82,7 +73,7 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
                                H5T_NATIVE_INT32, H5T_NATIVE_INT32, H5T_NATIVE_FLOAT};
         static const size_t elem[6] = {4, 4, 8, 4, 4, 4};
         void *b[6];
-        rc = head_columns(d, h, 6, col, type, elem, b, &n);
+        rc = qk_h5_read_columns(d->run, d->run_path, grp, 6, col, type, elem, b, &n);
         const int32_t *ef = b[0], *eg = b[1], *ei = b[3], *ej = b[4];
         const int64_t *ew = b[2];
         const float *et = b[5];
@@ -107,13 +98,12 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
         int64_t K = 0;
         snprintf(p, sizeof p, "static/%d.%d/q2k_val", h->layer, h->head);
         if (ds_size(st, p, &K) < 0) return rc;
-        char idx_name[96];
-        snprintf(idx_name, sizeof idx_name, "static/%d.%d/q2k_idx", h->layer, h->head);
-        const char *names[2] = {p, idx_name};
+        static const char *const col[2] = {"q2k_val", "q2k_idx"};
         const hid_t type[2] = {H5T_NATIVE_FLOAT, H5T_NATIVE_INT32};
         static const size_t elem[2] = {4, 4};
         void *b[2];
-        if (qk_h5_read_columns(st, d->static_path, 2, names, type, elem, b, &n)) return -1;
+        snprintf(grp, sizeof grp, "static/%d.%d/", h->layer, h->head);
+        if (qk_h5_read_columns(st, d->static_path, grp, 2, col, type, elem, b, &n)) return -1;
         const float *v = b[0];
         const int32_t *ix = b[1];
         h->st_f = qk_malloc(4 * TOP_STATIC), h->st_g = qk_malloc(4 * TOP_STATIC), h->st_v = qk_malloc(4 * TOP_STATIC);

@@ -65,12 +65,20 @@ typedef struct {
     int top_match[8];
 } QkProbeHead;
 
+// Labels of one layer: lab[4 * f + 0..3] = current-token label, count, previous-token label, count.
+typedef struct {
+    int m;
+    int32_t *lab;
+} QkLabels;
+
 typedef struct {
     char task[16];          // "induction" or "ioi"
     int n_heads;
     QkProbeHead *heads;     // layer-major, as in the run file
     double precision, recall, f1;
     int n_expected, n_singled, n_hit;
+    int n_layers;           // layers of labels[] (the run's heads' layers)
+    QkLabels *labels;       // [n_layers]: each layer's labels when --labels was given (induction), else NULL
 } QkProbeScore;
 
 typedef struct {
@@ -85,11 +93,6 @@ typedef struct {
 int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out);
 void qk_probe_score_free(QkProbeScore *s);
 
-// Labels of one layer: lab[4 * f + 0..3] = current-token label, count, previous-token label, count.
-typedef struct {
-    int m;
-    int32_t *lab;
-} QkLabels;
 int qk_labels_load(QkLabels *l, const char *dir, int layer);
 void qk_labels_free(QkLabels *l);
 

@@ -163,16 +163,14 @@ static int shape_is(const char *run, const char *name, int nd, const hsize_t *d,
 
 // Induction, feature level: the head's heaviest pairs from the aggregates.
 static int induction_pairs(hid_t f, const char *run, QkProbeHead *h, const QkLabels *lab, int top_pairs) {
-    char a[96], b[96], c[96];
-    snprintf(a, sizeof a, "aggregates/%d.%d/pairs_query_feature", h->layer, h->head);
-    snprintf(b, sizeof b, "aggregates/%d.%d/pairs_key_feature", h->layer, h->head);
-    snprintf(c, sizeof c, "aggregates/%d.%d/pairs_weight", h->layer, h->head);
-    const char *names[3] = {a, b, c};
+    static const char *const col[3] = {"pairs_query_feature", "pairs_key_feature", "pairs_weight"};
+    char grp[64];
+    snprintf(grp, sizeof grp, "aggregates/%d.%d/", h->layer, h->head);
     const hid_t type[3] = {H5T_NATIVE_INT64, H5T_NATIVE_INT64, H5T_NATIVE_DOUBLE};
     static const size_t elem[3] = {8, 8, 8};
     void *buf[3];
     int64_t count = 0;
-    if (qk_h5_read_columns(f, run, 3, names, type, elem, buf, &count)) return -1;
+    if (qk_h5_read_columns(f, run, grp, 3, col, type, elem, buf, &count)) return -1;
     const int64_t *pf = buf[0], *pg = buf[1];
     const double *pw = buf[2];
     const int n = count < top_pairs ? (int)count : top_pairs;
@@ -355,8 +353,9 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
     uint8_t *exp_mark = qk_calloc((size_t)EL * EH, 1), *rec_mark = qk_calloc((size_t)EL * EH, 1);
     if (!rc) rc = parse_heads(expect, EL, EH, exp_mark, "--expect");
     if (!rc && strcmp(recorded, "")) rc = parse_heads(recorded, EL, EH, rec_mark, "recorded_heads");
-    QkLabels *labs = qk_calloc(L ? L : 1, sizeof(QkLabels));
-    int have_labels = !ioi && o->labels;
+    QkLabels *labs = NULL;
+    const int have_labels = !ioi && o->labels;
+    if (have_labels) out->labels = labs = qk_calloc(L ? L : 1, sizeof(QkLabels)), out->n_layers = L;
     for (int l = 0; !rc && have_labels && l < L; l++) {
         int used = 0;
         for (int i = 0; i < out->n_heads; i++) used |= out->heads[i].layer == l;
@@ -390,8 +389,7 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
     out->precision = out->n_singled ? (double)out->n_hit / out->n_singled : NAN;
     out->recall = out->n_expected ? (double)out->n_hit / out->n_expected : NAN;
     out->f1 = out->n_hit ? 2 * out->precision * out->recall / (out->precision + out->recall) : 0;
-    for (int l = 0; l < L; l++) qk_labels_free(&labs[l]);
-    free(labs), free(exp_mark), free(rec_mark), free(tok), free(heads), free(recorded), free(format), free(pj);
+    free(exp_mark), free(rec_mark), free(tok), free(heads), free(recorded), free(format), free(pj);
     if (f >= 0) H5Fclose(f);
     cJSON_Delete(probe);
     if (rc) qk_probe_score_free(out);
@@ -399,7 +397,8 @@ int qk_probe_score(const QkProbeScoreOpts *o, QkProbeScore *out) {
 }
 
 void qk_probe_score_free(QkProbeScore *s) {
-    free(s->heads);
-    s->heads = NULL;
-    s->n_heads = 0;
+    for (int l = 0; s->labels && l < s->n_layers; l++) qk_labels_free(&s->labels[l]);
+    free(s->heads), free(s->labels);
+    s->heads = NULL, s->labels = NULL;
+    s->n_heads = s->n_layers = 0;
 }
