@@ -92,9 +92,10 @@ static double median_ms(const Case *x, int reps) {
     return med;
 }
 
-// The fused kernel's median in flavour mma (NULL: as the environment says) with seeding on, off,
-// or as the environment says (seed -1), printed as one cell: "-" when the flavour does not run on
-// this device, "- (why)" when the kernel declines the problem.
+// The fused kernel's median in flavour mma (NULL: as the environment says, and whatever runs of it
+// on this device) with seeding on, off, or as the environment says (seed -1), printed as one cell:
+// "-" when the named flavour does not run on this device, "- (why)" when the kernel declines the
+// problem.
 static void fused_cell(Case *x, const char *mma, int seed, int reps) {
     const char *env = getenv("QK_FUSED_MMA"), *why = NULL;
     const int runs = qk_btk_set_fused_mma(x->b, mma ? mma : env && *env ? env : "mma");
@@ -102,7 +103,7 @@ static void fused_cell(Case *x, const char *mma, int seed, int reps) {
         fprintf(stderr, "bench_topk_gpu: %s\n", qk_errmsg());
         exit(1);
     }
-    if (!runs) {
+    if (!runs && mma) {
         printf(" - |");
         return;
     }

@@ -267,13 +267,27 @@ static hsize_t ds_points(const char *file, const char *name) {
     return n;
 }
 
+// A dataset of dataspace H5S_NULL (rank 0 like a scalar, but no element) in place of `name`.
+static void h5_replace_null(const char *file, const char *name) {
+    hid_t f = H5Fopen(file, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0, "%s", file);
+    cr_assert_geq(H5Ldelete(f, name, H5P_DEFAULT), 0, "%s: %s", file, name);
+    hid_t sp = H5Screate(H5S_NULL), d = H5Dcreate2(f, name, H5T_NATIVE_INT32, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    cr_assert_geq(d, 0, "%s: %s", file, name);
+    H5Dclose(d), H5Sclose(sp), H5Fclose(f);
+}
+
 // Merge and report read the datasets of their input files as untrusted: a shape of 2^62 elements
-// (a few bytes of file), an example or vocabulary dataset of another rank or length, a summary head
-// that is not a head, metric means not one per head and metric, an example position outside the
-// window, vocabulary offsets past its bytes: each one line naming the file and the dataset, exit
-// 1, no output.  (Merge overflowed
-// its buffers on the first two, report wrote out of bounds on a negative head and read out of
-// bounds on the position.)  A head listed twice in recorded_heads is loaded once.
+// (a few bytes of file; summary heads, a head's pair table), a dataset with no element (H5S_NULL),
+// an example or vocabulary dataset of another rank or length, a per-window dataset of another
+// shape in one shard, a summary head that is not a head (INT32_MAX too), metric means not one per
+// head and metric, an example position outside the window (naming the column at fault), a
+// windows attribute that is not the tokens' rows, vocabulary offsets past its bytes: each one line
+// naming the file and the dataset, exit 1, no output.  (Merge overflowed its buffers on the 2^62
+// shapes and the example table, read an element H5S_NULL does not have, and mapped a shard's
+// tokens of another width; report wrote out of bounds on a negative head, read out of bounds on
+// the position, and failed with an empty message on the windows.)  A head listed twice in
+// recorded_heads is loaded once.
 Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     char *pv = at("pv"), *ini = at("pv.ini"), *shards = at("pv/c"), *run = at("pv/r.h5"), *out = at("pv/out");
     char cmd[4096], vocab[700], shard0[700], keep[700], keep_run[700], want[400];
@@ -295,6 +309,26 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     snprintf(cmd, sizeof cmd, QK_BIN " merge %s -o %s", shards, out);
     free(expect_fail(1, "shard-000000.h5: dataset 'summary/head_layer': its shape needs more memory than there is", cmd));
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    static const char *const pair_col[6] = {"pairs_query_feature", "pairs_key_feature", "pairs_weight",
+                                            "pairs_weight_err",    "pairs_sum",         "pairs_count"};
+    for (int c = 0; c < 6; c++) {  // every column 2^62 long: their common length sized merge's buffers
+        snprintf(want, sizeof want, "aggregates/0.0/%s", pair_col[c]);
+        h5_replace_i32(shard0, want, 1, &huge, NULL, 1);
+    }
+    free(expect_fail(1, "shard-000000.h5: dataset 'aggregates/0.0/pairs_query_feature': its shape needs more memory", cmd));
+    cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    h5_replace_null(shard0, "summary/head_layer");
+    snprintf(want, sizeof want, "shard-000000.h5: summary/head_index has %llu entries, summary/head_layer 0",
+             (unsigned long long)ds_points(shard0, "summary/head_index"));
+    free(expect_fail(1, want, cmd));
+    cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    const hsize_t nh = ds_points(shard0, "summary/head_index");
+    int32_t *far_layer = qk_calloc(nh, 4);
+    far_layer[0] = INT32_MAX;  // checked, and not used as a layer count (its + 1 overflowed)
+    h5_replace_i32(shard0, "summary/head_layer", 1, &nh, far_layer, 0);
+    free(far_layer);
+    free(expect_fail(1, "shard-000000.h5: summary/head_layer, head_index [0]: head 2147483647.", cmd));
+    cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
     h5_replace_i32(shard0, "aggregates/0.0/examples_key_feature", 2, ex, NULL, 0);
     snprintf(want, sizeof want, "aggregates/0.0/examples_key_feature has %llu elements, aggregates/0.0/examples_query_feature %llu",
              (unsigned long long)(ex[0] * 3), (unsigned long long)ex[0]);
@@ -304,6 +338,14 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     free(expect_fail(1, "shard-000000.h5: vocab/: expected ids (N), offsets (N + 1) and bytes", cmd));
     cr_expect(!qk_file_exists(out), "%s written", out);
     cr_assert_eq(shf("cp %s %s", keep, shard0), 0);
+    snprintf(want, sizeof want, "%s/shard-000001.h5", shards);
+    snprintf(keep, sizeof keep, "%s/kept1.h5", pv);
+    cr_assert_eq(shf("cp %s %s", want, keep), 0);
+    const hsize_t wide[2] = {ds_points(want, "tokens") / 64, 65};  // n_ctx 64
+    h5_replace_i32(want, "tokens", 2, wide, NULL, 0);
+    free(expect_fail(1, "shard-000001.h5: dataset '/tokens': not of ", cmd));
+    cr_expect(!qk_file_exists(out), "%s written", out);
+    cr_assert_eq(shf("cp %s %s", keep, want), 0);
     cr_expect_eq(shf("%s > /dev/null", cmd), 0, "the restored shards do not merge");
 
     const hsize_t eight = 8, one = 1;
@@ -320,7 +362,19 @@ Test(robust, merge_and_report_refuse_malformed_datasets, .timeout = 180) {
     for (hsize_t i = 0; i < nq; i++) far[i] = 1 << 20;
     h5_replace_i32(run, "aggregates/1.3/examples_query_pos", 1, &nq, far, 0);
     free(far);
-    free(expect_fail(1, "r.h5: aggregates/1.3/examples_window [0]: window ", cmd));
+    free(expect_fail(1, "r.h5: aggregates/1.3/examples_query_pos [0]: window ", cmd));
+    cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
+    {  // more windows than tokens has rows: examples in them would read past the dataset
+        hid_t f = H5Fopen(run, H5F_ACC_RDWR, H5P_DEFAULT);
+        cr_assert_geq(f, 0);
+        const int64_t w = qk_h5_attr_read_int(f, "windows");
+        cr_assert_geq(H5Adelete(f, "windows"), 0);
+        cr_assert_eq(qk_h5_attr_int(f, "windows", w + 5), 0, "%s", qk_errmsg());
+        H5Fclose(f);
+        snprintf(want, sizeof want, "r.h5: tokens holds %lld windows of 64 tokens; the attribute windows says %lld",
+                 (long long)w, (long long)w + 5);
+        free(expect_fail(1, want, cmd));
+    }
     cr_assert_eq(shf("cp %s %s", keep_run, run), 0);
     const hsize_t no = ds_points(run, "vocab/offsets");
     int32_t *off = qk_malloc(4 * no + 4);

@@ -167,36 +167,46 @@ typedef struct {
     int rc;
 } VisitCtx;
 
-// One virtual dataset over the same dataset of every shard, stacked along dim 0 (windows).
+// One virtual dataset over the same dataset of every shard, stacked along dim 0 (windows): each
+// shard's of shard 0's rank and shape past dim 0.
 static int make_vds(VisitCtx *v, const char *name) {
     const Shards *s = v->s;
     hid_t d0 = H5Dopen2(s->file[0], name, H5P_DEFAULT), sp0 = H5Dget_space(d0), type = H5Dget_type(d0);
     hsize_t dims[H5S_MAX_RANK], maxd[H5S_MAX_RANK];
     int nd = H5Sget_simple_extent_dims(sp0, dims, maxd);
-    if (maxd[0] != H5S_UNLIMITED) {  // not per-window data
+    if (nd < 1 || maxd[0] != H5S_UNLIMITED) {  // not per-window data
         H5Tclose(type), H5Sclose(sp0), H5Dclose(d0);
         return 0;
     }
     dims[0] = (hsize_t)s->total_windows;
     hid_t vspace = H5Screate_simple(nd, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
     hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
-    for (int i = 0; i < s->n; i++) {
+    int rc = 0;
+    for (int i = 0; i < s->n && !rc; i++) {
         hid_t di = H5Dopen2(s->file[i], name, H5P_DEFAULT);
-        if (di < 0) return qk_err("%s: dataset '%s' missing", s->path[i], name);
+        if (di < 0) {
+            rc = qk_err("%s: dataset '%s' missing", s->path[i], name);
+            break;
+        }
         hid_t spi = H5Dget_space(di);
         hsize_t di_dims[H5S_MAX_RANK];
-        H5Sget_simple_extent_dims(spi, di_dims, NULL);
-        for (int k = 0; k < nd; k++) count[k] = k ? dims[k] : di_dims[0];
-        H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start, NULL, count, NULL);
-        hid_t src = H5Screate_simple(nd, count, NULL);
-        if (H5Pset_virtual(dcpl, vspace, v->src[i], name, src) < 0) return qk_err("HDF5: cannot map %s of %s", name, s->path[i]);
-        H5Sclose(src), H5Sclose(spi), H5Dclose(di);
+        int same = H5Sget_simple_extent_dims(spi, di_dims, NULL) == nd;
+        for (int k = 1; same && k < nd; k++) same = di_dims[k] == dims[k];
+        for (int k = 0; same && k < nd; k++) count[k] = k ? dims[k] : di_dims[0];
+        hid_t src = same ? H5Screate_simple(nd, count, NULL) : -1;
+        if (!same)
+            rc = qk_err("%s: dataset '%s': not of %s's rank and shape past dim 0", s->path[i], name, s->path[0]);
+        else if (H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+                 H5Pset_virtual(dcpl, vspace, v->src[i], name, src) < 0)
+            rc = qk_err("HDF5: cannot map %s of %s", name, s->path[i]);
+        if (src >= 0) H5Sclose(src);
+        H5Sclose(spi), H5Dclose(di);
         start[0] += count[0];
     }
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t vd = H5Dcreate2(v->out->file, name, type, vspace, lcpl, dcpl, H5P_DEFAULT);
-    int rc = vd < 0 ? qk_err("HDF5: cannot create virtual dataset %s", name) : 0;
+    hid_t vd = rc ? -1 : H5Dcreate2(v->out->file, name, type, vspace, lcpl, dcpl, H5P_DEFAULT);
+    if (!rc && vd < 0) rc = qk_err("HDF5: cannot create virtual dataset %s", name);
     for (int k = 0; !rc && k < nd; k++) {  // the same dimension names
         char label[64] = "";
         if (H5DSget_label(d0, (unsigned)k, label, sizeof label) > 0) H5DSset_label(vd, (unsigned)k, label);

@@ -1,6 +1,7 @@
 // agg_io.c: see agg_io.h.
 #include "io/agg_io.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,31 +128,33 @@ int agg_write_all(QkH5Out *o, ChunkWriter *cw, int L, int H, const HeadAggregate
     return rc ? -1 : 0;
 }
 
-static size_t n_elements(hid_t f, const char *name) {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return 0;
-    hid_t sp = H5Dget_space(d);
-    size_t n = (size_t)H5Sget_simple_extent_npoints(sp);
-    H5Sclose(sp), H5Dclose(d);
-    return n;
-}
-
 // Reads the aggregates of head (l, h) in `file` into *x (initialised here for d_sae m).
 static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggregates *x) {
     char n[160];
+    // The heavy-hitter pairs, as stored (heaviest first): one table, its length sizes the sketch.
+    static const char *const col[6] = {"pairs_query_feature", "pairs_key_feature", "pairs_weight",
+                                       "pairs_weight_err",    "pairs_sum",         "pairs_count"};
+    static const size_t elem[6] = {4, 4, 8, 8, 8, 8};
+    const hid_t type[6] = {H5T_NATIVE_UINT32, H5T_NATIVE_UINT32, H5T_NATIVE_DOUBLE,
+                           H5T_NATIVE_DOUBLE, H5T_NATIVE_DOUBLE, H5T_NATIVE_INT64};
+    void *b[6];
+    int64_t np = 0;
+    snprintf(n, sizeof n, "aggregates/%d.%d/", l, h);
+    int rc = qk_h5_read_columns(f, path, n, 6, col, type, elem, b, &np);
+    if (!rc && np > INT_MAX) rc = qk_err("%s: %spairs_weight: %lld pairs, more than a sketch holds", path, n, (long long)np);
+    head_agg_init(x, m, rc || !np ? 1 : (int)np);  // room for every stored pair: nothing is evicted
 #define AGG(name) (snprintf(n, sizeof n, "aggregates/%d.%d/" name, l, h), n)
-    size_t np = n_elements(f, AGG("pairs_weight"));
-    head_agg_init(x, m, np ? (int)np : 1);  // room for every stored pair: nothing is evicted
     // The sums from their exact limbs (the doubles beside them are derived from those).
-    int rc = qk_h5_read_exact(f, path, AGG("metric_sum_exact"), H5T_NATIVE_INT64, N_METRICS * QK_EXACT_LIMBS, x->sum_exact) ||
-             qk_h5_read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, x->count) ||
-             qk_h5_read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, x->hist) ||
-             qk_h5_read_exact(f, path, AGG("query_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
-                        x->query_marginal_exact) ||
-             qk_h5_read_exact(f, path, AGG("key_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
-                        x->key_marginal_exact) ||
-             qk_h5_read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
-             qk_h5_read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
+    rc = rc || qk_h5_read_exact(f, path, AGG("metric_sum_exact"), H5T_NATIVE_INT64, N_METRICS * QK_EXACT_LIMBS, x->sum_exact) ||
+         qk_h5_read_exact(f, path, AGG("metric_count"), H5T_NATIVE_INT64, N_METRICS, x->count) ||
+         qk_h5_read_exact(f, path, AGG("metric_hist"), H5T_NATIVE_INT64, N_METRICS * N_HIST_BINS, x->hist) ||
+         qk_h5_read_exact(f, path, AGG("query_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
+                          x->query_marginal_exact) ||
+         qk_h5_read_exact(f, path, AGG("key_marginal_exact"), H5T_NATIVE_INT64, (size_t)m * QK_EXACT_LIMBS,
+                          x->key_marginal_exact) ||
+         qk_h5_read_exact(f, path, AGG("query_count"), H5T_NATIVE_INT64, m, x->query_count) ||
+         qk_h5_read_exact(f, path, AGG("key_count"), H5T_NATIVE_INT64, m, x->key_count);
+#undef AGG
     double total = NAN, pruned = 0;
     if (!rc) {
         snprintf(n, sizeof n, "aggregates/%d.%d", l, h);
@@ -162,22 +165,12 @@ static int read_head(hid_t f, const char *path, int l, int h, int m, HeadAggrega
         H5Gclose(g);
         if (x->queries < 0) rc = qk_err("%s: attribute %s/queries is missing", path, n);
     }
-    // The heavy-hitter pairs, as stored (heaviest first).
-    if (np && !rc) {
-        uint32_t *pf = qk_malloc(4 * np), *pg = qk_malloc(4 * np);
-        double *pw = qk_malloc(8 * np), *pe = qk_malloc(8 * np), *ps = qk_malloc(8 * np);
-        int64_t *pc = qk_malloc(8 * np);
-        rc = qk_h5_read_exact(f, path, AGG("pairs_query_feature"), H5T_NATIVE_UINT32, np, pf) ||
-             qk_h5_read_exact(f, path, AGG("pairs_key_feature"), H5T_NATIVE_UINT32, np, pg) ||
-             qk_h5_read_exact(f, path, AGG("pairs_weight"), H5T_NATIVE_DOUBLE, np, pw) ||
-             qk_h5_read_exact(f, path, AGG("pairs_weight_err"), H5T_NATIVE_DOUBLE, np, pe) ||
-             qk_h5_read_exact(f, path, AGG("pairs_sum"), H5T_NATIVE_DOUBLE, np, ps) ||
-             qk_h5_read_exact(f, path, AGG("pairs_count"), H5T_NATIVE_INT64, np, pc);
-        for (size_t q = 0; !rc && q < np; q++)
-            pair_sketch_add_entry(&x->sketch, (int32_t)pf[q], (int32_t)pg[q], pw[q], pe[q], ps[q], pc[q]);
-        free(pf), free(pg), free(pw), free(pe), free(ps), free(pc);
-    }
-#undef AGG
+    const uint32_t *pf = b[0], *pg = b[1];
+    const double *pw = b[2], *pe = b[3], *ps = b[4];
+    const int64_t *pc = b[5];
+    for (int64_t q = 0; !rc && q < np; q++)
+        pair_sketch_add_entry(&x->sketch, (int32_t)pf[q], (int32_t)pg[q], pw[q], pe[q], ps[q], pc[q]);
+    for (int c = 0; c < 6; c++) free(b[c]);
     if (isfinite(total)) x->sketch.total = total;  // every update the shard's sketch saw, not only those kept
     if (isfinite(pruned)) x->sketch.pruned = pruned;
     return rc ? -1 : 0;
@@ -196,7 +189,7 @@ int agg_read_summary_heads(hid_t f, const char *path, int32_t **hl_out, int32_t 
         if (hl[i] < 0 || hl[i] >= GPT2_MAX_LAYER || hh[i] < 0 || hh[i] >= GPT2_MAX_HEAD)
             rc = qk_err("%s: summary/head_layer, head_index [%lld]: head %d.%d is not a head", path, (long long)i, hl[i],
                         hh[i]);
-        L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
+        else L = hl[i] + 1 > L ? hl[i] + 1 : L, H = hh[i] + 1 > H ? hh[i] + 1 : H;
     }
     unsigned char *seen = rc ? NULL : qk_calloc((size_t)L * H + 1, 1);
     for (int64_t i = 0; i < n && !rc; i++)

@@ -279,6 +279,7 @@ void *qk_h5_read_all(hid_t f, const char *path, const char *name, hid_t mem, siz
     size_t count = 1, bytes = 0;
     const int shaped = nd >= 0 && H5Sget_simple_extent_dims(sp, shape, NULL) == nd;
     int fits = shaped;
+    if (H5Sget_simple_extent_type(sp) == H5S_NULL) count = 0;  // rank 0 like a scalar, but no element
     for (int i = 0; fits && i < nd; i++) fits = !qk_mul_size(count, shape[i], &count);
     fits = fits && count < SIZE_MAX && !qk_mul_size(elem, count + 1, &bytes);
     void *buf = fits ? malloc(bytes) : NULL;

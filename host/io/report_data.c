@@ -2,6 +2,7 @@
 #include "io/report_data.h"
 
 #include <hdf5_hl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,11 +78,16 @@ static int load_head(ReportData *d, hid_t st, ReportHead *h) {
         const int32_t *ef = b[0], *eg = b[1], *ei = b[3], *ej = b[4];
         const int64_t *ew = b[2];
         const float *et = b[5];
-        for (int64_t i = 0; !rc && i < n; i++)  // the page indexes the window's tokens with them
-            if (ew[i] < 0 || ew[i] >= d->windows || ej[i] < 0 || ej[i] > ei[i] || ei[i] >= d->T)
-                rc = qk_err("%s: %s [%lld]: window %lld, key %d, query %d: not a position of the run's %lld windows of "
-                            "%d tokens (key <= query)", d->run_path, AGG("examples_window"), (long long)i, (long long)ew[i], ej[i],
+        for (int64_t i = 0; !rc && i < n; i++) {  // the page indexes the window's tokens with them
+            const char *bad = ew[i] < 0 || ew[i] >= d->windows ? col[2]
+                              : ei[i] < 0 || ei[i] >= d->T     ? col[3]
+                              : ej[i] < 0 || ej[i] > ei[i]     ? col[4]
+                                                               : NULL;
+            if (bad)
+                rc = qk_err("%s: %s%s [%lld]: window %lld, key %d, query %d: not a position of the run's %lld windows "
+                            "of %d tokens (key <= query)", d->run_path, grp, bad, (long long)i, (long long)ew[i], ej[i],
                             ei[i], (long long)d->windows, d->T);
+        }
         h->n_ex = rc ? 0 : (int)n;
         h->ex = qk_calloc(h->n_ex + 1, sizeof(ReportExample));
         for (int i = 0; i < h->n_ex; i++) h->ex[i] = (ReportExample){ef[i], eg[i], ew[i], ei[i], ej[i], et[i]};
@@ -145,8 +151,11 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
     d->heads_attr = qk_h5_attr_read_str(d->run, "heads");
     d->tokens = qk_h5_attr_read_int(d->run, "tokens_processed");
     d->windows = qk_h5_attr_read_int(d->run, "windows");
-    int64_t cols = 0;
-    if (ds_size(d->run, "tokens", &cols) < 0) return qk_err("%s: dataset tokens missing", run_path);
+    int64_t cols = 0, nt = ds_size(d->run, "tokens", &cols);
+    if (nt < 0) return qk_err("%s: dataset tokens missing", run_path);
+    if (cols < 1 || cols > INT_MAX || nt / cols != d->windows)  // examples index its rows by window
+        return qk_err("%s: tokens holds %lld windows of %lld tokens; the attribute windows says %lld", run_path,
+                      (long long)(cols ? nt / cols : 0), (long long)cols, (long long)d->windows);
     d->T = (int)cols;
     // Metrics: summary/ (head_layer, head_index, metric_mean (N, M)), names from its attribute.
     hid_t s = H5Gopen2(d->run, "summary", H5P_DEFAULT);
@@ -203,7 +212,7 @@ int report_load(ReportData *d, const char *run_path, const char *static_path) {
 
 int report_tokens(const ReportData *d, int64_t w, int32_t *out) {
     hid_t ds = H5Dopen2(d->run, "tokens", H5P_DEFAULT);
-    if (ds < 0) return -1;
+    if (ds < 0) return qk_err("%s: cannot open dataset tokens", d->run_path);
     hid_t sp = H5Dget_space(ds);
     hsize_t start[2] = {(hsize_t)w, 0}, count[2] = {1, (hsize_t)d->T};
     hid_t mem = H5Screate_simple(2, count, NULL);
@@ -212,7 +221,7 @@ int report_tokens(const ReportData *d, int64_t w, int32_t *out) {
                  ? -1
                  : 0;
     H5Sclose(mem), H5Sclose(sp), H5Dclose(ds);
-    return rc;
+    return rc ? qk_err("%s: cannot read window %lld of dataset tokens", d->run_path, (long long)w) : 0;
 }
 
 const uint8_t *report_piece(const ReportData *d, int32_t id, int64_t *len) {

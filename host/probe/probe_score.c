@@ -223,8 +223,8 @@ static int ioi_head(hid_t f, const char *run, QkProbeHead *h, const cJSON *promp
     static const int exact[5] = {1, 1, 1, 1, 1};
     char name[6][96];
     void *b[6] = {NULL};
-    int nds[6], rc = 0;
-    hsize_t dd[6][H5S_MAX_RANK];
+    int nds[6] = {0}, rc = 0;
+    hsize_t dd[6][H5S_MAX_RANK] = {{0}};  // read below even when a dataset failed (then unused)
     for (int c = 0; c < 6 && !rc; c++) {
         snprintf(name[c], sizeof name[c], "heads/%d.%d/%s", h->layer, h->head, col[c]);
         if (!(b[c] = qk_h5_read_all(f, run, name[c], type[c], elem[c], &nds[c], dd[c], NULL))) rc = -1;
