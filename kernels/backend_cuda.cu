@@ -505,17 +505,13 @@ static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GP
         return -1;
     if (ensure_events(ctx, c->n_layer + 2)) return -1;
     const size_t BT = (size_t)h->B * h->T;
-    // Tokens through page-locked staging (truly asynchronous); where the driver refuses page-locked
-    // memory, from the caller's memory (staged by the driver, still ordered on the stream).
+    // Tokens through page-locked staging (truly asynchronous; host_pinned.cuh: where the driver
+    // refuses page-locked memory, ordinary memory, staged by the driver, still ordered on the stream).
     if (ctx->tok_cap < BT) {
-        cudaFreeHost(ctx->tok_pinned);
-        ctx->tok_pinned = NULL, ctx->tok_cap = 0;
-        if (cudaHostAlloc((void **)&ctx->tok_pinned, BT * sizeof(int), cudaHostAllocPortable) == cudaSuccess)
-            ctx->tok_cap = BT;
-        else ctx->tok_pinned = NULL, (void)cudaGetLastError();
+        qk_pinned_free(ctx->tok_pinned);
+        ctx->tok_pinned = (int *)qk_pinned_alloc(BT * sizeof(int), NULL), ctx->tok_cap = BT;
     }
-    const int *tok_src = tokens;
-    if (ctx->tok_pinned) tok_src = (const int *)memcpy(ctx->tok_pinned, tokens, BT * sizeof(int));
+    const int *tok_src = (const int *)memcpy(ctx->tok_pinned, tokens, BT * sizeof(int));
     CUDA_TRYF(cudaMemcpyAsync(a->tokens, tok_src, BT * sizeof(int), cudaMemcpyHostToDevice, ctx->compute),
               "%d x %d tokens", h->B, h->T);
     if (sy && sy->wait) CUDA_TRYF(cudaStreamWaitEvent(ctx->compute, sy->wait, 0), "the forward of %d x %d tokens "
@@ -608,13 +604,9 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
         cuda_analysis_close((QkAnalysis *)an);
         return NULL;
     }
+    an->flags_h = (unsigned char *)qk_pinned_alloc(rows, NULL);
     if (dev_alloc((void **)&an->flags_d, rows, "the finite-check flags") ||
-        cudaHostAlloc((void **)&an->flags_h, rows, cudaHostAllocPortable) != cudaSuccess ||
         !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 1))) {
-        if (!an->flags_h) {
-            (void)cudaGetLastError();
-            if (an->flags_d) qk_err("cudaHostAlloc of %zu bytes for the finite-check flags failed", rows);
-        }
         cuda_analysis_close((QkAnalysis *)an);
         return NULL;
     }
@@ -661,7 +653,7 @@ static void cuda_analysis_close(QkAnalysis *qa) {
     if (!an) return;
     qk_ana_cuda_close(an->dev);
     cudaFree(an->flags_d);
-    cudaFreeHost(an->flags_h);
+    qk_pinned_free(an->flags_h);
     if (an->fwd_start) cudaEventDestroy(an->fwd_start);
     if (an->fwd_end) cudaEventDestroy(an->fwd_end);
     free(an->acts);
@@ -704,7 +696,7 @@ static void cuda_destroy(QkBackend *be) {
         free_weights(&ctx->w);
         for (int i = 0; i < ctx->n_done; i++) cudaEventDestroy(ctx->done[i]);
         free(ctx->done);
-        cudaFreeHost(ctx->tok_pinned);
+        qk_pinned_free(ctx->tok_pinned);
         lt_plans_free(ctx->lt);
         cudaFree(ctx->lt_ws);
         if (ctx->blas) cublasDestroy(ctx->blas);

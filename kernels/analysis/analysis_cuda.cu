@@ -390,7 +390,7 @@ struct BatchSlot {
     HeadRecords *rec;        // (L*H) recorded heads' records (arrays in the page-locked block)
     int32_t *vlen;           // (max_batch) the batch's valid lengths, page-locked
     void *block;             // the page-locked block carved into ph's, rec's and vlen's arrays
-    int block_pinned;        // 0: ordinary memory (host_pinned.cuh; no CUDA graph may copy into it)
+                             // (host_pinned.cuh: ordinary memory where refused)
     cudaEvent_t *ev;         // (L, 3): layer l's start, its SAE code done, its heads done
     cudaEvent_t done;        // every download of the batch landed
 };
@@ -445,7 +445,7 @@ struct QkAnaCuda {
     float *Qall, *ainv_all;       // (H, Nmax, dh), (H, Nmax): hb[h].Q and .ainv are slices
     int32_t *top_idx_all, *bot_idx_all;  // (H, N, k) for the batch's N: hb[h].top_* point into them
     float *top_val_all, *bot_val_all;
-    QkAnaView *h_views, *d_views;  // (L, H) the views of ana_query's heads, host (page-locked) and device
+    QkAnaView *h_views, *d_views;  // (L, H) the views of ana_query's heads, host (qk_pinned_alloc) and device
     // heavy-pair reduction (device), and its host staging
     unsigned long long *pk, *pk2;
     uint32_t *pp, *pp2;
@@ -551,7 +551,7 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     for (int g = 0; a->graph && g < 2 * a->L; g++)
         if (a->graph[g].exec) cudaGraphExecDestroy(a->graph[g].exec);
     free(a->graph);
-    cudaFreeHost(a->h_views);
+    qk_pinned_free(a->h_views);
     free(a->lay), free(a->head), free(a->hb), free(a->out), free(a->h_wqk);
     free(a);
 }
@@ -706,7 +706,7 @@ static void slot_carve(const QkAnaCuda *a, BatchSlot *s, char *base, size_t *off
 // The two batch slots (BatchSlot) and the layers' head views.
 static int open_slots(QkAnaCuda *a) {
     const int LH = a->L * a->H;
-    CUDA_TRY(cudaHostAlloc((void **)&a->h_views, sizeof(QkAnaView) * LH, cudaHostAllocPortable));
+    a->h_views = (QkAnaView *)qk_pinned_alloc(sizeof(QkAnaView) * LH, NULL);
     CUDA_TRY(cudaEventCreateWithFlags(&a->acts_free, cudaEventDisableTiming));
     CUDA_TRY(cudaStreamCreateWithFlags(&a->cst, cudaStreamNonBlocking));
     a->heads_done = (cudaEvent_t *)qk_calloc(a->L, sizeof(cudaEvent_t));
@@ -723,8 +723,9 @@ static int open_slots(QkAnaCuda *a) {
         s->ev = (cudaEvent_t *)qk_calloc(3 * (size_t)a->L, sizeof(cudaEvent_t));
         size_t bytes = 0;
         slot_carve(a, s, NULL, &bytes);
-        s->block = qk_pinned_alloc(bytes, &s->block_pinned);
-        if (!s->block_pinned) a->graphs = 0;  // a graph cannot capture a copy to ordinary memory
+        int pinned;
+        s->block = qk_pinned_alloc(bytes, &pinned);
+        if (!pinned) a->graphs = 0;  // a graph cannot capture a copy to ordinary memory
         size_t off = 0;
         slot_carve(a, s, (char *)s->block, &off);
         for (int e = 0; e < 3 * a->L; e++) CUDA_TRY(cudaEventCreate(&s->ev[e]));

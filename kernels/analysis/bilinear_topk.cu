@@ -197,9 +197,9 @@ struct QkBtk {
     const char *last_why;   // why the last run did not, when allowed
     QkPrecision prec;
     size_t l2_bytes;
-    cudaStream_t stream;      // where runs are enqueued: own_stream, or the caller's (qk_btk_use_stream)
+    cudaStream_t stream;      // where runs are enqueued: own_stream, or the caller's (qk_btk_use_stream:
+                              // then runs return once enqueued)
     cudaStream_t own_stream;  // made at create, destroyed at destroy
-    int async;                // runs return once enqueued (qk_btk_use_stream)
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t desc;
     void *ws;
@@ -395,7 +395,6 @@ extern "C" QkPrecision qk_btk_precision(const QkBtk *b) { return b->prec; }
 
 extern "C" void qk_btk_use_stream(QkBtk *b, void *stream) {
     b->stream = stream ? (cudaStream_t)stream : b->own_stream;
-    b->async = stream != NULL;
 }
 
 extern "C" void qk_btk_set_path(QkBtk *b, int fused) { b->fused = fused != 0; }
@@ -471,7 +470,7 @@ extern "C" int qk_btk_set_fused_seed(QkBtk *b, int on) {
 // Waits for the run on the context's stream; an asynchronous error named with the run's shape.
 // On the caller's stream (qk_btk_use_stream) nothing waits: the caller's next wait reports it.
 static int btk_finish(QkBtk *b, const char *shape) {
-    if (b->async) return 0;
+    if (b->stream != b->own_stream) return 0;  // the caller's stream
     cudaError_t e = cudaStreamSynchronize(b->stream);
     if (e != cudaSuccess)
         return qk_err("qk_btk_run [%s]: cudaStreamSynchronize: %s (run with QK_CUDA_SYNC=1 to name the kernel)", shape,

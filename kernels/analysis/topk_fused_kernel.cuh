@@ -231,6 +231,15 @@ __device__ __forceinline__ void ft_wgmma(float (&d)[FT_NT][4], unsigned long lon
 #endif
 }
 
+// Elements of one k chunk: a 128-byte operand row, 64 bf16 or 32 fp32.
+__host__ __device__ constexpr int ft_kchunk(int fl) { return fl == FT_FP32 ? 32 : 64; }
+
+// A tile's accumulators, zeroed before its first k chunk.
+__device__ __forceinline__ void ft_acc_zero(float (&acc)[FT_NT][4]) {
+#pragma unroll
+    for (int nt = 0; nt < FT_NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+}
+
 // Pins the accumulators in their registers around asynchronous wgmma (as CUTLASS's
 // warpgroup_fence_operand): the compiler may not move or copy them while a wgmma writes them.
 __device__ __forceinline__ void ft_acc_fence(float (&acc)[FT_NT][4]) {
@@ -428,10 +437,9 @@ template <int FL, bool BOTH>
 __device__ __forceinline__ void ft_seed_tile(const FtParams &p, FtRow &x, const FtSmem &s, const char *U,
                                              const char *V) {
     constexpr bool BF16 = FL != FT_FP32;
-    constexpr int kchunk = BF16 ? 64 : 32;
+    constexpr int kchunk = ft_kchunk(FL);
     float acc[FT_NT][4];
-#pragma unroll
-    for (int nt = 0; nt < FT_NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    ft_acc_zero(acc);
     for (int k0 = 0; k0 < p.r; k0 += kchunk) {
         uint4 xu[FT_LOADS], xv[FT_LOADS];
         ft_fetch<BF16>(xu, U, p.ldu, nullptr, x.row0, p.n, k0, p.r);
@@ -456,7 +464,7 @@ template <int FL, bool BOTH>
 __device__ __forceinline__ void ft_walk_regs(const FtParams &p, FtRow &x, const FtSmem &s, const char *U,
                                              const char *V) {
     constexpr bool BF16 = FL != FT_FP32;
-    constexpr int kchunk = BF16 ? 64 : 32;
+    constexpr int kchunk = ft_kchunk(FL);
     const bool resident = p.r <= kchunk;
     uint32_t *Us = s.Us, *Vs = s.Vs;
     uint4 xu[FT_LOADS], xv[FT_LOADS];
@@ -466,8 +474,7 @@ __device__ __forceinline__ void ft_walk_regs(const FtParams &p, FtRow &x, const 
     int sp = 0;                          // the first seed not yet behind the walk
     for (int j0 = 0; j0 < p.M; j0 += QK_FSEL_BN) {
         float acc[FT_NT][4];
-#pragma unroll
-        for (int nt = 0; nt < FT_NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        ft_acc_zero(acc);
         if (resident) {
             __syncthreads();  // the previous tile's (and the init's) readers are done
             ft_store<FL>(Vs, xv);
@@ -577,7 +584,8 @@ __device__ __forceinline__ void ft_bars_init(u64 *bar) {
 // previous chunk is waited for, and its stage released, after the next is issued).
 template <bool BOTH>
 __device__ __forceinline__ void ft_walk_tma(const FtParams &p, FtRow &x, const FtSmem &s) {
-    const int KC = (p.r + 63) / 64, ntiles = (p.M + QK_FSEL_BN - 1) / QK_FSEL_BN;
+    constexpr int kchunk = ft_kchunk(FT_WGMMA_TMA);
+    const int KC = (p.r + kchunk - 1) / kchunk, ntiles = (p.M + QK_FSEL_BN - 1) / QK_FSEL_BN;
     const bool resident = KC == 1;
     const long long total = (long long)ntiles * KC;
     u64 *full = s.bar, *empty = s.bar + FT_STAGES, *ubar = s.bar + 2 * FT_STAGES;
@@ -587,8 +595,8 @@ __device__ __forceinline__ void ft_walk_tma(const FtParams &p, FtRow &x, const F
     const auto issue = [&](long long L) {  // thread 0
         const int st = (int)(L % FT_STAGES), tile = (int)(L / KC), kc = (int)(L % KC);
         ft_bar_expect(full + st, resident ? FT_BOX_BYTES : 2 * FT_BOX_BYTES);
-        if (!resident) ft_tma_load(ubox(st), &p.tmU, kc * 64, x.row0, x.b, full + st);
-        ft_tma_load(vbox(st), &p.tmV, kc * 64, tile * QK_FSEL_BN, x.b, full + st);
+        if (!resident) ft_tma_load(ubox(st), &p.tmU, kc * kchunk, x.row0, x.b, full + st);
+        ft_tma_load(vbox(st), &p.tmV, kc * kchunk, tile * QK_FSEL_BN, x.b, full + st);
     };
     const auto release = [&](long long L) {  // every thread, once its wgmma reading load L completed
         const int st = (int)(L % FT_STAGES);
@@ -613,13 +621,12 @@ __device__ __forceinline__ void ft_walk_tma(const FtParams &p, FtRow &x, const F
     int sp = 0;  // the first seed not yet behind the walk
     for (int tile = 0; tile < ntiles; tile++) {
         float acc[FT_NT][4];
-#pragma unroll
-        for (int nt = 0; nt < FT_NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        ft_acc_zero(acc);
         const long long L0 = (long long)tile * KC;
         for (int kc = 0; kc < KC; kc++) {
             const int st = (int)((L0 + kc) % FT_STAGES);
             ft_bar_wait(full + st, (unsigned)((L0 + kc) / FT_STAGES) & 1u);
-            ft_wg_issue<FT_WGMMA_TMA>(acc, resident ? ubox(0) : ubox(st), vbox(st), p.r - kc * 64);
+            ft_wg_issue<FT_WGMMA_TMA>(acc, resident ? ubox(0) : ubox(st), vbox(st), p.r - kc * kchunk);
             if (kc > 0) {
                 ft_wg_wait<1>(acc);
                 release(L0 + kc - 1);
