@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-shot GPU check (issue 14), sized to fit one device call of <= 6 minutes on an H200.
+# The one-shot GPU check, sized to run in <= 6 minutes on an H200.
 #
 #   scripts/gpu.sh bundle   HERE (no GPU needed): builds for sm_90 (x86-64-v3 host code) twice,
 #                           with NCCL and NCCL-free, packs the binaries, the non-system shared
@@ -30,8 +30,8 @@
 #                              the summary table printed last.
 #   scripts/gpu.sh topk     ON THE GPU MACHINE: only the device bilinear top-k's checks (its suite,
 #                           sanitizers on its small cases, qkscope static timed, bench_topk_gpu).
-#   scripts/gpu.sh fused    ON THE GPU MACHINE: only the fused top-k's checks (issue 15; one device call
-#                           of ~7 minutes: carry the bundle, timeout_s 480): SASS of the bundled
+#   scripts/gpu.sh fused    ON THE GPU MACHINE: only the fused top-k's checks (one run
+#                           of ~7 minutes with the bundle beside the checkout, a 480 s limit): SASS of the bundled
 #                           qkscope (HMMA in topk_fused<mma.sync>, HGMMA in both wgmma flavours,
 #                           UTMALDG in the TMA one), the topk_gpu suite's fused_* tests (mma.sync,
 #                           seeded; with them the fused_flavour_* / fused_seeding_* tests, which run
@@ -101,14 +101,14 @@ bundle() {
     echo "gpu.sh: ${size} MiB in $BUNDLE (libraries: $(ls "$pkg/lib" | tr '\n' ' '))"
     [ "$size" -lt 56 ] || echo "gpu.sh: WARNING: the bundle plus the checkout must stay under 64 MiB a call"
     {
-        echo "# The device call (paste into the device tool's run; ~6 minutes of the 15-minute lease):"
+        echo "# On the GPU machine (about 6 minutes), with the bundle beside the checkout:"
         echo "run  command: PYTHONUNBUFFERED=1 scripts/gpu.sh run"
-        echo "     carry:   [\"$BUNDLE\"]"
-        echo "     timeout_s: 420"
-        echo "# The fused top-k's own call (issue 15): the same carry, command: PYTHONUNBUFFERED=1 scripts/gpu.sh fused,"
-        echo "#     timeout_s: 480; its table lands in bench_topk.md beside summary.txt."
-        echo "# Afterwards: read summary.txt (and gpu-check.tar.gz) under the returned files_at; call give_back"
-        echo "# unless you rerun at once.  The call sends the session's own checkout: it must be this branch."
+        echo "     bundle:  $BUNDLE"
+        echo "     time limit: 420 s"
+        echo "# The fused top-k's own check: the same bundle, command: PYTHONUNBUFFERED=1 scripts/gpu.sh fused,"
+        echo "#     time limit 480 s; its table lands in bench_topk.md beside summary.txt."
+        echo "# Afterwards: read summary.txt (and gpu-check.tar.gz) from the run's output folder.  The run uses"
+        echo "# the checkout it is started in: it must be this branch."
     } | tee "$CMDFILE"
 }
 
@@ -210,7 +210,7 @@ finish() {
 setup_run() {
     rm -rf "$W" && mkdir -p "$W/logs"
     : >"$ROWS"
-    [ -f "$BUNDLE" ] || die "no $BUNDLE: run scripts/gpu.sh bundle here first and carry it"
+    [ -f "$BUNDLE" ] || die "no $BUNDLE: run scripts/gpu.sh bundle first and bring it along"
     tar -C "$W" -xzf "$BUNDLE" || die "cannot unpack $BUNDLE"
     # CUDA toolkit libraries of this machine, then NCCL from its Python packages (PyTorch's).
     local cuda_lib nccl_lib="" d
@@ -323,7 +323,7 @@ compare_run() {
     done
 }
 
-# The issue's throughput target (>= 100k tokens/s on one H200): qkscope run at GPT-2-small shapes
+# The throughput target (>= 100k tokens/s on one H200): qkscope run at GPT-2-small shapes
 # (all 144 heads analysed with their aggregates, no per-token records, batches of 64 windows of
 # 128), per precision; tokens/s and the stage shares from the run's own summary.
 throughput() {
@@ -469,7 +469,7 @@ topk_checks() {
         --tokens 1024 -q && topk_bench
 }
 
-# The fused bilinear top-k (kernels/analysis/topk_fused_kernel.cuh): every check of issue 15 that
+# The fused bilinear top-k (kernels/analysis/topk_fused_kernel.cuh): every check of the fused kernel that
 # needs a GPU.  Every kernel or shape that fails is named in its step's log (Criterion messages
 # carry kernel, precision, shape, row, slot and both values).
 fused_checks() {
