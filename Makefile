@@ -52,7 +52,15 @@ CU_SRC   := $(filter-out kernels/run/comm_nccl.cu,$(CU_SRC))
 endif
 CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
 CFLAGS   += -DQK_HAVE_CUDA=1 $(if $(filter 1,$(NCCL)),-DQK_HAVE_NCCL=1)
+ifeq ($(EMU),1)
+# The emulated CUDA device (make test-emu; tests/cudaemu/emu.mk): its runtime and libraries go
+# into libqkscope.a in place of libcudart, cuBLAS(Lt) and NCCL.
+CU_OBJ   += $(addprefix $(BUILD)/cudaemu/,runtime.o fiber.o fiber_switch_x86_64.o cublas.o nccl.o)
+LIBS     += -lstdc++ $(BLAS_LIBS)
+CFLAGS   += -DQK_CUDA_EMU=1  # the suites' GPT-2-sized problems take fewer rows there (test_common.h)
+else
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 $(if $(filter 1,$(NCCL)),-lnccl) -lcublasLt -lcublas -lcudart -lstdc++
+endif
 endif
 
 .PHONY: check-ptxas all demo test test-notebook test-python test-report docs-report test-gpu test-scripts test-slurm reference trained-reference trained-reference-sae ground-truth bench-forward bench-gemm bench-topk bench-tokenize bench-run bench-pipeline bench-gpu bench-topk-gpu fuzz fuzz-build fuzz-smoke test-asan clean
@@ -72,7 +80,7 @@ $(BUILD)/libqkscope.a: $(HOST_OBJ) $(CU_OBJ)
 	ar rcs $@ $(filter %.o,$^)
 
 # Objects depend on the flags they were built with: switching CUDA=0/1 or CFLAGS rebuilds.
-FLAGS_STAMP := $(BUILD)/flags.$(shell echo '$(CC) $(CFLAGS) $(CUDA) $(NCCL) $(NVCCFLAGS)' | md5sum | cut -c1-12)
+FLAGS_STAMP := $(BUILD)/flags.$(shell echo '$(CC) $(CFLAGS) $(CUDA) $(NCCL) $(NVCCFLAGS) $(EMU) $(EMU_OPT) $(EMU_SAN)' | md5sum | cut -c1-12)
 $(FLAGS_STAMP): | $(BUILD)/host
 	rm -f $(BUILD)/flags.*
 	touch $@
@@ -101,6 +109,8 @@ FORCE:
 
 # Every kernel object is built with ptxas's resource figures kept beside it (.ptxas); a stack
 # frame, a spill or an nvcc warning in any kernel fails the build (scripts/check_ptxas.sh --log).
+# (EMU=1: the emulated device's rule instead, tests/cudaemu/emu.mk.)
+ifneq ($(EMU),1)
 $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh kernels/*/*.h kernels/*/*.cuh) $(FLAGS_STAMP) | $(BUILD)/kernels
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $(NVCC_EXTRA) -Xptxas -v -c -o $@ $< > $(@:.o=.ptxas) 2>&1 || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }
@@ -116,6 +126,16 @@ $(BUILD)/kernels/analysis/topk_fused_sm90.o: SASS_CHECK := 1
 # -ffp-contract=off (kernels/analysis/analysis_math.h is shared with the CPU suite); OpenMP for the host
 # merges of a layer's heads' sketches, in parallel.
 $(BUILD)/kernels/analysis/analysis_cuda.o: NVCC_EXTRA := -fmad=false -Xcompiler -fopenmp
+# The forward pass's kernels likewise: forward_math.h's host emulations (LayerNorm's double
+# statistics, the softmax) are theirs bit for bit only without contraction (make check-fmad).
+$(BUILD)/kernels/model/%.o: NVCC_EXTRA := $(MODEL_NVCC_EXTRA)
+endif
+MODEL_NVCC_EXTRA := -fmad=false
+
+# nvcc's own contractions absent from the model kernels' PTX, with their build flags.
+.PHONY: check-fmad
+check-fmad:
+	@scripts/check_fmad.sh "$(NVCC)" kernels/model/forward_layernorm.cu f64 -- $(filter-out -gencode arch=%,$(NVCCFLAGS)) $(MODEL_NVCC_EXTRA)
 
 $(BIN)/test_qkscope: $(TEST_OBJ) $(BUILD)/libqkscope.a | $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs criterion) $(LIBS) $(BLAS_LIBS)
@@ -159,6 +179,7 @@ demo: $(BIN)/qkscope
 # crash input (fuzz-smoke), and the notebook (sub-makes, so -j does not interleave them).
 DETERMINISM_SUITES := @(gemm|topk|forward|cache_sae|analysis_batch|run|ranks|shards)/*
 test: $(BIN)/test_qkscope $(BIN)/qkscope
+	$(if $(filter 1,$(CUDA)),@$(MAKE) --no-print-directory check-fmad)
 	QK_BACKEND=cpu $(BIN)/test_qkscope --jobs 1
 	@echo "== the determinism suites again, AVX-512 paths off (QK_ISA=avx2)"
 	QK_BACKEND=cpu QK_ISA=avx2 $(BIN)/test_qkscope --jobs 1 --filter '$(DETERMINISM_SUITES)'
@@ -295,11 +316,17 @@ $(BIN)/bench_%: bench/bench_%.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 $(BIN)/bench_topk_gpu: bench/bench_topk_gpu.c $(BUILD)/libqkscope.a $(FLAGS_STAMP) | $(BIN)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -I$(CUDA_HOME)/include $(LDFLAGS) -o $@ $< $(BUILD)/libqkscope.a $(LIBS)
 # Adds the fused kernel's column and the cuBLAS + torch.topk anchor (bench/bench_topk_torch.py, where
-# PyTorch is); the table goes to results/bench_topk_gpu.md only when a GPU measured it.
+# PyTorch is); the table goes to results/bench_topk_gpu.md only when a GPU measured it.  A CPU-only
+# build (CUDA=0, or no nvcc) has no device top-k to link: it says so and measures nothing.
+ifeq ($(CUDA),1)
 bench-topk-gpu: $(BIN)/bench_topk_gpu | $(BUILD)/host
 	{ $(BIN)/bench_topk_gpu $(BENCH_TOPK_GPU_ARGS) && python3 bench/bench_topk_torch.py; } | tee $(BUILD)/bench_topk_gpu.md
 	@if grep -q '^| [0-9]' $(BUILD)/bench_topk_gpu.md; then cp $(BUILD)/bench_topk_gpu.md results/bench_topk_gpu.md; \
 	   echo "bench-topk-gpu: results/bench_topk_gpu.md"; else echo "bench-topk-gpu: nothing measured (no GPU)"; fi
+else
+bench-topk-gpu:
+	@echo "bench-topk-gpu: CPU-only build (CUDA=0): no device top-k, nothing measured"
+endif
 
 bench-forward: $(BIN)/bench_forward $(VENV)/.ok
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward.py --threads $(BENCH_THREADS)
@@ -361,5 +388,7 @@ fuzz-smoke: fuzz-build
 
 clean:
 	rm -rf $(BUILD) $(BIN)
+
+include tests/cudaemu/emu.mk
 
 -include $(HOST_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/host/cli/main.d $(wildcard $(FUZZ_DIR)/obj/*/*.d)

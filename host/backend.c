@@ -112,8 +112,8 @@ int qk_btk_gemm_full(QkBtk *b, int n, int M, int r, const float *U, const float 
     (void)b, (void)n, (void)M, (void)r, (void)U, (void)V, (void)S, (void)out_bf16;
     return qk_err("this build has no CUDA backend (built with CUDA=0)");
 }
-QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush) {
-    (void)p, (void)device, (void)prec, (void)defer_flush;
+QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush, size_t reserve) {
+    (void)p, (void)device, (void)prec, (void)defer_flush, (void)reserve;
     qk_err("this build has no CUDA backend (built with CUDA=0)");
     return NULL;
 }

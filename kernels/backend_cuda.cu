@@ -11,7 +11,7 @@
 //   q, k, scores, pattern, z = attention(qkv)                 forward_attention.cu
 //   resid'  = z @ W_proj + b_proj + resid[l]                  (residual fused: beta = 1)
 //   ln      = LN2(resid')
-//   fc      = gelu_new(ln @ W_fc + b_fc)                      (GELU epilogue; fp32: exact tanhf)
+//   fc      = gelu_new(ln @ W_fc + b_fc)                      (GELU epilogue; fp32: qk_gelu_new, CUDA tanhf)
 //   resid[l+1] = fc @ W_fcproj + b_fcproj + resid'            (in place, beta = 1)
 // Precision (QkBackend.set_precision, `[run] precision`, `qkscope cache --precision`): fp32 (no
 // TF32 anywhere: the parity mode), tf32, bf16 (weights and GEMM inputs bf16, fp32 accumulation;
@@ -303,6 +303,10 @@ static void free_acts(DevActs *a) {
 
 static int alloc_acts(CudaCtx *ctx, const GPT2Config *c, const GPT2Acts *h) {
     DevActs *a = &ctx->a;
+    // The old buffers may still be read by queued work: the device analysis of the batch before
+    // (its own streams, pipelined behind this call), the hook downloads.  cudaFree does not
+    // promise to wait for it: the device's work is waited for first.
+    if (a->B) CUDA_TRYF(cudaDeviceSynchronize(), "before reallocating the activations (device %d)", ctx->device);
     free_acts(a);
     size_t stride, need = qk_cuda_acts_bytes(c, h->B, h->T, h->keep_attn, h->want_logits, &stride);
     const size_t N = (size_t)h->B * h->T, L = c->n_layer, C = c->d_model, F = c->d_mlp, f = sizeof(float);
@@ -605,8 +609,24 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
         return NULL;
     }
     an->flags_h = (unsigned char *)qk_pinned_alloc(rows, NULL);
+    // The model's weights first (the forward would upload them at its first batch), so that the
+    // analysis's room check sees what is free after them; its reserve: the forward's activations
+    // for the largest batch (analyse's shape: no attention rows kept, no logits).
+    const GPT2Config *c = &p->model->cfg;
+    const WeightKey key = weight_key(p->model);
+    if ((!ctx->w.loaded || !same_key(&ctx->w.key, &key)) && upload_weights(&ctx->w, p->model)) {
+        cuda_analysis_close((QkAnalysis *)an);
+        return NULL;
+    }
+    if (ctx->prec == QK_PREC_BF16 && !ctx->w.have_bf16 && make_bf16(ctx, c)) {
+        cuda_analysis_close((QkAnalysis *)an);
+        return NULL;
+    }
+    const DevActs *da = &ctx->a;
+    const int cached = da->B == p->max_batch && da->T == p->T && !da->keep_attn && !da->want_logits && !memcmp(&da->cfg, c, sizeof *c);
+    const size_t reserve = cached ? 0 : qk_cuda_acts_bytes(c, p->max_batch, p->T, 0, 0, NULL);
     if (dev_alloc((void **)&an->flags_d, rows, "the finite-check flags") ||
-        !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 1))) {
+        !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 1, reserve))) {
         cuda_analysis_close((QkAnalysis *)an);
         return NULL;
     }

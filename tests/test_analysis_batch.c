@@ -59,6 +59,12 @@ static void check_batches(QkBackend *be) {
     cr_assert_eq(qk_token_file_read(MODEL "/tokens.txt", &tokens, &B, &T), 0);
     cr_assert(B >= 2, "the reference batch has %d windows", B);
     const GPT2Config *mc = &m.cfg;
+    if (!exact && (mc->d_model % 16 || mc->d_head % 16)) {  // qk_ana_cuda_open's limits (its GEMMs' alignment)
+        const int dm = mc->d_model, dh = mc->d_head;
+        free(tokens), gpt2_free(&m), qk_backend_close(be);
+        cr_skip_test("the device analysis needs d_model and d_head in multiples of 16 (gpt2_tiny_a: %d, %d); "
+                     "analysis_gpu runs it batch by batch against the host on the planted and random models", dm, dh);
+    }
     const int L = mc->n_layer, H = mc->n_head;
     cr_assert(L == 2 && H == 4, "gpt2_tiny_a is 2 layers x 4 heads");
     QkSae sae[2];

@@ -30,6 +30,14 @@ static inline int test_cuda_gpus(const char *what) {
     return gpus;
 }
 
+// Rows of a GPU suite's GPT-2-small-sized problem: n on a GPU; on the emulated device (make
+// test-emu, every thread a fiber on one CPU core) `emu`, the widths (m = 32768, r) kept.
+#ifdef QK_CUDA_EMU
+#define TEST_GPU_ROWS(n, emu) (emu)
+#else
+#define TEST_GPU_ROWS(n, emu) (n)
+#endif
+
 #define REF_DIR "tests/reference/data"
 // The qkscope binary the CLI tests start, from the repository root (make test-asan runs the suites
 // from a root whose bin/ is the sanitized build).  String literal: QK_BIN " run ..." .

@@ -275,7 +275,7 @@ Test(ranks, bad_rank_options_are_one_line, .timeout = 60, .fini = cleanup) {
 // (cuBLAS may pick its kernels by shape).
 Test(ranks, gpus_merge_to_the_one_gpu_run, .timeout = 600, .fini = cleanup) {
     const int gpus = test_cuda_gpus("--gpus");
-    planted(64 * 125);
+    planted(TEST_GPU_ROWS(64 * 125, 64 * 40));  // shards of 1024 tokens: several either way
     cr_assert_eq(shf(QK_BIN " run -q configs/demo.ini %s --set run.backend=cuda -o %s/one.h5", g_sets, g_dir), 0);
     const char *specs[2] = {"1", "all"};
     for (int i = 0; i < (gpus > 1 ? 2 : 1); i++) {

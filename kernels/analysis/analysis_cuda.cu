@@ -184,7 +184,7 @@ __global__ void ana_agg(const AggArgs p) {
         add_i64(sh + ACC_QUERIES, 1);
         for (int m = 0; m < QK_ANA_METRICS; m++) {
             float x = p.metrics[(size_t)n * QK_ANA_METRICS + m], lo, hi;
-            if (x != x) continue;
+            if (!isfinite(x)) continue;  // as the host: NaN and +-inf are not values a mean can hold
             int64_t l[3];
             qk_ana_limbs(x, l);
             for (int q = 0; q < 3; q++) add_i64(sh + ACC_SUM + m * 3 + q, l[q]);
@@ -244,12 +244,16 @@ __global__ void ana_pair_sums(const unsigned long long *key, const uint32_t *pos
     if (s >= *nseg) return;
     const int e0 = start[s], e1 = start[s + 1];
     const unsigned long long k = key[e0];
+    if (k == PAIR_NONE) {  // padding and empty sketch slots (the last segment, up to np long): no pair
+        f[s] = -1, g[s] = -1, w[s] = 0, sum[s] = 0, count[s] = 0;
+        return;
+    }
     double ws = 0, vs = 0;
     for (int e = e0; e < e1; e++) {
         double v = val[pos[e]];
         ws += fabs(v), vs += v;
     }
-    f[s] = k == PAIR_NONE ? -1 : (int32_t)(k >> 32), g[s] = (int32_t)(uint32_t)k;
+    f[s] = (int32_t)(k >> 32), g[s] = (int32_t)(uint32_t)k;
     w[s] = ws, sum[s] = vs, count[s] = e1 - e0;
 }
 
@@ -419,6 +423,7 @@ struct QkAnaCuda {
     int sync_each;
     int counting;                 // open_buffers only sums its device bytes into counted
     size_t counted;
+    size_t reserve;               // the caller's later device bytes for a batch of max_batch (qk_ana_cuda_open)
     int graphs;                   // capture layer_aggregates as CUDA graphs (QK_CUDA_GRAPHS=0: off; off with sync_each)
     LayerGraph *graph;            // (2, L): per batch slot (the graphs download into the slot's memory)
     LayerDev *lay;
@@ -536,6 +541,7 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
     if (a->st) cudaStreamSynchronize(a->st);
     if (a->cst) cudaStreamSynchronize(a->cst);
     qk_btk_destroy(a->btk);  // before the stream it enqueues on
+    if (a->blas) cublasDestroy(a->blas), a->blas = NULL;  // before its stream and its workspace (in allocs)
     for (int q = 0; q < a->n_allocs; q++) cudaFree(a->allocs[q]);
     free(a->allocs);
     if (a->cst) cudaStreamDestroy(a->cst);
@@ -547,7 +553,6 @@ extern "C" void qk_ana_cuda_close(QkAnaCuda *a) {
         if (a->copied && a->copied[l]) cudaEventDestroy(a->copied[l]);
     }
     free(a->heads_done), free(a->copied);
-    if (a->blas) cublasDestroy(a->blas);
     for (int g = 0; a->graph && g < 2 * a->L; g++)
         if (a->graph[g].exec) cudaGraphExecDestroy(a->graph[g].exec);
     free(a->graph);
@@ -637,8 +642,9 @@ static int open_buffers(QkAnaCuda *a) {
 }
 
 // Before the batch buffers are allocated: their size for p->max_batch windows (open_buffers
-// counting), against the device's free memory after the weights; too little names the batch
-// that fits (the buffers grow in proportion to it).
+// counting) plus the caller's reserve (the forward pass's activations, allocated at the first
+// batch), against the device's free memory after the weights; too little names the batch that
+// fits (both grow in proportion to it).
 static int check_room(QkAnaCuda *a) {
     a->counting = 1, a->counted = 0;
     int rc = open_buffers(a);
@@ -648,12 +654,13 @@ static int check_room(QkAnaCuda *a) {
     if (rc) return -1;
     size_t free_b = 0, total_b = 0;
     CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
-    const size_t need = a->counted, margin = (size_t)256 << 20;  // cuBLAS / CUB workspaces, the context
+    const size_t need = a->counted + a->reserve, margin = (size_t)256 << 20;  // cuBLAS / CUB workspaces, the context
     if (need + margin <= free_b) return 0;
     const long long fit = free_b > margin ? (long long)((double)a->p.max_batch * (free_b - margin) / need) : 0;
-    return qk_err("the analysis on device %d: batches of %d windows of %d tokens need %.0f MiB of buffers, %.0f MiB of "
-                  "%.0f MiB are free after the weights: [corpus] batch = %lld fits%s", a->device, a->p.max_batch, a->p.T,
-                  need / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, fit,
+    return qk_err("the analysis on device %d: batches of %d windows of %d tokens need %.0f MiB (%.0f MiB of analysis "
+                  "buffers, %.0f MiB of forward activations), %.0f MiB of %.0f MiB are free after the weights: [corpus] "
+                  "batch = %lld fits%s", a->device, a->p.max_batch, a->p.T, need / 1048576.0, a->counted / 1048576.0,
+                  a->reserve / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, fit,
                   fit < 1 ? " (none: fewer analysed heads or layers, or a larger GPU)" : "");
 }
 
@@ -781,7 +788,7 @@ static int open_weights(QkAnaCuda *a) {
     return 0;
 }
 
-extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush) {
+extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush, size_t reserve) {
     const GPT2Config *c = &p->model->cfg;
     if (c->d_model % 16 || c->d_head % 16 || c->d_head > QK_ANA_MAX_DH) {
         qk_err("qk_ana_cuda_open: d_model %d and d_head %d must be multiples of 16, d_head <= %d", c->d_model, c->d_head,
@@ -794,6 +801,7 @@ extern "C" QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrec
     }
     QkAnaCuda *a = (QkAnaCuda *)calloc(1, sizeof *a);
     a->p = *p;
+    a->reserve = reserve;
     a->device = device, a->defer = defer_flush;
     const char *pipe = getenv("QK_CUDA_PIPELINE");
     a->lag = defer_flush && !(pipe && pipe[0] == '0');

@@ -37,7 +37,7 @@
 // summation order than qk_gemm: equal within float rounding).
 //
 // Wiring into the CUDA backend (kernels/backend_cuda.cu), per QkBackend.analysis_* call:
-//   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 1); the forward's device
+//   analysis_open(be, p):   dev = qk_ana_cuda_open(p, device, precision, 1, the activations' bytes); the forward's device
 //                           activations for p->max_batch windows of p->T tokens, for the layers up
 //                           to the last l with p->sae[l] (no attention rows are needed: the
 //                           analysis recomputes its score rows from q and k in fp32).
@@ -75,9 +75,12 @@ typedef struct {
 typedef struct QkAnaCuda QkAnaCuda;
 
 // Uploads the SAEs of the layers with analysed heads and the analysed heads' tables; allocates
-// the batch buffers for p->max_batch windows.  NULL with qk_errmsg() set.  d_model and d_head
-// must be multiples of 16 (the top-k's GEMM alignment), d_head <= 64.
-QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush);
+// the batch buffers for p->max_batch windows.  reserve: device bytes the caller allocates later
+// for a batch of p->max_batch windows (the forward pass's activations), counted with the buffers
+// so that a batch that does not fit is refused here, naming the batch that fits.  NULL with
+// qk_errmsg() set.  d_model and d_head must be multiples of 16 (the top-k's GEMM alignment),
+// d_head <= 64.
+QkAnaCuda *qk_ana_cuda_open(const AnalysisPlan *p, int device, QkPrecision prec, int defer_flush, size_t reserve);
 // acts (L): entries of layers without an SAE are ignored.  valid_len (B, host) or NULL as in
 // qk_analysis_host_run; agg (L*H, host).  seconds[QK_N_ANALYSIS_STAGES] accumulates the SAE and
 // heads stages of the batches this call finished, as device time between events (the forward is

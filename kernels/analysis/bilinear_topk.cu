@@ -186,8 +186,11 @@ __global__ void __launch_bounds__(256) btk_to_bf16(const float *src, long long l
 // ---------------------------------------------------------------------------------------------
 // Host side
 
+// A pinned algorithm and everything the heuristic was asked: the layouts' shapes, leading
+// dimensions and batch strides (an algorithm is chosen for one problem: cublasLtMatmulAlgoCheck).
 struct AlgoSlot {
-    int rows, cols, r, batch, ldb, out_bf16;
+    int rows, cols, r, batch, ldb, ldc, out_bf16;
+    long long V_stride, U_stride, D_stride;
     cublasLtMatmulAlgo_t algo;
 };
 
@@ -231,9 +234,15 @@ static int oom(cudaError_t e, size_t bytes, const char *what) {
                   cudaGetErrorString(e), free_b >> 20, total_b >> 20);
 }
 
-// Device scratch of at least `bytes`; a failed growth leaves nothing cached.
-static int grow(void **p, size_t *cap, size_t bytes, const char *what) {
+// Device scratch of at least `bytes`; a failed growth leaves nothing cached.  The old buffer is
+// freed once the work queued on `stream` (the only stream that uses it) has completed: cudaFree
+// does not promise to wait for it.
+static int grow(cudaStream_t stream, void **p, size_t *cap, size_t bytes, const char *what) {
     if (bytes <= *cap) return 0;
+    if (*p) {
+        const cudaError_t e = cudaStreamSynchronize(stream);
+        if (e != cudaSuccess) return qk_err("bilinear top-k: waiting before regrowing %s: %s", what, cudaGetErrorString(e));
+    }
     cudaFree(*p);
     *p = NULL, *cap = 0;
     cudaError_t e = cudaMalloc(p, bytes);
@@ -244,7 +253,7 @@ static int grow(void **p, size_t *cap, size_t bytes, const char *what) {
     *cap = bytes;
     return 0;
 }
-#define GROW(b, field, bytes, what) grow((void **)&(b)->field, &(b)->field##_cap, (bytes), (what))
+#define GROW(b, field, bytes, what) grow((b)->stream, (void **)&(b)->field, &(b)->field##_cap, (bytes), (what))
 
 // A launch's error, named with its kernel and shape; with QK_CUDA_SYNC=1 also its execution's.
 static int launch_check(QkBtk *b, const char *kernel, dim3 grid, int threads, const char *shape) {
@@ -292,7 +301,8 @@ static int btk_gemm(QkBtk *b, int batch, int rows, int cols, int r, const void *
     // One algorithm per tile shape, chosen once per context (pinned: not re-chosen per call).
     for (int t = 0; t < b->n_algos && !algo; t++) {
         const AlgoSlot *s = &b->algos[t];
-        if (s->rows == rows && s->cols == cols && s->r == r && s->batch == batch && s->ldb == ldb && s->out_bf16 == out_bf16)
+        if (s->rows == rows && s->cols == cols && s->r == r && s->batch == batch && s->ldb == ldb && s->ldc == ldc &&
+            s->out_bf16 == out_bf16 && (batch == 1 || (s->V_stride == V_stride && s->U_stride == U_stride && s->D_stride == D_stride)))
             algo = &s->algo;
     }
     if (!algo) {
@@ -312,7 +322,7 @@ static int btk_gemm(QkBtk *b, int batch, int rows, int cols, int r, const void *
             goto done;
         }
         AlgoSlot *s = &b->algos[b->n_algos < BTK_MAX_ALGOS ? b->n_algos++ : BTK_MAX_ALGOS - 1];
-        *s = AlgoSlot{rows, cols, r, batch, ldb, out_bf16, h.algo};
+        *s = AlgoSlot{rows, cols, r, batch, ldb, ldc, out_bf16, V_stride, U_stride, D_stride, h.algo};
         algo = &s->algo;
     }
     LT_TRY(cublasLtMatmul(b->lt, b->desc, &one, V, la, U, lb, &zero, D, lc, D, lc, algo, b->ws, b->ws_bytes, b->stream));

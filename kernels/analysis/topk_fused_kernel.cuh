@@ -181,11 +181,15 @@ __device__ __forceinline__ void ft_store(uint32_t *S, const uint4 (&x)[FT_LOADS]
 
 __device__ __forceinline__ void ft_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                        uint32_t b1) {
+#if defined(QK_CUDA_EMU)  // the emulated device (tests/cudaemu): the same fragments, per the PTX ISA's tables
+    ::cudaemu::mma_m16n8k16_bf16(c, a0, a1, a2, a3, b0, b1, __LINE__, __FILE__);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // wgmma's shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format", sm_90): start
@@ -246,7 +250,13 @@ __device__ __forceinline__ void ft_acc_fence(float (&acc)[FT_NT][4]) {
 #pragma unroll
     for (int nt = 0; nt < FT_NT; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) asm volatile("" : "+f"(acc[nt][e])::"memory");
+        for (int e = 0; e < 4; e++) {
+#if defined(QK_CUDA_EMU)  // the emulated device: no registers to pin (and no wgmma runs there)
+            (void)acc[nt][e];
+#else
+            asm volatile("" : "+f"(acc[nt][e])::"memory");
+#endif
+        }
 }
 
 // Issues this chunk's k16 steps (at most 4, `left` k columns left in r) as one wgmma group;
@@ -264,6 +274,7 @@ __device__ __forceinline__ void ft_wg_issue(float (&acc)[FT_NT][4], const void *
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #else
     (void)acc, (void)Us, (void)Vs, (void)left;
+    __trap();  // built for sm_90a only (topk_fused_sm90.cu): never a silent empty product elsewhere
 #endif
 }
 

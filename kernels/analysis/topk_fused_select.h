@@ -28,8 +28,8 @@
 // the number of survivors changes.
 //
 // A rescan raises the bar strictly: its queue holds qcap >= k + 1 distinct keys >= kth, so at
-// least k of them are > kth, and the next kth is > kth.  qcap >= BN: the first tile (thr EMPTY,
-// every key passes) never overflows.
+// least k of them are > kth, and the next kth is > kth.  qcap >= BN: no pass overflows at all (the
+// first tile's, thr EMPTY, included), so the kernel (qk_fsel_qcap = BN) never rescans.
 #pragma once
 #include <stdint.h>
 
@@ -39,8 +39,15 @@
 #define QK_FSEL_BN 64                        // columns per tile
 #define QK_FSEL_DONE 0xffffffffffffffffull   // a bar no key passes: the row is done for this tile
 
-// Queue slots per row: >= BN and >= k + 1 (see above), a multiple of 32 (merged 32 at a time).
-QK_HD int qk_fsel_qcap(int k) { return k <= 32 ? 64 : 96; }
+// Queue slots per row: BN.  A pass offers each of the tile's BN columns of a row at most once, so
+// a queue of BN slots never overflows, whatever k (the rescan below is then never needed by the
+// kernel; the rules still hold for any qcap >= k + 1, which the CPU suite checks with smaller
+// queues).  A multiple of 32 (merged 32 at a time).  (96 for k > 32 made top + bottom need
+// 185,144 B of shared memory, over an A100's 166,912 B opt-in.)
+QK_HD int qk_fsel_qcap(int k) {
+    (void)k;
+    return QK_FSEL_BN;
+}
 
 // T slots kept per row between merges: the merge makes the best 64 (the warp queue's two halves),
 // but only the best k can ever be output or set the bar, so k <= 32 keeps the first half alone

@@ -34,7 +34,8 @@ int fwd_nonfinite_rows(cudaStream_t s, const float *resid, long long ld_r, const
 int fwd_embed(cudaStream_t s, float *x, const int *tokens, const float *wte, const float *wpe, int N, int T, int C);
 // out (n) bf16 = in (n) fp32, rounded to nearest even (weights for the bf16 mode)
 int fwd_to_bf16(cudaStream_t s, __nv_bfloat16 *out, const float *in, size_t n);
-// x (n) = gelu_new(x), fp32 in place (the fp32 mode: exact tanhf, as the CPU)
+// x (n) = gelu_new(x), fp32 in place (the fp32 mode: forward_math.h's qk_gelu_new with CUDA's tanhf,
+// within 2 ulp of the C library's: close to the CPU, not its bits)
 int fwd_gelu(cudaStream_t s, float *x, size_t n);
 
 // -- forward_layernorm.cu: out (N, C) = (x - mean) / scale * w + b, scale (N) = sqrt(var + eps);

@@ -3,7 +3,12 @@
 // TEST the file under test.  Needs only libhdf5 (the GPU machine has no h5diff and no Python HDF5
 // tools of ours).
 //
-//   h5compare [--mode parity|overlap] [--tol 1e-4] [--overlap-min 0.95] REF.h5 TEST.h5
+//   h5compare [--mode parity|overlap] [--tol 1e-4] [--overlap-min 0.95] [--skip SUBSTRING]... REF.h5 TEST.h5
+//
+// --skip: datasets whose path contains SUBSTRING are reported, not judged (tests/cudaemu/compare.sh
+// skips the per-token metrics: r2 = 1 - res/tot is ill-conditioned where a score row is nearly
+// constant, so no relative tolerance holds for it across summation orders; test_analysis_gpu
+// judges every metric by its own scale).
 //
 // Every dataset of REF is read as double and compared with TEST's dataset of the same path:
 // - top-k index sets (`*_idx`, `pair_*_feature`, `attended_pos`, with their values `*_val`,
@@ -126,16 +131,18 @@ static double rel(double x, double r, double floor_) {
 int main(int argc, char **argv) {
     const char *mode = "parity";
     double tol = 1e-4, overlap_min = 0.95;
-    int ai = 1;
+    const char *skip[16];
+    int ai = 1, n_skip = 0;
     for (; ai < argc && argv[ai][0] == '-' && argv[ai][1] == '-'; ai++) {
         if (!strcmp(argv[ai], "--mode") && ai + 1 < argc) mode = argv[++ai];
         else if (!strcmp(argv[ai], "--tol") && ai + 1 < argc) tol = atof(argv[++ai]);
         else if (!strcmp(argv[ai], "--overlap-min") && ai + 1 < argc) overlap_min = atof(argv[++ai]);
+        else if (!strcmp(argv[ai], "--skip") && ai + 1 < argc && n_skip < 16) skip[n_skip++] = argv[++ai];
         else break;
     }
     int parity = !strcmp(mode, "parity");
     if (argc - ai != 2 || (!parity && strcmp(mode, "overlap"))) {
-        fprintf(stderr, "usage: h5compare [--mode parity|overlap] [--tol 1e-4] [--overlap-min 0.95] REF.h5 TEST.h5\n");
+        fprintf(stderr, "usage: h5compare [--mode parity|overlap] [--tol 1e-4] [--overlap-min 0.95] [--skip SUBSTRING]... REF.h5 TEST.h5\n");
         return 2;
     }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -169,10 +176,14 @@ int main(int argc, char **argv) {
         }
         int same_shape = r.ndims == t.ndims;
         for (int i = 0; same_shape && i < r.ndims; i++) same_shape = r.dims[i] == t.dims[i];
+        // The heavy-pair sketch holds the distinct pairs seen: another precision sees a few more or
+        // fewer (never judged, below), so in overlap mode its length may differ too.
+        const int sketch = strstr(name, "/pairs_") != NULL;
         if (!same_shape) {
-            printf("%-7s %-58s shapes differ (%llu vs %llu elements)\n", "FAIL", name, (unsigned long long)r.n,
-                   (unsigned long long)t.n);
-            failed++;
+            const int fail = parity || !sketch;
+            printf("%-7s %-58s shapes differ (%llu vs %llu elements)\n", fail ? "FAIL" : "info", name,
+                   (unsigned long long)r.n, (unsigned long long)t.n);
+            failed += fail;
             free(r.x), free(t.x);
             continue;
         }
@@ -229,6 +240,8 @@ int main(int argc, char **argv) {
         // (examples_*) are ranked by |term|, so near-equal terms swap ranks.  Reported, not judged
         // here (test_analysis_gpu checks the strongest of both against the host).
         if (strstr(name, "/pairs_") || strstr(name, "/examples_")) judged = 0;
+        for (int q = 0; q < n_skip; q++)
+            if (strstr(name, skip[q])) judged = 0;
         const char *verdict = "PASS";
         if (!judged) verdict = "info";
         else if (parity) {
