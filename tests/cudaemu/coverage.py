@@ -16,11 +16,12 @@ import glob
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
 SM90_ONLY = {
-    "ft_walk_tma", "ft_bars_init", "ft_bar_init", "ft_bar_expect", "ft_bar_arrive", "ft_bar_wait", "ft_tma_load",
+    "ft_walk_tma", "ft_bars_init", "ft_acc_fence", "ft_wg_wait", "ft_bar_init", "ft_bar_expect", "ft_bar_arrive", "ft_bar_wait", "ft_tma_load",
     "ft_wg_issue", "ft_wgmma", "ft_wg_desc", "ft_wg_step", "ft_tensor_map", "qk_fused_launch_wgmma",
 }
 
@@ -37,6 +38,27 @@ def gcov_json(obj_dir, obj):
     return docs
 
 
+CALLISH = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+
+
+def enclosing_functions(path):
+    """line -> the function whose definition encloses it, from the source: the nearest line above
+    that starts at column 0 with a name and a parenthesis (the repository's style: definitions start
+    at column 0, bodies are indented)."""
+    out, cur = {}, "?"
+    try:
+        lines = open(path).read().split("\n")
+    except OSError:
+        return out
+    for i, text in enumerate(lines, 1):
+        if text and not text[0].isspace() and not text.startswith(("//", "#", "}", "{")):
+            names = [x for x in CALLISH.findall(text) if not x.startswith("__")]  # __launch_bounds__ & co.
+            if names and names[0] not in ("if", "for", "while", "switch", "return", "sizeof"):
+                cur = names[0]
+        out[i] = cur
+    return out
+
+
 def main():
     build = sys.argv[1]
     counts = collections.defaultdict(dict)  # file -> line -> count (max over objects)
@@ -50,16 +72,11 @@ def main():
                 name = os.path.normpath(f["file"])
                 if not name.startswith("kernels/"):
                     continue
-                spans = [(fn["start_line"], fn["end_line"], fn.get("demangled_name", fn["name"]))
-                         for fn in f.get("functions", [])]
                 for ln in f.get("lines", []):
                     n = ln["line_number"]
                     counts[name][n] = max(counts[name].get(n, 0), ln["count"])
-                    if n not in func_of[name]:
-                        for a, b, fn in spans:
-                            if a <= n <= b:
-                                func_of[name][n] = fn.split("(")[0].split("<")[0].split(" ")[-1]
-                                break
+    for name in counts:
+        func_of[name] = enclosing_functions(name)
     notes = {}
     notes_path = os.path.join(os.path.dirname(__file__), "coverage_notes.txt")
     if os.path.exists(notes_path):
@@ -93,9 +110,14 @@ def main():
             i = j + 1
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     print("# Coverage of kernels/ on the emulated device (make test-emu-cov)\n")
-    print("Date %s, commit %s, machine: %s (x86-64, no GPU); command: `make test-emu-cov` (every suite of "
+    cpu = "x86-64"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print("Date %s, commit %s, machine: %d cores of %s, no GPU; command: `make test-emu-cov` (every suite of "
           "`make test-emu`, on the emulated H100 and A100).\n" % (datetime.date.today().isoformat(), commit or "?",
-                                                                  os.uname().nodename))
+                                                                  os.cpu_count() or 0, cpu))
     print("**%d of %d lines executed (%.1f%%)** outside the sm_90a-only functions; those (%d lines: %s) run only "
           "on a real Hopper GPU (%d of them reached here: the shared lines of their callers).\n"
           % (run, tot, 100.0 * run / max(tot, 1), sm90, ", ".join(sorted(SM90_ONLY)), sm90_run))

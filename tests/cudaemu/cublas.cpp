@@ -814,9 +814,10 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     return CUBLAS_STATUS_INVALID_VALUE;
 }
 
-// One algorithm for any problem lt_problem accepts: it needs no workspace and takes any pointer
-// alignment (the preference's minimum alignments are remembered, not enforced: which alignments
-// the real algorithms need is not documented).  A preference of NULL means the defaults.
+// One algorithm for any problem lt_problem accepts: it needs no workspace; it remembers the
+// preference's minimum alignments, and cublasLtMatmul holds the pointers to them (which
+// alignments the real algorithms need is not documented: the promise is what is checked).  A
+// preference of NULL means the defaults.
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t operationDesc,
                                               cublasLtMatrixLayout_t Adesc, cublasLtMatrixLayout_t Bdesc,
                                               cublasLtMatrixLayout_t Cdesc, cublasLtMatrixLayout_t Ddesc,
@@ -872,6 +873,23 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     if (C == D && (Cdesc->ld != Ddesc->ld || Cdesc->stride != Ddesc->stride)) return CUBLAS_STATUS_INVALID_VALUE;
+    // The heuristic chose among algorithms that work with the alignments the preference promised
+    // (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_*_BYTES, 256 by default: "selecting a smaller value will
+    // exclude algorithms that can not work with" less aligned matrices); a pointer aligned below
+    // its promise is refused (the same problem needs another algorithm, or a smaller promise).
+    if (algo) {
+        const void *ptr[4] = {A, B, beta && *(const float *)beta != 0.0f ? C : nullptr, D};
+        const char *nm[4] = {"A", "B", "C", "D"};
+        for (int q = 0; q < 4; q++) {
+            const uint32_t promised = (uint32_t)(algo->data[6 + q / 2] >> (32 * (q % 2)));
+            if (ptr[q] && promised && (uintptr_t)ptr[q] % promised) {
+                fprintf(stderr, "cudaemu: cublasLtMatmul: %s at %p is not %u-byte aligned, as the preference promised "
+                                "when the algorithm was chosen (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_%s_BYTES)\n",
+                        nm[q], ptr[q], promised, nm[q]);
+                return CUBLAS_STATUS_NOT_SUPPORTED;
+            }
+        }
+    }
     memcpy(&g.alpha, alpha, 4);
     memcpy(&g.beta, beta, 4);
     g.A.p = A, g.B.p = B, g.C.p = C, g.D.p = D;

@@ -8,11 +8,13 @@
 #                        CPU-vs-CUDA comparisons (tests/cudaemu/compare.sh)
 #   make test-emu-asan   the same under AddressSanitizer + UBSan (build/emu-asan): out-of-bounds
 #                        device accesses are reported, like compute-sanitizer's memcheck
+#   EMU_DEVICES="h100"   the profiles to run (default h100 a100); EMU_SEEDS="1 2 3" the schedules
 #   make test-emu-cov    test-emu with gcov over kernels/: results/emu_coverage.md
 #
 # The build is a sub-make with EMU=1 (the Makefile's kernel and library rules switch on it).
 
 EMU_SEEDS   ?= 1
+EMU_DEVICES ?= h100 a100
 EMU_SUITES  := @(forward|analysis|analysis_batch|analysis_gpu|planted|comm_nccl|topk_gpu|robust|cache_sae)/*
 EMU_EXTRA   := @(run/planted_circuits_found_by_run_and_static|ranks/gpus*)
 EMU_PYTHON  ?= python3
@@ -71,7 +73,7 @@ EMU_MAKE = $(MAKE) --no-print-directory EMU=1 CUDA=1 NCCL=1 BUILD=$(1) BIN=$(1)/
 EMU_ROOT = mkdir -p $(1)/root && ln -sfn $(abspath tests) $(1)/root/tests && ln -sfn $(abspath configs) $(1)/root/configs && \
            ln -sfn $(abspath $(1)/bin) $(1)/root/bin && ln -sfn $(abspath ../shared) $(1)/shared && ln -sfn $(abspath slurm) $(1)/slurm
 # The suites on each emulated device; QK_EMU_DEVICES=2 so that the multi-GPU suites run.
-EMU_RUN = cd $(1)/root && for dev in h100 a100; do for seed in $(EMU_SEEDS); do \
+EMU_RUN = cd $(1)/root && for dev in $(EMU_DEVICES); do for seed in $(EMU_SEEDS); do \
             echo "== emulated $$dev, QK_EMU_SEED=$$seed: the emulator's own suite, then the GPU suites (QK_BACKEND=cuda)"; \
             $(2) QK_EMU_DEVICE=$$dev QK_EMU_SEED=$$seed ./bin/test_cudaemu --jobs 1 || exit 1; \
             $(2) QK_EMU_DEVICE=$$dev QK_EMU_SEED=$$seed QK_EMU_DEVICES=2 QK_EMU_ABORT=1 QK_BACKEND=cuda ./bin/test_qkscope --jobs 1 \

@@ -776,6 +776,16 @@ Test(emu_cublas, lt_heuristic) {
     cr_expect_eq(cublasLtMatmul(lt, desc, &one, d, la, d, lb, &one, d, ld2, d, ld2, &res[0].algo, nullptr, 0, nullptr),
                  CUBLAS_STATUS_INVALID_VALUE, "an algorithm found for ldc 17 used with ldc 20");
     cr_expect_eq(cudaDeviceSynchronize(), cudaSuccess);
+    // An algorithm chosen under a preference's alignment promise (16 bytes for A here, 256 by
+    // default for the others) refuses pointers aligned below it.
+    char *base = (char *)d;
+    cr_expect_eq(cublasLtMatmul(lt, desc, &one, base + 16, la, d, lb, &one, d, ld, d, ld, &res[0].algo, nullptr, 0, nullptr),
+                 CUBLAS_STATUS_SUCCESS, "A 16-byte aligned, as promised");
+    cr_expect_eq(cublasLtMatmul(lt, desc, &one, base + 8, la, d, lb, &one, d, ld, d, ld, &res[0].algo, nullptr, 0, nullptr),
+                 CUBLAS_STATUS_NOT_SUPPORTED, "A 8-byte aligned, 16 promised");
+    cr_expect_eq(cublasLtMatmul(lt, desc, &one, d, la, base + 16, lb, &one, d, ld, d, ld, &res[0].algo, nullptr, 0, nullptr),
+                 CUBLAS_STATUS_NOT_SUPPORTED, "B 16-byte aligned, 256 promised (the default)");
+    cr_expect_eq(cudaDeviceSynchronize(), cudaSuccess);
     cublasLtMatrixLayoutDestroy(ld2);
     cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
     cublasLtMatrixLayoutDestroy(lbf), cublasLtMatrixLayoutDestroy(laf), cublasLtMatrixLayoutDestroy(ldf);
