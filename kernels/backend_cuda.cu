@@ -492,6 +492,21 @@ typedef struct {
     cudaEvent_t wait, start, end;
 } FwdSync;
 
+// m's weights on the device (uploaded when another model's are there), with their bf16 copies in
+// the bf16 mode.
+static int ensure_weights(CudaCtx *ctx, const GPT2Model *m) {
+    const WeightKey key = weight_key(m);
+    if ((!ctx->w.loaded || !same_key(&ctx->w.key, &key)) && upload_weights(&ctx->w, m)) return -1;
+    if (ctx->prec == QK_PREC_BF16 && !ctx->w.have_bf16 && make_bf16(ctx, &m->cfg)) return -1;
+    return 0;
+}
+
+// Whether the cached activations have this shape (else alloc_acts makes them anew).
+static int acts_match(const DevActs *a, const GPT2Config *c, int B, int T, int keep_attn, int want_logits) {
+    return a->B == B && a->T == T && a->keep_attn == keep_attn && a->want_logits == want_logits &&
+           !memcmp(&a->cfg, c, sizeof *c);
+}
+
 // The forward pass of tokens (h->B, h->T) for layers < n_run (h->n_run; all with logits) on the
 // device; with download, every hook it computed copied into h's host buffers.  Both streams are
 // drained before it returns.  Without download, h gives only the shape (no host buffers needed).
@@ -499,14 +514,9 @@ static int forward_batch(CudaCtx *ctx, const GPT2Model *m, const int *tokens, GP
                          const FwdSync *sy) {
     const GPT2Config *c = &m->cfg;
     CUDA_TRYF(cudaSetDevice(ctx->device), "device %d", ctx->device);
-    WeightKey key = weight_key(m);
-    if ((!ctx->w.loaded || !same_key(&ctx->w.key, &key)) && upload_weights(&ctx->w, m)) return -1;
-    if (ctx->prec == QK_PREC_BF16 && !ctx->w.have_bf16 && make_bf16(ctx, c)) return -1;
+    if (ensure_weights(ctx, m)) return -1;
     DevActs *a = &ctx->a;
-    if ((a->B != h->B || a->T != h->T || a->keep_attn != h->keep_attn || a->want_logits != h->want_logits ||
-         memcmp(&a->cfg, c, sizeof *c)) &&
-        alloc_acts(ctx, c, h))
-        return -1;
+    if (!acts_match(a, c, h->B, h->T, h->keep_attn, h->want_logits) && alloc_acts(ctx, c, h)) return -1;
     if (ensure_events(ctx, c->n_layer + 2)) return -1;
     const size_t BT = (size_t)h->B * h->T;
     // Tokens through page-locked staging (truly asynchronous; host_pinned.cuh: where the driver
@@ -613,18 +623,12 @@ static QkAnalysis *cuda_analysis_open(QkBackend *be, const AnalysisPlan *p) {
     // analysis's room check sees what is free after them; its reserve: the forward's activations
     // for the largest batch (analyse's shape: no attention rows kept, no logits).
     const GPT2Config *c = &p->model->cfg;
-    const WeightKey key = weight_key(p->model);
-    if ((!ctx->w.loaded || !same_key(&ctx->w.key, &key)) && upload_weights(&ctx->w, p->model)) {
+    if (ensure_weights(ctx, p->model)) {
         cuda_analysis_close((QkAnalysis *)an);
         return NULL;
     }
-    if (ctx->prec == QK_PREC_BF16 && !ctx->w.have_bf16 && make_bf16(ctx, c)) {
-        cuda_analysis_close((QkAnalysis *)an);
-        return NULL;
-    }
-    const DevActs *da = &ctx->a;
-    const int cached = da->B == p->max_batch && da->T == p->T && !da->keep_attn && !da->want_logits && !memcmp(&da->cfg, c, sizeof *c);
-    const size_t reserve = cached ? 0 : qk_cuda_acts_bytes(c, p->max_batch, p->T, 0, 0, NULL);
+    const size_t reserve =
+        acts_match(&ctx->a, c, p->max_batch, p->T, 0, 0) ? 0 : qk_cuda_acts_bytes(c, p->max_batch, p->T, 0, 0, NULL);
     if (dev_alloc((void **)&an->flags_d, rows, "the finite-check flags") ||
         !(an->dev = qk_ana_cuda_open(p, ctx->device, ctx->prec, 1, reserve))) {
         cuda_analysis_close((QkAnalysis *)an);

@@ -87,6 +87,7 @@ struct Block : BlockCtx {
     std::vector<int> ready;
     int nthreads = 0, exited = 0;
     int bar_arrived = 0, bar_op = 0, bar_acc = 0;
+    const EThread *bar_first = nullptr;  // the first thread waiting at the open barrier (its site)
     std::vector<std::vector<Coll *>> pending;  // per warp
     std::vector<unsigned> exited_lanes;        // per warp: the lanes that have exited
     std::map<const void *, void *> statics;
@@ -214,13 +215,9 @@ void fiber_main(void *arg) {
     b->exited++;
     b->exited_lanes[t->warp] |= 1u << t->lane;
     if (b->bar_arrived) {
-        char m[160] = "";
-        for (auto &o : b->th)
-            if (o.st == T_BAR) {
-                snprintf(m, sizeof m, "exited while %d thread(s) of the block wait at a __syncthreads (%s:%d)",
-                         b->bar_arrived, o.bar_file, o.bar_line);
-                break;
-            }
+        char m[160];
+        snprintf(m, sizeof m, "exited while %d thread(s) of the block wait at a __syncthreads (%s:%d)", b->bar_arrived,
+                 b->bar_first->bar_file, b->bar_first->bar_line);
         block_fault(t, m);
     }
     for (Coll *c : b->pending[t->warp])
@@ -430,12 +427,10 @@ int bar_sync(int op, int pred, int line, const char *file) {
     if (b.bar_arrived == 0) {
         b.bar_op = op;
         b.bar_acc = op == 2 ? 1 : 0;
-        for (auto &o : b.th) o.bar_line = 0;
+        b.bar_first = t;
     } else {
-        const EThread *first = nullptr;
-        for (auto &o : b.th)
-            if (o.st == T_BAR) first = &o;
-        if (first && (first->bar_line != line || strcmp(first->bar_file, file) || b.bar_op != op)) {
+        const EThread *first = b.bar_first;
+        if (first->bar_line != line || strcmp(first->bar_file, file) || b.bar_op != op) {
             snprintf(m, sizeof m, "__syncthreads at %s:%d meets thread (%u,%u,%u) waiting at a different barrier %s:%d", file,
                      line, first->tid.x, first->tid.y, first->tid.z, first->bar_file, first->bar_line);
             block_fault(t, m);
@@ -637,7 +632,6 @@ bool run_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, size_t sme
         for (int i = 0; i < nt; i++) {
             EThread &t = b.th[i];
             t.tid = uint3{(unsigned)(i % block.x), (unsigned)(i / block.x % block.y), (unsigned)(i / (block.x * block.y))};
-            t.linear = (unsigned)i;
             t.lane = i % 32, t.warp = i / 32;
             start_fiber(&t, stack_get(i));
             b.ready.push_back(i);

@@ -739,13 +739,6 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
     return ret(copy_async(dst, src, bytes, kind, s, false, lk));
 }
 
-cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
-                              enum cudaMemcpyKind kind, cudaStream_t s) {
-    for (size_t r = 0; r < height; r++)
-        if (cudaError_t e = cudaMemcpyAsync((char *)dst + r * dpitch, (const char *)src + r * spitch, width, kind, s)) return e;
-    return cudaSuccess;
-}
-
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s) {
     Lock lk;
     if (cudaError_t e = sticky()) return ret(e);

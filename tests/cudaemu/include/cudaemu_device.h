@@ -13,7 +13,6 @@ namespace cudaemu {
 // the built-in variables read them.
 struct ThreadCtx {
     uint3 tid;
-    unsigned linear;  // x + y bdim.x + z bdim.x bdim.y
 };
 struct BlockCtx {
     uint3 bid;
